@@ -1,0 +1,93 @@
+"""The application factory: settings in, a wired Litestar app out, no import-time side effects."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+import httpx
+from litestar import Litestar
+from litestar.config.response_cache import ResponseCacheConfig
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from minato import __version__
+from minato.errors import EXCEPTION_HANDLERS
+from minato.handlers import ROUTE_HANDLERS
+from minato.log import RequestLogMiddleware, configure_logging
+from minato.options import provide_generation_options
+from minato.settings import Settings
+from minato.upstream import OllamaClient
+
+UPSTREAM_STATE_KEY: Final = "upstream"
+API_DESCRIPTION: Final = (
+    "Minato is an HTTP gateway in front of an Ollama daemon: plain GET requests for answers, "
+    "streamed tokens, image questions and model management, without exposing Ollama itself.\n\n"
+    "Generation parameters are forwarded only when set, so Ollama's and the model's own "
+    "defaults apply otherwise. `numa` and `low_vram` are accepted for compatibility but current "
+    "Ollama ignores them."
+)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    configure_logs: bool | None = None,
+) -> Litestar:
+    """Build Minato.
+
+    Args:
+        settings: Service configuration; read from the environment when omitted.
+        transport: httpx transport for the calls to Ollama (tests pass a mock router's).
+        configure_logs: Configure structlog and stdlib logging; by default only when the
+            settings come from the environment (a served process), not when a test passes them.
+    """
+    if configure_logs is None:
+        configure_logs = settings is None
+    settings = settings if settings is not None else Settings.from_env()
+    if configure_logs:
+        configure_logging(settings)
+    upstream_holder: dict[str, OllamaClient] = {}
+
+    @asynccontextmanager
+    async def ollama_pool(_: Litestar) -> AsyncIterator[None]:
+        client = OllamaClient(settings, transport=transport)
+        upstream_holder[UPSTREAM_STATE_KEY] = client
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    def provide_settings() -> Settings:
+        return settings
+
+    def provide_upstream() -> OllamaClient:
+        return upstream_holder[UPSTREAM_STATE_KEY]
+
+    app = Litestar(
+        route_handlers=ROUTE_HANDLERS,
+        lifespan=[ollama_pool],
+        dependencies={
+            "settings": Provide(provide_settings, sync_to_thread=False, use_cache=True),
+            "upstream": Provide(provide_upstream, sync_to_thread=False),
+            "params": Provide(provide_generation_options, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        response_cache_config=ResponseCacheConfig(),
+        openapi_config=OpenAPIConfig(
+            title="Minato",
+            version=__version__,
+            description=API_DESCRIPTION,
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
+        ),
+        debug=False,
+    )
+    # Outermost layer, around Litestar's own error handling, so routing errors and streams that
+    # fail after their first byte are logged with the status the client actually got.
+    app.asgi_handler = RequestLogMiddleware(app.asgi_handler)
+    return app

@@ -1,0 +1,64 @@
+"""Command line: ``minato serve [--host] [--port] [--workers]`` (also ``python -m minato``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from minato import __version__
+from minato.settings import Settings, SettingsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser (flags override the ``MINATO_*`` variables)."""
+    parser = argparse.ArgumentParser(prog="minato", description="HTTP gateway in front of Ollama.")
+    parser.add_argument("--version", action="version", version=f"minato {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="bind address (MINATO_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (MINATO_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (MINATO_WORKERS, default 1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``minato`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"minato: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    workers = args.workers or settings.workers
+    if not 0 <= port <= 65535 or workers < 1:
+        print("minato: --port must be 0-65535 and --workers at least 1", file=sys.stderr)
+        return 2
+    return serve(host, port, workers, settings)
+
+
+def serve(host: str, port: int, workers: int, settings: Settings) -> int:
+    """Run the ASGI server until it is told to stop."""
+    import uvicorn
+
+    uvicorn.run(
+        "minato.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

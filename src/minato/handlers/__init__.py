@@ -1,0 +1,23 @@
+"""HTTP handlers; ``ROUTE_HANDLERS`` is the one place routes are registered."""
+
+from typing import Final
+
+from litestar.types import ControllerRouterHandler
+
+from minato.handlers.generate import generate, generate_stream
+from minato.handlers.health import health, ready
+from minato.handlers.models import install, models_list
+from minato.handlers.vision import vision, vision_stream
+
+ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
+    generate,
+    generate_stream,
+    vision,
+    vision_stream,
+    install,
+    models_list,
+    health,
+    ready,
+]
+
+__all__ = ["ROUTE_HANDLERS"]

@@ -1,0 +1,115 @@
+"""What every handler shares: the documented error responses and cancelling work on disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, Final, TypeVar
+
+import msgspec
+from litestar import Request
+from litestar.openapi import ResponseSpec
+
+from minato.errors import MinatoError
+from minato.log import RequestRecord, record_of
+from minato.schemas import GenerateResponse, GenerationStats
+from minato.upstream import OllamaClient
+from minato.upstream.wire import ChatRequest
+
+T = TypeVar("T")
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    """Body of every non-validation error."""
+
+    detail: str
+
+
+class ValidationItem(msgspec.Struct, frozen=True):
+    """One invalid parameter."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationDetail(msgspec.Struct, frozen=True):
+    """Body of a 422: which parameters were wrong, and why."""
+
+    detail: list[ValidationItem]
+
+
+def error_spec(description: str) -> ResponseSpec:
+    """Document an error status answered with ``{"detail": "..."}``."""
+    return ResponseSpec(data_container=ErrorDetail, description=description, generate_examples=False)
+
+
+VALIDATION_RESPONSE: Final = ResponseSpec(
+    data_container=ValidationDetail,
+    description="A parameter is missing or invalid.",
+    generate_examples=False,
+)
+UPSTREAM_RESPONSES: Final[dict[int, ResponseSpec]] = {
+    422: VALIDATION_RESPONSE,
+    502: error_spec("Ollama failed in another way; `detail` carries Ollama's message."),
+    503: error_spec("Ollama is unreachable (the detail names its URL) or busy (with `Retry-After`)."),
+    504: error_spec("Ollama did not answer in time."),
+}
+GENERATION_RESPONSES: Final[dict[int, ResponseSpec]] = {
+    400: error_spec("Ollama refused the request (e.g. the model cannot chat)."),
+    404: error_spec("Ollama has no such model."),
+    **UPSTREAM_RESPONSES,
+}
+
+
+class ClientDisconnectedError(MinatoError):
+    """The client went away before its answer was ready (logged as nginx's 499)."""
+
+    status_code = 499
+
+
+async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it the moment the client disconnects.
+
+    The request body has been read by now, so the next ASGI message can only be the disconnect.
+    Cancelling closes the call to Ollama, which stops generating instead of computing an answer
+    nobody will read.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientDisconnectedError("client disconnected") from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+def note_model(request: Request[Any, Any, Any], model: str) -> RequestRecord | None:
+    """Put the model on the request's log line and return that line's record."""
+    record = record_of(request.scope)
+    if record is not None:
+        record.model = model
+    return record
+
+
+async def whole_answer(request: Request[Any, Any, Any], upstream: OllamaClient, chat: ChatRequest) -> GenerateResponse:
+    """Ask Ollama for a whole (non-streamed) answer and shape it for the client."""
+    chunk = await unless_disconnected(request, upstream.chat(chat))
+    record = record_of(request.scope)
+    if record is not None:
+        record.tokens = chunk.eval_count
+    return GenerateResponse(
+        response=chunk.message.content,
+        model=chunk.model or chat.model,
+        done_reason=chunk.done_reason,
+        stats=GenerationStats.from_chunk(chunk),
+    )

@@ -1,0 +1,85 @@
+"""Text generation: ``GET /{model}`` (whole answer) and ``GET /stream/{model}`` (streamed)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from litestar import Request, get
+from litestar.di import NamedDependency
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from minato.handlers.common import (
+    GENERATION_RESPONSES,
+    note_model,
+    unless_disconnected,
+    whole_answer,
+)
+from minato.options import GenerationOptions, check_text_length, validate_model_name
+from minato.schemas import GenerateResponse
+from minato.settings import Settings
+from minato.streaming import StreamFormat, stream_response
+from minato.upstream import OllamaClient
+
+MESSAGE_DESCRIPTION: Final = "The user's message (required, non-empty)."
+Message = Annotated[str, Parameter(description=MESSAGE_DESCRIPTION, min_length=1)]
+ModelName = Annotated[
+    str,
+    Parameter(
+        description="Ollama model name, with optional tag and namespace: `llama3.2:1b`, `hf.co/org/repo:Q4_K_M`."
+    ),
+]
+STREAM_DESCRIPTION: Final = (
+    "Chunked `text/plain` tokens, written as Ollama yields them. With `Accept: text/event-stream`: "
+    "SSE `token` events then a `done` event with stats (or an `error` event). With "
+    '`Accept: application/x-ndjson`: one `{"token": ...}` line per token, then a line with stats.'
+)
+
+
+@get(
+    "/{model_name:path}",
+    operation_id="Generate",
+    summary="Answer a message",
+    description="Send `message` to the model and wait for the whole answer.",
+    responses=GENERATION_RESPONSES,
+    tags=["generate"],
+)
+async def generate(
+    request: Request[Any, Any, Any],
+    model_name: ModelName,
+    message: Message,
+    params: NamedDependency[GenerationOptions],
+    upstream: NamedDependency[OllamaClient],
+    settings: NamedDependency[Settings],
+) -> GenerateResponse:
+    """Return the model's whole answer with Ollama's stats."""
+    model = validate_model_name(model_name)
+    check_text_length("message", message, settings)
+    note_model(request, model)
+    return await whole_answer(request, upstream, params.chat_request(model, message))
+
+
+@get(
+    "/stream/{model_name:path}",
+    operation_id="GenerateStream",
+    summary="Stream the answer to a message",
+    description=STREAM_DESCRIPTION,
+    media_type="text/plain; charset=utf-8",
+    responses=GENERATION_RESPONSES,
+    tags=["generate"],
+)
+async def generate_stream(
+    request: Request[Any, Any, Any],
+    model_name: ModelName,
+    message: Message,
+    params: NamedDependency[GenerationOptions],
+    upstream: NamedDependency[OllamaClient],
+    settings: NamedDependency[Settings],
+) -> Stream:
+    """Relay the answer token by token; the status is decided before the first token is sent."""
+    model = validate_model_name(model_name)
+    check_text_length("message", message, settings)
+    record = note_model(request, model)
+    fmt = StreamFormat.negotiate(request.headers.get("accept"))
+    stream = await unless_disconnected(request, upstream.stream_chat(params.chat_request(model, message)))
+    return stream_response(stream, fmt, model, record)

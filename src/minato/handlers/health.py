@@ -1,0 +1,41 @@
+"""Probes: ``GET /health`` (the process answers) and ``GET /ready`` (Ollama answers too)."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+
+from minato.errors import MinatoError
+from minato.schemas import HealthReport, ReadinessReport
+from minato.upstream import OllamaClient
+
+
+@get("/health", operation_id="Health", summary="Liveness probe", tags=["health"])
+async def health() -> HealthReport:
+    """Answer as long as the process serves requests; never calls Ollama."""
+    return HealthReport()
+
+
+@get(
+    "/ready",
+    operation_id="Ready",
+    summary="Readiness probe",
+    description="200 with Ollama's version when Ollama answers; 503 with the reason otherwise.",
+    responses={
+        503: ResponseSpec(
+            data_container=ReadinessReport,
+            description="Ollama is not reachable; `reason` says why.",
+            generate_examples=False,
+        )
+    },
+    tags=["health"],
+)
+async def ready(upstream: NamedDependency[OllamaClient]) -> Response[ReadinessReport]:
+    """Report whether Ollama answers, with its version."""
+    try:
+        version = await upstream.version()
+    except MinatoError as exc:
+        report = ReadinessReport(status="unavailable", ollama_url=upstream.base_url, reason=exc.detail)
+        return Response(report, status_code=503)
+    return Response(ReadinessReport(status="ready", ollama_url=upstream.base_url, ollama_version=version))

@@ -1,0 +1,131 @@
+"""Model management: ``POST /install/{model}`` (pull) and ``GET /models_list/``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Final
+
+import msgspec
+import structlog
+from litestar import Request, get, post
+from litestar.background_tasks import BackgroundTask
+from litestar.di import NamedDependency
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from minato.errors import MinatoError
+from minato.handlers.common import (
+    GENERATION_RESPONSES,
+    UPSTREAM_RESPONSES,
+    note_model,
+    unless_disconnected,
+)
+from minato.handlers.generate import ModelName
+from minato.options import validate_model_name
+from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary
+from minato.upstream import OllamaClient, PullStream
+from minato.upstream.wire import PullProgress, TagModel
+
+logger = structlog.get_logger("minato.models")
+
+NDJSON: Final = "application/x-ndjson"
+_encode: Final = msgspec.json.Encoder().encode
+BYTES_PER_MIB: Final = 1024 * 1024
+
+
+def _progress_line(item: PullProgress) -> bytes:
+    percent = round(item.completed / item.total * 100, 1) if item.total else msgspec.UNSET
+    line = InstallProgress(
+        status=item.status,
+        digest=item.digest or msgspec.UNSET,
+        total=item.total or msgspec.UNSET,
+        completed=item.completed or msgspec.UNSET,
+        percent=percent,
+    )
+    return _encode(line) + b"\n"
+
+
+async def _relay_progress(stream: PullStream, model: str) -> AsyncIterator[bytes]:
+    try:
+        async for batch in stream.progress():
+            yield b"".join([_progress_line(item) for item in batch])
+    except MinatoError as exc:
+        logger.warning("pull_failed", model=model, detail=exc.detail)
+        yield _encode(InstallProgress(status="error", error=exc.detail)) + b"\n"
+    finally:
+        await stream.aclose()
+
+
+async def _pull_to_end(stream: PullStream) -> None:
+    try:
+        async for _ in stream.progress():
+            pass
+    finally:
+        await stream.aclose()
+
+
+@post(
+    "/install/{model_name:path}",
+    operation_id="InstallModel",
+    summary="Pull a model into Ollama",
+    description=(
+        'Waits for the pull to finish and answers `{"status": "success", "model": ...}`. With '
+        "`?stream=true` or `Accept: application/x-ndjson`, relays Ollama's progress lines (`status`, "
+        "`digest`, `total`, `completed`, `percent`) as they come, ending with `success` or an "
+        "`error` line. A model the registry does not know is a 404 either way."
+    ),
+    status_code=200,
+    responses=GENERATION_RESPONSES,
+    tags=["models"],
+)
+async def install(
+    request: Request[Any, Any, Any],
+    model_name: ModelName,
+    upstream: NamedDependency[OllamaClient],
+    stream: Annotated[bool, Parameter(description="Relay progress as NDJSON instead of waiting.")] = False,
+) -> InstallResponse | Stream:
+    """Pull a model, waiting for it or relaying progress."""
+    model = validate_model_name(model_name)
+    note_model(request, model)
+    pull = await unless_disconnected(request, upstream.pull(model))
+    if stream or NDJSON in request.headers.get("accept", ""):
+        return Stream(
+            _relay_progress(pull, model),
+            media_type=NDJSON,
+            headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+            background=BackgroundTask(pull.aclose),
+        )
+    await unless_disconnected(request, _pull_to_end(pull))
+    upstream.forget(model)
+    return InstallResponse(status="success", model=model)
+
+
+def summarize(model: TagModel) -> ModelSummary:
+    """Flatten one ``/api/tags`` entry into Minato's model summary."""
+    details = model.details
+    return ModelSummary(
+        name=model.name or model.model,
+        size=model.size,
+        size_mb=round(model.size / BYTES_PER_MIB, 2),
+        modified_at=model.modified_at,
+        digest=model.digest,
+        format=details.format,
+        family=details.family,
+        families=details.families or ([details.family] if details.family else []),
+        parameter_size=details.parameter_size,
+        quantization_level=details.quantization_level,
+    )
+
+
+@get(
+    "/models_list/",
+    operation_id="ListModels",
+    summary="List installed models",
+    description="Every model Ollama has on disk, with size (bytes and MiB), family and quantization.",
+    responses=UPSTREAM_RESPONSES,
+    tags=["models"],
+)
+async def models_list(upstream: NamedDependency[OllamaClient]) -> ModelsList:
+    """Return the installed models."""
+    tags = await upstream.list_models()
+    return ModelsList(models_list=[summarize(model) for model in tags.models])

@@ -1,0 +1,171 @@
+"""Logging: structlog configured once, and one canonical line per request.
+
+Prompts, images and query strings are never logged: the query string carries the user's message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any, Final
+
+import msgspec
+import structlog
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+
+from minato.settings import Settings
+
+RECORD_KEY: Final = "minato.record"
+REQUEST_ID_HEADER: Final = b"x-request-id"
+_VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+logger = structlog.get_logger("minato.access")
+
+
+class StreamAbortedError(Exception):
+    """Raised inside a plain-text stream to abort its chunked body after a mid-stream failure.
+
+    The failure has already been logged; the ASGI server only has to drop the connection so the
+    client sees an incomplete response instead of a truncated answer that looks complete.
+    """
+
+
+class RequestRecord:
+    """Facts a handler adds to its request's log line."""
+
+    __slots__ = ("model", "request_id", "tokens")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.model: str | None = None
+        self.tokens: int | None = None
+
+
+def record_of(scope: Scope) -> RequestRecord | None:
+    """Return the log record of the request in ``scope``, if the logging middleware made one."""
+    record: RequestRecord | None = scope.get("state", {}).get(RECORD_KEY)
+    return record
+
+
+def configure_logging(settings: Settings, *, stream: Any = None) -> None:
+    """Configure structlog and the stdlib loggers (uvicorn, httpx) once, for the whole process."""
+    level = _LEVELS[settings.log_level]
+    out = stream if stream is not None else sys.stdout
+    as_json = settings.log_format == "json" or (settings.log_format == "auto" and not out.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if as_json:
+        encoder = msgspec.json.Encoder()
+        shared.append(structlog.processors.dict_tracebacks)
+        renderer = structlog.processors.JSONRenderer(serializer=lambda obj, **_: encoder.encode(obj).decode())
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )
+    # Route stdlib records (uvicorn, httpx, asyncio) through the same renderer.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    handler.addFilter(_drop_aborted_stream_tracebacks)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # httpx logs every request at INFO; the access line already says everything.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def _drop_aborted_stream_tracebacks(record: logging.LogRecord) -> bool:
+    """Hide the ASGI server's traceback for a deliberately aborted stream (already logged)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    while exc is not None:
+        if isinstance(exc, StreamAbortedError):
+            return False
+        exc = exc.__cause__ or exc.__context__
+    return True
+
+
+class RequestLogMiddleware:
+    """Outermost ASGI layer: request id in and out, one log line per request.
+
+    It wraps the whole Litestar handler stack (routing errors included) so the line carries the
+    status the client really got, and it only writes the line once the body has been sent, so a
+    stream's duration covers the whole stream.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        await self.serve_http(scope, receive, send)
+
+    async def serve_http(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
+        """Serve one HTTP request and log it."""
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        record = RequestRecord(request_id)
+        scope.setdefault("state", {})[RECORD_KEY] = record
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 0
+        header = (REQUEST_ID_HEADER, request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        outcome = "ok"
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException:
+            outcome = "aborted"
+            raise
+        finally:
+            logger.info(
+                "request",
+                method=scope["method"],
+                route=scope.get("path_template", scope["path"]),
+                model=record.model,
+                status=status or None,
+                outcome=outcome,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                tokens=record.tokens,
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _request_id(scope: HTTPScope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.fullmatch(value):
+            return value.decode()
+    return uuid.uuid4().hex

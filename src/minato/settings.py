@@ -1,0 +1,136 @@
+"""Service configuration: one frozen Struct, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Annotated, Final, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+PREFIX: Final = "MINATO_"
+#: Variables under the prefix that belong to the test suite, not to the service.
+TEST_ONLY_PREFIXES: Final = ("MINATO_LIVE_",)
+DEFAULT_OLLAMA_URL: Final = "http://127.0.0.1:11434"
+OLLAMA_DEFAULT_PORT: Final = 11434
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything Minato can be told from its environment (``MINATO_<FIELD>``)."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP server binds to."""
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    """TCP port the HTTP server listens on."""
+    workers: PositiveInt = 1
+    """Server worker processes (each holds its own connection pool to Ollama)."""
+    ollama_url: str = DEFAULT_OLLAMA_URL
+    """Ollama base URL. Falls back to Ollama's own ``OLLAMA_HOST`` (``host:port`` shorthand too)."""
+    connect_timeout: PositiveFloat = 5.0
+    """Seconds to open a TCP connection to Ollama before answering 503."""
+    first_token_timeout: PositiveFloat = 300.0
+    """Seconds to wait for Ollama's first byte (covers a cold model load) before answering 504."""
+    idle_timeout: PositiveFloat = 120.0
+    """Seconds a running stream may stay silent between two tokens before it is ended as failed."""
+    request_timeout: PositiveFloat = 600.0
+    """Seconds a whole non-streamed answer may take before answering 504."""
+    control_timeout: PositiveFloat = 30.0
+    """Seconds for Ollama's bookkeeping calls (model list, model details, version)."""
+    max_connections: PositiveInt = 1024
+    """Upper bound on simultaneous connections to Ollama from one worker."""
+    max_message_chars: PositiveInt = 100_000
+    """Longest accepted ``message`` / ``system_prompt``, in characters."""
+    max_image_bytes: PositiveInt = 20 * 1024 * 1024
+    """Largest accepted image upload, per image, in bytes."""
+    max_images: PositiveInt = 8
+    """Most images accepted in one vision request."""
+    max_body_bytes: PositiveInt = 200 * 1024 * 1024
+    """Largest accepted request body, in bytes."""
+    capabilities_ttl: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    """Seconds a model's capabilities (from Ollama's ``/api/show``) are cached."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest log level written."""
+    log_format: Literal["auto", "json", "console"] = "auto"
+    """``json`` lines, a human ``console`` format, or ``auto``: console on a terminal, JSON otherwise."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``MINATO_*`` variables; raise :class:`SettingsError` naming the culprit."""
+        env = os.environ if environ is None else environ
+        known = {f"{PREFIX}{name.upper()}": name for name in cls.__struct_fields__}
+        raw: dict[str, str] = {}
+        for key, value in env.items():
+            if not key.startswith(PREFIX) or key.startswith(TEST_ONLY_PREFIXES):
+                continue
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+                raise SettingsError(f"{key} is not a Minato setting{suggestion}")
+            raw[known[key]] = value.strip()
+        if "ollama_url" not in raw and env.get("OLLAMA_HOST", "").strip():
+            raw["ollama_url"] = env["OLLAMA_HOST"]
+            source_of_url = "OLLAMA_HOST"
+        else:
+            source_of_url = f"{PREFIX}OLLAMA_URL"
+        try:
+            settings = msgspec.convert(raw, type=cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(_name_the_variable(str(exc))) from None
+        try:
+            url = normalize_ollama_url(settings.ollama_url)
+        except ValueError as exc:
+            raise SettingsError(f"{source_of_url}: {exc}") from None
+        return msgspec.structs.replace(settings, ollama_url=url)
+
+
+def _name_the_variable(message: str) -> str:
+    """Rewrite msgspec's ``... - at `$.port``` into ``MINATO_PORT: ...``."""
+    text, sep, path = message.rpartition(" - at `$.")
+    if not sep:
+        return message
+    return f"{PREFIX}{path.rstrip('`').upper()}: {text}"
+
+
+def normalize_ollama_url(value: str) -> str:
+    """Turn an Ollama address into a base URL the way Ollama's own clients read ``OLLAMA_HOST``.
+
+    ``host``, ``host:port``, ``:port`` and full URLs are accepted; a missing port is Ollama's
+    11434 unless a scheme is given (then the scheme's default). ``0.0.0.0`` is a bind address,
+    not a destination, so it becomes loopback as Ollama's Go client does.
+    """
+    text = value.strip()
+    if not text:
+        return DEFAULT_OLLAMA_URL
+    has_scheme = "://" in text
+    parts = urlsplit(text if has_scheme else f"http://{text}")
+    if parts.scheme not in {"http", "https"}:
+        raise ValueError(f"unsupported scheme {parts.scheme!r} in {value!r} (use http or https)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r} must be a plain base URL without credentials or query")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"invalid port in {value!r}") from None
+    host = parts.hostname or "127.0.0.1"
+    if port is None:
+        port = {"http": 80, "https": 443}[parts.scheme] if has_scheme else OLLAMA_DEFAULT_PORT
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and address.is_unspecified:
+        host = "127.0.0.1" if address.version == 4 else "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme}://{host}:{port}{path}"

@@ -1,0 +1,123 @@
+"""Relaying a primed Ollama stream to the client as plain text, NDJSON or server-sent events.
+
+Tokens are written the moment Ollama's bytes arrive: each received upstream chunk becomes one
+write, whatever number of tokens it holds. Nothing is buffered, slept on or batched across reads.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Callable
+from typing import Final
+
+import msgspec
+import structlog
+from litestar.background_tasks import BackgroundTask
+from litestar.response import Stream
+
+from minato.errors import MinatoError
+from minato.log import RequestRecord, StreamAbortedError
+from minato.schemas import GenerationStats, StreamDone, StreamError
+from minato.upstream import ChunkStream
+from minato.upstream.wire import ChatChunk
+
+logger = structlog.get_logger("minato.stream")
+
+_encode: Final = msgspec.json.Encoder().encode
+_STREAM_HEADERS: Final = {
+    # Reverse proxies (nginx) buffer responses unless told not to; caches must not keep tokens.
+    "X-Accel-Buffering": "no",
+    "Cache-Control": "no-cache",
+}
+
+
+class StreamFormat(enum.Enum):
+    """What a stream looks like on the wire, chosen by the ``Accept`` header."""
+
+    TEXT = "text/plain; charset=utf-8"
+    NDJSON = "application/x-ndjson"
+    SSE = "text/event-stream"
+
+    @classmethod
+    def negotiate(cls, accept: str | None) -> StreamFormat:
+        """Pick SSE or NDJSON when the client asks for it; plain text otherwise (the seed's format)."""
+        if accept:
+            if "text/event-stream" in accept:
+                return cls.SSE
+            if "application/x-ndjson" in accept:
+                return cls.NDJSON
+        return cls.TEXT
+
+
+def _token_text(batch: list[ChatChunk]) -> bytes:
+    return "".join([chunk.message.content for chunk in batch]).encode()
+
+
+def _token_ndjson(batch: list[ChatChunk]) -> bytes:
+    return b"".join([b'{"token":%s}\n' % _encode(c.message.content) for c in batch if c.message.content])
+
+
+def _token_sse(batch: list[ChatChunk]) -> bytes:
+    return b"".join(
+        [b'event: token\ndata: {"token":%s}\n\n' % _encode(c.message.content) for c in batch if c.message.content]
+    )
+
+
+_TOKEN_ENCODERS: Final[dict[StreamFormat, Callable[[list[ChatChunk]], bytes]]] = {
+    StreamFormat.TEXT: _token_text,
+    StreamFormat.NDJSON: _token_ndjson,
+    StreamFormat.SSE: _token_sse,
+}
+
+
+def _final_event(fmt: StreamFormat, payload: msgspec.Struct, event: str) -> bytes:
+    if fmt is StreamFormat.SSE:
+        return b"event: %s\ndata: %s\n\n" % (event.encode(), _encode(payload))
+    return _encode(payload) + b"\n"
+
+
+async def relay(
+    stream: ChunkStream,
+    fmt: StreamFormat,
+    model: str,
+    record: RequestRecord | None,
+) -> AsyncIterator[bytes]:
+    """Yield the client's bytes for a primed chat stream, ending with stats or an error."""
+    encode_tokens = _TOKEN_ENCODERS[fmt]
+    try:
+        async for batch in stream.batches():
+            data = encode_tokens(batch)
+            if data:
+                yield data
+            last = batch[-1] if batch else None
+            if last is not None and last.done:
+                if record is not None:
+                    record.tokens = last.eval_count
+                if fmt is not StreamFormat.TEXT:
+                    done = StreamDone(
+                        model=model,
+                        done_reason=last.done_reason,
+                        stats=GenerationStats.from_chunk(last),
+                    )
+                    yield _final_event(fmt, done, "done")
+    except MinatoError as exc:
+        logger.warning("stream_failed", model=model, format=fmt.name.lower(), detail=exc.detail)
+        if fmt is StreamFormat.TEXT:
+            raise StreamAbortedError(exc.detail) from exc
+        yield _final_event(fmt, StreamError(error=exc.detail), "error")
+    finally:
+        await stream.aclose()
+
+
+def stream_response(stream: ChunkStream, fmt: StreamFormat, model: str, record: RequestRecord | None) -> Stream:
+    """Wrap a primed stream in a chunked response.
+
+    The background task closes the upstream even when the client disconnects while the relay is
+    suspended in a write, so Ollama stops generating at once.
+    """
+    return Stream(
+        relay(stream, fmt, model, record),
+        media_type=fmt.value,
+        headers=_STREAM_HEADERS,
+        background=BackgroundTask(stream.aclose),
+    )

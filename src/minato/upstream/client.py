@@ -1,0 +1,398 @@
+"""The one module that talks to Ollama: a long-lived connection pool, timeouts, error translation.
+
+Everything above this module sees msgspec Structs and :mod:`minato.errors` exceptions, never httpx.
+Streams are *primed*: the request is sent and the first batch of lines read before the caller
+commits to a ``200``, so failures that happen before the first token still get an honest status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Final
+
+import httpx
+import msgspec
+import structlog
+
+from minato.errors import (
+    MinatoError,
+    ModelNotFoundError,
+    OllamaBusyError,
+    OllamaTimeoutError,
+    OllamaUnavailableError,
+    UpstreamError,
+    UpstreamRejectedError,
+)
+from minato.settings import Settings
+from minato.upstream.wire import (
+    ChatChunk,
+    ChatRequest,
+    ErrorBody,
+    PullProgress,
+    PullRequest,
+    ShowRequest,
+    ShowResponse,
+    TagsResponse,
+    VersionResponse,
+)
+
+logger = structlog.get_logger("minato.upstream")
+
+_JSON_HEADERS: Final = {"content-type": "application/json", "accept": "application/json"}
+_MANIFEST_STATUS: Final = "pulling manifest"
+_chunk_decoder: Final = msgspec.json.Decoder(ChatChunk)
+_progress_decoder: Final = msgspec.json.Decoder(PullProgress)
+_error_decoder: Final = msgspec.json.Decoder(ErrorBody)
+_encoder: Final = msgspec.json.Encoder()
+
+
+def default_transport(settings: Settings) -> httpx.AsyncBaseTransport:
+    """Return the transport measured fastest on the hot path (aiohttp under httpx's interface)."""
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(
+        max_connections=settings.max_connections,
+        max_keepalive_connections=settings.max_connections,
+        keepalive_expiry=30.0,
+    )
+    # Proxy variables meant for the internet must not reroute calls to a local daemon.
+    return AiohttpTransport(limits=limits, trust_env=False)
+
+
+class OllamaClient:
+    """Async access to one Ollama daemon over a single connection pool."""
+
+    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.base_url = settings.ollama_url
+        self._http = httpx.AsyncClient(
+            base_url=settings.ollama_url,
+            transport=transport if transport is not None else default_transport(settings),
+            # Deadlines are enforced per phase with asyncio (first token, idle gap, whole answer);
+            # httpx only bounds the TCP connect.
+            timeout=httpx.Timeout(None, connect=settings.connect_timeout),
+            trust_env=False,
+            follow_redirects=False,
+        )
+        self._capabilities: dict[str, tuple[float, frozenset[str]]] = {}
+        self._capability_lookups: dict[str, asyncio.Future[frozenset[str]]] = {}
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatChunk:
+        """Return Ollama's whole (non-streamed) answer to a chat request."""
+        request.stream = False
+        body = await self._call(
+            "POST",
+            "/api/chat",
+            _encoder.encode(request),
+            self.settings.request_timeout,
+            request.model,
+        )
+        chunk = _chunk_decoder.decode(body)
+        if chunk.error:
+            raise UpstreamError(f"Ollama failed: {chunk.error}")
+        return chunk
+
+    async def stream_chat(self, request: ChatRequest) -> ChunkStream:
+        """Send a streamed chat request and return it once its first tokens have arrived."""
+        request.stream = True
+        response = await self._open_stream("/api/chat", _encoder.encode(request), request.model)
+        stream = ChunkStream(response, self.settings.idle_timeout)
+        await _primed(stream.prime(), self.settings.first_token_timeout, response, "a first token")
+        return stream
+
+    # -- model management -------------------------------------------------------------------
+
+    async def pull(self, model: str) -> PullStream:
+        """Start pulling ``model``; return once Ollama has found its manifest (or fail with 404)."""
+        body = _encoder.encode(PullRequest(model=model))
+        response = await self._open_stream("/api/pull", body, model)
+        # Checksums of multi-GB blobs can keep Ollama silent for minutes, so the gap allowed
+        # between progress lines is the generous first-token budget, not the token idle budget.
+        stream = PullStream(response, self.settings.first_token_timeout)
+        await _primed(stream.prime(), self.settings.first_token_timeout, response, "pull progress")
+        self.forget(model)
+        return stream
+
+    async def list_models(self) -> TagsResponse:
+        """Return the installed models."""
+        body = await self._call("GET", "/api/tags", None, self.settings.control_timeout, "")
+        return msgspec.json.decode(body, type=TagsResponse)
+
+    async def show(self, model: str) -> ShowResponse:
+        """Return a model's details and capabilities."""
+        payload = _encoder.encode(ShowRequest(model=model))
+        body = await self._call("POST", "/api/show", payload, self.settings.control_timeout, model)
+        return msgspec.json.decode(body, type=ShowResponse)
+
+    async def capabilities(self, model: str) -> frozenset[str]:
+        """Return a model's capabilities, cached for ``capabilities_ttl`` seconds.
+
+        Concurrent lookups of the same model share one ``/api/show`` call.
+        """
+        key = canonical_model_name(model)
+        cached = self._capabilities.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        pending = self._capability_lookups.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[frozenset[str]] = asyncio.get_running_loop().create_future()
+        self._capability_lookups[key] = future
+        try:
+            capabilities = frozenset((await self.show(model)).capabilities)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._capability_lookups[key]
+        future.set_result(capabilities)
+        self._capabilities[key] = (now + self.settings.capabilities_ttl, capabilities)
+        return capabilities
+
+    def forget(self, model: str) -> None:
+        """Drop cached facts about ``model`` (after it was pulled or deleted)."""
+        self._capabilities.pop(canonical_model_name(model), None)
+
+    async def version(self) -> str:
+        """Return Ollama's version string."""
+        body = await self._call("GET", "/api/version", None, self.settings.control_timeout, "")
+        return msgspec.json.decode(body, type=VersionResponse).version
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, body: bytes | None, deadline: float, model: str) -> bytes:
+        """Make one buffered call; return the body of a 2xx answer or raise a Minato error."""
+        try:
+            async with asyncio.timeout(deadline):
+                response = await self._http.request(
+                    method, path, content=body, headers=_JSON_HEADERS if body is not None else None
+                )
+        except TimeoutError:
+            raise OllamaTimeoutError(f"Ollama did not answer {path} within {deadline:g} s") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        if response.status_code >= 400:
+            raise status_error(response.status_code, response.content, model)
+        return response.content
+
+    async def _open_stream(self, path: str, body: bytes, model: str) -> httpx.Response:
+        request = self._http.build_request("POST", path, content=body, headers=_JSON_HEADERS)
+        try:
+            async with asyncio.timeout(self.settings.first_token_timeout):
+                response = await self._http.send(request, stream=True)
+                if response.status_code >= 400:
+                    try:
+                        content = await response.aread()
+                    finally:
+                        await response.aclose()
+                    raise status_error(response.status_code, content, model)
+        except TimeoutError:
+            raise OllamaTimeoutError(
+                f"Ollama did not start answering within {self.settings.first_token_timeout:g} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        return response
+
+    def _transport_error(self, exc: httpx.HTTPError) -> MinatoError:
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            return OllamaTimeoutError(f"Ollama timed out: {_describe(exc)}")
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return OllamaUnavailableError(f"Ollama is unreachable at {self.base_url}: {_describe(exc)}")
+        return UpstreamError(f"connection to Ollama at {self.base_url} failed: {_describe(exc)}")
+
+
+async def _primed(prime: Awaitable[None], deadline: float, response: httpx.Response, what: str) -> None:
+    """Await a stream's priming under the first-token deadline; close the response on failure."""
+    try:
+        async with asyncio.timeout(deadline):
+            await prime
+    except TimeoutError:
+        await response.aclose()
+        raise OllamaTimeoutError(f"Ollama did not send {what} within {deadline:g} s") from None
+    except BaseException:
+        await response.aclose()
+        raise
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def status_error(status: int, body: bytes, model: str) -> MinatoError:
+    """Translate a non-2xx Ollama answer into the Minato error with the honest status."""
+    message = _error_message(body)
+    is_ollama_error = body[:1] == b"{"
+    if status == 404 and is_ollama_error:
+        return ModelNotFoundError(message or f"model '{model}' not found")
+    if status == 400:
+        return UpstreamRejectedError(message)
+    if status in (429, 503):
+        return OllamaBusyError(message or "Ollama is busy")
+    if status == 403 and not body:
+        return UpstreamError(
+            "Ollama refused the request (403): it only accepts local Host headers when bound to "
+            "loopback; point MINATO_OLLAMA_URL at an address Ollama accepts"
+        )
+    if status == 404:
+        return UpstreamError(f"Ollama answered 404 ({message}); is MINATO_OLLAMA_URL an Ollama server?")
+    return UpstreamError(f"Ollama answered {status}: {message}" if message else f"Ollama answered {status}")
+
+
+def _error_message(body: bytes) -> str:
+    if body[:1] == b"{":
+        try:
+            error = _error_decoder.decode(body).error
+        except msgspec.DecodeError:
+            pass
+        else:
+            return error if isinstance(error, str) else str(error)
+    return body.decode("utf-8", "replace").strip()[:500]
+
+
+def canonical_model_name(model: str) -> str:
+    """Return ``model`` with Ollama's implicit ``:latest`` tag made explicit."""
+    last = model.rsplit("/", 1)[-1]
+    return model if ":" in last else f"{model}:latest"
+
+
+class _LineStream:
+    """NDJSON lines off an httpx response, decoded a received chunk at a time.
+
+    Lines that arrive together are decoded and handed on together: relaying a batch costs one
+    write instead of one per token, which keeps per-token CPU flat however fast Ollama is.
+    """
+
+    def __init__(self, response: httpx.Response, idle_timeout: float) -> None:
+        self.response = response
+        self.idle_timeout = idle_timeout
+        self._raw = response.aiter_bytes()
+        self._buffer = b""
+        self._closed = False
+
+    async def _next_lines(self) -> bytes | None:
+        """Return the next run of complete lines, or ``None`` at the end of the body."""
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    data = await anext(self._raw)
+            except StopAsyncIteration:
+                rest, self._buffer = self._buffer.strip(), b""
+                return rest or None
+            except TimeoutError:
+                raise OllamaTimeoutError(
+                    f"Ollama went silent for {self.idle_timeout:g} s in the middle of a stream"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise UpstreamError(f"the stream from Ollama broke: {_describe(exc)}") from None
+            end = data.rfind(b"\n")
+            if end < 0:
+                self._buffer += data
+                continue
+            lines = self._buffer + data[: end + 1] if self._buffer else data[: end + 1]
+            self._buffer = data[end + 1 :]
+            return lines
+
+    async def aclose(self) -> None:
+        """Close the upstream response; Ollama stops generating when its client goes away."""
+        if not self._closed:
+            self._closed = True
+            await self.response.aclose()
+
+
+class ChunkStream(_LineStream):
+    """A primed ``/api/chat`` stream yielding batches of chunks."""
+
+    first: list[ChatChunk]
+
+    async def prime(self) -> None:
+        """Read up to the first batch of chunks; raise if Ollama failed before any token."""
+        self.first = await self._read_batch() or []
+        if self.first and self.first[0].error:
+            raise UpstreamError(f"Ollama failed: {self.first[0].error}")
+
+    async def _read_batch(self) -> list[ChatChunk] | None:
+        lines = await self._next_lines()
+        if lines is None:
+            return None
+        try:
+            return _chunk_decoder.decode_lines(lines)
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(f"Ollama sent a malformed line: {exc}") from None
+
+    async def batches(self) -> AsyncIterator[list[ChatChunk]]:
+        """Yield the primed batch, then each further batch; an ``error`` line raises.
+
+        Chunks before an error line in the same batch are yielded first, so nothing is lost.
+        """
+        batch: list[ChatChunk] | None = self.first
+        while batch is not None:
+            for index, chunk in enumerate(batch):
+                if chunk.error:
+                    if index:
+                        yield batch[:index]
+                    raise UpstreamError(f"Ollama failed mid-stream: {chunk.error}")
+            yield batch
+            if batch and batch[-1].done:
+                return
+            batch = await self._read_batch()
+        raise UpstreamError("Ollama closed the stream before it was done")
+
+
+class PullStream(_LineStream):
+    """A primed ``/api/pull`` stream yielding progress lines."""
+
+    first: list[PullProgress]
+
+    async def prime(self) -> None:
+        """Read past "pulling manifest"; an error before any layer means an unknown model."""
+        self.first = []
+        while True:
+            lines = await self._next_lines()
+            if lines is None:
+                raise UpstreamError("Ollama closed the pull stream before reporting progress")
+            batch = _decode_progress(lines)
+            self.first.extend(batch)
+            for item in batch:
+                if item.error:
+                    raise _pull_error(item.error)
+                if item.status != _MANIFEST_STATUS:
+                    return
+
+    async def progress(self) -> AsyncIterator[list[PullProgress]]:
+        """Yield the primed lines, then each further batch; an ``error`` line raises."""
+        batch: list[PullProgress] | None = self.first
+        while batch is not None:
+            for item in batch:
+                if item.error:
+                    raise UpstreamError(f"pull failed: {item.error}")
+            yield batch
+            if batch and batch[-1].status == "success":
+                return
+            lines = await self._next_lines()
+            batch = None if lines is None else _decode_progress(lines)
+        raise UpstreamError("Ollama closed the pull stream before it succeeded")
+
+
+def _decode_progress(lines: bytes) -> list[PullProgress]:
+    try:
+        return _progress_decoder.decode_lines(lines)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"Ollama sent a malformed progress line: {exc}") from None
+
+
+def _pull_error(message: str) -> MinatoError:
+    # Ollama turns a registry 404 into os.ErrNotExist: "pull model manifest: file does not exist".
+    if "file does not exist" in message or "not found" in message:
+        return ModelNotFoundError(message)
+    return UpstreamError(f"pull failed: {message}")

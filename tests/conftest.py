@@ -1,0 +1,58 @@
+"""Shared fixtures: settings, a respx router standing in for Ollama, the app and its client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import respx
+import structlog
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from minato.app import create_app
+from minato.settings import Settings
+
+OLLAMA_URL = "http://ollama.test:11434"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run async tests on asyncio, the loop Minato is served on."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Give each test unconfigured, uncached structlog so ``capture_logs`` sees every event."""
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(name="settings")
+def fx_settings() -> Settings:
+    """Settings pointing at the mocked Ollama, with small limits that tests can reach."""
+    return Settings(ollama_url=OLLAMA_URL, max_images=3, max_image_bytes=64 * 1024, max_message_chars=1000)
+
+
+@pytest.fixture(name="ollama")
+def fx_ollama() -> Iterator[respx.MockRouter]:
+    """A respx router answering for Ollama; tests add routes and inspect ``calls``."""
+    with respx.mock(base_url=OLLAMA_URL, assert_all_called=False, assert_all_mocked=True) as router:
+        yield router
+
+
+@pytest.fixture(name="app")
+def fx_app(settings: Settings, ollama: respx.MockRouter) -> Litestar:
+    """Minato wired to the respx router through an httpx mock transport."""
+    return create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
+
+
+@pytest.fixture(name="client")
+async def fx_client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """An async test client running the app's lifespan."""
+    async with AsyncTestClient(app=app) as client:
+        yield client
