@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import msgspec
 
 _encode = msgspec.json.Encoder().encode
@@ -92,3 +95,63 @@ PNG_1PX = bytes.fromhex(
     "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
 )
 JPEG_HEADER = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + b"\x00" * 32
+
+
+# -- helpers for the unit suite (appended) ---------------------------------------------------------
+
+GIF_HEADER = b"GIF89a\x01\x00\x01\x00\x80\x00\x00" + b"\x00" * 16
+WEBP_HEADER = b"RIFF\x24\x00\x00\x00WEBPVP8 " + b"\x00" * 24
+BMP_HEADER = b"BM\x3a\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00" + b"\x00" * 24
+
+
+def pull_progress(digest: str = "dde5aa3fc5ff", *, total: int = 200, completed: int = 0) -> dict[str, Any]:
+    """One ``/api/pull`` per-blob progress line (``completed`` omitted while 0, as Ollama does)."""
+    line: dict[str, Any] = {"status": f"pulling {digest}", "digest": f"sha256:{digest}", "total": total}
+    if completed:
+        line["completed"] = completed
+    return line
+
+
+PULL_MANIFEST: dict[str, Any] = {"status": "pulling manifest"}
+PULL_SUCCESS: dict[str, Any] = {"status": "success"}
+PULL_UNKNOWN: dict[str, Any] = {"error": "pull model manifest: file does not exist"}
+
+
+class Pieces(httpx.AsyncByteStream):
+    """A response body delivered in the given pieces, optionally pausing before some of them.
+
+    ``pauses`` maps a piece's index to the seconds slept before that piece is yielded.
+    """
+
+    def __init__(self, *pieces: bytes, pauses: dict[int, float] | None = None) -> None:
+        self.pieces = pieces
+        self.pauses = pauses or {}
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for index, piece in enumerate(self.pieces):
+            if index in self.pauses:
+                await asyncio.sleep(self.pauses[index])
+            yield piece
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def split_every(data: bytes, sizes: tuple[int, ...]) -> list[bytes]:
+    """Cut ``data`` into pieces of the given sizes, cycling through them (odd byte boundaries)."""
+    pieces: list[bytes] = []
+    position, turn = 0, 0
+    while position < len(data):
+        size = sizes[turn % len(sizes)]
+        pieces.append(data[position : position + size])
+        position += size
+        turn += 1
+    return pieces
+
+
+def streamed(*pieces: bytes, pauses: dict[int, float] | None = None, status: int = 200) -> httpx.Response:
+    """An NDJSON response whose body arrives in ``pieces``."""
+    return httpx.Response(
+        status, headers={"content-type": "application/x-ndjson"}, stream=Pieces(*pieces, pauses=pauses)
+    )

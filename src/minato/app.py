@@ -85,6 +85,8 @@ def create_app(
             path="/docs",
             render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
         ),
+        # Logging is configured once by configure_logging, not by Litestar's defaults.
+        logging_config=None,
         debug=False,
     )
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that

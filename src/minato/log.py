@@ -92,9 +92,12 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # The server's access log would write the query string, i.e. the user's prompt; the
+    # request line written by RequestLogMiddleware replaces it.
+    logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request at INFO; the access line already says everything.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(level, logging.WARNING))

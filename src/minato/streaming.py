@@ -34,7 +34,7 @@ _STREAM_HEADERS: Final = {
 class StreamFormat(enum.Enum):
     """What a stream looks like on the wire, chosen by the ``Accept`` header."""
 
-    TEXT = "text/plain; charset=utf-8"
+    TEXT = "text/plain"  # Litestar appends "; charset=utf-8" to text/* types
     NDJSON = "application/x-ndjson"
     SSE = "text/event-stream"
 

@@ -50,7 +50,7 @@ def _display_host(host: str) -> str:
 async def serve(config: Config) -> None:
     standin = StandIn(config)
     server = web.Server(standin.handle, handler_cancellation=True, access_log=None)
-    runner = web.ServerRunner(server, handle_signals=False)
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024)
     await site.start()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 __all__ = [
     "BEHAVIOUR_MODELS",
@@ -135,7 +135,7 @@ class ModelSpec:
     stop: tuple[str, ...] = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
     license: str = "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT\nLlama 3.2 Version Release Date: 2024"
     behaviour: str = "normal"  # normal | fail-midstream | fail-before | busy | hang
-    token_delay_ms: float = 0.0
+    token_delay_ms: float = 0.0  # pause between tokens; a real small model is ~5 ms/token
     answer_tokens: int = 8
     digest: str = field(default="")
     layers: tuple[tuple[str, int], ...] = ()
@@ -213,19 +213,24 @@ def _go_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _llama(name: str, **overrides: object) -> ModelSpec:
-    base: dict[str, object] = {
-        "family": "llama",
-        "parameter_size": "1.2B",
-        "quantization_level": "Q8_0",
-        "parameter_count": 1235814432,
-        "context_length": 131072,
-        "embedding_length": 2048,
-        "size": 1321098329,
-        "capabilities": ("completion", "tools"),
-    }
-    base.update(overrides)
-    return ModelSpec(name=name, **base)  # type: ignore[arg-type]
+_LLAMA_BASE: Final = ModelSpec(
+    name="llama-base:latest",
+    family="llama",
+    parameter_size="1.2B",
+    quantization_level="Q8_0",
+    parameter_count=1235814432,
+    context_length=131072,
+    embedding_length=2048,
+    size=1321098329,
+    capabilities=("completion", "tools"),
+    token_delay_ms=5.0,
+)
+
+
+def _llama(name: str, **overrides: Any) -> ModelSpec:
+    """A llama-family spec; digest and layers are re-derived from the new name."""
+    changes: dict[str, Any] = {"digest": "", "layers": (), **overrides}
+    return replace(_LLAMA_BASE, name=name, **changes)
 
 
 _SLOW_MS: Final = 50.0
@@ -284,6 +289,7 @@ _QWEN3: Final = ModelSpec(
     embedding_length=1024,
     size=522653767,
     capabilities=("completion", "tools", "thinking"),
+    token_delay_ms=5.0,
     template=_QWEN_TEMPLATE,
     stop=("<|im_start|>", "<|im_end|>"),
     license="Apache License\nVersion 2.0, January 2004",
@@ -355,7 +361,7 @@ def dynamic_spec(name: ModelName) -> ModelSpec | None:
     model = name.model.lower()
     spec: ModelSpec | None = None
     if model == "tokens" and (m := _TOKENS_TAG.match(name.tag)):
-        spec = _llama(name.short, capabilities=("completion",), answer_tokens=int(m.group(1)))
+        spec = _llama(name.short, capabilities=("completion",), answer_tokens=int(m.group(1)), token_delay_ms=0.0)
     elif model == "paced" and (m := _PACED_TAG.match(name.tag)):
         spec = _llama(
             name.short,

@@ -178,7 +178,7 @@ def go_duration_ns(text: str) -> int:
         raise invalid
     total = 0.0
     while s:
-        if not (s[0] == "." or s[0].isascii() and s[0].isdigit()):
+        if not (s[0] == "." or (s[0].isascii() and s[0].isdigit())):
             raise invalid
         i = 0
         while i < len(s) and s[i].isascii() and s[i].isdigit():
@@ -194,16 +194,14 @@ def go_duration_ns(text: str) -> int:
         if not whole and not frac:
             raise invalid
         k = 0
-        while k < len(s) and not (s[k] == "." or s[k].isascii() and s[k].isdigit()):
+        while k < len(s) and not (s[k] == "." or (s[k].isascii() and s[k].isdigit())):
             k += 1
         if k == 0:
             raise DurationError("time: missing unit in duration " + go_quote(orig))
         unit, s = s[:k], s[k:]
         scale = _UNITS.get(unit)
         if scale is None:
-            raise DurationError(
-                "time: unknown unit " + go_quote(unit) + " in duration " + go_quote(orig)
-            )
+            raise DurationError("time: unknown unit " + go_quote(unit) + " in duration " + go_quote(orig))
         value = int(whole or "0") * scale
         if frac:
             value += int(float("0." + frac) * scale)
@@ -240,7 +238,7 @@ def keep_alive_ns(value: object) -> int:
 _B64: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 
-def b64_error_offset(text: str) -> int | None:
+def b64_error_offset(text: str) -> int | None:  # noqa: PLR0911 - mirrors the decoder's exits
     """Where Go's ``base64.StdEncoding`` decoder gives up, or ``None`` if ``text`` decodes."""
     src = text.encode("utf-8", "surrogatepass")
     n = len(src)
@@ -307,7 +305,7 @@ def _container_at(doc: str, pos: int) -> str:
     return "array" if stack and stack[-1] == "[" else "object"
 
 
-def _syntax_message(raw: bytes) -> str:
+def _syntax_message(raw: bytes) -> str:  # noqa: PLR0911 - one exit per Go message
     """Map a JSON syntax error to what Go's decoder would have said (best effort)."""
     doc = raw.decode("utf-8", "replace")
     try:
@@ -364,4 +362,3 @@ def decode_json_body(raw: bytes, go_type: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise DecodeError(f"json: cannot unmarshal {go_kind(value)} into Go value of type {go_type}")
     return value
-

@@ -40,7 +40,7 @@ def run_standin(*extra_args: str) -> Iterator[str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     with tempfile.TemporaryFile(mode="w+", prefix="standin-", suffix=".log") as log:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter + our module
             [sys.executable, "-m", "tests.standin", "--port", "0", *extra_args],
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
@@ -60,9 +60,7 @@ def run_standin(*extra_args: str) -> Iterator[str]:
                 first = ""
             if not first.startswith("LISTENING "):
                 log.seek(0)
-                raise RuntimeError(
-                    f"stand-in did not start (exit={proc.poll()}): {first!r}\n{log.read()[-4000:]}"
-                )
+                raise RuntimeError(f"stand-in did not start (exit={proc.poll()}): {first!r}\n{log.read()[-4000:]}")
             yield first.split(" ", 1)[1].strip()
         finally:
             if proc.poll() is None:

@@ -6,6 +6,7 @@ Formats, statuses and error strings follow ``/work/shared/reference/ollama-api.m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import math
@@ -335,7 +336,7 @@ class StandIn:
 
     # ------------------------------------------------------------------ introspection
 
-    async def _introspect(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+    async def _introspect(self, request: web.BaseRequest, path: str) -> web.StreamResponse:  # noqa: PLR0911
         method = request.method
         if path == "/_standin/requests":
             if method == "GET":
@@ -517,9 +518,7 @@ class StandIn:
             return web.Response(status=404, body=body + b"\n", headers={"Content-Type": JSON_CT})
         entry = self.installed.get(name.key)
         created = (entry.modified_ns if entry else time.time_ns()) // 1_000_000_000
-        return _json(
-            200, {"id": model, "object": "model", "created": created, "owned_by": name.namespace}
-        )
+        return _json(200, {"id": model, "object": "model", "created": created, "owned_by": name.namespace})
 
     # ------------------------------------------------------------------ pull
 
@@ -551,9 +550,7 @@ class StandIn:
             for digest, total in spec.layers:
                 status = "pulling " + digest[7:19]
                 if present:
-                    lines.append(
-                        {"status": status, "digest": digest, "total": total, "completed": total}
-                    )
+                    lines.append({"status": status, "digest": digest, "total": total, "completed": total})
                     continue
                 lines.append({"status": status, "digest": digest, "total": total})
                 for part in range(1, 4):
@@ -612,9 +609,7 @@ class StandIn:
         norm = math.sqrt(sum(v * v for v in vec)) or 1.0
         return [round(v / norm, 9) for v in vec]
 
-    async def _embed_common(
-        self, body: dict[str, Any], model: str
-    ) -> tuple[ModelSpec, ModelName] | web.Response:
+    async def _embed_common(self, body: dict[str, Any], model: str) -> tuple[ModelSpec, ModelName] | web.Response:
         name = parse_name(model)
         if name is None:
             return _error(400, "invalid model name")
@@ -726,9 +721,7 @@ class StandIn:
         obj["done_reason"] = reason
         return _json(200, obj)
 
-    async def _inference(
-        self, request: web.BaseRequest, raw: bytes, *, chat: bool
-    ) -> web.StreamResponse:
+    async def _inference(self, request: web.BaseRequest, raw: bytes, *, chat: bool) -> web.StreamResponse:  # noqa: PLR0911
         path = "/api/chat" if chat else "/api/generate"
         try:
             if chat:
@@ -934,19 +927,13 @@ class StandIn:
             self._event("stream_cancelled", gen.path, gen.model, sent, stream=False)
             raise
         if gen.spec.behaviour == "fail-midstream":
-            self._event(
-                "stream_completed", gen.path, gen.model, sent, stream=False, error=ERR_MIDSTREAM
-            )
+            self._event("stream_completed", gen.path, gen.model, sent, stream=False, error=ERR_MIDSTREAM)
             return _error(500, ERR_MIDSTREAM)
-        final = self._final(
-            gen, load_ns, gen_start, sent, "".join(content), "".join(thinking)
-        )
+        final = self._final(gen, load_ns, gen_start, sent, "".join(content), "".join(thinking))
         self._event("stream_completed", gen.path, gen.model, sent, stream=False, error=None)
         return _json(200, final)
 
-    async def _run_stream(
-        self, request: web.BaseRequest, gen: Gen, load_ns: int
-    ) -> web.StreamResponse:
+    async def _run_stream(self, request: web.BaseRequest, gen: Gen, load_ns: int) -> web.StreamResponse:
         self._event("stream_started", gen.path, gen.model, 0, stream=True)
         model_json = dumps(gen.model)
         if gen.chat:
@@ -990,8 +977,6 @@ class StandIn:
                 raise
             return resp
         self._event("stream_completed", gen.path, gen.model, sent, stream=True, error=error)
-        try:
+        with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
-        except ConnectionResetError:
-            pass
         return resp

@@ -239,9 +239,10 @@ def decode_request(raw: bytes, go_type: str, fields: dict[str, str]) -> dict[str
                 err = _type_error(value, where, "api.Tools")
         elif kind == "duration":
             try:
-                value = keep_alive_ns(value)
+                out[canon] = keep_alive_ns(value)
             except DurationError as exc:
                 raise RequestError(str(exc)) from None
+            continue
         elif kind == "think":
             _check_think(value)
         if err is not None:

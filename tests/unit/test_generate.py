@@ -31,7 +31,9 @@ async def test_answer_carries_response_model_done_reason_and_stats(client: Clien
     assert body["stats"]["tokens_per_second"] == pytest.approx(3 / 0.115959084, rel=1e-3)
 
 
-async def test_only_the_message_goes_upstream_when_no_parameter_is_set(client: Client, ollama: respx.MockRouter) -> None:
+async def test_only_the_message_goes_upstream_when_no_parameter_is_set(
+    client: Client, ollama: respx.MockRouter
+) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     await client.get("/llama3.2", params={"message": "hi"})
@@ -43,7 +45,9 @@ async def test_only_the_message_goes_upstream_when_no_parameter_is_set(client: C
     }
 
 
-async def test_every_seed_parameter_is_translated_into_ollamas_request(client: Client, ollama: respx.MockRouter) -> None:
+async def test_every_seed_parameter_is_translated_into_ollamas_request(
+    client: Client, ollama: respx.MockRouter
+) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get(

@@ -64,7 +64,6 @@ async def generate(
     operation_id="GenerateStream",
     summary="Stream the answer to a message",
     description=STREAM_DESCRIPTION,
-    media_type="text/plain; charset=utf-8",
     responses=GENERATION_RESPONSES,
     tags=["generate"],
 )

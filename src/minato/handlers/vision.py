@@ -96,7 +96,6 @@ async def vision(
     summary="Stream the answer about images",
     description=f"{VISION_DESCRIPTION}\n\n{STREAM_DESCRIPTION}",
     status_code=200,
-    media_type="text/plain; charset=utf-8",
     responses=VISION_RESPONSES,
     tags=["vision"],
 )
