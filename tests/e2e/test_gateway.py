@@ -174,12 +174,19 @@ def test_a_client_that_gives_up_on_a_whole_answer_stops_ollama(minato: MinatoSer
 def test_a_failure_after_the_first_token_aborts_a_plain_text_stream(
     minato: MinatoServer, standin: httpx.Client
 ) -> None:
-    received = b""
-    with httpx.Client(timeout=30) as client, pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012
-        with client.stream("GET", f"{minato.url}/stream/standin/fail-midstream", params={"message": "hi"}) as r:
+    received = bytearray()
+
+    def read_everything() -> None:
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream("GET", f"{minato.url}/stream/standin/fail-midstream", params={"message": "hi"}) as r,
+        ):
             assert r.status_code == 200
             for chunk in r.iter_raw():
-                received += chunk
+                received.extend(chunk)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        read_everything()
 
     assert received, "the tokens before the failure were relayed"
     assert any('"stream_failed"' in line for line in minato.log_lines())
@@ -400,9 +407,9 @@ def test_the_model_list_describes_each_model(http: httpx.Client, backend: Backen
 
 
 def test_every_request_is_logged_once_without_the_prompt(minato: MinatoServer, http: httpx.Client) -> None:
-    secret = "the-prompt-must-never-be-logged-7f3a"
+    prompt = "the-prompt-must-never-be-logged-7f3a"
 
-    response = http.get("/llama3.2:1b", params={"message": secret}, headers={"X-Request-ID": "e2e-trace-1"})
+    response = http.get("/llama3.2:1b", params={"message": prompt}, headers={"X-Request-ID": "e2e-trace-1"})
 
     assert response.headers["x-request-id"] == "e2e-trace-1"
     deadline = time.monotonic() + 5
@@ -412,7 +419,7 @@ def test_every_request_is_logged_once_without_the_prompt(minato: MinatoServer, h
     assert [line["event"] for line in lines] == ["request"]
     assert lines[0]["model"] == "llama3.2:1b"
     assert lines[0]["status"] == response.status_code
-    assert all(secret not in line for line in minato.log_lines())
+    assert all(prompt not in line for line in minato.log_lines())
 
 
 def test_openapi_documents_every_route(http: httpx.Client) -> None:
