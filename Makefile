@@ -1,0 +1,53 @@
+# Minato task runner. `make` lists the targets; CI runs `make test` (see .ci/run).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+# uv is taken from PATH, or installed once into .tools/ from PyPI with the machine's Python.
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help install lint fmt type test check run bench up down logs clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+install: $(if $(findstring .tools/,$(UV)),.tools/bin/uv) ## Install Minato and its dev tools into .venv (from uv.lock)
+	$(UV) sync --locked
+
+lint: install ## ruff lint and format check
+	$(UV) run ruff check src tests bench
+	$(UV) run ruff format --check src tests bench
+
+fmt: install ## Format and auto-fix
+	$(UV) run ruff format src tests bench
+	$(UV) run ruff check --fix src tests bench
+
+type: install ## mypy --strict
+	$(UV) run mypy
+
+test: install ## Install everything and run the whole test suite (unit + end-to-end)
+	$(UV) run pytest $(PYTEST_ARGS)
+
+check: lint type test ## Everything CI checks
+
+run: install ## Serve on 127.0.0.1:8000 against an Ollama already on this machine
+	$(UV) run minato serve
+
+bench: install ## Overhead benchmark against the Ollama stand-in (writes nothing; prints a table)
+	$(UV) run python -m bench
+
+up: ## docker compose up -d (Minato + Ollama)
+	docker compose up -d
+
+down: ## docker compose down
+	docker compose down
+
+logs: ## Follow the containers' logs
+	docker compose logs -f
+
+clean: ## Remove caches and the local environments
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
