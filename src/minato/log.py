@@ -105,12 +105,19 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
 
 def _drop_aborted_stream_tracebacks(record: logging.LogRecord) -> bool:
     """Hide the ASGI server's traceback for a deliberately aborted stream (already logged)."""
-    exc = record.exc_info[1] if record.exc_info else None
-    while exc is not None:
-        if isinstance(exc, StreamAbortedError):
-            return False
-        exc = exc.__cause__ or exc.__context__
-    return True
+    return not (record.exc_info and _is_stream_abort(record.exc_info[1], depth=0))
+
+
+def _is_stream_abort(exc: BaseException | None, depth: int) -> bool:
+    # Litestar re-raises it "from" the original, and the stream's task group wraps it in an
+    # exception group, so look through causes and group members (to a bounded depth).
+    if exc is None or depth > 8:
+        return False
+    if isinstance(exc, StreamAbortedError):
+        return True
+    if isinstance(exc, BaseExceptionGroup) and any(_is_stream_abort(e, depth + 1) for e in exc.exceptions):
+        return True
+    return _is_stream_abort(exc.__cause__ or exc.__context__, depth + 1)
 
 
 class RequestLogMiddleware:
