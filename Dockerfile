@@ -16,7 +16,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MINATO_HOST=0.0.0.0 \
     MINATO_PORT=8000 \
-    MINATO_LOG_FORMAT=json
+    MINATO_LOG_FORMAT=json \
+    MINATO_SESSION_STORE=/data/minato.db
 USER minato
 WORKDIR /data
 EXPOSE 8000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -32,10 +33,22 @@ def _reset_logging() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+@pytest.fixture(autouse=True)
+def _run_in_a_scratch_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep files a test creates (the default SQLite session store) out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(name="settings")
 def fx_settings() -> Settings:
     """Settings pointing at the mocked Ollama, with small limits that tests can reach."""
-    return Settings(ollama_url=OLLAMA_URL, max_images=3, max_image_bytes=64 * 1024, max_message_chars=1000)
+    return Settings(
+        ollama_url=OLLAMA_URL,
+        max_images=3,
+        max_image_bytes=64 * 1024,
+        max_message_chars=1000,
+        session_store="memory://",
+    )
 
 
 @pytest.fixture(name="ollama")

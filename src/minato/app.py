@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 
 import httpx
 from litestar import Litestar
-from litestar.config.response_cache import ResponseCacheConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -18,10 +17,12 @@ from minato.errors import EXCEPTION_HANDLERS
 from minato.handlers import ROUTE_HANDLERS
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.options import provide_generation_options
+from minato.sessions import SessionManager, open_store
 from minato.settings import Settings
 from minato.upstream import OllamaClient
 
-UPSTREAM_STATE_KEY: Final = "upstream"
+UPSTREAM: Final = "upstream"
+SESSIONS: Final = "sessions"
 API_DESCRIPTION: Final = (
     "Minato is an HTTP gateway in front of an Ollama daemon: plain GET requests for answers, "
     "streamed tokens, image questions and model management, without exposing Ollama itself.\n\n"
@@ -50,34 +51,49 @@ def create_app(
     settings = settings if settings is not None else Settings.from_env()
     if configure_logs:
         configure_logging(settings)
-    upstream_holder: dict[str, OllamaClient] = {}
+    resources: dict[str, Any] = {}
 
     @asynccontextmanager
     async def ollama_pool(_: Litestar) -> AsyncIterator[None]:
         client = OllamaClient(settings, transport=transport)
-        upstream_holder[UPSTREAM_STATE_KEY] = client
+        resources[UPSTREAM] = client
         try:
             yield
         finally:
             await client.aclose()
 
+    @asynccontextmanager
+    async def conversations(_: Litestar) -> AsyncIterator[None]:
+        manager = SessionManager(open_store(settings.session_store), settings)
+        await manager.start()
+        resources[SESSIONS] = manager
+        try:
+            yield
+        finally:
+            await manager.stop()
+
     def provide_settings() -> Settings:
         return settings
 
     def provide_upstream() -> OllamaClient:
-        return upstream_holder[UPSTREAM_STATE_KEY]
+        client: OllamaClient = resources[UPSTREAM]
+        return client
+
+    def provide_sessions() -> SessionManager:
+        manager: SessionManager = resources[SESSIONS]
+        return manager
 
     app = Litestar(
         route_handlers=ROUTE_HANDLERS,
-        lifespan=[ollama_pool],
+        lifespan=[ollama_pool, conversations],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False, use_cache=True),
             "upstream": Provide(provide_upstream, sync_to_thread=False),
+            "sessions": Provide(provide_sessions, sync_to_thread=False),
             "params": Provide(provide_generation_options, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        response_cache_config=ResponseCacheConfig(),
         openapi_config=OpenAPIConfig(
             title="Minato",
             version=__version__,

@@ -7,6 +7,7 @@
     ├── PayloadTooLargeError         413
     ├── CapabilityError              400  the model cannot do what was asked (e.g. vision)
     ├── ModelNotFoundError           404  Ollama does not know the model
+    ├── SessionNotFoundError         404  no conversation with that id
     └── UpstreamError                502  Ollama failed in some other way
         ├── UpstreamRejectedError    400  Ollama refused the request as malformed
         ├── OllamaUnavailableError   503  no connection to Ollama
@@ -83,6 +84,12 @@ class CapabilityError(MinatoError):
 
 class ModelNotFoundError(MinatoError):
     """Ollama has no such model."""
+
+    status_code = 404
+
+
+class SessionNotFoundError(MinatoError):
+    """No conversation has that id (or it expired)."""
 
     status_code = 404
 

@@ -18,6 +18,7 @@ from litestar.params import Parameter
 from msgspec import UNSET, UnsetType
 
 from minato.errors import ErrorItem, InvalidInputError
+from minato.sessions import Turn, validate_session_id
 from minato.settings import Settings
 from minato.upstream.wire import ChatRequest, WireMessage
 
@@ -48,12 +49,21 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
     system_prompt: str | None = None
     keep_alive: float | str | UnsetType = UNSET
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+    session: str | None = None
 
-    def chat_request(self, model: str, message: str, images: list[str] | None = None) -> ChatRequest:
-        """Build the Ollama chat request for a single user turn."""
+    def chat_request(
+        self, model: str, message: str, images: list[str] | None = None, turn: Turn | None = None
+    ) -> ChatRequest:
+        """Build the Ollama chat request: system prompt, the session's history, the new message.
+
+        A ``system_prompt`` given with the request wins over the session's, for this request only.
+        """
         messages = []
-        if self.system_prompt:
-            messages.append(WireMessage(role="system", content=self.system_prompt))
+        system_prompt = self.system_prompt or (turn.system_prompt if turn else None)
+        if system_prompt:
+            messages.append(WireMessage(role="system", content=system_prompt))
+        if turn is not None:
+            messages.extend(turn.history())
         messages.append(WireMessage(role="user", content=message, images=images or []))
         return ChatRequest(
             model=model,
@@ -67,9 +77,18 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
 def provide_generation_options(
     request: Request[Any, Any, Any],
     settings: NamedDependency[Settings],
+    session: Annotated[
+        str | None,
+        Parameter(
+            description=(
+                "Conversation id of your choosing (1-128 letters, digits, `_-.:`). Ollama then gets the "
+                "session's system prompt and history, and the completed exchange is added to it."
+            )
+        ),
+    ] = None,
     system_prompt: Annotated[
         str | None,
-        Parameter(description="System prompt for this request only.", min_length=1),
+        Parameter(description="System prompt for this request only (wins over a session's).", min_length=1),
     ] = None,
     keep_alive: Annotated[str | None, Parameter(description=KEEP_ALIVE_DESCRIPTION)] = None,
     numa: Annotated[
@@ -137,6 +156,8 @@ def provide_generation_options(
         )
     if system_prompt is not None:
         check_text_length("system_prompt", system_prompt, settings)
+    if session is not None:
+        validate_session_id(session, "query")
     options: dict[str, Any] = {}
     for name, value in (
         ("numa", numa),
@@ -153,6 +174,7 @@ def provide_generation_options(
         system_prompt=system_prompt,
         keep_alive=UNSET if keep_alive is None else parse_keep_alive(keep_alive),
         options=options,
+        session=session,
     )
 
 

@@ -48,7 +48,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Seconds for Ollama's bookkeeping calls (model list, model details, version)."""
     max_connections: PositiveInt = 1024
     """Upper bound on simultaneous connections to Ollama from one worker."""
-    max_message_chars: PositiveInt = 100_000
+    max_message_chars: PositiveInt = 32_000
     """Longest accepted ``message`` / ``system_prompt``, in characters."""
     max_image_bytes: PositiveInt = 20 * 1024 * 1024
     """Largest accepted image upload, per image, in bytes."""
@@ -58,6 +58,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Largest accepted request body, in bytes."""
     capabilities_ttl: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     """Seconds a model's capabilities (from Ollama's ``/api/show``) are cached."""
+    session_store: str = "minato.db"
+    """Where conversations are kept: a SQLite file path (created on first start) or ``memory://``."""
+    session_max_messages: Annotated[int, msgspec.Meta(ge=2)] = 200
+    """Messages kept per conversation; the oldest user/assistant pairs are dropped first."""
+    session_ttl: PositiveFloat = 7 * 24 * 3600.0
+    """Seconds of inactivity after which a whole conversation is forgotten."""
+    max_sessions: PositiveInt = 10_000
+    """Conversations kept; beyond it the least recently active are forgotten."""
+    session_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 32 * 1024 * 1024
+    """Image bytes (base64) kept per conversation for follow-up questions; older images go first."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest log level written."""
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 import structlog
@@ -18,6 +18,7 @@ from litestar.response import Stream
 from minato.errors import MinatoError
 from minato.log import RequestRecord, StreamAbortedError
 from minato.schemas import GenerationStats, StreamDone, StreamError
+from minato.sessions import Turn
 from minato.upstream import ChunkStream
 from minato.upstream.wire import ChatChunk
 
@@ -70,6 +71,14 @@ _TOKEN_ENCODERS: Final[dict[StreamFormat, Callable[[list[ChatChunk]], bytes]]] =
 }
 
 
+class Exchange(NamedTuple):
+    """A session turn riding on a stream: recorded only if the stream completes."""
+
+    turn: Turn
+    question: str
+    images: list[str]
+
+
 def _final_event(fmt: StreamFormat, payload: msgspec.Struct, event: str) -> bytes:
     if fmt is StreamFormat.SSE:
         return b"event: %s\ndata: %s\n\n" % (event.encode(), _encode(payload))
@@ -81,18 +90,25 @@ async def relay(
     fmt: StreamFormat,
     model: str,
     record: RequestRecord | None,
+    exchange: Exchange | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the client's bytes for a primed chat stream, ending with stats or an error."""
     encode_tokens = _TOKEN_ENCODERS[fmt]
+    answer: list[str] | None = [] if exchange is not None else None
     try:
         async for batch in stream.batches():
             data = encode_tokens(batch)
             if data:
                 yield data
+            if answer is not None:
+                answer.extend([chunk.message.content for chunk in batch])
             last = batch[-1] if batch else None
             if last is not None and last.done:
                 if record is not None:
                     record.tokens = last.eval_count
+                if exchange is not None and answer is not None:
+                    # After the last token: the disk write never holds up a token.
+                    await exchange.turn.commit(model, exchange.question, exchange.images, "".join(answer))
                 if fmt is not StreamFormat.TEXT:
                     done = StreamDone(
                         model=model,
@@ -107,17 +123,31 @@ async def relay(
         yield _final_event(fmt, StreamError(error=exc.detail), "error")
     finally:
         await stream.aclose()
+        if exchange is not None:
+            exchange.turn.release()
 
 
-def stream_response(stream: ChunkStream, fmt: StreamFormat, model: str, record: RequestRecord | None) -> Stream:
+def stream_response(
+    stream: ChunkStream,
+    fmt: StreamFormat,
+    model: str,
+    record: RequestRecord | None,
+    exchange: Exchange | None = None,
+) -> Stream:
     """Wrap a primed stream in a chunked response.
 
-    The background task closes the upstream even when the client disconnects while the relay is
-    suspended in a write, so Ollama stops generating at once.
+    The background task runs even when the client disconnects while the relay is suspended in a
+    write: it closes the upstream at once (so Ollama stops generating) and frees the session.
     """
+
+    async def clean_up() -> None:
+        await stream.aclose()
+        if exchange is not None:
+            exchange.turn.release()
+
     return Stream(
-        relay(stream, fmt, model, record),
+        relay(stream, fmt, model, record, exchange),
         media_type=fmt.value,
         headers=_STREAM_HEADERS,
-        background=BackgroundTask(stream.aclose),
+        background=BackgroundTask(clean_up),
     )

@@ -60,7 +60,14 @@ def start_minato(ollama_url: str, log_path: Path, **settings: str) -> MinatoServ
     """Start ``python -m minato serve`` and wait until ``/health`` answers."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MINATO_", "OLLAMA_"))}
-    env.update({"MINATO_OLLAMA_URL": ollama_url, "MINATO_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "MINATO_OLLAMA_URL": ollama_url,
+            "MINATO_LOG_FORMAT": "json",
+            "MINATO_SESSION_STORE": str(log_path.with_suffix(".db")),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({f"MINATO_{key.upper()}": value for key, value in settings.items()})
     log = log_path.open("wb")
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module

@@ -35,7 +35,7 @@ def test_the_readme_documents_no_setting_that_does_not_exist() -> None:
 )
 def test_every_route_has_a_readme_section_with_a_curl_example(route: tuple[str, str]) -> None:
     method, path = route
-    shown = path.replace("{model_name:path}", "{model}")
+    shown = path.replace("{model_name:path}", "{model}").replace("{session_id:str}", "{session}")
 
     # Litestar normalises away a trailing slash; the seed API documents /models_list/ with one.
     assert f"`{method} {shown}`" in README or f"`{method} {shown}/`" in README

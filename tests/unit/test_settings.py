@@ -81,7 +81,7 @@ def test_a_misspelt_variable_is_an_error_suggesting_the_right_name() -> None:
 
 
 def test_an_unknown_variable_far_from_any_setting_is_still_an_error() -> None:
-    with pytest.raises(SettingsError, match="^MINATO_ZZZ is not a Minato setting"):
+    with pytest.raises(SettingsError, match=r"^MINATO_ZZZ is not a Minato setting"):
         Settings.from_env({"MINATO_ZZZ": "1"})
 
 

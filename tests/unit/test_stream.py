@@ -8,8 +8,10 @@ import httpx
 import pytest
 import respx
 from litestar import Litestar
+from litestar.exceptions import LitestarException
 from litestar.testing import AsyncTestClient
 
+from minato.log import StreamAbortedError
 from tests.payloads import chat_done, chat_token, ndjson, not_found, streamed
 
 pytestmark = pytest.mark.anyio
@@ -22,6 +24,18 @@ UPSTREAM_BODY = {"model": "llama3.2", "messages": [{"role": "user", "content": "
 def answer(*tokens: str, eval_count: int = 2) -> list[bytes]:
     """Ollama's stream of ``tokens`` then the final line, one upstream chunk per line."""
     return [ndjson(chat_token(token)) for token in tokens] + [ndjson(chat_done(eval_count=eval_count))]
+
+
+def causes(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and everything it was raised from, looking inside exception groups."""
+    found: list[BaseException] = []
+    while exc is not None:
+        found.append(exc)
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                found.extend(causes(inner))
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def sse_events(text: str) -> list[tuple[str, dict[str, object]]]:
@@ -204,7 +218,9 @@ async def test_a_mid_stream_error_ends_sse_with_an_error_event(client: Client, o
     ]
 
 
-async def test_a_stream_cut_before_done_ends_ndjson_with_an_error_line(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_stream_cut_before_done_ends_ndjson_with_an_error_line(
+    client: Client, ollama: respx.MockRouter
+) -> None:
     ollama.post("/api/chat").mock(side_effect=lambda _: streamed(ndjson(chat_token("one"))))
 
     response = await client.get("/stream/llama3.2", params={"message": "hi"}, headers=NDJSON)
@@ -220,12 +236,17 @@ async def test_a_mid_stream_failure_aborts_the_plain_text_body(client: Client, o
     route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*pieces))
     received: list[bytes] = []
 
-    with pytest.raises(Exception, match="runner crashed"):  # noqa: PT011 - the ASGI layer's own error type
+    async def read() -> None:
         async with client.stream("GET", "/stream/llama3.2", params={"message": "hi"}) as response:
             assert response.status_code == 200
             async for chunk in response.aiter_bytes():
                 received.append(chunk)
 
+    with pytest.raises(LitestarException) as caught:
+        await read()
+
+    aborted = [exc for exc in causes(caught.value) if isinstance(exc, StreamAbortedError)]
+    assert [str(exc) for exc in aborted] == ["Ollama failed mid-stream: runner crashed"]
     assert b"".join(received) in (b"", b"partial answer")
     assert route.called
 

@@ -19,7 +19,7 @@ from minato.errors import (
     UpstreamRejectedError,
 )
 from minato.settings import Settings
-from minato.upstream import OllamaClient
+from minato.upstream import ChunkStream, OllamaClient
 from minato.upstream.wire import ChatChunk, ChatRequest, WireMessage
 from tests.conftest import OLLAMA_URL
 from tests.payloads import (
@@ -58,10 +58,13 @@ def hello(model: str = "llama3.2") -> ChatRequest:
     return ChatRequest(model=model, messages=[WireMessage(role="user", content="hi")], stream=False)
 
 
-async def collect(stream: object) -> list[str]:
-    """Drain a chunk stream into token texts (one entry per chunk, the final empty one included)."""
-    tokens: list[str] = []
-    async for batch in stream.batches():  # type: ignore[attr-defined]
+async def collect(stream: ChunkStream, tokens: list[str] | None = None) -> list[str]:
+    """Drain a chunk stream into token texts (one entry per chunk, the final empty one included).
+
+    Tokens land in ``tokens`` as they come, so a caller still sees them when the stream then fails.
+    """
+    tokens = [] if tokens is None else tokens
+    async for batch in stream.batches():
         tokens.extend(chunk.message.content for chunk in batch)
     return tokens
 
@@ -168,9 +171,7 @@ async def test_list_models_and_version_are_plain_gets(upstream: OllamaClient, ol
             "Ollama answered 500: <html>Internal error</html>",
             id="non-json-error-body",
         ),
-        pytest.param(
-            502, b"", {}, UpstreamError, 502, "Ollama answered 502", id="empty-error-body"
-        ),
+        pytest.param(502, b"", {}, UpstreamError, 502, "Ollama answered 502", id="empty-error-body"),
     ],
 )
 async def test_ollamas_status_becomes_the_honest_minato_error(
@@ -268,9 +269,7 @@ async def test_a_refused_connection_is_unavailable_naming_the_url(
     assert "All connection attempts failed" in caught.value.detail
 
 
-async def test_a_connect_timeout_is_unavailable_not_a_timeout(
-    upstream: OllamaClient, ollama: respx.MockRouter
-) -> None:
+async def test_a_connect_timeout_is_unavailable_not_a_timeout(upstream: OllamaClient, ollama: respx.MockRouter) -> None:
     ollama.get("/api/version").mock(side_effect=httpx.ConnectTimeout("timed out"))
 
     with pytest.raises(OllamaUnavailableError) as caught:
@@ -374,8 +373,7 @@ async def test_an_error_line_mid_stream_raises_after_the_earlier_tokens(
     tokens: list[str] = []
 
     with pytest.raises(UpstreamError, match="mid-stream: runner crashed") as caught:
-        async for batch in stream.batches():
-            tokens.extend(chunk.message.content for chunk in batch)
+        await collect(stream, tokens)
 
     assert tokens == ["one", "two"]
     assert caught.value.status_code == 502
@@ -396,8 +394,7 @@ async def test_a_stream_that_ends_without_done_raises(upstream: OllamaClient, ol
     tokens: list[str] = []
 
     with pytest.raises(UpstreamError, match="closed the stream before it was done"):
-        async for batch in stream.batches():
-            tokens.extend(chunk.message.content for chunk in batch)
+        await collect(stream, tokens)
 
     assert tokens == ["a", "b"]
 
@@ -437,9 +434,8 @@ async def test_silence_mid_stream_is_a_gateway_timeout(ollama: respx.MockRouter)
     try:
         stream = await client.stream_chat(hello())
         tokens: list[str] = []
-        with pytest.raises(OllamaTimeoutError, match="silent for 0.05 s"):
-            async for batch in stream.batches():
-                tokens.extend(chunk.message.content for chunk in batch)
+        with pytest.raises(OllamaTimeoutError, match=r"silent for 0\.05 s"):
+            await collect(stream, tokens)
         await stream.aclose()
     finally:
         await client.aclose()
@@ -476,9 +472,7 @@ async def test_closing_a_stream_closes_the_upstream_response(upstream: OllamaCli
 async def test_an_unknown_model_in_a_200_pull_stream_is_not_found(
     upstream: OllamaClient, ollama: respx.MockRouter
 ) -> None:
-    route = ollama.post("/api/pull").mock(
-        side_effect=lambda _: streamed(ndjson(PULL_MANIFEST), ndjson(PULL_UNKNOWN))
-    )
+    route = ollama.post("/api/pull").mock(side_effect=lambda _: streamed(ndjson(PULL_MANIFEST), ndjson(PULL_UNKNOWN)))
 
     with pytest.raises(ModelNotFoundError) as caught:
         await upstream.pull("nope")
@@ -533,9 +527,7 @@ async def test_a_pull_that_ends_before_success_raises(upstream: OllamaClient, ol
             pass
 
 
-async def test_a_pull_stream_that_ends_at_the_manifest_raises(
-    upstream: OllamaClient, ollama: respx.MockRouter
-) -> None:
+async def test_a_pull_stream_that_ends_at_the_manifest_raises(upstream: OllamaClient, ollama: respx.MockRouter) -> None:
     ollama.post("/api/pull").respond(200, content=ndjson(PULL_MANIFEST))
 
     with pytest.raises(UpstreamError, match="before reporting progress"):

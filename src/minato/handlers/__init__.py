@@ -4,6 +4,7 @@ from typing import Final
 
 from litestar.types import ControllerRouterHandler
 
+from minato.handlers.chat import clear_session, get_session, list_sessions, remove_system_prompt, set_system_prompt
 from minato.handlers.generate import generate, generate_stream
 from minato.handlers.health import health, ready
 from minato.handlers.models import install, models_list
@@ -16,6 +17,11 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
     vision_stream,
     install,
     models_list,
+    list_sessions,
+    get_session,
+    clear_session,
+    set_system_prompt,
+    remove_system_prompt,
     health,
     ready,
 ]

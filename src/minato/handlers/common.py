@@ -9,12 +9,15 @@ from typing import Any, Final, TypeVar
 import msgspec
 from litestar import Request
 from litestar.openapi import ResponseSpec
+from litestar.response import Stream
 
 from minato.errors import MinatoError
 from minato.log import RequestRecord, record_of
+from minato.options import GenerationOptions
 from minato.schemas import GenerateResponse, GenerationStats
+from minato.sessions import SessionManager, Turn
+from minato.streaming import Exchange, StreamFormat, stream_response
 from minato.upstream import OllamaClient
-from minato.upstream.wire import ChatRequest
 
 T = TypeVar("T")
 
@@ -101,15 +104,64 @@ def note_model(request: Request[Any, Any, Any], model: str) -> RequestRecord | N
     return record
 
 
-async def whole_answer(request: Request[Any, Any, Any], upstream: OllamaClient, chat: ChatRequest) -> GenerateResponse:
-    """Ask Ollama for a whole (non-streamed) answer and shape it for the client."""
-    chunk = await unless_disconnected(request, upstream.chat(chat))
+async def _begin_turn(
+    request: Request[Any, Any, Any], sessions: SessionManager, params: GenerationOptions
+) -> Turn | None:
+    if params.session is None:
+        return None
+    # Waiting for the previous turn on the same session can take a whole answer's time.
+    return await unless_disconnected(request, sessions.begin(params.session))
+
+
+async def whole_answer(
+    request: Request[Any, Any, Any],
+    upstream: OllamaClient,
+    sessions: SessionManager,
+    params: GenerationOptions,
+    model: str,
+    message: str,
+    images: list[str] | None = None,
+) -> GenerateResponse:
+    """Ask Ollama for a whole (non-streamed) answer, record it in the session, shape it."""
+    turn = await _begin_turn(request, sessions, params)
+    try:
+        chat = params.chat_request(model, message, images, turn)
+        chunk = await unless_disconnected(request, upstream.chat(chat))
+        if turn is not None:
+            await turn.commit(model, message, images or [], chunk.message.content)
+    finally:
+        if turn is not None:
+            turn.release()
     record = record_of(request.scope)
     if record is not None:
         record.tokens = chunk.eval_count
     return GenerateResponse(
         response=chunk.message.content,
-        model=chunk.model or chat.model,
+        model=chunk.model or model,
         done_reason=chunk.done_reason,
         stats=GenerationStats.from_chunk(chunk),
     )
+
+
+async def streamed_answer(
+    request: Request[Any, Any, Any],
+    upstream: OllamaClient,
+    sessions: SessionManager,
+    params: GenerationOptions,
+    model: str,
+    message: str,
+    images: list[str] | None = None,
+) -> Stream:
+    """Prime Ollama's stream (so its status is known), then relay it; the session records the
+    exchange only if the stream completes."""
+    fmt = StreamFormat.negotiate(request.headers.get("accept"))
+    turn = await _begin_turn(request, sessions, params)
+    try:
+        chat = params.chat_request(model, message, images, turn)
+        stream = await unless_disconnected(request, upstream.stream_chat(chat))
+    except BaseException:
+        if turn is not None:
+            turn.release()
+        raise
+    exchange = Exchange(turn, message, images or []) if turn is not None else None
+    return stream_response(stream, fmt, model, record_of(request.scope), exchange)

@@ -9,16 +9,11 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from minato.handlers.common import (
-    GENERATION_RESPONSES,
-    note_model,
-    unless_disconnected,
-    whole_answer,
-)
+from minato.handlers.common import GENERATION_RESPONSES, note_model, streamed_answer, whole_answer
 from minato.options import GenerationOptions, check_text_length, validate_model_name
 from minato.schemas import GenerateResponse
+from minato.sessions import SessionManager
 from minato.settings import Settings
-from minato.streaming import StreamFormat, stream_response
 from minato.upstream import OllamaClient
 
 MESSAGE_DESCRIPTION: Final = "The user's message (required, non-empty)."
@@ -50,13 +45,14 @@ async def generate(
     message: Message,
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
+    sessions: NamedDependency[SessionManager],
     settings: NamedDependency[Settings],
 ) -> GenerateResponse:
     """Return the model's whole answer with Ollama's stats."""
     model = validate_model_name(model_name)
     check_text_length("message", message, settings)
     note_model(request, model)
-    return await whole_answer(request, upstream, params.chat_request(model, message))
+    return await whole_answer(request, upstream, sessions, params, model, message)
 
 
 @get(
@@ -73,12 +69,11 @@ async def generate_stream(
     message: Message,
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
+    sessions: NamedDependency[SessionManager],
     settings: NamedDependency[Settings],
 ) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
     model = validate_model_name(model_name)
     check_text_length("message", message, settings)
-    record = note_model(request, model)
-    fmt = StreamFormat.negotiate(request.headers.get("accept"))
-    stream = await unless_disconnected(request, upstream.stream_chat(params.chat_request(model, message)))
-    return stream_response(stream, fmt, model, record)
+    note_model(request, model)
+    return await streamed_answer(request, upstream, sessions, params, model, message)

@@ -10,21 +10,14 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from minato.errors import CapabilityError, InvalidInputError
-from minato.handlers.common import (
-    GENERATION_RESPONSES,
-    error_spec,
-    note_model,
-    unless_disconnected,
-    whole_answer,
-)
+from minato.handlers.common import GENERATION_RESPONSES, error_spec, note_model, streamed_answer, whole_answer
 from minato.handlers.generate import STREAM_DESCRIPTION, ModelName
 from minato.images import read_vision_form
 from minato.options import GenerationOptions, check_text_length, validate_model_name
 from minato.schemas import GenerateResponse
+from minato.sessions import SessionManager
 from minato.settings import Settings
-from minato.streaming import StreamFormat, stream_response
 from minato.upstream import OllamaClient
-from minato.upstream.wire import ChatRequest
 
 VISION_DESCRIPTION: Final = (
     "A `multipart/form-data` body with one or more `images` file parts (PNG, JPEG, WebP, GIF or "
@@ -46,10 +39,9 @@ async def _vision_request(
     request: Request[Any, Any, Any],
     model_name: str,
     message: str | None,
-    params: GenerationOptions,
     upstream: OllamaClient,
     settings: Settings,
-) -> tuple[str, ChatRequest]:
+) -> tuple[str, str, list[str]]:
     model = validate_model_name(model_name)
     note_model(request, model)
     # Checked before the upload is read: a text-only model fails fast, whatever the image size.
@@ -65,7 +57,7 @@ async def _vision_request(
     if text is None:
         raise InvalidInputError.single("query", "message", "a message is required (query or form field)", "missing")
     check_text_length("message", text, settings)
-    return model, params.chat_request(model, text, form.base64_images())
+    return model, text, form.base64_images()
 
 
 @post(
@@ -82,12 +74,13 @@ async def vision(
     model_name: ModelName,
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
+    sessions: NamedDependency[SessionManager],
     settings: NamedDependency[Settings],
     message: OptionalMessage = None,
 ) -> GenerateResponse:
     """Return the model's whole answer about the uploaded images."""
-    _, chat = await _vision_request(request, model_name, message, params, upstream, settings)
-    return await whole_answer(request, upstream, chat)
+    model, text, images = await _vision_request(request, model_name, message, upstream, settings)
+    return await whole_answer(request, upstream, sessions, params, model, text, images)
 
 
 @post(
@@ -104,11 +97,10 @@ async def vision_stream(
     model_name: ModelName,
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
+    sessions: NamedDependency[SessionManager],
     settings: NamedDependency[Settings],
     message: OptionalMessage = None,
 ) -> Stream:
     """Relay the answer about the uploaded images token by token."""
-    model, chat = await _vision_request(request, model_name, message, params, upstream, settings)
-    fmt = StreamFormat.negotiate(request.headers.get("accept"))
-    stream = await unless_disconnected(request, upstream.stream_chat(chat))
-    return stream_response(stream, fmt, model, note_model(request, model))
+    model, text, images = await _vision_request(request, model_name, message, upstream, settings)
+    return await streamed_answer(request, upstream, sessions, params, model, text, images)

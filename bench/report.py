@@ -1,0 +1,149 @@
+"""The result table: one row per (scenario, metric), Minato next to the direct baseline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+__all__ = ["Row", "markdown_table", "render_markdown", "render_text", "write_markdown"]
+
+Unit = Literal["req/s", "ms", "s", "tok/s", "µs", "MB", "count", "ratio"]
+HEADERS: Final = ("Scenario", "Metric", "Minato", "Direct", "vs direct", "Target", "Result")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured figure; ``direct`` is the same figure with the stand-in called directly."""
+
+    scenario: str
+    metric: str
+    minato: float
+    unit: Unit
+    direct: float | None = None
+    target: str = ""
+    passed: bool | None = None
+
+    def cells(self) -> tuple[str, ...]:
+        verdict = "" if self.passed is None else ("PASS" if self.passed else "MISS")
+        direct = "—" if self.direct is None else _number(self.direct, self.unit)
+        return (
+            self.scenario,
+            self.metric,
+            _number(self.minato, self.unit),
+            direct,
+            self._comparison(),
+            self.target,
+            verdict,
+        )
+
+    def _comparison(self) -> str:
+        if self.direct is None or self.unit in ("count", "ratio"):
+            return ""
+        ratio = self.minato / self.direct if self.direct else math.inf
+        if self.unit == "ms":
+            # Latency overhead reads best as time added; the ratio alone hides its scale.
+            return f"{self.minato - self.direct:+.2f} ms ({ratio:.2f}x)"
+        return f"{ratio:.2f}x"
+
+
+_FORMATS: Final[dict[str, str]] = {
+    "count": "{:,.0f}",
+    "ratio": "{:.2f}x",
+    "req/s": "{:,.0f} req/s",
+    "tok/s": "{:,.0f} tok/s",
+    "s": "{:.3f} s",
+    "ms": "{:.2f} ms",
+    "µs": "{:.1f} µs",
+    "MB": "{:.1f} MB",
+}
+
+
+def _number(value: float, unit: Unit) -> str:
+    return "n/a" if math.isnan(value) else _FORMATS[unit].format(value)
+
+
+def _grid(rows: list[Row]) -> list[tuple[str, ...]]:
+    grid: list[tuple[str, ...]] = []
+    previous = ""
+    for row in rows:
+        cells = row.cells()
+        # Name each scenario once: the table is long and repeated labels drown the numbers.
+        if cells[0] == previous:
+            cells = ("", *cells[1:])
+        previous = row.scenario
+        grid.append(cells)
+    return grid
+
+
+def render_text(rows: list[Row], machine: dict[str, str]) -> str:
+    """A plain-text table for the terminal, preceded by the machine it ran on."""
+    grid = [HEADERS, *_grid(rows)]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(HEADERS))]
+    lines = [f"{key + ':':<10} {value}" for key, value in machine.items()]
+    lines.append("")
+    for index, line in enumerate(grid):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
+    lines.extend("| " + " | ".join(cells) + " |" for cells in _grid(rows))
+    return "\n".join(lines)
+
+
+HOW_TO_RUN: Final = """\
+```sh
+make bench                                      # full run, about 2-3 minutes
+.venv/bin/python -m bench --quick               # about 1 minute, noisier
+.venv/bin/python -m bench --markdown docs/benchmarks.md   # also rewrite this page
+```
+
+The benchmark starts the Ollama stand-in (`tests/standin`) and Minato (`python -m minato serve`,
+one worker, `MINATO_LOG_LEVEL=warning`) as real processes on loopback, and drives both with its own
+load generator (`bench/load.py`: uvloop, a raw asyncio protocol and httptools, keep-alive
+connections), so every time is measured outside Minato. It needs no network and no GPU."""
+
+HOW_TO_READ: Final = """\
+- **Minato** is the figure through Minato (`GET /{model}?message=hi`, `GET /stream/{model}?message=hi`);
+  **Direct** is the same load sent in the same run straight to the stand-in's `POST /api/chat`
+  (`stream` false / true), i.e. what a client calling Ollama itself would see. **vs direct** is
+  Minato / direct, and for latencies also the time Minato adds.
+- *Clients* are keep-alive connections in a closed loop (each sends its next request when its
+  last answer is complete); requests/s is throughput at that concurrency.
+- *TTFT* is the time from sending the request to the first byte of the response body (the first
+  token of a stream).
+- *CPU* is the Minato process's user + system time from `/proc/<pid>/stat` over the measured run,
+  divided by requests or relayed tokens; it has no direct counterpart.
+- *1,000 slow streams* opens 1,000 connections, then asks for a 20-token answer paced 50 ms per
+  token (ideal 1.0 s) on all of them at once; completion times count from each request's write.
+  Peak RSS is Minato's `VmRSS`, polled every 20 ms during that run. Its *CPU per token* differs
+  from the long relay's: paced tokens arrive one per read, so nothing is batched and each token
+  pays the whole relay path (stream set-up included), as with a real model's pace.
+- Load generator, stand-in and Minato share the machine's cores, so absolute figures move with
+  the machine; the ratios to the direct run are the part that carries over.
+- The *log level info* rows repeat the 32-client non-streamed run with Minato's default logging,
+  which writes one JSON access line per request."""
+
+
+def render_markdown(rows: list[Row], machine: dict[str, str], when: dt.datetime) -> str:
+    """The whole ``docs/benchmarks.md`` page: how to run, the table, the machine, how to read it."""
+    machine_lines = "\n".join(f"- **{key}**: {value}" for key, value in machine.items())
+    return (
+        "# Benchmarks: Minato's overhead\n\n"
+        "How much time, CPU and memory Minato adds in front of Ollama, measured against the\n"
+        "Ollama stand-in so that the model itself costs nothing.\n\n"
+        f"## How to run\n\n{HOW_TO_RUN}\n\n"
+        f"## Results ({when:%Y-%m-%d %H:%M} UTC)\n\n{markdown_table(rows)}\n\n"
+        f"Machine:\n\n{machine_lines}\n\n"
+        f"## How to read the table\n\n{HOW_TO_READ}\n"
+    )
+
+
+def write_markdown(path: Path, rows: list[Row], machine: dict[str, str]) -> None:
+    path.write_text(render_markdown(rows, machine, dt.datetime.now(dt.UTC)))

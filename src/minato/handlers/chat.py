@@ -1,0 +1,188 @@
+"""Conversations: read, list and clear sessions, and set their system prompts.
+
+Seed equivalents: "clear chat history" is ``DELETE /chat/{session}``; "add system prompt" is
+``PUT /chat/{session}/system_prompt``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import Request, delete, get, put
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter
+
+from minato.errors import SessionNotFoundError
+from minato.handlers.common import VALIDATION_RESPONSE, error_spec
+from minato.options import check_text_length
+from minato.sessions import Session, SessionManager, validate_session_id
+from minato.settings import Settings
+
+SessionId = Annotated[str, Parameter(description="The conversation id (1-128 letters, digits, `_-.:`).")]
+NOT_FOUND: Final = {404: error_spec("No conversation has that id (or it expired)."), 422: VALIDATION_RESPONSE}
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat(timespec="milliseconds")
+
+
+class MessageView(msgspec.Struct, frozen=True, kw_only=True):
+    """One message of a conversation (images are counted, not returned)."""
+
+    role: str
+    content: str
+    image_count: int
+    model: str | None
+    timestamp: str
+
+
+class SessionTotals(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts over a conversation."""
+
+    messages: int
+    turns: int
+    images: int
+    characters: int
+
+
+class SessionView(msgspec.Struct, frozen=True, kw_only=True):
+    """A whole conversation."""
+
+    id: str
+    system_prompt: str | None
+    messages: list[MessageView]
+    totals: SessionTotals
+    created_at: str
+    last_active: str
+
+    @classmethod
+    def of(cls, session: Session) -> SessionView:
+        """Present a stored session."""
+        messages = session.messages
+        return cls(
+            id=session.id,
+            system_prompt=session.system_prompt,
+            messages=[
+                MessageView(
+                    role=m.role, content=m.content, image_count=m.image_count, model=m.model, timestamp=_iso(m.at)
+                )
+                for m in messages
+            ],
+            totals=SessionTotals(
+                messages=len(messages),
+                turns=sum(1 for m in messages if m.role == "user"),
+                images=sum(m.image_count for m in messages),
+                characters=sum(len(m.content) for m in messages),
+            ),
+            created_at=_iso(session.created_at),
+            last_active=_iso(session.last_active),
+        )
+
+
+class SessionListItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A conversation in a listing."""
+
+    id: str
+    message_count: int
+    last_active: str
+
+
+class SessionPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of conversations, most recently active first."""
+
+    sessions: list[SessionListItem]
+    total: int
+    offset: int
+    limit: int
+
+
+class SystemPromptBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``PUT /chat/{session}/system_prompt``."""
+
+    system_prompt: str
+
+
+async def _existing(sessions: SessionManager, session_id: str) -> Session:
+    session = await sessions.get(validate_session_id(session_id))
+    if session is None:
+        raise SessionNotFoundError(f"no conversation '{session_id}'")
+    return session
+
+
+@get("/chat", operation_id="ListSessions", summary="List conversations", tags=["chat"])
+async def list_sessions(
+    sessions: NamedDependency[SessionManager],
+    offset: Annotated[int, Parameter(ge=0, description="Conversations to skip.")] = 0,
+    limit: Annotated[int, Parameter(ge=1, le=100, description="Conversations per page.")] = 20,
+) -> SessionPage:
+    """Return a page of conversations with their message counts and last activity."""
+    page, total = await sessions.store.list(offset, limit)
+    items = [SessionListItem(id=s.id, message_count=s.message_count, last_active=_iso(s.last_active)) for s in page]
+    return SessionPage(sessions=items, total=total, offset=offset, limit=limit)
+
+
+@get(
+    "/chat/{session_id:str}",
+    operation_id="GetSession",
+    summary="Read a conversation",
+    responses=NOT_FOUND,
+    tags=["chat"],
+)
+async def get_session(session_id: SessionId, sessions: NamedDependency[SessionManager]) -> SessionView:
+    """Return the system prompt and every message of a conversation."""
+    return SessionView.of(await _existing(sessions, session_id))
+
+
+@delete(
+    "/chat/{session_id:str}",
+    operation_id="ClearSession",
+    summary="Clear a conversation (the seed's 'clear chat history')",
+    responses={422: VALIDATION_RESPONSE},
+    tags=["chat"],
+)
+async def clear_session(session_id: SessionId, sessions: NamedDependency[SessionManager]) -> None:
+    """Forget a conversation and its system prompt; clearing an unknown one is not an error."""
+    async with sessions.exclusive(validate_session_id(session_id)):
+        await sessions.store.delete(session_id)
+
+
+@put(
+    "/chat/{session_id:str}/system_prompt",
+    operation_id="SetSystemPrompt",
+    summary="Set a conversation's system prompt (the seed's 'add system prompt')",
+    responses={422: VALIDATION_RESPONSE},
+    tags=["chat"],
+)
+async def set_system_prompt(
+    request: Request[Any, Any, Any],
+    session_id: SessionId,
+    data: JSONBody[SystemPromptBody],
+    sessions: NamedDependency[SessionManager],
+    settings: NamedDependency[Settings],
+) -> SessionView:
+    """Set the system prompt every later turn of the conversation starts with (creates it if new)."""
+    validate_session_id(session_id)
+    check_text_length("system_prompt", data.system_prompt, settings, source="body")
+    async with sessions.exclusive(session_id):
+        await sessions.store.set_system_prompt(session_id, data.system_prompt, now=_now())
+    return SessionView.of(await _existing(sessions, session_id))
+
+
+@delete(
+    "/chat/{session_id:str}/system_prompt",
+    operation_id="RemoveSystemPrompt",
+    summary="Remove a conversation's system prompt",
+    responses=NOT_FOUND,
+    tags=["chat"],
+)
+async def remove_system_prompt(session_id: SessionId, sessions: NamedDependency[SessionManager]) -> None:
+    """Remove the system prompt; the messages stay."""
+    await _existing(sessions, session_id)
+    async with sessions.exclusive(session_id):
+        await sessions.store.set_system_prompt(session_id, None, now=_now())
+
+
+def _now() -> float:
+    return datetime.datetime.now(tz=datetime.UTC).timestamp()

@@ -1,0 +1,115 @@
+"""Conversations with Minato as a real process: history upstream, abandonment, restarts, crashes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Backend, MinatoServer, start_minato, stop_minato
+
+pytestmark = pytest.mark.e2e
+
+
+def _last_chat_messages(standin: httpx.Client) -> list[dict[str, object]]:
+    chats = [r for r in standin.get("/_standin/requests").json() if r["path"] == "/api/chat"]
+    messages: list[dict[str, object]] = chats[-1]["body"]["messages"]
+    return messages
+
+
+def test_a_three_turn_conversation_sends_the_full_history_in_order(
+    http: httpx.Client, standin: httpx.Client, backend: Backend
+) -> None:
+    session = f"three-turns-{time.monotonic_ns()}"
+    answers = []
+    for question in ("first", "second", "third"):
+        response = http.get(f"/{backend.model}", params={"message": question, "session": session})
+        assert response.status_code == 200
+        answers.append(response.json()["response"])
+
+    assert _last_chat_messages(standin) == [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": answers[0]},
+        {"role": "user", "content": "second"},
+        {"role": "assistant", "content": answers[1]},
+        {"role": "user", "content": "third"},
+    ]
+    assert len(http.get(f"/chat/{session}").json()["messages"]) == 6
+
+
+def test_a_live_conversation_remembers_what_was_said(http: httpx.Client, backend: Backend) -> None:
+    if backend.kind == "standin":
+        pytest.skip("the stand-in does not understand what it is told")
+    session = f"live-memory-{time.monotonic_ns()}"
+    http.get(f"/{backend.model}", params={"message": "My name is Zebulon. Reply OK.", "session": session})
+
+    answer = http.get(f"/{backend.model}", params={"message": "What is my name? One word.", "session": session})
+
+    assert "zebulon" in answer.json()["response"].lower()
+    http.delete(f"/chat/{session}")
+
+
+def test_an_abandoned_stream_records_nothing(minato: MinatoServer, http: httpx.Client, standin: httpx.Client) -> None:
+    session = f"abandoned-{time.monotonic_ns()}"
+    assert http.get("/llama3.2:1b", params={"message": "kept", "session": session}).status_code == 200
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "GET", f"{minato.url}/stream/standin/slow", params={"message": "dropped", "session": session}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        next(response.iter_raw())
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+        e["type"] == "stream_cancelled" for e in standin.get("/_standin/events").json()
+    ):
+        time.sleep(0.02)
+    follow_up = http.get("/llama3.2:1b", params={"message": "after", "session": session})
+
+    assert follow_up.status_code == 200, "the abandoned turn released the session"
+    contents = [m["content"] for m in http.get(f"/chat/{session}").json()["messages"]]
+    assert "dropped" not in contents
+    assert contents[0] == "kept"
+    assert contents[2] == "after"
+
+
+def test_history_survives_a_restart_and_a_kill_9(
+    standin: httpx.Client, backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    directory: Path = tmp_path_factory.mktemp("durable")
+    database = str(directory / "sessions.db")
+
+    server = start_minato(backend.ollama_url, directory / "first.log", session_store=database)
+    try:
+        first = httpx.get(f"{server.url}/llama3.2:1b", params={"message": "before restart", "session": "d"}, timeout=10)
+        httpx.put(f"{server.url}/chat/d/system_prompt", json={"system_prompt": "Be durable."}, timeout=10)
+    finally:
+        stop_minato(server)
+    assert first.status_code == 200
+
+    server = start_minato(backend.ollama_url, directory / "second.log", session_store=database)
+    try:
+        second = httpx.get(f"{server.url}/llama3.2:1b", params={"message": "before kill", "session": "d"}, timeout=10)
+        assert second.status_code == 200
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(timeout=10)
+    finally:
+        if server.process.poll() is None:
+            stop_minato(server)
+
+    server = start_minato(backend.ollama_url, directory / "third.log", session_store=database)
+    try:
+        view = httpx.get(f"{server.url}/chat/d", timeout=10).json()
+        httpx.get(f"{server.url}/llama3.2:1b", params={"message": "after", "session": "d"}, timeout=10)
+    finally:
+        stop_minato(server)
+
+    assert view["system_prompt"] == "Be durable."
+    assert [m["content"] for m in view["messages"] if m["role"] == "user"] == ["before restart", "before kill"]
+    assert _last_chat_messages(standin)[0] == {"role": "system", "content": "Be durable."}
+    assert len(_last_chat_messages(standin)) == 6

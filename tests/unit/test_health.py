@@ -1,0 +1,130 @@
+"""Probes (``/health``, ``/ready``) and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+pytestmark = pytest.mark.anyio
+Client = AsyncTestClient[Litestar]
+
+
+async def test_health_answers_without_calling_ollama(client: Client, ollama: respx.MockRouter) -> None:
+    anything = ollama.route().respond(500)
+
+    response = await client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert not anything.called
+
+
+async def test_ready_reports_ollamas_version(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
+
+    response = await client.get("/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ready",
+        "ollama_url": "http://ollama.test:11434",
+        "ollama_version": "0.12.3",
+    }
+    assert route.call_count == 1
+
+
+async def test_ready_is_a_503_naming_the_url_when_ollama_is_down(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.get("/api/version").mock(side_effect=httpx.ConnectError("All connection attempts failed"))
+
+    response = await client.get("/ready")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["ollama_url"] == "http://ollama.test:11434"
+    assert "http://ollama.test:11434" in body["reason"]
+    assert "ollama_version" not in body
+    assert route.called
+
+
+async def test_ready_is_a_503_when_the_url_is_not_ollama(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.get("/api/version").respond(404, text="404 page not found")
+
+    response = await client.get("/ready")
+
+    assert response.status_code == 503
+    assert "MINATO_OLLAMA_URL" in response.json()["reason"]
+    assert route.called
+
+
+@pytest.fixture(name="openapi")
+async def fx_openapi(client: Client) -> dict[str, Any]:
+    response = await client.get("/docs/openapi.json")
+    assert response.status_code == 200
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def parameters(openapi: dict[str, Any], path: str) -> dict[str, dict[str, Any]]:
+    return {param["name"]: param for param in openapi["paths"][path]["get"]["parameters"]}
+
+
+async def test_openapi_lists_every_route(openapi: dict[str, Any]) -> None:
+    assert set(openapi["paths"]) >= {
+        "/{model_name}",
+        "/stream/{model_name}",
+        "/vision/{model_name}",
+        "/stream/vision/{model_name}",
+        "/install/{model_name}",
+        "/health",
+        "/ready",
+    }
+    assert openapi["info"]["title"] == "Minato"
+
+
+@pytest.mark.parametrize("path", ["/{model_name}", "/stream/{model_name}"])
+async def test_openapi_documents_the_generation_parameters(openapi: dict[str, Any], path: str) -> None:
+    params = parameters(openapi, path)
+
+    assert params["message"]["in"] == "query"
+    assert params["message"]["required"] is True
+    assert "message" in params["message"]["description"]
+    assert "5m" in params["keep_alive"]["description"]
+    assert params["temperature"]["in"] == "query"
+    assert params["temperature"]["description"]
+    assert params["model_name"]["in"] == "path"
+    assert set(params) >= {"num_ctx", "num_keep", "num_batch", "seed", "system_prompt"}
+
+
+@pytest.mark.parametrize("name", ["numa", "low_vram"])
+async def test_openapi_says_ollama_ignores_numa_and_low_vram(openapi: dict[str, Any], name: str) -> None:
+    description = parameters(openapi, "/{model_name}")[name]["description"]
+
+    assert "ignores" in description
+
+
+@pytest.mark.parametrize("path", ["/{model_name}", "/stream/{model_name}"])
+async def test_openapi_documents_the_error_responses(openapi: dict[str, Any], path: str) -> None:
+    responses = openapi["paths"][path]["get"]["responses"]
+
+    assert set(responses) >= {"200", "404", "422", "502", "503", "504"}
+    assert "model" in responses["404"]["description"]
+
+
+async def test_openapi_documents_the_vision_limits(openapi: dict[str, Any]) -> None:
+    responses = openapi["paths"]["/vision/{model_name}"]["post"]["responses"]
+
+    assert set(responses) >= {"200", "400", "404", "413", "422", "502", "503", "504"}
+
+
+async def test_docs_serve_html(client: Client) -> None:
+    response = await client.get("/docs")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<title>Minato</title>" in response.text
