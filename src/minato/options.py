@@ -7,9 +7,8 @@ Ollama's ``options``.
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from litestar import Request
@@ -18,23 +17,18 @@ from litestar.params import Parameter
 from msgspec import UNSET, UnsetType
 
 from minato.errors import ErrorItem, InvalidInputError
+from minato.ollama_options import OPTIONS, check_stop, parse_keep_alive
 from minato.sessions import Turn, validate_session_id
 from minato.settings import Settings
 from minato.upstream.wire import ChatRequest, WireMessage
 
-INT32_MAX: Final = 2**31 - 1
-INT64_MAX: Final = 2**63 - 1
-#: A Go ``time.ParseDuration`` string (what Ollama accepts for a text ``keep_alive``).
-_GO_DURATION: Final = re.compile(r"-?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
 #: Ollama model references: ``[host/][namespace/]name[:tag]``.
 _MODEL_NAME: Final = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*(?::[A-Za-z0-9_][A-Za-z0-9._-]*)?"
+    r"[A-Za-z0-9][A-Za-z0-9._-]*(?::\d{1,5}(?=/))?"  # first segment: a name, or a registry host with its port
+    r"(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9._-]*)?"
 )
 MAX_MODEL_NAME: Final = 350
-_IGNORED_BY_OLLAMA: Final = (
-    "Accepted and forwarded for compatibility, but current Ollama ignores it "
-    "(removed from Ollama's API in {version}; Ollama {what})."
-)
 
 KEEP_ALIVE_DESCRIPTION: Final = (
     "How long Ollama keeps the model loaded after this request: seconds as a number "
@@ -50,6 +44,8 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
     keep_alive: float | str | UnsetType = UNSET
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     session: str | None = None
+    format: str | UnsetType = UNSET
+    think: bool | UnsetType = UNSET
 
     def chat_request(
         self, model: str, message: str, images: list[str] | None = None, turn: Turn | None = None
@@ -71,7 +67,14 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
             stream=False,
             options=self.options or UNSET,
             keep_alive=self.keep_alive,
+            format=self.format,
+            think=self.think,
         )
+
+
+def _option(name: str) -> Any:
+    spec = OPTIONS[name]
+    return Parameter(description=spec.description, ge=spec.ge, le=spec.le)
 
 
 def provide_generation_options(
@@ -91,54 +94,33 @@ def provide_generation_options(
         Parameter(description="System prompt for this request only (wins over a session's).", min_length=1),
     ] = None,
     keep_alive: Annotated[str | None, Parameter(description=KEEP_ALIVE_DESCRIPTION)] = None,
-    numa: Annotated[
+    format: Annotated[
+        Literal["json"] | None, Parameter(description="`json`: make the model answer with a JSON value.")
+    ] = None,
+    think: Annotated[
         bool | None,
-        Parameter(description=_IGNORED_BY_OLLAMA.format(version="v0.3.4", what="detects NUMA itself")),
-    ] = None,
-    num_ctx: Annotated[
-        int | None,
         Parameter(
-            description="Context window in tokens (changing it reloads the model).",
-            ge=1,
-            le=INT32_MAX,
+            description=(
+                "For thinking models: think before answering (true) or not (false). Plain-text streams carry "
+                "only the answer; SSE and NDJSON streams carry the thinking as separate `thinking` events."
+            )
         ),
     ] = None,
-    num_keep: Annotated[
-        int | None,
-        Parameter(
-            description="Tokens of the prompt kept when the context fills up (-1: all).",
-            ge=-1,
-            le=INT32_MAX,
-        ),
-    ] = None,
-    num_batch: Annotated[
-        int | None,
-        Parameter(
-            description="Prompt-processing batch size (changing it reloads the model).",
-            ge=1,
-            le=INT32_MAX,
-        ),
-    ] = None,
-    low_vram: Annotated[
-        bool | None,
-        Parameter(description=_IGNORED_BY_OLLAMA.format(version="v0.6.9", what="manages memory itself")),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        Parameter(
-            description="Random seed; the same seed and prompt give the same answer.",
-            ge=-INT64_MAX,
-            le=INT64_MAX,
-        ),
-    ] = None,
-    temperature: Annotated[
-        float | None,
-        Parameter(
-            description="Sampling temperature (0 = deterministic; higher = more varied).",
-            ge=0,
-            le=100,
-        ),
-    ] = None,
+    numa: Annotated[bool | None, _option("numa")] = None,
+    num_ctx: Annotated[int | None, _option("num_ctx")] = None,
+    num_keep: Annotated[int | None, _option("num_keep")] = None,
+    num_batch: Annotated[int | None, _option("num_batch")] = None,
+    low_vram: Annotated[bool | None, _option("low_vram")] = None,
+    seed: Annotated[int | None, _option("seed")] = None,
+    temperature: Annotated[float | None, _option("temperature")] = None,
+    max_new_tokens: Annotated[int | None, _option("max_new_tokens")] = None,
+    top_p: Annotated[float | None, _option("top_p")] = None,
+    top_k: Annotated[int | None, _option("top_k")] = None,
+    min_p: Annotated[float | None, _option("min_p")] = None,
+    repeat_penalty: Annotated[float | None, _option("repeat_penalty")] = None,
+    presence_penalty: Annotated[float | None, _option("presence_penalty")] = None,
+    frequency_penalty: Annotated[float | None, _option("frequency_penalty")] = None,
+    stop: Annotated[list[str] | None, _option("stop")] = None,
 ) -> GenerationOptions:
     """Validate the optional generation parameters shared by every generation route."""
     unknown = [key for key in request.query_params if key not in GENERATION_QUERY_PARAMETERS]
@@ -146,11 +128,7 @@ def provide_generation_options(
         known = ", ".join(sorted(GENERATION_QUERY_PARAMETERS))
         raise InvalidInputError(
             [
-                ErrorItem(
-                    loc=["query", key],
-                    msg=f"unknown parameter (known: {known})",
-                    type="extra_forbidden",
-                )
+                ErrorItem(loc=["query", key], msg=f"unknown parameter (known: {known})", type="extra_forbidden")
                 for key in unknown
             ]
         )
@@ -158,23 +136,45 @@ def provide_generation_options(
         check_text_length("system_prompt", system_prompt, settings)
     if session is not None:
         validate_session_id(session, "query")
-    options: dict[str, Any] = {}
-    for name, value in (
-        ("numa", numa),
-        ("num_ctx", num_ctx),
-        ("num_keep", num_keep),
-        ("num_batch", num_batch),
-        ("low_vram", low_vram),
-        ("seed", seed),
-        ("temperature", temperature),
-    ):
-        if value is not None:
-            options[name] = value
+    if stop is not None:
+        try:
+            check_stop(stop)
+        except ValueError as exc:
+            raise InvalidInputError.single("query", "stop", str(exc)) from None
+    given = {
+        "numa": numa,
+        "num_ctx": num_ctx,
+        "num_keep": num_keep,
+        "num_batch": num_batch,
+        "low_vram": low_vram,
+        "seed": seed,
+        "temperature": temperature,
+        "max_new_tokens": max_new_tokens,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "repeat_penalty": repeat_penalty,
+        "presence_penalty": presence_penalty,
+        "frequency_penalty": frequency_penalty,
+        "stop": stop,
+    }
+    # Operator defaults first, then what the caller set: a request's value wins.
+    options = {OPTIONS[name].ollama_name: value for name, value in settings.default_options.items()}
+    options.update({OPTIONS[name].ollama_name: value for name, value in given.items() if value is not None})
+    if keep_alive is not None:
+        try:
+            alive: float | str | UnsetType = parse_keep_alive(keep_alive)
+        except ValueError as exc:
+            raise InvalidInputError.single("query", "keep_alive", str(exc)) from None
+    else:
+        alive = settings.default_keep_alive if settings.default_keep_alive is not None else UNSET
     return GenerationOptions(
         system_prompt=system_prompt,
-        keep_alive=UNSET if keep_alive is None else parse_keep_alive(keep_alive),
+        keep_alive=alive,
         options=options,
         session=session,
+        format=format if format is not None else UNSET,
+        think=think if think is not None else UNSET,
     )
 
 
@@ -184,30 +184,6 @@ GENERATION_QUERY_PARAMETERS: Final = frozenset(
     | set(provide_generation_options.__code__.co_varnames[: provide_generation_options.__code__.co_argcount])
     - {"request", "settings"}
 )
-
-
-def parse_keep_alive(value: str) -> float | str:
-    """Return ``keep_alive`` as Ollama accepts it: seconds as a number, or a Go duration string.
-
-    A number-looking string must travel as a JSON number: Ollama rejects ``"300"`` with
-    "missing unit in duration".
-    """
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        if _GO_DURATION.fullmatch(text):
-            return text
-        raise InvalidInputError.single(
-            "query",
-            "keep_alive",
-            "must be a number of seconds (negative: forever) or a duration such as 5m or 1h30m",
-        ) from None
-    if not math.isfinite(seconds) or abs(seconds) > 9e9:
-        raise InvalidInputError.single("query", "keep_alive", "must be a finite number of seconds")
-    if seconds < 0:
-        return -1
-    return int(seconds) if seconds.is_integer() else seconds
 
 
 def check_text_length(name: str, value: str, settings: Settings, source: str = "query") -> None:

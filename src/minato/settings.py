@@ -6,10 +6,12 @@ import difflib
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+
+from minato.ollama_options import check_option, parse_keep_alive
 
 PREFIX: Final = "MINATO_"
 #: Variables under the prefix that belong to the test suite, not to the service.
@@ -68,6 +70,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Conversations kept; beyond it the least recently active are forgotten."""
     session_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 32 * 1024 * 1024
     """Image bytes (base64) kept per conversation for follow-up questions; older images go first."""
+    default_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Server-wide generation defaults as a JSON object, e.g. ``{"temperature": 0.7, "max_new_tokens": 512}``
+    (names as in the query string); a request's own value wins."""
+    default_keep_alive: float | str | None = None
+    """``keep_alive`` sent when a request has none (seconds or a duration); unset: Ollama's default."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest log level written."""
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -87,6 +94,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 suggestion = f" (did you mean {hint[0]}?)" if hint else ""
                 raise SettingsError(f"{key} is not a Minato setting{suggestion}")
             raw[known[key]] = value.strip()
+        if "default_options" in raw:
+            try:
+                raw["default_options"] = msgspec.json.decode(raw["default_options"] or "{}")
+            except msgspec.DecodeError as exc:
+                raise SettingsError(f"{PREFIX}DEFAULT_OPTIONS: not a JSON object ({exc})") from None
         if "ollama_url" not in raw and env.get("OLLAMA_HOST", "").strip():
             raw["ollama_url"] = env["OLLAMA_HOST"]
             source_of_url = "OLLAMA_HOST"
@@ -100,7 +112,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             url = normalize_ollama_url(settings.ollama_url)
         except ValueError as exc:
             raise SettingsError(f"{source_of_url}: {exc}") from None
-        return msgspec.structs.replace(settings, ollama_url=url)
+        return msgspec.structs.replace(
+            settings,
+            ollama_url=url,
+            default_options=_checked_defaults(settings.default_options),
+            default_keep_alive=_checked_keep_alive(settings.default_keep_alive),
+        )
+
+
+def _checked_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
+    checked = {}
+    for name, value in defaults.items():
+        try:
+            checked[name] = check_option(name, value)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}DEFAULT_OPTIONS: {name} {exc}") from None
+    return checked
+
+
+def _checked_keep_alive(value: float | str | None) -> float | str | None:
+    if value is None:
+        return None
+    try:
+        return parse_keep_alive(str(value))
+    except ValueError as exc:
+        raise SettingsError(f"{PREFIX}DEFAULT_KEEP_ALIVE: {exc}") from None
 
 
 def _name_the_variable(message: str) -> str:

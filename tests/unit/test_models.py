@@ -126,7 +126,6 @@ async def test_streamed_install_relays_progress_with_a_percentage(
     assert json.loads(route.calls.last.request.content) == {"model": "llama3.2", "stream": True}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: streamed install is labelled application/json, not application/x-ndjson")
 @pytest.mark.parametrize(
     ("params", "headers"),
     [
@@ -172,7 +171,6 @@ async def test_an_error_after_progress_ends_the_stream_with_an_error_line(
     assert len(lines) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: PullStream.progress drops the progress lines batched before an error")
 async def test_progress_arriving_together_with_an_error_is_still_relayed(
     client: Client, ollama: respx.MockRouter
 ) -> None:

@@ -10,7 +10,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.errors import InvalidInputError
-from minato.options import MAX_MODEL_NAME, parse_keep_alive, validate_model_name
+from minato.ollama_options import parse_keep_alive
+from minato.options import MAX_MODEL_NAME, validate_model_name
 from tests.payloads import chat_answer
 
 pytestmark = pytest.mark.anyio
@@ -49,10 +50,8 @@ def test_keep_alive_becomes_a_number_or_a_go_duration(given: str, parsed: object
     ["300x", "abc", "", "5M", "1h 30m", "m", "nan", "inf", "-inf", "1e20", "0x10", "5m!"],
 )
 def test_keep_alive_rejects_what_ollama_would_refuse(given: str) -> None:
-    with pytest.raises(InvalidInputError) as caught:
+    with pytest.raises(ValueError, match=r"seconds|duration"):
         parse_keep_alive(given)
-
-    assert [item.loc for item in caught.value.items] == [["query", "keep_alive"]]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +104,6 @@ def test_invalid_model_names_are_a_422_on_the_path_parameter(raw: str, kind: str
     assert item.type == kind
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: model-name regex rejects a registry host with a port")
 def test_a_registry_host_with_a_port_is_a_valid_model_name() -> None:
     # Ollama's model.ParseName accepts "host:port/namespace/model:tag" (private registries).
     assert validate_model_name("registry.local:5000/team/model:tag") == "registry.local:5000/team/model:tag"
@@ -129,10 +127,10 @@ async def test_an_unknown_query_parameter_is_a_422_and_nothing_goes_upstream(
 async def test_every_unknown_query_parameter_is_reported(client: Client, ollama: respx.MockRouter) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
-    response = await client.get("/llama3.2", params={"message": "hi", "top_k": "5", "stream": "true"})
+    response = await client.get("/llama3.2", params={"message": "hi", "n_gpu": "5", "stream": "true"})
 
     assert response.status_code == 422
-    assert [item["loc"] for item in response.json()["detail"]] == [["query", "top_k"], ["query", "stream"]]
+    assert [item["loc"] for item in response.json()["detail"]] == [["query", "n_gpu"], ["query", "stream"]]
     assert not route.called
 
 

@@ -399,7 +399,6 @@ async def test_a_stream_that_ends_without_done_raises(upstream: OllamaClient, ol
     assert tokens == ["a", "b"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an empty 200 stream is primed as success, so the client gets a 200")
 async def test_an_empty_stream_fails_before_anything_is_relayed(
     upstream: OllamaClient, ollama: respx.MockRouter
 ) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import json
 
+import httpx
 import pytest
 import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from minato.app import create_app
+from minato.settings import Settings
+from tests.conftest import OLLAMA_URL
 from tests.payloads import (
     BMP_HEADER,
     GIF_HEADER,
@@ -390,3 +394,21 @@ async def test_capabilities_are_looked_up_once_for_two_requests(client: Client, 
     assert show_route.call_count == 1
     assert chat.call_count == 2
     assert sent(chat)["model"] == "gemma3:latest"
+
+
+async def test_a_body_over_the_total_limit_is_a_json_413(ollama: respx.MockRouter) -> None:
+    ollama.post("/api/show").respond(200, json=show(VISION))
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+    settings = Settings(ollama_url=OLLAMA_URL, max_body_bytes=1024)
+    big = PNG_1PX + b"\x00" * 2048
+    app = create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
+
+    async with AsyncTestClient(app=app) as client:
+        response = await client.post(
+            "/vision/gemma3", params={"message": "hi"}, files=[("images", ("big.png", big, "image/png"))]
+        )
+
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/json"
+    assert "detail" in response.json()
+    assert not chat.called

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 import structlog
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
 from litestar.params import Parameter
@@ -83,7 +83,7 @@ async def install(
     model_name: ModelName,
     upstream: NamedDependency[OllamaClient],
     stream: Annotated[bool, Parameter(description="Relay progress as NDJSON instead of waiting.")] = False,
-) -> InstallResponse | Stream:
+) -> Response[InstallResponse] | Stream:
     """Pull a model, waiting for it or relaying progress."""
     model = validate_model_name(model_name)
     note_model(request, model)
@@ -96,8 +96,8 @@ async def install(
             background=BackgroundTask(pull.aclose),
         )
     await unless_disconnected(request, _pull_to_end(pull))
-    upstream.forget(model)
-    return InstallResponse(status="success", model=model)
+    # Wrapped so each form keeps its own media type: a union return makes Litestar label both JSON.
+    return Response(InstallResponse(status="success", model=model))
 
 
 def summarize(model: TagModel) -> ModelSummary:

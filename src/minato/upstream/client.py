@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Final
+from typing import Any, Final
 
 import httpx
 import msgspec
 import structlog
+from msgspec import UNSET, UnsetType
 
 from minato.errors import (
     MinatoError,
@@ -29,7 +30,10 @@ from minato.settings import Settings
 from minato.upstream.wire import (
     ChatChunk,
     ChatRequest,
+    DeleteRequest,
     ErrorBody,
+    LoadRequest,
+    PsResponse,
     PullProgress,
     PullRequest,
     ShowRequest,
@@ -103,9 +107,11 @@ class OllamaClient:
     async def stream_chat(self, request: ChatRequest) -> ChunkStream:
         """Send a streamed chat request and return it once its first tokens have arrived."""
         request.stream = True
-        response = await self._open_stream("/api/chat", _encoder.encode(request), request.model)
+        # One deadline covers the response headers and the first line: Ollama sends both together.
+        deadline = asyncio.get_running_loop().time() + self.settings.first_token_timeout
+        response = await self._open_stream("/api/chat", _encoder.encode(request), request.model, deadline)
         stream = ChunkStream(response, self.settings.idle_timeout)
-        await _primed(stream.prime(), self.settings.first_token_timeout, response, "a first token")
+        await _primed(stream.prime(), deadline, response, "a first token", self.settings.first_token_timeout)
         return stream
 
     # -- model management -------------------------------------------------------------------
@@ -113,13 +119,35 @@ class OllamaClient:
     async def pull(self, model: str) -> PullStream:
         """Start pulling ``model``; return once Ollama has found its manifest (or fail with 404)."""
         body = _encoder.encode(PullRequest(model=model))
-        response = await self._open_stream("/api/pull", body, model)
+        deadline = asyncio.get_running_loop().time() + self.settings.first_token_timeout
+        response = await self._open_stream("/api/pull", body, model, deadline)
         # Checksums of multi-GB blobs can keep Ollama silent for minutes, so the gap allowed
         # between progress lines is the generous first-token budget, not the token idle budget.
         stream = PullStream(response, self.settings.first_token_timeout)
-        await _primed(stream.prime(), self.settings.first_token_timeout, response, "pull progress")
+        await _primed(stream.prime(), deadline, response, "pull progress", self.settings.first_token_timeout)
         self.forget(model)
         return stream
+
+    async def load(self, model: str, keep_alive: float | str | UnsetType, options: dict[str, Any]) -> None:
+        """Load ``model`` into memory; return once Ollama reports it ready (a cold load takes a while)."""
+        body = _encoder.encode(LoadRequest(model=model, keep_alive=keep_alive, options=options or UNSET))
+        await self._call("POST", "/api/generate", body, self.settings.first_token_timeout, model)
+
+    async def unload(self, model: str) -> None:
+        """Ask Ollama to unload ``model`` (answered at once; fine if it was not loaded)."""
+        body = _encoder.encode(LoadRequest(model=model, keep_alive=0))
+        await self._call("POST", "/api/generate", body, self.settings.control_timeout, model)
+
+    async def delete(self, model: str) -> None:
+        """Delete ``model`` from Ollama's disk."""
+        body = _encoder.encode(DeleteRequest(model=model))
+        await self._call("DELETE", "/api/delete", body, self.settings.control_timeout, model)
+        self.forget(model)
+
+    async def running(self) -> PsResponse:
+        """Return the models loaded in memory now."""
+        body = await self._call("GET", "/api/ps", None, self.settings.control_timeout, "")
+        return msgspec.json.decode(body, type=PsResponse)
 
     async def list_models(self) -> TagsResponse:
         """Return the installed models."""
@@ -185,10 +213,10 @@ class OllamaClient:
             raise status_error(response.status_code, response.content, model)
         return response.content
 
-    async def _open_stream(self, path: str, body: bytes, model: str) -> httpx.Response:
+    async def _open_stream(self, path: str, body: bytes, model: str, deadline: float) -> httpx.Response:
         request = self._http.build_request("POST", path, content=body, headers=_JSON_HEADERS)
         try:
-            async with asyncio.timeout(self.settings.first_token_timeout):
+            async with asyncio.timeout_at(deadline):
                 response = await self._http.send(request, stream=True)
                 if response.status_code >= 400:
                     try:
@@ -212,14 +240,14 @@ class OllamaClient:
         return UpstreamError(f"connection to Ollama at {self.base_url} failed: {_describe(exc)}")
 
 
-async def _primed(prime: Awaitable[None], deadline: float, response: httpx.Response, what: str) -> None:
-    """Await a stream's priming under the first-token deadline; close the response on failure."""
+async def _primed(prime: Awaitable[None], deadline: float, response: httpx.Response, what: str, budget: float) -> None:
+    """Await a stream's priming until the loop-time ``deadline``; close the response on failure."""
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout_at(deadline):
             await prime
     except TimeoutError:
         await response.aclose()
-        raise OllamaTimeoutError(f"Ollama did not send {what} within {deadline:g} s") from None
+        raise OllamaTimeoutError(f"Ollama did not send {what} within {budget:g} s") from None
     except BaseException:
         await response.aclose()
         raise
@@ -318,7 +346,9 @@ class ChunkStream(_LineStream):
     async def prime(self) -> None:
         """Read up to the first batch of chunks; raise if Ollama failed before any token."""
         self.first = await self._read_batch() or []
-        if self.first and self.first[0].error:
+        if not self.first:
+            raise UpstreamError("Ollama closed the stream before sending anything")
+        if self.first[0].error:
             raise UpstreamError(f"Ollama failed: {self.first[0].error}")
 
     async def _read_batch(self) -> list[ChatChunk] | None:
@@ -373,8 +403,10 @@ class PullStream(_LineStream):
         """Yield the primed lines, then each further batch; an ``error`` line raises."""
         batch: list[PullProgress] | None = self.first
         while batch is not None:
-            for item in batch:
+            for index, item in enumerate(batch):
                 if item.error:
+                    if index:
+                        yield batch[:index]
                     raise UpstreamError(f"pull failed: {item.error}")
             yield batch
             if batch and batch[-1].status == "success":

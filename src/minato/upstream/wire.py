@@ -125,3 +125,37 @@ class ErrorBody(msgspec.Struct):
     """Ollama's error envelope ``{"error": "..."}``."""
 
     error: Any = ""
+
+
+class LoadRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Body of ``POST /api/generate`` without a prompt: Ollama loads (or, with 0, unloads) the model."""
+
+    model: str
+    stream: bool = False
+    keep_alive: float | str | UnsetType = UNSET
+    options: dict[str, Any] | UnsetType = UNSET
+
+
+class DeleteRequest(msgspec.Struct):
+    """Body of ``DELETE /api/delete``."""
+
+    model: str
+
+
+class RunningModel(msgspec.Struct):
+    """One loaded model in ``/api/ps``."""
+
+    name: str = ""
+    model: str = ""
+    size: int = 0
+    digest: str = ""
+    details: ModelDetails = msgspec.field(default_factory=ModelDetails)
+    expires_at: str = ""
+    size_vram: int = 0
+    context_length: int = 0
+
+
+class PsResponse(msgspec.Struct):
+    """Answer of ``GET /api/ps``."""
+
+    models: list[RunningModel] = msgspec.field(default_factory=list)
