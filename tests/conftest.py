@@ -55,6 +55,8 @@ def fx_settings() -> Settings:
 def fx_ollama() -> Iterator[respx.MockRouter]:
     """A respx router answering for Ollama; tests add routes and inspect ``calls``."""
     with respx.mock(base_url=OLLAMA_URL, assert_all_called=False, assert_all_mocked=True) as router:
+        # Nothing is loaded unless a test says otherwise (the model list asks /api/ps every time).
+        router.get("/api/ps", name="ps").respond(200, json={"models": []})
         yield router
 
 

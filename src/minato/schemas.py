@@ -34,13 +34,14 @@ class GenerationStats(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class GenerateResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """A whole answer."""
+class GenerateResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A whole answer (with the model's thinking, when it thought aloud)."""
 
     response: str
     model: str
     done_reason: str
     stats: GenerationStats
+    thinking: str | UnsetType = UNSET
 
 
 class StreamToken(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +97,8 @@ class ModelSummary(msgspec.Struct, frozen=True, kw_only=True):
     families: list[str]
     parameter_size: str
     quantization_level: str
+    loaded: bool
+    """Whether the model is loaded in memory right now."""
 
 
 class ModelsList(msgspec.Struct, frozen=True, kw_only=True):

@@ -55,13 +55,23 @@ def _token_text(batch: list[ChatChunk]) -> bytes:
 
 
 def _token_ndjson(batch: list[ChatChunk]) -> bytes:
-    return b"".join([b'{"token":%s}\n' % _encode(c.message.content) for c in batch if c.message.content])
+    lines = []
+    for chunk in batch:
+        if chunk.message.thinking:
+            lines.append(b'{"thinking":%s}\n' % _encode(chunk.message.thinking))
+        if chunk.message.content:
+            lines.append(b'{"token":%s}\n' % _encode(chunk.message.content))
+    return b"".join(lines)
 
 
 def _token_sse(batch: list[ChatChunk]) -> bytes:
-    return b"".join(
-        [b'event: token\ndata: {"token":%s}\n\n' % _encode(c.message.content) for c in batch if c.message.content]
-    )
+    events = []
+    for chunk in batch:
+        if chunk.message.thinking:
+            events.append(b'event: thinking\ndata: {"thinking":%s}\n\n' % _encode(chunk.message.thinking))
+        if chunk.message.content:
+            events.append(b'event: token\ndata: {"token":%s}\n\n' % _encode(chunk.message.content))
+    return b"".join(events)
 
 
 _TOKEN_ENCODERS: Final[dict[StreamFormat, Callable[[list[ChatChunk]], bytes]]] = {

@@ -257,6 +257,7 @@ async def test_models_list_flattens_ollamas_tags(client: Client, ollama: respx.M
                 "families": ["llama"],
                 "parameter_size": "3.2B",
                 "quantization_level": "Q4_K_M",
+                "loaded": False,
             }
         ]
     }

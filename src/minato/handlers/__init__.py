@@ -7,6 +7,7 @@ from litestar.types import ControllerRouterHandler
 from minato.handlers.chat import clear_session, get_session, list_sessions, remove_system_prompt, set_system_prompt
 from minato.handlers.generate import generate, generate_stream
 from minato.handlers.health import health, ready
+from minato.handlers.lifecycle import delete_model, load, running, server_info, status, unload
 from minato.handlers.models import install, models_list
 from minato.handlers.vision import vision, vision_stream
 
@@ -17,6 +18,12 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
     vision_stream,
     install,
     models_list,
+    load,
+    unload,
+    delete_model,
+    running,
+    status,
+    server_info,
     list_sessions,
     get_session,
     clear_session,

@@ -10,6 +10,7 @@ import msgspec
 from litestar import Request
 from litestar.openapi import ResponseSpec
 from litestar.response import Stream
+from msgspec import UNSET
 
 from minato.errors import MinatoError
 from minato.log import RequestRecord, record_of
@@ -140,6 +141,7 @@ async def whole_answer(
         model=chunk.model or model,
         done_reason=chunk.done_reason,
         stats=GenerationStats.from_chunk(chunk),
+        thinking=chunk.message.thinking or UNSET,
     )
 
 

@@ -27,7 +27,9 @@ ModelName = Annotated[
 STREAM_DESCRIPTION: Final = (
     "Chunked `text/plain` tokens, written as Ollama yields them. With `Accept: text/event-stream`: "
     "SSE `token` events then a `done` event with stats (or an `error` event). With "
-    '`Accept: application/x-ndjson`: one `{"token": ...}` line per token, then a line with stats.'
+    '`Accept: application/x-ndjson`: one `{"token": ...}` line per token, then a line with stats. '
+    "With `think=true` on a thinking model, SSE and NDJSON also carry `thinking` events; plain text "
+    "carries only the answer."
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
@@ -23,7 +24,7 @@ from minato.handlers.common import (
 from minato.handlers.generate import ModelName
 from minato.options import validate_model_name
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary
-from minato.upstream import OllamaClient, PullStream
+from minato.upstream import OllamaClient, PullStream, canonical_model_name
 from minato.upstream.wire import PullProgress, TagModel
 
 logger = structlog.get_logger("minato.models")
@@ -56,7 +57,8 @@ async def _relay_progress(stream: PullStream, model: str) -> AsyncIterator[bytes
         await stream.aclose()
 
 
-async def _pull_to_end(stream: PullStream) -> None:
+async def pull_to_end(stream: PullStream) -> None:
+    """Read a pull to its end (raising on failure) and close it."""
     try:
         async for _ in stream.progress():
             pass
@@ -95,12 +97,12 @@ async def install(
             headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
             background=BackgroundTask(pull.aclose),
         )
-    await unless_disconnected(request, _pull_to_end(pull))
+    await unless_disconnected(request, pull_to_end(pull))
     # Wrapped so each form keeps its own media type: a union return makes Litestar label both JSON.
     return Response(InstallResponse(status="success", model=model))
 
 
-def summarize(model: TagModel) -> ModelSummary:
+def summarize(model: TagModel, loaded: bool) -> ModelSummary:
     """Flatten one ``/api/tags`` entry into Minato's model summary."""
     details = model.details
     return ModelSummary(
@@ -114,6 +116,7 @@ def summarize(model: TagModel) -> ModelSummary:
         families=details.families or ([details.family] if details.family else []),
         parameter_size=details.parameter_size,
         quantization_level=details.quantization_level,
+        loaded=loaded,
     )
 
 
@@ -121,11 +124,17 @@ def summarize(model: TagModel) -> ModelSummary:
     "/models_list/",
     operation_id="ListModels",
     summary="List installed models",
-    description="Every model Ollama has on disk, with size (bytes and MiB), family and quantization.",
+    description=(
+        "Every model Ollama has on disk, with size (bytes and MiB), family, quantization and whether "
+        "it is loaded in memory now."
+    ),
     responses=UPSTREAM_RESPONSES,
     tags=["models"],
 )
 async def models_list(upstream: NamedDependency[OllamaClient]) -> ModelsList:
     """Return the installed models."""
-    tags = await upstream.list_models()
-    return ModelsList(models_list=[summarize(model) for model in tags.models])
+    tags, ps = await asyncio.gather(upstream.list_models(), upstream.running())
+    loaded = {canonical_model_name(m.name or m.model) for m in ps.models}
+    return ModelsList(
+        models_list=[summarize(m, canonical_model_name(m.name or m.model) in loaded) for m in tags.models]
+    )

@@ -130,12 +130,12 @@ class OllamaClient:
 
     async def load(self, model: str, keep_alive: float | str | UnsetType, options: dict[str, Any]) -> None:
         """Load ``model`` into memory; return once Ollama reports it ready (a cold load takes a while)."""
-        body = _encoder.encode(LoadRequest(model=model, keep_alive=keep_alive, options=options or UNSET))
+        body = _encoder.encode(LoadRequest(model=model, stream=False, keep_alive=keep_alive, options=options or UNSET))
         await self._call("POST", "/api/generate", body, self.settings.first_token_timeout, model)
 
     async def unload(self, model: str) -> None:
         """Ask Ollama to unload ``model`` (answered at once; fine if it was not loaded)."""
-        body = _encoder.encode(LoadRequest(model=model, keep_alive=0))
+        body = _encoder.encode(LoadRequest(model=model, stream=False, keep_alive=0))
         await self._call("POST", "/api/generate", body, self.settings.control_timeout, model)
 
     async def delete(self, model: str) -> None:

@@ -131,7 +131,7 @@ class LoadRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     """Body of ``POST /api/generate`` without a prompt: Ollama loads (or, with 0, unloads) the model."""
 
     model: str
-    stream: bool = False
+    stream: bool  # always sent: Ollama streams when it is absent
     keep_alive: float | str | UnsetType = UNSET
     options: dict[str, Any] | UnsetType = UNSET
 

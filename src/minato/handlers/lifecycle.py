@@ -1,0 +1,307 @@
+"""Model lifecycle and server info: load, unload, delete, what runs, one model's status, ``GET /``.
+
+Ollama resets a model's expiry on every request: ``keep_alive`` on a load or generation request is
+the "expiration period" of the seed systems, and a request without it falls back to Ollama's default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import re
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import Request, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import Parameter
+from msgspec import UNSET, UnsetType
+
+from minato import __version__
+from minato.errors import InvalidInputError, MinatoError, ModelNotFoundError
+from minato.handlers.common import GENERATION_RESPONSES, UPSTREAM_RESPONSES, note_model, unless_disconnected
+from minato.handlers.generate import ModelName
+from minato.handlers.models import pull_to_end
+from minato.ollama_options import INT32_MAX, parse_keep_alive
+from minato.options import KEEP_ALIVE_DESCRIPTION, validate_model_name
+from minato.settings import Settings
+from minato.upstream import OllamaClient, canonical_model_name
+from minato.upstream.wire import ModelDetails, RunningModel, ShowResponse
+
+#: The Ollama CLI shows "Forever" for expiries more than 20 years out; so does Minato.
+FOREVER_AFTER: Final = datetime.timedelta(days=20 * 365)
+_GO_FRACTION: Final = re.compile(r"(\.\d{6})\d+")
+
+
+class RunningView(msgspec.Struct, frozen=True, kw_only=True):
+    """A model loaded in memory."""
+
+    name: str
+    size: int
+    size_vram: int
+    context_length: int
+    expires_at: str
+    """ISO 8601, or ``forever``."""
+    expires_in_seconds: float | None
+    """Seconds until Ollama unloads it; ``null`` when it stays loaded forever."""
+
+    @classmethod
+    def of(cls, model: RunningModel) -> RunningView:
+        """Present one ``/api/ps`` entry, with "forever" spelled out instead of year 2318."""
+        expires_at, remaining = _expiry(model.expires_at)
+        return cls(
+            name=model.name or model.model,
+            size=model.size,
+            size_vram=model.size_vram,
+            context_length=model.context_length,
+            expires_at=expires_at,
+            expires_in_seconds=remaining,
+        )
+
+
+class RunningList(msgspec.Struct, frozen=True, kw_only=True):
+    """Models loaded in memory now."""
+
+    running: list[RunningView]
+
+
+class ModelAction(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of an unload or delete."""
+
+    status: str
+    model: str
+
+
+class LoadResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A load: whether the model is in memory now, and its running status."""
+
+    model: str
+    loaded: bool
+    running: RunningView | None
+
+
+class DetailsView(msgspec.Struct, frozen=True, kw_only=True):
+    """A model's format and family."""
+
+    format: str
+    family: str
+    families: list[str]
+    parameter_size: str
+    quantization_level: str
+
+    @classmethod
+    def of(cls, details: ModelDetails) -> DetailsView:
+        """Present Ollama's details."""
+        families = details.families or ([details.family] if details.family else [])
+        return cls(
+            format=details.format,
+            family=details.family,
+            families=families,
+            parameter_size=details.parameter_size,
+            quantization_level=details.quantization_level,
+        )
+
+
+class ModelStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Everything Minato can tell about one model."""
+
+    model: str
+    installed: bool
+    loaded: bool
+    expires_at: str | None = None
+    size: int | None = None
+    details: DetailsView | UnsetType = UNSET
+    capabilities: list[str] = msgspec.field(default_factory=list)
+    context_length: int | None = None
+
+
+class OllamaInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where Ollama is and whether it answers."""
+
+    url: str
+    reachable: bool
+    version: str | UnsetType = UNSET
+    reason: str | UnsetType = UNSET
+
+
+class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``GET /`` reports."""
+
+    service: str
+    version: str
+    ollama: OllamaInfo
+    installed: list[str]
+    running: list[str]
+
+
+def _expiry(value: str) -> tuple[str, float | None]:
+    if not value:
+        return "", None
+    try:
+        moment = datetime.datetime.fromisoformat(_GO_FRACTION.sub(r"\1", value))
+    except ValueError:
+        return value, None
+    remaining = moment - datetime.datetime.now(tz=datetime.UTC)
+    if remaining > FOREVER_AFTER:
+        return "forever", None
+    return value, round(max(remaining.total_seconds(), 0.0), 1)
+
+
+async def _show_if_installed(upstream: OllamaClient, model: str) -> ShowResponse | None:
+    try:
+        return await upstream.show(model)
+    except ModelNotFoundError:
+        return None
+
+
+def _find(running: list[RunningModel], model: str) -> RunningModel | None:
+    wanted = canonical_model_name(model)
+    return next((m for m in running if canonical_model_name(m.name or m.model) == wanted), None)
+
+
+@post(
+    "/load/{model_name:path}",
+    operation_id="LoadModel",
+    summary="Load a model into memory",
+    description=(
+        "Loads the model (Ollama: a generate request without a prompt) and answers once it is "
+        "ready, with its running status. `pull=true` pulls it first when it is not installed."
+    ),
+    status_code=200,
+    responses=GENERATION_RESPONSES,
+    tags=["lifecycle"],
+)
+async def load(
+    request: Request[Any, Any, Any],
+    model_name: ModelName,
+    upstream: NamedDependency[OllamaClient],
+    settings: NamedDependency[Settings],
+    keep_alive: Annotated[str | None, Parameter(description=KEEP_ALIVE_DESCRIPTION)] = None,
+    num_ctx: Annotated[
+        int | None, Parameter(ge=1, le=INT32_MAX, description="Context window to load the model with.")
+    ] = None,
+    pull: Annotated[bool, Parameter(description="Pull the model first when it is not installed.")] = False,
+) -> LoadResult:
+    """Load a model and report its running status."""
+    model = validate_model_name(model_name)
+    note_model(request, model)
+    alive: float | str | UnsetType = UNSET
+    if keep_alive is not None:
+        try:
+            alive = parse_keep_alive(keep_alive)
+        except ValueError as exc:
+            raise InvalidInputError.single("query", "keep_alive", str(exc)) from None
+    elif settings.default_keep_alive is not None:
+        alive = settings.default_keep_alive
+    if pull:
+        try:
+            await upstream.show(model)
+        except ModelNotFoundError:
+            stream = await unless_disconnected(request, upstream.pull(model))
+            await unless_disconnected(request, pull_to_end(stream))
+    options = {"num_ctx": num_ctx} if num_ctx is not None else {}
+    await unless_disconnected(request, upstream.load(model, alive, options))
+    entry = _find((await upstream.running()).models, model)
+    return LoadResult(model=model, loaded=entry is not None, running=RunningView.of(entry) if entry else None)
+
+
+@post(
+    "/unload/{model_name:path}",
+    operation_id="UnloadModel",
+    summary="Unload a model from memory",
+    description="Asks Ollama to unload the model now (it finishes running requests first). Fine if it was not loaded.",
+    status_code=200,
+    responses=GENERATION_RESPONSES,
+    tags=["lifecycle"],
+)
+async def unload(
+    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaClient]
+) -> ModelAction:
+    """Unload a model (idempotent)."""
+    model = validate_model_name(model_name)
+    note_model(request, model)
+    await upstream.unload(model)
+    return ModelAction(status="unloaded", model=model)
+
+
+@delete(
+    "/models/{model_name:path}",
+    operation_id="DeleteModel",
+    summary="Delete a model from disk",
+    status_code=200,
+    responses=GENERATION_RESPONSES,
+    tags=["lifecycle"],
+)
+async def delete_model(
+    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaClient]
+) -> ModelAction:
+    """Delete an installed model (404 if there is none)."""
+    model = validate_model_name(model_name)
+    note_model(request, model)
+    await upstream.delete(model)
+    return ModelAction(status="deleted", model=model)
+
+
+@get(
+    "/running",
+    operation_id="RunningModels",
+    summary="Models loaded in memory",
+    responses=UPSTREAM_RESPONSES,
+    tags=["lifecycle"],
+)
+async def running(upstream: NamedDependency[OllamaClient]) -> RunningList:
+    """List loaded models with their memory use, context length and expiry."""
+    return RunningList(running=[RunningView.of(m) for m in (await upstream.running()).models])
+
+
+@get(
+    "/status/{model_name:path}",
+    operation_id="ModelStatus",
+    summary="One model's status",
+    description="Installed? Loaded? Until when? Size, details, capabilities and context length.",
+    responses=UPSTREAM_RESPONSES,
+    tags=["lifecycle"],
+)
+async def status(
+    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaClient]
+) -> ModelStatus:
+    """Report what Ollama knows about one model; an unknown model is reported as not installed."""
+    model = validate_model_name(model_name)
+    note_model(request, model)
+    shown, ps, tags = await asyncio.gather(
+        _show_if_installed(upstream, model), upstream.running(), upstream.list_models()
+    )
+    if shown is None:
+        return ModelStatus(model=model, installed=False, loaded=False)
+    entry = _find(ps.models, model)
+    wanted = canonical_model_name(model)
+    size = next((t.size for t in tags.models if canonical_model_name(t.name or t.model) == wanted), None)
+    info = shown.model_info or {}
+    context = info.get(f"{info.get('general.architecture', '')}.context_length")
+    return ModelStatus(
+        model=model,
+        installed=True,
+        loaded=entry is not None,
+        expires_at=_expiry(entry.expires_at)[0] if entry else None,
+        size=size,
+        details=DetailsView.of(shown.details),
+        capabilities=shown.capabilities,
+        context_length=context if isinstance(context, int) else (entry.context_length if entry else None),
+    )
+
+
+@get("/", operation_id="ServerInfo", summary="Service and Ollama information", tags=["health"])
+async def server_info(upstream: NamedDependency[OllamaClient]) -> ServerInfo:
+    """Name and version of this service; Ollama's URL and version (or why it is unreachable); models."""
+    try:
+        version, tags, ps = await asyncio.gather(upstream.version(), upstream.list_models(), upstream.running())
+    except MinatoError as exc:
+        ollama = OllamaInfo(url=upstream.base_url, reachable=False, reason=exc.detail)
+        return ServerInfo(service="minato", version=__version__, ollama=ollama, installed=[], running=[])
+    return ServerInfo(
+        service="minato",
+        version=__version__,
+        ollama=OllamaInfo(url=upstream.base_url, reachable=True, version=version),
+        installed=[m.name or m.model for m in tags.models],
+        running=[m.name or m.model for m in ps.models],
+    )
