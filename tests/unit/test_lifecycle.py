@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from minato.app import create_app
 from minato.settings import Settings
-from tests.payloads import TAGS, chat_answer, chat_done, not_found, ndjson, show
+from tests.payloads import TAGS, chat_answer, chat_done, ndjson, not_found, show
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -163,7 +163,7 @@ async def test_running_shows_forever_as_forever(client: Client, ollama: respx.Mo
 
     running = response.json()["running"]
     assert response.status_code == 200
-    assert [(m["name"], m["expires_at"]) for m in running][0] == ("a:latest", "forever")
+    assert (running[0]["name"], running[0]["expires_at"]) == ("a:latest", "forever")
     assert running[1]["expires_at"] != "forever"
     assert 0 < running[1]["expires_in_seconds"] <= 600
     assert running[1]["size_vram"] == 5137025024
