@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
     raise_fd_limit()  # before any child starts: they inherit it
+    load_before = os.getloadavg()
     started = time.monotonic()
     rows: list[Row] = []
     with run_standin() as standin_url:
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows += uvloop.run(quiet_logging_rows(standin_port, minato, plan))
         with run_minato(standin_url, "info") as minato:
             rows += uvloop.run(info_logging_rows(standin_port, minato, plan))
-    machine = machine_info()
+    machine = machine_info(load_before)
     print(render_text(rows, machine))
     print(f"\n(measured in {time.monotonic() - started:.0f} s)", file=sys.stderr)
     if args.markdown is not None:

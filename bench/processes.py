@@ -155,13 +155,42 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def machine_info() -> dict[str, str]:
-    """What the numbers were measured on."""
+def source_state() -> str:
+    """The commit Minato was measured at, and whether ``src/`` had uncommitted edits (read-only git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 - git from PATH, read-only
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            # --no-optional-locks: status must not even refresh the index file.
+            ["git", "--no-optional-locks", "status", "--porcelain", "--", "src"],  # noqa: S607 - read-only
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return f"{commit} + uncommitted changes in src/" if dirty else commit
+
+
+def machine_info(load_before: tuple[float, float, float]) -> dict[str, str]:
+    """What the numbers were measured on.
+
+    The load average from before the run is part of it: on a 2-core machine anything else
+    running (a test suite, a build) moves every figure, and this is how a reader can tell.
+    """
     return {
         "CPU": _cpu_model(),
         "Cores": str(os.cpu_count()),
         "Python": platform.python_version(),
         "Kernel": f"{platform.system()} {platform.release()}",
+        "Load avg": "{:.2f} {:.2f} {:.2f} (1/5/15 min, before the run)".format(*load_before),
+        "Minato at": source_state(),
         "Versions": ", ".join(
             f"{name} {_version(name)}" for name in ("minato", "litestar", "uvicorn", "httpx", "aiohttp", "uvloop")
         ),
