@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import httpx
@@ -27,6 +27,7 @@ from minato.errors import (
     UpstreamRejectedError,
 )
 from minato.settings import Settings
+from minato.upstream.transport import AiohttpBody, AiohttpTransport
 from minato.upstream.wire import (
     ChatChunk,
     ChatRequest,
@@ -45,6 +46,7 @@ from minato.upstream.wire import (
 logger = structlog.get_logger("minato.upstream")
 
 _JSON_HEADERS: Final = {"content-type": "application/json", "accept": "application/json"}
+_ACCEPT_JSON: Final = {"accept": "application/json"}
 _MANIFEST_STATUS: Final = "pulling manifest"
 _chunk_decoder: Final = msgspec.json.Decoder(ChatChunk)
 _progress_decoder: Final = msgspec.json.Decoder(PullProgress)
@@ -54,15 +56,7 @@ _encoder: Final = msgspec.json.Encoder()
 
 def default_transport(settings: Settings) -> httpx.AsyncBaseTransport:
     """Return the transport measured fastest on the hot path (aiohttp under httpx's interface)."""
-    from httpx_aiohttp import AiohttpTransport
-
-    limits = httpx.Limits(
-        max_connections=settings.max_connections,
-        max_keepalive_connections=settings.max_connections,
-        keepalive_expiry=30.0,
-    )
-    # Proxy variables meant for the internet must not reroute calls to a local daemon.
-    return AiohttpTransport(limits=limits, trust_env=False)
+    return AiohttpTransport(max_connections=settings.max_connections)
 
 
 class OllamaClient:
@@ -71,21 +65,32 @@ class OllamaClient:
     def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
         self.base_url = settings.ollama_url
-        self._http = httpx.AsyncClient(
-            base_url=settings.ollama_url,
-            transport=transport if transport is not None else default_transport(settings),
-            # Deadlines are enforced per phase with asyncio (first token, idle gap, whole answer);
-            # httpx only bounds the TCP connect.
-            timeout=httpx.Timeout(None, connect=settings.connect_timeout),
-            trust_env=False,
-            follow_redirects=False,
-        )
+        # The transport is called directly: httpx.AsyncClient's per-request machinery (URL
+        # merging, cookies, auth, redirects, event hooks) buys nothing for one fixed upstream.
+        self._transport = transport if transport is not None else default_transport(settings)
+        self._urls: dict[str, httpx.URL] = {}
+        # Deadlines are enforced per phase with asyncio (first token, idle gap, whole answer);
+        # the transport only bounds the TCP connect.
+        self._timeouts = {"connect": settings.connect_timeout, "read": None, "write": None, "pool": None}
         self._capabilities: dict[str, tuple[float, frozenset[str]]] = {}
         self._capability_lookups: dict[str, asyncio.Future[frozenset[str]]] = {}
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        await self._transport.aclose()
+
+    async def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.base_url + path)
+        request = httpx.Request(
+            method,
+            url,
+            content=body,
+            headers=_JSON_HEADERS if body is not None else _ACCEPT_JSON,
+            extensions={"timeout": self._timeouts},
+        )
+        return await self._transport.handle_async_request(request)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -202,9 +207,11 @@ class OllamaClient:
         """Make one buffered call; return the body of a 2xx answer or raise a Minato error."""
         try:
             async with asyncio.timeout(deadline):
-                response = await self._http.request(
-                    method, path, content=body, headers=_JSON_HEADERS if body is not None else None
-                )
+                response = await self._send(method, path, body)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
         except TimeoutError:
             raise OllamaTimeoutError(f"Ollama did not answer {path} within {deadline:g} s") from None
         except httpx.HTTPError as exc:
@@ -214,10 +221,9 @@ class OllamaClient:
         return response.content
 
     async def _open_stream(self, path: str, body: bytes, model: str, deadline: float) -> httpx.Response:
-        request = self._http.build_request("POST", path, content=body, headers=_JSON_HEADERS)
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._http.send(request, stream=True)
+                response = await self._send("POST", path, body)
                 if response.status_code >= 400:
                     try:
                         content = await response.aread()
@@ -294,6 +300,15 @@ def canonical_model_name(model: str) -> str:
     return model if ":" in last else f"{model}:latest"
 
 
+def _generic_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
+    chunks = response.aiter_bytes()
+
+    async def read_some() -> bytes:
+        return await anext(chunks, b"")
+
+    return read_some
+
+
 class _LineStream:
     """NDJSON lines off an httpx response, decoded a received chunk at a time.
 
@@ -304,7 +319,10 @@ class _LineStream:
     def __init__(self, response: httpx.Response, idle_timeout: float) -> None:
         self.response = response
         self.idle_timeout = idle_timeout
-        self._raw = response.aiter_bytes()
+        body = response.stream
+        # Read straight from aiohttp's buffer when the body is ours; any other transport (respx in
+        # the tests) goes through httpx's generic iterator.
+        self._read_some = body.read_some if isinstance(body, AiohttpBody) else _generic_reader(response)
         self._buffer = b""
         self._closed = False
 
@@ -313,16 +331,16 @@ class _LineStream:
         while True:
             try:
                 async with asyncio.timeout(self.idle_timeout):
-                    data = await anext(self._raw)
-            except StopAsyncIteration:
-                rest, self._buffer = self._buffer.strip(), b""
-                return rest or None
+                    data = await self._read_some()
             except TimeoutError:
                 raise OllamaTimeoutError(
                     f"Ollama went silent for {self.idle_timeout:g} s in the middle of a stream"
                 ) from None
             except httpx.HTTPError as exc:
                 raise UpstreamError(f"the stream from Ollama broke: {_describe(exc)}") from None
+            if not data:
+                rest, self._buffer = self._buffer.strip(), b""
+                return rest or None
             end = data.rfind(b"\n")
             if end < 0:
                 self._buffer += data
