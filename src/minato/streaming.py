@@ -6,14 +6,18 @@ write, whatever number of tokens it holds. Nothing is buffered, slept on or batc
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import structlog
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 
 from minato.errors import MinatoError
 from minato.log import RequestRecord, StreamAbortedError
@@ -155,9 +159,51 @@ def stream_response(
         if exchange is not None:
             exchange.turn.release()
 
-    return Stream(
+    return RelayStream(
         relay(stream, fmt, model, record, exchange),
         media_type=fmt.value,
         headers=_STREAM_HEADERS,
         background=BackgroundTask(clean_up),
     )
+
+
+class _RelayASGIResponse(ASGIStreamingResponse):
+    """Litestar's streaming response with the same semantics on two plain asyncio tasks.
+
+    Litestar runs the body and the disconnect listener in an anyio task group; spawning it cost
+    about a seventh of Minato's CPU per streamed request (py-spy, docs/benchmarks.md). Here the
+    body is written by one task while another waits for ``http.disconnect``; whichever ends
+    first cancels the other, and a failure of the body propagates as before.
+    """
+
+    __slots__ = ()
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        loop = asyncio.get_running_loop()
+        writing = loop.create_task(self._stream(send))
+        listening = loop.create_task(self._until_disconnect(receive))
+        try:
+            await asyncio.wait((writing, listening), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listening.cancel()
+            if not writing.done():
+                writing.cancel()
+                await asyncio.wait((writing,))  # let the relay unwind: it closes the upstream
+        if not writing.cancelled():
+            writing.result()  # re-raise a failed body (an aborted plain-text stream)
+
+    @staticmethod
+    async def _until_disconnect(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+
+class RelayStream(Stream):
+    """A :class:`~litestar.response.Stream` served by :class:`_RelayASGIResponse`."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        response = super().to_asgi_response(*args, **kwargs)
+        # Same slots, one overridden method: re-classing avoids re-implementing Litestar's
+        # header, cookie and media-type merging.
+        response.__class__ = _RelayASGIResponse
+        return response
