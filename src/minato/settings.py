@@ -58,6 +58,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Most images accepted in one vision request."""
     max_body_bytes: PositiveInt = 200 * 1024 * 1024
     """Largest accepted request body, in bytes."""
+    image_fetch_timeout: PositiveFloat = 10.0
+    """Seconds to download one ``image_url`` (connect, redirects and body together)."""
+    image_fetch_allow: str = ""
+    """Comma-separated host names ``image_url`` may fetch from even when they resolve to private or
+    loopback addresses (e.g. an internal image store); all other non-public addresses are refused."""
+    image_fetch_max_redirects: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+    """Redirects followed per ``image_url``; every hop is checked like the first."""
     capabilities_ttl: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     """Seconds a model's capabilities (from Ollama's ``/api/show``) are cached."""
     session_store: str = "minato.db"
