@@ -48,6 +48,7 @@ def fx_settings() -> Settings:
         max_image_bytes=64 * 1024,
         max_message_chars=1000,
         session_store="memory://",
+        ollama_probe_interval=0,
     )
 
 

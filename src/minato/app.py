@@ -14,8 +14,10 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from minato import __version__
 from minato.errors import EXCEPTION_HANDLERS
+from minato.fetch import ImageFetcher
 from minato.handlers import ROUTE_HANDLERS
 from minato.log import RequestLogMiddleware, configure_logging
+from minato.metrics import Metrics
 from minato.options import provide_generation_options
 from minato.sessions import SessionManager, open_store
 from minato.settings import Settings
@@ -52,14 +54,17 @@ def create_app(
     if configure_logs:
         configure_logging(settings)
     resources: dict[str, Any] = {}
+    metrics = Metrics()
 
     @asynccontextmanager
     async def ollama_pool(_: Litestar) -> AsyncIterator[None]:
         client = OllamaClient(settings, transport=transport)
         resources[UPSTREAM] = client
+        await metrics.start_probe(client, settings.ollama_probe_interval)
         try:
             yield
         finally:
+            await metrics.stop_probe()
             await client.aclose()
 
     @asynccontextmanager
@@ -71,6 +76,15 @@ def create_app(
             yield
         finally:
             await manager.stop()
+
+    @asynccontextmanager
+    async def image_fetcher(_: Litestar) -> AsyncIterator[None]:
+        fetcher = ImageFetcher(settings)
+        resources["fetcher"] = fetcher
+        try:
+            yield
+        finally:
+            await fetcher.aclose()
 
     def provide_settings() -> Settings:
         return settings
@@ -85,12 +99,14 @@ def create_app(
 
     app = Litestar(
         route_handlers=ROUTE_HANDLERS,
-        lifespan=[ollama_pool, conversations],
+        lifespan=[ollama_pool, conversations, image_fetcher],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False, use_cache=True),
             "upstream": Provide(provide_upstream, sync_to_thread=False),
             "sessions": Provide(provide_sessions, sync_to_thread=False),
+            "metrics": Provide(lambda: metrics, sync_to_thread=False, use_cache=True),
             "params": Provide(provide_generation_options, sync_to_thread=False),
+            "fetcher": Provide(lambda: resources["fetcher"], sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
@@ -107,5 +123,5 @@ def create_app(
     )
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that
     # fail after their first byte are logged with the status the client actually got.
-    app.asgi_handler = RequestLogMiddleware(app.asgi_handler)
+    app.asgi_handler = RequestLogMiddleware(app.asgi_handler, metrics)
     return app

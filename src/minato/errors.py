@@ -30,6 +30,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from minato.log import record_of
+
 logger = structlog.get_logger("minato.errors")
 
 BUSY_RETRY_AFTER_SECONDS: Final = 5
@@ -137,9 +139,13 @@ def error_response(status_code: int, detail: Any, headers: dict[str, str] | None
     )
 
 
-def _minato_error(_: Request[Any, Any, Any], exc: MinatoError) -> Response[Any]:
+def _minato_error(request: Request[Any, Any, Any], exc: MinatoError) -> Response[Any]:
     if isinstance(exc, InvalidInputError):
         return error_response(exc.status_code, msgspec.to_builtins(exc.items))
+    if isinstance(exc, UpstreamError):
+        record = record_of(request.scope)
+        if record is not None:
+            record.upstream_error = type(exc).__name__
     if exc.status_code >= 500:
         logger.warning("upstream_error", kind=type(exc).__name__, status=exc.status_code, detail=exc.detail)
     return error_response(exc.status_code, exc.detail, exc.headers)

@@ -10,7 +10,7 @@ import re
 import sys
 import time
 import uuid
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import structlog
@@ -18,6 +18,9 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from minato.settings import Settings
+
+if TYPE_CHECKING:
+    from minato.metrics import Metrics
 
 RECORD_KEY: Final = "minato.record"
 REQUEST_ID_HEADER: Final = b"x-request-id"
@@ -41,14 +44,40 @@ class StreamAbortedError(Exception):
 
 
 class RequestRecord:
-    """Facts a handler adds to its request's log line."""
+    """Facts a handler adds to its request's log line (and, from there, to the metrics)."""
 
-    __slots__ = ("model", "request_id", "tokens")
+    __slots__ = (
+        "first_token",
+        "model",
+        "request_id",
+        "started",
+        "streaming",
+        "tokens",
+        "tokens_per_second",
+        "upstream_error",
+    )
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, started: float) -> None:
         self.request_id = request_id
+        self.started = started
         self.model: str | None = None
         self.tokens: int | None = None
+        self.tokens_per_second: float | None = None
+        self.first_token: float | None = None
+        """Seconds from the request to the first token written (streams)."""
+        self.streaming = False
+        self.upstream_error: str | None = None
+        """The kind of Ollama failure this request met, if any."""
+
+    def note_answer(self, tokens: int, tokens_per_second: float) -> None:
+        """Note the size and speed of the finished answer."""
+        self.tokens = tokens
+        self.tokens_per_second = tokens_per_second
+
+    def mark_first_token(self) -> None:
+        """Note that the first token is being written now."""
+        if self.first_token is None:
+            self.first_token = time.perf_counter() - self.started
 
 
 def record_of(scope: Scope) -> RequestRecord | None:
@@ -128,8 +157,9 @@ class RequestLogMiddleware:
     stream's duration covers the whole stream.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -141,17 +171,23 @@ class RequestLogMiddleware:
         """Serve one HTTP request and log it."""
         started = time.perf_counter()
         request_id = _request_id(scope)
-        record = RequestRecord(request_id)
+        record = RequestRecord(request_id, started)
         scope.setdefault("state", {})[RECORD_KEY] = record
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 0
         header = (REQUEST_ID_HEADER, request_id.encode())
 
+        metrics = self.metrics
+        in_flight = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, in_flight
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
+                if record.streaming and metrics is not None:
+                    metrics.streams_in_flight.inc()
+                    in_flight = True
             await send(message)
 
         outcome = "ok"
@@ -161,16 +197,22 @@ class RequestLogMiddleware:
             outcome = "aborted"
             raise
         finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("path_template", scope["path"])
             logger.info(
                 "request",
                 method=scope["method"],
-                route=scope.get("path_template", scope["path"]),
+                route=route,
                 model=record.model,
                 status=status or None,
                 outcome=outcome,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                duration_ms=round(seconds * 1000, 3),
                 tokens=record.tokens,
             )
+            if metrics is not None:
+                if in_flight:
+                    metrics.streams_in_flight.dec()
+                metrics.observe(route, scope["method"], status, seconds, record)
             structlog.contextvars.unbind_contextvars("request_id")
 
 

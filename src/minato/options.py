@@ -29,6 +29,8 @@ _MODEL_NAME: Final = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9._-]*)?"
 )
 MAX_MODEL_NAME: Final = 350
+#: Route ``opt`` key naming the query parameters a route takes beyond the generation parameters.
+EXTRA_QUERY_OPT: Final = "extra_query"
 
 KEEP_ALIVE_DESCRIPTION: Final = (
     "How long Ollama keeps the model loaded after this request: seconds as a number "
@@ -123,7 +125,8 @@ def provide_generation_options(
     stop: Annotated[list[str] | None, _option("stop")] = None,
 ) -> GenerationOptions:
     """Validate the optional generation parameters shared by every generation route."""
-    unknown = [key for key in request.query_params if key not in GENERATION_QUERY_PARAMETERS]
+    extra = request.route_handler.opt.get(EXTRA_QUERY_OPT, frozenset())
+    unknown = [key for key in request.query_params if key not in GENERATION_QUERY_PARAMETERS and key not in extra]
     if unknown:
         known = ", ".join(sorted(GENERATION_QUERY_PARAMETERS))
         raise InvalidInputError(

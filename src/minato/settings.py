@@ -82,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     (names as in the query string); a request's own value wins."""
     default_keep_alive: float | str | None = None
     """``keep_alive`` sent when a request has none (seconds or a duration); unset: Ollama's default."""
+    ollama_probe_interval: Annotated[float, msgspec.Meta(ge=0)] = 15.0
+    """Seconds between checks of Ollama's reachability for the ``minato_ollama_up`` metric (0: off)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest log level written."""
     log_format: Literal["auto", "json", "console"] = "auto"

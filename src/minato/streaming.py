@@ -99,6 +99,26 @@ def _final_event(fmt: StreamFormat, payload: msgspec.Struct, event: str) -> byte
     return _encode(payload) + b"\n"
 
 
+async def _finish(
+    last: ChatChunk,
+    fmt: StreamFormat,
+    model: str,
+    record: RequestRecord | None,
+    exchange: Exchange | None,
+    answer: list[str] | None,
+) -> bytes:
+    """Account for a completed answer; return the closing event of a structured stream (or nothing)."""
+    stats = GenerationStats.from_chunk(last)
+    if record is not None:
+        record.note_answer(last.eval_count, stats.tokens_per_second)
+    if exchange is not None and answer is not None:
+        # After the last token: the disk write never holds up a token.
+        await exchange.turn.commit(model, exchange.question, exchange.images, "".join(answer))
+    if fmt is StreamFormat.TEXT:
+        return b""
+    return _final_event(fmt, StreamDone(model=model, done_reason=last.done_reason, stats=stats), "done")
+
+
 async def relay(
     stream: ChunkStream,
     fmt: StreamFormat,
@@ -113,25 +133,20 @@ async def relay(
         async for batch in stream.batches():
             data = encode_tokens(batch)
             if data:
+                if record is not None and record.first_token is None:
+                    record.mark_first_token()
                 yield data
             if answer is not None:
                 answer.extend([chunk.message.content for chunk in batch])
             last = batch[-1] if batch else None
             if last is not None and last.done:
-                if record is not None:
-                    record.tokens = last.eval_count
-                if exchange is not None and answer is not None:
-                    # After the last token: the disk write never holds up a token.
-                    await exchange.turn.commit(model, exchange.question, exchange.images, "".join(answer))
-                if fmt is not StreamFormat.TEXT:
-                    done = StreamDone(
-                        model=model,
-                        done_reason=last.done_reason,
-                        stats=GenerationStats.from_chunk(last),
-                    )
-                    yield _final_event(fmt, done, "done")
+                final = await _finish(last, fmt, model, record, exchange, answer)
+                if final:
+                    yield final
     except MinatoError as exc:
         logger.warning("stream_failed", model=model, format=fmt.name.lower(), detail=exc.detail)
+        if record is not None:
+            record.upstream_error = type(exc).__name__
         if fmt is StreamFormat.TEXT:
             raise StreamAbortedError(exc.detail) from exc
         yield _final_event(fmt, StreamError(error=exc.detail), "error")
@@ -153,6 +168,9 @@ def stream_response(
     The background task runs even when the client disconnects while the relay is suspended in a
     write: it closes the upstream at once (so Ollama stops generating) and frees the session.
     """
+
+    if record is not None:
+        record.streaming = True
 
     async def clean_up() -> None:
         await stream.aclose()

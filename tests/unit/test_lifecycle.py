@@ -315,6 +315,7 @@ async def test_server_wide_defaults_apply_and_a_request_value_wins(ollama: respx
         session_store="memory://",
         default_options={"temperature": 0.2, "max_new_tokens": 128},
         default_keep_alive="30m",
+        ollama_probe_interval=0,
     )
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     app = create_app(settings, transport=httpx.MockTransport(ollama.async_handler))

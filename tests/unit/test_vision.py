@@ -399,7 +399,7 @@ async def test_capabilities_are_looked_up_once_for_two_requests(client: Client, 
 async def test_a_body_over_the_total_limit_is_a_json_413(ollama: respx.MockRouter) -> None:
     ollama.post("/api/show").respond(200, json=show(VISION))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
-    settings = Settings(ollama_url=OLLAMA_URL, max_body_bytes=1024)
+    settings = Settings(ollama_url=OLLAMA_URL, max_body_bytes=1024, ollama_probe_interval=0)
     big = PNG_1PX + b"\x00" * 2048
     app = create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
 

@@ -6,7 +6,7 @@ from litestar.types import ControllerRouterHandler
 
 from minato.handlers.chat import clear_session, get_session, list_sessions, remove_system_prompt, set_system_prompt
 from minato.handlers.generate import generate, generate_stream
-from minato.handlers.health import health, ready
+from minato.handlers.health import health, metrics_endpoint, ready
 from minato.handlers.lifecycle import delete_model, load, running, server_info, status, unload
 from minato.handlers.models import install, models_list
 from minato.handlers.vision import vision, vision_stream
@@ -31,6 +31,7 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
     remove_system_prompt,
     health,
     ready,
+    metrics_endpoint,
 ]
 
 __all__ = ["ROUTE_HANDLERS"]

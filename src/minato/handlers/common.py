@@ -134,13 +134,14 @@ async def whole_answer(
         if turn is not None:
             turn.release()
     record = record_of(request.scope)
+    stats = GenerationStats.from_chunk(chunk)
     if record is not None:
-        record.tokens = chunk.eval_count
+        record.note_answer(chunk.eval_count, stats.tokens_per_second)
     return GenerateResponse(
         response=chunk.message.content,
         model=chunk.model or model,
         done_reason=chunk.done_reason,
-        stats=GenerationStats.from_chunk(chunk),
+        stats=stats,
         thinking=chunk.message.thinking or UNSET,
     )
 

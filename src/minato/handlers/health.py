@@ -7,6 +7,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
 from minato.errors import MinatoError
+from minato.metrics import CONTENT_TYPE, Metrics
 from minato.schemas import HealthReport, ReadinessReport
 from minato.upstream import OllamaClient
 
@@ -39,3 +40,19 @@ async def ready(upstream: NamedDependency[OllamaClient]) -> Response[ReadinessRe
         report = ReadinessReport(status="unavailable", ollama_url=upstream.base_url, reason=exc.detail)
         return Response(report, status_code=503)
     return Response(ReadinessReport(status="ready", ollama_url=upstream.base_url, ollama_version=version))
+
+
+@get(
+    "/metrics",
+    operation_id="Metrics",
+    summary="Prometheus metrics",
+    description=(
+        "Requests by route, model and status; request duration, time to first token and tokens per "
+        "second histograms; tokens generated; streams in flight; upstream errors by kind; Ollama reachability."
+    ),
+    media_type=CONTENT_TYPE,
+    tags=["health"],
+)
+async def metrics_endpoint(metrics: NamedDependency[Metrics]) -> Response[bytes]:
+    """Expose the metrics in Prometheus' text format."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE)

@@ -1,7 +1,13 @@
-"""Image questions: ``POST /vision/{model}`` and ``POST /stream/vision/{model}`` (multipart)."""
+"""Image questions: ``POST /vision/{model}`` and ``POST /stream/vision/{model}``.
+
+Images come as multipart file parts, as base64 form fields or as links Minato fetches; Ollama gets
+them in that order.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from typing import Annotated, Any, Final
 
 from litestar import Request, post
@@ -10,46 +16,98 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from minato.errors import CapabilityError, InvalidInputError
-from minato.handlers.common import GENERATION_RESPONSES, error_spec, note_model, streamed_answer, whole_answer
+from minato.fetch import ImageFetcher
+from minato.handlers.common import (
+    GENERATION_RESPONSES,
+    error_spec,
+    note_model,
+    streamed_answer,
+    unless_disconnected,
+    whole_answer,
+)
 from minato.handlers.generate import STREAM_DESCRIPTION, ModelName
-from minato.images import read_vision_form
-from minato.options import GenerationOptions, check_text_length, validate_model_name
+from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
+from minato.options import EXTRA_QUERY_OPT, GenerationOptions, check_text_length, validate_model_name
 from minato.schemas import GenerateResponse
 from minato.sessions import SessionManager
 from minato.settings import Settings
 from minato.upstream import OllamaClient
 
 VISION_DESCRIPTION: Final = (
-    "A `multipart/form-data` body with one or more `images` file parts (PNG, JPEG, WebP, GIF or "
-    "BMP, recognised by content) and the question as `message`, either in the query string or as "
-    "a form field. The model must have Ollama's `vision` capability."
+    "Images (PNG, JPEG, WebP, GIF or BMP, recognised by content) in any mix of: `images` file parts "
+    "of a `multipart/form-data` body; `image_base64` form fields (a `data:image/...;base64,` prefix, "
+    "line breaks, the URL-safe alphabet and missing padding are accepted); `image_url` links, in the "
+    "query string or as form fields, which Minato downloads itself (public addresses only). With only "
+    "query-string links the body can be left out. Ollama receives the files first, then the base64 "
+    "fields, then the links, each group in request order. The question is `message`, either in the "
+    "query string or as a form field. The model must have Ollama's `vision` capability."
 )
 VISION_RESPONSES: Final = {
     **GENERATION_RESPONSES,
     400: error_spec("The model has no `vision` capability, or Ollama refused the request."),
-    413: error_spec("An image or the whole body is larger than the configured limit."),
+    413: error_spec("An image (uploaded, base64 or downloaded) or the whole body is larger than the configured limit."),
 }
 OptionalMessage = Annotated[
     str | None,
     Parameter(description="The question about the images (or send it as the `message` form field)."),
 ]
+ImageUrls = Annotated[
+    list[str] | None,
+    Parameter(
+        description=(
+            "Link to an image Minato downloads and sends along (repeat for several; also accepted as "
+            "`image_url` form fields). `http`/`https` only, no credentials in the URL; hosts must resolve "
+            "to public addresses only (private, loopback, link-local and metadata addresses are refused "
+            "unless the host is in `MINATO_IMAGE_FETCH_ALLOW`); redirects are followed up to "
+            "`MINATO_IMAGE_FETCH_MAX_REDIRECTS`, each checked again; the download is bounded by "
+            "`MINATO_MAX_IMAGE_BYTES` and `MINATO_IMAGE_FETCH_TIMEOUT`. Counts toward `MINATO_MAX_IMAGES`."
+        ),
+    ),
+]
+
+
+#: This route's own query parameter, on top of the generation parameters every route accepts.
+VISION_QUERY: Final = {EXTRA_QUERY_OPT: frozenset({URL_FIELD})}
+
+
+async def _fetch_all(fetcher: ImageFetcher, links: list[tuple[str, str, int]]) -> list[str]:
+    """Download every link at once; the first failure (in link order) cancels the rest and is raised."""
+    tasks = [asyncio.ensure_future(fetcher.fetch(url, index, source=source)) for url, source, index in links]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure
+    return [base64.b64encode(task.result()).decode("ascii") for task in tasks]
 
 
 async def _vision_request(
     request: Request[Any, Any, Any],
     model_name: str,
     message: str | None,
+    image_url: list[str] | None,
     upstream: OllamaClient,
+    fetcher: ImageFetcher,
     settings: Settings,
 ) -> tuple[str, str, list[str]]:
     model = validate_model_name(model_name)
     note_model(request, model)
+    query_links = [link.strip() for link in image_url or []]
+    if len(query_links) > settings.max_images:
+        raise too_many_images("query", URL_FIELD, settings)
+    for index, link in enumerate(query_links):
+        check_link(link, "query", index)
     # Checked before the upload is read: a text-only model fails fast, whatever the image size.
     capabilities = await upstream.capabilities(model)
     if "vision" not in capabilities:
         listed = ", ".join(sorted(capabilities)) or "none reported"
         raise CapabilityError(f"model '{model}' cannot read images (its capabilities: {listed})")
-    form = await read_vision_form(request, settings)
+    form = await read_vision_form(request, settings, len(query_links))
     form_message = form.fields.get("message")
     if message is not None and form_message is not None:
         raise InvalidInputError.single("body", "message", "send message in the query or the form, not both")
@@ -57,7 +115,10 @@ async def _vision_request(
     if text is None:
         raise InvalidInputError.single("query", "message", "a message is required (query or form field)", "missing")
     check_text_length("message", text, settings)
-    return model, text, form.base64_images()
+    links = [(link, "query", index) for index, link in enumerate(query_links)]
+    links += [(link, "body", index) for index, link in enumerate(form.links)]
+    fetched = await unless_disconnected(request, _fetch_all(fetcher, links)) if links else []
+    return model, text, form.base64_images() + fetched
 
 
 @post(
@@ -68,6 +129,7 @@ async def _vision_request(
     status_code=200,
     responses=VISION_RESPONSES,
     tags=["vision"],
+    opt=VISION_QUERY,
 )
 async def vision(
     request: Request[Any, Any, Any],
@@ -75,11 +137,13 @@ async def vision(
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
     sessions: NamedDependency[SessionManager],
+    fetcher: NamedDependency[ImageFetcher],
     settings: NamedDependency[Settings],
     message: OptionalMessage = None,
+    image_url: ImageUrls = None,
 ) -> GenerateResponse:
-    """Return the model's whole answer about the uploaded images."""
-    model, text, images = await _vision_request(request, model_name, message, upstream, settings)
+    """Return the model's whole answer about the images."""
+    model, text, images = await _vision_request(request, model_name, message, image_url, upstream, fetcher, settings)
     return await whole_answer(request, upstream, sessions, params, model, text, images)
 
 
@@ -91,6 +155,7 @@ async def vision(
     status_code=200,
     responses=VISION_RESPONSES,
     tags=["vision"],
+    opt=VISION_QUERY,
 )
 async def vision_stream(
     request: Request[Any, Any, Any],
@@ -98,9 +163,11 @@ async def vision_stream(
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
     sessions: NamedDependency[SessionManager],
+    fetcher: NamedDependency[ImageFetcher],
     settings: NamedDependency[Settings],
     message: OptionalMessage = None,
+    image_url: ImageUrls = None,
 ) -> Stream:
-    """Relay the answer about the uploaded images token by token."""
-    model, text, images = await _vision_request(request, model_name, message, upstream, settings)
+    """Relay the answer about the images token by token."""
+    model, text, images = await _vision_request(request, model_name, message, image_url, upstream, fetcher, settings)
     return await streamed_answer(request, upstream, sessions, params, model, text, images)

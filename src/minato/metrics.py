@@ -1,0 +1,107 @@
+"""Prometheus metrics: one registry per app, fed once per request from its record.
+
+Handlers never touch metrics: they write facts on the request's :class:`~minato.log.RequestRecord`
+(model, tokens, first-token time, upstream failure) and the outermost middleware turns each
+finished request into observations, so a metric can never be counted twice or forgotten on an
+error path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from minato.log import RequestRecord
+    from minato.upstream import OllamaClient
+
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+RATE_BUCKETS: Final = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 500, 1000)
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Minato's metrics, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "minato_requests", "HTTP requests answered.", ["route", "method", "status", "model"], registry=r
+        )
+        self.duration = Histogram(
+            "minato_request_duration_seconds",
+            "Time from request to the last byte of the response (whole streams included).",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "minato_time_to_first_token_seconds",
+            "Time from request to the first token written to the client (streams).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "minato_tokens_generated", "Tokens generated (Ollama's eval_count).", ["model"], registry=r
+        )
+        self.tokens_per_second = Histogram(
+            "minato_tokens_per_second",
+            "Generation speed reported by Ollama.",
+            ["model"],
+            buckets=RATE_BUCKETS,
+            registry=r,
+        )
+        self.streams_in_flight = Gauge("minato_streams_in_flight", "Streams being relayed now.", registry=r)
+        self.upstream_errors = Counter(
+            "minato_upstream_errors", "Failures talking to Ollama, by kind.", ["kind"], registry=r
+        )
+        self.ollama_up = Gauge("minato_ollama_up", "1 if Ollama answered the last probe, else 0.", registry=r)
+        self._probe: asyncio.Task[None] | None = None
+
+    def observe(self, route: str, method: str, status: int, seconds: float, record: RequestRecord) -> None:
+        """Account for one finished request."""
+        model = record.model or ""
+        self.requests.labels(route, method, str(status), model).inc()
+        self.duration.labels(route).observe(seconds)
+        if record.first_token is not None:
+            self.first_token.labels(model).observe(record.first_token)
+        if record.tokens:
+            self.tokens.labels(model).inc(record.tokens)
+        if record.tokens_per_second:
+            self.tokens_per_second.labels(model).observe(record.tokens_per_second)
+        if record.upstream_error is not None:
+            self.upstream_errors.labels(record.upstream_error).inc()
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+    async def start_probe(self, upstream: OllamaClient, interval: float) -> None:
+        """Keep ``minato_ollama_up`` current by asking Ollama's version every ``interval`` seconds (0: never)."""
+        if interval > 0:
+            self._probe = asyncio.create_task(self._probe_forever(upstream, interval), name="minato-ollama-probe")
+
+    async def stop_probe(self) -> None:
+        """Stop the probe."""
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+
+    async def _probe_forever(self, upstream: OllamaClient, interval: float) -> None:
+        from minato.errors import MinatoError
+
+        while True:
+            try:
+                await upstream.version()
+            except MinatoError:
+                self.ollama_up.set(0)
+            else:
+                self.ollama_up.set(1)
+            await asyncio.sleep(interval)
