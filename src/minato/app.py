@@ -8,17 +8,21 @@ from typing import Any, Final
 
 import httpx
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from minato import __version__
+from minato.backpressure import Admission
 from minato.errors import EXCEPTION_HANDLERS
 from minato.fetch import ImageFetcher
 from minato.handlers import ROUTE_HANDLERS
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.options import provide_generation_options
+from minato.security import Keyring, make_guard
 from minato.sessions import SessionManager, open_store
 from minato.settings import Settings
 from minato.upstream import OllamaClient
@@ -55,6 +59,14 @@ def create_app(
         configure_logging(settings)
     resources: dict[str, Any] = {}
     metrics = Metrics()
+    keyring = Keyring.from_settings(settings)
+    admission = Admission(
+        settings.max_generations,
+        settings.max_generations_per_model,
+        settings.max_queue,
+        settings.queue_timeout,
+        metrics,
+    )
 
     @asynccontextmanager
     async def ollama_pool(_: Litestar) -> AsyncIterator[None]:
@@ -105,16 +117,26 @@ def create_app(
             "upstream": Provide(provide_upstream, sync_to_thread=False),
             "sessions": Provide(provide_sessions, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, sync_to_thread=False, use_cache=True),
+            "admission": Provide(lambda: admission, sync_to_thread=False, use_cache=True),
             "params": Provide(provide_generation_options, sync_to_thread=False),
             "fetcher": Provide(lambda: resources["fetcher"], sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        guards=[make_guard(settings, keyring)],
+        cors_config=_cors(settings),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Minato",
             version=__version__,
             description=API_DESCRIPTION,
             path="/docs",
+            components=Components(
+                security_schemes={
+                    "key": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+                    "bearer": SecurityScheme(type="http", scheme="bearer"),
+                }
+            ),
+            security=[{"key": []}, {"bearer": []}],
             render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
         ),
         # Logging is configured once by configure_logging, not by Litestar's defaults.
@@ -123,5 +145,18 @@ def create_app(
     )
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that
     # fail after their first byte are logged with the status the client actually got.
-    app.asgi_handler = RequestLogMiddleware(app.asgi_handler, metrics)
+    app.asgi_handler = RequestLogMiddleware(app.asgi_handler, metrics, max_query_bytes=settings.max_query_chars)
     return app
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "Retry-After"],
+        max_age=600,
+    )

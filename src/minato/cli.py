@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from minato import __version__
+from minato.security import Keyring, refuse_unsafe_start
 from minato.settings import Settings, SettingsError
 
 
@@ -36,6 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= port <= 65535 or workers < 1:
         print("minato: --port must be 0-65535 and --workers at least 1", file=sys.stderr)
         return 2
+    try:
+        keyring = Keyring.from_settings(settings)
+    except SettingsError as exc:
+        print(f"minato: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    refusal = refuse_unsafe_start(settings, host, keyring)
+    if refusal:
+        print(f"minato: {refusal}", file=sys.stderr)
+        return 2
     return serve(host, port, workers, settings)
 
 
@@ -54,7 +64,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
         access_log=False,
         log_config=None,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
         server_header=False,
     )
     return 0

@@ -157,9 +157,10 @@ class RequestLogMiddleware:
     stream's duration covers the whole stream.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, *, max_query_bytes: int | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_query_bytes = max_query_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -192,7 +193,10 @@ class RequestLogMiddleware:
 
         outcome = "ok"
         try:
-            await self.app(scope, receive, send_with_id)
+            if self.max_query_bytes is not None and len(scope["query_string"]) > self.max_query_bytes:
+                await _refuse(send_with_id, 414, f"the query string is longer than {self.max_query_bytes} bytes")
+            else:
+                await self.app(scope, receive, send_with_id)
         except BaseException:
             outcome = "aborted"
             raise
@@ -213,7 +217,14 @@ class RequestLogMiddleware:
                 if in_flight:
                     metrics.streams_in_flight.dec()
                 metrics.observe(route, scope["method"], status, seconds, record)
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "key")
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    body = msgspec.json.encode({"detail": detail})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _request_id(scope: HTTPScope) -> str:

@@ -62,6 +62,10 @@ class Metrics:
             "minato_upstream_errors", "Failures talking to Ollama, by kind.", ["kind"], registry=r
         )
         self.ollama_up = Gauge("minato_ollama_up", "1 if Ollama answered the last probe, else 0.", registry=r)
+        self.queue_depth = Gauge("minato_queue_depth", "Generations waiting for a slot.", registry=r)
+        self.rejections = Counter(
+            "minato_rejections", "Generations refused by backpressure, by reason.", ["reason"], registry=r
+        )
         self._probe: asyncio.Task[None] | None = None
 
     def observe(self, route: str, method: str, status: int, seconds: float, record: RequestRecord) -> None:

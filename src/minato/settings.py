@@ -38,6 +38,34 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Server worker processes (each holds its own connection pool to Ollama)."""
     ollama_url: str = DEFAULT_OLLAMA_URL
     """Ollama base URL. Falls back to Ollama's own ``OLLAMA_HOST`` (``host:port`` shorthand too)."""
+    api_keys: str = ""
+    """Comma-separated user keys (plain, or ``sha256:<hex>`` of the key). Users may generate and read."""
+    api_keys_file: str = ""
+    """File with one user key per line (plain or ``sha256:<hex>``; ``#`` starts a comment)."""
+    admin_keys: str = ""
+    """Comma-separated admin keys: may also install, delete, load and unload models."""
+    auth: Literal["auto", "disabled"] = "auto"
+    """Without any key configured, ``auto`` serves only on a loopback address and refuses to start on
+    any other; ``disabled`` serves keyless on any address (only behind something that authenticates,
+    or on a port published to loopback). Configured keys are always required."""
+    open_probes: bool = False
+    """Serve ``/ready`` and ``/metrics`` without a key (``/health`` never needs one)."""
+    rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Requests per minute allowed per key (0: no limit); beyond it 429 with ``Retry-After``."""
+    cors_origins: str = ""
+    """Comma-separated origins allowed to call Minato from a browser (``*`` for any); empty: CORS off."""
+    max_generations: PositiveInt = 1024
+    """Generations (answers and streams) running at once; more wait in the queue."""
+    max_generations_per_model: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Generations running at once on one model (the seeds' "concurrency"; 0: only the overall bound)."""
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    """Generations allowed to wait for a slot; beyond it 503 with ``Retry-After``."""
+    queue_timeout: PositiveFloat = 60.0
+    """Seconds a generation may wait for a slot before it is refused with 503."""
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    """Seconds running streams may take to finish after SIGTERM before they are closed."""
+    max_query_chars: PositiveInt = 65_536
+    """Longest accepted query string, in bytes as sent (414 beyond)."""
     connect_timeout: PositiveFloat = 5.0
     """Seconds to open a TCP connection to Ollama before answering 503."""
     first_token_timeout: PositiveFloat = 300.0

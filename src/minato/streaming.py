@@ -19,6 +19,7 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
+from minato.backpressure import Slot
 from minato.errors import MinatoError
 from minato.log import RequestRecord, StreamAbortedError
 from minato.schemas import GenerationStats, StreamDone, StreamError
@@ -125,6 +126,7 @@ async def relay(
     model: str,
     record: RequestRecord | None,
     exchange: Exchange | None = None,
+    slot: Slot | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the client's bytes for a primed chat stream, ending with stats or an error."""
     encode_tokens = _TOKEN_ENCODERS[fmt]
@@ -152,6 +154,8 @@ async def relay(
         yield _final_event(fmt, StreamError(error=exc.detail), "error")
     finally:
         await stream.aclose()
+        if slot is not None:
+            slot.release()
         if exchange is not None:
             exchange.turn.release()
 
@@ -162,11 +166,13 @@ def stream_response(
     model: str,
     record: RequestRecord | None,
     exchange: Exchange | None = None,
+    slot: Slot | None = None,
 ) -> Stream:
     """Wrap a primed stream in a chunked response.
 
     The background task runs even when the client disconnects while the relay is suspended in a
-    write: it closes the upstream at once (so Ollama stops generating) and frees the session.
+    write: it closes the upstream at once (so Ollama stops generating) and frees the generation
+    slot and the session.
     """
 
     if record is not None:
@@ -174,11 +180,13 @@ def stream_response(
 
     async def clean_up() -> None:
         await stream.aclose()
+        if slot is not None:
+            slot.release()
         if exchange is not None:
             exchange.turn.release()
 
     return RelayStream(
-        relay(stream, fmt, model, record, exchange),
+        relay(stream, fmt, model, record, exchange, slot),
         media_type=fmt.value,
         headers=_STREAM_HEADERS,
         background=BackgroundTask(clean_up),

@@ -192,6 +192,7 @@ def test_the_cli_refuses_a_misspelt_variable(
 
 def test_the_cli_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINATO_PORT", "9000")
+    monkeypatch.setenv("MINATO_API_KEYS", "a-key")  # 0.0.0.0 without keys is refused (see test_security)
     served: list[tuple[object, ...]] = []
     monkeypatch.setattr("minato.cli.serve", lambda *args: served.append(args) or 0)
 

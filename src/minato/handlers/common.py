@@ -12,6 +12,7 @@ from litestar.openapi import ResponseSpec
 from litestar.response import Stream
 from msgspec import UNSET
 
+from minato.backpressure import Admission, Slot
 from minato.errors import MinatoError
 from minato.log import RequestRecord, record_of
 from minato.options import GenerationOptions
@@ -54,7 +55,9 @@ VALIDATION_RESPONSE: Final = ResponseSpec(
     generate_examples=False,
 )
 UPSTREAM_RESPONSES: Final[dict[int, ResponseSpec]] = {
+    401: error_spec("No valid API key (when keys are configured); see `WWW-Authenticate`."),
     422: VALIDATION_RESPONSE,
+    429: error_spec("This key sent more requests per minute than allowed; see `Retry-After`."),
     502: error_spec("Ollama failed in another way; `detail` carries Ollama's message."),
     503: error_spec("Ollama is unreachable (the detail names its URL) or busy (with `Retry-After`)."),
     504: error_spec("Ollama did not answer in time."),
@@ -63,6 +66,14 @@ GENERATION_RESPONSES: Final[dict[int, ResponseSpec]] = {
     400: error_spec("Ollama refused the request (e.g. the model cannot chat)."),
     404: error_spec("Ollama has no such model."),
     **UPSTREAM_RESPONSES,
+    503: error_spec(
+        "Ollama is unreachable (the detail names its URL), Ollama is busy, or Minato's generation queue is "
+        "full; busy answers carry `Retry-After`."
+    ),
+}
+ADMIN_RESPONSES: Final[dict[int, ResponseSpec]] = {
+    **GENERATION_RESPONSES,
+    403: error_spec("The key is a user key; this route needs an admin key."),
 }
 
 
@@ -118,6 +129,7 @@ async def whole_answer(
     request: Request[Any, Any, Any],
     upstream: OllamaClient,
     sessions: SessionManager,
+    admission: Admission,
     params: GenerationOptions,
     model: str,
     message: str,
@@ -125,12 +137,17 @@ async def whole_answer(
 ) -> GenerateResponse:
     """Ask Ollama for a whole (non-streamed) answer, record it in the session, shape it."""
     turn = await _begin_turn(request, sessions, params)
+    slot: Slot | None = None
     try:
+        # The session's turn comes first: waiting for it must not hold a generation slot.
+        slot = await unless_disconnected(request, admission.acquire(model))
         chat = params.chat_request(model, message, images, turn)
         chunk = await unless_disconnected(request, upstream.chat(chat))
         if turn is not None:
             await turn.commit(model, message, images or [], chunk.message.content)
     finally:
+        if slot is not None:
+            slot.release()
         if turn is not None:
             turn.release()
     record = record_of(request.scope)
@@ -150,21 +167,26 @@ async def streamed_answer(
     request: Request[Any, Any, Any],
     upstream: OllamaClient,
     sessions: SessionManager,
+    admission: Admission,
     params: GenerationOptions,
     model: str,
     message: str,
     images: list[str] | None = None,
 ) -> Stream:
     """Prime Ollama's stream (so its status is known), then relay it; the session records the
-    exchange only if the stream completes."""
+    exchange only if the stream completes. The generation slot is held until the stream ends."""
     fmt = StreamFormat.negotiate(request.headers.get("accept"))
     turn = await _begin_turn(request, sessions, params)
+    slot: Slot | None = None
     try:
+        slot = await unless_disconnected(request, admission.acquire(model))
         chat = params.chat_request(model, message, images, turn)
         stream = await unless_disconnected(request, upstream.stream_chat(chat))
     except BaseException:
+        if slot is not None:
+            slot.release()
         if turn is not None:
             turn.release()
         raise
     exchange = Exchange(turn, message, images or []) if turn is not None else None
-    return stream_response(stream, fmt, model, record_of(request.scope), exchange)
+    return stream_response(stream, fmt, model, record_of(request.scope), exchange, slot)

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from minato.backpressure import Admission
 from minato.handlers.common import GENERATION_RESPONSES, note_model, streamed_answer, whole_answer
 from minato.options import GenerationOptions, check_text_length, validate_model_name
 from minato.schemas import GenerateResponse
@@ -48,13 +49,14 @@ async def generate(
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
     sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
     settings: NamedDependency[Settings],
 ) -> GenerateResponse:
     """Return the model's whole answer with Ollama's stats."""
     model = validate_model_name(model_name)
     check_text_length("message", message, settings)
     note_model(request, model)
-    return await whole_answer(request, upstream, sessions, params, model, message)
+    return await whole_answer(request, upstream, sessions, admission, params, model, message)
 
 
 @get(
@@ -72,10 +74,11 @@ async def generate_stream(
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
     sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
     settings: NamedDependency[Settings],
 ) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
     model = validate_model_name(model_name)
     check_text_length("message", message, settings)
     note_model(request, model)
-    return await streamed_answer(request, upstream, sessions, params, model, message)
+    return await streamed_answer(request, upstream, sessions, admission, params, model, message)

@@ -9,10 +9,11 @@ from litestar.openapi import ResponseSpec
 from minato.errors import MinatoError
 from minato.metrics import CONTENT_TYPE, Metrics
 from minato.schemas import HealthReport, ReadinessReport
+from minato.security import PROBE, PUBLIC
 from minato.upstream import OllamaClient
 
 
-@get("/health", operation_id="Health", summary="Liveness probe", tags=["health"])
+@get("/health", operation_id="Health", summary="Liveness probe (no key needed)", tags=["health"], opt={PUBLIC: True})
 async def health() -> HealthReport:
     """Answer as long as the process serves requests; never calls Ollama."""
     return HealthReport()
@@ -23,6 +24,7 @@ async def health() -> HealthReport:
     operation_id="Ready",
     summary="Readiness probe",
     description="200 with Ollama's version when Ollama answers; 503 with the reason otherwise.",
+    opt={PROBE: True},
     responses={
         503: ResponseSpec(
             data_container=ReadinessReport,
@@ -52,6 +54,7 @@ async def ready(upstream: NamedDependency[OllamaClient]) -> Response[ReadinessRe
     ),
     media_type=CONTENT_TYPE,
     tags=["health"],
+    opt={PROBE: True},
 )
 async def metrics_endpoint(metrics: NamedDependency[Metrics]) -> Response[bytes]:
     """Expose the metrics in Prometheus' text format."""

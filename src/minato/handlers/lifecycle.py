@@ -19,11 +19,12 @@ from msgspec import UNSET, UnsetType
 
 from minato import __version__
 from minato.errors import InvalidInputError, MinatoError, ModelNotFoundError
-from minato.handlers.common import GENERATION_RESPONSES, UPSTREAM_RESPONSES, note_model, unless_disconnected
+from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES, note_model, unless_disconnected
 from minato.handlers.generate import ModelName
 from minato.handlers.models import pull_to_end
 from minato.ollama_options import INT32_MAX, parse_keep_alive
 from minato.options import KEEP_ALIVE_DESCRIPTION, validate_model_name
+from minato.security import ADMIN
 from minato.settings import Settings
 from minato.upstream import OllamaClient, canonical_model_name
 from minato.upstream.wire import ModelDetails, RunningModel, ShowResponse
@@ -168,8 +169,9 @@ def _find(running: list[RunningModel], model: str) -> RunningModel | None:
         "ready, with its running status. `pull=true` pulls it first when it is not installed."
     ),
     status_code=200,
-    responses=GENERATION_RESPONSES,
+    responses=ADMIN_RESPONSES,
     tags=["lifecycle"],
+    opt={ADMIN: True},
 )
 async def load(
     request: Request[Any, Any, Any],
@@ -211,8 +213,9 @@ async def load(
     summary="Unload a model from memory",
     description="Asks Ollama to unload the model now (it finishes running requests first). Fine if it was not loaded.",
     status_code=200,
-    responses=GENERATION_RESPONSES,
+    responses=ADMIN_RESPONSES,
     tags=["lifecycle"],
+    opt={ADMIN: True},
 )
 async def unload(
     request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaClient]
@@ -229,8 +232,9 @@ async def unload(
     operation_id="DeleteModel",
     summary="Delete a model from disk",
     status_code=200,
-    responses=GENERATION_RESPONSES,
+    responses=ADMIN_RESPONSES,
     tags=["lifecycle"],
+    opt={ADMIN: True},
 )
 async def delete_model(
     request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaClient]

@@ -16,7 +16,7 @@ from litestar.response import Stream
 
 from minato.errors import MinatoError
 from minato.handlers.common import (
-    GENERATION_RESPONSES,
+    ADMIN_RESPONSES,
     UPSTREAM_RESPONSES,
     note_model,
     unless_disconnected,
@@ -24,6 +24,7 @@ from minato.handlers.common import (
 from minato.handlers.generate import ModelName
 from minato.options import validate_model_name
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary
+from minato.security import ADMIN
 from minato.upstream import OllamaClient, PullStream, canonical_model_name
 from minato.upstream.wire import PullProgress, TagModel
 
@@ -77,8 +78,9 @@ async def pull_to_end(stream: PullStream) -> None:
         "`error` line. A model the registry does not know is a 404 either way."
     ),
     status_code=200,
-    responses=GENERATION_RESPONSES,
+    responses=ADMIN_RESPONSES,
     tags=["models"],
+    opt={ADMIN: True},
 )
 async def install(
     request: Request[Any, Any, Any],

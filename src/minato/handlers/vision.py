@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from minato.backpressure import Admission
 from minato.errors import CapabilityError, InvalidInputError
 from minato.fetch import ImageFetcher
 from minato.handlers.common import (
@@ -137,6 +138,7 @@ async def vision(
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
     sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
     fetcher: NamedDependency[ImageFetcher],
     settings: NamedDependency[Settings],
     message: OptionalMessage = None,
@@ -144,7 +146,7 @@ async def vision(
 ) -> GenerateResponse:
     """Return the model's whole answer about the images."""
     model, text, images = await _vision_request(request, model_name, message, image_url, upstream, fetcher, settings)
-    return await whole_answer(request, upstream, sessions, params, model, text, images)
+    return await whole_answer(request, upstream, sessions, admission, params, model, text, images)
 
 
 @post(
@@ -163,6 +165,7 @@ async def vision_stream(
     params: NamedDependency[GenerationOptions],
     upstream: NamedDependency[OllamaClient],
     sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
     fetcher: NamedDependency[ImageFetcher],
     settings: NamedDependency[Settings],
     message: OptionalMessage = None,
@@ -170,4 +173,4 @@ async def vision_stream(
 ) -> Stream:
     """Relay the answer about the images token by token."""
     model, text, images = await _vision_request(request, model_name, message, image_url, upstream, fetcher, settings)
-    return await streamed_answer(request, upstream, sessions, params, model, text, images)
+    return await streamed_answer(request, upstream, sessions, admission, params, model, text, images)
