@@ -122,7 +122,7 @@ def create_app(
             "fetcher": Provide(lambda: resources["fetcher"], sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        guards=[make_guard(settings, keyring)],
+        guards=[make_guard(settings, keyring)] if keyring.enabled else [],
         cors_config=_cors(settings),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

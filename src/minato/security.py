@@ -135,7 +135,8 @@ def make_guard(settings: Settings, keyring: Keyring) -> Any:
     limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     required = keyring.enabled  # configured keys are always enforced; MINATO_AUTH only governs having none
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    # Async on purpose: Litestar runs a sync guard in a worker thread, once per request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         opt = handler.opt
         if not required or opt.get(PUBLIC) or (opt.get(PROBE) and settings.open_probes):
             return

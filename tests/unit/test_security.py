@@ -1,0 +1,329 @@
+"""Access, roles, rate limits, CORS, backpressure and the safe-by-default rule."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import respx
+import structlog
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from minato.app import create_app
+from minato.backpressure import Admission, OverloadedError
+from minato.cli import main
+from minato.security import Keyring, RateLimiter, refuse_unsafe_start
+from minato.settings import Settings, SettingsError
+from tests.payloads import TAGS, chat_answer
+
+pytestmark = pytest.mark.anyio
+Client = AsyncTestClient[Litestar]
+USER = "user-key-123"
+ADMIN = "admin-key-456"
+
+
+@pytest.fixture(name="secured")
+async def fx_secured(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+    """Minato with one user key and one admin key."""
+    configured = msgspec.structs.replace(settings, api_keys=USER, admin_keys=ADMIN)
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Authorization": f"Key {USER}"}, id="seed-key-scheme"),
+        pytest.param({"Authorization": f"Bearer {USER}"}, id="bearer"),
+        pytest.param({"X-API-Key": USER}, id="x-api-key"),
+        pytest.param({"Authorization": f"Key {ADMIN}"}, id="admin-key-can-generate-too"),
+    ],
+)
+async def test_a_valid_key_in_any_accepted_form_is_let_through(
+    secured: Client, ollama: respx.MockRouter, headers: dict[str, str]
+) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await secured.get("/llama3.2", params={"message": "hi"}, headers=headers)
+
+    assert response.status_code == 200
+    assert route.called
+    assert "authorization" not in route.calls.last.request.headers, "keys never travel to Ollama"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-key"),
+        pytest.param({"Authorization": "Key wrong"}, id="wrong-key"),
+        pytest.param({"Authorization": f"Basic {USER}"}, id="unsupported-scheme"),
+        pytest.param({"X-API-Key": USER[:-1]}, id="prefix-of-a-key"),
+    ],
+)
+async def test_a_missing_or_wrong_key_is_a_401_with_www_authenticate(
+    secured: Client, ollama: respx.MockRouter, headers: dict[str, str]
+) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await secured.get("/llama3.2", params={"message": "hi"}, headers=headers)
+
+    assert response.status_code == 401
+    assert "Key" in response.headers["www-authenticate"]
+    assert "detail" in response.json()
+    assert not route.called
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/install/llama3.2"), ("POST", "/load/llama3.2"), ("POST", "/unload/llama3.2"), ("DELETE", "/models/x")],
+)
+async def test_a_user_key_on_an_admin_route_is_a_403(
+    secured: Client, ollama: respx.MockRouter, method: str, path: str
+) -> None:
+    response = await secured.request(method, path, headers={"Authorization": f"Key {USER}"})
+
+    assert response.status_code == 403
+    assert "admin" in response.json()["detail"]
+    assert not [call for call in ollama.calls if call.request.url.path != "/api/ps"]
+
+
+async def test_an_admin_key_may_delete_a_model(secured: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.delete("/api/delete").respond(200)
+
+    response = await secured.delete("/models/old:1b", headers={"X-API-Key": ADMIN})
+
+    assert response.status_code == 200
+    assert route.called
+
+
+async def test_health_and_docs_need_no_key_but_ready_and_metrics_do(secured: Client, ollama: respx.MockRouter) -> None:
+    ollama.get("/api/version").respond(200, json={"version": "1"})
+
+    assert (await secured.get("/health")).status_code == 200
+    assert (await secured.get("/docs/openapi.json")).status_code == 200
+    assert (await secured.get("/ready")).status_code == 401
+    assert (await secured.get("/metrics")).status_code == 401
+    assert (await secured.get("/ready", headers={"X-API-Key": USER})).status_code == 200
+
+
+async def test_open_probes_serve_ready_and_metrics_without_a_key(settings: Settings, ollama: respx.MockRouter) -> None:
+    ollama.get("/api/version").respond(200, json={"version": "1"})
+    configured = msgspec.structs.replace(settings, api_keys=USER, open_probes=True)
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.get("/ready")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/models_list/")).status_code == 401
+
+
+async def test_keys_never_reach_the_logs_only_a_fingerprint(secured: Client, ollama: respx.MockRouter) -> None:
+    ollama.get("/api/tags").respond(200, json=TAGS)
+
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await secured.get("/models_list/", headers={"Authorization": f"Bearer {USER}"})
+
+    assert USER not in repr(logs)
+    (line,) = [entry for entry in logs if entry["event"] == "request"]
+    assert line["key"] == hashlib.sha256(USER.encode()).hexdigest()[:12]
+
+
+def test_keys_may_be_given_hashed_and_in_a_file(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"# team keys\nplain-one\nsha256:{hashlib.sha256(b'hashed-two').hexdigest()}  # ci\n\n")
+
+    keyring = Keyring.from_settings(Settings(api_keys_file=str(keys)))
+
+    assert keyring.identify("plain-one") is not None
+    assert keyring.identify("hashed-two") is not None
+    assert keyring.identify("sha256:" + hashlib.sha256(b"hashed-two").hexdigest()) is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable"),
+    [
+        (Settings(api_keys="sha256:nothex"), "MINATO_API_KEYS"),
+        (Settings(admin_keys="sha256:" + "a" * 63), "MINATO_ADMIN_KEYS"),
+        (Settings(api_keys_file="/nonexistent/keys"), "MINATO_API_KEYS_FILE"),
+    ],
+)
+def test_bad_key_settings_name_the_variable(settings: Settings, variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Keyring.from_settings(settings)
+
+
+async def test_a_key_over_its_rate_limit_gets_a_429_with_retry_after(
+    settings: Settings, ollama: respx.MockRouter
+) -> None:
+    ollama.get("/api/tags").respond(200, json=TAGS)
+    configured = msgspec.structs.replace(settings, api_keys=f"{USER},other", rate_limit_per_minute=2)
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    async with AsyncTestClient(app=app) as client:
+        statuses = [(await client.get("/models_list/", headers={"X-API-Key": USER})).status_code for _ in range(3)]
+        limited = await client.get("/models_list/", headers={"X-API-Key": USER})
+        other = await client.get("/models_list/", headers={"X-API-Key": "other"})
+
+    assert statuses == [200, 200, 429]
+    assert int(limited.headers["retry-after"]) >= 1
+    assert other.status_code == 200, "limits are per key"
+
+
+async def test_the_rate_limiter_fails_closed(
+    settings: Settings, ollama: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    route = ollama.get("/api/tags").respond(200, json=TAGS)
+
+    def broken(self: RateLimiter, key: str) -> float:
+        raise RuntimeError("limiter store unreachable")
+
+    monkeypatch.setattr(RateLimiter, "check", broken)
+    configured = msgspec.structs.replace(settings, api_keys=USER, rate_limit_per_minute=100)
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get("/models_list/", headers={"X-API-Key": USER})
+
+    assert response.status_code == 429
+    assert not route.called
+
+
+async def test_cors_answers_preflights_only_for_configured_origins(
+    settings: Settings, ollama: respx.MockRouter
+) -> None:
+    configured = msgspec.structs.replace(settings, cors_origins="https://app.example")
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    preflight = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
+    async with AsyncTestClient(app=app) as client:
+        allowed = await client.options("/llama3.2", headers={"Origin": "https://app.example", **preflight})
+        refused = await client.options("/llama3.2", headers={"Origin": "https://evil.example", **preflight})
+
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_cors_is_off_by_default(client: Client) -> None:
+    response = await client.get("/health", headers={"Origin": "https://app.example"})
+
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_an_over_long_query_string_is_a_414_before_anything_else(
+    settings: Settings, ollama: respx.MockRouter
+) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+    limited = msgspec.structs.replace(settings, max_query_chars=1000)
+    app = create_app(limited, transport=httpx.MockTransport(ollama.async_handler))
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get("/llama3.2", params={"message": "x" * 1000})
+
+    assert response.status_code == 414
+    assert "query string" in response.json()["detail"]
+    assert not route.called
+
+
+# -- backpressure ----------------------------------------------------------------------------
+
+
+async def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
+    admission = Admission(total=1, per_model=0, queue=0, wait_seconds=5)
+    held = await admission.acquire("m")
+
+    with pytest.raises(OverloadedError) as refused:
+        await admission.acquire("m")
+
+    assert refused.value.status_code == 503
+    assert refused.value.headers["Retry-After"].isdigit()
+    held.release()
+
+
+async def test_a_waiter_gets_the_slot_released_by_another_and_no_more_run_than_allowed() -> None:
+    admission = Admission(total=2, per_model=1, queue=10, wait_seconds=5)
+    first = await admission.acquire("a")
+    other_model = await admission.acquire("b")
+    waiting = asyncio.ensure_future(admission.acquire("a"))
+    await asyncio.sleep(0.01)
+
+    assert not waiting.done(), "model a is at its own limit"
+    first.release()
+    second = await asyncio.wait_for(waiting, timeout=1)
+    assert admission.running == 2
+    second.release()
+    second.release()  # releasing twice gives back one slot only
+    other_model.release()
+    assert admission.running == 0
+
+
+async def test_waiting_too_long_is_a_503_and_leaves_no_trace() -> None:
+    admission = Admission(total=1, per_model=0, queue=5, wait_seconds=0.05)
+    held = await admission.acquire("m")
+
+    with pytest.raises(OverloadedError, match="no generation slot"):
+        await admission.acquire("m")
+
+    held.release()
+    assert admission.running == 0
+    assert (await admission.acquire("m")).model == "m"
+
+
+async def test_an_abandoned_wait_frees_its_place_in_the_queue() -> None:
+    admission = Admission(total=1, per_model=0, queue=1, wait_seconds=5)
+    held = await admission.acquire("m")
+    waiting = asyncio.ensure_future(admission.acquire("m"))
+    await asyncio.sleep(0.01)
+
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    held.release()
+
+    assert admission.running == 0
+    assert (await admission.acquire("m")).model == "m"
+
+
+async def test_generations_give_their_slot_back_when_they_end(settings: Settings, ollama: respx.MockRouter) -> None:
+    ollama.post("/api/chat").respond(200, json=chat_answer())
+    configured = msgspec.structs.replace(settings, max_generations=1, max_queue=0)
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    async with AsyncTestClient(app=app) as client:
+        # One slot and no queue: each request succeeds only if the one before gave its slot back.
+        for path in ("/llama3.2", "/stream/llama3.2", "/llama3.2", "/stream/llama3.2"):
+            assert (await client.get(path, params={"message": "hi"})).status_code == 200
+
+
+# -- safe by default ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "settings", "refused"),
+    [
+        ("127.0.0.1", Settings(), False),
+        ("localhost", Settings(), False),
+        ("::1", Settings(), False),
+        ("0.0.0.0", Settings(), True),
+        ("192.168.1.5", Settings(), True),
+        ("0.0.0.0", Settings(api_keys="k"), False),
+        ("0.0.0.0", Settings(auth="disabled"), False),
+    ],
+)
+def test_without_keys_minato_only_serves_on_loopback(host: str, settings: Settings, refused: bool) -> None:
+    reason = refuse_unsafe_start(settings, host, Keyring.from_settings(settings))
+
+    assert (reason is not None) == refused
+    if reason:
+        assert "MINATO_API_KEYS" in reason
+        assert "MINATO_AUTH=disabled" in reason
+
+
+def test_the_cli_refuses_a_public_address_without_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served: list[object] = []
+    monkeypatch.setattr("minato.cli.serve", lambda *args: served.append(args) or 0)
+
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "MINATO_API_KEYS" in capsys.readouterr().err
+    assert served == []
