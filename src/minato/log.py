@@ -99,7 +99,10 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     renderer: Any
     if as_json:
         encoder = msgspec.json.Encoder()
-        shared.append(structlog.processors.dict_tracebacks)
+        # Tracebacks without local variables: those would carry request headers (API keys) and prompts.
+        shared.append(
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        )
         renderer = structlog.processors.JSONRenderer(serializer=lambda obj, **_: encoder.encode(obj).decode())
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())

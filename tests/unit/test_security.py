@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from litestar.testing import AsyncTestClient
 from minato.app import create_app
 from minato.backpressure import Admission, OverloadedError
 from minato.cli import main
+from minato.log import configure_logging
 from minato.security import Keyring, RateLimiter, refuse_unsafe_start
 from minato.settings import Settings, SettingsError
 from tests.payloads import TAGS, chat_answer
@@ -327,3 +329,19 @@ def test_the_cli_refuses_a_public_address_without_keys(
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "MINATO_API_KEYS" in capsys.readouterr().err
     assert served == []
+
+
+def test_json_tracebacks_carry_no_local_variables() -> None:
+    out = io.StringIO()
+    configure_logging(Settings(log_format="json"), stream=out)
+    api_key = "sk-local-variable-secret"
+    try:
+        raise RuntimeError(f"boom with {len(api_key)} chars")
+    except RuntimeError:
+        structlog.get_logger("minato.test").exception("failed")
+    finally:
+        structlog.reset_defaults()
+
+    logged = out.getvalue()
+    assert "boom with 24 chars" in logged, "the traceback itself is logged"
+    assert api_key not in logged, "but not the local variables around it"

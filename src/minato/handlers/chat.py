@@ -21,6 +21,7 @@ from minato.sessions import Session, SessionManager, validate_session_id
 from minato.settings import Settings
 
 SessionId = Annotated[str, Parameter(description="The conversation id (1-128 letters, digits, `_-.:`).")]
+MAX_OFFSET: Final = 1_000_000_000
 NOT_FOUND: Final = {404: error_spec("No conversation has that id (or it expired)."), 422: VALIDATION_RESPONSE}
 
 
@@ -114,7 +115,7 @@ async def _existing(sessions: SessionManager, session_id: str) -> Session:
 @get("/chat", operation_id="ListSessions", summary="List conversations", tags=["chat"])
 async def list_sessions(
     sessions: NamedDependency[SessionManager],
-    offset: Annotated[int, Parameter(ge=0, description="Conversations to skip.")] = 0,
+    offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET, description="Conversations to skip.")] = 0,
     limit: Annotated[int, Parameter(ge=1, le=100, description="Conversations per page.")] = 20,
 ) -> SessionPage:
     """Return a page of conversations with their message counts and last activity."""
