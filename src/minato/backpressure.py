@@ -66,11 +66,18 @@ class Admission:
         self.running += 1
         self._by_model[model] += 1
 
-    async def acquire(self, model: str) -> Slot:
-        """Wait (bounded) for room to run a generation on ``model``."""
+    def try_acquire(self, model: str) -> Slot | None:
+        """Take a slot if one is free right now (and nobody is queued before us); else ``None``."""
         if not self._waiters and self._fits(model):
             self._take(model)
             return Slot(self, model)
+        return None
+
+    async def acquire(self, model: str) -> Slot:
+        """Wait (bounded) for room to run a generation on ``model``."""
+        slot = self.try_acquire(model)
+        if slot is not None:
+            return slot
         if len(self._waiters) >= self.queue:
             self._reject("queue_full")
             raise OverloadedError(f"too many generations waiting ({self.queue}); try again shortly")

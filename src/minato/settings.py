@@ -73,7 +73,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     idle_timeout: PositiveFloat = 120.0
     """Seconds a running stream may stay silent between two tokens before it is ended as failed."""
     request_timeout: PositiveFloat = 600.0
-    """Seconds a whole non-streamed answer may take before answering 504."""
+    """Seconds a whole answer may take: a non-streamed one is a 504 beyond it, a stream is ended as failed."""
     control_timeout: PositiveFloat = 30.0
     """Seconds for Ollama's bookkeeping calls (model list, model details, version)."""
     max_connections: PositiveInt = 1024

@@ -442,6 +442,24 @@ async def test_silence_mid_stream_is_a_gateway_timeout(ollama: respx.MockRouter)
     assert tokens == ["a"]
 
 
+async def test_a_stream_longer_than_the_request_timeout_is_ended(ollama: respx.MockRouter) -> None:
+    pieces = [ndjson(chat_token(str(n))) for n in range(6)]
+    ollama.post("/api/chat").mock(
+        side_effect=lambda _: streamed(*pieces, ndjson(chat_done()), pauses={n: 0.05 for n in range(1, 7)})
+    )
+    client = make_client(ollama, idle_timeout=10, request_timeout=0.12)
+    try:
+        stream = await client.stream_chat(hello())
+        tokens: list[str] = []
+        with pytest.raises(OllamaTimeoutError, match=r"longer than 0\.12 s \(MINATO_REQUEST_TIMEOUT\)"):
+            await collect(stream, tokens)
+        await stream.aclose()
+    finally:
+        await client.aclose()
+
+    assert 1 <= len(tokens) < 6, "tokens kept flowing, yet the whole stream was cut at its deadline"
+
+
 async def test_a_stream_that_breaks_mid_way_is_a_bad_gateway(upstream: OllamaClient, ollama: respx.MockRouter) -> None:
     class Breaking(httpx.AsyncByteStream):
         async def __aiter__(self) -> AsyncIterator[bytes]:

@@ -116,13 +116,29 @@ def note_model(request: Request[Any, Any, Any], model: str) -> RequestRecord | N
     return record
 
 
-async def _begin_turn(
-    request: Request[Any, Any, Any], sessions: SessionManager, params: GenerationOptions
-) -> Turn | None:
-    if params.session is None:
-        return None
-    # Waiting for the previous turn on the same session can take a whole answer's time.
-    return await unless_disconnected(request, sessions.begin(params.session))
+async def _admit(
+    request: Request[Any, Any, Any],
+    sessions: SessionManager,
+    admission: Admission,
+    params: GenerationOptions,
+    model: str,
+) -> tuple[Turn | None, Slot]:
+    """Take the session's turn, then a generation slot: waiting for a turn must not hold a slot.
+
+    Either wait ends early if the client disconnects; on any failure nothing stays taken.
+    """
+    turn = None
+    if params.session is not None:
+        turn = await unless_disconnected(request, sessions.begin(params.session))
+    try:
+        slot = admission.try_acquire(model)  # the usual case, without a watcher task
+        if slot is None:
+            slot = await unless_disconnected(request, admission.acquire(model))
+    except BaseException:
+        if turn is not None:
+            turn.release()
+        raise
+    return turn, slot
 
 
 async def whole_answer(
@@ -136,18 +152,14 @@ async def whole_answer(
     images: list[str] | None = None,
 ) -> GenerateResponse:
     """Ask Ollama for a whole (non-streamed) answer, record it in the session, shape it."""
-    turn = await _begin_turn(request, sessions, params)
-    slot: Slot | None = None
+    turn, slot = await _admit(request, sessions, admission, params, model)
     try:
-        # The session's turn comes first: waiting for it must not hold a generation slot.
-        slot = await unless_disconnected(request, admission.acquire(model))
         chat = params.chat_request(model, message, images, turn)
         chunk = await unless_disconnected(request, upstream.chat(chat))
         if turn is not None:
             await turn.commit(model, message, images or [], chunk.message.content)
     finally:
-        if slot is not None:
-            slot.release()
+        slot.release()
         if turn is not None:
             turn.release()
     record = record_of(request.scope)
@@ -176,15 +188,12 @@ async def streamed_answer(
     """Prime Ollama's stream (so its status is known), then relay it; the session records the
     exchange only if the stream completes. The generation slot is held until the stream ends."""
     fmt = StreamFormat.negotiate(request.headers.get("accept"))
-    turn = await _begin_turn(request, sessions, params)
-    slot: Slot | None = None
+    turn, slot = await _admit(request, sessions, admission, params, model)
     try:
-        slot = await unless_disconnected(request, admission.acquire(model))
         chat = params.chat_request(model, message, images, turn)
         stream = await unless_disconnected(request, upstream.stream_chat(chat))
     except BaseException:
-        if slot is not None:
-            slot.release()
+        slot.release()
         if turn is not None:
             turn.release()
         raise

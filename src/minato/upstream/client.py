@@ -115,7 +115,7 @@ class OllamaClient:
         # One deadline covers the response headers and the first line: Ollama sends both together.
         deadline = asyncio.get_running_loop().time() + self.settings.first_token_timeout
         response = await self._open_stream("/api/chat", _encoder.encode(request), request.model, deadline)
-        stream = ChunkStream(response, self.settings.idle_timeout)
+        stream = ChunkStream(response, self.settings.idle_timeout, self.settings.request_timeout)
         await _primed(stream.prime(), deadline, response, "a first token", self.settings.first_token_timeout)
         return stream
 
@@ -316,9 +316,12 @@ class _LineStream:
     write instead of one per token, which keeps per-token CPU flat however fast Ollama is.
     """
 
-    def __init__(self, response: httpx.Response, idle_timeout: float) -> None:
+    def __init__(self, response: httpx.Response, idle_timeout: float, total_timeout: float | None = None) -> None:
         self.response = response
         self.idle_timeout = idle_timeout
+        self.total_timeout = total_timeout
+        self._clock = asyncio.get_running_loop().time
+        self._deadline = None if total_timeout is None else self._clock() + total_timeout
         body = response.stream
         # Read straight from aiohttp's buffer when the body is ours; any other transport (respx in
         # the tests) goes through httpx's generic iterator.
@@ -329,10 +332,17 @@ class _LineStream:
     async def _next_lines(self) -> bytes | None:
         """Return the next run of complete lines, or ``None`` at the end of the body."""
         while True:
+            wait, whole = self.idle_timeout, False
+            if self._deadline is not None and self._deadline - self._clock() < wait:
+                wait, whole = max(self._deadline - self._clock(), 0.0), True
             try:
-                async with asyncio.timeout(self.idle_timeout):
+                async with asyncio.timeout(wait):
                     data = await self._read_some()
             except TimeoutError:
+                if whole:
+                    raise OllamaTimeoutError(
+                        f"the answer took longer than {self.total_timeout:g} s (MINATO_REQUEST_TIMEOUT)"
+                    ) from None
                 raise OllamaTimeoutError(
                     f"Ollama went silent for {self.idle_timeout:g} s in the middle of a stream"
                 ) from None
