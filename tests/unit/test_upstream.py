@@ -445,7 +445,7 @@ async def test_silence_mid_stream_is_a_gateway_timeout(ollama: respx.MockRouter)
 async def test_a_stream_longer_than_the_request_timeout_is_ended(ollama: respx.MockRouter) -> None:
     pieces = [ndjson(chat_token(str(n))) for n in range(6)]
     ollama.post("/api/chat").mock(
-        side_effect=lambda _: streamed(*pieces, ndjson(chat_done()), pauses={n: 0.05 for n in range(1, 7)})
+        side_effect=lambda _: streamed(*pieces, ndjson(chat_done()), pauses=dict.fromkeys(range(1, 7), 0.05))
     )
     client = make_client(ollama, idle_timeout=10, request_timeout=0.12)
     try:
