@@ -29,6 +29,7 @@ from minato.upstream import OllamaClient
 
 UPSTREAM: Final = "upstream"
 SESSIONS: Final = "sessions"
+FETCHER: Final = "fetcher"
 API_DESCRIPTION: Final = (
     "Minato is an HTTP gateway in front of an Ollama daemon: plain GET requests for answers, "
     "streamed tokens, image questions and model management, without exposing Ollama itself.\n\n"
@@ -92,34 +93,25 @@ def create_app(
     @asynccontextmanager
     async def image_fetcher(_: Litestar) -> AsyncIterator[None]:
         fetcher = ImageFetcher(settings)
-        resources["fetcher"] = fetcher
+        resources[FETCHER] = fetcher
         try:
             yield
         finally:
             await fetcher.aclose()
 
-    def provide_settings() -> Settings:
-        return settings
-
-    def provide_upstream() -> OllamaClient:
-        client: OllamaClient = resources[UPSTREAM]
-        return client
-
-    def provide_sessions() -> SessionManager:
-        manager: SessionManager = resources[SESSIONS]
-        return manager
-
     app = Litestar(
         route_handlers=ROUTE_HANDLERS,
         lifespan=[ollama_pool, conversations, image_fetcher],
+        # Handlers name what they need; lifespan-owned resources are looked up per request because
+        # they only exist once the app has started.
         dependencies={
-            "settings": Provide(provide_settings, sync_to_thread=False, use_cache=True),
-            "upstream": Provide(provide_upstream, sync_to_thread=False),
-            "sessions": Provide(provide_sessions, sync_to_thread=False),
+            "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
             "metrics": Provide(lambda: metrics, sync_to_thread=False, use_cache=True),
             "admission": Provide(lambda: admission, sync_to_thread=False, use_cache=True),
+            "upstream": Provide(lambda: resources[UPSTREAM], sync_to_thread=False),
+            "sessions": Provide(lambda: resources[SESSIONS], sync_to_thread=False),
+            "fetcher": Provide(lambda: resources[FETCHER], sync_to_thread=False),
             "params": Provide(provide_generation_options, sync_to_thread=False),
-            "fetcher": Provide(lambda: resources["fetcher"], sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         guards=[make_guard(settings, keyring)] if keyring.enabled else [],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
@@ -64,7 +65,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
         access_log=False,
         log_config=None,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),  # 0: close at once; never None (forever)
         server_header=False,
     )
     return 0
