@@ -156,9 +156,11 @@ class SqliteStore:
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
-            assert self._db is not None, "store used before open()"  # noqa: S101 - programming error
-            with self._db:  # one transaction: commit on success, roll back on error
-                return work(self._db)
+            db = self._db
+            if db is None:
+                raise RuntimeError("session store used before open()")
+            with db:  # one transaction: commit on success, roll back on error
+                return work(db)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 

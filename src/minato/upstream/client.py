@@ -14,7 +14,6 @@ from typing import Any, Final
 
 import httpx
 import msgspec
-import structlog
 from msgspec import UNSET, UnsetType
 
 from minato.errors import (
@@ -42,8 +41,6 @@ from minato.upstream.wire import (
     TagsResponse,
     VersionResponse,
 )
-
-logger = structlog.get_logger("minato.upstream")
 
 _JSON_HEADERS: Final = {"content-type": "application/json", "accept": "application/json"}
 _ACCEPT_JSON: Final = {"accept": "application/json"}
@@ -96,7 +93,7 @@ class OllamaClient:
 
     async def chat(self, request: ChatRequest) -> ChatChunk:
         """Return Ollama's whole (non-streamed) answer to a chat request."""
-        request.stream = False
+        request.stream = False  # how Minato talks to Ollama is this module's decision, not the caller's
         body = await self._call(
             "POST",
             "/api/chat",
