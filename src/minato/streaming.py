@@ -59,30 +59,27 @@ def _token_text(batch: list[ChatChunk]) -> bytes:
     return "".join([chunk.message.content for chunk in batch]).encode()
 
 
-def _token_ndjson(batch: list[ChatChunk]) -> bytes:
-    lines = []
-    for chunk in batch:
-        if chunk.message.thinking:
-            lines.append(b'{"thinking":%s}\n' % _encode(chunk.message.thinking))
-        if chunk.message.content:
-            lines.append(b'{"token":%s}\n' % _encode(chunk.message.content))
-    return b"".join(lines)
+def _structured(thinking: bytes, token: bytes) -> Callable[[list[ChatChunk]], bytes]:
+    """Encoder of one event per piece of thinking and per token, from two ``%s`` templates."""
 
+    def encode(batch: list[ChatChunk]) -> bytes:
+        events = []
+        for chunk in batch:
+            if chunk.message.thinking:
+                events.append(thinking % _encode(chunk.message.thinking))
+            if chunk.message.content:
+                events.append(token % _encode(chunk.message.content))
+        return b"".join(events)
 
-def _token_sse(batch: list[ChatChunk]) -> bytes:
-    events = []
-    for chunk in batch:
-        if chunk.message.thinking:
-            events.append(b'event: thinking\ndata: {"thinking":%s}\n\n' % _encode(chunk.message.thinking))
-        if chunk.message.content:
-            events.append(b'event: token\ndata: {"token":%s}\n\n' % _encode(chunk.message.content))
-    return b"".join(events)
+    return encode
 
 
 _TOKEN_ENCODERS: Final[dict[StreamFormat, Callable[[list[ChatChunk]], bytes]]] = {
     StreamFormat.TEXT: _token_text,
-    StreamFormat.NDJSON: _token_ndjson,
-    StreamFormat.SSE: _token_sse,
+    StreamFormat.NDJSON: _structured(b'{"thinking":%s}\n', b'{"token":%s}\n'),
+    StreamFormat.SSE: _structured(
+        b'event: thinking\ndata: {"thinking":%s}\n\n', b'event: token\ndata: {"token":%s}\n\n'
+    ),
 }
 
 
