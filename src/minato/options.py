@@ -164,16 +164,9 @@ def provide_generation_options(
     # Operator defaults first, then what the caller set: a request's value wins.
     options = {OPTIONS[name].ollama_name: value for name, value in settings.default_options.items()}
     options.update({OPTIONS[name].ollama_name: value for name, value in given.items() if value is not None})
-    if keep_alive is not None:
-        try:
-            alive: float | str | UnsetType = parse_keep_alive(keep_alive)
-        except ValueError as exc:
-            raise InvalidInputError.single("query", "keep_alive", str(exc)) from None
-    else:
-        alive = settings.default_keep_alive if settings.default_keep_alive is not None else UNSET
     return GenerationOptions(
         system_prompt=system_prompt,
-        keep_alive=alive,
+        keep_alive=resolve_keep_alive(keep_alive, settings),
         options=options,
         session=session,
         format=format if format is not None else UNSET,
@@ -187,6 +180,16 @@ GENERATION_QUERY_PARAMETERS: Final = frozenset(
     | set(provide_generation_options.__code__.co_varnames[: provide_generation_options.__code__.co_argcount])
     - {"request", "settings"}
 )
+
+
+def resolve_keep_alive(value: str | None, settings: Settings) -> float | str | UnsetType:
+    """The ``keep_alive`` to send: the caller's (validated), else the operator's default, else none."""
+    if value is None:
+        return settings.default_keep_alive if settings.default_keep_alive is not None else UNSET
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise InvalidInputError.single("query", "keep_alive", str(exc)) from None
 
 
 def check_text_length(name: str, value: str, settings: Settings, source: str = "query") -> None:

@@ -141,6 +141,12 @@ async def _admit(
     return turn, slot
 
 
+def _release(turn: Turn | None, slot: Slot) -> None:
+    slot.release()
+    if turn is not None:
+        turn.release()
+
+
 async def whole_answer(
     request: Request[Any, Any, Any],
     upstream: OllamaClient,
@@ -159,9 +165,7 @@ async def whole_answer(
         if turn is not None:
             await turn.commit(model, message, images or [], chunk.message.content)
     finally:
-        slot.release()
-        if turn is not None:
-            turn.release()
+        _release(turn, slot)
     record = record_of(request.scope)
     stats = GenerationStats.from_chunk(chunk)
     if record is not None:
@@ -193,9 +197,7 @@ async def streamed_answer(
         chat = params.chat_request(model, message, images, turn)
         stream = await unless_disconnected(request, upstream.stream_chat(chat))
     except BaseException:
-        slot.release()
-        if turn is not None:
-            turn.release()
+        _release(turn, slot)
         raise
     exchange = Exchange(turn, message, images or []) if turn is not None else None
     return stream_response(stream, fmt, model, record_of(request.scope), exchange, slot)

@@ -18,12 +18,12 @@ from litestar.params import Parameter
 from msgspec import UNSET, UnsetType
 
 from minato import __version__
-from minato.errors import InvalidInputError, MinatoError, ModelNotFoundError
+from minato.errors import MinatoError, ModelNotFoundError
 from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES, note_model, unless_disconnected
 from minato.handlers.generate import ModelName
 from minato.handlers.models import pull_to_end
-from minato.ollama_options import INT32_MAX, parse_keep_alive
-from minato.options import KEEP_ALIVE_DESCRIPTION, validate_model_name
+from minato.ollama_options import INT32_MAX
+from minato.options import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive, validate_model_name
 from minato.security import ADMIN
 from minato.settings import Settings
 from minato.upstream import OllamaClient, canonical_model_name
@@ -187,14 +187,7 @@ async def load(
     """Load a model and report its running status."""
     model = validate_model_name(model_name)
     note_model(request, model)
-    alive: float | str | UnsetType = UNSET
-    if keep_alive is not None:
-        try:
-            alive = parse_keep_alive(keep_alive)
-        except ValueError as exc:
-            raise InvalidInputError.single("query", "keep_alive", str(exc)) from None
-    elif settings.default_keep_alive is not None:
-        alive = settings.default_keep_alive
+    alive = resolve_keep_alive(keep_alive, settings)
     if pull:
         try:
             await upstream.show(model)
