@@ -14,6 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from minato.app import create_app
 from minato.settings import Settings
+from tests.payloads import INSTALLED, catalogue
 
 OLLAMA_URL = "http://ollama.test:11434"
 
@@ -58,6 +59,9 @@ def fx_ollama() -> Iterator[respx.MockRouter]:
     with respx.mock(base_url=OLLAMA_URL, assert_all_called=False, assert_all_mocked=True) as router:
         # Nothing is loaded unless a test says otherwise (the model list asks /api/ps every time).
         router.get("/api/ps", name="ps").respond(200, json={"models": []})
+        # The models the generation routes find installed (Minato checks a name against this list
+        # before it asks for an answer); a test that needs another list adds its own route.
+        router.get("/api/tags", name="tags").respond(200, json=catalogue(*INSTALLED))
         yield router
 
 

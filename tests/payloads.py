@@ -71,6 +71,24 @@ TAGS: dict[str, Any] = {
 }
 
 
+#: What the mocked Ollama has installed unless a test says otherwise.
+INSTALLED: tuple[str, ...] = (
+    "llama3.2:latest",
+    "llama3.2:1b",
+    "gemma3:latest",
+    "qwen3:latest",
+    "qwen3:0.6b",
+    "llava:latest",
+    "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+)
+
+
+def catalogue(*names: str) -> dict[str, Any]:
+    """An ``/api/tags`` answer listing ``names`` (with the details of the first canned model)."""
+    entry = TAGS["models"][0]
+    return {"models": [{**entry, "name": name, "model": name} for name in names]}
+
+
 def show(capabilities: list[str]) -> dict[str, Any]:
     """An ``/api/show`` answer with the given capabilities."""
     return {

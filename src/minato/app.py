@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import httpx
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -22,12 +22,14 @@ from minato.handlers import ROUTE_HANDLERS
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.options import provide_generation_options
-from minato.security import Keyring, make_guard
+from minato.security import PUBLIC, Keyring, make_caller_provider, make_guard
 from minato.sessions import SessionManager, open_store
 from minato.settings import Settings
 from minato.upstream import OllamaClient
+from minato.upstream.catalog import ModelCatalog
 
 UPSTREAM: Final = "upstream"
+CATALOG: Final = "catalog"
 SESSIONS: Final = "sessions"
 FETCHER: Final = "fetcher"
 API_DESCRIPTION: Final = (
@@ -70,10 +72,14 @@ def create_app(
     )
 
     @asynccontextmanager
-    async def ollama_pool(_: Litestar) -> AsyncIterator[None]:
+    async def ollama_pool(litestar: Litestar) -> AsyncIterator[None]:
         client = OllamaClient(settings, transport=transport)
+        catalog = ModelCatalog(client)
         resources[UPSTREAM] = client
-        await metrics.start_probe(client, settings.ollama_probe_interval)
+        resources[CATALOG] = catalog
+        litestar.state.catalog = catalog  # for the checks that run before a handler's dependencies
+        metrics.model_label = catalog.label
+        await metrics.start_probe(catalog, settings.ollama_probe_interval)
         try:
             yield
         finally:
@@ -109,8 +115,10 @@ def create_app(
             "metrics": Provide(lambda: metrics, sync_to_thread=False, use_cache=True),
             "admission": Provide(lambda: admission, sync_to_thread=False, use_cache=True),
             "upstream": Provide(lambda: resources[UPSTREAM], sync_to_thread=False),
+            "catalog": Provide(lambda: resources[CATALOG], sync_to_thread=False),
             "sessions": Provide(lambda: resources[SESSIONS], sync_to_thread=False),
             "fetcher": Provide(lambda: resources[FETCHER], sync_to_thread=False),
+            "caller": Provide(make_caller_provider(keyring), sync_to_thread=False),
             "params": Provide(provide_generation_options, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
@@ -121,7 +129,9 @@ def create_app(
             title="Minato",
             version=__version__,
             description=API_DESCRIPTION,
-            path="/docs",
+            # The docs router is exempt from keys as a whole (the API description holds no secrets,
+            # and a browser cannot send a key to it); the exemption travels with its handlers.
+            openapi_router=Router(path="/docs", route_handlers=[], opt={PUBLIC: True}),
             components=Components(
                 security_schemes={
                     "key": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),

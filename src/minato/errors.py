@@ -6,6 +6,9 @@
     ├── InvalidInputError            422  {"detail": [{"loc", "msg", "type"}]}
     ├── PayloadTooLargeError         413
     ├── CapabilityError              400  the model cannot do what was asked (e.g. vision)
+    ├── ForbiddenError               403  the caller's key may not do this (an admin key may)
+    ├── RequestTimeoutError          408  the request body did not arrive in time
+    ├── ClientDisconnectedError      499  the client left before its answer was ready (logged, never sent)
     ├── ModelNotFoundError           404  Ollama does not know the model
     ├── SessionNotFoundError         404  no conversation with that id
     └── UpstreamError                502  Ollama failed in some other way
@@ -82,6 +85,24 @@ class CapabilityError(MinatoError):
     """The model lacks a capability the route needs."""
 
     status_code = 400
+
+
+class ForbiddenError(MinatoError):
+    """The caller's key may not do what it asked; an admin key may."""
+
+    status_code = 403
+
+
+class RequestTimeoutError(MinatoError):
+    """The client did not send its request body in time."""
+
+    status_code = 408
+
+
+class ClientDisconnectedError(MinatoError):
+    """The client went away before its answer was ready (logged as nginx's 499)."""
+
+    status_code = 499
 
 
 class ModelNotFoundError(MinatoError):

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from minato.metrics import Metrics
 
 RECORD_KEY: Final = "minato.record"
+#: nginx's status for a request whose client closed the connection before the answer was complete.
+CLIENT_CLOSED_REQUEST: Final = 499
+#: The route label of every request that matched no route: the raw path would be an unbounded label.
+UNMATCHED_ROUTE: Final = "unmatched"
 REQUEST_ID_HEADER: Final = b"x-request-id"
 _VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _LEVELS: Final = {
@@ -47,6 +51,7 @@ class RequestRecord:
     """Facts a handler adds to its request's log line (and, from there, to the metrics)."""
 
     __slots__ = (
+        "client_gone",
         "first_token",
         "model",
         "request_id",
@@ -68,6 +73,8 @@ class RequestRecord:
         self.streaming = False
         self.upstream_error: str | None = None
         """The kind of Ollama failure this request met, if any."""
+        self.client_gone = False
+        """The client left before its whole answer was written (logged and counted as 499)."""
 
     def note_answer(self, tokens: int, tokens_per_second: float) -> None:
         """Note the size and speed of the finished answer."""
@@ -205,11 +212,13 @@ class RequestLogMiddleware:
             raise
         finally:
             seconds = time.perf_counter() - started
-            route = scope.get("path_template", scope["path"])
+            if record.client_gone:
+                status, outcome = CLIENT_CLOSED_REQUEST, "aborted"
+            template = scope.get("path_template")
             logger.info(
                 "request",
                 method=scope["method"],
-                route=route,
+                route=template or scope["path"],
                 model=record.model,
                 status=status or None,
                 outcome=outcome,
@@ -219,7 +228,7 @@ class RequestLogMiddleware:
             if metrics is not None:
                 if in_flight:
                     metrics.streams_in_flight.dec()
-                metrics.observe(route, scope["method"], status, seconds, record)
+                metrics.observe(template or UNMATCHED_ROUTE, scope["method"], status, seconds, record)
             structlog.contextvars.unbind_contextvars("request_id", "key")
 
 

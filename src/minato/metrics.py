@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,17 +18,25 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from minato.log import RequestRecord
-    from minato.upstream import OllamaClient
+    from minato.upstream.catalog import ModelCatalog
 
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RATE_BUCKETS: Final = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 500, 1000)
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+#: Methods that get a label of their own; anything else a client invents is ``other``.
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
+def _unlabelled(model: str | None) -> str:
+    return ""
 
 
 class Metrics:
     """Minato's metrics, registered in a registry of their own."""
 
     def __init__(self) -> None:
+        #: Turns a requested model into a bounded label (the model catalog's, once the app runs).
+        self.model_label: Callable[[str | None], str] = _unlabelled
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -69,9 +78,9 @@ class Metrics:
         self._probe: asyncio.Task[None] | None = None
 
     def observe(self, route: str, method: str, status: int, seconds: float, record: RequestRecord) -> None:
-        """Account for one finished request."""
-        model = record.model or ""
-        self.requests.labels(route, method, str(status), model).inc()
+        """Account for one finished request; every label comes from a bounded set, never from the request."""
+        model = self.model_label(record.model)
+        self.requests.labels(route, method if method in METHODS else "other", str(status), model).inc()
         self.duration.labels(route).observe(seconds)
         if record.first_token is not None:
             self.first_token.labels(model).observe(record.first_token)
@@ -86,10 +95,11 @@ class Metrics:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
 
-    async def start_probe(self, upstream: OllamaClient, interval: float) -> None:
-        """Keep ``minato_ollama_up`` current by asking Ollama's version every ``interval`` seconds (0: never)."""
+    async def start_probe(self, catalog: ModelCatalog, interval: float) -> None:
+        """Every ``interval`` seconds (0: never), ask Ollama's version for ``minato_ollama_up`` and refresh
+        the model catalog, so metric labels follow models installed behind Minato's back."""
         if interval > 0:
-            self._probe = asyncio.create_task(self._probe_forever(upstream, interval), name="minato-ollama-probe")
+            self._probe = asyncio.create_task(self._probe_forever(catalog, interval), name="minato-ollama-probe")
 
     async def stop_probe(self) -> None:
         """Stop the probe."""
@@ -98,14 +108,15 @@ class Metrics:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
 
-    async def _probe_forever(self, upstream: OllamaClient, interval: float) -> None:
+    async def _probe_forever(self, catalog: ModelCatalog, interval: float) -> None:
         from minato.errors import MinatoError
 
         while True:
             try:
-                await upstream.version()
+                await catalog.upstream.version()
             except MinatoError:
                 self.ollama_up.set(0)
             else:
                 self.ollama_up.set(1)
+                await catalog.refresh()
             await asyncio.sleep(interval)

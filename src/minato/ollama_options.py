@@ -123,3 +123,25 @@ def parse_keep_alive(text: str) -> float | str:
     if seconds < 0:
         return -1
     return int(seconds) if seconds.is_integer() else seconds
+
+
+_GO_UNIT_SECONDS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,  # Go accepts both micro signs
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_GO_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def keep_alive_seconds(value: float | str) -> float:
+    """The seconds a ``keep_alive`` (as :func:`parse_keep_alive` returns it) keeps a model; negative: forever."""
+    if not isinstance(value, str):
+        return float(value)
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    return sign * sum(float(number) * _GO_UNIT_SECONDS[unit] for number, unit in _GO_PART.findall(text))

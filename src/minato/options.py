@@ -16,9 +16,10 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 from msgspec import UNSET, UnsetType
 
-from minato.errors import ErrorItem, InvalidInputError
-from minato.ollama_options import OPTIONS, check_stop, parse_keep_alive
-from minato.sessions import Turn, validate_session_id
+from minato.errors import ErrorItem, ForbiddenError, InvalidInputError
+from minato.ollama_options import OPTIONS, check_stop, keep_alive_seconds, parse_keep_alive
+from minato.security import Caller
+from minato.sessions import validate_session_id
 from minato.settings import Settings
 from minato.upstream.wire import ChatRequest, WireMessage
 
@@ -44,25 +45,31 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
 
     system_prompt: str | None = None
     keep_alive: float | str | UnsetType = UNSET
+    num_ctx: int | None = None
+    """The context window the caller asked for (bounded for user keys once the model is known)."""
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     session: str | None = None
     format: str | UnsetType = UNSET
     think: bool | UnsetType = UNSET
 
     def chat_request(
-        self, model: str, message: str, images: list[str] | None = None, turn: Turn | None = None
+        self,
+        model: str,
+        message: str,
+        images: list[str],
+        session_system_prompt: str | None = None,
+        history: list[WireMessage] | None = None,
     ) -> ChatRequest:
         """Build the Ollama chat request: system prompt, the session's history, the new message.
 
         A ``system_prompt`` given with the request wins over the session's, for this request only.
         """
         messages = []
-        system_prompt = self.system_prompt or (turn.system_prompt if turn else None)
+        system_prompt = self.system_prompt or session_system_prompt
         if system_prompt:
             messages.append(WireMessage(role="system", content=system_prompt))
-        if turn is not None:
-            messages.extend(turn.history())
-        messages.append(WireMessage(role="user", content=message, images=images or []))
+        messages.extend(history or ())
+        messages.append(WireMessage(role="user", content=message, images=images))
         return ChatRequest(
             model=model,
             messages=messages,
@@ -82,6 +89,7 @@ def _option(name: str) -> Any:
 def provide_generation_options(
     request: Request[Any, Any, Any],
     settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
     session: Annotated[
         str | None,
         Parameter(
@@ -164,9 +172,13 @@ def provide_generation_options(
     # Operator defaults first, then what the caller set: a request's value wins.
     options = {OPTIONS[name].ollama_name: value for name, value in settings.default_options.items()}
     options.update({OPTIONS[name].ollama_name: value for name, value in given.items() if value is not None})
+    alive = resolve_keep_alive(keep_alive, settings)
+    if keep_alive is not None and not caller.is_admin:
+        check_user_keep_alive(alive, settings)
     return GenerationOptions(
         system_prompt=system_prompt,
-        keep_alive=resolve_keep_alive(keep_alive, settings),
+        keep_alive=alive,
+        num_ctx=num_ctx,
         options=options,
         session=session,
         format=format if format is not None else UNSET,
@@ -178,7 +190,7 @@ def provide_generation_options(
 GENERATION_QUERY_PARAMETERS: Final = frozenset(
     {"message"}
     | set(provide_generation_options.__code__.co_varnames[: provide_generation_options.__code__.co_argcount])
-    - {"request", "settings"}
+    - {"request", "settings", "caller"}
 )
 
 
@@ -190,6 +202,29 @@ def resolve_keep_alive(value: str | None, settings: Settings) -> float | str | U
         return parse_keep_alive(value)
     except ValueError as exc:
         raise InvalidInputError.single("query", "keep_alive", str(exc)) from None
+
+
+def check_user_keep_alive(value: float | str | UnsetType, settings: Settings) -> None:
+    """Refuse a user key's ``keep_alive`` outside 1 s to ``MINATO_USER_MAX_KEEP_ALIVE``.
+
+    ``0`` would unload a model others are using and a negative value would pin it forever: both
+    decide for everyone who shares the GPU, so they are an operator's (an admin key's) to make.
+    """
+    if isinstance(value, UnsetType):
+        return
+    seconds = keep_alive_seconds(value)
+    limit = settings.user_max_keep_alive
+    if seconds == 0:
+        reason = "0 unloads the model for everyone using it"
+    elif seconds < 0:
+        reason = "a negative value keeps the model loaded forever"
+    elif seconds < 1:
+        reason = "less than 1 s unloads the model for everyone using it"
+    elif seconds > keep_alive_seconds(limit):
+        reason = f"it is longer than {limit} (MINATO_USER_MAX_KEEP_ALIVE)"
+    else:
+        return
+    raise ForbiddenError(f"keep_alive={value}: {reason}; this needs an admin key (user keys: 1 s to {limit})")
 
 
 def check_text_length(name: str, value: str, settings: Settings, source: str = "query") -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
@@ -26,10 +27,14 @@ from minato.settings import Settings, SettingsError
 
 logger = structlog.get_logger("minato.security")
 
-#: Route ``opt`` keys: a route open to anyone, and a route only admins may call.
+#: Route ``opt`` keys: a route open to anyone, and a route only admins may call. Exemptions are
+#: made by handler (or by the router a handler belongs to), never by path: a path prefix test lets
+#: look-alike paths (``/docsanything``, ``/%64ocs``) through.
 PUBLIC: Final = "public"
 ADMIN: Final = "admin"
 PROBE: Final = "probe"
+#: Where the guard leaves the identified caller in the ASGI scope's state.
+CALLER_STATE_KEY: Final = "minato.caller"
 WWW_AUTHENTICATE: Final = 'Key realm="minato", Bearer realm="minato"'
 _HASHED: Final = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _SCHEMES: Final = ("key", "bearer")
@@ -44,10 +49,24 @@ class Role(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated caller."""
+    """An authenticated caller.
+
+    ``fingerprint`` names the key (12 hex digits of its digest) in logs and owns its conversations;
+    it is empty for the anonymous caller of a keyless deployment.
+    """
 
     fingerprint: str
     role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether the caller may manage models and see every key's conversations."""
+        return self.role >= Role.ADMIN
+
+
+#: Everyone, in a deployment without keys: as today, free to do anything (such a deployment is only
+#: served on loopback, or behind something that authenticates).
+ANONYMOUS: Final = Caller(fingerprint="", role=Role.ADMIN)
 
 
 @dataclass
@@ -140,8 +159,6 @@ def make_guard(settings: Settings, keyring: Keyring) -> Any:
         opt = handler.opt
         if not required or opt.get(PUBLIC) or (opt.get(PROBE) and settings.open_probes):
             return
-        if connection.scope["path"].startswith("/docs"):
-            return  # the API description holds no secrets, and browsers cannot send keys to it
         presented = presented_key(connection)
         caller = keyring.identify(presented) if presented else None
         if caller is None:
@@ -152,6 +169,7 @@ def make_guard(settings: Settings, keyring: Keyring) -> Any:
                 headers={"WWW-Authenticate": WWW_AUTHENTICATE},
             )
         structlog.contextvars.bind_contextvars(key=caller.fingerprint)
+        connection.scope["state"][CALLER_STATE_KEY] = caller
         if opt.get(ADMIN) and caller.role < Role.ADMIN:
             raise PermissionDeniedException("this route needs an admin key")
         if limiter is not None:
@@ -167,6 +185,24 @@ def make_guard(settings: Settings, keyring: Keyring) -> Any:
                 )
 
     return guard
+
+
+def make_caller_provider(keyring: Keyring) -> Any:
+    """Build the provider of the ``caller`` dependency: who sent this request."""
+    if not keyring.enabled:
+
+        def anonymous() -> Caller:
+            return ANONYMOUS
+
+        return anonymous
+
+    def identified(request: Request[Any, Any, Any]) -> Caller:
+        caller: Caller | None = request.scope["state"].get(CALLER_STATE_KEY)
+        if caller is None:  # a public route asked who is calling: nobody it may trust
+            raise NotAuthorizedException("a valid API key is required", headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+        return caller
+
+    return identified
 
 
 def refuse_unsafe_start(settings: Settings, host: str, keyring: Keyring) -> str | None:
@@ -191,12 +227,15 @@ def _is_loopback(host: str) -> bool:
 
 __all__ = [
     "ADMIN",
+    "ANONYMOUS",
+    "CALLER_STATE_KEY",
     "PROBE",
     "PUBLIC",
     "Caller",
     "Keyring",
     "RateLimiter",
     "Role",
+    "make_caller_provider",
     "make_guard",
     "presented_key",
     "refuse_unsafe_start",

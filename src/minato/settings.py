@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from minato.ollama_options import check_option, parse_keep_alive
+from minato.ollama_options import check_option, keep_alive_seconds, parse_keep_alive
 
 PREFIX: Final = "MINATO_"
 #: Variables under the prefix that belong to the test suite, not to the service.
@@ -86,6 +86,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Most images accepted in one vision request."""
     max_body_bytes: PositiveInt = 200 * 1024 * 1024
     """Largest accepted request body, in bytes."""
+    body_timeout: PositiveFloat = 60.0
+    """Seconds a vision request may take to send its body once it holds a generation slot (bodies are
+    read only then, so queued uploads wait outside Minato's memory); beyond it 408."""
     image_fetch_timeout: PositiveFloat = 10.0
     """Seconds to download one ``image_url`` (connect, redirects and body together)."""
     image_fetch_allow: str = ""
@@ -110,6 +113,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     (names as in the query string); a request's own value wins."""
     default_keep_alive: float | str | None = None
     """``keep_alive`` sent when a request has none (seconds or a duration); unset: Ollama's default."""
+    user_max_keep_alive: float | str = "1h"
+    """Longest ``keep_alive`` a user key may ask for (seconds or a duration); a user key's ``keep_alive``
+    must be from 1 s up to this, and ``0`` (unload now), negative (forever) or longer values need an admin key."""
+    user_max_num_ctx: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
+    """Largest ``num_ctx`` a user key may ask for (a larger one needs an admin key); 0: the model's own
+    context length (131072 when Ollama reports none)."""
     ollama_probe_interval: Annotated[float, msgspec.Meta(ge=0)] = 15.0
     """Seconds between checks of Ollama's reachability for the ``minato_ollama_up`` metric (0: off)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -154,6 +163,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ollama_url=url,
             default_options=_checked_defaults(settings.default_options),
             default_keep_alive=_checked_keep_alive(settings.default_keep_alive),
+            user_max_keep_alive=_checked_user_keep_alive(settings.user_max_keep_alive),
         )
 
 
@@ -174,6 +184,16 @@ def _checked_keep_alive(value: float | str | None) -> float | str | None:
         return parse_keep_alive(str(value))
     except ValueError as exc:
         raise SettingsError(f"{PREFIX}DEFAULT_KEEP_ALIVE: {exc}") from None
+
+
+def _checked_user_keep_alive(value: float | str) -> float | str:
+    try:
+        parsed = parse_keep_alive(str(value))
+    except ValueError as exc:
+        raise SettingsError(f"{PREFIX}USER_MAX_KEEP_ALIVE: {exc}") from None
+    if keep_alive_seconds(parsed) < 1:
+        raise SettingsError(f"{PREFIX}USER_MAX_KEEP_ALIVE: must be at least 1 second")
+    return parsed
 
 
 def _name_the_variable(message: str) -> str:

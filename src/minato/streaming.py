@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Callable
+import re
+import secrets
+from collections.abc import AsyncIterator
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -17,11 +19,11 @@ from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import Receive, Send
+from litestar.types import Receive, Scope, Send
 
 from minato.backpressure import Slot
 from minato.errors import MinatoError
-from minato.log import RequestRecord, StreamAbortedError
+from minato.log import RequestRecord, StreamAbortedError, record_of
 from minato.schemas import GenerationStats, StreamDone, StreamError
 from minato.sessions import Turn
 from minato.upstream import ChunkStream
@@ -55,32 +57,86 @@ class StreamFormat(enum.Enum):
         return cls.TEXT
 
 
-def _token_text(batch: list[ChatChunk]) -> bytes:
-    return "".join([chunk.message.content for chunk in batch]).encode()
+#: The ``id:`` of Minato's SSE events: ``<stream>-<n>`` for each event and ``<stream>-end`` for the last.
+SSE_EVENT_ID: Final = re.compile(r"[0-9a-f]{16}-(?:[0-9]{1,10}|end)")
 
 
-def _structured(thinking: bytes, token: bytes) -> Callable[[list[ChatChunk]], bytes]:
-    """Encoder of one event per piece of thinking and per token, from two ``%s`` templates."""
+def is_minato_event_id(value: str | None) -> bool:
+    """Whether ``value`` (a ``Last-Event-ID`` header) names an event of a Minato stream.
 
-    def encode(batch: list[ChatChunk]) -> bytes:
+    A Minato stream is never resumable: either it ended (its ``done`` or ``error`` event was the
+    last one), or it was cut off, which stopped Ollama. Either way a browser's ``EventSource`` that
+    reconnects with it must get a 204, which stops it, rather than the whole answer generated again.
+    """
+    return value is not None and SSE_EVENT_ID.fullmatch(value.strip()) is not None
+
+
+class _Encoder:
+    """Turns batches of chunks into the bytes of one stream format."""
+
+    __slots__ = ()
+
+    def tokens(self, batch: list[ChatChunk]) -> bytes:
+        """The bytes for a batch of chunks (empty if it carries no text)."""
+        raise NotImplementedError
+
+    def final(self, payload: msgspec.Struct, event: str) -> bytes:
+        """The closing event (``done`` or ``error``) of a structured stream."""
+        return _encode(payload) + b"\n"
+
+
+class _TextEncoder(_Encoder):
+    __slots__ = ()
+
+    def tokens(self, batch: list[ChatChunk]) -> bytes:
+        return "".join([chunk.message.content for chunk in batch]).encode()
+
+
+class _NdjsonEncoder(_Encoder):
+    __slots__ = ()
+
+    def tokens(self, batch: list[ChatChunk]) -> bytes:
+        lines = []
+        for chunk in batch:
+            if chunk.message.thinking:
+                lines.append(b'{"thinking":%s}\n' % _encode(chunk.message.thinking))
+            if chunk.message.content:
+                lines.append(b'{"token":%s}\n' % _encode(chunk.message.content))
+        return b"".join(lines)
+
+
+class _SseEncoder(_Encoder):
+    """Named SSE events, each with an ``id:`` so that a reconnecting ``EventSource`` can be told it is over."""
+
+    __slots__ = ("_next", "_stream")
+
+    def __init__(self) -> None:
+        self._stream = secrets.token_hex(8).encode()
+        self._next = 0
+
+    def _event(self, name: bytes, data: bytes) -> bytes:
+        self._next += 1
+        return b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (self._stream, self._next, name, data)
+
+    def tokens(self, batch: list[ChatChunk]) -> bytes:
         events = []
         for chunk in batch:
             if chunk.message.thinking:
-                events.append(thinking % _encode(chunk.message.thinking))
+                events.append(self._event(b"thinking", b'{"thinking":%s}' % _encode(chunk.message.thinking)))
             if chunk.message.content:
-                events.append(token % _encode(chunk.message.content))
+                events.append(self._event(b"token", b'{"token":%s}' % _encode(chunk.message.content)))
         return b"".join(events)
 
-    return encode
+    def final(self, payload: msgspec.Struct, event: str) -> bytes:
+        return b"id: %s-end\nevent: %s\ndata: %s\n\n" % (self._stream, event.encode(), _encode(payload))
 
 
-_TOKEN_ENCODERS: Final[dict[StreamFormat, Callable[[list[ChatChunk]], bytes]]] = {
-    StreamFormat.TEXT: _token_text,
-    StreamFormat.NDJSON: _structured(b'{"thinking":%s}\n', b'{"token":%s}\n'),
-    StreamFormat.SSE: _structured(
-        b'event: thinking\ndata: {"thinking":%s}\n\n', b'event: token\ndata: {"token":%s}\n\n'
-    ),
-}
+def _encoder_for(fmt: StreamFormat) -> _Encoder:
+    if fmt is StreamFormat.SSE:
+        return _SseEncoder()
+    if fmt is StreamFormat.NDJSON:
+        return _NdjsonEncoder()
+    return _TextEncoder()
 
 
 class Exchange(NamedTuple):
@@ -91,15 +147,10 @@ class Exchange(NamedTuple):
     images: list[str]
 
 
-def _final_event(fmt: StreamFormat, payload: msgspec.Struct, event: str) -> bytes:
-    if fmt is StreamFormat.SSE:
-        return b"event: %s\ndata: %s\n\n" % (event.encode(), _encode(payload))
-    return _encode(payload) + b"\n"
-
-
 async def _finish(
     last: ChatChunk,
     fmt: StreamFormat,
+    encoder: _Encoder,
     model: str,
     record: RequestRecord | None,
     exchange: Exchange | None,
@@ -114,7 +165,7 @@ async def _finish(
         await exchange.turn.commit(model, exchange.question, exchange.images, "".join(answer))
     if fmt is StreamFormat.TEXT:
         return b""
-    return _final_event(fmt, StreamDone(model=model, done_reason=last.done_reason, stats=stats), "done")
+    return encoder.final(StreamDone(model=model, done_reason=last.done_reason, stats=stats), "done")
 
 
 async def relay(
@@ -126,11 +177,11 @@ async def relay(
     slot: Slot | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the client's bytes for a primed chat stream, ending with stats or an error."""
-    encode_tokens = _TOKEN_ENCODERS[fmt]
+    encoder = _encoder_for(fmt)
     answer: list[str] | None = [] if exchange is not None else None
     try:
         async for batch in stream.batches():
-            data = encode_tokens(batch)
+            data = encoder.tokens(batch)
             if data:
                 if record is not None and record.first_token is None:
                     record.mark_first_token()
@@ -139,7 +190,7 @@ async def relay(
                 answer.extend([chunk.message.content for chunk in batch])
             last = batch[-1] if batch else None
             if last is not None and last.done:
-                final = await _finish(last, fmt, model, record, exchange, answer)
+                final = await _finish(last, fmt, encoder, model, record, exchange, answer)
                 if final:
                     yield final
     except MinatoError as exc:
@@ -148,7 +199,7 @@ async def relay(
             record.upstream_error = type(exc).__name__
         if fmt is StreamFormat.TEXT:
             raise StreamAbortedError(exc.detail) from exc
-        yield _final_event(fmt, StreamError(error=exc.detail), "error")
+        yield encoder.final(StreamError(error=exc.detail), "error")
     finally:
         await stream.aclose()
         if slot is not None:
@@ -201,19 +252,32 @@ class _RelayASGIResponse(ASGIStreamingResponse):
 
     __slots__ = ()
 
-    async def send_body(self, send: Send, receive: Receive) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.start_response(send=send)
+        if await self._relay_body(send, receive):
+            # The client left mid-stream: its request is logged and counted as such, not as a success.
+            record = record_of(scope)
+            if record is not None:
+                record.client_gone = True
+        await self.after_response()
+
+    async def _relay_body(self, send: Send, receive: Receive) -> bool:
+        """Write the body until it ends or the client disconnects; return whether it disconnected first."""
         loop = asyncio.get_running_loop()
         writing = loop.create_task(self._stream(send))
         listening = loop.create_task(self._until_disconnect(receive))
+        gone = False
         try:
             await asyncio.wait((writing, listening), return_when=asyncio.FIRST_COMPLETED)
         finally:
             listening.cancel()
             if not writing.done():
+                gone = True
                 writing.cancel()
                 await asyncio.wait((writing,))  # let the relay unwind: it closes the upstream
         if not writing.cancelled():
             writing.result()  # re-raise a failed body (an aborted plain-text stream)
+        return gone
 
     @staticmethod
     async def _until_disconnect(receive: Receive) -> None:

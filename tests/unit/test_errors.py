@@ -74,7 +74,7 @@ async def test_ollamas_answer_becomes_the_honest_status_and_detail(
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"detail": detail}
-    assert json.loads(route.calls.last.request.content)["stream"] is path.startswith("/stream")
+    assert json.loads(route.calls.last.request.content)["stream"] is True  # whole answers are streamed too
 
 
 async def test_busy_carries_retry_after(client: Client, ollama: respx.MockRouter) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -10,7 +11,8 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.payloads import chat_answer, not_found
+from minato.upstream.catalog import MIN_REFRESH_SECONDS
+from tests.payloads import catalogue, chat_answer, not_found
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -41,7 +43,7 @@ async def test_only_the_message_goes_upstream_when_no_parameter_is_set(
     assert json.loads(route.calls.last.request.content) == {
         "model": "llama3.2",
         "messages": [{"role": "user", "content": "hi"}],
-        "stream": False,
+        "stream": True,  # whole answers are streamed and put together by Minato
     }
 
 
@@ -70,7 +72,7 @@ async def test_every_seed_parameter_is_translated_into_ollamas_request(
     assert json.loads(route.calls.last.request.content) == {
         "model": "llama3.2:1b",
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
-        "stream": False,
+        "stream": True,
         "options": {
             "numa": True,
             "num_ctx": 4096,
@@ -131,13 +133,105 @@ async def test_model_names_with_tags_and_slashes_reach_ollama_verbatim(
     assert json.loads(route.calls.last.request.content)["model"] == model
 
 
-async def test_unknown_model_is_a_404_with_ollamas_reason(client: Client, ollama: respx.MockRouter) -> None:
-    ollama.post("/api/chat").respond(404, json=not_found("nope"))
+async def test_a_model_ollama_does_not_list_is_a_404_before_anything_is_asked(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
-    response = await client.get("/nope", params={"message": "hi"})
+    response = await client.get("/llama3.3", params={"message": "hi"})
 
     assert response.status_code == 404
-    assert response.json() == {"detail": "model 'nope' not found"}
+    detail = response.json()["detail"]
+    assert "model 'llama3.3' not found" in detail
+    assert "llama3.2:latest" in detail, "a close installed name is suggested"
+    assert not chat.called
+
+
+async def test_a_listed_model_that_ollama_no_longer_has_is_a_404_with_ollamas_reason(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    ollama.post("/api/chat").respond(404, json=not_found("llama3.2"))
+
+    response = await client.get("/llama3.2", params={"message": "hi"})
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "model 'llama3.2' not found"}
+
+
+@pytest.mark.parametrize(
+    ("path", "hint"),
+    [
+        pytest.param("/favicon.ico", None, id="favicon"),
+        pytest.param("/models-list", "/models_list", id="typo-of-a-route"),
+        pytest.param("/scalar", "/docs/scalar", id="docs-page-without-its-prefix"),
+    ],
+)
+async def test_a_path_that_is_neither_a_route_nor_a_model_is_a_404_that_says_so(
+    client: Client, ollama: respx.MockRouter, path: str, hint: str | None
+) -> None:
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get(path)  # no message: the 404 comes first
+
+    assert response.status_code == 404
+    detail = response.json()["detail"]
+    assert detail.startswith(f"GET {path}: no such route")
+    if hint is not None:
+        assert f"did you mean {hint}" in detail
+    assert not chat.called
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/tags", "/api/chat", "/v1/models", "/API/version", "/stream/api/tags", "/api", "/v1"],
+)
+async def test_the_ollama_and_openai_prefixes_are_never_model_names(
+    client: Client, ollama: respx.MockRouter, path: str
+) -> None:
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get(path, params={"message": "hi"})
+
+    assert response.status_code == 404
+    assert "reserved for Ollama's and OpenAI's APIs" in response.json()["detail"]
+    assert not chat.called
+
+
+async def test_an_unknown_name_asks_ollama_for_its_models_at_most_once_a_second(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    tags = ollama.routes["tags"]
+
+    for index in range(20):
+        response = await client.get(f"/invented-{index}", params={"message": "hi"})
+        assert response.status_code == 404
+
+    assert tags.call_count == 1, "a flood of invented names costs Ollama one model list"
+
+
+async def test_a_model_installed_behind_minatos_back_is_found_by_a_fresh_list(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+    assert (await client.get("/newcomer", params={"message": "hi"})).status_code == 404
+    ollama.get("/api/tags", name="tags").respond(200, json=catalogue("newcomer:latest"))
+    await asyncio.sleep(MIN_REFRESH_SECONDS)
+
+    response = await client.get("/newcomer", params={"message": "hi"})
+
+    assert response.status_code == 200
+    assert chat.called
+
+
+async def test_when_ollama_cannot_list_its_models_the_generation_meets_the_honest_503(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    ollama.get("/api/tags", name="tags").mock(side_effect=httpx.ConnectError("refused"))
+    ollama.post("/api/chat").mock(side_effect=httpx.ConnectError("refused"))
+
+    response = await client.get("/llama3.2", params={"message": "hi"})
+
+    assert response.status_code == 503
 
 
 async def test_ollama_down_is_a_503_naming_its_url(client: Client, ollama: respx.MockRouter) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 
 import httpx
 import pytest
@@ -343,7 +344,11 @@ async def test_thinking_is_its_own_event_in_structured_streams_and_absent_from_t
 
     assert text.text == "Yes."
     assert [json.loads(line) for line in nd.text.splitlines()][:2] == [{"thinking": "Hmm."}, {"token": "Yes."}]
-    assert sse.text.startswith('event: thinking\ndata: {"thinking":"Hmm."}\n\nevent: token\ndata: {"token":"Yes."}')
+    assert re.match(
+        r'id: [0-9a-f]{16}-1\nevent: thinking\ndata: \{"thinking":"Hmm."\}\n\n'
+        r'id: [0-9a-f]{16}-2\nevent: token\ndata: \{"token":"Yes."\}',
+        sse.text,
+    )
 
 
 async def test_a_whole_answer_carries_the_thinking(client: Client, ollama: respx.MockRouter) -> None:

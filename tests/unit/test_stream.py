@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
+import msgspec
 import pytest
 import respx
 from litestar import Litestar
 from litestar.exceptions import LitestarException
 from litestar.testing import AsyncTestClient
 
+from minato.app import create_app
 from minato.log import StreamAbortedError
-from tests.payloads import chat_done, chat_token, ndjson, not_found, streamed
+from minato.settings import Settings
+from tests.payloads import catalogue, chat_done, chat_token, ndjson, not_found, streamed
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -140,13 +144,76 @@ async def test_sse_wins_when_both_structured_formats_are_accepted(client: Client
         "/stream/llama3.2", params={"message": "hi"}, headers={"accept": "application/x-ndjson, text/event-stream"}
     )
 
-    assert response.text.startswith("event: token\n")
+    assert sse_events(response.text)[0] == ("token", {"token": "x"})
+
+
+async def test_every_sse_event_has_an_id_and_the_last_one_marks_the_end(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("Hel", "lo")))
+
+    response = await client.get("/stream/llama3.2", params={"message": "hi"}, headers=SSE)
+
+    ids = [
+        dict(line.split(": ", 1) for line in block.split("\n"))["id"] for block in response.text.split("\n\n") if block
+    ]
+    stream = ids[0].rsplit("-", 1)[0]
+    assert ids == [f"{stream}-1", f"{stream}-2", f"{stream}-end"]
+    assert re.fullmatch(r"[0-9a-f]{16}", stream)
+
+
+async def test_two_streams_never_share_event_ids(client: Client, ollama: respx.MockRouter) -> None:
+    ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("x")))
+
+    first = await client.get("/stream/llama3.2", params={"message": "hi"}, headers=SSE)
+    second = await client.get("/stream/llama3.2", params={"message": "hi"}, headers=SSE)
+
+    assert first.text.split("\n", 1)[0] != second.text.split("\n", 1)[0]
+
+
+@pytest.mark.parametrize("last", ["0123456789abcdef-end", "0123456789abcdef-7"], ids=["after-done", "cut-off"])
+async def test_an_eventsource_reconnecting_to_a_minato_stream_gets_204_and_nothing_is_generated(
+    client: Client, ollama: respx.MockRouter, last: str
+) -> None:
+    chat = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("again")))
+
+    response = await client.get(
+        "/stream/llama3.2", params={"message": "hi", "session": "s1"}, headers={**SSE, "Last-Event-ID": last}
+    )
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert not chat.called
+
+
+async def test_a_foreign_last_event_id_does_not_stop_a_stream(client: Client, ollama: respx.MockRouter) -> None:
+    chat = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("x")))
+
+    response = await client.get(
+        "/stream/llama3.2", params={"message": "hi"}, headers={**SSE, "Last-Event-ID": "not-ours"}
+    )
+
+    assert response.status_code == 200
+    assert chat.called
+
+
+async def test_a_reconnect_still_needs_a_key(ollama: respx.MockRouter, settings: Settings) -> None:
+    app = create_app(
+        msgspec.structs.replace(settings, api_keys="k"), transport=httpx.MockTransport(ollama.async_handler)
+    )
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get(
+            "/stream/llama3.2", params={"message": "hi"}, headers={**SSE, "Last-Event-ID": "0123456789abcdef-end"}
+        )
+
+    assert response.status_code == 401
 
 
 async def test_an_unknown_model_before_the_first_byte_is_a_404_not_a_200(
     client: Client, ollama: respx.MockRouter
 ) -> None:
     route = ollama.post("/api/chat").respond(404, json=not_found("nope"))
+    ollama.get("/api/tags", name="tags").respond(200, json=catalogue("nope:latest"))  # listed, then deleted
 
     response = await client.get("/stream/nope", params={"message": "hi"}, headers=NDJSON)
 
@@ -154,6 +221,19 @@ async def test_an_unknown_model_before_the_first_byte_is_a_404_not_a_200(
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"detail": "model 'nope' not found"}
     assert json.loads(route.calls.last.request.content)["model"] == "nope"
+
+
+async def test_a_model_ollama_does_not_list_is_a_404_on_a_stream_without_asking_for_it(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("x")))
+
+    response = await client.get("/stream/ghost", params={"message": "hi"}, headers=SSE)
+
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["detail"].startswith("model 'ghost' not found in Ollama")
+    assert not route.called
 
 
 async def test_a_busy_ollama_before_the_first_byte_is_a_503_with_retry_after(

@@ -27,7 +27,6 @@ from tests.payloads import (
     PULL_SUCCESS,
     PULL_UNKNOWN,
     TAGS,
-    chat_answer,
     chat_done,
     chat_token,
     ndjson,
@@ -72,17 +71,34 @@ async def collect(stream: ChunkStream, tokens: list[str] | None = None) -> list[
 # -- what goes upstream ---------------------------------------------------------------------------
 
 
-async def test_a_whole_answer_is_asked_for_with_stream_false(upstream: OllamaClient, ollama: respx.MockRouter) -> None:
-    route = ollama.post("/api/chat").respond(200, json=chat_answer("Hi!"))
+async def test_a_whole_answer_is_streamed_and_put_together(upstream: OllamaClient, ollama: respx.MockRouter) -> None:
+    # Streamed so that the first-token and idle deadlines apply to whole answers too.
+    route = ollama.post("/api/chat").respond(
+        200,
+        content=ndjson(chat_token("Hi"), chat_token(" there!"), {**chat_done(eval_count=3), "done_reason": "length"}),
+    )
+    request = hello()
 
-    chunk = await upstream.chat(hello())
+    chunk = await upstream.chat(request)
 
-    assert chunk.message.content == "Hi!"
+    assert chunk.message.content == "Hi there!"
     assert chunk.eval_count == 3
+    assert chunk.done_reason == "length"
     assert route.calls.last.request.content == (
-        b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'
+        b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":true}'
     )
     assert route.calls.last.request.headers["content-type"] == "application/json"
+    assert request.stream is False, "the caller's request is left as it was"
+
+
+async def test_a_whole_answer_without_a_first_token_in_time_is_a_gateway_timeout(ollama: respx.MockRouter) -> None:
+    ollama.post("/api/chat").mock(side_effect=slow_answer)
+    client = make_client(ollama, first_token_timeout=0.05)
+    try:
+        with pytest.raises(OllamaTimeoutError, match=r"did not start answering within 0\.05 s"):
+            await client.chat(hello())
+    finally:
+        await client.aclose()
 
 
 async def test_a_stream_is_asked_for_with_stream_true(upstream: OllamaClient, ollama: respx.MockRouter) -> None:
@@ -330,7 +346,7 @@ async def test_a_whole_answer_over_the_request_timeout_is_a_gateway_timeout(olla
     ollama.post("/api/chat").mock(side_effect=slow_answer)
     client = make_client(ollama, request_timeout=0.05)
     try:
-        with pytest.raises(OllamaTimeoutError, match=r"/api/chat within 0\.05 s"):
+        with pytest.raises(OllamaTimeoutError, match=r"longer than 0\.05 s \(MINATO_REQUEST_TIMEOUT\)"):
             await client.chat(hello())
     finally:
         await client.aclose()

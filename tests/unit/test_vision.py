@@ -20,6 +20,7 @@ from tests.payloads import (
     JPEG_HEADER,
     PNG_1PX,
     WEBP_HEADER,
+    catalogue,
     chat_answer,
     chat_done,
     chat_token,
@@ -62,7 +63,7 @@ async def test_an_uploaded_image_goes_upstream_as_padded_base64(client: Client, 
     assert sent(chat) == {
         "model": "gemma3",
         "messages": [{"role": "user", "content": "What is this?", "images": [b64(PNG_1PX)]}],
-        "stream": False,
+        "stream": True,
     }
     assert b64(PNG_1PX).endswith("=")  # the 1-pixel PNG needs padding: proves it is kept
 
@@ -109,7 +110,7 @@ async def test_no_message_anywhere_is_a_422_missing(client: Client, chat: respx.
     assert not chat.called
 
 
-@pytest.mark.parametrize("where", ["query", "form"])
+@pytest.mark.parametrize("where", ["query", "body"])
 async def test_a_blank_message_is_a_422(client: Client, chat: respx.Route, where: str) -> None:
     if where == "query":
         response = await client.post("/vision/gemma3", params={"message": "  "}, files=[png()])
@@ -117,7 +118,7 @@ async def test_a_blank_message_is_a_422(client: Client, chat: respx.Route, where
         response = await client.post("/vision/gemma3", data={"message": "  "}, files=[png()])
 
     assert response.status_code == 422
-    assert [item["loc"] for item in response.json()["detail"]] == [["query", "message"]]
+    assert [item["loc"] for item in response.json()["detail"]] == [[where, "message"]]
     assert not chat.called
 
 
@@ -322,14 +323,31 @@ async def test_a_model_reporting_no_capabilities_says_so(client: Client, ollama:
     ollama.post("/api/show").respond(200, json=show([]))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
-    response = await client.post("/vision/old-model", params={"message": "hi"}, files=[png()])
+    response = await client.post("/vision/llama3.2:1b", params={"message": "hi"}, files=[png()])
 
     assert response.status_code == 400
     assert "none reported" in response.json()["detail"]
     assert not chat.called
 
 
-async def test_an_unknown_model_is_a_404_from_show(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_unknown_model_is_a_404_before_its_capabilities_are_asked(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    show_route = ollama.post("/api/show").respond(200, json=show(VISION))
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.post("/vision/nope", params={"message": "hi"}, files=[png()])
+
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("model 'nope' not found in Ollama")
+    assert not show_route.called
+    assert not chat.called
+
+
+async def test_a_listed_model_that_show_does_not_know_is_a_404_with_ollamas_reason(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    ollama.get("/api/tags", name="tags").respond(200, json=catalogue("nope:latest"))
     show_route = ollama.post("/api/show").respond(404, json=not_found("nope:latest"))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 

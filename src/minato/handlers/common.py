@@ -1,25 +1,22 @@
-"""What every handler shares: the documented error responses and cancelling work on disconnect."""
+"""What every handler shares: the documented error responses, the checks before a generation, and
+cancelling work on disconnect."""
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 from collections.abc import Awaitable
 from typing import Any, Final, TypeVar
 
 import msgspec
-from litestar import Request
+from litestar import Request, Response
 from litestar.openapi import ResponseSpec
-from litestar.response import Stream
-from msgspec import UNSET
 
-from minato.backpressure import Admission, Slot
-from minato.errors import MinatoError
+from minato.errors import ClientDisconnectedError, ModelNotFoundError
 from minato.log import RequestRecord, record_of
-from minato.options import GenerationOptions
-from minato.schemas import GenerateResponse, GenerationStats
-from minato.sessions import SessionManager, Turn
-from minato.streaming import Exchange, StreamFormat, stream_response
-from minato.upstream import OllamaClient
+from minato.options import validate_model_name
+from minato.streaming import is_minato_event_id
+from minato.upstream.catalog import ModelCatalog
 
 T = TypeVar("T")
 
@@ -77,12 +74,6 @@ ADMIN_RESPONSES: Final[dict[int, ResponseSpec]] = {
 }
 
 
-class ClientDisconnectedError(MinatoError):
-    """The client went away before its answer was ready (logged as nginx's 499)."""
-
-    status_code = 499
-
-
 async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it the moment the client disconnects.
 
@@ -116,88 +107,46 @@ def note_model(request: Request[Any, Any, Any], model: str) -> RequestRecord | N
     return record
 
 
-async def _admit(
-    request: Request[Any, Any, Any],
-    sessions: SessionManager,
-    admission: Admission,
-    params: GenerationOptions,
-    model: str,
-) -> tuple[Turn | None, Slot]:
-    """Take the session's turn, then a generation slot: waiting for a turn must not hold a slot.
+#: First path segments that are never model names: Ollama's and OpenAI's own APIs live there.
+RESERVED_PREFIXES: Final = frozenset({"api", "v1"})
 
-    Either wait ends early if the client disconnects; on any failure nothing stays taken.
+
+def _static_paths(request: Request[Any, Any, Any]) -> list[str]:
+    return sorted({route.path for route in request.app.routes if "{" not in route.path})
+
+
+async def require_known_model(request: Request[Any, Any, Any]) -> None:
+    """Before a generation: a 404 unless the path names a model Ollama has.
+
+    Runs before the parameters are validated, so a typo (``/favicon.ico``, ``/models-list``) is told
+    that it names neither a route nor a model, instead of that ``message`` is missing. When Ollama
+    cannot be asked, the generation goes ahead and meets the honest 503 itself.
     """
-    turn = None
-    if params.session is not None:
-        turn = await unless_disconnected(request, sessions.begin(params.session))
-    try:
-        slot = admission.try_acquire(model)  # the usual case, without a watcher task
-        if slot is None:
-            slot = await unless_disconnected(request, admission.acquire(model))
-    except BaseException:
-        if turn is not None:
-            turn.release()
-        raise
-    return turn, slot
-
-
-def _release(turn: Turn | None, slot: Slot) -> None:
-    slot.release()
-    if turn is not None:
-        turn.release()
-
-
-async def whole_answer(
-    request: Request[Any, Any, Any],
-    upstream: OllamaClient,
-    sessions: SessionManager,
-    admission: Admission,
-    params: GenerationOptions,
-    model: str,
-    message: str,
-    images: list[str] | None = None,
-) -> GenerateResponse:
-    """Ask Ollama for a whole (non-streamed) answer, record it in the session, shape it."""
-    turn, slot = await _admit(request, sessions, admission, params, model)
-    try:
-        chat = params.chat_request(model, message, images, turn)
-        chunk = await unless_disconnected(request, upstream.chat(chat))
-        if turn is not None:
-            await turn.commit(model, message, images or [], chunk.message.content)
-    finally:
-        _release(turn, slot)
-    record = record_of(request.scope)
-    stats = GenerationStats.from_chunk(chunk)
-    if record is not None:
-        record.note_answer(chunk.eval_count, stats.tokens_per_second)
-    return GenerateResponse(
-        response=chunk.message.content,
-        model=chunk.model or model,
-        done_reason=chunk.done_reason,
-        stats=stats,
-        thinking=chunk.message.thinking or UNSET,
+    raw = str(request.path_params.get("model_name", ""))
+    catch_all = request.scope.get("path_template", "").startswith("/{")
+    where = f"{request.method} /{raw.lstrip('/')}: no such route, and " if catch_all else ""
+    if raw.lstrip("/").split("/", 1)[0].lower() in RESERVED_PREFIXES:
+        raise ModelNotFoundError(
+            f"{where}paths under /api/ and /v1/ are reserved for Ollama's and OpenAI's APIs, never model names"
+        )
+    name = validate_model_name(raw)
+    note_model(request, name)
+    catalog: ModelCatalog = request.app.state.catalog
+    if await catalog.knows(name) is not False:
+        return
+    hints = catalog.similar(name)
+    if catch_all:
+        hints = difflib.get_close_matches(f"/{name}", _static_paths(request), n=2) + hints
+    hint = f" (did you mean {' or '.join(hints)}?)" if hints else ""
+    raise ModelNotFoundError(
+        f"{where}model '{name}' not found in Ollama{hint}; the installed models are listed at GET /models_list/"
     )
 
 
-async def streamed_answer(
-    request: Request[Any, Any, Any],
-    upstream: OllamaClient,
-    sessions: SessionManager,
-    admission: Admission,
-    params: GenerationOptions,
-    model: str,
-    message: str,
-    images: list[str] | None = None,
-) -> Stream:
-    """Prime Ollama's stream (so its status is known), then relay it; the session records the
-    exchange only if the stream completes. The generation slot is held until the stream ends."""
-    fmt = StreamFormat.negotiate(request.headers.get("accept"))
-    turn, slot = await _admit(request, sessions, admission, params, model)
-    try:
-        chat = params.chat_request(model, message, images, turn)
-        stream = await unless_disconnected(request, upstream.stream_chat(chat))
-    except BaseException:
-        _release(turn, slot)
-        raise
-    exchange = Exchange(turn, message, images or []) if turn is not None else None
-    return stream_response(stream, fmt, model, record_of(request.scope), exchange, slot)
+async def require_known_model_or_finished_stream(request: Request[Any, Any, Any]) -> Response[None] | None:
+    """Before a streamed generation: 204 for a browser reconnecting to a stream that is over, then
+    :func:`require_known_model`."""
+    if is_minato_event_id(request.headers.get("last-event-id")):
+        return Response(None, status_code=204)
+    await require_known_model(request)
+    return None

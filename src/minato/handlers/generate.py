@@ -10,9 +10,16 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from minato.backpressure import Admission
-from minato.handlers.common import GENERATION_RESPONSES, note_model, streamed_answer, whole_answer
+from minato.generation import Generation, Question, streamed_answer, whole_answer
+from minato.handlers.common import (
+    GENERATION_RESPONSES,
+    note_model,
+    require_known_model,
+    require_known_model_or_finished_stream,
+)
 from minato.options import GenerationOptions, check_text_length, validate_model_name
 from minato.schemas import GenerateResponse
+from minato.security import Caller
 from minato.sessions import SessionManager
 from minato.settings import Settings
 from minato.upstream import OllamaClient
@@ -41,6 +48,7 @@ STREAM_DESCRIPTION: Final = (
     description="Send `message` to the model and wait for the whole answer.",
     responses=GENERATION_RESPONSES,
     tags=["generate"],
+    before_request=require_known_model,
 )
 async def generate(
     request: Request[Any, Any, Any],
@@ -51,12 +59,16 @@ async def generate(
     sessions: NamedDependency[SessionManager],
     admission: NamedDependency[Admission],
     settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
 ) -> GenerateResponse:
     """Return the model's whole answer with Ollama's stats."""
     model = validate_model_name(model_name)
     check_text_length("message", message, settings)
     note_model(request, model)
-    return await whole_answer(request, upstream, sessions, admission, params, model, message)
+    question = Question(message, [])
+    return await whole_answer(
+        Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
+    )
 
 
 @get(
@@ -66,6 +78,7 @@ async def generate(
     description=STREAM_DESCRIPTION,
     responses=GENERATION_RESPONSES,
     tags=["generate"],
+    before_request=require_known_model_or_finished_stream,
 )
 async def generate_stream(
     request: Request[Any, Any, Any],
@@ -76,9 +89,13 @@ async def generate_stream(
     sessions: NamedDependency[SessionManager],
     admission: NamedDependency[Admission],
     settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
 ) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
     model = validate_model_name(model_name)
     check_text_length("message", message, settings)
     note_model(request, model)
-    return await streamed_answer(request, upstream, sessions, admission, params, model, message)
+    question = Question(message, [])
+    return await streamed_answer(
+        Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
+    )

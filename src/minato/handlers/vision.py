@@ -16,20 +16,21 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from minato.backpressure import Admission
-from minato.errors import CapabilityError, InvalidInputError
+from minato.errors import CapabilityError, InvalidInputError, RequestTimeoutError
 from minato.fetch import ImageFetcher
+from minato.generation import Generation, Question, streamed_answer, whole_answer
 from minato.handlers.common import (
     GENERATION_RESPONSES,
     error_spec,
     note_model,
-    streamed_answer,
+    require_known_model,
     unless_disconnected,
-    whole_answer,
 )
 from minato.handlers.generate import STREAM_DESCRIPTION, ModelName
 from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
 from minato.options import EXTRA_QUERY_OPT, GenerationOptions, check_text_length, validate_model_name
 from minato.schemas import GenerateResponse
+from minato.security import Caller
 from minato.sessions import SessionManager
 from minato.settings import Settings
 from minato.upstream import OllamaClient
@@ -87,7 +88,7 @@ async def _fetch_all(fetcher: ImageFetcher, links: list[tuple[str, str, int]]) -
     return [base64.b64encode(task.result()).decode("ascii") for task in tasks]
 
 
-async def _vision_request(
+def _vision_generation(
     request: Request[Any, Any, Any],
     model_name: str,
     message: str | None,
@@ -95,7 +96,10 @@ async def _vision_request(
     upstream: OllamaClient,
     fetcher: ImageFetcher,
     settings: Settings,
-) -> tuple[str, str, list[str]]:
+    capabilities: frozenset[str],
+    **generation: Any,
+) -> Generation:
+    """Check what needs no body, and leave the body to be read once the generation holds its slot."""
     model = validate_model_name(model_name)
     note_model(request, model)
     query_links = [link.strip() for link in image_url or []]
@@ -103,23 +107,36 @@ async def _vision_request(
         raise too_many_images("query", URL_FIELD, settings)
     for index, link in enumerate(query_links):
         check_link(link, "query", index)
-    # Checked before the upload is read: a text-only model fails fast, whatever the image size.
-    capabilities = await upstream.capabilities(model)
     if "vision" not in capabilities:
         listed = ", ".join(sorted(capabilities)) or "none reported"
         raise CapabilityError(f"model '{model}' cannot read images (its capabilities: {listed})")
-    form = await read_vision_form(request, settings, len(query_links))
-    form_message = form.fields.get("message")
-    if message is not None and form_message is not None:
-        raise InvalidInputError.single("body", "message", "send message in the query or the form, not both")
-    text = message if message is not None else form_message
-    if text is None:
-        raise InvalidInputError.single("query", "message", "a message is required (query or form field)", "missing")
-    check_text_length("message", text, settings)
-    links = [(link, "query", index) for index, link in enumerate(query_links)]
-    links += [(link, "body", index) for index, link in enumerate(form.links)]
-    fetched = await unless_disconnected(request, _fetch_all(fetcher, links)) if links else []
-    return model, text, form.base64_images() + fetched
+    if message is not None:
+        check_text_length("message", message, settings)
+
+    async def read_question() -> Question:
+        timeout = settings.body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                form = await read_vision_form(request, settings, len(query_links))
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body did not arrive within {timeout:g} s (MINATO_BODY_TIMEOUT)"
+            ) from None
+        form_message = form.fields.get("message")
+        if message is not None and form_message is not None:
+            raise InvalidInputError.single("body", "message", "send message in the query or the form, not both")
+        text = message if message is not None else form_message
+        if text is None:
+            raise InvalidInputError.single("query", "message", "a message is required (query or form field)", "missing")
+        check_text_length("message", text, settings, source="query" if message is not None else "body")
+        links = [(link, "query", index) for index, link in enumerate(query_links)]
+        links += [(link, "body", index) for index, link in enumerate(form.links)]
+        fetched = await unless_disconnected(request, _fetch_all(fetcher, links)) if links else []
+        return Question(text, form.base64_images() + fetched)
+
+    return Generation(
+        request=request, upstream=upstream, settings=settings, model=model, question=read_question, **generation
+    )
 
 
 @post(
@@ -131,6 +148,7 @@ async def _vision_request(
     responses=VISION_RESPONSES,
     tags=["vision"],
     opt=VISION_QUERY,
+    before_request=require_known_model,
 )
 async def vision(
     request: Request[Any, Any, Any],
@@ -141,12 +159,18 @@ async def vision(
     admission: NamedDependency[Admission],
     fetcher: NamedDependency[ImageFetcher],
     settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
     message: OptionalMessage = None,
     image_url: ImageUrls = None,
 ) -> GenerateResponse:
     """Return the model's whole answer about the images."""
-    model, text, images = await _vision_request(request, model_name, message, image_url, upstream, fetcher, settings)
-    return await whole_answer(request, upstream, sessions, admission, params, model, text, images)
+    # Checked before anything is read: a text-only model fails fast, whatever the upload's size.
+    capabilities = await upstream.capabilities(validate_model_name(model_name))
+    generation = _vision_generation(
+        request, model_name, message, image_url, upstream, fetcher, settings, capabilities,
+        sessions=sessions, admission=admission, params=params, caller=caller,
+    )  # fmt: skip
+    return await whole_answer(generation)
 
 
 @post(
@@ -158,6 +182,7 @@ async def vision(
     responses=VISION_RESPONSES,
     tags=["vision"],
     opt=VISION_QUERY,
+    before_request=require_known_model,
 )
 async def vision_stream(
     request: Request[Any, Any, Any],
@@ -168,9 +193,14 @@ async def vision_stream(
     admission: NamedDependency[Admission],
     fetcher: NamedDependency[ImageFetcher],
     settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
     message: OptionalMessage = None,
     image_url: ImageUrls = None,
 ) -> Stream:
     """Relay the answer about the images token by token."""
-    model, text, images = await _vision_request(request, model_name, message, image_url, upstream, fetcher, settings)
-    return await streamed_answer(request, upstream, sessions, admission, params, model, text, images)
+    capabilities = await upstream.capabilities(validate_model_name(model_name))
+    generation = _vision_generation(
+        request, model_name, message, image_url, upstream, fetcher, settings, capabilities,
+        sessions=sessions, admission=admission, params=params, caller=caller,
+    )  # fmt: skip
+    return await streamed_answer(generation)

@@ -26,10 +26,12 @@ from minato.errors import (
     UpstreamRejectedError,
 )
 from minato.settings import Settings
+from minato.upstream.names import canonical_model_name
 from minato.upstream.transport import AiohttpBody, AiohttpTransport
 from minato.upstream.wire import (
     ChatChunk,
     ChatRequest,
+    ChunkMessage,
     DeleteRequest,
     ErrorBody,
     LoadRequest,
@@ -56,6 +58,21 @@ def default_transport(settings: Settings) -> httpx.AsyncBaseTransport:
     return AiohttpTransport(max_connections=settings.max_connections)
 
 
+class ModelFacts(msgspec.Struct, frozen=True):
+    """What Minato needs to know of a model before it asks for an answer."""
+
+    capabilities: frozenset[str]
+    context_length: int | None
+    """The longest context the model was trained for (``<architecture>.context_length``)."""
+
+    @classmethod
+    def of(cls, shown: ShowResponse) -> ModelFacts:
+        """Read the facts off an ``/api/show`` answer."""
+        info = shown.model_info or {}
+        context = info.get(f"{info.get('general.architecture', '')}.context_length")
+        return cls(frozenset(shown.capabilities), context if isinstance(context, int) and context > 0 else None)
+
+
 class OllamaClient:
     """Async access to one Ollama daemon over a single connection pool."""
 
@@ -69,8 +86,8 @@ class OllamaClient:
         # Deadlines are enforced per phase with asyncio (first token, idle gap, whole answer);
         # the transport only bounds the TCP connect.
         self._timeouts = {"connect": settings.connect_timeout, "read": None, "write": None, "pool": None}
-        self._capabilities: dict[str, tuple[float, frozenset[str]]] = {}
-        self._capability_lookups: dict[str, asyncio.Future[frozenset[str]]] = {}
+        self._capabilities: dict[str, tuple[float, ModelFacts]] = {}
+        self._capability_lookups: dict[str, asyncio.Future[ModelFacts]] = {}
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -92,26 +109,40 @@ class OllamaClient:
     # -- generation -------------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest) -> ChatChunk:
-        """Return Ollama's whole (non-streamed) answer to a chat request."""
-        request.stream = False  # how Minato talks to Ollama is this module's decision, not the caller's
-        body = await self._call(
-            "POST",
-            "/api/chat",
-            _encoder.encode(request),
-            self.settings.request_timeout,
-            request.model,
-        )
-        chunk = _chunk_decoder.decode(body)
-        if chunk.error:
-            raise UpstreamError(f"Ollama failed: {chunk.error}")
-        return chunk
+        """Return Ollama's whole answer to a chat request, with its final counters.
+
+        Asked for as a stream and put together here: Ollama's non-streamed answer says nothing until it
+        is complete, so only a stream lets the first-token and idle deadlines apply to whole answers too.
+        """
+        budget = self.settings.request_timeout
+        content: list[str] = []
+        thinking: list[str] = []
+        last: ChatChunk | None = None
+        try:
+            async with asyncio.timeout(budget):  # the whole answer, the wait for its first token included
+                stream = await self.stream_chat(request)
+                try:
+                    async for batch in stream.batches():
+                        for chunk in batch:
+                            content.append(chunk.message.content)
+                            thinking.append(chunk.message.thinking)
+                        last = batch[-1] if batch else last
+                finally:
+                    await stream.aclose()
+        except TimeoutError:
+            raise OllamaTimeoutError(f"the answer took longer than {budget:g} s (MINATO_REQUEST_TIMEOUT)") from None
+        if last is None:  # batches() only ends after a done chunk; this keeps the type honest
+            raise UpstreamError("Ollama closed the stream before it was done")
+        message = ChunkMessage(role=last.message.role, content="".join(content), thinking="".join(thinking))
+        return msgspec.structs.replace(last, message=message)
 
     async def stream_chat(self, request: ChatRequest) -> ChunkStream:
         """Send a streamed chat request and return it once its first tokens have arrived."""
-        request.stream = True
+        # How Minato talks to Ollama is this module's decision, not the caller's (whose struct is left as it was).
+        body = _encoder.encode(msgspec.structs.replace(request, stream=True))
         # One deadline covers the response headers and the first line: Ollama sends both together.
         deadline = asyncio.get_running_loop().time() + self.settings.first_token_timeout
-        response = await self._open_stream("/api/chat", _encoder.encode(request), request.model, deadline)
+        response = await self._open_stream("/api/chat", body, request.model, deadline)
         stream = ChunkStream(response, self.settings.idle_timeout, self.settings.request_timeout)
         await _primed(stream.prime(), deadline, response, "a first token", self.settings.first_token_timeout)
         return stream
@@ -163,7 +194,11 @@ class OllamaClient:
         return msgspec.json.decode(body, type=ShowResponse)
 
     async def capabilities(self, model: str) -> frozenset[str]:
-        """Return a model's capabilities, cached for ``capabilities_ttl`` seconds.
+        """Return a model's capabilities (cached, see :meth:`facts`)."""
+        return (await self.facts(model)).capabilities
+
+    async def facts(self, model: str) -> ModelFacts:
+        """Return what ``/api/show`` says of a model that Minato needs, cached for ``capabilities_ttl`` seconds.
 
         Concurrent lookups of the same model share one ``/api/show`` call.
         """
@@ -175,19 +210,19 @@ class OllamaClient:
         pending = self._capability_lookups.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
-        future: asyncio.Future[frozenset[str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ModelFacts] = asyncio.get_running_loop().create_future()
         self._capability_lookups[key] = future
         try:
-            capabilities = frozenset((await self.show(model)).capabilities)
+            facts = ModelFacts.of(await self.show(model))
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters re-raise it, nobody else must
             raise
         finally:
             del self._capability_lookups[key]
-        future.set_result(capabilities)
-        self._capabilities[key] = (now + self.settings.capabilities_ttl, capabilities)
-        return capabilities
+        future.set_result(facts)
+        self._capabilities[key] = (now + self.settings.capabilities_ttl, facts)
+        return facts
 
     def forget(self, model: str) -> None:
         """Drop cached facts about ``model`` (after it was pulled or deleted)."""
@@ -289,12 +324,6 @@ def _error_message(body: bytes) -> str:
         else:
             return error if isinstance(error, str) else str(error)
     return body.decode("utf-8", "replace").strip()[:500]
-
-
-def canonical_model_name(model: str) -> str:
-    """Return ``model`` with Ollama's implicit ``:latest`` tag made explicit."""
-    last = model.rsplit("/", 1)[-1]
-    return model if ":" in last else f"{model}:latest"
 
 
 def _generic_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
