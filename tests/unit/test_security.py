@@ -22,7 +22,8 @@ from minato.cli import main
 from minato.log import configure_logging
 from minato.security import Keyring, RateLimiter, refuse_unsafe_start
 from minato.settings import Settings, SettingsError
-from tests.payloads import TAGS, chat_answer
+from minato.upstream import canonical_model_name
+from tests.payloads import TAGS, catalogue, chat_answer, show
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -345,3 +346,186 @@ def test_json_tracebacks_carry_no_local_variables() -> None:
     logged = out.getvalue()
     assert "boom with 24 chars" in logged, "the traceback itself is logged"
     assert api_key not in logged, "but not the local variables around it"
+
+
+def _public_paths(app: Litestar) -> list[str]:
+    """Every route a request may reach without a key, found by handler, never assumed by path."""
+    return sorted(
+        {
+            route.path
+            for route in app.routes
+            for handler in getattr(route, "route_handlers", [])
+            if handler.opt.get("public") and "{" not in route.path
+        }
+    )
+
+
+async def test_the_exempt_routes_are_exactly_health_and_the_docs(settings: Settings, ollama: respx.MockRouter) -> None:
+    app = create_app(
+        msgspec.structs.replace(settings, api_keys=USER), transport=httpx.MockTransport(ollama.async_handler)
+    )
+
+    assert _public_paths(app) == [
+        "/docs",
+        "/docs/oauth2-redirect.html",
+        "/docs/openapi.json",
+        "/docs/scalar",
+        "/health",
+    ]
+    async with AsyncTestClient(app=app) as client:
+        for path in _public_paths(app):
+            assert (await client.get(path)).status_code == 200, path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/docsanything?session=alice-1&message=hi",
+        "/docs-x/llama3.2:1b?message=hi",
+        "/%64ocs1?message=hi",
+        "/docs1?message=hi",
+        "/DOCS?message=hi",
+        "/docs/../llama3.2?message=hi",
+        "/stream/docs?message=hi",
+        "/healthz?message=hi",
+        "/health/../llama3.2?message=hi",
+        "/docs%2F..%2Fllama3.2?message=hi",
+    ],
+)
+async def test_look_alikes_of_exempt_paths_need_a_key(secured: Client, ollama: respx.MockRouter, path: str) -> None:
+    # Every look-alike is also an installed model, so only the key check can stop it.
+    looks = ("docsanything", "docs-x/llama3.2:1b", "docs1", "docs", "healthz", "llama3.2")
+    ollama.get("/api/tags", name="tags").respond(200, json=catalogue(*looks))
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await secured.get(path)
+
+    # 401, or the docs router's own 404 for a page it does not have: never an answer without a key.
+    assert response.status_code in {401, 404}, response.text
+    assert response.status_code == 401 or "llama3.2" not in response.text
+    assert not chat.called
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "allowed"),
+    [
+        pytest.param("1", True, id="one-second"),
+        pytest.param("10m", True, id="ten-minutes"),
+        pytest.param("3600", True, id="exactly-the-limit-in-seconds"),
+        pytest.param("1h", True, id="exactly-the-limit"),
+        pytest.param("0", False, id="zero-unloads"),
+        pytest.param("0s", False, id="zero-duration"),
+        pytest.param("0.5", False, id="under-a-second"),
+        pytest.param("-1", False, id="negative-pins"),
+        pytest.param("-5m", False, id="negative-duration"),
+        pytest.param("61m", False, id="over-the-limit"),
+        pytest.param("3601", False, id="one-second-over"),
+    ],
+)
+async def test_a_user_keys_keep_alive_must_be_from_one_second_to_the_limit(
+    secured: Client, ollama: respx.MockRouter, keep_alive: str, allowed: bool
+) -> None:
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await secured.get(
+        "/llama3.2", params={"message": "hi", "keep_alive": keep_alive}, headers={"X-API-Key": USER}
+    )
+
+    if allowed:
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 403
+        assert "admin key" in response.json()["detail"]
+        assert not chat.called
+
+
+@pytest.mark.parametrize("keep_alive", ["0", "-1", "24h"])
+async def test_an_admin_key_may_unload_pin_or_keep_a_model_for_long(
+    secured: Client, ollama: respx.MockRouter, keep_alive: str
+) -> None:
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await secured.get(
+        "/stream/llama3.2", params={"message": "hi", "keep_alive": keep_alive}, headers={"X-API-Key": ADMIN}
+    )
+
+    assert response.status_code == 200
+    assert chat.called
+
+
+async def test_the_user_keep_alive_limit_is_a_setting(settings: Settings, ollama: respx.MockRouter) -> None:
+    ollama.post("/api/chat").respond(200, json=chat_answer())
+    configured = msgspec.structs.replace(settings, api_keys=USER, user_max_keep_alive="10m")
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+
+    async with AsyncTestClient(app=app) as client:
+        ok = await client.get("/llama3.2", params={"message": "hi", "keep_alive": "10m"}, headers={"X-API-Key": USER})
+        over = await client.get("/llama3.2", params={"message": "hi", "keep_alive": "11m"}, headers={"X-API-Key": USER})
+
+    assert ok.status_code == 200
+    assert over.status_code == 403
+    assert "10m (MINATO_USER_MAX_KEEP_ALIVE)" in over.json()["detail"]
+
+
+def test_the_user_keep_alive_limit_must_be_a_duration_of_at_least_a_second() -> None:
+    with pytest.raises(SettingsError, match="MINATO_USER_MAX_KEEP_ALIVE"):
+        Settings.from_env({"MINATO_USER_MAX_KEEP_ALIVE": "0"})
+    with pytest.raises(SettingsError, match="MINATO_USER_MAX_KEEP_ALIVE"):
+        Settings.from_env({"MINATO_USER_MAX_KEEP_ALIVE": "soon"})
+    assert Settings.from_env({"MINATO_USER_MAX_KEEP_ALIVE": "2h"}).user_max_keep_alive == "2h"
+
+
+@pytest.mark.parametrize(
+    ("num_ctx", "allowed"), [("8192", True), ("131072", True), ("131073", False), ("2147483647", False)]
+)
+async def test_a_user_keys_num_ctx_is_bounded_by_the_models_own_context(
+    secured: Client, ollama: respx.MockRouter, num_ctx: str, allowed: bool
+) -> None:
+    ollama.post("/api/show").respond(200, json=show(["completion"]))  # llama.context_length: 131072
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await secured.get("/llama3.2", params={"message": "hi", "num_ctx": num_ctx}, headers={"X-API-Key": USER})
+
+    assert response.status_code == (200 if allowed else 403)
+    assert chat.called is allowed
+    if not allowed:
+        assert "131072 (the model's context length)" in response.json()["detail"]
+
+
+async def test_an_admin_key_may_ask_for_any_num_ctx(secured: Client, ollama: respx.MockRouter) -> None:
+    show_route = ollama.post("/api/show").respond(200, json=show(["completion"]))
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await secured.get(
+        "/llama3.2", params={"message": "hi", "num_ctx": "2147483647"}, headers={"X-API-Key": ADMIN}
+    )
+
+    assert response.status_code == 200
+    assert chat.called
+    assert not show_route.called, "no lookup is needed for an admin key"
+
+
+async def test_the_user_num_ctx_cap_can_be_set_by_the_operator(settings: Settings, ollama: respx.MockRouter) -> None:
+    show_route = ollama.post("/api/show").respond(200, json=show(["completion"]))
+    ollama.post("/api/chat").respond(200, json=chat_answer())
+    configured = msgspec.structs.replace(settings, api_keys=USER, user_max_num_ctx=4096)
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+
+    async with AsyncTestClient(app=app) as client:
+        ok = await client.get("/llama3.2", params={"message": "hi", "num_ctx": "4096"}, headers={"X-API-Key": USER})
+        over = await client.get("/llama3.2", params={"message": "hi", "num_ctx": "4097"}, headers={"X-API-Key": USER})
+
+    assert ok.status_code == 200
+    assert over.status_code == 403
+    assert "MINATO_USER_MAX_NUM_CTX" in over.json()["detail"]
+    assert not show_route.called
+
+
+async def test_spellings_of_one_model_share_its_per_model_bound() -> None:
+    admission = Admission(total=10, per_model=1, queue=0, wait_seconds=1)
+    slot = admission.try_acquire(canonical_model_name("hang"))
+
+    assert slot is not None
+    for spelling in ("hang:latest", "Hang", "library/hang", "registry.ollama.ai/library/hang:latest"):
+        assert admission.try_acquire(canonical_model_name(spelling)) is None, spelling
+    assert admission.try_acquire(canonical_model_name("other")) is not None

@@ -27,6 +27,7 @@ from minato.options import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive, validate_
 from minato.security import ADMIN
 from minato.settings import Settings
 from minato.upstream import OllamaClient, canonical_model_name
+from minato.upstream.catalog import ModelCatalog
 from minato.upstream.wire import ModelDetails, RunningModel, ShowResponse
 
 #: The Ollama CLI shows "Forever" for expiries more than 20 years out; so does Minato.
@@ -177,6 +178,7 @@ async def load(
     request: Request[Any, Any, Any],
     model_name: ModelName,
     upstream: NamedDependency[OllamaClient],
+    catalog: NamedDependency[ModelCatalog],
     settings: NamedDependency[Settings],
     keep_alive: Annotated[str | None, Parameter(description=KEEP_ALIVE_DESCRIPTION)] = None,
     num_ctx: Annotated[
@@ -193,6 +195,7 @@ async def load(
             await upstream.show(model)
         except ModelNotFoundError:
             stream = await unless_disconnected(request, upstream.pull(model))
+            catalog.forget()
             await unless_disconnected(request, pull_to_end(stream))
     options = {"num_ctx": num_ctx} if num_ctx is not None else {}
     await unless_disconnected(request, upstream.load(model, alive, options))
@@ -230,12 +233,16 @@ async def unload(
     opt={ADMIN: True},
 )
 async def delete_model(
-    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaClient]
+    request: Request[Any, Any, Any],
+    model_name: ModelName,
+    upstream: NamedDependency[OllamaClient],
+    catalog: NamedDependency[ModelCatalog],
 ) -> ModelAction:
     """Delete an installed model (404 if there is none)."""
     model = validate_model_name(model_name)
     note_model(request, model)
     await upstream.delete(model)
+    catalog.forget()
     return ModelAction(status="deleted", model=model)
 
 

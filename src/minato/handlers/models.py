@@ -26,6 +26,7 @@ from minato.options import validate_model_name
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary
 from minato.security import ADMIN
 from minato.upstream import OllamaClient, PullStream, canonical_model_name
+from minato.upstream.catalog import ModelCatalog
 from minato.upstream.wire import PullProgress, TagModel
 
 logger = structlog.get_logger("minato.models")
@@ -86,12 +87,14 @@ async def install(
     request: Request[Any, Any, Any],
     model_name: ModelName,
     upstream: NamedDependency[OllamaClient],
+    catalog: NamedDependency[ModelCatalog],
     stream: Annotated[bool, Parameter(description="Relay progress as NDJSON instead of waiting.")] = False,
 ) -> Response[InstallResponse] | Stream:
     """Pull a model, waiting for it or relaying progress."""
     model = validate_model_name(model_name)
     note_model(request, model)
     pull = await unless_disconnected(request, upstream.pull(model))
+    catalog.forget()  # the model may be installed by the time anyone asks
     if stream or NDJSON in request.headers.get("accept", ""):
         return Stream(
             _relay_progress(pull, model),
@@ -133,9 +136,10 @@ def summarize(model: TagModel, loaded: bool) -> ModelSummary:
     responses=UPSTREAM_RESPONSES,
     tags=["models"],
 )
-async def models_list(upstream: NamedDependency[OllamaClient]) -> ModelsList:
+async def models_list(upstream: NamedDependency[OllamaClient], catalog: NamedDependency[ModelCatalog]) -> ModelsList:
     """Return the installed models."""
     tags, ps = await asyncio.gather(upstream.list_models(), upstream.running())
+    catalog.record(tags)
     loaded = {canonical_model_name(m.name or m.model) for m in ps.models}
     return ModelsList(
         models_list=[summarize(m, canonical_model_name(m.name or m.model) in loaded) for m in tags.models]
