@@ -22,7 +22,7 @@ from minato.handlers import ROUTE_HANDLERS
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.options import provide_generation_options
-from minato.security import Keyring, make_guard
+from minato.security import Keyring, make_guard, provide_caller
 from minato.sessions import SessionManager, open_store
 from minato.settings import Settings
 from minato.upstream import OllamaClient
@@ -112,6 +112,7 @@ def create_app(
             "sessions": Provide(lambda: resources[SESSIONS], sync_to_thread=False),
             "fetcher": Provide(lambda: resources[FETCHER], sync_to_thread=False),
             "params": Provide(provide_generation_options, sync_to_thread=False),
+            "caller": Provide(provide_caller, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         guards=[make_guard(settings, keyring)] if keyring.enabled else [],

@@ -8,6 +8,8 @@
     ├── CapabilityError              400  the model cannot do what was asked (e.g. vision)
     ├── ModelNotFoundError           404  Ollama does not know the model
     ├── SessionNotFoundError         404  no conversation with that id
+    ├── AmbiguousSessionError        409  an admin named an id several keys have, without owner=
+    ├── SessionDamagedError          409  the store's pages holding a conversation are damaged
     └── UpstreamError                502  Ollama failed in some other way
         ├── UpstreamRejectedError    400  Ollama refused the request as malformed
         ├── OllamaUnavailableError   503  no connection to Ollama
@@ -94,6 +96,28 @@ class SessionNotFoundError(MinatoError):
     """No conversation has that id (or it expired)."""
 
     status_code = 404
+
+
+class AmbiguousSessionError(MinatoError):
+    """Several keys have a conversation with that id, and the admin did not say whose."""
+
+    status_code = 409
+
+
+class SessionDamagedError(MinatoError):
+    """The session store cannot read or write a conversation: its pages are damaged.
+
+    A 409, not a 5xx: clients retry server errors, and no retry can help; deleting it can.
+    """
+
+    status_code = 409
+
+    def __init__(self, session_id: str, reason: str) -> None:
+        super().__init__(
+            f"conversation '{session_id}' is damaged in the session store ({reason}); "
+            f"DELETE /chat/{session_id} removes it"
+        )
+        self.session_id = session_id
 
 
 class UpstreamError(MinatoError):

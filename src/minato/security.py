@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
@@ -48,6 +49,22 @@ class Caller:
 
     fingerprint: str
     role: Role
+
+
+#: Who calls a keyless deployment: everyone, with every right, owning the conversations of owner "".
+ANONYMOUS: Final = Caller(fingerprint="", role=Role.ADMIN)
+CALLER_KEY: Final = "minato.caller"
+
+
+def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    """The caller the guard identified, or :data:`ANONYMOUS` when no keys are configured."""
+    caller: Caller = connection.scope["state"].get(CALLER_KEY, ANONYMOUS)
+    return caller
+
+
+def provide_caller(request: Request[Any, Any, Any]) -> Caller:
+    """The ``caller`` dependency."""
+    return caller_of(request)
 
 
 @dataclass
@@ -152,6 +169,7 @@ def make_guard(settings: Settings, keyring: Keyring) -> Any:
                 headers={"WWW-Authenticate": WWW_AUTHENTICATE},
             )
         structlog.contextvars.bind_contextvars(key=caller.fingerprint)
+        connection.scope["state"][CALLER_KEY] = caller
         if opt.get(ADMIN) and caller.role < Role.ADMIN:
             raise PermissionDeniedException("this route needs an admin key")
         if limiter is not None:
@@ -191,13 +209,16 @@ def _is_loopback(host: str) -> bool:
 
 __all__ = [
     "ADMIN",
+    "ANONYMOUS",
     "PROBE",
     "PUBLIC",
     "Caller",
     "Keyring",
     "RateLimiter",
     "Role",
+    "caller_of",
     "make_guard",
     "presented_key",
+    "provide_caller",
     "refuse_unsafe_start",
 ]

@@ -17,6 +17,7 @@ from minato.errors import MinatoError
 from minato.log import RequestRecord, record_of
 from minato.options import GenerationOptions
 from minato.schemas import GenerateResponse, GenerationStats
+from minato.security import caller_of
 from minato.sessions import SessionManager, Turn
 from minato.streaming import Exchange, StreamFormat, stream_response
 from minato.upstream import OllamaClient
@@ -129,7 +130,8 @@ async def _admit(
     """
     turn = None
     if params.session is not None:
-        turn = await unless_disconnected(request, sessions.begin(params.session))
+        owner = caller_of(request).fingerprint  # a key only ever continues its own conversations
+        turn = await unless_disconnected(request, sessions.begin(owner, params.session))
     try:
         slot = admission.try_acquire(model)  # the usual case, without a watcher task
         if slot is None:
