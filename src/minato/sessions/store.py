@@ -22,6 +22,7 @@ from minato.errors import SessionDamagedError
 from minato.sessions.model import Session, SessionSummary, StoredMessage, trim_plan
 
 T = TypeVar("T")
+R = TypeVar("R", bound=tuple[object, ...])
 logger = structlog.get_logger("minato.sessions")
 
 MEMORY_URL: Final = "memory://"
@@ -295,20 +296,25 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minato-sqlite")
         self._db: sqlite3.Connection | None = None
 
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, work: Callable[[sqlite3.Connection], T], *, transaction: bool = True) -> T:
+        """Run ``work`` on the store's thread: in one transaction, or (``transaction=False``)
+        managing its own."""
+
         def call() -> T:
             db = self._db
             if db is None:
                 raise RuntimeError("session store used before open()")
+            if not transaction:
+                return work(db)
             with db:  # one transaction: commit on success, roll back on error
                 return work(db)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    async def _run_on(self, session_id: str, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run_on(self, session_id: str, work: Callable[[sqlite3.Connection], T], *, transaction: bool = True) -> T:
         """Run work on one conversation; damage becomes :class:`SessionDamagedError`."""
         try:
-            return await self._run(work)
+            return await self._run(work, transaction=transaction)
         except (sqlite3.DatabaseError, msgspec.DecodeError) as exc:
             if not is_damage(exc):
                 raise
@@ -509,12 +515,14 @@ class SqliteStore:
         """Forget a conversation: its row first, then its messages (which may be damaged)."""
 
         def work(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT sid FROM sessions WHERE owner = ? AND id = ?", (owner, session_id)).fetchone()
-            if row is not None:
+            with db:
+                row = db.execute("SELECT sid FROM sessions WHERE owner = ? AND id = ?", (owner, session_id)).fetchone()
+                if row is None:
+                    return
                 db.execute("DELETE FROM sessions WHERE sid = ?", row)
-                _delete_messages(db, [(row[0], owner, session_id)])
+            _delete_messages(db, {row[0]: (owner, session_id)})
 
-        await self._run_on(session_id, work)
+        await self._run_on(session_id, work, transaction=False)
 
     async def list(self, owner: str | None, offset: int, limit: int) -> tuple[list[SessionSummary], int]:
         """Return a page of conversations (never reading their messages)."""
@@ -542,17 +550,18 @@ class SqliteStore:
         """Drop idle conversations, then the oldest beyond the cap; damaged messages are skipped."""
 
         def work(db: sqlite3.Connection) -> int:
-            doomed = db.execute(
-                "SELECT sid, owner, id FROM sessions WHERE last_active < ? UNION ALL "
-                "SELECT * FROM (SELECT sid, owner, id FROM sessions WHERE last_active >= ? "
-                "ORDER BY last_active DESC, id, owner LIMIT -1 OFFSET ?)",
-                (idle_before, idle_before, max_sessions),
-            ).fetchall()
-            db.executemany("DELETE FROM sessions WHERE sid = ?", [(sid,) for sid, _, _ in doomed])
-            _delete_messages(db, doomed)
+            with db:
+                doomed = db.execute(
+                    "SELECT sid, owner, id FROM sessions WHERE last_active < ? UNION ALL "
+                    "SELECT * FROM (SELECT sid, owner, id FROM sessions WHERE last_active >= ? "
+                    "ORDER BY last_active DESC, id, owner LIMIT -1 OFFSET ?)",
+                    (idle_before, idle_before, max_sessions),
+                ).fetchall()
+                db.executemany("DELETE FROM sessions WHERE sid = ?", [(sid,) for sid, _, _ in doomed])
+            _delete_messages(db, {sid: (owner, session_id) for sid, owner, session_id in doomed})
             return len(doomed)
 
-        return await self._run(work)
+        return await self._run(work, transaction=False)
 
     async def enforce_image_budget(self, budget: int) -> int:
         """Strip the oldest images of the whole store until it is within ``budget``; images on
@@ -569,56 +578,74 @@ class SqliteStore:
                 excess -= size
                 if excess <= 0:
                     break
-            stripped = 0
-            for sid, seq in chosen:
-                error = _guarded(
-                    db, "UPDATE messages SET images = NULL, image_bytes = 0 WHERE sid = ? AND seq = ?", sid, seq
-                )
-                if error is None:
-                    stripped += 1
-                else:
-                    logger.error("session_image_on_damaged_page", sid=sid, seq=seq, error=error)
-            return stripped
 
-        return await self._run(work)
+            def damaged(row: tuple[int, int], error: str) -> None:
+                logger.error("session_image_on_damaged_page", sid=row[0], seq=row[1], error=error)
+
+            return _for_each(db, _STRIP_IMAGES, chosen, damaged)
+
+        return await self._run(work, transaction=False)
 
 
 def _statements(script: str) -> Iterable[str]:
     return (statement.strip() for statement in script.split(";") if statement.strip())
 
 
-def _guarded(db: sqlite3.Connection, sql: str, *args: object) -> str | None:
-    """Run one statement in a savepoint; on damage undo just it and return what went wrong."""
-    db.execute("SAVEPOINT guarded")
+def _for_each(db: sqlite3.Connection, sql: str, rows: list[R], damaged: Callable[[R, str], None]) -> int:
+    """Run ``sql`` for every row in one transaction; if damaged pages stop it, run it row by row,
+    each in its own transaction, so a damaged page costs only its own rows. Return how many rows
+    succeeded; ``damaged`` hears of the others.
+
+    Separate transactions, not savepoints: once SQLite met a damaged page in a write, committing
+    the rest of that transaction fails too.
+    """
     try:
-        db.execute(sql, args)
+        with db:
+            db.executemany(sql, rows)
     except sqlite3.DatabaseError as exc:
-        db.execute("ROLLBACK TO guarded")
-        db.execute("RELEASE guarded")
         if not is_damage(exc):
             raise
-        return str(exc)
-    db.execute("RELEASE guarded")
-    return None
+    else:
+        return len(rows)
+    done = 0
+    for row in rows:
+        try:
+            with db:
+                db.execute(sql, row)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            damaged(row, str(exc))
+        else:
+            done += 1
+    return done
 
 
-def _delete_messages(db: sqlite3.Connection, conversations: list[tuple[int, str, str]]) -> None:
-    """Delete the messages of conversations whose rows are already gone.
+def _delete_messages(db: sqlite3.Connection, conversations: dict[int, tuple[str, str]]) -> None:
+    """Delete the messages of conversations whose rows are already gone (and committed).
 
     Messages on damaged pages stay where they are, unreachable: their ``sid`` is never used again.
     """
-    for sid, owner, session_id in conversations:
-        error = _guarded(db, "DELETE FROM messages WHERE sid = ?", sid)
-        if error is not None:
-            logger.error("session_messages_left_damaged", owner=owner, session=session_id, sid=sid, error=error)
+
+    def damaged(row: tuple[int], error: str) -> None:
+        owner, session_id = conversations[row[0]]
+        logger.error("session_messages_left_damaged", owner=owner, session=session_id, sid=row[0], error=error)
+
+    _for_each(db, "DELETE FROM messages WHERE sid = ?", [(sid,) for sid in conversations], damaged)
 
 
 def _touch(db: sqlite3.Connection, owner: str, session_id: str, now: float) -> int:
     """Create the conversation or mark it active; return its ``sid``."""
-    db.execute(
-        "INSERT INTO sessions (owner, id, system_prompt, created_at, last_active) VALUES (?, ?, NULL, ?, ?) "
-        "ON CONFLICT (owner, id) DO UPDATE SET last_active = excluded.last_active",
+    row = db.execute("SELECT sid FROM sessions WHERE owner = ? AND id = ?", (owner, session_id)).fetchone()
+    if row is not None:
+        db.execute("UPDATE sessions SET last_active = ? WHERE sid = ?", (now, row[0]))
+        sid: int = row[0]
+        return sid
+    # Not an upsert: a conflicting INSERT would still use up an AUTOINCREMENT value.
+    created = db.execute(
+        "INSERT INTO sessions (owner, id, system_prompt, created_at, last_active) VALUES (?, ?, NULL, ?, ?)",
         (owner, session_id, now, now),
     )
-    sid: int = db.execute("SELECT sid FROM sessions WHERE owner = ? AND id = ?", (owner, session_id)).fetchone()[0]
-    return sid
+    if created.lastrowid is None:
+        raise RuntimeError("SQLite did not report the new conversation's sid")
+    return created.lastrowid
