@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.app import create_app
+from minato.sessions import SqliteStore
 from minato.settings import Settings
 from tests.payloads import chat_answer
 from tests.unit.test_session_store import DAMAGED, HEALTHY, _store_with_a_damaged_conversation
@@ -205,3 +207,28 @@ async def test_a_damaged_conversation_answers_409_and_deleting_it_starts_afresh(
     assert fresh.status_code == 200
     assert json.loads(route.calls.last.request.content)["messages"] == [{"role": "user", "content": "again"}]
     assert [m["content"] for m in view.json()["messages"]] == ["again", "fresh"]
+
+
+async def test_conversations_from_before_keys_are_seen_by_admins_only(
+    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.set_system_prompt("", "old", "From before keys.", now=time.time())
+    await store.set_system_prompt(FP_ADMIN, "old", "The admin's own.", now=time.time())
+    await store.close()
+    configured = msgspec.structs.replace(settings, session_store=str(path), api_keys="user-1", admin_keys="admin-1")
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    async with AsyncTestClient(app=app) as client:
+        by_user = await client.get("/chat/old", headers=USER_1)
+        user_listing = (await client.get("/chat", headers=USER_1)).json()
+        by_admin = await client.get("/chat/old", headers=ADMIN)
+        named = await client.get("/chat/old", params={"owner": ""}, headers=ADMIN)
+        admin_listing = (await client.get("/chat", params={"owner": ""}, headers=ADMIN)).json()
+
+    assert by_user.status_code == 404
+    assert user_listing["total"] == 0
+    assert (by_admin.json()["owner"], by_admin.json()["system_prompt"]) == (FP_ADMIN, "The admin's own.")
+    assert (named.json()["owner"], named.json()["system_prompt"]) == ("", "From before keys.")
+    assert [(s["owner"], s["id"]) for s in admin_listing["sessions"]] == [("", "old")]
