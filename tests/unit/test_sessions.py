@@ -160,6 +160,47 @@ async def test_turns_on_one_session_wait_for_each_other_and_other_sessions_do_no
         await manager.stop()
 
 
+async def test_the_same_id_of_two_owners_never_waits_for_the_other() -> None:
+    manager = SessionManager(MemoryStore(), Settings(session_store="memory://"))
+    await manager.start()
+    try:
+        first = await manager.begin("aaaaaaaaaaaa", "a")
+        other = await asyncio.wait_for(manager.begin("bbbbbbbbbbbb", "a"), timeout=1)
+        await other.commit("m", "q", [], "answer")
+        other.release()
+        first.release()
+
+        assert await manager.get("aaaaaaaaaaaa", "a") is None
+        assert await manager.get("bbbbbbbbbbbb", "a") is not None
+        assert manager._locks == {}
+    finally:
+        await manager.stop()
+
+
+async def test_a_change_outside_a_turn_waits_for_the_turn_in_progress() -> None:
+    store = MemoryStore()
+    manager = SessionManager(store, Settings(session_store="memory://"))
+    await manager.start()
+    try:
+        turn = await manager.begin("", "s")
+
+        async def clear() -> None:
+            async with manager.exclusive("", "s"):
+                await store.delete("", "s")
+
+        clearing = asyncio.ensure_future(clear())
+        await asyncio.sleep(0.05)
+        assert not clearing.done(), "the delete waits for the turn in progress"
+        await turn.commit("m", "q", [], "answer")
+        turn.release()
+        await asyncio.wait_for(clearing, timeout=1)
+
+        assert await store.get("", "s") is None
+        assert manager._locks == {}
+    finally:
+        await manager.stop()
+
+
 async def test_a_session_idle_past_its_ttl_is_gone() -> None:
     store = MemoryStore()
     manager = SessionManager(store, Settings(session_store="memory://", session_ttl=60))
