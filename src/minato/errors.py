@@ -112,11 +112,13 @@ class SessionDamagedError(MinatoError):
 
     status_code = 409
 
-    def __init__(self, session_id: str, reason: str) -> None:
+    def __init__(self, owner: str, session_id: str, reason: str) -> None:
+        # With the owner named, the DELETE is right for the owner's key and for an admin's alike.
+        target = f"/chat/{session_id}?owner={owner}" if owner else f"/chat/{session_id}"
         super().__init__(
-            f"conversation '{session_id}' is damaged in the session store ({reason}); "
-            f"DELETE /chat/{session_id} removes it"
+            f"conversation '{session_id}' is damaged in the session store ({reason}); DELETE {target} removes it"
         )
+        self.owner = owner
         self.session_id = session_id
 
 

@@ -276,7 +276,7 @@ async def test_a_conversation_created_again_gets_a_new_sid(tmp_path: Path) -> No
 DAMAGED, HEALTHY = "damaged", "healthy"
 
 
-async def _store_with_a_damaged_conversation(path: Path, images: bool = False) -> None:
+async def _store_with_a_damaged_conversation(path: Path, images: bool = False, owner: str = "") -> None:
     """Two conversations on pages of their own; then one page of the first one's messages is
     overwritten, as a failing disk would."""
     store = SqliteStore(path)
@@ -285,7 +285,7 @@ async def _store_with_a_damaged_conversation(path: Path, images: bool = False) -
     for session_id, base in ((DAMAGED, recently), (HEALTHY, recently + 100)):
         for n in range(20):
             pair = _pair(base + n, ["QUJD" * 10] if images else [], text=f"-{session_id.upper()}-{n}-" + "x" * 700)
-            await _append(store, "", session_id, pair)
+            await _append(store, owner, session_id, pair)
     await store.close()
     _overwrite_page_holding(path, b"-DAMAGED-10-")
 
@@ -349,6 +349,18 @@ async def test_a_damaged_conversation_is_a_clear_error_and_can_still_be_deleted(
     assert gone is None
     assert fresh is not None
     assert [m.content for m in fresh.messages] == ["q500", "a500"]
+
+
+async def test_the_damage_error_of_a_keys_conversation_says_how_to_delete_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    await _store_with_a_damaged_conversation(path, owner="aaaaaaaaaaaa")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        with pytest.raises(SessionDamagedError, match=rf"DELETE /chat/{DAMAGED}\?owner=aaaaaaaaaaaa removes it"):
+            await store.get("aaaaaaaaaaaa", DAMAGED)
+    finally:
+        await store.close()
 
 
 async def test_expiry_and_the_image_budget_get_past_damaged_pages(tmp_path: Path) -> None:

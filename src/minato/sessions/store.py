@@ -311,15 +311,17 @@ class SqliteStore:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    async def _run_on(self, session_id: str, work: Callable[[sqlite3.Connection], T], *, transaction: bool = True) -> T:
+    async def _run_on(
+        self, owner: str, session_id: str, work: Callable[[sqlite3.Connection], T], *, transaction: bool = True
+    ) -> T:
         """Run work on one conversation; damage becomes :class:`SessionDamagedError`."""
         try:
             return await self._run(work, transaction=transaction)
         except (sqlite3.DatabaseError, msgspec.DecodeError) as exc:
             if not is_damage(exc):
                 raise
-            logger.warning("session_damaged", session=session_id, error=str(exc))
-            raise SessionDamagedError(session_id, str(exc)) from exc
+            logger.warning("session_damaged", owner=owner, session=session_id, error=str(exc))
+            raise SessionDamagedError(owner, session_id, str(exc)) from exc
 
     async def open(self) -> None:
         """Create the database file and schema on first start, migrate an older schema, and
@@ -445,7 +447,7 @@ class SqliteStore:
                 last_active=row[3],
             )
 
-        return await self._run_on(session_id, work)
+        return await self._run_on(owner, session_id, work)
 
     async def owners_of(self, session_id: str) -> list[str]:
         """Return the owners having a conversation with this id."""
@@ -500,7 +502,7 @@ class SqliteStore:
                 )
             db.execute("UPDATE sessions SET message_count = ? WHERE sid = ?", (len(rows) - drop, sid))
 
-        await self._run_on(session_id, work)
+        await self._run_on(owner, session_id, work)
 
     async def set_system_prompt(self, owner: str, session_id: str, prompt: str | None, *, now: float) -> None:
         """Set or remove the system prompt."""
@@ -509,7 +511,7 @@ class SqliteStore:
             sid = _touch(db, owner, session_id, now)
             db.execute("UPDATE sessions SET system_prompt = ? WHERE sid = ?", (prompt, sid))
 
-        await self._run_on(session_id, work)
+        await self._run_on(owner, session_id, work)
 
     async def delete(self, owner: str, session_id: str) -> None:
         """Forget a conversation: its row first, then its messages (which may be damaged)."""
@@ -522,7 +524,7 @@ class SqliteStore:
                 db.execute("DELETE FROM sessions WHERE sid = ?", row)
             _delete_messages(db, {row[0]: (owner, session_id)})
 
-        await self._run_on(session_id, work, transaction=False)
+        await self._run_on(owner, session_id, work, transaction=False)
 
     async def list(self, owner: str | None, offset: int, limit: int) -> tuple[list[SessionSummary], int]:
         """Return a page of conversations (never reading their messages)."""
