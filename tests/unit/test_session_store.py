@@ -174,23 +174,26 @@ async def test_a_turn_with_images_keeps_the_store_within_its_image_budget() -> N
 # -- SQLite: migration ----------------------------------------------------------------------------
 
 
-def _v1_database(path: Path) -> None:
+def _v1_database(path: Path, since: float = 0.0) -> None:
+    """A v1 store with two conversations; its times are seconds after ``since``."""
     images = msgspec.json.encode(["aGk=", "Ym9uam91cg=="])
     db = sqlite3.connect(path)
     db.executescript(SCHEMA_V1)
     db.execute("PRAGMA user_version=1")
     with db:
-        db.execute("INSERT INTO sessions VALUES ('alice', 'Be brief.', 10, 20)")
-        db.execute("INSERT INTO sessions VALUES ('bob', NULL, 11, 30)")
+        db.executemany(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?)",
+            [("alice", "Be brief.", since + 10, since + 20), ("bob", None, since + 11, since + 30)],
+        )
         db.executemany(
             "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                ("alice", 1, "user", "What is it?", images, 2, None, 12.0),
-                ("alice", 2, "assistant", "A cat.", None, 0, "llava", 12.5),
-                ("alice", 3, "user", "Colour?", None, 1, None, 19.0),  # its image was dropped already
-                ("alice", 4, "assistant", "Grey.", None, 0, "llava", 20.0),
-                ("bob", 1, "user", "Hi", None, 0, None, 30.0),
-                ("bob", 2, "assistant", "Hello", None, 0, "llama3.2", 30.0),
+                ("alice", 1, "user", "What is it?", images, 2, None, since + 12.0),
+                ("alice", 2, "assistant", "A cat.", None, 0, "llava", since + 12.5),
+                ("alice", 3, "user", "Colour?", None, 1, None, since + 19.0),  # its image was dropped already
+                ("alice", 4, "assistant", "Grey.", None, 0, "llava", since + 20.0),
+                ("bob", 1, "user", "Hi", None, 0, None, since + 30.0),
+                ("bob", 2, "assistant", "Hello", None, 0, "llama3.2", since + 30.0),
             ],
         )
     db.close()
