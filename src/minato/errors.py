@@ -11,6 +11,8 @@
     ├── ClientDisconnectedError      499  the client left before its answer was ready (logged, never sent)
     ├── ModelNotFoundError           404  Ollama does not know the model
     ├── SessionNotFoundError         404  no conversation with that id
+    ├── AmbiguousSessionError        409  an admin named an id several keys have, without owner=
+    ├── SessionDamagedError          409  the store's pages holding a conversation are damaged
     └── UpstreamError                502  Ollama failed in some other way
         ├── UpstreamRejectedError    400  Ollama refused the request as malformed
         ├── OllamaUnavailableError   503  no connection to Ollama
@@ -115,6 +117,30 @@ class SessionNotFoundError(MinatoError):
     """No conversation has that id (or it expired)."""
 
     status_code = 404
+
+
+class AmbiguousSessionError(MinatoError):
+    """Several keys have a conversation with that id, and the admin did not say whose."""
+
+    status_code = 409
+
+
+class SessionDamagedError(MinatoError):
+    """The session store cannot read or write a conversation: its pages are damaged.
+
+    A 409, not a 5xx: clients retry server errors, and no retry can help; deleting it can.
+    """
+
+    status_code = 409
+
+    def __init__(self, owner: str, session_id: str, reason: str) -> None:
+        # With the owner named, the DELETE is right for the owner's key and for an admin's alike.
+        target = f"/chat/{session_id}?owner={owner}" if owner else f"/chat/{session_id}"
+        super().__init__(
+            f"conversation '{session_id}' is damaged in the session store ({reason}); DELETE {target} removes it"
+        )
+        self.owner = owner
+        self.session_id = session_id
 
 
 class UpstreamError(MinatoError):

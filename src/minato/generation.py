@@ -90,7 +90,8 @@ async def _admit(generation: Generation) -> tuple[Turn | None, Slot]:
     watch = not callable(generation.question)
     turn = None
     if params.session is not None:
-        begin = generation.sessions.begin(params.session)
+        # A key only ever continues its own conversations: the same id under another key is another one.
+        begin = generation.sessions.begin(generation.caller.fingerprint, params.session)
         turn = await unless_disconnected(request, begin) if watch else await begin
     try:
         key = canonical_model_name(generation.model)

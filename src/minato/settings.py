@@ -108,6 +108,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Conversations kept; beyond it the least recently active are forgotten."""
     session_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 32 * 1024 * 1024
     """Image bytes (base64) kept per conversation for follow-up questions; older images go first."""
+    store_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 2 * 1024 * 1024 * 1024
+    """Image bytes (base64) kept across all conversations together; beyond it the oldest images in the
+    whole store are dropped first, their text stays."""
     default_options: dict[str, Any] = msgspec.field(default_factory=dict)
     """Server-wide generation defaults as a JSON object, e.g. ``{"temperature": 0.7, "max_new_tokens": 512}``
     (names as in the query string); a request's own value wins."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Backend, MinatoServer, start_minato, stop_minato
+from tests.unit.test_session_store import DAMAGED, HEALTHY, _store_with_a_damaged_conversation, _v1_database
 
 pytestmark = pytest.mark.e2e
 
@@ -113,3 +116,66 @@ def test_history_survives_a_restart_and_a_kill_9(
     assert [m["content"] for m in view["messages"] if m["role"] == "user"] == ["before restart", "before kill"]
     assert _last_chat_messages(standin)[0] == {"role": "system", "content": "Be durable."}
     assert len(_last_chat_messages(standin)) == 6
+
+
+def test_a_v1_store_migrates_on_start_and_keys_keep_their_conversations_apart(
+    standin: httpx.Client, backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    directory: Path = tmp_path_factory.mktemp("migrated")
+    database = directory / "sessions.db"
+    _v1_database(database, since=time.time() - 3600)
+    server = start_minato(
+        backend.ollama_url,
+        directory / "minato.log",
+        session_store=str(database),
+        api_keys="user-1,user-2",
+        admin_keys="admin-1",
+    )
+    try:
+        url = server.url
+        by_user = httpx.get(f"{url}/chat/alice", headers={"X-API-Key": "user-1"}, timeout=10)
+        by_admin = httpx.get(f"{url}/chat/alice", headers={"X-API-Key": "admin-1"}, timeout=10)
+        turn = httpx.get(
+            f"{url}/llama3.2:1b",
+            params={"message": "mine", "session": "alice"},
+            headers={"X-API-Key": "user-1"},
+            timeout=10,
+        )
+        sent = _last_chat_messages(standin)
+        foreign = httpx.get(f"{url}/chat/alice", headers={"X-API-Key": "user-2"}, timeout=10)
+    finally:
+        stop_minato(server)
+
+    assert by_user.status_code == 404, "migrated conversations belong to no key"
+    assert by_admin.status_code == 200
+    assert (by_admin.json()["owner"], len(by_admin.json()["messages"])) == ("", 4)
+    assert turn.status_code == 200
+    assert sent == [{"role": "user", "content": "mine"}], "user-1's alice is its own, without the migrated history"
+    assert foreign.status_code == 404
+    assert "session_store_migrated" in (directory / "minato.log").read_text()
+
+
+def test_a_damaged_store_is_reported_at_start_and_its_damaged_conversation_can_be_deleted(
+    backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    directory: Path = tmp_path_factory.mktemp("damaged")
+    database = directory / "sessions.db"
+    asyncio.run(_store_with_a_damaged_conversation(database))
+    server = start_minato(backend.ollama_url, directory / "minato.log", session_store=str(database))
+    try:
+        url = server.url
+        read = httpx.get(f"{url}/chat/{DAMAGED}", timeout=10)
+        healthy = httpx.get(f"{url}/chat/{HEALTHY}", timeout=10)
+        deleted = httpx.delete(f"{url}/chat/{DAMAGED}", timeout=10)
+        fresh = httpx.get(f"{url}/llama3.2:1b", params={"message": "again", "session": DAMAGED}, timeout=10)
+    finally:
+        stop_minato(server)
+
+    assert read.status_code == 409
+    assert f"DELETE /chat/{DAMAGED}" in read.json()["detail"]
+    assert healthy.status_code == 200
+    assert deleted.status_code == 204
+    assert fresh.status_code == 200
+    events = [json.loads(line) for line in (directory / "minato.log").read_text().splitlines() if line.startswith("{")]
+    [report] = [e for e in events if e.get("event") == "session_store_damaged"]
+    assert report["damaged_sessions"] == [DAMAGED]

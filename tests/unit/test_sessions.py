@@ -57,9 +57,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def test_a_store_keeps_messages_in_order_and_trims_the_oldest_pairs(store: SessionStore) -> None:
     for n in range(4):
-        await store.append("s", _pair(n), max_messages=6, image_budget=10**6, now=100 + n)
+        await store.append("", "s", _pair(n), max_messages=6, image_budget=10**6, now=100 + n)
 
-    session = await store.get("s")
+    session = await store.get("", "s")
 
     assert session is not None
     assert [m.content for m in session.messages] == ["q1", "a1", "q2", "a2", "q3", "a3"]
@@ -68,10 +68,10 @@ async def test_a_store_keeps_messages_in_order_and_trims_the_oldest_pairs(store:
 
 
 async def test_a_store_drops_old_images_over_budget_but_keeps_their_text(store: SessionStore) -> None:
-    await store.append("s", _pair(1, ["A" * 60]), max_messages=10, image_budget=100, now=1)
-    await store.append("s", _pair(2, ["B" * 60]), max_messages=10, image_budget=100, now=2)
+    await store.append("", "s", _pair(1, ["A" * 60]), max_messages=10, image_budget=100, now=1)
+    await store.append("", "s", _pair(2, ["B" * 60]), max_messages=10, image_budget=100, now=2)
 
-    session = await store.get("s")
+    session = await store.get("", "s")
 
     assert session is not None
     assert [m.images for m in session.messages if m.role == "user"] == [[], ["B" * 60]]
@@ -80,11 +80,11 @@ async def test_a_store_drops_old_images_over_budget_but_keeps_their_text(store: 
 
 
 async def test_a_store_keeps_the_system_prompt_through_trimming(store: SessionStore) -> None:
-    await store.set_system_prompt("s", "Be brief.", now=1)
+    await store.set_system_prompt("", "s", "Be brief.", now=1)
     for n in range(5):
-        await store.append("s", _pair(n), max_messages=2, image_budget=0, now=2 + n)
+        await store.append("", "s", _pair(n), max_messages=2, image_budget=0, now=2 + n)
 
-    session = await store.get("s")
+    session = await store.get("", "s")
 
     assert session is not None
     assert session.system_prompt == "Be brief."
@@ -93,44 +93,44 @@ async def test_a_store_keeps_the_system_prompt_through_trimming(store: SessionSt
 
 async def test_a_store_expires_idle_sessions_then_the_least_recent_beyond_the_cap(store: SessionStore) -> None:
     for n, sid in enumerate(["old", "mid", "new", "newest"]):
-        await store.append(sid, _pair(n), max_messages=10, image_budget=0, now=10 * (n + 1))
+        await store.append("", sid, _pair(n), max_messages=10, image_budget=0, now=10 * (n + 1))
 
     dropped = await store.expire(idle_before=15, max_sessions=2)
 
     assert dropped == 2
-    page, total = await store.list(0, 10)
+    page, total = await store.list(None, 0, 10)
     assert [s.id for s in page] == ["newest", "new"]
     assert total == 2
 
 
 async def test_a_store_lists_sessions_most_recent_first_with_pagination(store: SessionStore) -> None:
     for n in range(5):
-        await store.append(f"s{n}", _pair(n), max_messages=10, image_budget=0, now=n)
+        await store.append("", f"s{n}", _pair(n), max_messages=10, image_budget=0, now=n)
 
-    page, total = await store.list(1, 2)
+    page, total = await store.list(None, 1, 2)
 
     assert total == 5
     assert [(s.id, s.message_count) for s in page] == [("s3", 2), ("s2", 2)]
 
 
 async def test_deleting_a_session_twice_is_fine(store: SessionStore) -> None:
-    await store.append("s", _pair(1), max_messages=10, image_budget=0, now=1)
+    await store.append("", "s", _pair(1), max_messages=10, image_budget=0, now=1)
 
-    await store.delete("s")
-    await store.delete("s")
+    await store.delete("", "s")
+    await store.delete("", "s")
 
-    assert await store.get("s") is None
+    assert await store.get("", "s") is None
 
 
 async def test_the_sqlite_store_keeps_sessions_across_reopening(tmp_path: Path) -> None:
     first = SqliteStore(tmp_path / "s.db")
     await first.open()
-    await first.append("s", _pair(1, ["aGk="]), max_messages=10, image_budget=100, now=1)
+    await first.append("", "s", _pair(1, ["aGk="]), max_messages=10, image_budget=100, now=1)
     await first.close()
 
     second = SqliteStore(tmp_path / "s.db")
     await second.open()
-    session = await second.get("s")
+    session = await second.get("", "s")
     await second.close()
 
     assert session is not None
@@ -141,9 +141,9 @@ async def test_turns_on_one_session_wait_for_each_other_and_other_sessions_do_no
     manager = SessionManager(MemoryStore(), Settings(session_store="memory://"))
     await manager.start()
     try:
-        first = await manager.begin("a")
-        second = asyncio.ensure_future(manager.begin("a"))
-        other = await asyncio.wait_for(manager.begin("b"), timeout=1)
+        first = await manager.begin("", "a")
+        second = asyncio.ensure_future(manager.begin("", "a"))
+        other = await asyncio.wait_for(manager.begin("", "b"), timeout=1)
         await asyncio.sleep(0.05)
         assert not second.done(), "the second turn on a session waits for the first"
 
@@ -160,13 +160,54 @@ async def test_turns_on_one_session_wait_for_each_other_and_other_sessions_do_no
         await manager.stop()
 
 
+async def test_the_same_id_of_two_owners_never_waits_for_the_other() -> None:
+    manager = SessionManager(MemoryStore(), Settings(session_store="memory://"))
+    await manager.start()
+    try:
+        first = await manager.begin("aaaaaaaaaaaa", "a")
+        other = await asyncio.wait_for(manager.begin("bbbbbbbbbbbb", "a"), timeout=1)
+        await other.commit("m", "q", [], "answer")
+        other.release()
+        first.release()
+
+        assert await manager.get("aaaaaaaaaaaa", "a") is None
+        assert await manager.get("bbbbbbbbbbbb", "a") is not None
+        assert manager._locks == {}
+    finally:
+        await manager.stop()
+
+
+async def test_a_change_outside_a_turn_waits_for_the_turn_in_progress() -> None:
+    store = MemoryStore()
+    manager = SessionManager(store, Settings(session_store="memory://"))
+    await manager.start()
+    try:
+        turn = await manager.begin("", "s")
+
+        async def clear() -> None:
+            async with manager.exclusive("", "s"):
+                await store.delete("", "s")
+
+        clearing = asyncio.ensure_future(clear())
+        await asyncio.sleep(0.05)
+        assert not clearing.done(), "the delete waits for the turn in progress"
+        await turn.commit("m", "q", [], "answer")
+        turn.release()
+        await asyncio.wait_for(clearing, timeout=1)
+
+        assert await store.get("", "s") is None
+        assert manager._locks == {}
+    finally:
+        await manager.stop()
+
+
 async def test_a_session_idle_past_its_ttl_is_gone() -> None:
     store = MemoryStore()
     manager = SessionManager(store, Settings(session_store="memory://", session_ttl=60))
-    await store.append("s", _pair(1), max_messages=10, image_budget=0, now=time.time() - 120)
+    await store.append("", "s", _pair(1), max_messages=10, image_budget=0, now=time.time() - 120)
 
-    assert await manager.get("s") is None
-    assert await store.get("s") is None
+    assert await manager.get("", "s") is None
+    assert await store.get("", "s") is None
 
 
 # -- through HTTP ---------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 Seed equivalents: "clear chat history" is ``DELETE /chat/{session}``; "add system prompt" is
 ``PUT /chat/{session}/system_prompt``.
+
+A conversation belongs to the key that created it. A user key addresses only its own: another
+key's conversation is, to it, one that does not exist. An admin key may address every owner's,
+naming one with ``owner=`` when several keys have the same id.
 """
 
 from __future__ import annotations
@@ -12,17 +16,38 @@ from typing import Annotated, Any, Final
 import msgspec
 from litestar import Request, delete, get, put
 from litestar.di import NamedDependency
+from litestar.exceptions import PermissionDeniedException
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, Parameter
 
-from minato.errors import SessionNotFoundError
+from minato.errors import AmbiguousSessionError, SessionNotFoundError
 from minato.handlers.common import VALIDATION_RESPONSE, error_spec
 from minato.options import check_text_length
+from minato.security import Caller, Role
 from minato.sessions import Session, SessionManager, validate_session_id
 from minato.settings import Settings
 
 SessionId = Annotated[str, Parameter(description="The conversation id (1-128 letters, digits, `_-.:`).")]
+Owner = Annotated[
+    str | None,
+    Parameter(
+        description=(
+            "Whose conversation (a key fingerprint; empty: keyless or from before keys owned conversations). "
+            "Admin keys only; a user key may name only itself."
+        ),
+        pattern=r"^([0-9a-f]{12})?$",
+    ),
+]
 MAX_OFFSET: Final = 1_000_000_000
-NOT_FOUND: Final = {404: error_spec("No conversation has that id (or it expired)."), 422: VALIDATION_RESPONSE}
+ADDRESSING: Final[dict[int, ResponseSpec]] = {
+    403: error_spec("A user key named another key's conversations with `owner=`."),
+    409: error_spec(
+        "An admin key named an id several keys have, without `owner=` (the detail lists them); or the "
+        "conversation is damaged in the store (the detail names it: `DELETE` removes it)."
+    ),
+    422: VALIDATION_RESPONSE,
+}
+NOT_FOUND: Final = {404: error_spec("No conversation has that id (or it expired)."), **ADDRESSING}
 
 
 def _iso(timestamp: float) -> str:
@@ -51,6 +76,8 @@ class SessionTotals(msgspec.Struct, frozen=True, kw_only=True):
 class SessionView(msgspec.Struct, frozen=True, kw_only=True):
     """A whole conversation."""
 
+    owner: str
+    """Fingerprint of the key it belongs to (empty: keyless, or from before keys owned conversations)."""
     id: str
     system_prompt: str | None
     messages: list[MessageView]
@@ -63,6 +90,7 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
         """Present a stored session."""
         messages = session.messages
         return cls(
+            owner=session.owner,
             id=session.id,
             system_prompt=session.system_prompt,
             messages=[
@@ -85,6 +113,7 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
 class SessionListItem(msgspec.Struct, frozen=True, kw_only=True):
     """A conversation in a listing."""
 
+    owner: str
     id: str
     message_count: int
     last_active: str
@@ -105,22 +134,62 @@ class SystemPromptBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     system_prompt: str
 
 
-async def _existing(sessions: SessionManager, session_id: str) -> Session:
-    session = await sessions.get(validate_session_id(session_id))
+async def _owner(sessions: SessionManager, caller: Caller, session_id: str, owner: str | None) -> str:
+    """Whose conversation ``session_id`` a request addresses.
+
+    A user key: its own, always. An admin key: ``owner``'s if given; else its own if it has one,
+    else the only one with that id; with several, the caller must choose.
+    """
+    validate_session_id(session_id)
+    if caller.role < Role.ADMIN:
+        if owner is not None and owner != caller.fingerprint:
+            raise PermissionDeniedException("a user key can only address its own conversations")
+        return caller.fingerprint
+    if owner is not None:
+        return owner
+    owners = await sessions.store.owners_of(session_id)
+    if not owners or caller.fingerprint in owners:
+        return caller.fingerprint
+    if len(owners) == 1:
+        return owners[0]
+    listed = ", ".join(f"'{o}'" for o in owners)
+    raise AmbiguousSessionError(
+        f"several keys have a conversation '{session_id}' (owners {listed}); add owner=<one of them>"
+    )
+
+
+async def _existing(sessions: SessionManager, owner: str, session_id: str) -> Session:
+    session = await sessions.get(owner, session_id)
     if session is None:
         raise SessionNotFoundError(f"no conversation '{session_id}'")
     return session
 
 
-@get("/chat", operation_id="ListSessions", summary="List conversations", tags=["chat"])
+@get(
+    "/chat",
+    operation_id="ListSessions",
+    summary="List conversations",
+    responses={403: ADDRESSING[403], 422: VALIDATION_RESPONSE},
+    tags=["chat"],
+)
 async def list_sessions(
     sessions: NamedDependency[SessionManager],
+    caller: NamedDependency[Caller],
     offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET, description="Conversations to skip.")] = 0,
     limit: Annotated[int, Parameter(ge=1, le=100, description="Conversations per page.")] = 20,
+    owner: Owner = None,
 ) -> SessionPage:
-    """Return a page of conversations with their message counts and last activity."""
-    page, total = await sessions.store.list(offset, limit)
-    items = [SessionListItem(id=s.id, message_count=s.message_count, last_active=_iso(s.last_active)) for s in page]
+    """Return a page of the caller's conversations (an admin key: everyone's, or ``owner``'s) with
+    their message counts and last activity."""
+    if caller.role < Role.ADMIN:
+        if owner is not None and owner != caller.fingerprint:
+            raise PermissionDeniedException("a user key can only list its own conversations")
+        owner = caller.fingerprint
+    page, total = await sessions.store.list(owner, offset, limit)
+    items = [
+        SessionListItem(owner=s.owner, id=s.id, message_count=s.message_count, last_active=_iso(s.last_active))
+        for s in page
+    ]
     return SessionPage(sessions=items, total=total, offset=offset, limit=limit)
 
 
@@ -131,29 +200,42 @@ async def list_sessions(
     responses=NOT_FOUND,
     tags=["chat"],
 )
-async def get_session(session_id: SessionId, sessions: NamedDependency[SessionManager]) -> SessionView:
+async def get_session(
+    session_id: SessionId,
+    sessions: NamedDependency[SessionManager],
+    caller: NamedDependency[Caller],
+    owner: Owner = None,
+) -> SessionView:
     """Return the system prompt and every message of a conversation."""
-    return SessionView.of(await _existing(sessions, session_id))
+    owner = await _owner(sessions, caller, session_id, owner)
+    return SessionView.of(await _existing(sessions, owner, session_id))
 
 
 @delete(
     "/chat/{session_id:str}",
     operation_id="ClearSession",
     summary="Clear a conversation (the seed's 'clear chat history')",
-    responses={422: VALIDATION_RESPONSE},
+    responses=ADDRESSING,
     tags=["chat"],
 )
-async def clear_session(session_id: SessionId, sessions: NamedDependency[SessionManager]) -> None:
-    """Forget a conversation and its system prompt; clearing an unknown one is not an error."""
-    async with sessions.exclusive(validate_session_id(session_id)):
-        await sessions.store.delete(session_id)
+async def clear_session(
+    session_id: SessionId,
+    sessions: NamedDependency[SessionManager],
+    caller: NamedDependency[Caller],
+    owner: Owner = None,
+) -> None:
+    """Forget a conversation and its system prompt (a damaged one too); clearing an unknown one
+    is not an error."""
+    owner = await _owner(sessions, caller, session_id, owner)
+    async with sessions.exclusive(owner, session_id):
+        await sessions.store.delete(owner, session_id)
 
 
 @put(
     "/chat/{session_id:str}/system_prompt",
     operation_id="SetSystemPrompt",
     summary="Set a conversation's system prompt (the seed's 'add system prompt')",
-    responses={422: VALIDATION_RESPONSE},
+    responses=ADDRESSING,
     tags=["chat"],
 )
 async def set_system_prompt(
@@ -162,13 +244,16 @@ async def set_system_prompt(
     data: JSONBody[SystemPromptBody],
     sessions: NamedDependency[SessionManager],
     settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
+    owner: Owner = None,
 ) -> SessionView:
     """Set the system prompt every later turn of the conversation starts with (creates it if new)."""
     validate_session_id(session_id)
     check_text_length("system_prompt", data.system_prompt, settings, source="body")
-    async with sessions.exclusive(session_id):
-        await sessions.store.set_system_prompt(session_id, data.system_prompt, now=_now())
-    return SessionView.of(await _existing(sessions, session_id))
+    owner = await _owner(sessions, caller, session_id, owner)
+    async with sessions.exclusive(owner, session_id):
+        await sessions.store.set_system_prompt(owner, session_id, data.system_prompt, now=_now())
+    return SessionView.of(await _existing(sessions, owner, session_id))
 
 
 @delete(
@@ -178,11 +263,17 @@ async def set_system_prompt(
     responses=NOT_FOUND,
     tags=["chat"],
 )
-async def remove_system_prompt(session_id: SessionId, sessions: NamedDependency[SessionManager]) -> None:
+async def remove_system_prompt(
+    session_id: SessionId,
+    sessions: NamedDependency[SessionManager],
+    caller: NamedDependency[Caller],
+    owner: Owner = None,
+) -> None:
     """Remove the system prompt; the messages stay."""
-    await _existing(sessions, session_id)
-    async with sessions.exclusive(session_id):
-        await sessions.store.set_system_prompt(session_id, None, now=_now())
+    owner = await _owner(sessions, caller, session_id, owner)
+    await _existing(sessions, owner, session_id)
+    async with sessions.exclusive(owner, session_id):
+        await sessions.store.set_system_prompt(owner, session_id, None, now=_now())
 
 
 def _now() -> float:

@@ -27,8 +27,11 @@ class Turn:
     abandoned or failed answer leaves the session exactly as it was.
     """
 
-    def __init__(self, manager: SessionManager, session_id: str, session: Session | None, lock: _SessionLock) -> None:
+    def __init__(
+        self, manager: SessionManager, owner: str, session_id: str, session: Session | None, lock: _SessionLock
+    ) -> None:
         self.manager = manager
+        self.owner = owner
         self.session_id = session_id
         self.session = session
         self._lock: _SessionLock | None = lock
@@ -52,18 +55,21 @@ class Turn:
             StoredMessage(role="assistant", content=answer, model=model, at=now),
         ]
         await self.manager.store.append(
+            self.owner,
             self.session_id,
             messages,
             max_messages=self.manager.settings.session_max_messages,
             image_budget=self.manager.settings.session_image_bytes,
             now=now,
         )
+        if images:
+            await self.manager.enforce_image_budget()
 
     def release(self) -> None:
         """Let the next request on this session go ahead (idempotent)."""
         if self._lock is not None:
             lock, self._lock = self._lock, None
-            self.manager.release(self.session_id, lock)
+            self.manager.release((self.owner, self.session_id), lock)
 
 
 class _SessionLock:
@@ -75,18 +81,19 @@ class _SessionLock:
 
 
 class SessionManager:
-    """Serialises turns per session (sessions never wait for each other) and expires idle ones."""
+    """Serialises turns per conversation (conversations never wait for each other, whoever owns
+    them) and expires idle ones."""
 
     def __init__(self, store: SessionStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self._locks: dict[str, _SessionLock] = {}
+        self._locks: dict[tuple[str, str], _SessionLock] = {}
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the store and start the periodic expiry."""
         await self.store.open()
-        await self.expire()
+        await self._expire_logged()
         self._expiry = asyncio.create_task(self._expire_forever(), name="minato-session-expiry")
 
     async def stop(self) -> None:
@@ -97,50 +104,69 @@ class SessionManager:
                 await self._expiry
         await self.store.close()
 
-    async def begin(self, session_id: str) -> Turn:
-        """Wait for the session's previous turn to finish, then start a new one."""
-        entry = self._locks.get(session_id)
+    async def _acquire(self, key: tuple[str, str]) -> _SessionLock:
+        entry = self._locks.get(key)
         if entry is None:
-            entry = self._locks[session_id] = _SessionLock()
+            entry = self._locks[key] = _SessionLock()
         entry.users += 1
         try:
             await entry.lock.acquire()
         except BaseException:
-            self._forget_lock(session_id, entry)
+            self._forget_lock(key, entry)
             raise
+        return entry
+
+    async def begin(self, owner: str, session_id: str) -> Turn:
+        """Wait for the conversation's previous turn to finish, then start a new one."""
+        key = (owner, session_id)
+        entry = await self._acquire(key)
         try:
-            session = await self.get(session_id)
+            session = await self.get(owner, session_id)
         except BaseException:
-            self.release(session_id, entry)
+            self.release(key, entry)
             raise
-        return Turn(self, session_id, session, entry)
+        return Turn(self, owner, session_id, session, entry)
 
-    def release(self, session_id: str, entry: _SessionLock) -> None:
-        """Release a session's lock taken by :meth:`begin`."""
+    def release(self, key: tuple[str, str], entry: _SessionLock) -> None:
+        """Release a conversation's lock taken by :meth:`begin` or :meth:`exclusive`."""
         entry.lock.release()
-        self._forget_lock(session_id, entry)
+        self._forget_lock(key, entry)
 
-    def _forget_lock(self, session_id: str, entry: _SessionLock) -> None:
+    def _forget_lock(self, key: tuple[str, str], entry: _SessionLock) -> None:
         entry.users -= 1
-        if entry.users == 0 and self._locks.get(session_id) is entry:
-            del self._locks[session_id]
+        if entry.users == 0 and self._locks.get(key) is entry:
+            del self._locks[key]
 
-    async def get(self, session_id: str) -> Session | None:
-        """Return a live session; one idle past ``session_ttl`` counts as gone."""
-        session = await self.store.get(session_id)
+    async def get(self, owner: str, session_id: str) -> Session | None:
+        """Return a live conversation; one idle past ``session_ttl`` counts as gone."""
+        session = await self.store.get(owner, session_id)
         if session is not None and session.last_active < time.time() - self.settings.session_ttl:
-            await self.store.delete(session_id)
+            await self.store.delete(owner, session_id)
             return None
         return session
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, session_id: str) -> AsyncIterator[Turn]:
-        """Hold a session's lock for a change made outside a generation (system prompt, delete)."""
-        turn = await self.begin(session_id)
+    async def exclusive(self, owner: str, session_id: str) -> AsyncIterator[None]:
+        """Hold a conversation's lock for a change made outside a generation (system prompt,
+        delete). It does not read the conversation, so a damaged one can still be deleted."""
+        key = (owner, session_id)
+        entry = await self._acquire(key)
         try:
-            yield turn
+            yield
         finally:
-            turn.release()
+            self.release(key, entry)
+
+    async def enforce_image_budget(self) -> int:
+        """Keep the whole store within ``store_image_bytes``; a failure is logged, never raised:
+        the turn that triggered it is already recorded."""
+        try:
+            stripped = await self.store.enforce_image_budget(self.settings.store_image_bytes)
+        except Exception:
+            logger.exception("session_image_budget_failed")
+            return 0
+        if stripped:
+            logger.info("session_images_dropped", messages=stripped, budget=self.settings.store_image_bytes)
+        return stripped
 
     async def expire(self) -> int:
         """Drop idle sessions and those beyond ``max_sessions``; return how many."""
@@ -149,10 +175,13 @@ class SessionManager:
             logger.info("sessions_expired", count=dropped)
         return dropped
 
+    async def _expire_logged(self) -> None:
+        try:
+            await self.expire()
+        except Exception:  # a failing sweep must not stop Minato; it is retried next minute
+            logger.exception("session_expiry_failed")
+
     async def _expire_forever(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL_SECONDS)
-            try:
-                await self.expire()
-            except Exception:  # a failing sweep must not end the loop; it is retried next minute
-                logger.exception("session_expiry_failed")
+            await self._expire_logged()

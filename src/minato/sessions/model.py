@@ -35,6 +35,8 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
 class Session(msgspec.Struct, frozen=True, kw_only=True):
     """A whole conversation."""
 
+    owner: str
+    """Fingerprint of the key that created it (``""``: keyless, or kept from before keys owned them)."""
     id: str
     system_prompt: str | None
     messages: list[StoredMessage]
@@ -45,6 +47,7 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
 class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
     """A conversation in a listing."""
 
+    owner: str
     id: str
     message_count: int
     last_active: float
