@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from minato.app import create_app
 from minato.settings import Settings
-from tests.payloads import INSTALLED, catalogue
+from tests.payloads import INSTALLED, catalogue, not_found
 
 OLLAMA_URL = "http://ollama.test:11434"
 
@@ -62,6 +62,8 @@ def fx_ollama() -> Iterator[respx.MockRouter]:
         # The models the generation routes find installed (Minato checks a name against this list
         # before it asks for an answer); a test that needs another list adds its own route.
         router.get("/api/tags", name="tags").respond(200, json=catalogue(*INSTALLED))
+        # A name not in that list is asked of /api/show before it is called unknown.
+        router.post("/api/show", name="show").respond(404, json=not_found("unlisted"))
         yield router
 
 

@@ -131,7 +131,7 @@ def create_app(
             description=API_DESCRIPTION,
             # The docs router is exempt from keys as a whole (the API description holds no secrets,
             # and a browser cannot send a key to it); the exemption travels with its handlers.
-            openapi_router=Router(path="/docs", route_handlers=[], opt={PUBLIC: True}),
+            openapi_router=Router(path="/docs", route_handlers=[], opt={PUBLIC: True}, include_in_schema=False),
             components=Components(
                 security_schemes={
                     "key": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),

@@ -11,8 +11,8 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.upstream.catalog import MIN_REFRESH_SECONDS
-from tests.payloads import catalogue, chat_answer, not_found
+from minato.upstream.catalog import MIN_REFRESH_SECONDS, SHOW_LOOKUPS_PER_SECOND
+from tests.payloads import catalogue, chat_answer, not_found, show
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -197,16 +197,27 @@ async def test_the_ollama_and_openai_prefixes_are_never_model_names(
     assert not chat.called
 
 
-async def test_an_unknown_name_asks_ollama_for_its_models_at_most_once_a_second(
+async def test_a_flood_of_invented_names_costs_ollama_a_few_calls_a_second(
     client: Client, ollama: respx.MockRouter
 ) -> None:
-    tags = ollama.routes["tags"]
+    tags, show_route = ollama.routes["tags"], ollama.routes["show"]
 
-    for index in range(20):
+    for index in range(50):
         response = await client.get(f"/invented-{index}", params={"message": "hi"})
         assert response.status_code == 404
 
-    assert tags.call_count == 1, "a flood of invented names costs Ollama one model list"
+    assert tags.call_count == 1, "one model list a second"
+    assert show_route.call_count <= SHOW_LOOKUPS_PER_SECOND * 2
+
+
+async def test_a_model_show_knows_but_the_list_does_not_is_served(client: Client, ollama: respx.MockRouter) -> None:
+    ollama.post("/api/show", name="show").respond(200, json=show(["completion"]))
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/unlisted:7b", params={"message": "hi"})
+
+    assert response.status_code == 200
+    assert chat.called
 
 
 async def test_a_model_installed_behind_minatos_back_is_found_by_a_fresh_list(

@@ -302,6 +302,43 @@ async def test_images_of_a_session_turn_are_sent_again_with_follow_ups(
     assert (await client.get("/chat/s")).json()["messages"][0]["image_count"] == 1
 
 
+async def test_a_text_model_after_a_picture_gets_the_history_without_its_images(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    def capabilities(request: httpx.Request) -> httpx.Response:
+        model = json.loads(request.content)["model"]
+        return httpx.Response(200, json=show(["completion", "vision"] if model == "llava" else ["completion"]))
+
+    ollama.post("/api/show").mock(side_effect=capabilities)
+    route = ollama.post("/api/chat").respond(200, json=chat_answer("A red ball."))
+    await client.post(
+        "/vision/llava", params={"message": "What is it?", "session": "bob"}, files=[("images", ("a.png", PNG_1PX))]
+    )
+
+    response = await client.get("/llama3.2", params={"message": "What colour was it?", "session": "bob"})
+
+    assert response.status_code == 200
+    sent = json.loads(route.calls.last.request.content)["messages"]
+    assert [m["content"] for m in sent] == ["What is it?", "A red ball.", "What colour was it?"]
+    assert not [m for m in sent if m.get("images")], "a text-only model is never sent an image"
+    again = await client.get("/llava", params={"message": "And its shape?", "session": "bob"})
+    assert again.status_code == 200
+    assert json.loads(route.calls.last.request.content)["messages"][0]["images"], "a vision model still sees it"
+    assert (await client.get("/chat/bob")).json()["messages"][0]["image_count"] == 1
+
+
+async def test_a_conversation_without_images_costs_no_capability_lookup(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    show_route = ollama.post("/api/show").respond(200, json=show(["completion"]))
+    ollama.post("/api/chat").respond(200, json=chat_answer("Hi."))
+    await client.get("/llama3.2", params={"message": "Hello", "session": "plain"})
+
+    await client.get("/llama3.2", params={"message": "Again", "session": "plain"})
+
+    assert not show_route.called
+
+
 @pytest.mark.parametrize("session", ["has space", "x" * 129, "slash/inside", ""])
 async def test_a_malformed_session_id_is_a_422_and_reaches_nobody(
     client: Client, ollama: respx.MockRouter, session: str

@@ -333,14 +333,14 @@ async def test_a_model_reporting_no_capabilities_says_so(client: Client, ollama:
 async def test_an_unknown_model_is_a_404_before_its_capabilities_are_asked(
     client: Client, ollama: respx.MockRouter
 ) -> None:
-    show_route = ollama.post("/api/show").respond(200, json=show(VISION))
+    show_route = ollama.post("/api/show").respond(404, json=not_found("nope:latest"))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.post("/vision/nope", params={"message": "hi"}, files=[png()])
 
     assert response.status_code == 404
     assert response.json()["detail"].startswith("model 'nope' not found in Ollama")
-    assert not show_route.called
+    assert show_route.call_count == 1, "an unlisted name is asked of /api/show once"
     assert not chat.called
 
 
