@@ -54,6 +54,10 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
     """Run the ASGI server until it is told to stop."""
     import uvicorn
 
+    from minato.httpserver import BoundedHttpToolsProtocol, raise_open_file_limit
+
+    # Every client connection is a descriptor; worker processes inherit the raised limit.
+    raise_open_file_limit()
     uvicorn.run(
         "minato.app:create_app",
         factory=True,
@@ -61,7 +65,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
         access_log=False,
         log_config=None,
         log_level=settings.log_level,

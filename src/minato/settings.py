@@ -66,6 +66,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Seconds running streams may take to finish after SIGTERM before they are closed."""
     max_query_chars: PositiveInt = 65_536
     """Longest accepted query string, in bytes as sent (414 beyond)."""
+    header_timeout: PositiveFloat = 10.0
+    """Seconds a client connection may take to send a complete request head (request line and headers);
+    beyond it the connection gets a 408 and is closed."""
+    max_client_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Open client connections one worker accepts (0: automatic, half the open-file limit); beyond it a
+    new connection gets a 503 and is closed at once. Connections to Ollama are ``MINATO_MAX_CONNECTIONS``."""
     connect_timeout: PositiveFloat = 5.0
     """Seconds to open a TCP connection to Ollama before answering 503."""
     first_token_timeout: PositiveFloat = 300.0
