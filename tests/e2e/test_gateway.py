@@ -58,7 +58,7 @@ def test_only_what_the_caller_set_reaches_ollama_with_ollamas_own_host_header(
     assert sent["body"] == {
         "model": backend.model,
         "messages": [{"role": "user", "content": "hi"}],
-        "stream": False,
+        "stream": True,  # whole answers are streamed too, so the first-token timeout applies
         "options": {"temperature": 0.2},
         "keep_alive": "10m",
     }
@@ -132,10 +132,11 @@ def test_sse_stream_emits_token_events_then_done(http: httpx.Client, backend: Ba
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    events = [block.split("\n", 1) for block in response.text.strip().split("\n\n")]
-    assert {name for name, _ in events[:-1]} == {"event: token"}
-    assert events[-1][0] == "event: done"
-    assert json.loads(events[-1][1].removeprefix("data: "))["done_reason"] in {"stop", "length"}
+    events = [dict(line.split(": ", 1) for line in block.split("\n")) for block in response.text.strip().split("\n\n")]
+    assert {event["event"] for event in events[:-1]} == {"token"}
+    assert events[-1]["event"] == "done"
+    assert events[-1]["id"].endswith("-end")
+    assert json.loads(events[-1]["data"])["done_reason"] in {"stop", "length"}
 
 
 def test_a_client_that_disconnects_mid_stream_stops_ollama(minato: MinatoServer, standin: httpx.Client) -> None:
