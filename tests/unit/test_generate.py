@@ -210,6 +210,17 @@ async def test_a_flood_of_invented_names_costs_ollama_a_few_calls_a_second(
     assert show_route.call_count <= SHOW_LOOKUPS_PER_SECOND * 2
 
 
+async def test_many_requests_for_one_unlisted_model_share_one_lookup(client: Client, ollama: respx.MockRouter) -> None:
+    show_route = ollama.post("/api/show", name="show").respond(200, json=show(["completion"]))
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    responses = await asyncio.gather(*(client.get("/unlisted:7b", params={"message": "hi"}) for _ in range(30)))
+
+    assert [r.status_code for r in responses] == [200] * 30
+    assert show_route.call_count == 1
+    assert chat.call_count == 30
+
+
 async def test_a_model_show_knows_but_the_list_does_not_is_served(client: Client, ollama: respx.MockRouter) -> None:
     ollama.post("/api/show", name="show").respond(200, json=show(["completion"]))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())

@@ -49,6 +49,7 @@ class ModelCatalog:
         self._missing: dict[str, float] = {}
         self._listed_at: float | None = None
         self._pending: asyncio.Future[bool] | None = None
+        self._shows: dict[str, asyncio.Future[bool | None]] = {}
         self._lookups = (0.0, 0)  # start of the current second, lookups made in it
 
     def record(self, tags: TagsResponse) -> None:
@@ -96,22 +97,31 @@ class ModelCatalog:
         missing_since = self._missing.get(key)
         if missing_since is not None and now - missing_since < MISSING_SECONDS:
             return False
+        pending = self._shows.get(key)
+        if pending is not None:  # many requests for one unlisted model share one lookup
+            return await asyncio.shield(pending)
         second, made = self._lookups
         if now - second >= 1.0:
             second, made = now, 0
         if made >= SHOW_LOOKUPS_PER_SECOND:
             return False  # a flood of invented names: no more lookups this second
         self._lookups = (second, made + 1)
+        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._shows[key] = future
+        known: bool | None = None
         try:
             await self.upstream.facts(model)
+            known = True
+            _remember(self._shown, key, model)
         except ModelNotFoundError:
+            known = False
             _remember(self._missing, key, now)
-            return False
         except MinatoError as exc:
             logger.debug("model_lookup_unavailable", detail=exc.detail)
-            return None
-        _remember(self._shown, key, model)
-        return True
+        finally:
+            del self._shows[key]
+            future.set_result(known)  # also when this caller was cancelled: the others must not hang
+        return known
 
     def label(self, model: str | None) -> str:
         """The metric label of ``model``: its name as Ollama lists it, or ``other``; empty for no model."""
