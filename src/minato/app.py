@@ -22,6 +22,7 @@ from minato.handlers import ROUTE_HANDLERS
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.options import provide_generation_options
+from minato.query import reject_repeated_parameters
 from minato.security import PUBLIC, Keyring, make_caller_provider, make_guard
 from minato.sessions import SessionManager, open_store
 from minato.settings import Settings
@@ -122,6 +123,7 @@ def create_app(
             "params": Provide(provide_generation_options, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=reject_repeated_parameters,
         guards=[make_guard(settings, keyring)] if keyring.enabled else [],
         cors_config=_cors(settings),
         request_max_body_size=settings.max_body_bytes,

@@ -33,6 +33,7 @@ from yarl import URL
 from minato.errors import ErrorItem, InvalidInputError, PayloadTooLargeError
 from minato.images import sniff_image
 from minato.settings import Settings
+from minato.upstream.transport import connection_problem
 
 logger = structlog.get_logger("minato.fetch")
 
@@ -272,7 +273,8 @@ class ImageFetcher:
                         raise too_large
                 return response.status, None, body
         except aiohttp.ClientError as exc:
-            raise _RefusedError(f"could not be fetched ({type(exc).__name__})") from None
+            logger.info("image_fetch_failed", host=target.host, library_text=f"{type(exc).__name__}: {exc}")
+            raise _RefusedError(f"could not be fetched: {connection_problem(exc, target.host or '')}") from None
 
 
 def _normal_host(host: str) -> str:

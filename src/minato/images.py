@@ -15,6 +15,7 @@ import binascii
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
+import structlog
 from litestar import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -22,6 +23,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from minato.errors import ClientDisconnectedError, ErrorItem, InvalidInputError, PayloadTooLargeError
 from minato.settings import Settings
 
+logger = structlog.get_logger("minato.images")
 IMAGE_FIELD: Final = "images"
 BASE64_FIELD: Final = "image_base64"
 URL_FIELD: Final = "image_url"
@@ -286,7 +288,11 @@ async def read_vision_form(request: Request[Any, Any, Any], settings: Settings, 
             parser.write(chunk)
         parser.finalize()
     except (MultipartParseError, ValueError) as exc:
-        raise InvalidInputError.single("body", "form", f"malformed multipart body: {exc}") from None
+        # The parser's own words ("Did not find CR at end of boundary (40)") are for the log.
+        logger.debug("multipart_unparsable", library_text=str(exc))
+        raise InvalidInputError.single(
+            "body", "form", "is not a well-formed multipart/form-data body (check the boundary and part headers)"
+        ) from None
     if not collector.form.count and not query_links:
         raise InvalidInputError.single(
             "body",

@@ -16,8 +16,22 @@ INT32_MAX: Final = 2**31 - 1
 INT64_MAX: Final = 2**63 - 1
 MAX_STOP_SEQUENCES: Final = 16
 MAX_STOP_CHARS: Final = 200
-#: A Go ``time.ParseDuration`` string (what Ollama accepts for a text ``keep_alive``).
-_GO_DURATION: Final = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+#: A Go ``time.ParseDuration`` string (what Ollama accepts for a text ``keep_alive``); ASCII digits only, as Go.
+_GO_DURATION: Final = re.compile(r"[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_GO_DURATION_PART: Final = re.compile(r"([0-9]*)(?:\.([0-9]*))?(ns|us|µs|μs|ms|s|m|h)")
+_NANOSECONDS: Final = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+#: Largest ``keep_alive`` in seconds sent as a number; below Go's int64 nanoseconds (~292 years).
+MAX_KEEP_ALIVE_SECONDS: Final = 9e9
+TOO_LONG_DURATION: Final = "is longer than the longest duration Ollama accepts (about 2,562,047 h)"
 _IGNORED: Final = "Accepted and forwarded for compatibility, but current Ollama ignores it (removed in {0}; {1})."
 
 
@@ -115,27 +129,49 @@ def parse_keep_alive(text: str) -> float | str:
     try:
         seconds = float(text)
     except ValueError:
-        if _GO_DURATION.fullmatch(text):
-            return text
-        raise ValueError("must be a number of seconds (negative: forever) or a duration such as 5m or 1h30m") from None
-    if not math.isfinite(seconds) or abs(seconds) > 9e9:
+        if not _GO_DURATION.fullmatch(text):
+            raise ValueError(
+                "must be a number of seconds (negative: forever) or a duration such as 5m or 1h30m"
+            ) from None
+        if not go_duration_fits(text):
+            raise ValueError(TOO_LONG_DURATION) from None
+        return text
+    if not math.isfinite(seconds) or abs(seconds) > MAX_KEEP_ALIVE_SECONDS:
         raise ValueError("must be a finite number of seconds")
     if seconds < 0:
         return -1
     return int(seconds) if seconds.is_integer() else seconds
 
 
-_GO_UNIT_SECONDS: Final = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,  # Go accepts both micro signs
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_GO_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+def go_duration_fits(text: str) -> bool:
+    """Whether Go's ``time.ParseDuration`` accepts ``text`` (already of duration syntax) without overflow.
+
+    Go sums unsigned nanoseconds unit by unit and answers ``time: invalid duration`` once the total
+    passes 2**63 (2**63 itself only as a negative duration). Fractions go through float64 as in Go.
+    """
+    negative = text[:1] == "-"
+    limit = 1 << 63
+    total = 0
+    for whole, fraction, unit in _GO_DURATION_PART.findall(text.lstrip("+-")):
+        scale = _NANOSECONDS[unit]
+        value = int(whole or "0")
+        if value > limit // scale:
+            return False
+        value *= scale
+        if fraction:
+            digits, power = 0, 1.0
+            for digit in fraction:  # Go's leadingFraction: stop gaining precision before overflow
+                more = digits * 10 + int(digit)
+                if digits > (limit - 1) // 10 or more > limit:
+                    break
+                digits, power = more, power * 10
+            value += int(float(digits) * (float(scale) / power))
+            if value > limit:
+                return False
+        total += value
+        if total > limit:
+            return False
+    return negative or total < limit
 
 
 def keep_alive_seconds(value: float | str) -> float:
@@ -144,4 +180,7 @@ def keep_alive_seconds(value: float | str) -> float:
         return float(value)
     text = value.strip()
     sign = -1.0 if text.startswith("-") else 1.0
-    return sign * sum(float(number) * _GO_UNIT_SECONDS[unit] for number, unit in _GO_PART.findall(text))
+    return sign * sum(
+        float(f"{whole or 0}.{fraction or 0}") * _NANOSECONDS[unit] / 1e9
+        for whole, fraction, unit in _GO_DURATION_PART.findall(text.lstrip("+-"))
+    )

@@ -276,21 +276,30 @@ def test_ollama_down_is_a_503_naming_its_url_and_ready_says_so(tmp_path_factory:
         stream = httpx.get(f"{server.url}/stream/llama3.2", params={"message": "hi"}, timeout=10)
         ready = httpx.get(f"{server.url}/ready", timeout=10)
         health = httpx.get(f"{server.url}/health", timeout=10)
+        ready_head = httpx.head(f"{server.url}/ready", timeout=10)
+        health_head = httpx.head(f"{server.url}/health", timeout=10)
     finally:
         stop_minato(server)
 
     assert (answer.status_code, stream.status_code, ready.status_code, health.status_code) == (503, 503, 503, 200)
-    assert dead in answer.json()["detail"]
-    assert dead in stream.json()["detail"]
+    refused = f"Ollama is unreachable at {dead}: the connection was refused"
+    assert answer.json() == {"detail": refused}
+    assert stream.json() == {"detail": refused}
     assert ready.json()["status"] == "unavailable"
+    assert ready.json()["reason"] == refused
+    assert (ready_head.status_code, ready_head.content) == (503, b"")
+    assert ready_head.headers["content-length"] == str(len(ready.content))
+    assert (health_head.status_code, health_head.content) == (200, b"")
 
 
 def test_ready_reports_ollamas_version(http: httpx.Client, backend: Backend) -> None:
     response = http.get("/ready")
+    head = http.head("/ready")
 
     assert response.status_code == 200
     assert response.json()["status"] == "ready"
     assert response.json()["ollama_version"]
+    assert (head.status_code, head.content, head.headers["content-type"]) == (200, b"", "application/json")
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -305,15 +314,21 @@ def test_ready_reports_ollamas_version(http: httpx.Client, backend: Backend) -> 
         pytest.param({"message": "hi", "temperature": "hot"}, ["query", "temperature"], id="bad-temperature"),
         pytest.param({"message": "hi", "num_ctx": "0"}, ["query", "num_ctx"], id="zero-context"),
         pytest.param({"message": "hi", "temprature": "1"}, ["query", "temprature"], id="typo-in-parameter"),
+        pytest.param(
+            {"message": "hi", "keep_alive": "99999999999999999h"}, ["query", "keep_alive"], id="keep-alive-overflow"
+        ),
+        pytest.param({"message": ["a", "b"]}, ["query", "message"], id="message-twice"),
+        pytest.param({"message": "hi", "temperature": ["0.1", "0.9"]}, ["query", "temperature"], id="option-twice"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_parameter_and_never_reaches_ollama(
-    http: httpx.Client, standin: httpx.Client, backend: Backend, query: dict[str, str], loc: list[str]
+    http: httpx.Client, standin: httpx.Client, backend: Backend, query: dict[str, str | list[str]], loc: list[str]
 ) -> None:
     response = http.get(f"/stream/{backend.model}", params=query)
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == loc
+    assert "Expected `" not in response.text
     assert _chat_requests(standin) == []
 
 

@@ -354,6 +354,90 @@ async def test_data_url_image_is_illegal_base64_at_byte_4(http: httpx.AsyncClien
     assert ok.status_code == 200
 
 
+NO_MULTIMODAL = (
+    '{"error":{"code":400,"message":"Multimodal data provided, but model does not support multimodal '
+    'requests.","type":"invalid_request_error"}}'
+)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param(
+            "/api/chat",
+            {"messages": [{"role": "user", "content": "?", "images": [PNG_1PX]}]},
+            id="chat-last-message",
+        ),
+        pytest.param(
+            "/api/chat",
+            {
+                "messages": [
+                    {"role": "user", "content": "look", "images": [PNG_1PX]},
+                    {"role": "assistant", "content": "A cat."},
+                    {"role": "user", "content": "and now?"},
+                ]
+            },
+            id="chat-image-in-history",
+        ),
+        pytest.param("/api/chat", {"messages": [{"role": "user", "content": "?", "Images": [None]}]}, id="chat-null"),
+        pytest.param("/api/generate", {"prompt": "?", "images": [PNG_1PX]}, id="generate"),
+    ],
+)
+async def test_images_to_a_text_only_model_are_the_runners_400_before_any_byte(
+    http: httpx.AsyncClient, path: str, body: dict[str, object], stream: bool
+) -> None:
+    await http.post("/_standin/reset")
+
+    r = await http.post(path, json={"model": "llama3.2", "stream": stream, **body})
+
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/json; charset=utf-8"
+    assert r.json() == {"error": NO_MULTIMODAL}
+    # The runner was loaded before the completion failed, as Ollama schedules it first.
+    loaded = (await http.get("/api/ps")).json()["models"]
+    assert [m["name"] for m in loaded] == ["llama3.2:latest"]
+
+
+async def test_images_are_fine_for_vision_models_and_no_images_for_text_models(http: httpx.AsyncClient) -> None:
+    vision = await http.post(
+        "/api/chat",
+        json={
+            "model": "llava:7b",
+            "stream": False,
+            "messages": [{"role": "user", "content": "?", "images": [PNG_1PX]}],
+        },
+    )
+    text = await http.post(
+        "/api/chat",
+        json={"model": "llama3.2", "stream": False, "messages": [{"role": "user", "content": "?", "images": []}]},
+    )
+    load = await http.post("/api/generate", json={"model": "llama3.2", "images": [PNG_1PX]})
+
+    assert vision.status_code == 200
+    assert text.status_code == 200
+    assert (load.status_code, load.json()["done_reason"]) == (200, "load")  # no prompt: a load, nothing checked
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "status"),
+    [
+        pytest.param("2562047h47m16.854775807s", 200, id="int64-max"),
+        pytest.param("2562047h47m16.854775808s", 400, id="one-over"),
+        pytest.param("99999999999999999h", 400, id="far-over"),
+        pytest.param("-2562047h47m16.854775808s", 200, id="int64-min-is-forever"),
+    ],
+)
+async def test_an_overlong_keep_alive_is_gos_invalid_duration(
+    http: httpx.AsyncClient, keep_alive: str, status: int
+) -> None:
+    r = await http.post("/api/generate", json={"model": "llama3.2", "keep_alive": keep_alive})
+
+    assert r.status_code == status
+    if status == 400:
+        assert r.json() == {"error": f'time: invalid duration "{keep_alive}"'}
+
+
 async def test_empty_and_malformed_bodies_get_go_decoder_errors(http: httpx.AsyncClient) -> None:
     r = await http.post("/api/chat", content=b"")
     assert (r.status_code, r.json()) == (400, {"error": "missing request body"})

@@ -164,7 +164,11 @@ class DurationError(ValueError):
 
 
 def go_duration_ns(text: str) -> int:
-    """``time.ParseDuration`` in nanoseconds (negative allowed); raises :class:`DurationError`."""
+    """``time.ParseDuration`` in nanoseconds (negative allowed); raises :class:`DurationError`.
+
+    Exact as Go: unsigned integer nanoseconds summed unit by unit, a total past 2**63 (or 2**63
+    itself when positive) is ``time: invalid duration``; fractions go through float64.
+    """
     orig = text
     s = text
     neg = False
@@ -176,7 +180,8 @@ def go_duration_ns(text: str) -> int:
     invalid = DurationError("time: invalid duration " + go_quote(orig))
     if not s:
         raise invalid
-    total = 0.0
+    limit = 1 << 63
+    total = 0
     while s:
         if not (s[0] == "." or (s[0].isascii() and s[0].isdigit())):
             raise invalid
@@ -184,6 +189,8 @@ def go_duration_ns(text: str) -> int:
         while i < len(s) and s[i].isascii() and s[i].isdigit():
             i += 1
         whole, s = s[:i], s[i:]
+        if whole and int(whole) > limit:  # leadingInt's overflow
+            raise invalid
         frac = ""
         if s.startswith("."):
             s = s[1:]
@@ -202,14 +209,28 @@ def go_duration_ns(text: str) -> int:
         scale = _UNITS.get(unit)
         if scale is None:
             raise DurationError("time: unknown unit " + go_quote(unit) + " in duration " + go_quote(orig))
-        value = int(whole or "0") * scale
-        if frac:
-            value += int(float("0." + frac) * scale)
-        total += value
-        if total > FOREVER_NS:
+        value = int(whole or "0")
+        if value > limit // scale:
             raise invalid
-    result = int(total)
-    return -result if neg else result
+        value *= scale
+        if frac:
+            digits, power = 0, 1.0
+            for ch in frac:  # leadingFraction stops gaining precision before it overflows
+                more = digits * 10 + int(ch)
+                if digits > (limit - 1) // 10 or more > limit:
+                    break
+                digits, power = more, power * 10
+            value += int(float(digits) * (float(scale) / power))
+            if value > limit:
+                raise invalid
+        total += value
+        if total > limit:
+            raise invalid
+    if neg:
+        return -total
+    if total > limit - 1:
+        raise invalid
+    return total
 
 
 def keep_alive_ns(value: object) -> int:

@@ -57,6 +57,17 @@ ERR_RUNNER_STOPPED: Final = (
 )
 ERR_BUSY: Final = "server busy, please try again.  maximum pending requests exceeded"
 ERR_PULL_MISSING: Final = "pull model manifest: file does not exist"
+#: What a text-only model's llama-server (started without ``--mmproj``) answers to images on
+#: ``/completion``: llama.cpp ``tools/server/server-common.cpp`` ``tokenize_input_subprompt`` throws,
+#: ``handle_completions_impl`` answers it as ``ERROR_TYPE_INVALID_REQUEST``. Ollama (fb30760) relays the
+#: body verbatim with the runner's 400: ``llm/llama_server.go:1603-1654`` → ``api.StatusError``;
+#: ``server/routes.go:739`` (generate), ``:2903`` (chat), written as JSON before any byte even when
+#: streaming (``:2116``). Models rendered natively by llama-server's chat template would instead get
+#: its 500 "image input is not supported"; the stand-in's models all have Go templates (Ollama renders).
+ERR_NO_MULTIMODAL: Final = (
+    '{"error":{"code":400,"message":"Multimodal data provided, but model does not support multimodal '
+    'requests.","type":"invalid_request_error"}}'
+)
 
 _WORDS: Final = ("The", "sky", "is", "blue", "because", "of", "Rayleigh", "scattering.")
 _THINK_WORDS: Final = ("Okay,", "the", "user", "asks", "about", "the", "sky.")
@@ -79,6 +90,23 @@ def _json(status: int, obj: object) -> web.Response:
 
 def _error(status: int, message: str) -> web.Response:
     return _json(status, {"error": message})
+
+
+def _image_count(body: dict[str, Any], messages: list[Any], chat: bool) -> int:
+    """Images Ollama hands its runner: every entry (``null`` too) of ``images`` in any message of a chat
+    (history included, ``server/prompt.go`` ``imageTaggedMessages``), or of a generate request's ``images``.
+
+    Go matches JSON keys case-insensitively, so ``"Images"`` counts as well.
+    """
+    if not chat:
+        return len(body.get("images") or [])
+    count = 0
+    for message in messages:
+        if isinstance(message, dict):
+            images = [value for key, value in message.items() if key.lower() == "images"]
+            if images and isinstance(images[-1], list):
+                count += len(images[-1])
+    return count
 
 
 def _text(status: int, text: str, content_type: str = "text/plain") -> web.Response:
@@ -832,6 +860,9 @@ class StandIn:
         )
         load_ns = self._mark_loaded(name.key, spec, keep_alive, num_ctx)
         try:
+            # The runner is loaded first; only the completion call finds it has no projector.
+            if "vision" not in caps and _image_count(body, messages, chat):
+                return _error(400, ERR_NO_MULTIMODAL)
             if stream:
                 return await self._run_stream(request, gen, load_ns)
             return await self._run_whole(gen, load_ns)

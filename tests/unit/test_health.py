@@ -10,6 +10,10 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from minato.app import create_app
+from minato.settings import Settings
+from tests.conftest import OLLAMA_URL
+
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
 
@@ -60,6 +64,56 @@ async def test_ready_is_a_503_when_the_url_is_not_ollama(client: Client, ollama:
     assert response.status_code == 503
     assert "MINATO_OLLAMA_URL" in response.json()["reason"]
     assert route.called
+
+
+async def test_head_health_answers_like_get_without_a_body(client: Client, ollama: respx.MockRouter) -> None:
+    anything = ollama.route().respond(500)
+
+    got = await client.get("/health")
+    response = await client.head("/health")
+
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response.headers["content-type"] == got.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+    assert not anything.called
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [
+        pytest.param(httpx.Response(200, json={"version": "0.12.3"}), 200, id="ready"),
+        pytest.param(httpx.ConnectError("All connection attempts failed"), 503, id="unreachable"),
+        pytest.param(httpx.Response(404, text="404 page not found"), 503, id="not-ollama"),
+    ],
+)
+async def test_head_ready_answers_like_get_without_a_body(
+    client: Client, ollama: respx.MockRouter, version: httpx.Response | Exception, status: int
+) -> None:
+    route = ollama.get("/api/version").mock(side_effect=[version, version])
+
+    got = await client.get("/ready")
+    response = await client.head("/ready")
+
+    assert response.status_code == got.status_code == status
+    assert response.content == b""
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(got.content))
+    assert route.call_count == 2
+
+
+async def test_head_probes_keep_their_guards(ollama: respx.MockRouter) -> None:
+    ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
+    settings = Settings(ollama_url=OLLAMA_URL, api_keys="user-key", session_store="memory://", ollama_probe_interval=0)
+
+    async with AsyncTestClient(app=create_app(settings, transport=httpx.MockTransport(ollama.async_handler))) as c:
+        health = await c.head("/health")
+        ready = await c.head("/ready")
+        ready_with_key = await c.head("/ready", headers={"X-API-Key": "user-key"})
+
+    assert health.status_code == 200
+    assert ready.status_code == 401
+    assert ready_with_key.status_code == 200
 
 
 @pytest.fixture(name="openapi")

@@ -779,3 +779,22 @@ async def test_a_huge_base64_field_is_stopped_while_it_streams_in(client: Client
 
     assert response.status_code == 413
     assert not chat.called
+
+
+async def test_a_refused_image_host_is_named_without_aiohttps_words(client: Client, chat: respx.Route) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed when the block ends: connecting is refused
+
+    with capture_logs() as events:
+        response = await client.post(
+            "/vision/gemma3", params={"message": "hi", "image_url": f"http://localhost:{port}/a.png"}
+        )
+
+    assert response.status_code == 422
+    item = detail(response)
+    assert item["loc"] == ["query", "image_url", 0]
+    assert item["msg"] == "could not be fetched: the connection was refused"
+    assert "ClientConnectorError" not in response.text
+    assert any(event["event"] == "image_fetch_failed" for event in events)
+    assert not chat.called

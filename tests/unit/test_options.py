@@ -7,11 +7,14 @@ import json
 import pytest
 import respx
 from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
 from litestar.testing import AsyncTestClient
 
 from minato.errors import InvalidInputError
-from minato.ollama_options import parse_keep_alive
+from minato.handlers import ROUTE_HANDLERS
+from minato.ollama_options import INT64_MAX, MAX_KEEP_ALIVE_SECONDS, parse_keep_alive
 from minato.options import MAX_MODEL_NAME, validate_model_name
+from minato.query import repeatable_parameters
 from tests.payloads import chat_answer
 
 pytestmark = pytest.mark.anyio
@@ -284,3 +287,126 @@ async def test_malformed_query_strings_are_never_a_500(client: Client, ollama: r
     assert response.headers["content-type"].startswith("application/json")
     if response.status_code == 422:
         assert not route.called
+
+
+@pytest.mark.parametrize(
+    ("given", "fits"),
+    [
+        pytest.param("2562047h47m16.854775807s", True, id="int64-max-exactly"),
+        pytest.param("2562047h47m16.854775808s", False, id="one-nanosecond-over"),
+        pytest.param("-2562047h47m16.854775808s", True, id="int64-min-as-negative"),
+        pytest.param("9223372036854775807ns", True, id="max-in-nanoseconds"),
+        pytest.param("9223372036854775808ns", False, id="over-in-nanoseconds"),
+        pytest.param("99999999999999999h", False, id="the-reported-overflow"),
+        pytest.param("-99999999999999999h", False, id="negative-overflow-too"),
+        pytest.param("2562047h", True, id="just-under-in-hours"),
+        pytest.param("2562048h", False, id="just-over-in-hours"),
+        pytest.param("2562047h60m", False, id="over-only-once-summed"),
+        pytest.param("1.000000000000000000000000001h", True, id="long-fraction-loses-precision-like-go"),
+    ],
+)
+def test_keep_alive_durations_are_checked_against_gos_int64_nanoseconds(given: str, fits: bool) -> None:
+    if fits:
+        assert parse_keep_alive(given) == given
+    else:
+        with pytest.raises(ValueError, match="longer than the longest duration Ollama accepts"):
+            parse_keep_alive(given)
+
+
+def test_the_numeric_keep_alive_bound_stays_inside_gos_int64_nanoseconds() -> None:
+    assert MAX_KEEP_ALIVE_SECONDS * 1e9 < INT64_MAX
+    assert parse_keep_alive(str(int(MAX_KEEP_ALIVE_SECONDS))) == int(MAX_KEEP_ALIVE_SECONDS)
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        parse_keep_alive(str(int(MAX_KEEP_ALIVE_SECONDS) + 1))
+
+
+def test_only_ascii_digits_make_a_go_duration() -> None:
+    with pytest.raises(ValueError, match="duration such as 5m"):
+        parse_keep_alive("\u0663h")  # ARABIC-INDIC DIGIT THREE: a digit to Python, not to Go
+
+
+async def test_an_overflowing_keep_alive_is_a_422_and_never_reaches_ollama(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": "hi", "keep_alive": "99999999999999999h"})
+
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": [
+            {
+                "loc": ["query", "keep_alive"],
+                "msg": "is longer than the longest duration Ollama accepts (about 2,562,047 h)",
+                "type": "value_error",
+            }
+        ]
+    }
+    assert not route.called
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "repeated"),
+    [
+        pytest.param("GET", "/llama3.2", "message=a&message=b", "message", id="generate-message"),
+        pytest.param("GET", "/llama3.2", "message=a&temperature=0.1&temperature=0.9", "temperature", id="option"),
+        pytest.param("GET", "/stream/llama3.2", "message=a&keep_alive=1m&keep_alive=2m", "keep_alive", id="stream"),
+        pytest.param("POST", "/vision/gemma3", "message=a&message=b", "message", id="vision"),
+        pytest.param("GET", "/chat", "limit=1&limit=2", "limit", id="chat"),
+        pytest.param("POST", "/load/llama3.2", "keep_alive=1m&keep_alive=2m", "keep_alive", id="load"),
+        pytest.param("POST", "/install/llama3.2", "stream=true&stream=false", "stream", id="install"),
+        pytest.param("GET", "/status/llama3.2", "x=1&x=2", "x", id="status-unknown-parameter"),
+        pytest.param("GET", "/models_list/", "x=1&x=2", "x", id="models-list"),
+    ],
+)
+async def test_a_single_value_parameter_given_twice_is_a_422_on_every_route(
+    client: Client, ollama: respx.MockRouter, method: str, path: str, query: str, repeated: str
+) -> None:
+    anything = ollama.route(path__regex=r"^/api/(?!ps).*").respond(500)
+
+    response = await client.request(method, f"{path}?{query}")
+
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": [{"loc": ["query", repeated], "msg": "was given more than once", "type": "value_error"}]
+    }
+    assert not anything.called
+
+
+async def test_every_repeated_parameter_is_named(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2?message=a&seed=1&message=b&seed=2&top_k=3")
+
+    assert response.status_code == 422
+    assert [item["loc"] for item in response.json()["detail"]] == [["query", "message"], ["query", "seed"]]
+    assert not route.called
+
+
+async def test_stop_may_repeat(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2?message=a&stop=x&stop=y")
+
+    assert response.status_code == 200
+    assert json.loads(route.calls.last.request.content)["options"]["stop"] == ["x", "y"]
+
+
+def test_only_the_list_parameters_may_repeat(app: Litestar) -> None:
+    # The handlers the app registered (copies of ROUTE_HANDLERS, which stay untouched).
+    handlers = [handler for route in app.routes for handler in route.route_handlers]
+    repeatable = {
+        (method, path): set(repeatable_parameters(handler))
+        for handler in handlers
+        if isinstance(handler, HTTPRouteHandler)
+        for path in handler.paths
+        for method in handler.http_methods
+    }
+
+    assert len(repeatable) >= len(ROUTE_HANDLERS)
+    assert {key: names for key, names in repeatable.items() if names} == {
+        ("GET", "/{model_name:path}"): {"stop"},
+        ("GET", "/stream/{model_name:path}"): {"stop"},
+        ("POST", "/vision/{model_name:path}"): {"stop", "image_url"},
+        ("POST", "/stream/vision/{model_name:path}"): {"stop", "image_url"},
+    }

@@ -6,7 +6,7 @@ from litestar.types import ControllerRouterHandler
 
 from minato.handlers.chat import clear_session, get_session, list_sessions, remove_system_prompt, set_system_prompt
 from minato.handlers.generate import generate, generate_stream
-from minato.handlers.health import health, metrics_endpoint, ready
+from minato.handlers.health import health, health_head, metrics_endpoint, ready, ready_head
 from minato.handlers.lifecycle import delete_model, load, running, server_info, status, unload
 from minato.handlers.models import install, models_list
 from minato.handlers.vision import vision, vision_stream
@@ -30,7 +30,9 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
     set_system_prompt,
     remove_system_prompt,
     health,
+    health_head,
     ready,
+    ready_head,
     metrics_endpoint,
 ]
 

@@ -15,6 +15,7 @@ from litestar.openapi import ResponseSpec
 from minato.errors import ClientDisconnectedError, ModelNotFoundError
 from minato.log import RequestRecord, record_of
 from minato.options import validate_model_name
+from minato.query import reject_repeated_parameters
 from minato.streaming import is_minato_event_id
 from minato.upstream.catalog import ModelCatalog
 
@@ -122,6 +123,8 @@ async def require_known_model(request: Request[Any, Any, Any]) -> None:
     that it names neither a route nor a model, instead of that ``message`` is missing. When Ollama
     cannot be asked, the generation goes ahead and meets the honest 503 itself.
     """
+    # A route's own before_request replaces the app's: the app-wide check runs here too.
+    await reject_repeated_parameters(request)
     raw = str(request.path_params.get("model_name", ""))
     catch_all = request.scope.get("path_template", "").startswith("/{")
     where = f"{request.method} /{raw.lstrip('/')}: no such route, and " if catch_all else ""
@@ -147,6 +150,7 @@ async def require_known_model_or_finished_stream(request: Request[Any, Any, Any]
     """Before a streamed generation: 204 for a browser reconnecting to a stream that is over, then
     :func:`require_known_model`."""
     if is_minato_event_id(request.headers.get("last-event-id")):
+        await reject_repeated_parameters(request)
         return Response(None, status_code=204)
     await require_known_model(request)
     return None

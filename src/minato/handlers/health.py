@@ -1,8 +1,13 @@
-"""Probes: ``GET /health`` (the process answers) and ``GET /ready`` (Ollama answers too)."""
+"""Probes: ``/health`` (the process answers) and ``/ready`` (Ollama answers too), by GET or HEAD.
+
+HEAD answers with the status and headers GET would, without the body (probes that only look at
+the status, such as load balancers, often send HEAD).
+"""
 
 from __future__ import annotations
 
-from litestar import Response, get
+import msgspec
+from litestar import Response, get, head
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
@@ -36,12 +41,41 @@ async def health() -> HealthReport:
 )
 async def ready(upstream: NamedDependency[OllamaClient]) -> Response[ReadinessReport]:
     """Report whether Ollama answers, with its version."""
+    report, status = await _readiness(upstream)
+    return Response(report, status_code=status)
+
+
+@head("/health", operation_id="HealthHead", summary="Liveness probe, status only", tags=["health"], opt={PUBLIC: True})
+async def health_head() -> Response[None]:
+    """Answer like ``GET /health`` without the body."""
+    return _bodiless(HealthReport(), 200)
+
+
+@head(
+    "/ready",
+    operation_id="ReadyHead",
+    summary="Readiness probe, status only",
+    description="200 when Ollama answers, 503 otherwise; no body.",
+    opt={PROBE: True},
+    tags=["health"],
+)
+async def ready_head(upstream: NamedDependency[OllamaClient]) -> Response[None]:
+    """Answer like ``GET /ready`` without the body."""
+    return _bodiless(*await _readiness(upstream))
+
+
+async def _readiness(upstream: OllamaClient) -> tuple[ReadinessReport, int]:
     try:
         version = await upstream.version()
     except MinatoError as exc:
-        report = ReadinessReport(status="unavailable", ollama_url=upstream.base_url, reason=exc.detail)
-        return Response(report, status_code=503)
-    return Response(ReadinessReport(status="ready", ollama_url=upstream.base_url, ollama_version=version))
+        return ReadinessReport(status="unavailable", ollama_url=upstream.base_url, reason=exc.detail), 503
+    return ReadinessReport(status="ready", ollama_url=upstream.base_url, ollama_version=version), 200
+
+
+def _bodiless(report: HealthReport | ReadinessReport, status: int) -> Response[None]:
+    # Content-Length is the length GET's body would have, as HEAD requires.
+    length = len(msgspec.json.encode(report))
+    return Response(None, status_code=status, media_type="application/json", headers={"content-length": str(length)})
 
 
 @get(

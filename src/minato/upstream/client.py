@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import httpx
 import msgspec
+import structlog
 from msgspec import UNSET, UnsetType
 
 from minato.errors import (
@@ -27,7 +28,7 @@ from minato.errors import (
 )
 from minato.settings import Settings
 from minato.upstream.names import canonical_model_name
-from minato.upstream.transport import AiohttpBody, AiohttpTransport
+from minato.upstream.transport import AiohttpBody, AiohttpTransport, connection_problem
 from minato.upstream.wire import (
     ChatChunk,
     ChatRequest,
@@ -51,6 +52,7 @@ _chunk_decoder: Final = msgspec.json.Decoder(ChatChunk)
 _progress_decoder: Final = msgspec.json.Decoder(PullProgress)
 _error_decoder: Final = msgspec.json.Decoder(ErrorBody)
 _encoder: Final = msgspec.json.Encoder()
+logger = structlog.get_logger("minato.upstream")
 
 
 def default_transport(settings: Settings) -> httpx.AsyncBaseTransport:
@@ -271,11 +273,37 @@ class OllamaClient:
         return response
 
     def _transport_error(self, exc: httpx.HTTPError) -> MinatoError:
-        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            return OllamaTimeoutError(f"Ollama timed out: {_describe(exc)}")
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            return OllamaUnavailableError(f"Ollama is unreachable at {self.base_url}: {_describe(exc)}")
-        return UpstreamError(f"connection to Ollama at {self.base_url} failed: {_describe(exc)}")
+        """Minato's sentence for a failed exchange with Ollama; the library's text goes to the log."""
+        _log_library_error("ollama_connection_failed", exc, self.base_url)
+        url = self.base_url
+        host = httpx.URL(url).host
+        if isinstance(exc, httpx.ConnectTimeout):
+            return OllamaUnavailableError(
+                f"Ollama is unreachable at {url}: no connection within "
+                f"{self.settings.connect_timeout:g} s (MINATO_CONNECT_TIMEOUT)"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return OllamaTimeoutError(f"Ollama at {url} did not answer in time")
+        if isinstance(exc, httpx.ConnectError):
+            return OllamaUnavailableError(f"Ollama is unreachable at {url}: {connection_problem(exc, host)}")
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return UpstreamError(f"Ollama at {url} closed the connection before answering")
+        return UpstreamError(f"the connection to Ollama at {url} failed: {connection_problem(exc, host)}")
+
+
+def _log_library_error(event: str, exc: BaseException, ollama_url: str) -> None:
+    cause = exc.__cause__
+    logger.warning(
+        event,
+        ollama_url=ollama_url,
+        error=f"{type(exc).__name__}: {_describe(exc)}",
+        cause=None if cause is None else f"{type(cause).__name__}: {_describe(cause)}",
+    )
+
+
+def _ollama_url_of(response: httpx.Response) -> str:
+    """The Ollama base URL a response came from (its request URL up to ``/api/``)."""
+    return str(response.request.url).split("/api/", 1)[0]
 
 
 async def _primed(prime: Awaitable[None], deadline: float, response: httpx.Response, what: str, budget: float) -> None:
@@ -322,6 +350,11 @@ def _error_message(body: bytes) -> str:
         except msgspec.DecodeError:
             pass
         else:
+            if isinstance(error, str) and error[:1] == "{":
+                # Ollama relays its llama-server runner's error body verbatim: {"error":{"message":...}}.
+                return _error_message(error.encode())
+            if isinstance(error, dict) and isinstance(message := error.get("message"), str):
+                return message
             return error if isinstance(error, str) else str(error)
     return body.decode("utf-8", "replace").strip()[:500]
 
@@ -373,7 +406,9 @@ class _LineStream:
                     f"Ollama went silent for {self.idle_timeout:g} s in the middle of a stream"
                 ) from None
             except httpx.HTTPError as exc:
-                raise UpstreamError(f"the stream from Ollama broke: {_describe(exc)}") from None
+                url = _ollama_url_of(self.response)
+                _log_library_error("ollama_stream_broke", exc, url)
+                raise UpstreamError(f"the stream from Ollama at {url} broke off before it was complete") from None
             if not data:
                 rest, self._buffer = self._buffer.strip(), b""
                 return rest or None
@@ -412,7 +447,7 @@ class ChunkStream(_LineStream):
         try:
             return _chunk_decoder.decode_lines(lines)
         except msgspec.DecodeError as exc:
-            raise UpstreamError(f"Ollama sent a malformed line: {exc}") from None
+            raise _unreadable_line(exc, self.response) from None
 
     async def batches(self) -> AsyncIterator[list[ChatChunk]]:
         """Yield the primed batch, then each further batch; an ``error`` line raises.
@@ -433,6 +468,14 @@ class ChunkStream(_LineStream):
         raise UpstreamError("Ollama closed the stream before it was done")
 
 
+def _unreadable_line(exc: msgspec.DecodeError, response: httpx.Response) -> UpstreamError:
+    """Minato's sentence for a line of Ollama's stream it cannot decode; msgspec's text goes to the log."""
+    _log_library_error("ollama_line_unreadable", exc, _ollama_url_of(response))
+    if isinstance(exc, msgspec.ValidationError):
+        return UpstreamError("Ollama sent a line that does not have the shape of Ollama's API")
+    return UpstreamError("Ollama sent a line that is not valid JSON")
+
+
 class PullStream(_LineStream):
     """A primed ``/api/pull`` stream yielding progress lines."""
 
@@ -445,7 +488,7 @@ class PullStream(_LineStream):
             lines = await self._next_lines()
             if lines is None:
                 raise UpstreamError("Ollama closed the pull stream before reporting progress")
-            batch = _decode_progress(lines)
+            batch = _decode_progress(lines, self.response)
             self.first.extend(batch)
             for item in batch:
                 if item.error:
@@ -466,15 +509,15 @@ class PullStream(_LineStream):
             if batch and batch[-1].status == "success":
                 return
             lines = await self._next_lines()
-            batch = None if lines is None else _decode_progress(lines)
+            batch = None if lines is None else _decode_progress(lines, self.response)
         raise UpstreamError("Ollama closed the pull stream before it succeeded")
 
 
-def _decode_progress(lines: bytes) -> list[PullProgress]:
+def _decode_progress(lines: bytes, response: httpx.Response) -> list[PullProgress]:
     try:
         return _progress_decoder.decode_lines(lines)
     except msgspec.DecodeError as exc:
-        raise UpstreamError(f"Ollama sent a malformed progress line: {exc}") from None
+        raise _unreadable_line(exc, response) from None
 
 
 def _pull_error(message: str) -> MinatoError:

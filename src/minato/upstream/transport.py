@@ -8,6 +8,9 @@ so the relay can read straight from aiohttp's buffer, without httpx's per-chunk 
 
 from __future__ import annotations
 
+import errno
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -16,6 +19,36 @@ import httpx
 
 #: Never send these automatically; Ollama needs none of them and they cost bytes on every call.
 _SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept-Encoding")
+_ERRNO_PROBLEMS: Final = {
+    errno.ECONNREFUSED: "the connection was refused",
+    errno.ECONNRESET: "the connection was reset",
+    errno.ECONNABORTED: "the connection was aborted",
+    errno.EHOSTUNREACH: "the host is unreachable",
+    errno.ENETUNREACH: "the network is unreachable",
+    errno.ETIMEDOUT: "the connection timed out",
+    errno.EADDRNOTAVAIL: "the address is not available",
+}
+_MAX_CAUSES: Final = 8
+
+
+def connection_problem(exc: BaseException, host: str) -> str:
+    """Say in plain words why a connection to ``host`` failed, from the exception and its causes.
+
+    The library's own text (aiohttp's ``Cannot connect to host ... ssl:default [...]``) is for the
+    log; this is the sentence a client may read.
+    """
+    current: BaseException | None = exc
+    for _ in range(_MAX_CAUSES):
+        if current is None:
+            break
+        if isinstance(current, socket.gaierror | aiohttp.ClientConnectorDNSError):
+            return f"cannot resolve host {host}"
+        if isinstance(current, ssl.SSLError | aiohttp.ClientSSLError):
+            return "the TLS handshake failed"
+        if isinstance(current, OSError) and current.errno in _ERRNO_PROBLEMS:
+            return _ERRNO_PROBLEMS[current.errno]
+        current = current.__cause__ or current.__context__
+    return "the connection failed"
 
 
 class AiohttpBody(httpx.AsyncByteStream):
