@@ -16,13 +16,13 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from minato import __version__
 from minato.backpressure import Admission
-from minato.errors import EXCEPTION_HANDLERS
 from minato.fetch import ImageFetcher
 from minato.handlers import ROUTE_HANDLERS
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.options import provide_generation_options
 from minato.query import reject_repeated_parameters
+from minato.rendering import EXCEPTION_HANDLERS
 from minato.security import PUBLIC, Keyring, make_caller_provider, make_guard
 from minato.sessions import SessionManager, open_store
 from minato.settings import Settings

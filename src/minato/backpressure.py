@@ -9,23 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from minato.errors import MinatoError
+from minato.errors import OverloadedError
 
 if TYPE_CHECKING:
     from minato.metrics import Metrics
-
-RETRY_AFTER_SECONDS: Final = 2
-
-
-class OverloadedError(MinatoError):
-    """Minato is running all the generations it may, and its queue is full (or the wait too long)."""
-
-    status_code = 503
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 class Slot:

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from minato import __version__
+from minato.errors import SettingsError
 from minato.security import Keyring, refuse_unsafe_start
-from minato.settings import Settings, SettingsError
+from minato.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:

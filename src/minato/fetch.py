@@ -30,7 +30,7 @@ import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from minato.errors import ErrorItem, InvalidInputError, PayloadTooLargeError
+from minato.errors import ErrorItem, ImageLinkRefusedError, InvalidInputError, PayloadTooLargeError
 from minato.images import sniff_image
 from minato.settings import Settings
 from minato.upstream.transport import connection_problem
@@ -98,15 +98,6 @@ class _PinnedResolver(AbstractResolver):
         return None
 
 
-class _RefusedError(Exception):
-    """A fetch failed in a way the caller is told about; turned into a 4xx by :meth:`ImageFetcher.fetch`."""
-
-    def __init__(self, msg: str, *, too_large: bool = False) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.too_large = too_large
-
-
 class ImageFetcher:
     """Downloads ``image_url`` links through one aiohttp session, refusing non-public destinations."""
 
@@ -141,7 +132,7 @@ class ImageFetcher:
         try:
             async with asyncio.timeout(self.settings.image_fetch_timeout):
                 data, host = await self._follow(url)
-        except _RefusedError as exc:
+        except ImageLinkRefusedError as exc:
             logger.info("image_fetch_refused", host=_host_of(url), index=index, reason=exc.msg)
             if exc.too_large:
                 raise PayloadTooLargeError(f"{FIELD}[{index}] {exc.msg}") from None
@@ -160,7 +151,7 @@ class ImageFetcher:
         try:
             target = URL(url)
         except (ValueError, TypeError):
-            raise _RefusedError("is not a valid URL") from None
+            raise ImageLinkRefusedError("is not a valid URL") from None
         redirects = 0
         while True:
             await self._check(target, redirected=redirects > 0)
@@ -169,21 +160,21 @@ class ImageFetcher:
             if status in _REDIRECTS and location is not None:
                 redirects += 1
                 if redirects > self.settings.image_fetch_max_redirects:
-                    raise _RefusedError(
+                    raise ImageLinkRefusedError(
                         f"was redirected more than {self.settings.image_fetch_max_redirects} times "
                         "(MINATO_IMAGE_FETCH_MAX_REDIRECTS)"
                     )
                 try:
                     target = target.join(URL(location))
                 except (ValueError, TypeError):
-                    raise _RefusedError("was redirected to an invalid URL") from None
+                    raise ImageLinkRefusedError("was redirected to an invalid URL") from None
                 continue
             if not 200 <= status < 300:
-                raise _RefusedError(f"answered HTTP {status}")
+                raise ImageLinkRefusedError(f"answered HTTP {status}")
             if not data:
-                raise _RefusedError("answered with an empty body")
+                raise ImageLinkRefusedError("answered with an empty body")
             if sniff_image(data) is None:
-                raise _RefusedError("is not a PNG, JPEG, WebP, GIF or BMP image")
+                raise ImageLinkRefusedError("is not a PNG, JPEG, WebP, GIF or BMP image")
             return bytes(data), host
 
     async def _check(self, target: URL, *, redirected: bool) -> None:
@@ -193,12 +184,13 @@ class ImageFetcher:
         """
         what = "was redirected to a URL that " if redirected else ""
         if target.scheme not in {"http", "https"}:
-            raise _RefusedError(f"{what}has scheme {target.scheme or 'none'!r}: the scheme must be http or https")
+            scheme = target.scheme or "none"
+            raise ImageLinkRefusedError(f"{what}has scheme {scheme!r}: the scheme must be http or https")
         if target.raw_user is not None or target.raw_password is not None:
-            raise _RefusedError(f"{what}contains a user name or password, which image links may not")
+            raise ImageLinkRefusedError(f"{what}contains a user name or password, which image links may not")
         host = target.raw_host
         if not host:
-            raise _RefusedError(f"{what}has no host")
+            raise ImageLinkRefusedError(f"{what}has no host")
         port = target.port or (443 if target.scheme == "https" else 80)
         results = await self.resolve_checked(host, port, what=what)
         _PINNED.set({host: results})
@@ -208,17 +200,17 @@ class ImageFetcher:
         is allow-listed."""
         infos = await self.lookup(host, port)
         if not infos:
-            raise _RefusedError(f"{what}names host {host} which does not resolve")
+            raise ImageLinkRefusedError(f"{what}names host {host} which does not resolve")
         allowed = _normal_host(host) in self.allowed_hosts
         results: list[ResolveResult] = []
         for family, address in infos:
             try:
                 parsed = ipaddress.ip_address(address)
             except ValueError:
-                raise _RefusedError(f"{what}names host {host} which resolves to an unusable address") from None
+                raise ImageLinkRefusedError(f"{what}names host {host} which resolves to an unusable address") from None
             problem = None if allowed else address_problem(parsed)
             if problem is not None:
-                raise _RefusedError(
+                raise ImageLinkRefusedError(
                     f"{what}names host {host} which resolves to a {problem} address; "
                     "image links may only reach public addresses"
                 )
@@ -246,7 +238,7 @@ class ImageFetcher:
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
         except (OSError, UnicodeError):
-            raise _RefusedError(f"names host {host} which does not resolve") from None
+            raise ImageLinkRefusedError(f"names host {host} which does not resolve") from None
         pairs: list[tuple[socket.AddressFamily, str]] = []
         for family, _, _, _, sockaddr in infos:
             if (family, str(sockaddr[0])) not in pairs:
@@ -263,7 +255,9 @@ class ImageFetcher:
                     return response.status, response.headers.get("Location"), bytearray()
                 if not 200 <= response.status < 300:
                     return response.status, None, bytearray()
-                too_large = _RefusedError(f"is larger than {limit} bytes (MINATO_MAX_IMAGE_BYTES)", too_large=True)
+                too_large = ImageLinkRefusedError(
+                    f"is larger than {limit} bytes (MINATO_MAX_IMAGE_BYTES)", too_large=True
+                )
                 if response.content_length is not None and response.content_length > limit:
                     raise too_large
                 body = bytearray()
@@ -274,7 +268,7 @@ class ImageFetcher:
                 return response.status, None, body
         except aiohttp.ClientError as exc:
             logger.info("image_fetch_failed", host=target.host, library_text=f"{type(exc).__name__}: {exc}")
-            raise _RefusedError(f"could not be fetched: {connection_problem(exc, target.host or '')}") from None
+            raise ImageLinkRefusedError(f"could not be fetched: {connection_problem(exc, target.host or '')}") from None
 
 
 def _normal_host(host: str) -> str:

@@ -23,14 +23,14 @@ from msgspec import UNSET
 from minato.backpressure import Admission, Slot
 from minato.errors import ForbiddenError
 from minato.handlers.common import unless_disconnected
-from minato.log import record_of
 from minato.options import GenerationOptions
+from minato.record import record_of
 from minato.schemas import GenerateResponse, GenerationStats
 from minato.security import Caller
 from minato.sessions import SessionManager, Turn
 from minato.settings import Settings
 from minato.streaming import Exchange, StreamFormat, stream_response
-from minato.upstream import OllamaClient, canonical_model_name
+from minato.upstream import Ollama, canonical_model_name
 from minato.upstream.wire import ChatRequest
 
 #: The ``num_ctx`` cap for user keys when neither the operator nor the model names one.
@@ -52,7 +52,7 @@ class Generation(NamedTuple):
     """Everything one generation needs, gathered by its handler."""
 
     request: Request[Any, Any, Any]
-    upstream: OllamaClient
+    upstream: Ollama
     sessions: SessionManager
     admission: Admission
     settings: Settings

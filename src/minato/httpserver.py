@@ -14,12 +14,12 @@ import functools
 import resource
 from typing import Any, Final
 
-import msgspec
 import structlog
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from minato.rendering import error_body
 from minato.settings import Settings
 
 LOG_WINDOW: Final = 10.0
@@ -96,12 +96,8 @@ class ConnectionGuard:
         self.max_connections = max_connections
         self.timeouts = BoundLog("request_head_timeout", header_timeout=header_timeout)
         self.refusals = BoundLog("client_connection_refused", max_client_connections=max_connections)
-        self.timeout_body = msgspec.json.encode(
-            {"detail": f"no complete request head within {header_timeout:g} s; connection closed"}
-        )
-        self.refusal_body = msgspec.json.encode(
-            {"detail": f"too many open connections (at most {max_connections}); try again shortly"}
-        )
+        self.timeout_body = error_body(f"no complete request head within {header_timeout:g} s; connection closed")
+        self.refusal_body = error_body(f"too many open connections (at most {max_connections}); try again shortly")
 
     @classmethod
     def from_settings(cls, settings: Settings, open_file_limit: int) -> ConnectionGuard:

@@ -17,12 +17,14 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
+from minato.errors import StreamAbortedError
+from minato.record import RECORD_KEY, RequestRecord
+from minato.rendering import error_body
 from minato.settings import Settings
 
 if TYPE_CHECKING:
     from minato.metrics import Metrics
 
-RECORD_KEY: Final = "minato.record"
 #: nginx's status for a request whose client closed the connection before the answer was complete.
 CLIENT_CLOSED_REQUEST: Final = 499
 #: The route label of every request that matched no route: the raw path would be an unbounded label.
@@ -37,60 +39,6 @@ _LEVELS: Final = {
 }
 
 logger = structlog.get_logger("minato.access")
-
-
-class StreamAbortedError(Exception):
-    """Raised inside a plain-text stream to abort its chunked body after a mid-stream failure.
-
-    The failure has already been logged; the ASGI server only has to drop the connection so the
-    client sees an incomplete response instead of a truncated answer that looks complete.
-    """
-
-
-class RequestRecord:
-    """Facts a handler adds to its request's log line (and, from there, to the metrics)."""
-
-    __slots__ = (
-        "client_gone",
-        "first_token",
-        "model",
-        "request_id",
-        "started",
-        "streaming",
-        "tokens",
-        "tokens_per_second",
-        "upstream_error",
-    )
-
-    def __init__(self, request_id: str, started: float) -> None:
-        self.request_id = request_id
-        self.started = started
-        self.model: str | None = None
-        self.tokens: int | None = None
-        self.tokens_per_second: float | None = None
-        self.first_token: float | None = None
-        """Seconds from the request to the first token written (streams)."""
-        self.streaming = False
-        self.upstream_error: str | None = None
-        """The kind of Ollama failure this request met, if any."""
-        self.client_gone = False
-        """The client left before its whole answer was written (logged and counted as 499)."""
-
-    def note_answer(self, tokens: int, tokens_per_second: float) -> None:
-        """Note the size and speed of the finished answer."""
-        self.tokens = tokens
-        self.tokens_per_second = tokens_per_second
-
-    def mark_first_token(self) -> None:
-        """Note that the first token is being written now."""
-        if self.first_token is None:
-            self.first_token = time.perf_counter() - self.started
-
-
-def record_of(scope: Scope) -> RequestRecord | None:
-    """Return the log record of the request in ``scope``, if the logging middleware made one."""
-    record: RequestRecord | None = scope.get("state", {}).get(RECORD_KEY)
-    return record
 
 
 def configure_logging(settings: Settings, *, stream: Any = None) -> None:
@@ -233,7 +181,7 @@ class RequestLogMiddleware:
 
 
 async def _refuse(send: Send, status: int, detail: str) -> None:
-    body = msgspec.json.encode({"detail": detail})
+    body = error_body(detail)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

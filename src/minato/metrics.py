@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from minato.errors import MinatoError
+
 if TYPE_CHECKING:
-    from minato.log import RequestRecord
+    from minato.record import RequestRecord
     from minato.upstream.catalog import ModelCatalog
 
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -109,8 +111,6 @@ class Metrics:
                 await self._probe
 
     async def _probe_forever(self, catalog: ModelCatalog, interval: float) -> None:
-        from minato.errors import MinatoError
-
         while True:
             try:
                 await catalog.upstream.version()

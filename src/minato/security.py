@@ -23,7 +23,8 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 
-from minato.settings import Settings, SettingsError
+from minato.errors import SettingsError
+from minato.settings import Settings
 
 logger = structlog.get_logger("minato.security")
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from minato.errors import SettingsError
 from minato.ollama_options import check_option, keep_alive_seconds, parse_keep_alive
 
 PREFIX: Final = "MINATO_"
@@ -21,10 +22,6 @@ OLLAMA_DEFAULT_PORT: Final = 11434
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
-
-
-class SettingsError(Exception):
-    """A setting is missing or invalid; the message names the environment variable."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

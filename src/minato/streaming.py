@@ -22,8 +22,8 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Scope, Send
 
 from minato.backpressure import Slot
-from minato.errors import MinatoError
-from minato.log import RequestRecord, StreamAbortedError, record_of
+from minato.errors import MinatoError, StreamAbortedError
+from minato.record import RequestRecord, record_of
 from minato.schemas import GenerationStats, StreamDone, StreamError
 from minato.sessions import Turn
 from minato.upstream import ChunkStream

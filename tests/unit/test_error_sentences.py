@@ -20,7 +20,8 @@ from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
 from minato.app import create_app
-from minato.errors import OllamaUnavailableError, UpstreamError, validation_sentence
+from minato.errors import OllamaUnavailableError, UpstreamError
+from minato.rendering import validation_sentence
 from minato.settings import Settings
 from minato.upstream import OllamaClient
 from minato.upstream.wire import ChatRequest, WireMessage

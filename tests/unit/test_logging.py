@@ -17,7 +17,8 @@ from litestar.exceptions import LitestarException
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
-from minato.log import StreamAbortedError, configure_logging
+from minato.errors import StreamAbortedError
+from minato.log import configure_logging
 from minato.settings import Settings
 from tests.payloads import chat_answer, chat_done, chat_token, ndjson, not_found, streamed
 

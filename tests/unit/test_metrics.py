@@ -16,8 +16,9 @@ from litestar.types import Message, Receive, Scope, Send
 from prometheus_client.parser import text_string_to_metric_families
 
 from minato.app import create_app
-from minato.log import RequestLogMiddleware, record_of
+from minato.log import RequestLogMiddleware
 from minato.metrics import Metrics
+from minato.record import record_of
 from minato.settings import Settings
 from tests.payloads import chat_answer, chat_done, chat_token, ndjson
 

@@ -17,11 +17,12 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.app import create_app
-from minato.backpressure import Admission, OverloadedError
+from minato.backpressure import Admission
 from minato.cli import main
+from minato.errors import OverloadedError, SettingsError
 from minato.log import configure_logging
 from minato.security import Keyring, RateLimiter, refuse_unsafe_start
-from minato.settings import Settings, SettingsError
+from minato.settings import Settings
 from minato.upstream import canonical_model_name
 from tests.payloads import TAGS, catalogue, chat_answer, show
 

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from minato.cli import main
-from minato.settings import Settings, SettingsError
+from minato.errors import SettingsError
+from minato.settings import Settings
 
 
 @pytest.fixture(name="monkeypatch")

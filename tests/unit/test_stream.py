@@ -14,7 +14,7 @@ from litestar.exceptions import LitestarException
 from litestar.testing import AsyncTestClient
 
 from minato.app import create_app
-from minato.log import StreamAbortedError
+from minato.errors import StreamAbortedError
 from minato.settings import Settings
 from tests.payloads import catalogue, chat_done, chat_token, ndjson, not_found, streamed
 

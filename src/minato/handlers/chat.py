@@ -21,8 +21,8 @@ from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, Parameter
 
 from minato.errors import AmbiguousSessionError, SessionNotFoundError
-from minato.handlers.common import VALIDATION_RESPONSE, error_spec
 from minato.options import check_text_length
+from minato.rendering import VALIDATION_RESPONSE, error_spec
 from minato.security import Caller, Role
 from minato.sessions import Session, SessionManager, validate_session_id
 from minato.settings import Settings

@@ -8,50 +8,20 @@ import difflib
 from collections.abc import Awaitable
 from typing import Any, Final, TypeVar
 
-import msgspec
 from litestar import Request, Response
 from litestar.openapi import ResponseSpec
 
 from minato.errors import ClientDisconnectedError, ModelNotFoundError
-from minato.log import RequestRecord, record_of
 from minato.options import validate_model_name
 from minato.query import reject_repeated_parameters
+from minato.record import RequestRecord, record_of
+from minato.rendering import VALIDATION_RESPONSE, error_spec
 from minato.streaming import is_minato_event_id
 from minato.upstream.catalog import ModelCatalog
 
 T = TypeVar("T")
 
 
-class ErrorDetail(msgspec.Struct, frozen=True):
-    """Body of every non-validation error."""
-
-    detail: str
-
-
-class ValidationItem(msgspec.Struct, frozen=True):
-    """One invalid parameter."""
-
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class ValidationDetail(msgspec.Struct, frozen=True):
-    """Body of a 422: which parameters were wrong, and why."""
-
-    detail: list[ValidationItem]
-
-
-def error_spec(description: str) -> ResponseSpec:
-    """Document an error status answered with ``{"detail": "..."}``."""
-    return ResponseSpec(data_container=ErrorDetail, description=description, generate_examples=False)
-
-
-VALIDATION_RESPONSE: Final = ResponseSpec(
-    data_container=ValidationDetail,
-    description="A parameter is missing or invalid.",
-    generate_examples=False,
-)
 UPSTREAM_RESPONSES: Final[dict[int, ResponseSpec]] = {
     401: error_spec("No valid API key (when keys are configured); see `WWW-Authenticate`."),
     422: VALIDATION_RESPONSE,

@@ -22,7 +22,7 @@ from minato.schemas import GenerateResponse
 from minato.security import Caller
 from minato.sessions import SessionManager
 from minato.settings import Settings
-from minato.upstream import OllamaClient
+from minato.upstream.protocol import OllamaDependency
 
 MESSAGE_DESCRIPTION: Final = "The user's message (required, non-empty)."
 Message = Annotated[str, Parameter(description=MESSAGE_DESCRIPTION, min_length=1)]
@@ -55,7 +55,7 @@ async def generate(
     model_name: ModelName,
     message: Message,
     params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaClient],
+    upstream: NamedDependency[OllamaDependency],
     sessions: NamedDependency[SessionManager],
     admission: NamedDependency[Admission],
     settings: NamedDependency[Settings],
@@ -85,7 +85,7 @@ async def generate_stream(
     model_name: ModelName,
     message: Message,
     params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaClient],
+    upstream: NamedDependency[OllamaDependency],
     sessions: NamedDependency[SessionManager],
     admission: NamedDependency[Admission],
     settings: NamedDependency[Settings],

@@ -15,7 +15,8 @@ from minato.errors import MinatoError
 from minato.metrics import CONTENT_TYPE, Metrics
 from minato.schemas import HealthReport, ReadinessReport
 from minato.security import PROBE, PUBLIC
-from minato.upstream import OllamaClient
+from minato.upstream import Ollama
+from minato.upstream.protocol import OllamaDependency
 
 
 @get("/health", operation_id="Health", summary="Liveness probe (no key needed)", tags=["health"], opt={PUBLIC: True})
@@ -39,7 +40,7 @@ async def health() -> HealthReport:
     },
     tags=["health"],
 )
-async def ready(upstream: NamedDependency[OllamaClient]) -> Response[ReadinessReport]:
+async def ready(upstream: NamedDependency[OllamaDependency]) -> Response[ReadinessReport]:
     """Report whether Ollama answers, with its version."""
     report, status = await _readiness(upstream)
     return Response(report, status_code=status)
@@ -59,12 +60,12 @@ async def health_head() -> Response[None]:
     opt={PROBE: True},
     tags=["health"],
 )
-async def ready_head(upstream: NamedDependency[OllamaClient]) -> Response[None]:
+async def ready_head(upstream: NamedDependency[OllamaDependency]) -> Response[None]:
     """Answer like ``GET /ready`` without the body."""
     return _bodiless(*await _readiness(upstream))
 
 
-async def _readiness(upstream: OllamaClient) -> tuple[ReadinessReport, int]:
+async def _readiness(upstream: Ollama) -> tuple[ReadinessReport, int]:
     try:
         version = await upstream.version()
     except MinatoError as exc:

@@ -26,8 +26,9 @@ from minato.ollama_options import INT32_MAX
 from minato.options import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive, validate_model_name
 from minato.security import ADMIN
 from minato.settings import Settings
-from minato.upstream import OllamaClient, canonical_model_name
+from minato.upstream import Ollama, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
+from minato.upstream.protocol import OllamaDependency
 from minato.upstream.wire import ModelDetails, RunningModel, ShowResponse
 
 #: The Ollama CLI shows "Forever" for expiries more than 20 years out; so does Minato.
@@ -149,7 +150,7 @@ def _expiry(value: str) -> tuple[str, float | None]:
     return value, round(max(remaining.total_seconds(), 0.0), 1)
 
 
-async def _show_if_installed(upstream: OllamaClient, model: str) -> ShowResponse | None:
+async def _show_if_installed(upstream: Ollama, model: str) -> ShowResponse | None:
     try:
         return await upstream.show(model)
     except ModelNotFoundError:
@@ -177,7 +178,7 @@ def _find(running: list[RunningModel], model: str) -> RunningModel | None:
 async def load(
     request: Request[Any, Any, Any],
     model_name: ModelName,
-    upstream: NamedDependency[OllamaClient],
+    upstream: NamedDependency[OllamaDependency],
     catalog: NamedDependency[ModelCatalog],
     settings: NamedDependency[Settings],
     keep_alive: Annotated[str | None, Parameter(description=KEEP_ALIVE_DESCRIPTION)] = None,
@@ -214,7 +215,7 @@ async def load(
     opt={ADMIN: True},
 )
 async def unload(
-    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaClient]
+    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaDependency]
 ) -> ModelAction:
     """Unload a model (idempotent)."""
     model = validate_model_name(model_name)
@@ -235,7 +236,7 @@ async def unload(
 async def delete_model(
     request: Request[Any, Any, Any],
     model_name: ModelName,
-    upstream: NamedDependency[OllamaClient],
+    upstream: NamedDependency[OllamaDependency],
     catalog: NamedDependency[ModelCatalog],
 ) -> ModelAction:
     """Delete an installed model (404 if there is none)."""
@@ -253,7 +254,7 @@ async def delete_model(
     responses=UPSTREAM_RESPONSES,
     tags=["lifecycle"],
 )
-async def running(upstream: NamedDependency[OllamaClient]) -> RunningList:
+async def running(upstream: NamedDependency[OllamaDependency]) -> RunningList:
     """List loaded models with their memory use, context length and expiry."""
     return RunningList(running=[RunningView.of(m) for m in (await upstream.running()).models])
 
@@ -267,7 +268,7 @@ async def running(upstream: NamedDependency[OllamaClient]) -> RunningList:
     tags=["lifecycle"],
 )
 async def status(
-    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaClient]
+    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaDependency]
 ) -> ModelStatus:
     """Report what Ollama knows about one model; an unknown model is reported as not installed."""
     model = validate_model_name(model_name)
@@ -295,7 +296,7 @@ async def status(
 
 
 @get("/", operation_id="ServerInfo", summary="Service and Ollama information", tags=["health"])
-async def server_info(upstream: NamedDependency[OllamaClient]) -> ServerInfo:
+async def server_info(upstream: NamedDependency[OllamaDependency]) -> ServerInfo:
     """Name and version of this service; Ollama's URL and version (or why it is unreachable); models."""
     try:
         version, tags, ps = await asyncio.gather(upstream.version(), upstream.list_models(), upstream.running())

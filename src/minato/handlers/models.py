@@ -25,8 +25,9 @@ from minato.handlers.generate import ModelName
 from minato.options import validate_model_name
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary
 from minato.security import ADMIN
-from minato.upstream import OllamaClient, PullStream, canonical_model_name
+from minato.upstream import PullStream, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
+from minato.upstream.protocol import OllamaDependency
 from minato.upstream.wire import PullProgress, TagModel
 
 logger = structlog.get_logger("minato.models")
@@ -86,7 +87,7 @@ async def pull_to_end(stream: PullStream) -> None:
 async def install(
     request: Request[Any, Any, Any],
     model_name: ModelName,
-    upstream: NamedDependency[OllamaClient],
+    upstream: NamedDependency[OllamaDependency],
     catalog: NamedDependency[ModelCatalog],
     stream: Annotated[bool, Parameter(description="Relay progress as NDJSON instead of waiting.")] = False,
 ) -> Response[InstallResponse] | Stream:
@@ -136,7 +137,9 @@ def summarize(model: TagModel, loaded: bool) -> ModelSummary:
     responses=UPSTREAM_RESPONSES,
     tags=["models"],
 )
-async def models_list(upstream: NamedDependency[OllamaClient], catalog: NamedDependency[ModelCatalog]) -> ModelsList:
+async def models_list(
+    upstream: NamedDependency[OllamaDependency], catalog: NamedDependency[ModelCatalog]
+) -> ModelsList:
     """Return the installed models."""
     tags, ps = await asyncio.gather(upstream.list_models(), upstream.running())
     catalog.record(tags)

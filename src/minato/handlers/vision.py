@@ -21,7 +21,6 @@ from minato.fetch import ImageFetcher
 from minato.generation import Generation, Question, streamed_answer, whole_answer
 from minato.handlers.common import (
     GENERATION_RESPONSES,
-    error_spec,
     note_model,
     require_known_model,
     unless_disconnected,
@@ -29,11 +28,13 @@ from minato.handlers.common import (
 from minato.handlers.generate import STREAM_DESCRIPTION, ModelName
 from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
 from minato.options import EXTRA_QUERY_OPT, GenerationOptions, check_text_length, validate_model_name
+from minato.rendering import error_spec
 from minato.schemas import GenerateResponse
 from minato.security import Caller
 from minato.sessions import SessionManager
 from minato.settings import Settings
-from minato.upstream import OllamaClient
+from minato.upstream import Ollama
+from minato.upstream.protocol import OllamaDependency
 
 VISION_DESCRIPTION: Final = (
     "Images (PNG, JPEG, WebP, GIF or BMP, recognised by content) in any mix of: `images` file parts "
@@ -93,7 +94,7 @@ def _vision_generation(
     model_name: str,
     message: str | None,
     image_url: list[str] | None,
-    upstream: OllamaClient,
+    upstream: Ollama,
     fetcher: ImageFetcher,
     settings: Settings,
     capabilities: frozenset[str],
@@ -154,7 +155,7 @@ async def vision(
     request: Request[Any, Any, Any],
     model_name: ModelName,
     params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaClient],
+    upstream: NamedDependency[OllamaDependency],
     sessions: NamedDependency[SessionManager],
     admission: NamedDependency[Admission],
     fetcher: NamedDependency[ImageFetcher],
@@ -188,7 +189,7 @@ async def vision_stream(
     request: Request[Any, Any, Any],
     model_name: ModelName,
     params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaClient],
+    upstream: NamedDependency[OllamaDependency],
     sessions: NamedDependency[SessionManager],
     admission: NamedDependency[Admission],
     fetcher: NamedDependency[ImageFetcher],

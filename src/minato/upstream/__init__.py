@@ -1,6 +1,15 @@
-"""Everything Minato knows about talking to Ollama."""
+"""Everything Minato knows about talking to Ollama: the interface callers depend on, and its implementation."""
 
-from minato.upstream.client import ChunkStream, ModelFacts, OllamaClient, PullStream
+from minato.upstream.client import ChunkStream, ModelFacts, OllamaClient, PullStream, RawResponse
 from minato.upstream.names import canonical_model_name
+from minato.upstream.protocol import Ollama
 
-__all__ = ["ChunkStream", "ModelFacts", "OllamaClient", "PullStream", "canonical_model_name"]
+__all__ = [
+    "ChunkStream",
+    "ModelFacts",
+    "Ollama",
+    "OllamaClient",
+    "PullStream",
+    "RawResponse",
+    "canonical_model_name",
+]

@@ -20,7 +20,7 @@ from minato.errors import MinatoError, ModelNotFoundError
 from minato.upstream.names import canonical_model_name
 
 if TYPE_CHECKING:
-    from minato.upstream.client import OllamaClient
+    from minato.upstream.protocol import Ollama
     from minato.upstream.wire import TagsResponse
 
 logger = structlog.get_logger("minato.catalog")
@@ -41,7 +41,7 @@ OTHER: Final = "other"
 class ModelCatalog:
     """The installed models, by canonical name, refreshed on demand and by the reachability probe."""
 
-    def __init__(self, upstream: OllamaClient, *, min_refresh_seconds: float = MIN_REFRESH_SECONDS) -> None:
+    def __init__(self, upstream: Ollama, *, min_refresh_seconds: float = MIN_REFRESH_SECONDS) -> None:
         self.upstream = upstream
         self.min_refresh_seconds = min_refresh_seconds
         self._names: dict[str, str] = {}

@@ -235,6 +235,33 @@ class OllamaClient:
         body = await self._call("GET", "/api/version", None, self.settings.control_timeout, "")
         return msgspec.json.decode(body, type=VersionResponse).version
 
+    # -- relaying --------------------------------------------------------------------------
+
+    async def forward(
+        self, method: str, path: str, body: bytes | None, *, content_type: str | None = None
+    ) -> RawResponse:
+        """Send ``body`` to Ollama's ``path`` as it is and return the answer as it arrives.
+
+        The status and headers are known when this returns (within ``MINATO_FIRST_TOKEN_TIMEOUT``,
+        which covers a cold model load); the body is then read chunk by chunk, each chunk the moment
+        it arrives, with ``MINATO_IDLE_TIMEOUT`` between chunks. Only Ollama's URL and the content
+        type travel: nothing of the client's request (keys, cookies, ``Host``) reaches Ollama.
+        """
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.base_url + path)
+        headers = {"accept": "*/*"} if content_type is None else {"content-type": content_type, "accept": "*/*"}
+        request = httpx.Request(method, url, content=body, headers=headers, extensions={"timeout": self._timeouts})
+        budget = self.settings.first_token_timeout
+        try:
+            async with asyncio.timeout(budget):
+                response = await self._transport.handle_async_request(request)
+        except TimeoutError:
+            raise OllamaTimeoutError(f"Ollama did not start answering within {budget:g} s") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        return RawResponse(response, self.settings.idle_timeout, self.base_url)
+
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _call(self, method: str, path: str, body: bytes | None, deadline: float, model: str) -> bytes:
@@ -289,6 +316,54 @@ class OllamaClient:
         if isinstance(exc, httpx.RemoteProtocolError):
             return UpstreamError(f"Ollama at {url} closed the connection before answering")
         return UpstreamError(f"the connection to Ollama at {url} failed: {connection_problem(exc, host)}")
+
+
+class RawResponse:
+    """Ollama's answer to a forwarded request: status and headers now, the body as it arrives."""
+
+    def __init__(self, response: httpx.Response, idle_timeout: float, ollama_url: str) -> None:
+        self.status = response.status_code
+        self.headers = [(name.lower(), value) for name, value in response.headers.items()]
+        self._response = response
+        self._idle_timeout = idle_timeout
+        self._ollama_url = ollama_url
+        body = response.stream
+        self._read_some = body.read_some if isinstance(body, AiohttpBody) else _generic_reader(response)
+
+    @property
+    def content_type(self) -> str:
+        """Ollama's ``Content-Type`` (empty when it sent none)."""
+        return next((value for name, value in self.headers if name == "content-type"), "")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Each piece of the body the moment it arrives; a failure mid-way raises a Minato error."""
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._idle_timeout):
+                        data = await self._read_some()
+                except TimeoutError:
+                    raise OllamaTimeoutError(
+                        f"Ollama went silent for {self._idle_timeout:g} s in the middle of an answer"
+                    ) from None
+                except httpx.HTTPError as exc:
+                    _log_library_error("ollama_stream_broke", exc, self._ollama_url)
+                    raise UpstreamError(
+                        f"the answer from Ollama at {self._ollama_url} broke off before it was complete"
+                    ) from None
+                if not data:
+                    return
+                yield data
+        finally:
+            await self.aclose()
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def aclose(self) -> None:
+        """Close the call; Ollama stops working on a request whose client went away."""
+        await self._response.aclose()
 
 
 def _log_library_error(event: str, exc: BaseException, ollama_url: str) -> None:

@@ -1,0 +1,56 @@
+"""The facts a request gathers for its log line and metrics, carried in the ASGI scope."""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from litestar.types import Scope
+
+RECORD_KEY: Final = "minato.record"
+
+
+class RequestRecord:
+    """Facts a handler adds to its request's log line (and, from there, to the metrics)."""
+
+    __slots__ = (
+        "client_gone",
+        "first_token",
+        "model",
+        "request_id",
+        "started",
+        "streaming",
+        "tokens",
+        "tokens_per_second",
+        "upstream_error",
+    )
+
+    def __init__(self, request_id: str, started: float) -> None:
+        self.request_id = request_id
+        self.started = started
+        self.model: str | None = None
+        self.tokens: int | None = None
+        self.tokens_per_second: float | None = None
+        self.first_token: float | None = None
+        """Seconds from the request to the first token written (streams)."""
+        self.streaming = False
+        self.upstream_error: str | None = None
+        """The kind of Ollama failure this request met, if any."""
+        self.client_gone = False
+        """The client left before its whole answer was written (logged and counted as 499)."""
+
+    def note_answer(self, tokens: int, tokens_per_second: float) -> None:
+        """Note the size and speed of the finished answer."""
+        self.tokens = tokens
+        self.tokens_per_second = tokens_per_second
+
+    def mark_first_token(self) -> None:
+        """Note that the first token is being written now."""
+        if self.first_token is None:
+            self.first_token = time.perf_counter() - self.started
+
+
+def record_of(scope: Scope) -> RequestRecord | None:
+    """Return the log record of the request in ``scope``, if the logging middleware made one."""
+    record: RequestRecord | None = scope.get("state", {}).get(RECORD_KEY)
+    return record

@@ -1,0 +1,122 @@
+"""The typed runtime: everything a request may use, built once when the app starts and torn down once.
+
+One lifespan builds one frozen :class:`Runtime` with an :class:`~contextlib.AsyncExitStack`, so
+every resource is closed exactly once, in the reverse order it was opened, whatever fails half-way.
+Handlers name a field (``upstream``, ``sessions``, ...) and get it through one provider per field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, fields
+from typing import Any
+
+from litestar import Litestar, Request
+from litestar.di import Provide
+
+from minato.backpressure import Admission
+from minato.fetch import ImageFetcher
+from minato.metrics import Metrics
+from minato.security import RateLimiter
+from minato.sessions import SessionManager, open_store
+from minato.settings import Settings
+from minato.upstream.catalog import ModelCatalog
+from minato.upstream.protocol import Ollama
+
+#: Builds the interface to Ollama from the settings (the real client, a pool, or a test's fake).
+UpstreamFactory = Callable[[Settings], Ollama]
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a request may use. Built by :func:`started`; frozen: nothing swaps a part mid-flight."""
+
+    settings: Settings
+    metrics: Metrics
+    admission: Admission
+    limiter: RateLimiter | None
+    upstream: Ollama
+    catalog: ModelCatalog
+    sessions: SessionManager
+    fetcher: ImageFetcher
+
+
+class RuntimeSlot:
+    """Where the app keeps its runtime while it runs; empty before start-up and after shutdown."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self) -> None:
+        self._runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """The running app's runtime."""
+        if self._runtime is None:
+            raise RuntimeError("Minato's runtime is used before the app started or after it stopped")
+        return self._runtime
+
+    @asynccontextmanager
+    async def holding(self, runtime: Runtime) -> AsyncIterator[None]:
+        """Hold ``runtime`` for the duration of the block."""
+        self._runtime = runtime
+        try:
+            yield
+        finally:
+            self._runtime = None
+
+    def providers(self) -> dict[str, Provide]:
+        """One dependency provider per runtime field, by the field's name."""
+        return {field.name: Provide(self._provider(field.name), sync_to_thread=False) for field in fields(Runtime)}
+
+    def _provider(self, name: str) -> Callable[[], Any]:
+        def provide() -> Any:
+            return getattr(self.runtime, name)
+
+        provide.__name__ = f"provide_{name}"
+        return provide
+
+
+@asynccontextmanager
+async def started(
+    settings: Settings,
+    metrics: Metrics,
+    admission: Admission,
+    limiter: RateLimiter | None,
+    upstream_factory: UpstreamFactory,
+) -> AsyncIterator[Runtime]:
+    """Open every resource of a runtime; close them in reverse order when the block ends."""
+    async with AsyncExitStack() as stack:
+        upstream = upstream_factory(settings)
+        stack.push_async_callback(upstream.aclose)
+        catalog = ModelCatalog(upstream)
+        metrics.model_label = catalog.label
+        await metrics.start_probe(catalog, settings.ollama_probe_interval)
+        stack.push_async_callback(metrics.stop_probe)
+        sessions = SessionManager(open_store(settings.session_store), settings)
+        await sessions.start()
+        stack.push_async_callback(sessions.stop)
+        fetcher = ImageFetcher(settings)
+        stack.push_async_callback(fetcher.aclose)
+        yield Runtime(
+            settings=settings,
+            metrics=metrics,
+            admission=admission,
+            limiter=limiter,
+            upstream=upstream,
+            catalog=catalog,
+            sessions=sessions,
+            fetcher=fetcher,
+        )
+
+
+def runtime_of(request: Request[Any, Any, Any]) -> Runtime:
+    """The runtime, for code that runs before a handler's dependencies (``before_request`` hooks)."""
+    slot: RuntimeSlot = request.app.state.runtime_slot
+    return slot.runtime
+
+
+def attach(app: Litestar, slot: RuntimeSlot) -> None:
+    """Make ``slot`` reachable from requests of ``app`` (see :func:`runtime_of`)."""
+    app.state.runtime_slot = slot
