@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Final
 
 import httpx
 from litestar import Litestar, Router
@@ -16,23 +16,17 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from minato import __version__
 from minato.backpressure import Admission
-from minato.fetch import ImageFetcher
 from minato.handlers import ROUTE_HANDLERS
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.options import provide_generation_options
 from minato.query import reject_repeated_parameters
 from minato.rendering import EXCEPTION_HANDLERS
-from minato.security import PUBLIC, Keyring, make_caller_provider, make_guard
-from minato.sessions import SessionManager, open_store
+from minato.runtime import RuntimeSlot, UpstreamFactory, attach, started
+from minato.security import PUBLIC, Keyring, RateLimiter, make_caller_provider, make_guard
 from minato.settings import Settings
-from minato.upstream import OllamaClient
-from minato.upstream.catalog import ModelCatalog
+from minato.upstream import Ollama, OllamaClient
 
-UPSTREAM: Final = "upstream"
-CATALOG: Final = "catalog"
-SESSIONS: Final = "sessions"
-FETCHER: Final = "fetcher"
 API_DESCRIPTION: Final = (
     "Minato is an HTTP gateway in front of an Ollama daemon: plain GET requests for answers, "
     "streamed tokens, image questions and model management, without exposing Ollama itself.\n\n"
@@ -46,6 +40,8 @@ def create_app(
     settings: Settings | None = None,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    upstream: UpstreamFactory | None = None,
+    limiter: RateLimiter | None = None,
     configure_logs: bool | None = None,
 ) -> Litestar:
     """Build Minato.
@@ -53,6 +49,8 @@ def create_app(
     Args:
         settings: Service configuration; read from the environment when omitted.
         transport: httpx transport for the calls to Ollama (tests pass a mock router's).
+        upstream: Builds the interface to Ollama instead of the real client (a test's fake).
+        limiter: The rate limiter instead of the in-process one ``MINATO_RATE_LIMIT_PER_MINUTE`` builds.
         configure_logs: Configure structlog and stdlib logging; by default only when the
             settings come from the environment (a served process), not when a test passes them.
     """
@@ -61,7 +59,6 @@ def create_app(
     settings = settings if settings is not None else Settings.from_env()
     if configure_logs:
         configure_logging(settings)
-    resources: dict[str, Any] = {}
     metrics = Metrics()
     keyring = Keyring.from_settings(settings)
     admission = Admission(
@@ -71,60 +68,29 @@ def create_app(
         settings.queue_timeout,
         metrics,
     )
+    if limiter is None and settings.rate_limit_per_minute:
+        limiter = RateLimiter(settings.rate_limit_per_minute)
+    build = upstream if upstream is not None else _real_client(transport)
+    slot = RuntimeSlot()
 
     @asynccontextmanager
-    async def ollama_pool(litestar: Litestar) -> AsyncIterator[None]:
-        client = OllamaClient(settings, transport=transport)
-        catalog = ModelCatalog(client)
-        resources[UPSTREAM] = client
-        resources[CATALOG] = catalog
-        litestar.state.catalog = catalog  # for the checks that run before a handler's dependencies
-        metrics.model_label = catalog.label
-        await metrics.start_probe(catalog, settings.ollama_probe_interval)
-        try:
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        async with started(settings, metrics, admission, limiter, build) as runtime, slot.holding(runtime):
             yield
-        finally:
-            await metrics.stop_probe()
-            await client.aclose()
-
-    @asynccontextmanager
-    async def conversations(_: Litestar) -> AsyncIterator[None]:
-        manager = SessionManager(open_store(settings.session_store), settings)
-        await manager.start()
-        resources[SESSIONS] = manager
-        try:
-            yield
-        finally:
-            await manager.stop()
-
-    @asynccontextmanager
-    async def image_fetcher(_: Litestar) -> AsyncIterator[None]:
-        fetcher = ImageFetcher(settings)
-        resources[FETCHER] = fetcher
-        try:
-            yield
-        finally:
-            await fetcher.aclose()
 
     app = Litestar(
         route_handlers=ROUTE_HANDLERS,
-        lifespan=[ollama_pool, conversations, image_fetcher],
-        # Handlers name what they need; lifespan-owned resources are looked up per request because
-        # they only exist once the app has started.
+        lifespan=[lifespan],
+        # Handlers name what they need: a runtime field (provided once the app has started), the
+        # caller, or the generation options.
         dependencies={
-            "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
-            "metrics": Provide(lambda: metrics, sync_to_thread=False, use_cache=True),
-            "admission": Provide(lambda: admission, sync_to_thread=False, use_cache=True),
-            "upstream": Provide(lambda: resources[UPSTREAM], sync_to_thread=False),
-            "catalog": Provide(lambda: resources[CATALOG], sync_to_thread=False),
-            "sessions": Provide(lambda: resources[SESSIONS], sync_to_thread=False),
-            "fetcher": Provide(lambda: resources[FETCHER], sync_to_thread=False),
+            **slot.providers(),
             "caller": Provide(make_caller_provider(keyring), sync_to_thread=False),
             "params": Provide(provide_generation_options, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=reject_repeated_parameters,
-        guards=[make_guard(settings, keyring)] if keyring.enabled else [],
+        guards=[make_guard(settings, keyring, limiter)] if keyring.enabled else [],
         cors_config=_cors(settings),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -149,8 +115,16 @@ def create_app(
     )
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that
     # fail after their first byte are logged with the status the client actually got.
+    attach(app, slot)
     app.asgi_handler = RequestLogMiddleware(app.asgi_handler, metrics, max_query_bytes=settings.max_query_chars)
     return app
+
+
+def _real_client(transport: httpx.AsyncBaseTransport | None) -> UpstreamFactory:
+    def build(settings: Settings) -> Ollama:
+        return OllamaClient(settings, transport=transport)
+
+    return build
 
 
 def _cors(settings: Settings) -> CORSConfig | None:

@@ -12,7 +12,7 @@ The order is the point:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -29,9 +29,10 @@ from minato.schemas import GenerateResponse, GenerationStats
 from minato.security import Caller
 from minato.sessions import SessionManager, Turn
 from minato.settings import Settings
-from minato.streaming import Exchange, StreamFormat, stream_response
+from minato.streaming import StreamFormat, stream_response
 from minato.upstream import Ollama, canonical_model_name
-from minato.upstream.wire import ChatRequest
+from minato.upstream.client import ChunkStream
+from minato.upstream.wire import ChatChunk, ChatRequest
 
 #: The ``num_ctx`` cap for user keys when neither the operator nor the model names one.
 FALLBACK_USER_MAX_NUM_CTX: Final = 131_072
@@ -79,7 +80,50 @@ async def check_num_ctx(generation: Generation) -> None:
         raise ForbiddenError(f"num_ctx={asked} is more than {cap} ({source}); this needs an admin key")
 
 
-async def _admit(generation: Generation) -> tuple[Turn | None, Slot]:
+class Lease:
+    """What a running generation holds: its conversation's turn (if any) and its slot.
+
+    The turn is committed at most once, and only by :meth:`commit`, i.e. once the answer completed;
+    the turn and the slot are released exactly once by :meth:`release`, whichever way the request
+    ends (done, error, disconnect, timeout, shutdown): every path calls it, later calls do nothing.
+    """
+
+    __slots__ = ("_committed", "_slot", "_turn", "model", "question")
+
+    def __init__(self, turn: Turn | None, slot: Slot | None, model: str) -> None:
+        self._turn = turn
+        self._slot = slot
+        self._committed = False
+        self.model = model
+        self.question: Question | None = None
+
+    @property
+    def turn(self) -> Turn | None:
+        """The conversation's turn, while it is held."""
+        return self._turn
+
+    def hold(self, slot: Slot) -> None:
+        """Take on the generation slot admission granted."""
+        self._slot = slot
+
+    async def commit(self, answer: str) -> None:
+        """Record the question and its completed answer in the conversation (once; nothing without one)."""
+        if self._committed or self._turn is None or self.question is None:
+            return
+        self._committed = True
+        await self._turn.commit(self.model, self.question.message, self.question.images, answer)
+
+    def release(self) -> None:
+        """Give back the slot, then the turn (idempotent)."""
+        slot, self._slot = self._slot, None
+        turn, self._turn = self._turn, None
+        if slot is not None:
+            slot.release()
+        if turn is not None:
+            turn.release()
+
+
+async def _admit(generation: Generation) -> Lease:
     """Take the session's turn, then a generation slot; on any failure nothing stays taken.
 
     Either wait ends early if the client disconnects, except while a body is still unread: watching
@@ -93,22 +137,17 @@ async def _admit(generation: Generation) -> tuple[Turn | None, Slot]:
         # A key only ever continues its own conversations: the same id under another key is another one.
         begin = generation.sessions.begin(generation.caller.fingerprint, params.session)
         turn = await unless_disconnected(request, begin) if watch else await begin
+    lease = Lease(turn, None, generation.model)
     try:
         key = canonical_model_name(generation.model)
         slot = admission.try_acquire(key)  # the usual case, without a watcher task
         if slot is None:
             slot = await unless_disconnected(request, admission.acquire(key)) if watch else await admission.acquire(key)
     except BaseException:
-        if turn is not None:
-            turn.release()
+        lease.release()
         raise
-    return turn, slot
-
-
-def _release(turn: Turn | None, slot: Slot) -> None:
-    slot.release()
-    if turn is not None:
-        turn.release()
+    lease.hold(slot)
+    return lease
 
 
 async def _question(generation: Generation) -> Question:
@@ -129,19 +168,23 @@ async def _chat_request(generation: Generation, question: Question, turn: Turn |
     return generation.params.chat_request(generation.model, question.message, question.images, system_prompt, history)
 
 
+async def _opened(generation: Generation, lease: Lease) -> ChatRequest:
+    question = await _question(generation)
+    lease.question = question
+    return await _chat_request(generation, question, lease.turn)
+
+
 async def whole_answer(generation: Generation) -> GenerateResponse:
     """Ask Ollama for a whole answer, record it in the session, shape it."""
     await check_num_ctx(generation)
     request, model = generation.request, generation.model
-    turn, slot = await _admit(generation)
+    lease = await _admit(generation)
     try:
-        question = await _question(generation)
-        chat = await _chat_request(generation, question, turn)
+        chat = await _opened(generation, lease)
         chunk = await unless_disconnected(request, generation.upstream.chat(chat))
-        if turn is not None:
-            await turn.commit(model, question.message, question.images, chunk.message.content)
+        await lease.commit(chunk.message.content)
     finally:
-        _release(turn, slot)
+        lease.release()
     record = record_of(request.scope)
     stats = GenerationStats.from_chunk(chunk)
     if record is not None:
@@ -155,22 +198,44 @@ async def whole_answer(generation: Generation) -> GenerateResponse:
     )
 
 
+async def _recorded(stream: ChunkStream, lease: Lease) -> AsyncIterator[list[ChatChunk]]:
+    """Ollama's batches, recording the answer once it completed and releasing the lease at the end.
+
+    The commit comes before the last batch is handed on, so a client that leaves the moment it has
+    its ``done`` event cannot lose the turn.
+    """
+    answer: list[str] = []
+    try:
+        async for batch in stream.batches():
+            answer.extend([chunk.message.content for chunk in batch])
+            if batch and batch[-1].done:
+                await lease.commit("".join(answer))
+            yield batch
+    finally:
+        await stream.aclose()
+        lease.release()
+
+
 async def streamed_answer(generation: Generation) -> Stream:
     """Prime Ollama's stream (so its status is known), then relay it; the session records the
     exchange only if the stream completes. The slot and the turn are held until the stream ends."""
     await check_num_ctx(generation)
     request = generation.request
     fmt = StreamFormat.negotiate(request.headers.get("accept"))
-    turn, slot = await _admit(generation)
+    lease = await _admit(generation)
     try:
-        question = await _question(generation)
-        chat = await _chat_request(generation, question, turn)
+        chat = await _opened(generation, lease)
         stream = await unless_disconnected(request, generation.upstream.stream_chat(chat))
     except BaseException:
-        _release(turn, slot)
+        lease.release()
         raise
-    exchange = Exchange(turn, question.message, question.images) if turn is not None else None
-    return stream_response(stream, fmt, generation.model, record_of(request.scope), exchange, slot)
+
+    async def close() -> None:
+        # Also run when the client left while a write was suspended: Ollama stops at once.
+        await stream.aclose()
+        lease.release()
+
+    return stream_response(_recorded(stream, lease), fmt, generation.model, record_of(request.scope), close)
 
 
-__all__ = ["Generation", "Question", "QuestionReader", "check_num_ctx", "streamed_answer", "whole_answer"]
+__all__ = ["Generation", "Lease", "Question", "QuestionReader", "check_num_ctx", "streamed_answer", "whole_answer"]

@@ -150,9 +150,8 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return connection.headers.get("x-api-key") or None
 
 
-def make_guard(settings: Settings, keyring: Keyring) -> Any:
-    """Build the guard every route runs before its handler."""
-    limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+def make_guard(settings: Settings, keyring: Keyring, limiter: RateLimiter | None) -> Any:
+    """Build the guard every route runs before its handler (``limiter``: none means no rate limit)."""
     required = keyring.enabled  # configured keys are always enforced; MINATO_AUTH only governs having none
 
     # Async on purpose: Litestar runs a sync guard in a worker thread, once per request.

@@ -10,8 +10,8 @@ import asyncio
 import enum
 import re
 import secrets
-from collections.abc import AsyncIterator
-from typing import Any, Final, NamedTuple
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
 
 import msgspec
 import structlog
@@ -21,12 +21,9 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Scope, Send
 
-from minato.backpressure import Slot
 from minato.errors import MinatoError, StreamAbortedError
 from minato.record import RequestRecord, record_of
 from minato.schemas import GenerationStats, StreamDone, StreamError
-from minato.sessions import Turn
-from minato.upstream import ChunkStream
 from minato.upstream.wire import ChatChunk
 
 logger = structlog.get_logger("minato.stream")
@@ -139,58 +136,30 @@ def _encoder_for(fmt: StreamFormat) -> _Encoder:
     return _TextEncoder()
 
 
-class Exchange(NamedTuple):
-    """A session turn riding on a stream: recorded only if the stream completes."""
-
-    turn: Turn
-    question: str
-    images: list[str]
-
-
-async def _finish(
-    last: ChatChunk,
-    fmt: StreamFormat,
-    encoder: _Encoder,
-    model: str,
-    record: RequestRecord | None,
-    exchange: Exchange | None,
-    answer: list[str] | None,
-) -> bytes:
+def _done(last: ChatChunk, fmt: StreamFormat, encoder: _Encoder, model: str, record: RequestRecord | None) -> bytes:
     """Account for a completed answer; return the closing event of a structured stream (or nothing)."""
     stats = GenerationStats.from_chunk(last)
     if record is not None:
         record.note_answer(last.eval_count, stats.tokens_per_second)
-    if exchange is not None and answer is not None:
-        # After the last token: the disk write never holds up a token.
-        await exchange.turn.commit(model, exchange.question, exchange.images, "".join(answer))
     if fmt is StreamFormat.TEXT:
         return b""
     return encoder.final(StreamDone(model=model, done_reason=last.done_reason, stats=stats), "done")
 
 
 async def relay(
-    stream: ChunkStream,
-    fmt: StreamFormat,
-    model: str,
-    record: RequestRecord | None,
-    exchange: Exchange | None = None,
-    slot: Slot | None = None,
+    batches: AsyncIterator[list[ChatChunk]], fmt: StreamFormat, model: str, record: RequestRecord | None
 ) -> AsyncIterator[bytes]:
-    """Yield the client's bytes for a primed chat stream, ending with stats or an error."""
+    """Yield the client's bytes for a stream of batches, ending with stats or an error."""
     encoder = _encoder_for(fmt)
-    answer: list[str] | None = [] if exchange is not None else None
     try:
-        async for batch in stream.batches():
+        async for batch in batches:
             data = encoder.tokens(batch)
             if data:
                 if record is not None and record.first_token is None:
                     record.mark_first_token()
                 yield data
-            if answer is not None:
-                answer.extend([chunk.message.content for chunk in batch])
-            last = batch[-1] if batch else None
-            if last is not None and last.done:
-                final = await _finish(last, fmt, encoder, model, record, exchange, answer)
+            if batch and batch[-1].done:
+                final = _done(batch[-1], fmt, encoder, model, record)
                 if final:
                     yield final
     except MinatoError as exc:
@@ -200,44 +169,28 @@ async def relay(
         if fmt is StreamFormat.TEXT:
             raise StreamAbortedError(exc.detail) from exc
         yield encoder.final(StreamError(error=exc.detail), "error")
-    finally:
-        await stream.aclose()
-        if slot is not None:
-            slot.release()
-        if exchange is not None:
-            exchange.turn.release()
 
 
 def stream_response(
-    stream: ChunkStream,
+    batches: AsyncIterator[list[ChatChunk]],
     fmt: StreamFormat,
     model: str,
     record: RequestRecord | None,
-    exchange: Exchange | None = None,
-    slot: Slot | None = None,
+    close: Callable[[], Awaitable[None]],
 ) -> Stream:
-    """Wrap a primed stream in a chunked response.
+    """Wrap a stream of batches in a chunked response.
 
-    The background task runs even when the client disconnects while the relay is suspended in a
-    write: it closes the upstream at once (so Ollama stops generating) and frees the generation
-    slot and the session.
+    ``close`` runs as a background task even when the client disconnects while the relay is
+    suspended in a write: the owner of the stream closes the upstream there (so Ollama stops) and
+    frees what it holds.
     """
-
     if record is not None:
         record.streaming = True
-
-    async def clean_up() -> None:
-        await stream.aclose()
-        if slot is not None:
-            slot.release()
-        if exchange is not None:
-            exchange.turn.release()
-
     return RelayStream(
-        relay(stream, fmt, model, record, exchange, slot),
+        relay(batches, fmt, model, record),
         media_type=fmt.value,
         headers=_STREAM_HEADERS,
-        background=BackgroundTask(clean_up),
+        background=BackgroundTask(close),
     )
 
 

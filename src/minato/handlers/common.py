@@ -16,8 +16,8 @@ from minato.options import validate_model_name
 from minato.query import reject_repeated_parameters
 from minato.record import RequestRecord, record_of
 from minato.rendering import VALIDATION_RESPONSE, error_spec
+from minato.runtime import runtime_of
 from minato.streaming import is_minato_event_id
-from minato.upstream.catalog import ModelCatalog
 
 T = TypeVar("T")
 
@@ -104,7 +104,7 @@ async def require_known_model(request: Request[Any, Any, Any]) -> None:
         )
     name = validate_model_name(raw)
     note_model(request, name)
-    catalog: ModelCatalog = request.app.state.catalog
+    catalog = runtime_of(request).catalog
     if await catalog.knows(name) is not False:
         return
     hints = catalog.similar(name)
