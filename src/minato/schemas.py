@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
+import re
+from typing import Final
+
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from minato.upstream.wire import ChatChunk
+from minato.sessions import Session
+from minato.upstream.wire import ChatChunk, ModelDetails, RunningModel
+
+
+def families_of(details: ModelDetails) -> list[str]:
+    """A model's families; older models list none, and then their one family is all of them."""
+    return details.families or ([details.family] if details.family else [])
 
 
 class GenerationStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,3 +130,212 @@ class ReadinessReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     ollama_url: str
     ollama_version: str | UnsetType = UNSET
     reason: str | UnsetType = UNSET
+
+
+# -- model lifecycle and server info ---------------------------------------------------------------
+
+
+#: The Ollama CLI shows "Forever" for expiries more than 20 years out; so does Minato.
+FOREVER_AFTER: Final = datetime.timedelta(days=20 * 365)
+_GO_FRACTION: Final = re.compile(r"(\.\d{6})\d+")
+
+
+class RunningView(msgspec.Struct, frozen=True, kw_only=True):
+    """A model loaded in memory."""
+
+    name: str
+    size: int
+    size_vram: int
+    context_length: int
+    expires_at: str
+    """ISO 8601, or ``forever``."""
+    expires_in_seconds: float | None
+    """Seconds until Ollama unloads it; ``null`` when it stays loaded forever."""
+
+    @classmethod
+    def of(cls, model: RunningModel) -> RunningView:
+        """Present one ``/api/ps`` entry, with "forever" spelled out instead of year 2318."""
+        expires_at, remaining = expiry(model.expires_at)
+        return cls(
+            name=model.name or model.model,
+            size=model.size,
+            size_vram=model.size_vram,
+            context_length=model.context_length,
+            expires_at=expires_at,
+            expires_in_seconds=remaining,
+        )
+
+
+class RunningList(msgspec.Struct, frozen=True, kw_only=True):
+    """Models loaded in memory now."""
+
+    running: list[RunningView]
+
+
+class ModelAction(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of an unload or delete."""
+
+    status: str
+    model: str
+
+
+class LoadResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A load: whether the model is in memory now, and its running status."""
+
+    model: str
+    loaded: bool
+    running: RunningView | None
+
+
+class DetailsView(msgspec.Struct, frozen=True, kw_only=True):
+    """A model's format and family."""
+
+    format: str
+    family: str
+    families: list[str]
+    parameter_size: str
+    quantization_level: str
+
+    @classmethod
+    def of(cls, details: ModelDetails) -> DetailsView:
+        """Present Ollama's details."""
+        families = families_of(details)
+        return cls(
+            format=details.format,
+            family=details.family,
+            families=families,
+            parameter_size=details.parameter_size,
+            quantization_level=details.quantization_level,
+        )
+
+
+class ModelStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Everything Minato can tell about one model."""
+
+    model: str
+    installed: bool
+    loaded: bool
+    expires_at: str | None = None
+    size: int | None = None
+    details: DetailsView | UnsetType = UNSET
+    capabilities: list[str] = msgspec.field(default_factory=list)
+    context_length: int | None = None
+
+
+class OllamaInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where Ollama is and whether it answers."""
+
+    url: str
+    reachable: bool
+    version: str | UnsetType = UNSET
+    reason: str | UnsetType = UNSET
+
+
+class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``GET /`` reports."""
+
+    service: str
+    version: str
+    ollama: OllamaInfo
+    installed: list[str]
+    running: list[str]
+
+
+def expiry(value: str) -> tuple[str, float | None]:
+    if not value:
+        return "", None
+    try:
+        moment = datetime.datetime.fromisoformat(_GO_FRACTION.sub(r"\1", value))
+    except ValueError:
+        return value, None
+    remaining = moment - datetime.datetime.now(tz=datetime.UTC)
+    if remaining > FOREVER_AFTER:
+        return "forever", None
+    return value, round(max(remaining.total_seconds(), 0.0), 1)
+
+
+# -- conversations --------------------------------------------------------------------------------------
+
+
+def iso_time(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat(timespec="milliseconds")
+
+
+class MessageView(msgspec.Struct, frozen=True, kw_only=True):
+    """One message of a conversation (images are counted, not returned)."""
+
+    role: str
+    content: str
+    image_count: int
+    model: str | None
+    timestamp: str
+
+
+class SessionTotals(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts over a conversation."""
+
+    messages: int
+    turns: int
+    images: int
+    characters: int
+
+
+class SessionView(msgspec.Struct, frozen=True, kw_only=True):
+    """A whole conversation."""
+
+    owner: str
+    """Fingerprint of the key it belongs to (empty: keyless, or from before keys owned conversations)."""
+    id: str
+    system_prompt: str | None
+    messages: list[MessageView]
+    totals: SessionTotals
+    created_at: str
+    last_active: str
+
+    @classmethod
+    def of(cls, session: Session) -> SessionView:
+        """Present a stored session."""
+        messages = session.messages
+        return cls(
+            owner=session.owner,
+            id=session.id,
+            system_prompt=session.system_prompt,
+            messages=[
+                MessageView(
+                    role=m.role, content=m.content, image_count=m.image_count, model=m.model, timestamp=iso_time(m.at)
+                )
+                for m in messages
+            ],
+            totals=SessionTotals(
+                messages=len(messages),
+                turns=sum(1 for m in messages if m.role == "user"),
+                images=sum(m.image_count for m in messages),
+                characters=sum(len(m.content) for m in messages),
+            ),
+            created_at=iso_time(session.created_at),
+            last_active=iso_time(session.last_active),
+        )
+
+
+class SessionListItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A conversation in a listing."""
+
+    owner: str
+    id: str
+    message_count: int
+    last_active: str
+
+
+class SessionPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of conversations, most recently active first."""
+
+    sessions: list[SessionListItem]
+    total: int
+    offset: int
+    limit: int
+
+
+class SystemPromptBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``PUT /chat/{session}/system_prompt``."""
+
+    system_prompt: str

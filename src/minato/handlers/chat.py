@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Any, Final
 
-import msgspec
 from litestar import Request, delete, get, put
 from litestar.di import NamedDependency
 from litestar.exceptions import PermissionDeniedException
@@ -23,6 +22,7 @@ from litestar.params import JSONBody, Parameter
 from minato.errors import AmbiguousSessionError, SessionNotFoundError
 from minato.options import check_text_length
 from minato.rendering import VALIDATION_RESPONSE, error_spec
+from minato.schemas import SessionListItem, SessionPage, SessionView, SystemPromptBody, iso_time
 from minato.security import Caller, Role
 from minato.sessions import Session, SessionManager, validate_session_id
 from minato.settings import Settings
@@ -48,90 +48,6 @@ ADDRESSING: Final[dict[int, ResponseSpec]] = {
     422: VALIDATION_RESPONSE,
 }
 NOT_FOUND: Final = {404: error_spec("No conversation has that id (or it expired)."), **ADDRESSING}
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat(timespec="milliseconds")
-
-
-class MessageView(msgspec.Struct, frozen=True, kw_only=True):
-    """One message of a conversation (images are counted, not returned)."""
-
-    role: str
-    content: str
-    image_count: int
-    model: str | None
-    timestamp: str
-
-
-class SessionTotals(msgspec.Struct, frozen=True, kw_only=True):
-    """Counts over a conversation."""
-
-    messages: int
-    turns: int
-    images: int
-    characters: int
-
-
-class SessionView(msgspec.Struct, frozen=True, kw_only=True):
-    """A whole conversation."""
-
-    owner: str
-    """Fingerprint of the key it belongs to (empty: keyless, or from before keys owned conversations)."""
-    id: str
-    system_prompt: str | None
-    messages: list[MessageView]
-    totals: SessionTotals
-    created_at: str
-    last_active: str
-
-    @classmethod
-    def of(cls, session: Session) -> SessionView:
-        """Present a stored session."""
-        messages = session.messages
-        return cls(
-            owner=session.owner,
-            id=session.id,
-            system_prompt=session.system_prompt,
-            messages=[
-                MessageView(
-                    role=m.role, content=m.content, image_count=m.image_count, model=m.model, timestamp=_iso(m.at)
-                )
-                for m in messages
-            ],
-            totals=SessionTotals(
-                messages=len(messages),
-                turns=sum(1 for m in messages if m.role == "user"),
-                images=sum(m.image_count for m in messages),
-                characters=sum(len(m.content) for m in messages),
-            ),
-            created_at=_iso(session.created_at),
-            last_active=_iso(session.last_active),
-        )
-
-
-class SessionListItem(msgspec.Struct, frozen=True, kw_only=True):
-    """A conversation in a listing."""
-
-    owner: str
-    id: str
-    message_count: int
-    last_active: str
-
-
-class SessionPage(msgspec.Struct, frozen=True, kw_only=True):
-    """A page of conversations, most recently active first."""
-
-    sessions: list[SessionListItem]
-    total: int
-    offset: int
-    limit: int
-
-
-class SystemPromptBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Body of ``PUT /chat/{session}/system_prompt``."""
-
-    system_prompt: str
 
 
 async def _owner(sessions: SessionManager, caller: Caller, session_id: str, owner: str | None) -> str:
@@ -187,7 +103,7 @@ async def list_sessions(
         owner = caller.fingerprint
     page, total = await sessions.store.list(owner, offset, limit)
     items = [
-        SessionListItem(owner=s.owner, id=s.id, message_count=s.message_count, last_active=_iso(s.last_active))
+        SessionListItem(owner=s.owner, id=s.id, message_count=s.message_count, last_active=iso_time(s.last_active))
         for s in page
     ]
     return SessionPage(sessions=items, total=total, offset=offset, limit=limit)

@@ -7,15 +7,11 @@ the "expiration period" of the seed systems, and a request without it falls back
 from __future__ import annotations
 
 import asyncio
-import datetime
-import re
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import Parameter
-from msgspec import UNSET, UnsetType
 
 from minato import __version__
 from minato.errors import MinatoError, ModelNotFoundError
@@ -24,130 +20,23 @@ from minato.handlers.generate import ModelName
 from minato.handlers.models import pull_to_end
 from minato.ollama_options import INT32_MAX
 from minato.options import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive, validate_model_name
+from minato.schemas import (
+    DetailsView,
+    LoadResult,
+    ModelAction,
+    ModelStatus,
+    OllamaInfo,
+    RunningList,
+    RunningView,
+    ServerInfo,
+    expiry,
+)
 from minato.security import ADMIN
 from minato.settings import Settings
 from minato.upstream import Ollama, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
 from minato.upstream.protocol import OllamaDependency
-from minato.upstream.wire import ModelDetails, RunningModel, ShowResponse
-
-#: The Ollama CLI shows "Forever" for expiries more than 20 years out; so does Minato.
-FOREVER_AFTER: Final = datetime.timedelta(days=20 * 365)
-_GO_FRACTION: Final = re.compile(r"(\.\d{6})\d+")
-
-
-class RunningView(msgspec.Struct, frozen=True, kw_only=True):
-    """A model loaded in memory."""
-
-    name: str
-    size: int
-    size_vram: int
-    context_length: int
-    expires_at: str
-    """ISO 8601, or ``forever``."""
-    expires_in_seconds: float | None
-    """Seconds until Ollama unloads it; ``null`` when it stays loaded forever."""
-
-    @classmethod
-    def of(cls, model: RunningModel) -> RunningView:
-        """Present one ``/api/ps`` entry, with "forever" spelled out instead of year 2318."""
-        expires_at, remaining = _expiry(model.expires_at)
-        return cls(
-            name=model.name or model.model,
-            size=model.size,
-            size_vram=model.size_vram,
-            context_length=model.context_length,
-            expires_at=expires_at,
-            expires_in_seconds=remaining,
-        )
-
-
-class RunningList(msgspec.Struct, frozen=True, kw_only=True):
-    """Models loaded in memory now."""
-
-    running: list[RunningView]
-
-
-class ModelAction(msgspec.Struct, frozen=True, kw_only=True):
-    """The outcome of an unload or delete."""
-
-    status: str
-    model: str
-
-
-class LoadResult(msgspec.Struct, frozen=True, kw_only=True):
-    """A load: whether the model is in memory now, and its running status."""
-
-    model: str
-    loaded: bool
-    running: RunningView | None
-
-
-class DetailsView(msgspec.Struct, frozen=True, kw_only=True):
-    """A model's format and family."""
-
-    format: str
-    family: str
-    families: list[str]
-    parameter_size: str
-    quantization_level: str
-
-    @classmethod
-    def of(cls, details: ModelDetails) -> DetailsView:
-        """Present Ollama's details."""
-        families = details.families or ([details.family] if details.family else [])
-        return cls(
-            format=details.format,
-            family=details.family,
-            families=families,
-            parameter_size=details.parameter_size,
-            quantization_level=details.quantization_level,
-        )
-
-
-class ModelStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Everything Minato can tell about one model."""
-
-    model: str
-    installed: bool
-    loaded: bool
-    expires_at: str | None = None
-    size: int | None = None
-    details: DetailsView | UnsetType = UNSET
-    capabilities: list[str] = msgspec.field(default_factory=list)
-    context_length: int | None = None
-
-
-class OllamaInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Where Ollama is and whether it answers."""
-
-    url: str
-    reachable: bool
-    version: str | UnsetType = UNSET
-    reason: str | UnsetType = UNSET
-
-
-class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``GET /`` reports."""
-
-    service: str
-    version: str
-    ollama: OllamaInfo
-    installed: list[str]
-    running: list[str]
-
-
-def _expiry(value: str) -> tuple[str, float | None]:
-    if not value:
-        return "", None
-    try:
-        moment = datetime.datetime.fromisoformat(_GO_FRACTION.sub(r"\1", value))
-    except ValueError:
-        return value, None
-    remaining = moment - datetime.datetime.now(tz=datetime.UTC)
-    if remaining > FOREVER_AFTER:
-        return "forever", None
-    return value, round(max(remaining.total_seconds(), 0.0), 1)
+from minato.upstream.wire import RunningModel, ShowResponse
 
 
 async def _show_if_installed(upstream: Ollama, model: str) -> ShowResponse | None:
@@ -287,7 +176,7 @@ async def status(
         model=model,
         installed=True,
         loaded=entry is not None,
-        expires_at=_expiry(entry.expires_at)[0] if entry else None,
+        expires_at=expiry(entry.expires_at)[0] if entry else None,
         size=size,
         details=DetailsView.of(shown.details),
         capabilities=shown.capabilities,

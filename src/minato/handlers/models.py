@@ -23,7 +23,7 @@ from minato.handlers.common import (
 )
 from minato.handlers.generate import ModelName
 from minato.options import validate_model_name
-from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary
+from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary, families_of
 from minato.security import ADMIN
 from minato.upstream import PullStream, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
@@ -119,7 +119,7 @@ def summarize(model: TagModel, loaded: bool) -> ModelSummary:
         digest=model.digest,
         format=details.format,
         family=details.family,
-        families=details.families or ([details.family] if details.family else []),
+        families=families_of(details),
         parameter_size=details.parameter_size,
         quantization_level=details.quantization_level,
         loaded=loaded,
