@@ -19,7 +19,7 @@ from minato.backpressure import Admission
 from minato.handlers import ROUTE_HANDLERS
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
-from minato.options import provide_generation_options
+from minato.params import provide_generation_options
 from minato.query import reject_repeated_parameters
 from minato.rendering import EXCEPTION_HANDLERS
 from minato.runtime import RuntimeSlot, UpstreamFactory, attach, started

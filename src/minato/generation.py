@@ -23,7 +23,7 @@ from msgspec import UNSET
 from minato.backpressure import Admission, Slot
 from minato.errors import ForbiddenError
 from minato.handlers.common import unless_disconnected
-from minato.options import GenerationOptions
+from minato.params import GenerationOptions
 from minato.record import record_of
 from minato.schemas import GenerateResponse, GenerationStats
 from minato.security import Caller

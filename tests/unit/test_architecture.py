@@ -20,10 +20,12 @@ from minato.app import create_app
 from minato.backpressure import Admission
 from minato.errors import OllamaTimeoutError, OllamaUnavailableError
 from minato.generation import Lease, Question
+from minato.params import GENERATION_QUERY_PARAMETERS
 from minato.security import RateLimiter
 from minato.sessions import MemoryStore, SessionManager
 from minato.settings import Settings
 from minato.upstream import ChunkStream, ModelFacts, OllamaClient, PullStream, RawResponse
+from minato.upstream.options import OPTIONS
 from minato.upstream.wire import (
     ChatChunk,
     ChatRequest,
@@ -286,3 +288,12 @@ async def test_a_lease_commits_at_most_once_and_releases_exactly_once(settings: 
             pass
     finally:
         await sessions.stop()
+
+
+@pytest.mark.parametrize("path", ["/{model_name}", "/stream/{model_name}"])
+def test_the_documented_query_parameters_are_exactly_the_ones_understood(app: Litestar, path: str) -> None:
+    operation = app.openapi_schema.paths[path].get  # type: ignore[index, union-attr]
+    documented = {p.name for p in operation.parameters if p.param_in == "query"}  # type: ignore[union-attr]
+
+    assert documented == GENERATION_QUERY_PARAMETERS
+    assert set(OPTIONS) <= documented, "every Ollama option in the table is a documented query parameter"

@@ -12,9 +12,9 @@ from litestar.testing import AsyncTestClient
 
 from minato.errors import InvalidInputError
 from minato.handlers import ROUTE_HANDLERS
-from minato.ollama_options import INT64_MAX, MAX_KEEP_ALIVE_SECONDS, parse_keep_alive
-from minato.options import MAX_MODEL_NAME, validate_model_name
+from minato.params import MAX_MODEL_NAME, validate_model_name
 from minato.query import repeatable_parameters
+from minato.upstream.options import INT64_MAX, MAX_KEEP_ALIVE_SECONDS, parse_keep_alive
 from tests.payloads import chat_answer
 
 pytestmark = pytest.mark.anyio

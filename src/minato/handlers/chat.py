@@ -20,7 +20,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, Parameter
 
 from minato.errors import AmbiguousSessionError, SessionNotFoundError
-from minato.options import check_text_length
+from minato.params import check_text_length
 from minato.rendering import VALIDATION_RESPONSE, error_spec
 from minato.schemas import SessionListItem, SessionPage, SessionView, SystemPromptBody, iso_time
 from minato.security import Caller, Role

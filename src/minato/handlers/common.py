@@ -12,7 +12,7 @@ from litestar import Request, Response
 from litestar.openapi import ResponseSpec
 
 from minato.errors import ClientDisconnectedError, ModelNotFoundError
-from minato.options import validate_model_name
+from minato.params import validate_model_name
 from minato.query import reject_repeated_parameters
 from minato.record import RequestRecord, record_of
 from minato.rendering import VALIDATION_RESPONSE, error_spec

@@ -17,7 +17,7 @@ from minato.handlers.common import (
     require_known_model,
     require_known_model_or_finished_stream,
 )
-from minato.options import GenerationOptions, check_text_length, validate_model_name
+from minato.params import GenerationOptions, check_text_length, validate_model_name
 from minato.schemas import GenerateResponse
 from minato.security import Caller
 from minato.sessions import SessionManager

@@ -18,8 +18,7 @@ from minato.errors import MinatoError, ModelNotFoundError
 from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES, note_model, unless_disconnected
 from minato.handlers.generate import ModelName
 from minato.handlers.models import pull_to_end
-from minato.ollama_options import INT32_MAX
-from minato.options import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive, validate_model_name
+from minato.params import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive, validate_model_name
 from minato.schemas import (
     DetailsView,
     LoadResult,
@@ -35,6 +34,7 @@ from minato.security import ADMIN
 from minato.settings import Settings
 from minato.upstream import Ollama, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
+from minato.upstream.options import INT32_MAX
 from minato.upstream.protocol import OllamaDependency
 from minato.upstream.wire import RunningModel, ShowResponse
 

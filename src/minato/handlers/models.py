@@ -22,7 +22,7 @@ from minato.handlers.common import (
     unless_disconnected,
 )
 from minato.handlers.generate import ModelName
-from minato.options import validate_model_name
+from minato.params import validate_model_name
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary, families_of
 from minato.security import ADMIN
 from minato.upstream import PullStream, canonical_model_name

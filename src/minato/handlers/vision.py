@@ -27,7 +27,7 @@ from minato.handlers.common import (
 )
 from minato.handlers.generate import STREAM_DESCRIPTION, ModelName
 from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
-from minato.options import EXTRA_QUERY_OPT, GenerationOptions, check_text_length, validate_model_name
+from minato.params import EXTRA_QUERY_OPT, GenerationOptions, check_text_length, validate_model_name
 from minato.rendering import error_spec
 from minato.schemas import GenerateResponse
 from minato.security import Caller

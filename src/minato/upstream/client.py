@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 import msgspec
@@ -26,7 +26,6 @@ from minato.errors import (
     UpstreamError,
     UpstreamRejectedError,
 )
-from minato.settings import Settings
 from minato.upstream.names import canonical_model_name
 from minato.upstream.transport import AiohttpBody, AiohttpTransport, connection_problem
 from minato.upstream.wire import (
@@ -44,6 +43,9 @@ from minato.upstream.wire import (
     TagsResponse,
     VersionResponse,
 )
+
+if TYPE_CHECKING:  # only a type here: settings read Ollama's option table from this package
+    from minato.settings import Settings
 
 _JSON_HEADERS: Final = {"content-type": "application/json", "accept": "application/json"}
 _ACCEPT_JSON: Final = {"accept": "application/json"}

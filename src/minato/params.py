@@ -1,4 +1,4 @@
-"""Generation parameters: query string in, Ollama request out.
+"""The generation routes' query parameters (HTTP side): query string in, validated options out.
 
 Only parameters the caller set are forwarded, so Ollama's and the model's own defaults apply to
 everything else. ``keep_alive`` and the system prompt are top-level Ollama fields; the rest go into
@@ -17,10 +17,10 @@ from litestar.params import Parameter
 from msgspec import UNSET, UnsetType
 
 from minato.errors import ErrorItem, ForbiddenError, InvalidInputError
-from minato.ollama_options import OPTIONS, check_stop, keep_alive_seconds, parse_keep_alive
 from minato.security import Caller
 from minato.sessions import validate_session_id
 from minato.settings import Settings
+from minato.upstream.options import OPTIONS, check_stop, keep_alive_seconds, parse_keep_alive
 from minato.upstream.wire import ChatRequest, WireMessage
 
 #: Ollama model references: ``[host/][namespace/]name[:tag]``.
@@ -186,12 +186,10 @@ def provide_generation_options(
     )
 
 
+#: The query parameters of a generation that are not Ollama options (those are Ollama's table).
+REQUEST_PARAMETERS: Final = frozenset({"message", "session", "system_prompt", "keep_alive", "format", "think"})
 #: Every query parameter a generation route understands.
-GENERATION_QUERY_PARAMETERS: Final = frozenset(
-    {"message"}
-    | set(provide_generation_options.__code__.co_varnames[: provide_generation_options.__code__.co_argcount])
-    - {"request", "settings", "caller"}
-)
+GENERATION_QUERY_PARAMETERS: Final = REQUEST_PARAMETERS | frozenset(OPTIONS)
 
 
 def resolve_keep_alive(value: str | None, settings: Settings) -> float | str | UnsetType:
