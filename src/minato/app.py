@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from minato import __version__
 from minato.backpressure import Admission
 from minato.handlers import ROUTE_HANDLERS
+from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.params import provide_generation_options
@@ -116,7 +117,7 @@ def create_app(
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that
     # fail after their first byte are logged with the status the client actually got.
     attach(app, slot)
-    app.asgi_handler = RequestLogMiddleware(app.asgi_handler, metrics, max_query_bytes=settings.max_query_chars)
+    app.asgi_handler = RequestLogMiddleware(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), metrics)
     return app
 
 

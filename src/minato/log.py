@@ -19,7 +19,6 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from minato.errors import StreamAbortedError
 from minato.record import RECORD_KEY, RequestRecord
-from minato.rendering import error_body
 from minato.settings import Settings
 
 if TYPE_CHECKING:
@@ -115,10 +114,9 @@ class RequestLogMiddleware:
     stream's duration covers the whole stream.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, *, max_query_bytes: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_query_bytes = max_query_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -151,10 +149,7 @@ class RequestLogMiddleware:
 
         outcome = "ok"
         try:
-            if self.max_query_bytes is not None and len(scope["query_string"]) > self.max_query_bytes:
-                await _refuse(send_with_id, 414, f"the query string is longer than {self.max_query_bytes} bytes")
-            else:
-                await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         except BaseException:
             outcome = "aborted"
             raise
@@ -178,13 +173,6 @@ class RequestLogMiddleware:
                     metrics.streams_in_flight.dec()
                 metrics.observe(template or UNMATCHED_ROUTE, scope["method"], status, seconds, record)
             structlog.contextvars.unbind_contextvars("request_id", "key")
-
-
-async def _refuse(send: Send, status: int, detail: str) -> None:
-    body = error_body(detail)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _request_id(scope: HTTPScope) -> str:

@@ -8,19 +8,14 @@ error path.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from minato.errors import MinatoError
-
 if TYPE_CHECKING:
     from minato.record import RequestRecord
-    from minato.upstream.catalog import ModelCatalog
 
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RATE_BUCKETS: Final = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 500, 1000)
@@ -77,7 +72,6 @@ class Metrics:
         self.rejections = Counter(
             "minato_rejections", "Generations refused by backpressure, by reason.", ["reason"], registry=r
         )
-        self._probe: asyncio.Task[None] | None = None
 
     def observe(self, route: str, method: str, status: int, seconds: float, record: RequestRecord) -> None:
         """Account for one finished request; every label comes from a bounded set, never from the request."""
@@ -96,27 +90,3 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
-
-    async def start_probe(self, catalog: ModelCatalog, interval: float) -> None:
-        """Every ``interval`` seconds (0: never), ask Ollama's version for ``minato_ollama_up`` and refresh
-        the model catalog, so metric labels follow models installed behind Minato's back."""
-        if interval > 0:
-            self._probe = asyncio.create_task(self._probe_forever(catalog, interval), name="minato-ollama-probe")
-
-    async def stop_probe(self) -> None:
-        """Stop the probe."""
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-
-    async def _probe_forever(self, catalog: ModelCatalog, interval: float) -> None:
-        while True:
-            try:
-                await catalog.upstream.version()
-            except MinatoError:
-                self.ollama_up.set(0)
-            else:
-                self.ollama_up.set(1)
-                await catalog.refresh()
-            await asyncio.sleep(interval)

@@ -18,6 +18,7 @@ from litestar.di import Provide
 from minato.backpressure import Admission
 from minato.fetch import ImageFetcher
 from minato.metrics import Metrics
+from minato.probe import OllamaProbe
 from minato.security import RateLimiter
 from minato.sessions import SessionManager, open_store
 from minato.settings import Settings
@@ -92,8 +93,9 @@ async def started(
         stack.push_async_callback(upstream.aclose)
         catalog = ModelCatalog(upstream)
         metrics.model_label = catalog.label
-        await metrics.start_probe(catalog, settings.ollama_probe_interval)
-        stack.push_async_callback(metrics.stop_probe)
+        probe = OllamaProbe(metrics, catalog, settings.ollama_probe_interval)
+        probe.start()
+        stack.push_async_callback(probe.stop)
         sessions = SessionManager(open_store(settings.session_store), settings)
         await sessions.start()
         stack.push_async_callback(sessions.stop)

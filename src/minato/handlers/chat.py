@@ -10,7 +10,6 @@ naming one with ``owner=`` when several keys have the same id.
 
 from __future__ import annotations
 
-import datetime
 from typing import Annotated, Any, Final
 
 from litestar import Request, delete, get, put
@@ -63,7 +62,7 @@ async def _owner(sessions: SessionManager, caller: Caller, session_id: str, owne
         return caller.fingerprint
     if owner is not None:
         return owner
-    owners = await sessions.store.owners_of(session_id)
+    owners = await sessions.owners_of(session_id)
     if not owners or caller.fingerprint in owners:
         return caller.fingerprint
     if len(owners) == 1:
@@ -101,7 +100,7 @@ async def list_sessions(
         if owner is not None and owner != caller.fingerprint:
             raise PermissionDeniedException("a user key can only list its own conversations")
         owner = caller.fingerprint
-    page, total = await sessions.store.list(owner, offset, limit)
+    page, total = await sessions.page(owner, offset, limit)
     items = [
         SessionListItem(owner=s.owner, id=s.id, message_count=s.message_count, last_active=iso_time(s.last_active))
         for s in page
@@ -143,8 +142,7 @@ async def clear_session(
     """Forget a conversation and its system prompt (a damaged one too); clearing an unknown one
     is not an error."""
     owner = await _owner(sessions, caller, session_id, owner)
-    async with sessions.exclusive(owner, session_id):
-        await sessions.store.delete(owner, session_id)
+    await sessions.delete(owner, session_id)
 
 
 @put(
@@ -167,8 +165,7 @@ async def set_system_prompt(
     validate_session_id(session_id)
     check_text_length("system_prompt", data.system_prompt, settings, source="body")
     owner = await _owner(sessions, caller, session_id, owner)
-    async with sessions.exclusive(owner, session_id):
-        await sessions.store.set_system_prompt(owner, session_id, data.system_prompt, now=_now())
+    await sessions.set_system_prompt(owner, session_id, data.system_prompt)
     return SessionView.of(await _existing(sessions, owner, session_id))
 
 
@@ -188,9 +185,4 @@ async def remove_system_prompt(
     """Remove the system prompt; the messages stay."""
     owner = await _owner(sessions, caller, session_id, owner)
     await _existing(sessions, owner, session_id)
-    async with sessions.exclusive(owner, session_id):
-        await sessions.store.set_system_prompt(owner, session_id, None, now=_now())
-
-
-def _now() -> float:
-    return datetime.datetime.now(tz=datetime.UTC).timestamp()
+    await sessions.set_system_prompt(owner, session_id, None)

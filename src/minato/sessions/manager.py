@@ -10,7 +10,7 @@ from typing import Final
 
 import structlog
 
-from minato.sessions.model import Session, StoredMessage
+from minato.sessions.model import Session, SessionSummary, StoredMessage
 from minato.sessions.store import SessionStore
 from minato.settings import Settings
 from minato.upstream.wire import WireMessage
@@ -155,6 +155,24 @@ class SessionManager:
             yield
         finally:
             self.release(key, entry)
+
+    async def delete(self, owner: str, session_id: str) -> None:
+        """Forget a conversation once its running turn (if any) is over; a damaged one too."""
+        async with self.exclusive(owner, session_id):
+            await self.store.delete(owner, session_id)
+
+    async def set_system_prompt(self, owner: str, session_id: str, prompt: str | None) -> None:
+        """Set or (``None``) remove a conversation's system prompt between turns, creating it if new."""
+        async with self.exclusive(owner, session_id):
+            await self.store.set_system_prompt(owner, session_id, prompt, now=time.time())
+
+    async def page(self, owner: str | None, offset: int, limit: int) -> tuple[list[SessionSummary], int]:
+        """A page of one owner's conversations (``None``: everyone's), most recently active first."""
+        return await self.store.list(owner, offset, limit)
+
+    async def owners_of(self, session_id: str) -> list[str]:
+        """The owners having a conversation with this id."""
+        return await self.store.owners_of(session_id)
 
     async def enforce_image_budget(self) -> int:
         """Keep the whole store within ``store_image_bytes``; a failure is logged, never raised:
