@@ -357,6 +357,8 @@ async def test_an_overflowing_keep_alive_is_a_422_and_never_reaches_ollama(
         pytest.param("POST", "/install/llama3.2", "stream=true&stream=false", "stream", id="install"),
         pytest.param("GET", "/status/llama3.2", "x=1&x=2", "x", id="status-unknown-parameter"),
         pytest.param("GET", "/models_list/", "x=1&x=2", "x", id="models-list"),
+        pytest.param("GET", "/llama3.2", "message=a&%6Dessage=b", "message", id="escaped-twin"),
+        pytest.param("GET", "/llama3.2", "message=a&temperature=0.1&temp%65rature=0.9", "temperature", id="escaped"),
     ],
 )
 async def test_a_single_value_parameter_given_twice_is_a_422_on_every_route(
