@@ -17,11 +17,11 @@ from litestar.openapi.spec import Components, SecurityScheme
 from minato import __version__
 from minato.backpressure import Admission
 from minato.handlers import ROUTE_HANDLERS
+from minato.handlers.common import before_handler
 from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.params import provide_generation_options
-from minato.query import reject_repeated_parameters
 from minato.rendering import EXCEPTION_HANDLERS
 from minato.runtime import RuntimeSlot, UpstreamFactory, attach, started
 from minato.security import PUBLIC, Keyring, RateLimiter, make_caller_provider, make_guard
@@ -90,7 +90,7 @@ def create_app(
             "params": Provide(provide_generation_options, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        before_request=reject_repeated_parameters,
+        before_request=before_handler,
         guards=[make_guard(settings, keyring, limiter)] if keyring.enabled else [],
         cors_config=_cors(settings),
         request_max_body_size=settings.max_body_bytes,

@@ -93,8 +93,6 @@ async def require_known_model(request: Request[Any, Any, Any]) -> None:
     that it names neither a route nor a model, instead of that ``message`` is missing. When Ollama
     cannot be asked, the generation goes ahead and meets the honest 503 itself.
     """
-    # A route's own before_request replaces the app's: the app-wide check runs here too.
-    await reject_repeated_parameters(request)
     raw = str(request.path_params.get("model_name", ""))
     catch_all = request.scope.get("path_template", "").startswith("/{")
     where = f"{request.method} /{raw.lstrip('/')}: no such route, and " if catch_all else ""
@@ -116,11 +114,23 @@ async def require_known_model(request: Request[Any, Any, Any]) -> None:
     )
 
 
-async def require_known_model_or_finished_stream(request: Request[Any, Any, Any]) -> Response[None] | None:
-    """Before a streamed generation: 204 for a browser reconnecting to a stream that is over, then
-    :func:`require_known_model`."""
-    if is_minato_event_id(request.headers.get("last-event-id")):
-        await reject_repeated_parameters(request)
+#: Route ``opt`` keys: the route is a generation (its model is checked before its parameters are
+#: read), and the route serves the SSE an ``EventSource`` may reconnect to.
+GENERATION_OPT: Final = "generation"
+RECONNECTABLE_OPT: Final = "reconnectable"
+
+
+async def before_handler(request: Request[Any, Any, Any]) -> Response[None] | None:
+    """The app's one ``before_request`` hook (a route-level hook would replace it, not add to it).
+
+    Every route: a single-value query parameter given twice is a 422. A generation route: a 204 for
+    a browser reconnecting to a Minato stream that is over, and a 404 unless the path names a model.
+    """
+    await reject_repeated_parameters(request)
+    opt = request.route_handler.opt
+    if not opt.get(GENERATION_OPT):
+        return None
+    if opt.get(RECONNECTABLE_OPT) and is_minato_event_id(request.headers.get("last-event-id")):
         return Response(None, status_code=204)
     await require_known_model(request)
     return None

@@ -12,10 +12,10 @@ from litestar.response import Stream
 from minato.backpressure import Admission
 from minato.generation import Generation, Question, streamed_answer, whole_answer
 from minato.handlers.common import (
+    GENERATION_OPT,
     GENERATION_RESPONSES,
+    RECONNECTABLE_OPT,
     note_model,
-    require_known_model,
-    require_known_model_or_finished_stream,
 )
 from minato.params import GenerationOptions, check_text_length, validate_model_name
 from minato.schemas import GenerateResponse
@@ -48,7 +48,7 @@ STREAM_DESCRIPTION: Final = (
     description="Send `message` to the model and wait for the whole answer.",
     responses=GENERATION_RESPONSES,
     tags=["generate"],
-    before_request=require_known_model,
+    opt={GENERATION_OPT: True},
 )
 async def generate(
     request: Request[Any, Any, Any],
@@ -78,7 +78,7 @@ async def generate(
     description=STREAM_DESCRIPTION,
     responses=GENERATION_RESPONSES,
     tags=["generate"],
-    before_request=require_known_model_or_finished_stream,
+    opt={GENERATION_OPT: True, RECONNECTABLE_OPT: True},
 )
 async def generate_stream(
     request: Request[Any, Any, Any],

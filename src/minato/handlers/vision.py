@@ -20,9 +20,9 @@ from minato.errors import CapabilityError, InvalidInputError, RequestTimeoutErro
 from minato.fetch import ImageFetcher
 from minato.generation import Generation, Question, streamed_answer, whole_answer
 from minato.handlers.common import (
+    GENERATION_OPT,
     GENERATION_RESPONSES,
     note_model,
-    require_known_model,
     unless_disconnected,
 )
 from minato.handlers.generate import STREAM_DESCRIPTION, ModelName
@@ -69,8 +69,8 @@ ImageUrls = Annotated[
 ]
 
 
-#: This route's own query parameter, on top of the generation parameters every route accepts.
-VISION_QUERY: Final = {EXTRA_QUERY_OPT: frozenset({URL_FIELD})}
+#: A generation route, with its own query parameter on top of the generation parameters.
+VISION_QUERY: Final = {EXTRA_QUERY_OPT: frozenset({URL_FIELD}), GENERATION_OPT: True}
 
 
 async def _fetch_all(fetcher: ImageFetcher, links: list[tuple[str, str, int]]) -> list[str]:
@@ -149,7 +149,6 @@ def _vision_generation(
     responses=VISION_RESPONSES,
     tags=["vision"],
     opt=VISION_QUERY,
-    before_request=require_known_model,
 )
 async def vision(
     request: Request[Any, Any, Any],
@@ -183,7 +182,6 @@ async def vision(
     responses=VISION_RESPONSES,
     tags=["vision"],
     opt=VISION_QUERY,
-    before_request=require_known_model,
 )
 async def vision_stream(
     request: Request[Any, Any, Any],
