@@ -232,11 +232,11 @@ async def test_a_callers_request_is_never_changed(ollama: respx.MockRouter) -> N
 def _minato_imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("minato"):
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.startswith("minato"))
+    for statement in ast.walk(tree):
+        if isinstance(statement, ast.ImportFrom) and statement.module and statement.module.startswith("minato"):
+            found.add(statement.module)
+        elif isinstance(statement, ast.Import):
+            found.update(alias.name for alias in statement.names if alias.name.startswith("minato"))
     return found
 
 

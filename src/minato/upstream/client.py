@@ -329,8 +329,7 @@ class RawResponse:
         self._response = response
         self._idle_timeout = idle_timeout
         self._ollama_url = ollama_url
-        body = response.stream
-        self._read_some = body.read_some if isinstance(body, AiohttpBody) else _generic_reader(response)
+        self._read_some = _reader_of(response)
 
     @property
     def content_type(self) -> str:
@@ -436,7 +435,12 @@ def _error_message(body: bytes) -> str:
     return body.decode("utf-8", "replace").strip()[:500]
 
 
-def _generic_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
+def _reader_of(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
+    """What reads the next bytes of a body: aiohttp's buffer when the body is ours, else (respx in
+    the tests) httpx's generic iterator."""
+    body = response.stream
+    if isinstance(body, AiohttpBody):
+        return body.read_some
     chunks = response.aiter_bytes()
 
     async def read_some() -> bytes:
@@ -458,10 +462,7 @@ class _LineStream:
         self.total_timeout = total_timeout
         self._clock = asyncio.get_running_loop().time
         self._deadline = None if total_timeout is None else self._clock() + total_timeout
-        body = response.stream
-        # Read straight from aiohttp's buffer when the body is ours; any other transport (respx in
-        # the tests) goes through httpx's generic iterator.
-        self._read_some = body.read_some if isinstance(body, AiohttpBody) else _generic_reader(response)
+        self._read_some = _reader_of(response)
         self._buffer = b""
         self._closed = False
 
