@@ -16,6 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from minato import __version__
 from minato.backpressure import Admission
+from minato.doors import DOOR_HANDLERS
 from minato.handlers import ROUTE_HANDLERS
 from minato.handlers.common import before_handler
 from minato.limits import QueryLengthLimit
@@ -80,7 +81,7 @@ def create_app(
             yield
 
     app = Litestar(
-        route_handlers=ROUTE_HANDLERS,
+        route_handlers=[*DOOR_HANDLERS, *ROUTE_HANDLERS],
         lifespan=[lifespan],
         # Handlers name what they need: a runtime field (provided once the app has started), the
         # caller, or the generation options.

@@ -21,8 +21,8 @@ from litestar.response import Stream
 from msgspec import UNSET
 
 from minato.backpressure import Admission, Slot
+from minato.disconnect import unless_disconnected
 from minato.errors import ForbiddenError
-from minato.handlers.common import unless_disconnected
 from minato.params import GenerationOptions
 from minato.record import record_of
 from minato.schemas import GenerateResponse, GenerationStats
@@ -68,11 +68,15 @@ async def check_num_ctx(generation: Generation) -> None:
     asked = generation.params.num_ctx
     if asked is None or generation.caller.is_admin:
         return
-    settings = generation.settings
+    await check_context_size(generation.upstream, generation.settings, generation.model, asked)
+
+
+async def check_context_size(upstream: Ollama, settings: Settings, model: str, asked: int) -> None:
+    """Refuse a user key's ``num_ctx=asked`` above ``MINATO_USER_MAX_NUM_CTX`` (or the model's context)."""
     if settings.user_max_num_ctx:
         cap, source = settings.user_max_num_ctx, "MINATO_USER_MAX_NUM_CTX"
     else:
-        context = (await generation.upstream.facts(generation.model)).context_length
+        context = (await upstream.facts(model)).context_length
         cap, source = (
             (context, "the model's context length") if context else (FALLBACK_USER_MAX_NUM_CTX, "the default cap")
         )
@@ -139,15 +143,22 @@ async def _admit(generation: Generation) -> Lease:
         turn = await unless_disconnected(request, begin) if watch else await begin
     lease = Lease(turn, None, generation.model)
     try:
-        key = canonical_model_name(generation.model)
-        slot = admission.try_acquire(key)  # the usual case, without a watcher task
-        if slot is None:
-            slot = await unless_disconnected(request, admission.acquire(key)) if watch else await admission.acquire(key)
+        slot = await take_slot(request, admission, generation.model, watch=watch)
     except BaseException:
         lease.release()
         raise
     lease.hold(slot)
     return lease
+
+
+async def take_slot(request: Request[Any, Any, Any], admission: Admission, model: str, *, watch: bool = True) -> Slot:
+    """A generation slot for ``model``: at once when one is free, else after a bounded wait that a
+    disconnect ends (``watch``: only once the body was read, as watching consumes it)."""
+    key = canonical_model_name(model)
+    slot = admission.try_acquire(key)  # the usual case, without a watcher task
+    if slot is not None:
+        return slot
+    return await unless_disconnected(request, admission.acquire(key)) if watch else await admission.acquire(key)
 
 
 async def _question(generation: Generation) -> Question:
@@ -238,4 +249,14 @@ async def streamed_answer(generation: Generation) -> Stream:
     return stream_response(_recorded(stream, lease), fmt, generation.model, record_of(request.scope), close)
 
 
-__all__ = ["Generation", "Lease", "Question", "QuestionReader", "check_num_ctx", "streamed_answer", "whole_answer"]
+__all__ = [
+    "Generation",
+    "Lease",
+    "Question",
+    "QuestionReader",
+    "check_context_size",
+    "check_num_ctx",
+    "streamed_answer",
+    "take_slot",
+    "whole_answer",
+]

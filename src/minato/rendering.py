@@ -1,12 +1,20 @@
 """The one place that knows the body shapes of Minato's errors: rendering them, and documenting them.
 
-Every error body is JSON ``{"detail": "<what went wrong>"}``, except validation errors, which keep
+Minato's own API answers ``{"detail": "<what went wrong>"}``, except validation errors, which keep
 the seed API's list form (``{"detail": [{"loc", "msg", "type"}]}``) so clients can point at the
 offending parameter. Messages are Minato's own sentences: library text goes to the log only.
+
+The front doors answer in their own dialect, so that every SDK raises its own exception type:
+Ollama's ``{"error": "..."}`` under ``/api/``, OpenAI's ``{"error": {"message", "type", "param",
+"code"}}`` under ``/v1/``, and Anthropic's ``{"type": "error", "error": {"type", "message"}}`` at
+``/v1/messages``, each with the type names Ollama's own middleware uses for a status. The door is
+read from the path, because a refusal may come before any route matched (a 401, or a 404 for a path
+no route serves); the shape is the only thing it decides.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterator
 from typing import Any, Final
@@ -50,8 +58,89 @@ _BOUND_SENTENCES: Final = {
 _BODY_PARAMETER: Final = "data"
 
 
-def error_response(status_code: int, detail: Any, headers: dict[str, str] | None = None) -> Response[Any]:
-    """Build the JSON error response every failure path uses."""
+class Door(enum.Enum):
+    """Whose API a request speaks, and so the shape of its errors."""
+
+    MINATO = "minato"
+    OLLAMA = "ollama"
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+def door_of(path: str) -> Door:
+    """The door a request path belongs to."""
+    top = path[: path.find("/", 1)] if path.find("/", 1) > 0 else path
+    if top == "/api":
+        return Door.OLLAMA
+    if top == "/v1":
+        return Door.ANTHROPIC if path.rstrip("/") == "/v1/messages" else Door.OPENAI
+    return Door.MINATO
+
+
+#: Ollama's ``/v1`` type names by status (``openai/openai.go``); every other status is ``api_error``.
+_OPENAI_TYPES: Final = {400: "invalid_request_error", 404: "not_found_error"}
+#: Ollama's Anthropic type names by status (``anthropic/anthropic.go``); otherwise ``api_error``.
+_ANTHROPIC_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def door_error_body(door: Door, status_code: int, message: str) -> bytes:
+    """The body of an error answered at ``door`` (any door but Minato's own)."""
+    if door is Door.OLLAMA:
+        return _encode({"error": message})
+    if door is Door.ANTHROPIC:
+        kind = _ANTHROPIC_TYPES.get(status_code, "api_error")
+        return _encode({"type": "error", "error": {"type": kind, "message": message}})
+    return _encode(_openai_error(status_code, message))
+
+
+def _openai_error(status_code: int, message: str) -> dict[str, Any]:
+    kind = _OPENAI_TYPES.get(status_code, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+class StreamDialect(enum.Enum):
+    """How a door's stream is framed, and so how a failure in its middle is told to the client."""
+
+    NDJSON = "ndjson"  # Ollama's native streams
+    OPENAI = "openai"  # /v1/chat/completions, /v1/completions: ``data:`` frames ending in [DONE]
+    RESPONSES = "responses"  # /v1/responses: named events ending in response.completed
+    ANTHROPIC = "anthropic"  # /v1/messages: named events ending in message_stop
+
+
+def stream_error_frame(dialect: StreamDialect, message: str) -> bytes:
+    """The last frame of a stream that broke: one its dialect's SDKs raise on, never a quiet end."""
+    if dialect is StreamDialect.NDJSON:
+        return _encode({"error": message}) + b"\n"
+    if dialect is StreamDialect.OPENAI:
+        return b"data: " + _encode(_openai_error(500, message)) + b"\n\n"
+    if dialect is StreamDialect.RESPONSES:
+        payload = {"type": "error", **_openai_error(500, message)}
+        return b"event: error\ndata: " + _encode(payload) + b"\n\n"
+    payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+    return b"event: error\ndata: " + _encode(payload) + b"\n\n"
+
+
+def error_response(
+    status_code: int, detail: Any, headers: dict[str, str] | None = None, *, path: str = "/"
+) -> Response[Any]:
+    """Build the JSON error response every failure path uses, in the shape of the path's door."""
+    door = door_of(path)
+    if door is not Door.MINATO:
+        message = detail if isinstance(detail, str) else _sentence_of(detail)
+        return Response(
+            content=door_error_body(door, status_code, message),
+            status_code=status_code,
+            headers=headers,
+            media_type="application/json",
+        )
     return Response(
         content={"detail": detail},
         status_code=status_code,
@@ -60,16 +149,27 @@ def error_response(status_code: int, detail: Any, headers: dict[str, str] | None
     )
 
 
+def _sentence_of(items: Any) -> str:
+    """A validation list as one sentence, for the doors whose errors carry a single message."""
+    parts = []
+    for item in items if isinstance(items, list) else []:
+        loc = item.get("loc", []) if isinstance(item, dict) else []
+        where = ".".join(str(part) for part in loc[1:]) or (str(loc[0]) if loc else "request")
+        parts.append(f"{where}: {item.get('msg', 'is not valid') if isinstance(item, dict) else item}")
+    return "; ".join(parts) or "the request is not valid"
+
+
 def _minato_error(request: Request[Any, Any, Any], exc: MinatoError) -> Response[Any]:
+    path = request.scope["path"]
     if isinstance(exc, InvalidInputError):
-        return error_response(exc.status_code, msgspec.to_builtins(exc.items))
+        return error_response(exc.status_code, msgspec.to_builtins(exc.items), path=path)
     if isinstance(exc, UpstreamError):
         record = record_of(request.scope)
         if record is not None:
             record.upstream_error = type(exc).__name__
     if exc.status_code >= 500:
         logger.warning("upstream_error", kind=type(exc).__name__, status=exc.status_code, detail=exc.detail)
-    return error_response(exc.status_code, exc.detail, exc.headers)
+    return error_response(exc.status_code, exc.detail, exc.headers, path=path)
 
 
 def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
@@ -91,7 +191,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
             items.append(ErrorItem(loc=[missing[1], missing[2]], msg="field required", type="missing"))
         else:
             items.append(ErrorItem(loc=["request"], msg="is not valid", type="value_error"))
-    return error_response(422, msgspec.to_builtins(items))
+    return error_response(422, msgspec.to_builtins(items), path=request.scope["path"])
 
 
 def _validation_item(request: Request[Any, Any, Any], source: str, key: str, message: str) -> ErrorItem:
@@ -182,17 +282,28 @@ def _struct_fields(request: Request[Any, Any, Any], key: str) -> tuple[msgspec.i
     return ()
 
 
-def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    path = request.scope["path"]
     if isinstance(exc.__cause__, SerializationException):
         # Litestar could not decode a JSON body; its text is the decoder's.
         logger.debug("body_not_json", detail=exc.detail)
-        return error_response(422, [{"loc": ["body"], "msg": "is not valid JSON", "type": "json_invalid"}])
-    return error_response(exc.status_code, exc.detail, exc.headers)
+        return error_response(422, [{"loc": ["body"], "msg": "is not valid JSON", "type": "json_invalid"}], path=path)
+    detail = exc.detail
+    if exc.status_code in _ROUTING_SENTENCES and detail == _ROUTING_DEFAULTS[exc.status_code]:
+        # Litestar's router found no route (or none for this method). The path is not echoed:
+        # it may carry what the client meant as a model name or a key.
+        detail = _ROUTING_SENTENCES[exc.status_code].format(method=request.method)
+    return error_response(exc.status_code, detail, exc.headers, path=path)
+
+
+#: Litestar's own words when routing fails, and Minato's.
+_ROUTING_DEFAULTS: Final = {404: "Not Found", 405: "Method Not Allowed"}
+_ROUTING_SENTENCES: Final = {404: "no such route", 405: "this route does not take {method}"}
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     logger.exception("unhandled_error", path=request.url.path, kind=type(exc).__name__)
-    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error")
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error", path=request.scope["path"])
 
 
 EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {

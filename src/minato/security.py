@@ -7,6 +7,7 @@ logs carry a short fingerprint of the digest, never a key.
 from __future__ import annotations
 
 import enum
+import fnmatch
 import hashlib
 import hmac
 import ipaddress
@@ -58,11 +59,17 @@ class Caller:
 
     fingerprint: str
     role: Role
+    models: tuple[str, ...] | None = None
+    """Glob patterns on canonical model names the key may use; ``None``: every model."""
 
     @property
     def is_admin(self) -> bool:
         """Whether the caller may manage models and see every key's conversations."""
         return self.role >= Role.ADMIN
+
+    def allows(self, model: str) -> bool:
+        """Whether the key may use ``model`` (a canonical name)."""
+        return self.models is None or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
 #: Everyone, in a deployment without keys: as today, free to do anything (such a deployment is only

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
@@ -35,6 +36,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Server worker processes (each holds its own connection pool to Ollama)."""
     ollama_url: str = DEFAULT_OLLAMA_URL
     """Ollama base URL. Falls back to Ollama's own ``OLLAMA_HOST`` (``host:port`` shorthand too)."""
+    ollama_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    """Headers added to every request to Ollama, as a JSON object, for an Ollama behind its own auth,
+    e.g. ``{"Authorization": "Bearer <token>"}``; the client's own keys never reach Ollama."""
+    allow_cloud: bool = False
+    """Let keys use Ollama's cloud models (``:cloud``/``-cloud``) and, with an admin key, its account routes."""
     api_keys: str = ""
     """Comma-separated user keys (plain, or ``sha256:<hex>`` of the key). Users may generate and read."""
     api_keys_file: str = ""
@@ -151,6 +157,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raw["default_options"] = msgspec.json.decode(raw["default_options"] or "{}")
             except msgspec.DecodeError as exc:
                 raise SettingsError(f"{PREFIX}DEFAULT_OPTIONS: not a JSON object ({exc})") from None
+        if "ollama_headers" in raw:
+            raw["ollama_headers"] = _checked_headers(raw["ollama_headers"])
         if "ollama_url" not in raw and env.get("OLLAMA_HOST", "").strip():
             raw["ollama_url"] = env["OLLAMA_HOST"]
             source_of_url = "OLLAMA_HOST"
@@ -171,6 +179,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             default_keep_alive=_checked_keep_alive(settings.default_keep_alive),
             user_max_keep_alive=_checked_user_keep_alive(settings.user_max_keep_alive),
         )
+
+
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Headers Minato sets itself on a request to Ollama; an operator's value could only break the request.
+_OWN_HEADERS: Final = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
+
+
+def _checked_headers(text: str) -> Any:
+    variable = f"{PREFIX}OLLAMA_HEADERS"
+    try:
+        headers = msgspec.json.decode(text or "{}", type=dict[str, str])
+    except msgspec.DecodeError as exc:
+        raise SettingsError(f"{variable}: not a JSON object of strings ({exc})") from None
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or name.lower() in _OWN_HEADERS:
+            raise SettingsError(f"{variable}: {name!r} cannot be set (a header name Minato does not set itself)")
+        if "\r" in value or "\n" in value:
+            raise SettingsError(f"{variable}: the value of {name!r} must be one line")
+    return headers
 
 
 def _checked_defaults(defaults: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from minato.upstream.wire import ChatChunk
 logger = structlog.get_logger("minato.stream")
 
 _encode: Final = msgspec.json.Encoder().encode
-_STREAM_HEADERS: Final = {
+STREAM_HEADERS: Final = {
     # Reverse proxies (nginx) buffer responses unless told not to; caches must not keep tokens.
     "X-Accel-Buffering": "no",
     "Cache-Control": "no-cache",
@@ -189,7 +189,7 @@ def stream_response(
     return RelayStream(
         relay(batches, fmt, model, record),
         media_type=fmt.value,
-        headers=_STREAM_HEADERS,
+        headers=STREAM_HEADERS,
         background=BackgroundTask(close),
     )
 

@@ -124,7 +124,7 @@ async def test_the_wrong_method_is_a_json_405(client: Client) -> None:
 
     assert response.status_code == 405
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"detail": "Method Not Allowed"}
+    assert response.json() == {"detail": "this route does not take POST"}
     assert "GET" in response.headers["allow"]
 
 
@@ -135,7 +135,7 @@ async def test_a_route_that_does_not_exist_is_a_json_404(client: Client, ollama:
 
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"detail": "Not Found"}
+    assert response.json() == {"detail": "no such route"}
     assert not anything.called
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -181,10 +182,7 @@ async def test_a_path_that_is_neither_a_route_nor_a_model_is_a_404_that_says_so(
     assert not chat.called
 
 
-@pytest.mark.parametrize(
-    "path",
-    ["/api/tags", "/api/chat", "/v1/models", "/API/version", "/stream/api/tags", "/api", "/v1"],
-)
+@pytest.mark.parametrize("path", ["/API/version", "/stream/api/tags", "/stream/v1/models"])
 async def test_the_ollama_and_openai_prefixes_are_never_model_names(
     client: Client, ollama: respx.MockRouter, path: str
 ) -> None:
@@ -194,6 +192,35 @@ async def test_the_ollama_and_openai_prefixes_are_never_model_names(
 
     assert response.status_code == 404
     assert "reserved for Ollama's and OpenAI's APIs" in response.json()["detail"]
+    assert not chat.called
+
+
+def _openai_error(text: str) -> object:
+    return {"error": {"message": text, "type": "not_found_error", "param": None, "code": None}}
+
+
+def _openai_error(text: str) -> object:
+    return {"error": {"message": text, "type": "not_found_error", "param": None, "code": None}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api", lambda text: {"error": text}),
+        ("/api/nothing-here", lambda text: {"error": text}),
+        ("/v1", _openai_error),
+        ("/v1/nothing-here", _openai_error),
+    ],
+)
+async def test_a_path_no_door_serves_is_a_404_in_the_doors_shape(
+    client: Client, ollama: respx.MockRouter, path: str, body: Callable[[str], object]
+) -> None:
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get(path, params={"message": "hi"})
+
+    assert response.status_code == 404
+    assert response.json() == body("no such route")
     assert not chat.called
 
 

@@ -1,17 +1,14 @@
-"""What every handler shares: the documented error responses, the checks before a generation, and
-cancelling work on disconnect."""
+"""What every handler shares: the documented error responses and the checks before a generation."""
 
 from __future__ import annotations
 
-import asyncio
 import difflib
-from collections.abc import Awaitable
 from typing import Any, Final, TypeVar
 
 from litestar import Request, Response
 from litestar.openapi import ResponseSpec
 
-from minato.errors import ClientDisconnectedError, ModelNotFoundError
+from minato.errors import ModelNotFoundError
 from minato.params import validate_model_name
 from minato.query import reject_repeated_parameters
 from minato.record import RequestRecord, record_of
@@ -43,31 +40,6 @@ ADMIN_RESPONSES: Final[dict[int, ResponseSpec]] = {
     **GENERATION_RESPONSES,
     403: error_spec("The key is a user key; this route needs an admin key."),
 }
-
-
-async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it the moment the client disconnects.
-
-    The request body has been read by now, so the next ASGI message can only be the disconnect.
-    Cancelling closes the call to Ollama, which stops generating instead of computing an answer
-    nobody will read.
-    """
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        task.cancel()
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
-            raise ClientDisconnectedError("client disconnected") from None
-        raise
-    finally:
-        watcher.cancel()
 
 
 def note_model(request: Request[Any, Any, Any], model: str) -> RequestRecord | None:

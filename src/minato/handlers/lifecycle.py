@@ -14,8 +14,9 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from minato import __version__
+from minato.disconnect import unless_disconnected
 from minato.errors import MinatoError, ModelNotFoundError
-from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES, note_model, unless_disconnected
+from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES, note_model
 from minato.handlers.generate import ModelName
 from minato.handlers.models import pull_to_end
 from minato.params import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive, validate_model_name

@@ -14,12 +14,12 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from minato.disconnect import unless_disconnected
 from minato.errors import MinatoError
 from minato.handlers.common import (
     ADMIN_RESPONSES,
     UPSTREAM_RESPONSES,
     note_model,
-    unless_disconnected,
 )
 from minato.handlers.generate import ModelName
 from minato.params import validate_model_name

@@ -16,6 +16,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from minato.backpressure import Admission
+from minato.disconnect import unless_disconnected
 from minato.errors import CapabilityError, InvalidInputError, RequestTimeoutError
 from minato.fetch import ImageFetcher
 from minato.generation import Generation, Question, streamed_answer, whole_answer
@@ -23,7 +24,6 @@ from minato.handlers.common import (
     GENERATION_OPT,
     GENERATION_RESPONSES,
     note_model,
-    unless_disconnected,
 )
 from minato.handlers.generate import STREAM_DESCRIPTION, ModelName
 from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images

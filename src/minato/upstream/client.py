@@ -90,6 +90,11 @@ class OllamaClient:
         # Deadlines are enforced per phase with asyncio (first token, idle gap, whole answer);
         # the transport only bounds the TCP connect.
         self._timeouts = {"connect": settings.connect_timeout, "read": None, "write": None, "pool": None}
+        # The operator's headers (MINATO_OLLAMA_HEADERS) go on every request; the client's never do.
+        extra = dict(settings.ollama_headers)
+        self._json_headers = {**extra, **_JSON_HEADERS}
+        self._accept_json = {**extra, **_ACCEPT_JSON}
+        self._extra_headers = extra
         self._capabilities: dict[str, tuple[float, ModelFacts]] = {}
         self._capability_lookups: dict[str, asyncio.Future[ModelFacts]] = {}
 
@@ -105,7 +110,7 @@ class OllamaClient:
             method,
             url,
             content=body,
-            headers=_JSON_HEADERS if body is not None else _ACCEPT_JSON,
+            headers=self._json_headers if body is not None else self._accept_json,
             extensions={"timeout": self._timeouts},
         )
         return await self._transport.handle_async_request(request)
@@ -240,21 +245,30 @@ class OllamaClient:
     # -- relaying --------------------------------------------------------------------------
 
     async def forward(
-        self, method: str, path: str, body: bytes | None, *, content_type: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        *,
+        content_type: str | None = None,
+        headers_within: float | None = None,
     ) -> RawResponse:
         """Send ``body`` to Ollama's ``path`` as it is and return the answer as it arrives.
 
-        The status and headers are known when this returns (within ``MINATO_FIRST_TOKEN_TIMEOUT``,
-        which covers a cold model load); the body is then read chunk by chunk, each chunk the moment
-        it arrives, with ``MINATO_IDLE_TIMEOUT`` between chunks. Only Ollama's URL and the content
-        type travel: nothing of the client's request (keys, cookies, ``Host``) reaches Ollama.
+        The status and headers are known when this returns (within ``headers_within`` seconds,
+        by default ``MINATO_FIRST_TOKEN_TIMEOUT``, which covers a cold model load); the body is then
+        read chunk by chunk, each chunk the moment it arrives, with ``MINATO_IDLE_TIMEOUT`` between
+        chunks. Only Ollama's URL, the content type and ``MINATO_OLLAMA_HEADERS`` travel: nothing of
+        the client's request (keys, cookies, ``Host``) reaches Ollama.
         """
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self.base_url + path)
-        headers = {"accept": "*/*"} if content_type is None else {"content-type": content_type, "accept": "*/*"}
+        headers = {**self._extra_headers, "accept": "*/*"}
+        if content_type is not None:
+            headers["content-type"] = content_type
         request = httpx.Request(method, url, content=body, headers=headers, extensions={"timeout": self._timeouts})
-        budget = self.settings.first_token_timeout
+        budget = self.settings.first_token_timeout if headers_within is None else headers_within
         try:
             async with asyncio.timeout(budget):
                 response = await self._transport.handle_async_request(request)

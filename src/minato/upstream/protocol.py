@@ -64,9 +64,16 @@ class Ollama(Protocol):
         """Ollama's version."""
 
     async def forward(
-        self, method: str, path: str, body: bytes | None, *, content_type: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        *,
+        content_type: str | None = None,
+        headers_within: float | None = None,
     ) -> RawResponse:
-        """Relay a request as bytes: status and headers first, then the body as it arrives."""
+        """Relay a request as bytes: status and headers first (within ``headers_within`` seconds, by default
+        ``MINATO_FIRST_TOKEN_TIMEOUT``), then the body as it arrives."""
 
 
 if TYPE_CHECKING:

@@ -1,0 +1,41 @@
+"""Cancelling work the moment its client leaves, so Ollama stops computing answers nobody will read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from litestar import Request
+
+from minato.errors import ClientDisconnectedError
+
+T = TypeVar("T")
+
+
+async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it the moment the client disconnects.
+
+    The request body has been read by now, so the next ASGI message can only be the disconnect.
+    Cancelling closes the call to Ollama, which stops generating instead of computing an answer
+    nobody will read.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientDisconnectedError("client disconnected") from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+__all__ = ["unless_disconnected"]

@@ -1,0 +1,128 @@
+"""The kinds of call a door relays: a generation, a model list, a call about one model, a plain one.
+
+Each reads what it must decide on, checks it (scope, cloud, user limits) and hands the bytes to
+:func:`minato.doors.relay.relay`. The door modules only map routes onto these.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from litestar import Request, Response
+
+from minato.doors.body import DoorBody, check_nested_names, read_body
+from minato.doors.policy import check_models, check_user_limits
+from minato.doors.relay import Relay, relay
+from minato.rendering import StreamDialect
+from minato.runtime import runtime_of
+from minato.security import Caller
+from minato.upstream import canonical_model_name
+
+_INCLUDE_USAGE: Final = frozenset({"include_usage"})
+
+
+async def read(request: Request[Any, Any, Any]) -> DoorBody:
+    """The request's body, bounded like any body, as far as Minato reads it."""
+    return DoorBody.parse(await read_body(request, runtime_of(request).settings.max_body_bytes))
+
+
+async def generation(
+    request: Request[Any, Any, Any],
+    caller: Caller,
+    dialect: StreamDialect,
+    *,
+    stream_default: bool,
+    native: bool = False,
+    usage_frames: bool = False,
+    body: DoorBody | None = None,
+) -> Response[Any]:
+    """A chat, completion or embedding: scope, limits, a generation slot, then Ollama's answer.
+
+    ``native``: the route takes Ollama's ``keep_alive`` and ``options`` (user keys are limited as on
+    Minato's own routes). ``usage_frames``: an OpenAI stream whose client did not ask for usage is
+    asked for it anyway, so tokens are counted, and the extra frame is dropped on the way back.
+    """
+    runtime = runtime_of(request)
+    body = body if body is not None else await read(request)
+    check_models(caller, runtime.settings, body.models)
+    if native:
+        await check_user_limits(caller, runtime.settings, runtime.upstream, body)
+    streamed = body.stream(default=stream_default)
+    strip = False
+    if usage_frames and streamed:
+        options = body.object("stream_options")
+        check_nested_names(options, _INCLUDE_USAGE, "stream_options")
+        if options.get("include_usage") is not True:
+            body, strip = body.with_field("stream_options", {**options, "include_usage": True}), True
+    call = Relay(
+        request.method,
+        request.url.path,
+        body.raw,
+        dialect,
+        model=body.model or None,
+        streamed=streamed,
+        strip_usage=strip,
+    )
+    return await relay(request, runtime, call)
+
+
+async def about_models(
+    request: Request[Any, Any, Any], caller: Caller, *, path: str | None = None, stream_default: bool = False
+) -> Response[Any]:
+    """A call naming models in its body (show, pull, push, create, copy, delete): scope checked."""
+    runtime = runtime_of(request)
+    body = await read(request)
+    check_models(caller, runtime.settings, body.models)
+    call = Relay(
+        request.method,
+        path or request.url.path,
+        body.raw,
+        StreamDialect.NDJSON,
+        streamed=body.stream(default=stream_default),
+    )
+    return await relay(request, runtime, call)
+
+
+async def plain(request: Request[Any, Any, Any], dialect: StreamDialect = StreamDialect.NDJSON) -> Response[Any]:
+    """A call Minato only relays (version, blobs, the account routes once allowed)."""
+    runtime = runtime_of(request)
+    raw = await read_body(request, runtime.settings.max_body_bytes) if request.method in {"POST", "DELETE"} else None
+    return await relay(request, runtime, Relay(request.method, request.url.path, raw, dialect))
+
+
+async def head(request: Request[Any, Any, Any]) -> Response[None]:
+    """A HEAD, relayed: Ollama's status and content type, no body."""
+    answer = await relay(request, runtime_of(request), Relay("HEAD", request.url.path, None, StreamDialect.NDJSON))
+    return Response(None, status_code=answer.status_code, media_type=answer.media_type)
+
+
+async def listing(request: Request[Any, Any, Any], caller: Caller, *, field: str, name: str) -> Response[Any]:
+    """A model list (``/api/tags``, ``/api/ps``, ``/v1/models``), showing only the key's models.
+
+    A key without model patterns gets Ollama's bytes unchanged; a scoped key gets the same document
+    with the other models left out (``field`` holds the list, ``name`` names each entry's model).
+    """
+    answer = await plain(request, StreamDialect.NDJSON)
+    if caller.models is None or answer.status_code != 200 or not isinstance(answer.content, bytes):
+        return answer
+    try:
+        document = msgspec.json.decode(answer.content)
+    except msgspec.DecodeError:
+        return answer
+    entries = document.get(field) if isinstance(document, dict) else None
+    if isinstance(document, dict):
+        document[field] = [
+            entry
+            for entry in entries or []
+            if isinstance(entry, dict)
+            and caller.allows(canonical_model_name(str(entry.get(name) or entry.get("name"))))
+        ]
+    return Response(msgspec.json.encode(document), status_code=200, media_type=answer.media_type)
+
+
+def _model_of(entry: dict[str, Any], name: str) -> str:
+    return canonical_model_name(str(entry.get(name) or entry.get("name") or ""))
+
+
+__all__ = ["about_models", "generation", "head", "listing", "plain", "read"]

@@ -1,0 +1,270 @@
+"""Relaying a door's request to Ollama's route of the same name, and Ollama's answer back, as bytes.
+
+The answer's status and content type are Ollama's, known before the first byte is written; a
+stream is written chunk by chunk the moment each arrives, and a client that leaves closes the call
+to Ollama at once. On the way through, Minato only reads: the token counts (for metrics and
+quotas) and whether the stream ended the way its dialect ends. A stream that breaks, or that
+Ollama just stops, gets a last frame its SDKs raise on, so a cut answer never looks complete.
+
+A generation (chat, completion, embedding) holds one of Minato's generation slots for the whole
+relay, like a generation of Minato's own API, and a whole answer is bounded by
+``MINATO_REQUEST_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Final, NamedTuple
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.background_tasks import BackgroundTask
+
+from minato.backpressure import Slot
+from minato.disconnect import unless_disconnected
+from minato.errors import MinatoError, OllamaTimeoutError
+from minato.generation import take_slot
+from minato.record import RequestRecord, record_of
+from minato.rendering import StreamDialect, stream_error_frame
+from minato.runtime import Runtime
+from minato.streaming import STREAM_HEADERS, RelayStream
+from minato.upstream import canonical_model_name
+from minato.upstream.client import RawResponse
+
+logger = structlog.get_logger("minato.doors")
+
+_STREAMED_TYPES: Final = ("application/x-ndjson", "text/event-stream")
+
+
+class Relay(NamedTuple):
+    """One forwarded request: where it goes and what Minato watches for on the way back."""
+
+    method: str
+    path: str
+    body: bytes | None
+    dialect: StreamDialect
+    model: str | None = None
+    """The model of a generation (takes a slot, labels metrics); ``None`` for other routes."""
+    streamed: bool = False
+    """Whether the client asked for a stream (bounds the wait for Ollama's first byte)."""
+    strip_usage: bool = False
+    """Minato asked Ollama for an OpenAI usage frame the client did not ask for: drop it."""
+
+
+class _Counts(msgspec.Struct):
+    completion_tokens: int = 0
+    output_tokens: int = 0
+
+
+class _Response(msgspec.Struct):
+    usage: _Counts | None = None
+
+
+class _Counted(msgspec.Struct):
+    """The token counts an answer or a frame may carry, in any door's dialect."""
+
+    eval_count: int = 0
+    eval_duration: int = 0
+    usage: _Counts | None = None
+    response: _Response | None = None
+
+    def tokens(self) -> int:
+        if self.eval_count:
+            return self.eval_count
+        usage = self.usage or (self.response.usage if self.response is not None else None)
+        return (usage.completion_tokens or usage.output_tokens) if usage is not None else 0
+
+
+_decode_counts: Final = msgspec.json.Decoder(_Counted).decode
+
+
+def _counts_of(data: bytes) -> _Counted | None:
+    try:
+        return _decode_counts(data)
+    except msgspec.DecodeError:
+        return None
+
+
+class _Watch:
+    """Reads a stream as it passes: its token counts, and whether it ended as its dialect ends."""
+
+    __slots__ = ("_carry", "_dialect", "_sep", "_strip", "ended", "eval_duration", "tokens")
+
+    def __init__(self, dialect: StreamDialect, strip_usage: bool) -> None:
+        self._dialect = dialect
+        self._sep = b"\n" if dialect is StreamDialect.NDJSON else b"\n\n"
+        self._strip = strip_usage
+        self._carry = b""
+        self.ended = False
+        self.tokens = 0
+        self.eval_duration = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Look at ``chunk``; return the bytes to write (the chunk itself unless a frame is dropped)."""
+        data = self._carry + chunk if self._carry else chunk
+        end = data.rfind(self._sep)
+        if end < 0:
+            self._carry = data
+            return b"" if self._strip else chunk
+        cut = end + len(self._sep)
+        self._carry = data[cut:]
+        self._look(data, cut)
+        if not self._strip:
+            return chunk
+        return self._without_usage_frame(data[:cut])
+
+    def rest(self) -> bytes:
+        """What a dropping watch still holds when the stream ends (an unterminated last frame)."""
+        rest, self._carry = self._carry, b""
+        return rest if self._strip else b""
+
+    def _look(self, data: bytes, end: int) -> None:
+        if self._dialect is StreamDialect.NDJSON:
+            done = data.find(b'"done":true', 0, end)
+            if done >= 0:
+                self.ended = True
+                counts = _counts_of(self._frame_at(data, done))
+                if counts is not None:
+                    self.tokens, self.eval_duration = counts.eval_count, counts.eval_duration
+            elif any(data.find(marker, 0, end) >= 0 for marker in _TERMINATORS[self._dialect]):
+                self.ended = True
+            return
+        at = data.rfind(b'"usage":{', 0, end)
+        if at >= 0:
+            frame = self._frame_at(data, at)
+            counts = _counts_of(frame[frame.find(b"data: ") + 6 :]) if b"data: " in frame else None
+            if counts is not None and counts.tokens():
+                self.tokens = counts.tokens()
+        if any(data.find(marker, 0, end) >= 0 for marker in _TERMINATORS[self._dialect]):
+            self.ended = True
+
+    def _frame_at(self, data: bytes, at: int) -> bytes:
+        start = data.rfind(self._sep, 0, at)
+        start = 0 if start < 0 else start + len(self._sep)
+        stop = data.find(self._sep, at)
+        return data[start : stop if stop >= 0 else len(data)]
+
+    def _without_usage_frame(self, frames: bytes) -> bytes:
+        if b'"choices":[]' not in frames:
+            return frames
+        kept = [frame for frame in frames.split(self._sep) if not (b'"choices":[]' in frame and b'"usage"' in frame)]
+        return self._sep.join(kept)
+
+
+#: What the last frame of a complete stream (or one that reports its own failure) contains, by dialect.
+_TERMINATORS: Final = {
+    StreamDialect.NDJSON: (b'{"error"', b'"status":"success"'),  # besides the "done":true line
+    StreamDialect.OPENAI: (b"data: [DONE]", b'data: {"error"'),
+    StreamDialect.RESPONSES: (
+        b"event: response.completed",
+        b"event: response.failed",
+        b"event: response.incomplete",
+        b"event: error",
+    ),
+    StreamDialect.ANTHROPIC: (b"event: message_stop", b"event: error"),
+}
+
+
+async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) -> Response[Any]:
+    """Forward ``call`` to Ollama and answer with what Ollama answers."""
+    record = record_of(request.scope)
+    if record is not None and call.model:
+        record.model = call.model
+    slot = await take_slot(request, runtime.admission, call.model) if call.model else None
+    try:
+        answer = await unless_disconnected(request, _forward(runtime, call))
+        if answer.content_type.startswith(_STREAMED_TYPES):
+            return _streamed(answer, call, record, slot)
+        try:
+            body = await unless_disconnected(request, _whole(answer, runtime.settings.request_timeout))
+        finally:
+            await answer.aclose()
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    if slot is not None:
+        slot.release()
+    if record is not None and call.model and answer.status < 300:
+        counts = _counts_of(body)
+        if counts is not None and counts.tokens():
+            record.note_answer(counts.tokens(), _per_second(counts.eval_count, counts.eval_duration))
+    # Only the content type travels back: length, encoding and dates are Minato's server's to set.
+    return Response(body, status_code=answer.status, media_type=answer.content_type or None)
+
+
+async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
+    settings = runtime.settings
+    # A whole answer's headers come only once it is complete: wait as long as a whole answer may take.
+    wait = settings.first_token_timeout if call.streamed else settings.request_timeout
+    return await runtime.upstream.forward(
+        call.method, call.path, call.body, content_type="application/json" if call.body else None, headers_within=wait
+    )
+
+
+async def _whole(answer: RawResponse, budget: float) -> bytes:
+    try:
+        async with asyncio.timeout(budget):
+            return await answer.read()
+    except TimeoutError:
+        raise OllamaTimeoutError(f"the answer took longer than {budget:g} s (MINATO_REQUEST_TIMEOUT)") from None
+
+
+def _per_second(tokens: int, nanoseconds: int) -> float:
+    return tokens / (nanoseconds / 1e9) if tokens and nanoseconds > 0 else 0.0
+
+
+def _streamed(answer: RawResponse, call: Relay, record: RequestRecord | None, slot: Slot | None) -> Response[Any]:
+    watch = _Watch(call.dialect, call.strip_usage)
+
+    async def close() -> None:
+        # Also runs when the client left while a write was suspended: Ollama stops at once.
+        await answer.aclose()
+        if slot is not None:
+            slot.release()
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in answer.chunks():
+                data = watch.feed(chunk)
+                if data:
+                    if record is not None and record.first_token is None:
+                        record.mark_first_token()
+                    yield data
+            rest = watch.rest()
+            if rest:
+                yield rest
+            if not watch.ended:
+                logger.warning("door_stream_cut", path=call.path, model=call.model)
+                if record is not None:
+                    record.upstream_error = "StreamCut"
+                yield stream_error_frame(call.dialect, "Ollama ended the stream before the answer was complete")
+        except MinatoError as exc:
+            logger.warning("door_stream_failed", path=call.path, model=call.model, detail=exc.detail)
+            if record is not None:
+                record.upstream_error = type(exc).__name__
+            yield stream_error_frame(call.dialect, exc.detail)
+        finally:
+            await close()
+            if record is not None and watch.tokens:
+                record.note_answer(watch.tokens, _per_second(watch.tokens, watch.eval_duration))
+
+    if record is not None:
+        record.streaming = True
+    return RelayStream(
+        body(),
+        status_code=answer.status,
+        media_type=answer.content_type,
+        headers=STREAM_HEADERS,
+        background=BackgroundTask(close),
+    )
+
+
+def model_of(name: str) -> str:
+    """The model a generation is for, as slots and metrics name it."""
+    return canonical_model_name(name) if name else ""
+
+
+__all__ = ["Relay", "model_of", "relay"]
