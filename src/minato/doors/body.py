@@ -54,7 +54,7 @@ class DoorBody:
             return cls(raw, {})
         try:
             fields = _decode_fields(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             raise BodyRefusedError("the request body must be one JSON object in UTF-8, with nothing after it") from None
         for name in fields:
             folded = _FOLDED.get(name.casefold())
@@ -71,6 +71,8 @@ class DoorBody:
             decoded = msgspec.json.decode(value, type=kind | None)
         except msgspec.ValidationError as exc:
             raise BodyRefusedError(f"the field {name!r} is not valid: {_plain(exc)}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise BodyRefusedError(f"the field {name!r} is not valid UTF-8 JSON") from None
         return default if decoded is None else decoded
 
     def text(self, name: str) -> str:
