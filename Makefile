@@ -26,7 +26,7 @@ fmt: install ## Format and auto-fix
 	$(UV) run ruff format src tests bench
 	$(UV) run ruff check --fix src tests bench
 
-type: install ## mypy --strict
+type: install ## mypy --strict over src, tests and bench
 	$(UV) run mypy
 
 test: install ## Install everything and run the whole test suite (unit + end-to-end)

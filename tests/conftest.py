@@ -78,3 +78,16 @@ async def fx_client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
     """An async test client running the app's lifespan."""
     async with AsyncTestClient(app=app) as client:
         yield client
+
+
+@pytest.fixture(name="served")
+def fx_served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
+    """Stand in for ``minato.cli.serve``: record each call's arguments and report success, serving nothing."""
+    calls: list[tuple[object, ...]] = []
+
+    def serve(*args: object) -> int:
+        calls.append(args)
+        return 0
+
+    monkeypatch.setattr("minato.cli.serve", serve)
+    return calls

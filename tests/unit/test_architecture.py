@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import respx
 from litestar import Litestar
+from litestar.openapi.spec import Parameter
 from litestar.testing import AsyncTestClient
 from msgspec import UnsetType
 
@@ -290,10 +291,23 @@ async def test_a_lease_commits_at_most_once_and_releases_exactly_once(settings: 
         await sessions.stop()
 
 
+def _parameters(app: Litestar, path: str) -> list[Parameter]:
+    """The parameters the OpenAPI schema documents for ``GET path`` (written inline, never as references)."""
+    paths = app.openapi_schema.paths
+    assert paths is not None
+    operation = paths[path].get
+    assert operation is not None
+    assert operation.parameters is not None
+    parameters: list[Parameter] = []
+    for parameter in operation.parameters:
+        assert isinstance(parameter, Parameter), f"{parameter!r} is a reference"
+        parameters.append(parameter)
+    return parameters
+
+
 @pytest.mark.parametrize("path", ["/{model_name}", "/stream/{model_name}"])
 def test_the_documented_query_parameters_are_exactly_the_ones_understood(app: Litestar, path: str) -> None:
-    operation = app.openapi_schema.paths[path].get  # type: ignore[index, union-attr]
-    documented = {p.name for p in operation.parameters if p.param_in == "query"}  # type: ignore[union-attr]
+    documented = {parameter.name for parameter in _parameters(app, path) if parameter.param_in == "query"}
 
     assert documented == GENERATION_QUERY_PARAMETERS
     assert set(OPTIONS) <= documented, "every Ollama option in the table is a documented query parameter"

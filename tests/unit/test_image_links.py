@@ -14,12 +14,14 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import httpx
 import msgspec
 import pytest
 import respx
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
@@ -51,7 +53,14 @@ def detail(response: httpx.Response) -> dict[str, object]:
     return item
 
 
-def form(*fields: tuple[str, str]) -> dict[str, object]:
+class Multipart(TypedDict):
+    """The ``headers`` and ``content`` arguments of an httpx request, to pass as ``**form(...)``."""
+
+    headers: dict[str, str]
+    content: bytes
+
+
+def form(*fields: tuple[str, str]) -> Multipart:
     """Request arguments for a ``multipart/form-data`` body of text fields only (httpx would send
     text-only ``data`` urlencoded)."""
     boundary = "minato-test-boundary"
@@ -101,7 +110,7 @@ async def _start_image_server() -> tuple[ImageServer, web.AppRunner]:
     server = ImageServer(base="", port=0)
 
     @web.middleware
-    async def record(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
         server.hits.append(request.path_qs)
         return await handler(request)
 

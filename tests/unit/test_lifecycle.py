@@ -303,7 +303,7 @@ async def test_an_out_of_range_value_is_a_422_naming_the_parameter(
 async def test_too_many_stop_values_is_a_422(client: Client, ollama: respx.MockRouter) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
-    response = await client.get("/llama3.2", params=[("message", "hi")] + [("stop", f"s{n}") for n in range(17)])
+    response = await client.get("/llama3.2", params=(("message", "hi"), *(("stop", f"s{n}") for n in range(17))))
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "stop"]

@@ -7,7 +7,7 @@ import json
 import pytest
 import respx
 from litestar import Litestar
-from litestar.handlers import HTTPRouteHandler
+from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from minato.errors import InvalidInputError
@@ -396,11 +396,10 @@ async def test_stop_may_repeat(client: Client, ollama: respx.MockRouter) -> None
 
 def test_only_the_list_parameters_may_repeat(app: Litestar) -> None:
     # The handlers the app registered (copies of ROUTE_HANDLERS, which stay untouched).
-    handlers = [handler for route in app.routes for handler in route.route_handlers]
+    handlers = [handler for route in app.routes if isinstance(route, HTTPRoute) for handler in route.route_handlers]
     repeatable = {
         (method, path): set(repeatable_parameters(handler))
         for handler in handlers
-        if isinstance(handler, HTTPRouteHandler)
         for path in handler.paths
         for method in handler.http_methods
     }

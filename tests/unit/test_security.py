@@ -323,11 +323,8 @@ def test_without_keys_minato_only_serves_on_loopback(host: str, settings: Settin
 
 
 def test_the_cli_refuses_a_public_address_without_keys(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    served: list[tuple[object, ...]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    served: list[object] = []
-    monkeypatch.setattr("minato.cli.serve", lambda *args: served.append(args) or 0)
-
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "MINATO_API_KEYS" in capsys.readouterr().err
     assert served == []

@@ -168,11 +168,9 @@ def test_settings_are_read_from_the_process_environment_by_default(monkeypatch: 
 
 
 def test_the_cli_refuses_an_invalid_setting_with_exit_code_2_and_names_it(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], served: list[tuple[object, ...]]
 ) -> None:
     monkeypatch.setenv("MINATO_PORT", "not-a-port")
-    served: list[object] = []
-    monkeypatch.setattr("minato.cli.serve", lambda *args: served.append(args) or 0)
 
     code = main(["serve"])
 
@@ -191,11 +189,11 @@ def test_the_cli_refuses_a_misspelt_variable(
     assert "MINATO_OLLAMA_URL" in capsys.readouterr().err
 
 
-def test_the_cli_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_flags_override_the_environment(
+    monkeypatch: pytest.MonkeyPatch, served: list[tuple[object, ...]]
+) -> None:
     monkeypatch.setenv("MINATO_PORT", "9000")
     monkeypatch.setenv("MINATO_API_KEYS", "a-key")  # 0.0.0.0 without keys is refused (see test_security)
-    served: list[tuple[object, ...]] = []
-    monkeypatch.setattr("minato.cli.serve", lambda *args: served.append(args) or 0)
 
     assert main(["serve", "--port", "9100", "--host", "0.0.0.0"]) == 0
     host, port, workers, settings = served[0]

@@ -31,6 +31,8 @@ from tests.payloads import (
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
+#: One ``files`` entry for httpx: the form field and its file name, content and type.
+Upload = tuple[str, tuple[str, bytes, str]]
 VISION = ["completion", "vision"]
 
 
@@ -38,7 +40,7 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def png(name: str = "a.png") -> tuple[str, tuple[str, bytes, str]]:
+def png(name: str = "a.png") -> Upload:
     return ("images", (name, PNG_1PX, "image/png"))
 
 
@@ -284,7 +286,7 @@ async def test_a_malformed_multipart_body_is_a_422_not_a_500(client: Client, cha
     ],
 )
 async def test_an_unknown_form_field_is_a_422(
-    client: Client, chat: respx.Route, data: dict[str, str], files: list[object], field: str
+    client: Client, chat: respx.Route, data: dict[str, str], files: list[Upload], field: str
 ) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi"}, data=data, files=files)
 
