@@ -56,8 +56,10 @@ def base64_field_limit(settings: Settings) -> int:
     return settings.max_image_bytes * 3 // 2 + 4096
 
 
-def decode_base64_image(text: str | bytes | bytearray, index: int, settings: Settings) -> bytes:
-    """Decode one ``image_base64`` field into the image's bytes, or raise a 4xx for ``image_base64[index]``.
+def decode_base64_image(
+    text: str | bytes | bytearray, index: int, settings: Settings, field: str = BASE64_FIELD
+) -> bytes:
+    """Decode one base64 image (the ``field`` list's ``index``-th) into its bytes, or raise a 4xx naming it.
 
     Accepted: a ``data:image/...;base64,`` prefix, whitespace and line breaks anywhere, the URL-safe
     alphabet (``-_``) and missing ``=`` padding.
@@ -68,27 +70,27 @@ def decode_base64_image(text: str | bytes | bytearray, index: int, settings: Set
         header, comma, value = value.partition(",")
         media_type, *parameters = header[5:].split(";")
         if not comma or "base64" not in (p.strip().lower() for p in parameters):
-            raise _base64_error(index, "is a data URL that is not base64 (expected data:image/...;base64,...)")
+            raise _base64_error(field, index, "is a data URL that is not base64 (expected data:image/...;base64,...)")
         if media_type.strip() and not media_type.strip().lower().startswith("image/"):
-            raise _base64_error(index, f"is a data URL of {media_type.strip()!r}, not an image")
+            raise _base64_error(field, index, f"is a data URL of {media_type.strip()!r}, not an image")
     compact = "".join(value.split()).replace("-", "+").replace("_", "/").rstrip("=")
     if not compact:
-        raise _base64_error(index, "is empty")
+        raise _base64_error(field, index, "is empty")
     if len(compact) * 3 // 4 > settings.max_image_bytes:
-        raise _too_large(BASE64_FIELD, index, settings)
+        raise _too_large(field, index, settings)
     try:
         data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise _base64_error(index, "is not valid base64") from None
+        raise _base64_error(field, index, "is not valid base64") from None
     if len(data) > settings.max_image_bytes:
-        raise _too_large(BASE64_FIELD, index, settings)
+        raise _too_large(field, index, settings)
     if sniff_image(data) is None:
-        raise _base64_error(index, NOT_AN_IMAGE)
+        raise _base64_error(field, index, NOT_AN_IMAGE)
     return data
 
 
-def _base64_error(index: int, msg: str) -> InvalidInputError:
-    return InvalidInputError([ErrorItem(loc=["body", BASE64_FIELD, index], msg=msg, type="value_error")])
+def _base64_error(field: str, index: int, msg: str) -> InvalidInputError:
+    return InvalidInputError([ErrorItem(loc=["body", field, index], msg=msg, type="value_error")])
 
 
 def _too_large(field: str, index: int, settings: Settings) -> PayloadTooLargeError:

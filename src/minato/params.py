@@ -143,15 +143,6 @@ def provide_generation_options(
                 for key in unknown
             ]
         )
-    if system_prompt is not None:
-        check_text_length("system_prompt", system_prompt, settings)
-    if session is not None:
-        validate_session_id(session, "query")
-    if stop is not None:
-        try:
-            check_stop(stop)
-        except ValueError as exc:
-            raise InvalidInputError.single("query", "stop", str(exc)) from None
     given = {
         "numa": numa,
         "num_ctx": num_ctx,
@@ -169,21 +160,115 @@ def provide_generation_options(
         "frequency_penalty": frequency_penalty,
         "stop": stop,
     }
+    return generation_options(
+        settings,
+        caller,
+        "query",
+        session=session,
+        system_prompt=system_prompt,
+        keep_alive=keep_alive,
+        format=format,
+        think=think,
+        given=given,
+    )
+
+
+def generation_options(
+    settings: Settings,
+    caller: Caller,
+    source: str,
+    *,
+    session: str | None,
+    system_prompt: str | None,
+    keep_alive: str | None,
+    format: str | None,
+    think: bool | None,
+    given: dict[str, Any],
+) -> GenerationOptions:
+    """The checks and defaults every generation shares, whether its parameters came in the query or a body."""
+    if system_prompt is not None:
+        check_text_length("system_prompt", system_prompt, settings, source)
+    if session is not None:
+        validate_session_id(session, source)
+    stop = given.get("stop")
+    if stop is not None:
+        try:
+            check_stop(stop)
+        except ValueError as exc:
+            raise InvalidInputError.single(source, "stop", str(exc)) from None
     # Operator defaults first, then what the caller set: a request's value wins.
     options = {OPTIONS[name].ollama_name: value for name, value in settings.default_options.items()}
     options.update({OPTIONS[name].ollama_name: value for name, value in given.items() if value is not None})
-    alive = resolve_keep_alive(keep_alive, settings)
+    alive = resolve_keep_alive(keep_alive, settings, source)
     if keep_alive is not None and not caller.is_admin:
         check_user_keep_alive(alive, settings)
     return GenerationOptions(
         system_prompt=system_prompt,
         keep_alive=alive,
-        num_ctx=num_ctx,
+        num_ctx=given.get("num_ctx"),
         options=options,
         session=session,
         format=format if format is not None else UNSET,
         think=think if think is not None else UNSET,
     )
+
+
+def _meta(name: str) -> msgspec.Meta:
+    spec = OPTIONS[name]
+    if spec.ge is None and spec.le is None:
+        return msgspec.Meta(description=spec.description)
+    return msgspec.Meta(ge=spec.ge, le=spec.le, description=spec.description)
+
+
+class GenerationBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The JSON body of ``POST /{model}`` and ``POST /stream/{model}``: the query's parameters by the
+    same names, plus ``images`` (base64, as Ollama takes them)."""
+
+    message: Annotated[str, msgspec.Meta(min_length=1, description="The user's message (required, non-empty).")]
+    images: list[str] = msgspec.field(default_factory=list)
+    """Base64 images (a ``data:image/...;base64,`` prefix, line breaks and URL-safe base64 are accepted)."""
+    session: str | None = None
+    system_prompt: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    keep_alive: str | float | None = None
+    format: Literal["json"] | None = None
+    think: bool | None = None
+    numa: Annotated[bool, _meta("numa")] | None = None
+    num_ctx: Annotated[int, _meta("num_ctx")] | None = None
+    num_keep: Annotated[int, _meta("num_keep")] | None = None
+    num_batch: Annotated[int, _meta("num_batch")] | None = None
+    low_vram: Annotated[bool, _meta("low_vram")] | None = None
+    seed: Annotated[int, _meta("seed")] | None = None
+    temperature: Annotated[float, _meta("temperature")] | None = None
+    max_new_tokens: Annotated[int, _meta("max_new_tokens")] | None = None
+    top_p: Annotated[float, _meta("top_p")] | None = None
+    top_k: Annotated[int, _meta("top_k")] | None = None
+    min_p: Annotated[float, _meta("min_p")] | None = None
+    repeat_penalty: Annotated[float, _meta("repeat_penalty")] | None = None
+    presence_penalty: Annotated[float, _meta("presence_penalty")] | None = None
+    frequency_penalty: Annotated[float, _meta("frequency_penalty")] | None = None
+    stop: Annotated[list[str], _meta("stop")] | None = None
+
+    def options(self, settings: Settings, caller: Caller) -> GenerationOptions:
+        """The validated generation options this body asks for (errors name ``body`` fields)."""
+        keep_alive = self.keep_alive
+        return generation_options(
+            settings,
+            caller,
+            "body",
+            session=self.session,
+            system_prompt=self.system_prompt,
+            keep_alive=None if keep_alive is None else _number_text(keep_alive),
+            format=self.format,
+            think=self.think,
+            given={name: getattr(self, name) for name in OPTIONS},
+        )
+
+
+def _number_text(value: str | float) -> str:
+    """A JSON ``keep_alive`` as the query would carry it (``300``, ``-1``, ``"5m"``)."""
+    if isinstance(value, str):
+        return value
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 #: The query parameters of a generation that are not Ollama options (those are Ollama's table).
@@ -192,14 +277,14 @@ REQUEST_PARAMETERS: Final = frozenset({"message", "session", "system_prompt", "k
 GENERATION_QUERY_PARAMETERS: Final = REQUEST_PARAMETERS | frozenset(OPTIONS)
 
 
-def resolve_keep_alive(value: str | None, settings: Settings) -> float | str | UnsetType:
+def resolve_keep_alive(value: str | None, settings: Settings, source: str = "query") -> float | str | UnsetType:
     """The ``keep_alive`` to send: the caller's (validated), else the operator's default, else none."""
     if value is None:
         return settings.default_keep_alive if settings.default_keep_alive is not None else UNSET
     try:
         return parse_keep_alive(value)
     except ValueError as exc:
-        raise InvalidInputError.single("query", "keep_alive", str(exc)) from None
+        raise InvalidInputError.single(source, "keep_alive", str(exc)) from None
 
 
 def check_user_keep_alive(value: float | str | UnsetType, settings: Settings) -> None:

@@ -97,7 +97,13 @@ class FakeOllama:
         return "fake"
 
     async def forward(
-        self, method: str, path: str, body: bytes | None, *, content_type: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        *,
+        content_type: str | None = None,
+        headers_within: float | None = None,
     ) -> RawResponse:
         raise NotImplementedError
 

@@ -139,13 +139,13 @@ async def test_a_route_that_does_not_exist_is_a_json_404(client: Client, ollama:
     assert not anything.called
 
 
-async def test_a_post_to_a_generate_path_is_a_json_405(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_post_to_a_generate_path_without_a_body_is_a_json_422(client: Client, ollama: respx.MockRouter) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
-    response = await client.post("/llama3.2", params={"message": "hi"})
+    response = await client.post("/llama3.2")
 
-    assert response.status_code == 405
-    assert "detail" in response.json()
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "body"
     assert not route.called
 
 

@@ -199,10 +199,6 @@ def _openai_error(text: str) -> object:
     return {"error": {"message": text, "type": "not_found_error", "param": None, "code": None}}
 
 
-def _openai_error(text: str) -> object:
-    return {"error": {"message": text, "type": "not_found_error", "param": None, "code": None}}
-
-
 @pytest.mark.parametrize(
     ("path", "body"),
     [

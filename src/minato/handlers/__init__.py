@@ -5,7 +5,7 @@ from typing import Final
 from litestar.types import ControllerRouterHandler
 
 from minato.handlers.chat import clear_session, get_session, list_sessions, remove_system_prompt, set_system_prompt
-from minato.handlers.generate import generate, generate_stream
+from minato.handlers.generate import generate, generate_post, generate_stream, generate_stream_post
 from minato.handlers.health import health, health_head, metrics_endpoint, ready, ready_head
 from minato.handlers.lifecycle import delete_model, load, running, server_info, status, unload
 from minato.handlers.models import install, models_list
@@ -14,6 +14,8 @@ from minato.handlers.vision import vision, vision_stream
 ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
     generate,
     generate_stream,
+    generate_post,
+    generate_stream_post,
     vision,
     vision_stream,
     install,

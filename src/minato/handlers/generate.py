@@ -1,15 +1,18 @@
-"""Text generation: ``GET /{model}`` (whole answer) and ``GET /stream/{model}`` (streamed)."""
+"""Text generation: ``GET /{model}`` (whole answer) and ``GET /stream/{model}`` (streamed), and the same
+by ``POST`` with the parameters in a JSON body (no URL length limit on the prompt, and images)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any, Final
 
-from litestar import Request, get
+from litestar import Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 from litestar.response import Stream
 
 from minato.backpressure import Admission
+from minato.errors import CapabilityError, InvalidInputError
 from minato.generation import Generation, Question, streamed_answer, whole_answer
 from minato.handlers.common import (
     GENERATION_OPT,
@@ -17,7 +20,8 @@ from minato.handlers.common import (
     RECONNECTABLE_OPT,
     note_model,
 )
-from minato.params import GenerationOptions, check_text_length, validate_model_name
+from minato.images import decode_base64_image, too_many_images
+from minato.params import GenerationBody, GenerationOptions, check_text_length, validate_model_name
 from minato.schemas import GenerateResponse
 from minato.security import Caller
 from minato.sessions import SessionManager
@@ -99,3 +103,89 @@ async def generate_stream(
     return await streamed_answer(
         Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
     )
+
+
+POST_DESCRIPTION: Final = (
+    "The parameters of the GET route by the same names in a JSON body (`message` required), plus "
+    "`images`: base64 images for a vision model. Validation errors name `body` fields."
+)
+
+
+async def _posted(
+    request: Request[Any, Any, Any], model_name: str, data: GenerationBody, upstream: OllamaDependency,
+    settings: Settings, caller: Caller, **generation: Any,
+) -> Generation:  # fmt: skip
+    """A generation whose parameters came in a JSON body."""
+    if request.query_params:
+        name = next(iter(request.query_params))
+        raise InvalidInputError.single("query", name, "send the parameters in the JSON body", "extra_forbidden")
+    model = validate_model_name(model_name)
+    check_text_length("message", data.message, settings, source="body")
+    note_model(request, model)
+    params = data.options(settings, caller)
+    if len(data.images) > settings.max_images:
+        raise too_many_images("body", "images", settings)
+    if data.images and "vision" not in (capabilities := await upstream.capabilities(model)):
+        listed = ", ".join(sorted(capabilities)) or "none reported"
+        raise CapabilityError(f"model '{model}' cannot read images (its capabilities: {listed})")
+    images = [
+        base64.b64encode(decode_base64_image(text, index, settings, "images")).decode("ascii")
+        for index, text in enumerate(data.images)
+    ]
+    question = Question(data.message, images)
+    return Generation(request, upstream, settings=settings, params=params, caller=caller, model=model,
+                      question=question, **generation)  # fmt: skip
+
+
+@post(
+    "/{model_name:path}",
+    operation_id="GeneratePost",
+    summary="Answer a message sent as JSON",
+    description=f"Like `GET /{{model}}`. {POST_DESCRIPTION}",
+    status_code=200,
+    responses=GENERATION_RESPONSES,
+    tags=["generate"],
+    opt={GENERATION_OPT: True},
+)
+async def generate_post(
+    request: Request[Any, Any, Any],
+    model_name: ModelName,
+    data: JSONBody[GenerationBody],
+    upstream: NamedDependency[OllamaDependency],
+    sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
+    settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
+) -> GenerateResponse:
+    """Return the model's whole answer with Ollama's stats."""
+    generation = await _posted(
+        request, model_name, data, upstream, settings, caller, sessions=sessions, admission=admission
+    )
+    return await whole_answer(generation)
+
+
+@post(
+    "/stream/{model_name:path}",
+    operation_id="GenerateStreamPost",
+    summary="Stream the answer to a message sent as JSON",
+    description=f"Like `GET /stream/{{model}}`. {POST_DESCRIPTION}\n\n{STREAM_DESCRIPTION}",
+    status_code=200,
+    responses=GENERATION_RESPONSES,
+    tags=["generate"],
+    opt={GENERATION_OPT: True},
+)
+async def generate_stream_post(
+    request: Request[Any, Any, Any],
+    model_name: ModelName,
+    data: JSONBody[GenerationBody],
+    upstream: NamedDependency[OllamaDependency],
+    sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
+    settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
+) -> Stream:
+    """Relay the answer token by token; the status is decided before the first token is sent."""
+    generation = await _posted(
+        request, model_name, data, upstream, settings, caller, sessions=sessions, admission=admission
+    )
+    return await streamed_answer(generation)
