@@ -254,6 +254,18 @@ def test_nothing_above_upstream_names_the_concrete_client() -> None:
     assert offenders == []
 
 
+def test_above_upstream_the_client_and_its_readers_come_from_the_package() -> None:
+    """How the client is split (requests, stream readers, failure sentences) is upstream's own business."""
+    internal = {"minato.upstream.client", "minato.upstream.streams", "minato.upstream.failures"}
+    offenders = sorted(
+        f"{path.relative_to(SRC)}: {module}"
+        for path in SRC.rglob("*.py")
+        if path.parent.name != "upstream"
+        for module in _minato_imports(path) & internal
+    )
+    assert offenders == []
+
+
 def test_only_the_renderer_knows_the_error_body_shape() -> None:
     shape = '"detail"'
     knowing = sorted(str(path.relative_to(SRC)) for path in SRC.rglob("*.py") if shape in path.read_text())
