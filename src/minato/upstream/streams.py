@@ -130,10 +130,8 @@ class _LineStream(_Body, abc.ABC, Generic[T]):
 
     first: list[T]
     _decoder: msgspec.json.Decoder[T]
-    #: What priming waits for, and Minato's sentences for an error line and for an early end.
+    #: What priming waits for, in Minato's sentence when it does not come.
     _primes_on: ClassVar[str]
-    _failed: ClassVar[str]
-    _cut_short: ClassVar[str]
 
     def __init__(
         self, response: httpx.Response, ollama_url: str, idle_timeout: float, total_timeout: float | None = None
@@ -187,8 +185,9 @@ class _LineStream(_Body, abc.ABC, Generic[T]):
         except msgspec.DecodeError as exc:
             raise _unreadable_line(exc, self.ollama_url) from None
 
-    async def _batches(self) -> AsyncIterator[list[T]]:
-        """Yield the primed batch, then each further batch up to the last line; an ``error`` line raises.
+    async def _batches(self, failed: str, cut_short: str) -> AsyncIterator[list[T]]:
+        """Yield the primed batch, then each further batch up to the last line; an ``error`` line
+        raises ``failed`` (its error in place of ``{}``), an end before the last line ``cut_short``.
 
         Lines before an error line in the same batch are yielded first, so nothing is lost.
         """
@@ -198,12 +197,12 @@ class _LineStream(_Body, abc.ABC, Generic[T]):
                 if item.error:
                     if index:
                         yield batch[:index]
-                    raise UpstreamError(self._failed.format(item.error))
+                    raise UpstreamError(failed.format(item.error))
             yield batch
             if batch and self._is_last(batch[-1]):
                 return
             batch = await self._next_batch()
-        raise UpstreamError(self._cut_short)
+        raise UpstreamError(cut_short)
 
 
 def _unreadable_line(exc: msgspec.DecodeError, ollama_url: str) -> UpstreamError:
@@ -219,8 +218,6 @@ class ChunkStream(_LineStream[ChatChunk]):
 
     _decoder = _chunk_decoder
     _primes_on = "a first token"
-    _failed = "Ollama failed mid-stream: {}"
-    _cut_short = "Ollama closed the stream before it was done"
 
     async def _prime(self) -> None:
         """Read up to the first batch of chunks; raise if Ollama failed before any token."""
@@ -238,7 +235,7 @@ class ChunkStream(_LineStream[ChatChunk]):
 
         Chunks before an error line in the same batch are yielded first, so nothing is lost.
         """
-        return self._batches()
+        return self._batches("Ollama failed mid-stream: {}", "Ollama closed the stream before it was done")
 
 
 class PullStream(_LineStream[PullProgress]):
@@ -246,8 +243,6 @@ class PullStream(_LineStream[PullProgress]):
 
     _decoder = _progress_decoder
     _primes_on = "pull progress"
-    _failed = "pull failed: {}"
-    _cut_short = "Ollama closed the pull stream before it succeeded"
 
     async def _prime(self) -> None:
         """Read past "pulling manifest"; an error before any layer means an unknown model."""
@@ -268,7 +263,7 @@ class PullStream(_LineStream[PullProgress]):
 
     def progress(self) -> AsyncIterator[list[PullProgress]]:
         """Yield the primed lines, then each further batch; an ``error`` line raises."""
-        return self._batches()
+        return self._batches("pull failed: {}", "Ollama closed the pull stream before it succeeded")
 
 
 def _pull_error(message: str) -> MinatoError:
