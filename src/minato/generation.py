@@ -30,8 +30,7 @@ from minato.security import Caller
 from minato.sessions import SessionManager, Turn
 from minato.settings import Settings
 from minato.streaming import StreamFormat, stream_response
-from minato.upstream import Ollama, canonical_model_name
-from minato.upstream.client import ChunkStream
+from minato.upstream import ChunkStream, Ollama, canonical_model_name
 from minato.upstream.wire import ChatChunk, ChatRequest
 
 #: The ``num_ctx`` cap for user keys when neither the operator nor the model names one.

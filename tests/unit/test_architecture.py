@@ -261,6 +261,26 @@ def test_nothing_above_upstream_names_the_concrete_client() -> None:
     assert offenders == []
 
 
+@pytest.mark.parametrize(
+    ("package", "internal"),
+    [
+        pytest.param("upstream", {"client", "streams", "failures"}, id="upstream"),
+        pytest.param("sessions", {"store", "sqlite", "schema"}, id="sessions"),
+    ],
+)
+def test_outside_a_package_its_implementation_comes_from_the_package(package: str, internal: set[str]) -> None:
+    """How a package is split into modules (the client, its stream readers and failure sentences; the
+    stores and the SQLite file) is its own business: the rest of Minato imports the package."""
+    hidden = {f"minato.{package}.{module}" for module in internal}
+    offenders = sorted(
+        f"{path.relative_to(SRC)}: {module}"
+        for path in SRC.rglob("*.py")
+        if path.parent.name != package
+        for module in _minato_imports(path) & hidden
+    )
+    assert offenders == []
+
+
 def test_only_the_renderer_knows_the_error_body_shape() -> None:
     shape = '"detail"'
     knowing = sorted(str(path.relative_to(SRC)) for path in SRC.rglob("*.py") if shape in path.read_text())

@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from minato.errors import SessionDamagedError
-from minato.sessions import MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
+from minato.sessions import Bounds, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
 from minato.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -48,7 +48,7 @@ def _pair(n: float, images: list[str] | None = None, text: str = "") -> list[Sto
 
 
 async def _append(store: SessionStore, owner: str, session_id: str, messages: list[StoredMessage]) -> None:
-    await store.append(owner, session_id, messages, max_messages=1000, image_budget=10**9, now=messages[0].at)
+    await store.append(owner, session_id, messages, Bounds(max_messages=1000, image_budget=10**9), now=messages[0].at)
 
 
 @pytest.fixture(params=["memory", "sqlite"])

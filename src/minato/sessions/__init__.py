@@ -1,11 +1,13 @@
 """Server-side conversations: model, stores, and the rules that use them."""
 
 from minato.sessions.manager import SessionManager, Turn
-from minato.sessions.model import Session, SessionSummary, StoredMessage, validate_session_id
-from minato.sessions.store import MEMORY_URL, MemoryStore, SessionStore, SqliteStore, open_store
+from minato.sessions.model import Bounds, Session, SessionSummary, StoredMessage, validate_session_id
+from minato.sessions.sqlite import SqliteStore
+from minato.sessions.store import MEMORY_URL, MemoryStore, SessionStore, open_store
 
 __all__ = [
     "MEMORY_URL",
+    "Bounds",
     "MemoryStore",
     "Session",
     "SessionManager",

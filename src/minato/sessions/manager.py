@@ -10,7 +10,7 @@ from typing import Final
 
 import structlog
 
-from minato.sessions.model import Session, SessionSummary, StoredMessage
+from minato.sessions.model import Bounds, Session, SessionSummary, StoredMessage
 from minato.sessions.store import SessionStore
 from minato.settings import Settings
 from minato.upstream.wire import WireMessage
@@ -54,14 +54,7 @@ class Turn:
             StoredMessage(role="user", content=question, images=images, image_count=len(images), at=now),
             StoredMessage(role="assistant", content=answer, model=model, at=now),
         ]
-        await self.manager.store.append(
-            self.owner,
-            self.session_id,
-            messages,
-            max_messages=self.manager.settings.session_max_messages,
-            image_budget=self.manager.settings.session_image_bytes,
-            now=now,
-        )
+        await self.manager.store.append(self.owner, self.session_id, messages, self.manager.bounds, now=now)
         if images:
             await self.manager.enforce_image_budget()
 
@@ -87,6 +80,7 @@ class SessionManager:
     def __init__(self, store: SessionStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self.bounds = Bounds(max_messages=settings.session_max_messages, image_budget=settings.session_image_bytes)
         self._locks: dict[tuple[str, str], _SessionLock] = {}
         self._expiry: asyncio.Task[None] | None = None
 

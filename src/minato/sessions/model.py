@@ -53,6 +53,14 @@ class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
     last_active: float
 
 
+class Bounds(msgspec.Struct, frozen=True, kw_only=True):
+    """What one conversation may keep; a store trims it to these after every turn."""
+
+    max_messages: int
+    image_budget: int
+    """Base64 bytes of images kept for follow-up questions."""
+
+
 def validate_session_id(value: str, source: str = "path") -> str:
     """Return ``value`` if it is a valid session id, else raise a 422 naming the rule."""
     if not SESSION_ID.fullmatch(value):
@@ -60,8 +68,8 @@ def validate_session_id(value: str, source: str = "path") -> str:
     return value
 
 
-def trim_plan(image_sizes: list[int], max_messages: int, image_budget: int) -> tuple[int, int]:
-    """Decide what to drop so a conversation fits its bounds.
+def trim_plan(image_sizes: list[int], bounds: Bounds) -> tuple[int, int]:
+    """Decide what to drop so a conversation fits its ``bounds``.
 
     ``image_sizes`` holds, per message in order, the bytes of images it still keeps. Returns
     ``(drop, strip)``: drop the first ``drop`` messages entirely, then strip the images
@@ -70,13 +78,13 @@ def trim_plan(image_sizes: list[int], max_messages: int, image_budget: int) -> t
     text: a follow-up about an old picture is worth less than the conversation itself.
     """
     drop = 0
-    excess = len(image_sizes) - max_messages
+    excess = len(image_sizes) - bounds.max_messages
     if excess > 0:
         drop = excess + (excess % 2)  # whole pairs
     kept = image_sizes[drop:]
     total = sum(kept)
     strip = 0
-    while total > image_budget and strip < len(kept):
+    while total > bounds.image_budget and strip < len(kept):
         total -= kept[strip]
         strip += 1
     return drop, strip

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from msgspec import UnsetType
 
 if TYPE_CHECKING:
-    from minato.upstream.client import ChunkStream, ModelFacts, PullStream, RawResponse
+    from minato.upstream.client import ModelFacts
+    from minato.upstream.streams import ChunkStream, PullStream, RawResponse
     from minato.upstream.wire import ChatChunk, ChatRequest, PsResponse, ShowResponse, TagsResponse
 
 
