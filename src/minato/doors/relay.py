@@ -30,8 +30,7 @@ from minato.record import RequestRecord, record_of
 from minato.rendering import StreamDialect, stream_error_frame
 from minato.runtime import Runtime
 from minato.streaming import STREAM_HEADERS, RelayStream
-from minato.upstream import canonical_model_name
-from minato.upstream.client import RawResponse
+from minato.upstream import RawResponse, canonical_model_name
 
 logger = structlog.get_logger("minato.doors")
 
