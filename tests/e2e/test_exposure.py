@@ -170,8 +170,8 @@ def test_uploads_queued_behind_a_busy_slot_wait_outside_minatos_memory(
         ("/favicon.ico", "no such route"),
         ("/models-list", "did you mean /models_list"),
         ("/scalar", "did you mean /docs/scalar"),
-        ("/api/tags", "reserved for Ollama's and OpenAI's APIs"),
-        ("/v1/models", "reserved for Ollama's and OpenAI's APIs"),
+        ("/stream/api/tags", "reserved for Ollama's and OpenAI's APIs"),
+        ("/stream/v1/models", "reserved for Ollama's and OpenAI's APIs"),
     ],
 )
 def test_a_path_that_is_neither_a_route_nor_a_model_is_a_404_saying_so(

@@ -499,3 +499,38 @@ def test_bad_ollama_headers_stop_start_up(value: str, named: str) -> None:
         Settings.from_env({"MINATO_OLLAMA_HEADERS": value})
 
     assert named in str(error.value)
+
+
+# -- paths ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "forwarded"),
+    [
+        ("/v1/models/..%2F..%2Fapi%2Fps", "/v1/models/..%2F..%2Fapi%2Fps"),
+        ("/v1/models/a%3Fb", "/v1/models/a%3Fb"),
+        ("/v1/models/llama3.2:1b", "/v1/models/llama3.2:1b"),
+    ],
+)
+async def test_a_path_parameter_never_walks_the_forwarded_request_elsewhere(
+    doors: Client, ollama: respx.MockRouter, sent: str, forwarded: str
+) -> None:
+    ps = ollama.get("/api/ps").respond(200, json={"models": []})
+    model = ollama.route(method="GET", path__startswith="/v1/models/").respond(404, json={"error": {"message": "x"}})
+
+    response = await doors.get(sent, headers=AS_USER)
+
+    assert response.status_code == 404
+    assert not ps.called
+    assert model.calls.last.request.url.raw_path.decode() == forwarded
+
+
+async def test_a_blob_digest_is_forwarded_encoded_even_when_it_is_not_printable(
+    doors: Client, ollama: respx.MockRouter
+) -> None:
+    blob = ollama.route(method="POST", path__startswith="/api/blobs/").respond(400, json={"error": "invalid digest"})
+
+    response = await doors.post("/api/blobs/a%00%23b", content=b"x", headers=AS_ADMIN)
+
+    assert response.status_code == 400
+    assert blob.calls.last.request.url.raw_path == b"/api/blobs/a%00%23b"

@@ -7,6 +7,7 @@ Each reads what it must decide on, checks it (scope, cloud, user limits) and han
 from __future__ import annotations
 
 from typing import Any, Final
+from urllib.parse import quote
 
 import msgspec
 from litestar import Request, Response
@@ -57,7 +58,7 @@ async def generation(
             body, strip = body.with_field("stream_options", {**options, "include_usage": True}), True
     call = Relay(
         request.method,
-        request.url.path,
+        route_path(request),
         body.raw,
         dialect,
         model=body.model or None,
@@ -68,7 +69,7 @@ async def generation(
 
 
 async def about_models(
-    request: Request[Any, Any, Any], caller: Caller, *, path: str | None = None, stream_default: bool = False
+    request: Request[Any, Any, Any], caller: Caller, *, stream_default: bool = False
 ) -> Response[Any]:
     """A call naming models in its body (show, pull, push, create, copy, delete): scope checked."""
     runtime = runtime_of(request)
@@ -76,7 +77,7 @@ async def about_models(
     check_models(caller, runtime.settings, body.models)
     call = Relay(
         request.method,
-        path or request.url.path,
+        route_path(request),
         body.raw,
         StreamDialect.NDJSON,
         streamed=body.stream(default=stream_default),
@@ -84,16 +85,30 @@ async def about_models(
     return await relay(request, runtime, call)
 
 
-async def plain(request: Request[Any, Any, Any], dialect: StreamDialect = StreamDialect.NDJSON) -> Response[Any]:
+def route_path(request: Request[Any, Any, Any], *segments: str) -> str:
+    """Ollama's path for this route: the route's own path, its parameters (``segments``) percent-encoded.
+
+    Never the path as the client sent it: a decoded ``..%2F..%2Fapi%2Fps`` or ``a%3Fb`` in a parameter
+    would otherwise walk the forwarded request to another Ollama route, or cut it with a query.
+    """
+    (template,) = request.route_handler.paths
+    base = template.split("{", 1)[0]
+    return base + "/".join(quote(segment, safe=":@") for segment in segments)
+
+
+async def plain(
+    request: Request[Any, Any, Any], *segments: str, dialect: StreamDialect = StreamDialect.NDJSON
+) -> Response[Any]:
     """A call Minato only relays (version, blobs, the account routes once allowed)."""
     runtime = runtime_of(request)
     raw = await read_body(request, runtime.settings.max_body_bytes) if request.method in {"POST", "DELETE"} else None
-    return await relay(request, runtime, Relay(request.method, request.url.path, raw, dialect))
+    return await relay(request, runtime, Relay(request.method, route_path(request, *segments), raw, dialect))
 
 
-async def head(request: Request[Any, Any, Any]) -> Response[None]:
+async def head(request: Request[Any, Any, Any], *segments: str) -> Response[None]:
     """A HEAD, relayed: Ollama's status and content type, no body."""
-    answer = await relay(request, runtime_of(request), Relay("HEAD", request.url.path, None, StreamDialect.NDJSON))
+    call = Relay("HEAD", route_path(request, *segments), None, StreamDialect.NDJSON)
+    answer = await relay(request, runtime_of(request), call)
     return Response(None, status_code=answer.status_code, media_type=answer.media_type)
 
 
@@ -103,7 +118,7 @@ async def listing(request: Request[Any, Any, Any], caller: Caller, *, field: str
     A key without model patterns gets Ollama's bytes unchanged; a scoped key gets the same document
     with the other models left out (``field`` holds the list, ``name`` names each entry's model).
     """
-    answer = await plain(request, StreamDialect.NDJSON)
+    answer = await plain(request)
     if caller.models is None or answer.status_code != 200 or not isinstance(answer.content, bytes):
         return answer
     try:
@@ -125,4 +140,4 @@ def _model_of(entry: dict[str, Any], name: str) -> str:
     return canonical_model_name(str(entry.get(name) or entry.get("name") or ""))
 
 
-__all__ = ["about_models", "generation", "head", "listing", "plain", "read"]
+__all__ = ["about_models", "generation", "head", "listing", "plain", "read", "route_path"]

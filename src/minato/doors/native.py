@@ -133,21 +133,21 @@ async def api_delete(request: Request[Any, Any, Any], caller: NamedDependency[Ca
 )
 async def api_blob_upload(request: Request[Any, Any, Any], digest: PathText) -> Response[Any]:
     """Ollama's ``POST /api/blobs/{digest}``."""
-    return await calls.plain(request)
+    return await calls.plain(request, digest)
 
 
 @head("/api/blobs/{digest:str}", operation_id="OllamaBlobHead", opt=_ADMIN, **_doc("Ollama: is a blob there"))
 async def api_blob_head(request: Request[Any, Any, Any], digest: PathText) -> Response[None]:
     """Ollama's ``HEAD /api/blobs/{digest}``."""
-    return await calls.head(request)
+    return await calls.head(request, digest)
 
 
 _ACCOUNT: Final = "Refused (403) unless MINATO_ALLOW_CLOUD=true; then admin-only."
 
 
-async def _account(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
+async def _account(request: Request[Any, Any, Any], caller: Caller, *segments: str) -> Response[Any]:
     check_account_route(caller, runtime_of(request).settings)
-    return await calls.plain(request)
+    return await calls.plain(request, *segments)
 
 
 @post("/api/me", operation_id="OllamaAccountMe", **_doc("Ollama: the signed-in ollama.com account", _ACCOUNT))
@@ -172,7 +172,7 @@ async def api_user_key(
     request: Request[Any, Any, Any], caller: NamedDependency[Caller], key: PathText
 ) -> Response[Any]:
     """Ollama's deprecated ``DELETE /api/user/keys/{key}``."""
-    return await _account(request, caller)
+    return await _account(request, caller, key)
 
 
 @get("/api/status", operation_id="OllamaStatus", **_doc("Ollama: cloud status", _ACCOUNT))
@@ -190,7 +190,7 @@ async def api_experimental_get(
     request: Request[Any, Any, Any], caller: NamedDependency[Caller], rest: PathText
 ) -> Response[Any]:
     """Ollama's ``GET /api/experimental/*``."""
-    return await _account(request, caller)
+    return await _account(request, caller, rest)
 
 
 @post(
@@ -202,7 +202,7 @@ async def api_experimental_post(
     request: Request[Any, Any, Any], caller: NamedDependency[Caller], rest: PathText
 ) -> Response[Any]:
     """Ollama's ``POST /api/experimental/*``."""
-    return await _account(request, caller)
+    return await _account(request, caller, rest)
 
 
 NATIVE_HANDLERS: Final = [

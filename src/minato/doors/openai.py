@@ -60,8 +60,9 @@ async def models(request: Request[Any, Any, Any], caller: NamedDependency[Caller
 @get("/v1/models/{model:path}", operation_id="OpenAIModel", **_doc("OpenAI: one model"))
 async def model(request: Request[Any, Any, Any], caller: NamedDependency[Caller], model: PathText) -> Response[Any]:
     """OpenAI's ``/v1/models/{model}``."""
-    check_models(caller, runtime_of(request).settings, [model.lstrip("/")])
-    return await calls.plain(request, StreamDialect.OPENAI)
+    name = model.lstrip("/")
+    check_models(caller, runtime_of(request).settings, [name])
+    return await calls.plain(request, name, dialect=StreamDialect.OPENAI)
 
 
 OPENAI_HANDLERS: Final = [chat_completions, completions, responses, embeddings, models, model]
