@@ -946,3 +946,17 @@ async def test_blobs_check_and_upload_by_sha256(http: httpx.AsyncClient) -> None
     assert (await http.post(f"/api/blobs/{digest}", content=data)).status_code == 200
     r = await http.post("/api/blobs/sha256:abc", content=data)
     assert (r.status_code, r.json()) == (400, {"error": "invalid digest format"})
+
+
+async def test_openai_thinking_arrives_as_reasoning(http: httpx.AsyncClient) -> None:
+    body = {"model": "qwen3:0.6b", "messages": HI}
+    message = (await http.post("/v1/chat/completions", json=body)).json()["choices"][0]["message"]
+    assert message["reasoning"] == "Okay, the user asks about the sky."
+    assert message["content"] == ANSWER
+    r = await http.post("/v1/chat/completions", json={**body, "stream": True})
+    deltas = [json.loads(f)["choices"][0]["delta"] for f in _sse_data(r.text)[:-1]]
+    assert deltas[0] == {"role": "assistant", "content": "", "reasoning": "Okay,"}
+    assert "".join(d.get("reasoning", "") for d in deltas) == "Okay, the user asks about the sky."
+    assert "".join(d.get("content", "") for d in deltas) == ANSWER
+    r = await http.post("/v1/chat/completions", json={**body, "reasoning_effort": "none"})
+    assert "reasoning" not in r.json()["choices"][0]["message"]
