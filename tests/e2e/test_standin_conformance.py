@@ -8,15 +8,20 @@ Expected strings come from ``/work/shared/reference/ollama-api.md``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import anthropic
 import anyio
 import httpx
 import ollama
+import openai
 import pytest
+from anthropic.types import MessageParam, ToolParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from tests.standin.process import run_standin
 
@@ -254,10 +259,16 @@ async def test_generate_stream_and_non_stream_carry_context(client: ollama.Async
 
 
 async def test_num_predict_limits_tokens_and_reports_length(client: ollama.AsyncClient) -> None:
-    resp = await client.generate("llama3.2", prompt="x", options={"num_predict": 11})
+    resp = await client.generate("llama3.2", prompt="x", options={"num_predict": 3})
     assert resp.done_reason == "length"
-    assert resp.eval_count == 11
-    assert resp.response == ANSWER + " The sky is"
+    assert resp.eval_count == 3
+    assert resp.response == "The sky is"
+
+
+async def test_a_num_predict_above_the_answer_lets_the_model_stop_by_itself(client: ollama.AsyncClient) -> None:
+    resp = await client.generate("llama3.2", prompt="x", options={"num_predict": 100})
+    assert resp.done_reason == "stop"
+    assert resp.response == ANSWER
 
 
 async def test_thinking_model_thinks_first_by_default(client: ollama.AsyncClient) -> None:
@@ -532,3 +543,420 @@ async def test_created_at_is_a_utc_rfc3339_nano_timestamp(http: httpx.AsyncClien
     assert match is not None
     assert not (match.group(1) or "").endswith("0")  # Go trims trailing zeros
     assert not r.content.endswith(b"\n")
+
+
+# --------------------------------------------------------------------------- OpenAI /v1 front door
+
+WEATHER_TOOL: ChatCompletionToolParam = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+CLAUDE_HI: list[MessageParam] = [{"role": "user", "content": "hi"}]
+WEATHER_QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture
+async def oai(standin_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=standin_url + "/v1", api_key="sk-client-key", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+async def claude(standin_url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(base_url=standin_url, api_key="sk-ant-client-key", max_retries=0) as c:
+        yield c
+
+
+def _sse_data(body: str) -> list[str]:
+    """The ``data:`` payloads of an SSE body, asserting Ollama's framing (one line, blank line after)."""
+    assert body.endswith("\n\n")
+    frames = body[:-2].split("\n\n")
+    assert all(f.startswith("data: ") and "\n" not in f for f in frames), frames
+    return [f[len("data: ") :] for f in frames]
+
+
+def _anthropic_events(body: str) -> list[tuple[str, dict[str, object]]]:
+    assert body.endswith("\n\n")
+    out: list[tuple[str, dict[str, object]]] = []
+    for frame in body[:-2].split("\n\n"):
+        event_line, data_line = frame.split("\n")
+        assert event_line.startswith("event: ")
+        assert data_line.startswith("data: ")
+        data = json.loads(data_line[len("data: ") :])
+        assert data["type"] == event_line[len("event: ") :]
+        out.append((event_line[len("event: ") :], data))
+    return out
+
+
+async def test_openai_chat_whole_is_a_chat_completion(oai: openai.AsyncOpenAI) -> None:
+    done = await oai.chat.completions.create(model="llama3.2", messages=HI)
+    assert re.fullmatch(r"chatcmpl-\d{1,3}", done.id)
+    assert (done.object, done.model, done.system_fingerprint) == ("chat.completion", "llama3.2", "fp_ollama")
+    choice = done.choices[0]
+    assert (choice.message.role, choice.message.content, choice.finish_reason) == ("assistant", ANSWER, "stop")
+    assert choice.message.tool_calls is None
+    assert done.usage is not None
+    assert done.usage.completion_tokens == 8
+    assert done.usage.total_tokens == done.usage.prompt_tokens + 8
+
+
+async def test_openai_chat_whole_is_json_encoder_output(http: httpx.AsyncClient) -> None:
+    r = await http.post("/v1/chat/completions", json={"model": "llama3.2", "messages": HI})
+    assert r.headers["content-type"] == "application/json"
+    assert r.content.endswith(b"}\n")
+    assert list(r.json()) == ["id", "object", "created", "model", "system_fingerprint", "choices", "usage"]
+
+
+async def test_openai_max_tokens_cuts_the_answer_with_length(oai: openai.AsyncOpenAI) -> None:
+    done = await oai.chat.completions.create(model="llama3.2", messages=HI, max_tokens=3)
+    assert (done.choices[0].message.content, done.choices[0].finish_reason) == ("The sky is", "length")
+
+
+async def test_openai_chat_stream_with_usage(oai: openai.AsyncOpenAI) -> None:
+    stream = await oai.chat.completions.create(
+        model="llama3.2",
+        messages=HI,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.choices[0].delta.role is None for c in chunks[1:-2])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+    finish, usage = chunks[-2], chunks[-1]
+    assert finish.choices[0].finish_reason == "stop"
+    assert finish.choices[0].delta.content is None
+    assert usage.choices == []
+    assert usage.usage is not None
+    assert usage.usage.completion_tokens == 8
+    assert len({c.id for c in chunks}) == 1
+    assert len({c.created for c in chunks}) == 1
+
+
+async def test_openai_chat_stream_framing_is_sse_ending_in_done(http: httpx.AsyncClient) -> None:
+    body = {"model": "standin/tokens:2", "messages": HI, "stream": True}
+    r = await http.post("/v1/chat/completions", json=body)
+    assert r.headers["content-type"] == "text/event-stream"
+    frames = _sse_data(r.text)
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": "The"},
+        {"content": " sky"},
+        {},
+    ]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "stop"]
+    assert all("usage" not in c for c in chunks)
+
+
+async def test_openai_tool_call_whole(oai: openai.AsyncOpenAI) -> None:
+    done = await oai.chat.completions.create(
+        model="llama3.2",
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL],
+    )
+    choice = done.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls
+    assert calls is not None
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.type == "function"
+    assert re.fullmatch(r"call_[a-z0-9]{8}", call.id)
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+
+async def test_openai_tool_call_stream(oai: openai.AsyncOpenAI) -> None:
+    stream = await oai.chat.completions.create(
+        model="llama3.2",
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL],
+        stream=True,
+    )
+    chunks = [c async for c in stream]
+    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [(tc.index, tc.type) for tc in calls] == [(0, "function")]
+    assert calls[0].function is not None
+    assert calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments or "")
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+async def test_openai_tool_result_turn_gets_a_text_answer(oai: openai.AsyncOpenAI) -> None:
+    done = await oai.chat.completions.create(
+        model="llama3.2",
+        messages=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"role": "tool", "content": "sunny", "tool_call_id": "call_abc"},
+        ],
+        tools=[WEATHER_TOOL],
+    )
+    assert done.choices[0].finish_reason == "stop"
+    assert done.choices[0].message.content
+
+
+async def test_openai_unknown_model_is_the_sdks_not_found_error(
+    oai: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        await oai.chat.completions.create(model="no-such-model", messages=HI)
+    assert err.value.status_code == 404
+    r = await http.post("/v1/chat/completions", json={"model": "no-such-model", "messages": HI, "stream": True})
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/json"
+    assert r.content == (
+        b'{"error":{"message":"model \'no-such-model\' not found","type":"not_found_error","param":null,"code":null}}\n'
+    )
+
+
+async def test_openai_middleware_rejections_are_gin_json(http: httpx.AsyncClient) -> None:
+    r = await http.post("/v1/chat/completions", json={"model": "llama3.2", "messages": []})
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/json; charset=utf-8"
+    assert r.content == (
+        b'{"error":{"message":"[] is too short - \'messages\'",'
+        b'"type":"invalid_request_error","param":null,"code":null}}'
+    )
+    r = await http.post("/v1/chat/completions", content=b"")
+    assert (r.status_code, r.json()["error"]["message"]) == (400, "EOF")
+
+
+async def test_openai_runner_failure_before_output_is_an_api_error(oai: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as err:
+        await oai.chat.completions.create(model="standin/fail-before", messages=HI)
+    body = err.value.body
+    assert isinstance(body, dict)
+    assert body["type"] == "api_error"
+    assert str(body["message"]).startswith("model runner has unexpectedly stopped")
+
+
+async def test_openai_stream_failing_midway_just_ends_without_done(http: httpx.AsyncClient) -> None:
+    body = {"model": "standin/fail-midstream", "messages": HI, "stream": True}
+    r = await http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    frames = [json.loads(f) for f in _sse_data(r.text)]
+    assert "[DONE]" not in r.text
+    assert [f["choices"][0]["delta"].get("content") for f in frames] == ["The", " sky", " is", ""]
+    # The native error line decodes as an empty answer: no model, no finish reason.
+    assert frames[-1]["model"] == ""
+    assert frames[-1]["choices"][0]["finish_reason"] is None
+
+
+async def test_openai_completions_whole_and_streamed(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    done = await oai.completions.create(model="standin/tokens:2", prompt="x")
+    assert re.fullmatch(r"cmpl-\d{1,3}", done.id)
+    assert (done.object, done.choices[0].text, done.choices[0].finish_reason) == ("text_completion", "The sky", "stop")
+    assert done.usage is not None
+    assert done.usage.completion_tokens == 2
+    stream = await oai.completions.create(model="standin/tokens:2", prompt="x", stream=True)
+    parts = [c async for c in stream]
+    assert [c.choices[0].text for c in parts] == ["The", " sky", ""]
+    assert parts[-1].choices[0].finish_reason == "stop"
+    body = {"model": "standin/tokens:1", "prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
+    r = await http.post("/v1/completions", json=body)
+    frames = _sse_data(r.text)
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert chunks[0]["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 1
+    r = await http.post("/v1/completions", json={"model": "standin/tokens:1", "prompt": ["x"]})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_openai_embeddings_float_and_base64_agree(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    # The SDK asks for base64 and decodes it itself.
+    got = await oai.embeddings.create(model="all-minilm", input=["a", "b"])
+    assert [e.index for e in got.data] == [0, 1]
+    assert all(len(e.embedding) == 384 for e in got.data)
+    assert got.model == "all-minilm"
+    assert got.usage.prompt_tokens == got.usage.total_tokens > 0
+    r = await http.post("/v1/embeddings", json={"model": "all-minilm", "input": "a", "encoding_format": "float"})
+    floats = r.json()["data"][0]["embedding"]
+    assert floats == pytest.approx(got.data[0].embedding, abs=1e-6)
+    r = await http.post("/v1/embeddings", json={"model": "all-minilm", "input": []})
+    assert (r.status_code, r.json()["error"]["message"]) == (400, "invalid input")
+    r = await http.post("/v1/embeddings", json={"model": "all-minilm", "input": "a", "encoding_format": "hex"})
+    assert r.status_code == 400
+    assert "Supported values: ['float', 'base64']" in r.json()["error"]["message"]
+
+
+async def test_openai_models_list_and_retrieve(oai: openai.AsyncOpenAI) -> None:
+    ids = [m.id async for m in oai.models.list()]
+    assert "llama3.2:latest" in ids
+    model = await oai.models.retrieve("llama3.2")
+    assert (model.id, model.owned_by) == ("llama3.2", "library")
+    with pytest.raises(openai.NotFoundError):
+        await oai.models.retrieve("no-such-model")
+
+
+async def test_v1_requests_are_recorded_byte_for_byte(http: httpx.AsyncClient) -> None:
+    await http.delete("/_standin/requests")
+    raw = b'{"model":"standin/tokens:1","messages":[{"role":"user","content":"hi"}],"extra":1}'
+    await http.post("/v1/chat/completions", content=raw, headers={"Authorization": "Bearer sk-client-key"})
+    (rec,) = (await http.get("/_standin/requests")).json()
+    assert (rec["method"], rec["path"]) == ("POST", "/v1/chat/completions")
+    assert base64.b64decode(rec["raw_body"]) == raw
+    assert rec["headers"]["authorization"] == "Bearer sk-client-key"
+
+
+# --------------------------------------------------------------------------- Anthropic /v1/messages
+
+
+async def test_anthropic_message_whole(claude: anthropic.AsyncAnthropic) -> None:
+    msg = await claude.messages.create(model="llama3.2", max_tokens=100, messages=CLAUDE_HI)
+    assert re.fullmatch(r"msg_[0-9a-f]{24}", msg.id)
+    assert (msg.type, msg.role, msg.model, msg.stop_reason) == ("message", "assistant", "llama3.2", "end_turn")
+    assert [(b.type, getattr(b, "text", None)) for b in msg.content] == [("text", ANSWER)]
+    assert msg.usage.output_tokens == 8
+    assert msg.usage.input_tokens > 0
+    short = await claude.messages.create(model="llama3.2", max_tokens=3, messages=CLAUDE_HI)
+    assert short.stop_reason == "max_tokens"
+
+
+async def test_anthropic_message_stream(claude: anthropic.AsyncAnthropic, http: httpx.AsyncClient) -> None:
+    async with claude.messages.stream(model="llama3.2", max_tokens=100, messages=CLAUDE_HI) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == ANSWER
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 8
+    body = {"model": "standin/tokens:2", "max_tokens": 100, "messages": HI, "stream": True}
+    r = await http.post("/v1/messages", json=body)
+    assert r.headers["content-type"] == "text/event-stream"
+    assert r.headers["cache-control"] == "no-cache"
+    events = _anthropic_events(r.text)
+    assert [name for name, _ in events] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert events[1][1]["content_block"] == {"type": "text", "text": ""}
+    assert events[5][1]["delta"] == {"stop_reason": "end_turn"}
+
+
+async def test_anthropic_tool_use(claude: anthropic.AsyncAnthropic) -> None:
+    tool: ToolParam = {
+        "name": "get_weather",
+        "description": "Weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    msg = await claude.messages.create(
+        model="llama3.2",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[tool],
+    )
+    assert msg.stop_reason == "tool_use"
+    (block,) = [b for b in msg.content if b.type == "tool_use"]
+    assert block.name == "get_weather"
+    assert isinstance(block.input, dict)
+    assert re.fullmatch(r"call_[a-z0-9]{8}", block.id)
+
+
+async def test_anthropic_errors_are_the_sdks_and_anthropics_shape(
+    claude: anthropic.AsyncAnthropic, http: httpx.AsyncClient
+) -> None:
+    with pytest.raises(anthropic.NotFoundError):
+        await claude.messages.create(model="no-such-model", max_tokens=10, messages=CLAUDE_HI)
+    r = await http.post("/v1/messages", json={"model": "no-such-model", "max_tokens": 10, "messages": HI})
+    assert (r.status_code, r.headers["content-type"]) == (404, "application/json")
+    assert r.content.endswith(b"}\n")
+    body = r.json()
+    assert re.fullmatch(r"req_[0-9a-f]{24}", body.pop("request_id"))
+    assert body == {"type": "error", "error": {"type": "not_found_error", "message": "model 'no-such-model' not found"}}
+    r = await http.post("/v1/messages", json={"model": "llama3.2", "messages": HI})
+    assert r.status_code == 400
+    assert r.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "max_tokens is required and must be positive",
+    }
+    r = await http.post("/v1/messages", json={"model": "standin/busy", "max_tokens": 10, "messages": HI})
+    assert (r.status_code, r.json()["error"]["type"]) == (503, "overloaded_error")
+
+
+async def test_anthropic_stream_failing_midway_ends_without_message_stop(http: httpx.AsyncClient) -> None:
+    body = {"model": "standin/fail-midstream", "max_tokens": 100, "messages": HI, "stream": True}
+    r = await http.post("/v1/messages", json=body)
+    assert r.status_code == 200
+    names = [name for name, _ in _anthropic_events(r.text)]
+    assert names == ["message_start", "content_block_start"] + ["content_block_delta"] * 3
+
+
+# --------------------------------------------------------------------------- model management
+
+
+async def test_copy_makes_a_new_name_and_a_missing_source_is_404(http: httpx.AsyncClient) -> None:
+    r = await http.post("/api/copy", json={"source": "llama3.2", "destination": "copied:v1"})
+    assert (r.status_code, r.content) == (200, b"")
+    names = [m["name"] for m in (await http.get("/api/tags")).json()["models"]]
+    assert "copied:v1" in names
+    r = await http.post("/api/copy", json={"source": "no-such-model", "destination": "x"})
+    assert (r.status_code, r.json()) == (404, {"error": 'model "no-such-model" not found'})
+    r = await http.post("/api/copy", json={"source": "bad name!", "destination": "x"})
+    assert (r.status_code, r.json()) == (400, {"error": 'source "bad name!" is invalid'})
+    await http.request("DELETE", "/api/delete", json={"model": "copied:v1"})
+
+
+async def test_create_from_an_installed_model_streams_status_lines(http: httpx.AsyncClient) -> None:
+    r = await http.post("/api/create", json={"model": "created:v1", "from": "llama3.2"})
+    assert r.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert all(line["status"].startswith("using existing layer sha256:") for line in lines[:-2])
+    assert lines[-2:] == [{"status": "writing manifest"}, {"status": "success"}]
+    shown = await http.post("/api/show", json={"model": "created:v1"})
+    assert shown.status_code == 200
+    r = await http.post("/api/create", json={"model": "created:v2"})
+    assert (r.status_code, r.json()) == (400, {"error": "neither 'from' or 'files' was specified"})
+    r = await http.post("/api/create", json={"model": "created:v2", "from": "no-such-model", "stream": False})
+    assert (r.status_code, r.json()) == (500, {"error": "pull model manifest: file does not exist"})
+    await http.request("DELETE", "/api/delete", json={"model": "created:v1"})
+
+
+async def test_push_without_registry_credentials_is_refused(http: httpx.AsyncClient) -> None:
+    r = await http.post("/api/push", json={"model": "llama3.2"})
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert lines[0] == {"status": "retrieving manifest"}
+    assert "error" in lines[-1]
+    r = await http.post("/api/push", json={})
+    assert (r.status_code, r.json()) == (400, {"error": "model is required"})
+
+
+async def test_blobs_check_and_upload_by_sha256(http: httpx.AsyncClient) -> None:
+    data = b"standin blob " + str(time.time_ns()).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert (await http.head(f"/api/blobs/{digest}")).status_code == 404
+    wrong = "sha256:" + hashlib.sha256(b"other").hexdigest()
+    r = await http.post(f"/api/blobs/{wrong}", content=data)
+    assert r.status_code == 400
+    assert r.json() == {"error": f'digest mismatch, expected "{wrong}", got "{digest}"'}
+    assert (await http.post(f"/api/blobs/{digest}", content=data)).status_code == 201
+    assert (await http.head(f"/api/blobs/{digest}")).status_code == 200
+    assert (await http.post(f"/api/blobs/{digest}", content=data)).status_code == 200
+    r = await http.post("/api/blobs/sha256:abc", content=data)
+    assert (r.status_code, r.json()) == (400, {"error": "invalid digest format"})
+
+
+async def test_openai_thinking_arrives_as_reasoning(http: httpx.AsyncClient) -> None:
+    body = {"model": "qwen3:0.6b", "messages": HI}
+    message = (await http.post("/v1/chat/completions", json=body)).json()["choices"][0]["message"]
+    assert message["reasoning"] == "Okay, the user asks about the sky."
+    assert message["content"] == ANSWER
+    r = await http.post("/v1/chat/completions", json={**body, "stream": True})
+    deltas = [json.loads(f)["choices"][0]["delta"] for f in _sse_data(r.text)[:-1]]
+    assert deltas[0] == {"role": "assistant", "content": "", "reasoning": "Okay,"}
+    assert "".join(d.get("reasoning", "") for d in deltas) == "Okay, the user asks about the sky."
+    assert "".join(d.get("content", "") for d in deltas) == ANSWER
+    r = await http.post("/v1/chat/completions", json={**body, "reasoning_effort": "none"})
+    assert "reasoning" not in r.json()["choices"][0]["message"]

@@ -6,16 +6,18 @@ Formats, statuses and error strings follow ``/work/shared/reference/ollama-api.m
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import ipaddress
 import math
 import random
+import re
 import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import msgspec
@@ -29,14 +31,42 @@ from tests.standin.catalogue import (
     dynamic_spec,
     parse_name,
 )
-from tests.standin.gowire import FOREVER_NS, dumps, go_quote, local_rfc3339, utc_rfc3339
+from tests.standin.compat import (
+    EVENT_STREAM,
+    PLAIN_JSON,
+    AnthropicWriter,
+    ChatWriter,
+    CompatError,
+    CompleteWriter,
+    Writer,
+    anthropic_error,
+    embedding_list,
+    estimate_anthropic_tokens,
+    openai_error,
+    to_native_anthropic,
+    to_native_chat,
+    to_native_completion,
+)
+from tests.standin.gowire import (
+    FOREVER_NS,
+    DecodeError,
+    decode_json_body,
+    dumps,
+    go_kind,
+    go_quote,
+    local_rfc3339,
+    utc_rfc3339,
+)
 from tests.standin.validate import (
     CHAT_FIELDS,
+    COPY_FIELDS,
+    CREATE_FIELDS,
     DELETE_FIELDS,
     EMBED_FIELDS,
     EMBEDDINGS_FIELDS,
     GENERATE_FIELDS,
     PULL_FIELDS,
+    PUSH_FIELDS,
     SHOW_FIELDS,
     OptionError,
     RequestError,
@@ -57,6 +87,7 @@ ERR_RUNNER_STOPPED: Final = (
 )
 ERR_BUSY: Final = "server busy, please try again.  maximum pending requests exceeded"
 ERR_PULL_MISSING: Final = "pull model manifest: file does not exist"
+ERR_INVALID_NAME: Final = "invalid model name"  # errtypes.InvalidModelNameErrMsg
 #: What a text-only model's llama-server (started without ``--mmproj``) answers to images on
 #: ``/completion``: llama.cpp ``tools/server/server-common.cpp`` ``tokenize_input_subprompt`` throws,
 #: ``handle_completions_impl`` answers it as ``ERROR_TYPE_INVALID_REQUEST``. Ollama (fb30760) relays the
@@ -189,6 +220,7 @@ class Gen:
     raw: bool
     chat: bool
     delay_s: float = 0.0
+    tool_calls: list[dict[str, Any]] | None = None
     start_ns: int = field(default_factory=time.monotonic_ns)
 
 
@@ -217,23 +249,21 @@ class StandIn:
             "/api/embed": {"POST": self._embed},
             "/api/embeddings": {"POST": self._embeddings},
             "/api/status": {"GET": self._status},
-            "/api/push": {"POST": self._unimplemented},
-            "/api/create": {"POST": self._unimplemented},
-            "/api/copy": {"POST": self._unimplemented},
+            "/api/push": {"POST": self._push},
+            "/api/create": {"POST": self._create},
+            "/api/copy": {"POST": self._copy},
             "/api/me": {"POST": self._unimplemented},
             "/api/signout": {"POST": self._unimplemented},
             "/v1/models": {"GET": self._v1_models},
-            "/v1/chat/completions": {"POST": self._unimplemented},
-            "/v1/completions": {"POST": self._unimplemented},
-            "/v1/embeddings": {"POST": self._unimplemented},
+            "/v1/chat/completions": {"POST": self._v1_chat},
+            "/v1/completions": {"POST": self._v1_completions},
+            "/v1/embeddings": {"POST": self._v1_embeddings},
             "/v1/responses": {"POST": self._unimplemented},
             "/v1/audio/transcriptions": {"POST": self._unimplemented},
-            "/v1/messages": {"POST": self._unimplemented},
+            "/v1/messages": {"POST": self._v1_messages},
         }
-        self._blob_route: dict[str, Handler] = {
-            "POST": self._unimplemented,
-            "HEAD": self._unimplemented,
-        }
+        self._blob_route: dict[str, Handler] = {"POST": self._blob, "HEAD": self._blob}
+        self.blobs: dict[str, int] = {}  # uploaded digests → size
         self._v1_model_route: dict[str, Handler] = {"GET": self._v1_model}
         self.reset()
 
@@ -254,6 +284,7 @@ class StandIn:
         self.loaded.clear()
         self.requests.clear()
         self.events.clear()
+        self.blobs.clear()
         now = time.time_ns()
         for i, spec in enumerate(INSTALLED_AT_START):
             name = parse_name(spec.name)
@@ -325,7 +356,7 @@ class StandIn:
         if path.startswith("/_standin/"):
             return await self._introspect(request, path)
         raw = await request.content.read() if request.body_exists else b""
-        if path.startswith("/api/"):
+        if path.startswith(("/api/", "/v1/")):
             self.requests.append(
                 (
                     request.method,
@@ -412,6 +443,7 @@ class StandIn:
             "host": headers.get("host"),
             "headers": headers,
             "body": body,
+            "raw_body": base64.b64encode(raw).decode(),
             "t": t,
         }
 
@@ -543,7 +575,7 @@ class StandIn:
                     }
                 }
             )
-            return web.Response(status=404, body=body + b"\n", headers={"Content-Type": JSON_CT})
+            return web.Response(status=404, body=body + b"\n", headers={"Content-Type": PLAIN_JSON})
         entry = self.installed.get(name.key)
         created = (entry.modified_ns if entry else time.time_ns()) // 1_000_000_000
         return _json(200, {"id": model, "object": "model", "created": created, "owned_by": name.namespace})
@@ -749,8 +781,10 @@ class StandIn:
         obj["done_reason"] = reason
         return _json(200, obj)
 
-    async def _inference(self, request: web.BaseRequest, raw: bytes, *, chat: bool) -> web.StreamResponse:  # noqa: PLR0911
-        path = "/api/chat" if chat else "/api/generate"
+    async def _inference(  # noqa: PLR0911
+        self, request: web.BaseRequest, raw: bytes, *, chat: bool, writer: Writer | None = None
+    ) -> web.StreamResponse:
+        path = request.path if writer is not None else ("/api/chat" if chat else "/api/generate")
         try:
             if chat:
                 body = decode_request(raw, "api.ChatRequest", CHAT_FIELDS)
@@ -833,8 +867,12 @@ class StandIn:
 
         think = ("thinking" in caps) if think_value is None else wants_think
         num_predict = options.get("num_predict", -1)
-        if num_predict > 0:
+        tool_calls = _scripted_tool_calls(body, messages) if chat and "tools" in caps else None
+        answer = TOOL_CALL_TOKENS if tool_calls else spec.answer_tokens
+        # The model stops by itself after its answer; a smaller num_predict cuts it short.
+        if 0 < num_predict < answer:
             n_tokens, reason = num_predict, "length"
+            tool_calls = None  # the call was never completed
         else:
             n_tokens, reason = spec.answer_tokens, "stop"
         if chat:
@@ -857,12 +895,15 @@ class StandIn:
             raw=bool(body.get("raw")),
             chat=chat,
             delay_s=delay_ms / 1000.0,
+            tool_calls=tool_calls,
         )
         load_ns = self._mark_loaded(name.key, spec, keep_alive, num_ctx)
         try:
             # The runner is loaded first; only the completion call finds it has no projector.
             if "vision" not in caps and _image_count(body, messages, chat):
                 return _error(400, ERR_NO_MULTIMODAL)
+            if stream and writer is not None:
+                return await self._run_stream_compat(request, gen, load_ns, writer)
             if stream:
                 return await self._run_stream(request, gen, load_ns)
             return await self._run_whole(gen, load_ns)
@@ -889,7 +930,8 @@ class StandIn:
         out: list[tuple[bool, str]] = []
         if gen.think:
             out.extend((True, t) for t in _THINK_TOKENS)
-        out.extend((False, _token(i)) for i in range(gen.n_tokens))
+        if not gen.tool_calls:  # a model that calls a tool says nothing else
+            out.extend((False, _token(i)) for i in range(gen.n_tokens))
         return out
 
     def _final(
@@ -900,14 +942,20 @@ class StandIn:
         eval_count: int,
         content: str = "",
         thinking: str = "",
+        *,
+        whole: bool = True,
     ) -> dict[str, Any]:
         now = time.monotonic_ns()
+        if gen.tool_calls:
+            eval_count += TOOL_CALL_TOKENS
         total = max(now - gen.start_ns, 1) + load_ns
         obj: dict[str, Any] = {"model": gen.model, "created_at": utc_rfc3339()}
         if gen.chat:
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if thinking:
                 message["thinking"] = thinking
+            if gen.tool_calls and whole:  # a stream carried them in their own chunk
+                message["tool_calls"] = gen.tool_calls
             obj["message"] = message
         else:
             obj["response"] = content
@@ -996,11 +1044,13 @@ class StandIn:
                 sent += 1
                 if not is_think:
                     content_count += 1
+            if gen.tool_calls:
+                await resp.write(dumps(self._tool_chunk(gen)) + b"\n")
             if gen.spec.behaviour == "fail-midstream":
                 await resp.write(dumps({"error": ERR_MIDSTREAM}) + b"\n")
                 error: str | None = ERR_MIDSTREAM
             else:
-                await resp.write(dumps(self._final(gen, load_ns, gen_start, sent)) + b"\n")
+                await resp.write(dumps(self._final(gen, load_ns, gen_start, sent, whole=False)) + b"\n")
                 error = None
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             self._event("stream_cancelled", gen.path, gen.model, sent, stream=True)
@@ -1011,3 +1061,339 @@ class StandIn:
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
         return resp
+
+    def _tool_chunk(self, gen: Gen) -> dict[str, Any]:
+        """The stream object carrying the model's tool calls (content empty, not done)."""
+        message = {"role": "assistant", "content": "", "tool_calls": gen.tool_calls}
+        return {"model": gen.model, "created_at": utc_rfc3339(), "message": message, "done": False}
+
+    def _native_piece(self, gen: Gen, is_think: bool, text: str) -> dict[str, Any]:
+        obj: dict[str, Any] = {"model": gen.model, "created_at": utc_rfc3339()}
+        if gen.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": "" if is_think else text}
+            if is_think:
+                message["thinking"] = text
+            obj["message"] = message
+        else:
+            obj["response"] = "" if is_think else text
+            if is_think:
+                obj["thinking"] = text
+        obj["done"] = False
+        return obj
+
+    async def _run_stream_compat(
+        self, request: web.BaseRequest, gen: Gen, load_ns: int, writer: Writer
+    ) -> web.StreamResponse:
+        """The native stream, each object handed to a front door's writer as Ollama's middleware does.
+
+        A mid-stream failure is the native ``{"error": ...}`` line, which the writers decode as an
+        empty, unfinished answer: the OpenAI writers emit one empty chunk, the Anthropic converter
+        nothing, and none of them a ``[DONE]`` or ``message_stop`` (the stream just ends).
+        """
+        self._event("stream_started", gen.path, gen.model, 0, stream=True)
+        sent = 0
+        content_count = 0
+        headers = {"Content-Type": EVENT_STREAM}
+        if isinstance(writer, AnthropicWriter):
+            headers |= {"Cache-Control": "no-cache", "Connection": "keep-alive"}
+        resp = web.StreamResponse(status=200, headers=headers)
+        resp.enable_chunked_encoding()
+        gen_start = time.monotonic_ns()
+        t0 = time.monotonic()
+        error: str | None = None
+        try:
+            await resp.prepare(request)
+            for i, (is_think, text) in enumerate(self._pieces(gen)):
+                await self._pace(gen, i, t0)
+                if gen.spec.behaviour == "fail-midstream" and content_count == 3:
+                    break
+                frames = writer.frames(self._native_piece(gen, is_think, text))
+                if frames:
+                    await resp.write(frames)
+                sent += 1
+                if not is_think:
+                    content_count += 1
+            if gen.tool_calls:
+                await resp.write(writer.frames(self._tool_chunk(gen)))
+            if gen.spec.behaviour == "fail-midstream":
+                frames = writer.frames({"error": ERR_MIDSTREAM})
+                error = ERR_MIDSTREAM
+            else:
+                frames = writer.frames(self._final(gen, load_ns, gen_start, sent, whole=False))
+            if frames:
+                await resp.write(frames)
+        except (asyncio.CancelledError, ConnectionResetError) as exc:
+            self._event("stream_cancelled", gen.path, gen.model, sent, stream=True)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return resp
+        self._event("stream_completed", gen.path, gen.model, sent, stream=True, error=error)
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write_eof()
+        return resp
+
+    # ------------------------------------------------------------------ front doors (/v1, Anthropic)
+
+    @staticmethod
+    def _compat_body(raw: bytes, go_type: str) -> dict[str, Any]:
+        """The middleware's ``c.ShouldBindJSON``: no special case for an empty body (``EOF``)."""
+        if not raw.strip(b" \t\r\n"):
+            raise CompatError(400, "EOF")
+        try:
+            body = decode_json_body(raw, go_type)
+        except DecodeError as exc:
+            raise CompatError(400, str(exc)) from None
+        return body or {}
+
+    @staticmethod
+    def _relay(writer: Writer, native: web.StreamResponse) -> web.StreamResponse:
+        """A native answer that was not streamed, rewritten by the front door's writer."""
+        if native.prepared or not isinstance(native, web.Response):
+            return native  # streamed (already converted), or the client left
+        raw = native.body if isinstance(native.body, bytes) else b""
+        try:
+            obj = msgspec.json.decode(raw) if raw else {}
+        except msgspec.DecodeError:
+            obj = {}
+        if native.status != 200:
+            message = obj.get("error", "") if isinstance(obj, dict) else raw.decode(errors="replace")
+            body = writer.error_body(native.status, str(message))
+            return web.Response(status=native.status, body=body, headers={"Content-Type": PLAIN_JSON})
+        if writer.stream:
+            return web.Response(status=200, body=writer.frames(obj), headers={"Content-Type": EVENT_STREAM})
+        return web.Response(status=200, body=writer.whole(obj), headers={"Content-Type": PLAIN_JSON})
+
+    async def _v1_chat(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
+        try:
+            req = self._compat_body(raw, "openai.ChatCompletionRequest")
+            if not req.get("messages"):
+                raise CompatError(400, "[] is too short - 'messages'")
+            native = to_native_chat(req)
+        except CompatError as exc:
+            return _json(exc.status, openai_error(exc.status, exc.message))
+        options = req.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        writer = ChatWriter(stream=bool(req.get("stream")), include_usage=include_usage)
+        self.active += 1
+        try:
+            return self._relay(writer, await self._inference(request, dumps(native), chat=True, writer=writer))
+        finally:
+            self.active -= 1
+
+    async def _v1_completions(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
+        try:
+            req = self._compat_body(raw, "openai.CompletionRequest")
+            if "prompt" in req and not isinstance(req["prompt"], str):
+                kind = go_kind(req["prompt"])
+                raise CompatError(
+                    400, f"json: cannot unmarshal {kind} into Go struct field CompletionRequest.prompt of type string"
+                )
+            native = to_native_completion(req)
+        except CompatError as exc:
+            return _json(exc.status, openai_error(exc.status, exc.message))
+        options = req.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        writer = CompleteWriter(stream=bool(req.get("stream")), include_usage=include_usage)
+        self.active += 1
+        try:
+            return self._relay(writer, await self._inference(request, dumps(native), chat=False, writer=writer))
+        finally:
+            self.active -= 1
+
+    async def _v1_embeddings(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
+        try:
+            req = self._compat_body(raw, "openai.EmbedRequest")
+            encoding = req.get("encoding_format") or ""
+            if encoding and encoding.lower() not in ("float", "base64"):
+                raise CompatError(
+                    400, f"Invalid value for 'encoding_format' = {encoding}. Supported values: ['float', 'base64']."
+                )
+            value = req.get("input")
+            if value == "":
+                value = [""]
+            if value is None or value == []:
+                raise CompatError(400, "invalid input")
+        except CompatError as exc:
+            return _json(exc.status, openai_error(exc.status, exc.message))
+        model = str(req.get("model", ""))
+        native: dict[str, Any] = {"model": model, "input": value}
+        if req.get("dimensions"):
+            native["dimensions"] = req["dimensions"]
+        answer = await self._embed(request, dumps(native))
+        assert isinstance(answer, web.Response)
+        raw_answer = answer.body if isinstance(answer.body, bytes) else b""
+        obj = msgspec.json.decode(raw_answer)
+        if answer.status != 200:
+            body = dumps(openai_error(answer.status, obj.get("error", ""))) + b"\n"
+            return web.Response(status=answer.status, body=body, headers={"Content-Type": PLAIN_JSON})
+        body = embedding_list(model, obj, encoding)
+        return web.Response(status=200, body=body, headers={"Content-Type": PLAIN_JSON})
+
+    async def _v1_messages(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
+        try:
+            req = self._compat_body(raw, "anthropic.MessagesRequest")
+            if not req.get("model"):
+                raise CompatError(400, "model is required")
+            max_tokens = req.get("max_tokens")
+            if not isinstance(max_tokens, int) or max_tokens <= 0:
+                raise CompatError(400, "max_tokens is required and must be positive")
+            if not req.get("messages"):
+                raise CompatError(400, "messages is required")
+            native = to_native_anthropic(req)
+        except CompatError as exc:
+            return _json(exc.status, anthropic_error(exc.status, exc.message))
+        stream = bool(req.get("stream"))
+        writer = AnthropicWriter(
+            stream=stream, model=str(req["model"]), estimated_tokens=estimate_anthropic_tokens(req)
+        )
+        self.active += 1
+        try:
+            answer = self._relay(writer, await self._inference(request, dumps(native), chat=True, writer=writer))
+        finally:
+            self.active -= 1
+        if stream and not answer.prepared:
+            # The middleware sets these before the handler runs, so even an error answer carries them.
+            answer.headers["Cache-Control"] = "no-cache"
+            answer.headers["Connection"] = "keep-alive"
+        return answer
+
+    # ------------------------------------------------------------------ model management
+
+    async def _copy(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
+        try:
+            body = decode_request(raw, "api.CopyRequest", COPY_FIELDS)
+        except RequestError as exc:
+            return _error(400, str(exc))
+        source = str(body.get("source", ""))
+        destination = str(body.get("destination", ""))
+        src = parse_name(source)
+        if src is None:
+            return _error(400, f"source {go_quote(source)} is invalid")
+        dst = parse_name(destination)
+        if dst is None:
+            return _error(400, f"destination {go_quote(destination)} is invalid")
+        entry = self.installed.get(src.key)
+        if entry is None:
+            return _error(404, f"model {go_quote(source)} not found")
+        self.installed[dst.key] = Installed(replace(entry.spec, name=dst.short), time.time_ns())
+        return web.Response(status=200)
+
+    async def _create(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
+        """``CreateHandler`` from an installed model: its layers reused, a manifest written."""
+        try:
+            body = decode_request(raw, "api.CreateRequest", CREATE_FIELDS)
+        except RequestError as exc:
+            return _error(400, str(exc))
+        name = parse_name(str(body.get("model") or body.get("name") or ""))
+        if name is None:
+            return _error(400, ERR_INVALID_NAME)
+        source = str(body.get("from") or "")
+        lines: list[dict[str, Any]] = []
+        status = 500
+        if not source:
+            lines.append({"error": "neither 'from' or 'files' was specified"})
+            status = 400
+        elif (src := parse_name(source)) is None:
+            lines.append({"error": ERR_INVALID_NAME})
+            status = 400
+        elif (entry := self.installed.get(src.key)) is None:
+            # parseFromModel pulls a missing base; the stand-in's registry has none of these names.
+            lines += [{"status": "pulling manifest"}, {"error": ERR_PULL_MISSING}]
+        else:
+            lines += [{"status": f"using existing layer {digest}"} for digest, _ in entry.spec.layers]
+            lines += [{"status": "writing manifest"}, {"status": "success"}]
+            self.installed[name.key] = Installed(replace(entry.spec, name=name.short), time.time_ns())
+        return await self._progress(request, body.get("stream", True), lines, status)
+
+    async def _push(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
+        """``PushHandler``: the stand-in has no registry credentials, so every push is refused."""
+        try:
+            body = decode_request(raw, "api.PushRequest", PUSH_FIELDS)
+        except RequestError as exc:
+            return _error(400, str(exc))
+        model = str(body.get("model") or body.get("name") or "")
+        if not model:
+            return _error(400, "model is required")
+        name = parse_name(model)
+        lines: list[dict[str, Any]] = [{"status": "retrieving manifest"}]
+        if name is None or name.key not in self.installed:
+            shown = name.full.replace(":", "/") if name else model
+            lines += [
+                {"status": "couldn't retrieve manifest"},
+                {"error": f"open /root/.ollama/models/manifests/{shown}: no such file or directory"},
+            ]
+        else:
+            lines.append({"error": "unauthorized: access denied"})
+        return await self._progress(request, body.get("stream", True), lines, 500)
+
+    async def _progress(
+        self, request: web.BaseRequest, stream: object, lines: list[dict[str, Any]], error_status: int
+    ) -> web.StreamResponse:
+        """``streamResponse`` / ``waitForStream`` over a scripted list of progress lines."""
+        # Both set ``Content-Type: application/json`` before gin's JSON render, so no charset.
+        first_error = lines[0].get("error") if lines else None
+        if stream is False or first_error is not None:
+            last = lines[-1]
+            status = error_status if "error" in last else 200
+            return web.Response(status=status, body=dumps(last), headers={"Content-Type": PLAIN_JSON})
+        resp = web.StreamResponse(status=200, headers={"Content-Type": NDJSON_CT})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for line in lines:
+            await resp.write(dumps(line) + b"\n")
+        await resp.write_eof()
+        return resp
+
+    async def _blob(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:  # noqa: PLR0911
+        digest = request.path[len("/api/blobs/") :]
+        if not _BLOB_DIGEST.fullmatch(digest):
+            return _error(400, "invalid digest format")
+        canonical = "sha256:" + digest[7:].lower()
+        if len(raw) > MAX_BLOB_BYTES:  # the stand-in keeps nothing big in memory; Ollama has no limit
+            return _error(413, f"the Ollama stand-in accepts blobs up to {MAX_BLOB_BYTES} bytes")
+        if request.method == "HEAD":
+            if canonical in self.blobs or canonical in self._layer_digests():
+                return web.Response(status=200)
+            return _error(404, f"blob {go_quote(digest)} not found")
+        if canonical in self.blobs or canonical in self._layer_digests():
+            return web.Response(status=200)
+        got = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if got != digest:
+            return _error(400, f"digest mismatch, expected {go_quote(digest)}, got {go_quote(got)}")
+        if len(self.blobs) >= MAX_BLOBS:
+            self.blobs.pop(next(iter(self.blobs)))
+        self.blobs[canonical] = len(raw)
+        return web.Response(status=201)
+
+    def _layer_digests(self) -> set[str]:
+        return {digest for entry in self.installed.values() for digest, _ in entry.spec.layers}
+
+
+TOOL_CALL_TOKENS: Final = 12
+MAX_BLOBS: Final = 256
+MAX_BLOB_BYTES: Final = 16 * 1024 * 1024
+_BLOB_DIGEST: Final = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
+
+
+def _scripted_tool_calls(body: dict[str, Any], messages: list[Any]) -> list[dict[str, Any]] | None:
+    """The stand-in's deterministic tool use: offered tools and a user's turn → call the first tool.
+
+    Arguments fill each declared property with a value of its type, in declaration order; the id is
+    Ollama's ``toolCallId`` shape (``call_`` + 8 lower-case letters or digits, server/routes.go:2305-2312).
+    """
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    last = messages[-1] if messages else None
+    if not tools or not isinstance(last, dict) or last.get("role") != "user":
+        return None
+    fn = tools[0].get("function") or {}
+    params = fn.get("parameters") or {}
+    props = params.get("properties") if isinstance(params, dict) else None
+    samples = {"string": "Paris", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
+    arguments: dict[str, Any] = {}
+    for key, schema in (props or {}).items():
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        if isinstance(kind, list):
+            kind = kind[0] if kind else None
+        arguments[key] = samples.get(str(kind), "Paris")
+    call_id = "call_" + "".join(random.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=8))
+    return [{"id": call_id, "function": {"index": 0, "name": str(fn.get("name", "")), "arguments": arguments}}]

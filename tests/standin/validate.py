@@ -15,11 +15,14 @@ from tests.standin.gowire import (
 
 __all__ = [
     "CHAT_FIELDS",
+    "COPY_FIELDS",
+    "CREATE_FIELDS",
     "DELETE_FIELDS",
     "EMBEDDINGS_FIELDS",
     "EMBED_FIELDS",
     "GENERATE_FIELDS",
     "PULL_FIELDS",
+    "PUSH_FIELDS",
     "SHOW_FIELDS",
     "OptionError",
     "RequestError",
@@ -88,6 +91,21 @@ SHOW_FIELDS: Final = {
     "options": "map",
 }
 DELETE_FIELDS: Final = {"model": "string", "name": "string"}
+COPY_FIELDS: Final = {"source": "string", "destination": "string"}
+PUSH_FIELDS: Final = {"model": "string", "name": "string", "insecure": "bool", "stream": "bool"}
+#: The part of ``api.CreateRequest`` the stand-in acts on (``from`` an installed model).
+CREATE_FIELDS: Final = {
+    "model": "string",
+    "name": "string",
+    "from": "string",
+    "stream": "bool",
+    "quantize": "string",
+    "template": "string",
+    "system": "string",
+    "license": "any",
+    "parameters": "map",
+    "messages": "messages",
+}
 EMBED_FIELDS: Final = {
     "model": "string",
     "input": "any",
