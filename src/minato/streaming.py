@@ -29,8 +29,9 @@ from minato.upstream.wire import ChatChunk
 logger = structlog.get_logger("minato.stream")
 
 _encode: Final = msgspec.json.Encoder().encode
-_STREAM_HEADERS: Final = {
-    # Reverse proxies (nginx) buffer responses unless told not to; caches must not keep tokens.
+#: Headers of every streamed response (answers and pull progress alike).
+STREAM_HEADERS: Final = {
+    # Reverse proxies (nginx) buffer responses unless told not to; caches must not keep a stream.
     "X-Accel-Buffering": "no",
     "Cache-Control": "no-cache",
 }
@@ -47,9 +48,9 @@ class StreamFormat(enum.Enum):
     def negotiate(cls, accept: str | None) -> StreamFormat:
         """Pick SSE or NDJSON when the client asks for it; plain text otherwise (the seed's format)."""
         if accept:
-            if "text/event-stream" in accept:
+            if cls.SSE.value in accept:
                 return cls.SSE
-            if "application/x-ndjson" in accept:
+            if cls.NDJSON.value in accept:
                 return cls.NDJSON
         return cls.TEXT
 
@@ -189,7 +190,7 @@ def stream_response(
     return RelayStream(
         relay(batches, fmt, model, record),
         media_type=fmt.value,
-        headers=_STREAM_HEADERS,
+        headers=STREAM_HEADERS,
         background=BackgroundTask(close),
     )
 

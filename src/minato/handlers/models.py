@@ -25,6 +25,7 @@ from minato.handlers.generate import ModelName
 from minato.params import validate_model_name
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary, families_of
 from minato.security import ADMIN
+from minato.streaming import STREAM_HEADERS, StreamFormat
 from minato.upstream import PullStream, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
 from minato.upstream.protocol import OllamaDependency
@@ -32,7 +33,7 @@ from minato.upstream.wire import PullProgress, TagModel
 
 logger = structlog.get_logger("minato.models")
 
-NDJSON: Final = "application/x-ndjson"
+NDJSON: Final = StreamFormat.NDJSON.value
 _encode: Final = msgspec.json.Encoder().encode
 BYTES_PER_MIB: Final = 1024 * 1024
 
@@ -100,7 +101,7 @@ async def install(
         return Stream(
             _relay_progress(pull, model),
             media_type=NDJSON,
-            headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+            headers=STREAM_HEADERS,
             background=BackgroundTask(pull.aclose),
         )
     await unless_disconnected(request, pull_to_end(pull))
