@@ -6,18 +6,13 @@ from typing import Annotated, Any, Final
 
 from litestar import Request, get
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import Parameter, SkipValidation
 from litestar.response import Stream
 
 from minato.backpressure import Admission
 from minato.generation import Generation, Question, streamed_answer, whole_answer
-from minato.handlers.common import (
-    GENERATION_OPT,
-    GENERATION_RESPONSES,
-    RECONNECTABLE_OPT,
-    note_model,
-)
-from minato.params import GenerationOptions, check_text_length, validate_model_name
+from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, RECONNECTABLE_OPT
+from minato.params import GenerationOptions, check_text_length
 from minato.schemas import GenerateResponse
 from minato.security import Caller
 from minato.sessions import SessionManager
@@ -26,12 +21,6 @@ from minato.upstream.protocol import OllamaDependency
 
 MESSAGE_DESCRIPTION: Final = "The user's message (required, non-empty)."
 Message = Annotated[str, Parameter(description=MESSAGE_DESCRIPTION, min_length=1)]
-ModelName = Annotated[
-    str,
-    Parameter(
-        description="Ollama model name, with optional tag and namespace: `llama3.2:1b`, `hf.co/org/repo:Q4_K_M`."
-    ),
-]
 STREAM_DESCRIPTION: Final = (
     "Chunked `text/plain` tokens, written as Ollama yields them. With `Accept: text/event-stream`: "
     "SSE `token` events then a `done` event with stats (or an `error` event). With "
@@ -39,6 +28,23 @@ STREAM_DESCRIPTION: Final = (
     "With `think=true` on a thinking model, SSE and NDJSON also carry `thinking` events; plain text "
     "carries only the answer."
 )
+
+
+def provide_text_generation(
+    request: Request[Any, Any, Any],
+    model: NamedDependency[str],
+    message: Message,
+    params: NamedDependency[GenerationOptions],
+    upstream: NamedDependency[OllamaDependency],
+    sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
+    settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
+) -> Generation:
+    """The ``text_generation`` dependency of both text routes: the message checked, the parts gathered."""
+    check_text_length("message", message, settings)
+    question = Question(message, [])
+    return Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
 
 
 @get(
@@ -50,25 +56,9 @@ STREAM_DESCRIPTION: Final = (
     tags=["generate"],
     opt={GENERATION_OPT: True},
 )
-async def generate(
-    request: Request[Any, Any, Any],
-    model_name: ModelName,
-    message: Message,
-    params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-) -> GenerateResponse:
+async def generate(text_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
     """Return the model's whole answer with Ollama's stats."""
-    model = validate_model_name(model_name)
-    check_text_length("message", message, settings)
-    note_model(request, model)
-    question = Question(message, [])
-    return await whole_answer(
-        Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
-    )
+    return await whole_answer(text_generation)
 
 
 @get(
@@ -80,22 +70,6 @@ async def generate(
     tags=["generate"],
     opt={GENERATION_OPT: True, RECONNECTABLE_OPT: True},
 )
-async def generate_stream(
-    request: Request[Any, Any, Any],
-    model_name: ModelName,
-    message: Message,
-    params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-) -> Stream:
+async def generate_stream(text_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
-    model = validate_model_name(model_name)
-    check_text_length("message", message, settings)
-    note_model(request, model)
-    question = Question(message, [])
-    return await streamed_answer(
-        Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
-    )
+    return await streamed_answer(text_generation)

@@ -15,14 +15,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from minato.errors import MinatoError
-from minato.handlers.common import (
-    ADMIN_RESPONSES,
-    UPSTREAM_RESPONSES,
-    note_model,
-    unless_disconnected,
-)
-from minato.handlers.generate import ModelName
-from minato.params import validate_model_name
+from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES, unless_disconnected
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary, families_of
 from minato.security import ADMIN
 from minato.streaming import STREAM_HEADERS, StreamFormat
@@ -87,14 +80,12 @@ async def pull_to_end(stream: PullStream) -> None:
 )
 async def install(
     request: Request[Any, Any, Any],
-    model_name: ModelName,
+    model: NamedDependency[str],
     upstream: NamedDependency[OllamaDependency],
     catalog: NamedDependency[ModelCatalog],
     stream: Annotated[bool, Parameter(description="Relay progress as NDJSON instead of waiting.")] = False,
 ) -> Response[InstallResponse] | Stream:
     """Pull a model, waiting for it or relaying progress."""
-    model = validate_model_name(model_name)
-    note_model(request, model)
     pull = await unless_disconnected(request, upstream.pull(model))
     catalog.forget()  # the model may be installed by the time anyone asks
     if stream or NDJSON in request.headers.get("accept", ""):
