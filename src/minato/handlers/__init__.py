@@ -6,7 +6,14 @@ from typing import Final
 from litestar.di import Provide
 from litestar.types import ControllerRouterHandler
 
-from minato.handlers.chat import clear_session, get_session, list_sessions, remove_system_prompt, set_system_prompt
+from minato.handlers.chat import (
+    clear_session,
+    get_session,
+    list_sessions,
+    provide_conversation,
+    remove_system_prompt,
+    set_system_prompt,
+)
 from minato.handlers.common import provide_model
 from minato.handlers.generate import generate, generate_stream, provide_text_generation
 from minato.handlers.health import health, health_head, metrics_endpoint, ready, ready_head
@@ -42,6 +49,7 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
 #: By the name a handler (or another dependency) asks for; Litestar resolves only those a route uses.
 HANDLER_DEPENDENCIES: Final[dict[str, Provide]] = {
     "model": Provide(provide_model, sync_to_thread=False),
+    "conversation": Provide(provide_conversation),
     "text_generation": Provide(provide_text_generation, sync_to_thread=False),
     "vision_generation": Provide(provide_vision_generation),
 }
