@@ -17,7 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from minato import __version__
 from minato.backpressure import Admission
 from minato.doors import DOOR_HANDLERS
-from minato.handlers import ROUTE_HANDLERS
+from minato.handlers import HANDLER_DEPENDENCIES, ROUTE_HANDLERS
 from minato.handlers.common import before_handler
 from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
@@ -84,11 +84,12 @@ def create_app(
         route_handlers=[*DOOR_HANDLERS, *ROUTE_HANDLERS],
         lifespan=[lifespan],
         # Handlers name what they need: a runtime field (provided once the app has started), the
-        # caller, or the generation options.
+        # caller, the generation options, or what the handlers share (the route's model, a generation).
         dependencies={
             **slot.providers(),
             "caller": Provide(make_caller_provider(keyring), sync_to_thread=False),
             "params": Provide(provide_generation_options, sync_to_thread=False),
+            **HANDLER_DEPENDENCIES,
         },
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=before_handler,

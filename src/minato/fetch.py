@@ -31,7 +31,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from minato.errors import ErrorItem, ImageLinkRefusedError, InvalidInputError, PayloadTooLargeError
-from minato.images import sniff_image
+from minato.images import NOT_AN_IMAGE, URL_FIELD, sniff_image
 from minato.settings import Settings
 from minato.upstream.transport import connection_problem
 
@@ -39,7 +39,6 @@ logger = structlog.get_logger("minato.fetch")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-FIELD: Final = "image_url"
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _SHARED_ADDRESS_SPACE: Final = ipaddress.ip_network("100.64.0.0/10")
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
@@ -135,7 +134,7 @@ class ImageFetcher:
         except ImageLinkRefusedError as exc:
             logger.info("image_fetch_refused", host=_host_of(url), index=index, reason=exc.msg)
             if exc.too_large:
-                raise PayloadTooLargeError(f"{FIELD}[{index}] {exc.msg}") from None
+                raise PayloadTooLargeError(f"{URL_FIELD}[{index}] {exc.msg}") from None
             raise _invalid(source, index, exc.msg) from None
         except TimeoutError:
             logger.info("image_fetch_refused", host=_host_of(url), index=index, reason="timeout")
@@ -174,7 +173,7 @@ class ImageFetcher:
             if not data:
                 raise ImageLinkRefusedError("answered with an empty body")
             if sniff_image(data) is None:
-                raise ImageLinkRefusedError("is not a PNG, JPEG, WebP, GIF or BMP image")
+                raise ImageLinkRefusedError(NOT_AN_IMAGE)
             return bytes(data), host
 
     async def _check(self, target: URL, *, redirected: bool) -> None:
@@ -283,4 +282,4 @@ def _host_of(url: str) -> str:
 
 
 def _invalid(source: str, index: int, msg: str) -> InvalidInputError:
-    return InvalidInputError([ErrorItem(loc=[source, FIELD, index], msg=msg, type="value_error")])
+    return InvalidInputError([ErrorItem(loc=[source, URL_FIELD, index], msg=msg, type="value_error")])

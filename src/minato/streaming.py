@@ -29,8 +29,9 @@ from minato.upstream.wire import ChatChunk
 logger = structlog.get_logger("minato.stream")
 
 _encode: Final = msgspec.json.Encoder().encode
+#: Headers of every streamed response (answers and pull progress alike).
 STREAM_HEADERS: Final = {
-    # Reverse proxies (nginx) buffer responses unless told not to; caches must not keep tokens.
+    # Reverse proxies (nginx) buffer responses unless told not to; caches must not keep a stream.
     "X-Accel-Buffering": "no",
     "Cache-Control": "no-cache",
 }
@@ -47,9 +48,9 @@ class StreamFormat(enum.Enum):
     def negotiate(cls, accept: str | None) -> StreamFormat:
         """Pick SSE or NDJSON when the client asks for it; plain text otherwise (the seed's format)."""
         if accept:
-            if "text/event-stream" in accept:
+            if cls.SSE.value in accept:
                 return cls.SSE
-            if "application/x-ndjson" in accept:
+            if cls.NDJSON.value in accept:
                 return cls.NDJSON
         return cls.TEXT
 

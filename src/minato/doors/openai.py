@@ -57,10 +57,10 @@ async def models(request: Request[Any, Any, Any], caller: NamedDependency[Caller
     return await calls.listing(request, caller, field="data", name="id")
 
 
-@get("/v1/models/{model:path}", operation_id="OpenAIModel", **_doc("OpenAI: one model"))
-async def model(request: Request[Any, Any, Any], caller: NamedDependency[Caller], model: PathText) -> Response[Any]:
+@get("/v1/models/{model_id:path}", operation_id="OpenAIModel", **_doc("OpenAI: one model"))
+async def model(request: Request[Any, Any, Any], caller: NamedDependency[Caller], model_id: PathText) -> Response[Any]:
     """OpenAI's ``/v1/models/{model}``."""
-    name = model.lstrip("/")
+    name = model_id.lstrip("/")
     check_models(caller, runtime_of(request).settings, [name])
     return await calls.plain(request, name, dialect=StreamDialect.OPENAI)
 

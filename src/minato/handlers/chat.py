@@ -10,9 +10,9 @@ naming one with ``owner=`` when several keys have the same id.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Final, NamedTuple
 
-from litestar import Request, delete, get, put
+from litestar import delete, get, put
 from litestar.di import NamedDependency
 from litestar.exceptions import PermissionDeniedException
 from litestar.openapi import ResponseSpec
@@ -47,6 +47,23 @@ ADDRESSING: Final[dict[int, ResponseSpec]] = {
     422: VALIDATION_RESPONSE,
 }
 NOT_FOUND: Final = {404: error_spec("No conversation has that id (or it expired)."), **ADDRESSING}
+
+
+class Conversation(NamedTuple):
+    """The conversation a ``/chat/{session_id}`` request addresses: whose, and which."""
+
+    owner: str
+    session_id: str
+
+
+async def provide_conversation(
+    session_id: SessionId,
+    sessions: NamedDependency[SessionManager],
+    caller: NamedDependency[Caller],
+    owner: Owner = None,
+) -> Conversation:
+    """The ``conversation`` dependency of every ``/chat/{session_id}`` route."""
+    return Conversation(await _owner(sessions, caller, session_id, owner), session_id)
 
 
 async def _owner(sessions: SessionManager, caller: Caller, session_id: str, owner: str | None) -> str:
@@ -116,14 +133,10 @@ async def list_sessions(
     tags=["chat"],
 )
 async def get_session(
-    session_id: SessionId,
-    sessions: NamedDependency[SessionManager],
-    caller: NamedDependency[Caller],
-    owner: Owner = None,
+    conversation: NamedDependency[Conversation], sessions: NamedDependency[SessionManager]
 ) -> SessionView:
     """Return the system prompt and every message of a conversation."""
-    owner = await _owner(sessions, caller, session_id, owner)
-    return SessionView.of(await _existing(sessions, owner, session_id))
+    return SessionView.of(await _existing(sessions, *conversation))
 
 
 @delete(
@@ -133,16 +146,10 @@ async def get_session(
     responses=ADDRESSING,
     tags=["chat"],
 )
-async def clear_session(
-    session_id: SessionId,
-    sessions: NamedDependency[SessionManager],
-    caller: NamedDependency[Caller],
-    owner: Owner = None,
-) -> None:
+async def clear_session(conversation: NamedDependency[Conversation], sessions: NamedDependency[SessionManager]) -> None:
     """Forget a conversation and its system prompt (a damaged one too); clearing an unknown one
     is not an error."""
-    owner = await _owner(sessions, caller, session_id, owner)
-    await sessions.delete(owner, session_id)
+    await sessions.delete(*conversation)
 
 
 @put(
@@ -153,20 +160,15 @@ async def clear_session(
     tags=["chat"],
 )
 async def set_system_prompt(
-    request: Request[Any, Any, Any],
-    session_id: SessionId,
+    conversation: NamedDependency[Conversation],
     data: JSONBody[SystemPromptBody],
     sessions: NamedDependency[SessionManager],
     settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-    owner: Owner = None,
 ) -> SessionView:
     """Set the system prompt every later turn of the conversation starts with (creates it if new)."""
-    validate_session_id(session_id)
     check_text_length("system_prompt", data.system_prompt, settings, source="body")
-    owner = await _owner(sessions, caller, session_id, owner)
-    await sessions.set_system_prompt(owner, session_id, data.system_prompt)
-    return SessionView.of(await _existing(sessions, owner, session_id))
+    await sessions.set_system_prompt(*conversation, data.system_prompt)
+    return SessionView.of(await _existing(sessions, *conversation))
 
 
 @delete(
@@ -177,12 +179,8 @@ async def set_system_prompt(
     tags=["chat"],
 )
 async def remove_system_prompt(
-    session_id: SessionId,
-    sessions: NamedDependency[SessionManager],
-    caller: NamedDependency[Caller],
-    owner: Owner = None,
+    conversation: NamedDependency[Conversation], sessions: NamedDependency[SessionManager]
 ) -> None:
     """Remove the system prompt; the messages stay."""
-    owner = await _owner(sessions, caller, session_id, owner)
-    await _existing(sessions, owner, session_id)
-    await sessions.set_system_prompt(owner, session_id, None)
+    await _existing(sessions, *conversation)
+    await sessions.set_system_prompt(*conversation, None)

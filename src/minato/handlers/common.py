@@ -1,12 +1,14 @@
-"""What every handler shares: the documented error responses and the checks before a generation."""
+"""What every handler shares: the documented error responses, the route's model and the checks before
+a generation."""
 
 from __future__ import annotations
 
 import difflib
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 from litestar import Request, Response
 from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
 
 from minato.errors import ModelNotFoundError
 from minato.params import validate_model_name
@@ -48,6 +50,21 @@ def note_model(request: Request[Any, Any, Any], model: str) -> RequestRecord | N
     if record is not None:
         record.model = model
     return record
+
+
+ModelName = Annotated[
+    str,
+    Parameter(
+        description="Ollama model name, with optional tag and namespace: `llama3.2:1b`, `hf.co/org/repo:Q4_K_M`."
+    ),
+]
+
+
+def provide_model(request: Request[Any, Any, Any], model_name: ModelName) -> str:
+    """The ``model`` dependency of every ``/{model_name:path}`` route: the name validated, and on the log line."""
+    model = validate_model_name(model_name)
+    note_model(request, model)
+    return model
 
 
 #: First path segments that are never model names: Ollama's and OpenAI's own APIs live there.

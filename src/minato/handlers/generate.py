@@ -8,20 +8,15 @@ from typing import Annotated, Any, Final
 
 from litestar import Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody, Parameter, SkipValidation
 from litestar.response import Stream
 
 from minato.backpressure import Admission
 from minato.errors import CapabilityError, InvalidInputError
 from minato.generation import Generation, Question, streamed_answer, whole_answer
-from minato.handlers.common import (
-    GENERATION_OPT,
-    GENERATION_RESPONSES,
-    RECONNECTABLE_OPT,
-    note_model,
-)
+from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, RECONNECTABLE_OPT
 from minato.images import decode_base64_image, too_many_images
-from minato.params import GenerationBody, GenerationOptions, check_text_length, validate_model_name
+from minato.params import GenerationBody, GenerationOptions, check_text_length
 from minato.schemas import GenerateResponse
 from minato.security import Caller
 from minato.sessions import SessionManager
@@ -30,12 +25,6 @@ from minato.upstream.protocol import OllamaDependency
 
 MESSAGE_DESCRIPTION: Final = "The user's message (required, non-empty)."
 Message = Annotated[str, Parameter(description=MESSAGE_DESCRIPTION, min_length=1)]
-ModelName = Annotated[
-    str,
-    Parameter(
-        description="Ollama model name, with optional tag and namespace: `llama3.2:1b`, `hf.co/org/repo:Q4_K_M`."
-    ),
-]
 STREAM_DESCRIPTION: Final = (
     "Chunked `text/plain` tokens, written as Ollama yields them. With `Accept: text/event-stream`: "
     "SSE `token` events then a `done` event with stats (or an `error` event). With "
@@ -43,6 +32,23 @@ STREAM_DESCRIPTION: Final = (
     "With `think=true` on a thinking model, SSE and NDJSON also carry `thinking` events; plain text "
     "carries only the answer."
 )
+
+
+def provide_text_generation(
+    request: Request[Any, Any, Any],
+    model: NamedDependency[str],
+    message: Message,
+    params: NamedDependency[GenerationOptions],
+    upstream: NamedDependency[OllamaDependency],
+    sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
+    settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
+) -> Generation:
+    """The ``text_generation`` dependency of both text routes: the message checked, the parts gathered."""
+    check_text_length("message", message, settings)
+    question = Question(message, [])
+    return Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
 
 
 @get(
@@ -54,25 +60,9 @@ STREAM_DESCRIPTION: Final = (
     tags=["generate"],
     opt={GENERATION_OPT: True},
 )
-async def generate(
-    request: Request[Any, Any, Any],
-    model_name: ModelName,
-    message: Message,
-    params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-) -> GenerateResponse:
+async def generate(text_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
     """Return the model's whole answer with Ollama's stats."""
-    model = validate_model_name(model_name)
-    check_text_length("message", message, settings)
-    note_model(request, model)
-    question = Question(message, [])
-    return await whole_answer(
-        Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
-    )
+    return await whole_answer(text_generation)
 
 
 @get(
@@ -84,25 +74,9 @@ async def generate(
     tags=["generate"],
     opt={GENERATION_OPT: True, RECONNECTABLE_OPT: True},
 )
-async def generate_stream(
-    request: Request[Any, Any, Any],
-    model_name: ModelName,
-    message: Message,
-    params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-) -> Stream:
+async def generate_stream(text_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
-    model = validate_model_name(model_name)
-    check_text_length("message", message, settings)
-    note_model(request, model)
-    question = Question(message, [])
-    return await streamed_answer(
-        Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
-    )
+    return await streamed_answer(text_generation)
 
 
 POST_DESCRIPTION: Final = (
@@ -111,17 +85,21 @@ POST_DESCRIPTION: Final = (
 )
 
 
-async def _posted(
-    request: Request[Any, Any, Any], model_name: str, data: GenerationBody, upstream: OllamaDependency,
-    settings: Settings, caller: Caller, **generation: Any,
-) -> Generation:  # fmt: skip
-    """A generation whose parameters came in a JSON body."""
+async def provide_posted_generation(
+    request: Request[Any, Any, Any],
+    model: NamedDependency[str],
+    data: JSONBody[GenerationBody],
+    upstream: NamedDependency[OllamaDependency],
+    sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
+    settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
+) -> Generation:
+    """The ``posted_generation`` dependency of both POST routes: the body checked, its images decoded."""
     if request.query_params:
         name = next(iter(request.query_params))
         raise InvalidInputError.single("query", name, "send the parameters in the JSON body", "extra_forbidden")
-    model = validate_model_name(model_name)
     check_text_length("message", data.message, settings, source="body")
-    note_model(request, model)
     params = data.options(settings, caller)
     if len(data.images) > settings.max_images:
         raise too_many_images("body", "images", settings)
@@ -133,8 +111,7 @@ async def _posted(
         for index, text in enumerate(data.images)
     ]
     question = Question(data.message, images)
-    return Generation(request, upstream, settings=settings, params=params, caller=caller, model=model,
-                      question=question, **generation)  # fmt: skip
+    return Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
 
 
 @post(
@@ -147,21 +124,9 @@ async def _posted(
     tags=["generate"],
     opt={GENERATION_OPT: True},
 )
-async def generate_post(
-    request: Request[Any, Any, Any],
-    model_name: ModelName,
-    data: JSONBody[GenerationBody],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-) -> GenerateResponse:
+async def generate_post(posted_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
     """Return the model's whole answer with Ollama's stats."""
-    generation = await _posted(
-        request, model_name, data, upstream, settings, caller, sessions=sessions, admission=admission
-    )
-    return await whole_answer(generation)
+    return await whole_answer(posted_generation)
 
 
 @post(
@@ -174,18 +139,6 @@ async def generate_post(
     tags=["generate"],
     opt={GENERATION_OPT: True},
 )
-async def generate_stream_post(
-    request: Request[Any, Any, Any],
-    model_name: ModelName,
-    data: JSONBody[GenerationBody],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-) -> Stream:
+async def generate_stream_post(posted_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
-    generation = await _posted(
-        request, model_name, data, upstream, settings, caller, sessions=sessions, admission=admission
-    )
-    return await streamed_answer(generation)
+    return await streamed_answer(posted_generation)

@@ -16,10 +16,9 @@ from litestar.params import Parameter
 from minato import __version__
 from minato.disconnect import unless_disconnected
 from minato.errors import MinatoError, ModelNotFoundError
-from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES, note_model
-from minato.handlers.generate import ModelName
+from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
 from minato.handlers.models import pull_to_end
-from minato.params import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive, validate_model_name
+from minato.params import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive
 from minato.schemas import (
     DetailsView,
     LoadResult,
@@ -67,7 +66,7 @@ def _find(running: list[RunningModel], model: str) -> RunningModel | None:
 )
 async def load(
     request: Request[Any, Any, Any],
-    model_name: ModelName,
+    model: NamedDependency[str],
     upstream: NamedDependency[OllamaDependency],
     catalog: NamedDependency[ModelCatalog],
     settings: NamedDependency[Settings],
@@ -78,8 +77,6 @@ async def load(
     pull: Annotated[bool, Parameter(description="Pull the model first when it is not installed.")] = False,
 ) -> LoadResult:
     """Load a model and report its running status."""
-    model = validate_model_name(model_name)
-    note_model(request, model)
     alive = resolve_keep_alive(keep_alive, settings)
     if pull:
         try:
@@ -104,12 +101,8 @@ async def load(
     tags=["lifecycle"],
     opt={ADMIN: True},
 )
-async def unload(
-    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaDependency]
-) -> ModelAction:
+async def unload(model: NamedDependency[str], upstream: NamedDependency[OllamaDependency]) -> ModelAction:
     """Unload a model (idempotent)."""
-    model = validate_model_name(model_name)
-    note_model(request, model)
     await upstream.unload(model)
     return ModelAction(status="unloaded", model=model)
 
@@ -124,14 +117,9 @@ async def unload(
     opt={ADMIN: True},
 )
 async def delete_model(
-    request: Request[Any, Any, Any],
-    model_name: ModelName,
-    upstream: NamedDependency[OllamaDependency],
-    catalog: NamedDependency[ModelCatalog],
+    model: NamedDependency[str], upstream: NamedDependency[OllamaDependency], catalog: NamedDependency[ModelCatalog]
 ) -> ModelAction:
     """Delete an installed model (404 if there is none)."""
-    model = validate_model_name(model_name)
-    note_model(request, model)
     await upstream.delete(model)
     catalog.forget()
     return ModelAction(status="deleted", model=model)
@@ -157,12 +145,8 @@ async def running(upstream: NamedDependency[OllamaDependency]) -> RunningList:
     responses=UPSTREAM_RESPONSES,
     tags=["lifecycle"],
 )
-async def status(
-    request: Request[Any, Any, Any], model_name: ModelName, upstream: NamedDependency[OllamaDependency]
-) -> ModelStatus:
+async def status(model: NamedDependency[str], upstream: NamedDependency[OllamaDependency]) -> ModelStatus:
     """Report what Ollama knows about one model; an unknown model is reported as not installed."""
-    model = validate_model_name(model_name)
-    note_model(request, model)
     shown, ps, tags = await asyncio.gather(
         _show_if_installed(upstream, model), upstream.running(), upstream.list_models()
     )

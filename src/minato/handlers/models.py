@@ -16,15 +16,10 @@ from litestar.response import Stream
 
 from minato.disconnect import unless_disconnected
 from minato.errors import MinatoError
-from minato.handlers.common import (
-    ADMIN_RESPONSES,
-    UPSTREAM_RESPONSES,
-    note_model,
-)
-from minato.handlers.generate import ModelName
-from minato.params import validate_model_name
+from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary, families_of
 from minato.security import ADMIN
+from minato.streaming import STREAM_HEADERS, StreamFormat
 from minato.upstream import PullStream, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
 from minato.upstream.protocol import OllamaDependency
@@ -32,7 +27,7 @@ from minato.upstream.wire import PullProgress, TagModel
 
 logger = structlog.get_logger("minato.models")
 
-NDJSON: Final = "application/x-ndjson"
+NDJSON: Final = StreamFormat.NDJSON.value
 _encode: Final = msgspec.json.Encoder().encode
 BYTES_PER_MIB: Final = 1024 * 1024
 
@@ -86,21 +81,19 @@ async def pull_to_end(stream: PullStream) -> None:
 )
 async def install(
     request: Request[Any, Any, Any],
-    model_name: ModelName,
+    model: NamedDependency[str],
     upstream: NamedDependency[OllamaDependency],
     catalog: NamedDependency[ModelCatalog],
     stream: Annotated[bool, Parameter(description="Relay progress as NDJSON instead of waiting.")] = False,
 ) -> Response[InstallResponse] | Stream:
     """Pull a model, waiting for it or relaying progress."""
-    model = validate_model_name(model_name)
-    note_model(request, model)
     pull = await unless_disconnected(request, upstream.pull(model))
     catalog.forget()  # the model may be installed by the time anyone asks
     if stream or NDJSON in request.headers.get("accept", ""):
         return Stream(
             _relay_progress(pull, model),
             media_type=NDJSON,
-            headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+            headers=STREAM_HEADERS,
             background=BackgroundTask(pull.aclose),
         )
     await unless_disconnected(request, pull_to_end(pull))

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Final
 
 from litestar import Request, post
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import Parameter, SkipValidation
 from litestar.response import Stream
 
 from minato.backpressure import Admission
@@ -20,20 +20,15 @@ from minato.disconnect import unless_disconnected
 from minato.errors import CapabilityError, InvalidInputError, RequestTimeoutError
 from minato.fetch import ImageFetcher
 from minato.generation import Generation, Question, streamed_answer, whole_answer
-from minato.handlers.common import (
-    GENERATION_OPT,
-    GENERATION_RESPONSES,
-    note_model,
-)
-from minato.handlers.generate import STREAM_DESCRIPTION, ModelName
+from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES
+from minato.handlers.generate import STREAM_DESCRIPTION
 from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
-from minato.params import EXTRA_QUERY_OPT, GenerationOptions, check_text_length, validate_model_name
+from minato.params import EXTRA_QUERY_OPT, GenerationOptions, check_text_length
 from minato.rendering import error_spec
 from minato.schemas import GenerateResponse
 from minato.security import Caller
 from minato.sessions import SessionManager
 from minato.settings import Settings
-from minato.upstream import Ollama
 from minato.upstream.protocol import OllamaDependency
 
 VISION_DESCRIPTION: Final = (
@@ -89,20 +84,23 @@ async def _fetch_all(fetcher: ImageFetcher, links: list[tuple[str, str, int]]) -
     return [base64.b64encode(task.result()).decode("ascii") for task in tasks]
 
 
-def _vision_generation(
+async def provide_vision_generation(
     request: Request[Any, Any, Any],
-    model_name: str,
-    message: str | None,
-    image_url: list[str] | None,
-    upstream: Ollama,
-    fetcher: ImageFetcher,
-    settings: Settings,
-    capabilities: frozenset[str],
-    **generation: Any,
+    model: NamedDependency[str],
+    params: NamedDependency[GenerationOptions],
+    upstream: NamedDependency[OllamaDependency],
+    sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
+    fetcher: NamedDependency[ImageFetcher],
+    settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
+    message: OptionalMessage = None,
+    image_url: ImageUrls = None,
 ) -> Generation:
-    """Check what needs no body, and leave the body to be read once the generation holds its slot."""
-    model = validate_model_name(model_name)
-    note_model(request, model)
+    """The ``vision_generation`` dependency of both vision routes: what needs no body is checked, and
+    the body is left to be read once the generation holds its slot."""
+    # Checked before anything is read: a text-only model fails fast, whatever the upload's size.
+    capabilities = await upstream.capabilities(model)
     query_links = [link.strip() for link in image_url or []]
     if len(query_links) > settings.max_images:
         raise too_many_images("query", URL_FIELD, settings)
@@ -135,9 +133,7 @@ def _vision_generation(
         fetched = await unless_disconnected(request, _fetch_all(fetcher, links)) if links else []
         return Question(text, form.base64_images() + fetched)
 
-    return Generation(
-        request=request, upstream=upstream, settings=settings, model=model, question=read_question, **generation
-    )
+    return Generation(request, upstream, sessions, admission, settings, params, caller, model, read_question)
 
 
 @post(
@@ -150,27 +146,9 @@ def _vision_generation(
     tags=["vision"],
     opt=VISION_QUERY,
 )
-async def vision(
-    request: Request[Any, Any, Any],
-    model_name: ModelName,
-    params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    fetcher: NamedDependency[ImageFetcher],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-    message: OptionalMessage = None,
-    image_url: ImageUrls = None,
-) -> GenerateResponse:
+async def vision(vision_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
     """Return the model's whole answer about the images."""
-    # Checked before anything is read: a text-only model fails fast, whatever the upload's size.
-    capabilities = await upstream.capabilities(validate_model_name(model_name))
-    generation = _vision_generation(
-        request, model_name, message, image_url, upstream, fetcher, settings, capabilities,
-        sessions=sessions, admission=admission, params=params, caller=caller,
-    )  # fmt: skip
-    return await whole_answer(generation)
+    return await whole_answer(vision_generation)
 
 
 @post(
@@ -183,23 +161,6 @@ async def vision(
     tags=["vision"],
     opt=VISION_QUERY,
 )
-async def vision_stream(
-    request: Request[Any, Any, Any],
-    model_name: ModelName,
-    params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    fetcher: NamedDependency[ImageFetcher],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-    message: OptionalMessage = None,
-    image_url: ImageUrls = None,
-) -> Stream:
+async def vision_stream(vision_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
     """Relay the answer about the images token by token."""
-    capabilities = await upstream.capabilities(validate_model_name(model_name))
-    generation = _vision_generation(
-        request, model_name, message, image_url, upstream, fetcher, settings, capabilities,
-        sessions=sessions, admission=admission, params=params, caller=caller,
-    )  # fmt: skip
-    return await streamed_answer(generation)
+    return await streamed_answer(vision_generation)
