@@ -129,11 +129,10 @@ def _real_client(transport: httpx.AsyncBaseTransport | None) -> UpstreamFactory:
 
 
 def _cors(settings: Settings) -> CORSConfig | None:
-    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
-    if not origins:
+    if not settings.cors_origins:
         return None
     return CORSConfig(
-        allow_origins=origins,
+        allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
         expose_headers=["X-Request-ID", "Retry-After"],

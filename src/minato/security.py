@@ -13,6 +13,7 @@ import ipaddress
 import math
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -85,8 +86,8 @@ class Keyring:
     def from_settings(cls, settings: Settings) -> Keyring:
         """Read the keys from the settings and the keys file; raise :class:`SettingsError` on bad entries."""
         keyring = cls()
-        keyring._add(settings.api_keys.split(","), Role.USER, "MINATO_API_KEYS")
-        keyring._add(settings.admin_keys.split(","), Role.ADMIN, "MINATO_ADMIN_KEYS")
+        keyring._add(settings.api_keys, Role.USER, "MINATO_API_KEYS")
+        keyring._add(settings.admin_keys, Role.ADMIN, "MINATO_ADMIN_KEYS")
         if settings.api_keys_file:
             try:
                 lines = Path(settings.api_keys_file).read_text().splitlines()
@@ -95,7 +96,7 @@ class Keyring:
             keyring._add([line.split("#", 1)[0] for line in lines], Role.USER, "MINATO_API_KEYS_FILE")
         return keyring
 
-    def _add(self, entries: list[str], role: Role, variable: str) -> None:
+    def _add(self, entries: Iterable[str], role: Role, variable: str) -> None:
         for raw in entries:
             entry = raw.strip()
             if not entry:

@@ -139,7 +139,7 @@ async def test_an_injected_rate_limiter_is_the_one_the_guard_asks(settings: Sett
             return 42.0
 
     ollama.post("/api/chat").respond(200, json=chat_answer())
-    keyed = msgspec.structs.replace(settings, api_keys="k")
+    keyed = msgspec.structs.replace(settings, api_keys=("k",))
     app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), limiter=Refusing(1))
 
     async with AsyncTestClient(app=app) as client:
