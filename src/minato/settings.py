@@ -41,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """File with one user key per line (plain or ``sha256:<hex>``; ``#`` starts a comment)."""
     admin_keys: tuple[str, ...] = ()
     """Comma-separated admin keys: may also install, delete, load and unload models."""
+    keys_file: str = ""
+    """TOML file of named keys, each with its role, the models it may use, and its own request rate and
+    daily token quota."""
     auth: Literal["auto", "disabled"] = "auto"
     """Without any key configured, ``auto`` serves only on a loopback address and refuses to start on
     any other; ``disabled`` serves keyless on any address (only behind something that authenticates,

@@ -183,7 +183,7 @@ async def test_the_rate_limiter_fails_closed(
 ) -> None:
     route = ollama.get("/api/tags").respond(200, json=TAGS)
 
-    def broken(self: RateLimiter, key: str) -> float:
+    def broken(self: RateLimiter, key: str, per_minute: int) -> float:
         raise RuntimeError("limiter store unreachable")
 
     monkeypatch.setattr(RateLimiter, "check", broken)
