@@ -26,7 +26,9 @@ T = TypeVar("T")
 UPSTREAM_RESPONSES: Final[dict[int, ResponseSpec]] = {
     401: error_spec("No valid API key (when keys are configured); see `WWW-Authenticate`."),
     422: VALIDATION_RESPONSE,
-    429: error_spec("This key sent more requests per minute than allowed; see `Retry-After`."),
+    429: error_spec(
+        "This key sent more requests per minute than allowed, or used up its daily token quota; see `Retry-After`."
+    ),
     502: error_spec("Ollama failed in another way; `detail` carries Ollama's message."),
     503: error_spec("Ollama is unreachable (the detail names its URL) or busy (with `Retry-After`)."),
     504: error_spec("Ollama did not answer in time."),
