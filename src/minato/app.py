@@ -23,6 +23,7 @@ from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.params import provide_generation_options
+from minato.quota import Quota, TokenQuota
 from minato.rendering import EXCEPTION_HANDLERS
 from minato.runtime import RuntimeSlot, UpstreamFactory, attach, started
 from minato.security import PUBLIC, Keyring, RateLimiter, make_caller_provider, make_guard
@@ -44,6 +45,7 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     upstream: UpstreamFactory | None = None,
     limiter: RateLimiter | None = None,
+    quota: Quota | None = None,
     configure_logs: bool | None = None,
 ) -> Litestar:
     """Build Minato.
@@ -52,7 +54,8 @@ def create_app(
         settings: Service configuration; read from the environment when omitted.
         transport: httpx transport for the calls to Ollama (tests pass a mock router's).
         upstream: Builds the interface to Ollama instead of the real client (a test's fake).
-        limiter: The rate limiter instead of the in-process one ``MINATO_RATE_LIMIT_PER_MINUTE`` builds.
+        limiter: The rate limiter instead of the in-process one (asked for keys with a request rate).
+        quota: The token quota instead of the in-process one (asked for keys with ``tokens_per_day``).
         configure_logs: Configure structlog and stdlib logging; by default only when the
             settings come from the environment (a served process), not when a test passes them.
     """
@@ -70,14 +73,14 @@ def create_app(
         settings.queue_timeout,
         metrics,
     )
-    if limiter is None and settings.rate_limit_per_minute:
-        limiter = RateLimiter(settings.rate_limit_per_minute)
+    limiter = limiter if limiter is not None else RateLimiter()
+    quota = quota if quota is not None else TokenQuota()
     build = upstream if upstream is not None else _real_client(transport)
     slot = RuntimeSlot()
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        async with started(settings, metrics, admission, limiter, build) as runtime, slot.holding(runtime):
+        async with started(settings, metrics, admission, limiter, quota, build) as runtime, slot.holding(runtime):
             yield
 
     app = Litestar(
@@ -93,7 +96,7 @@ def create_app(
         },
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=before_handler,
-        guards=[make_guard(settings, keyring, limiter)] if keyring.enabled else [],
+        guards=[make_guard(settings, keyring, limiter, quota)] if keyring.enabled else [],
         cors_config=_cors(settings),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -119,7 +122,9 @@ def create_app(
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that
     # fail after their first byte are logged with the status the client actually got.
     attach(app, slot)
-    app.asgi_handler = RequestLogMiddleware(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), metrics)
+    app.asgi_handler = RequestLogMiddleware(
+        QueryLengthLimit(app.asgi_handler, settings.max_query_chars), metrics, quota
+    )
     return app
 
 
@@ -131,11 +136,10 @@ def _real_client(transport: httpx.AsyncBaseTransport | None) -> UpstreamFactory:
 
 
 def _cors(settings: Settings) -> CORSConfig | None:
-    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
-    if not origins:
+    if not settings.cors_origins:
         return None
     return CORSConfig(
-        allow_origins=origins,
+        allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
         expose_headers=["X-Request-ID", "Retry-After"],

@@ -102,9 +102,7 @@ class ImageFetcher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.allowed_hosts = frozenset(
-            _normal_host(host) for host in settings.image_fetch_allow.split(",") if host.strip()
-        )
+        self.allowed_hosts = frozenset(_normal_host(host) for host in settings.image_fetch_allow)
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:

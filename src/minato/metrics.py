@@ -22,6 +22,8 @@ RATE_BUCKETS: Final = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 500, 1000)
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 #: Methods that get a label of their own; anything else a client invents is ``other``.
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+#: The ``key`` label of requests without a key (a keyless deployment).
+ANONYMOUS_KEY: Final = "anonymous"
 
 
 def _unlabelled(model: str | None) -> str:
@@ -56,6 +58,12 @@ class Metrics:
         self.tokens = Counter(
             "minato_tokens_generated", "Tokens generated (Ollama's eval_count).", ["model"], registry=r
         )
+        self.key_tokens = Counter(
+            "minato_key_tokens_generated",
+            "Tokens generated (Ollama's eval_count), by model and by the key's name.",
+            ["model", "key"],
+            registry=r,
+        )
         self.tokens_per_second = Histogram(
             "minato_tokens_per_second",
             "Generation speed reported by Ollama.",
@@ -82,6 +90,9 @@ class Metrics:
             self.first_token.labels(model).observe(record.first_token)
         if record.tokens:
             self.tokens.labels(model).inc(record.tokens)
+            # Names and fingerprints of configured keys only: a bounded set.
+            key = record.caller.name if record.caller is not None else ANONYMOUS_KEY
+            self.key_tokens.labels(model, key).inc(record.tokens)
         if record.tokens_per_second:
             self.tokens_per_second.labels(model).observe(record.tokens_per_second)
         if record.upstream_error is not None:

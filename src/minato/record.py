@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from litestar.types import Scope
+
+if TYPE_CHECKING:
+    from minato.security import Caller
 
 RECORD_KEY: Final = "minato.record"
 
@@ -14,6 +17,7 @@ class RequestRecord:
     """Facts a handler adds to its request's log line (and, from there, to the metrics)."""
 
     __slots__ = (
+        "caller",
         "client_gone",
         "first_token",
         "model",
@@ -29,6 +33,8 @@ class RequestRecord:
         self.request_id = request_id
         self.started = started
         self.model: str | None = None
+        self.caller: Caller | None = None
+        """Whose key the request carried (none without keys); its name labels the token metrics."""
         self.tokens: int | None = None
         self.tokens_per_second: float | None = None
         self.first_token: float | None = None

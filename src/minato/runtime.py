@@ -19,6 +19,7 @@ from minato.backpressure import Admission
 from minato.fetch import ImageFetcher
 from minato.metrics import Metrics
 from minato.probe import OllamaProbe
+from minato.quota import Quota
 from minato.security import RateLimiter
 from minato.sessions import SessionManager, open_store
 from minato.settings import Settings
@@ -36,7 +37,8 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     admission: Admission
-    limiter: RateLimiter | None
+    limiter: RateLimiter
+    quota: Quota
     upstream: Ollama
     catalog: ModelCatalog
     sessions: SessionManager
@@ -84,7 +86,8 @@ async def started(
     settings: Settings,
     metrics: Metrics,
     admission: Admission,
-    limiter: RateLimiter | None,
+    limiter: RateLimiter,
+    quota: Quota,
     upstream_factory: UpstreamFactory,
 ) -> AsyncIterator[Runtime]:
     """Open every resource of a runtime; close them in reverse order when the block ends."""
@@ -106,6 +109,7 @@ async def started(
             metrics=metrics,
             admission=admission,
             limiter=limiter,
+            quota=quota,
             upstream=upstream,
             catalog=catalog,
             sessions=sessions,

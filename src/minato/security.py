@@ -1,31 +1,40 @@
-"""Who may call Minato: API keys with two roles, per-key rate limits, and the safe-by-default rule.
+"""Who may call Minato: API keys with two roles, model scopes, per-key rate limits and token quotas,
+and the safe-by-default rule.
 
 Keys are kept only as SHA-256 digests and compared in constant time against every configured key;
-logs carry a short fingerprint of the digest, never a key.
+logs and metrics carry the key's name (from the keys file) or a short fingerprint of its digest,
+never a key.
 """
 
 from __future__ import annotations
 
 import enum
-import fnmatch
 import hashlib
 import hmac
 import ipaddress
 import math
-import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Scope
 
 from minato.errors import SettingsError
+from minato.keys import KEYS_FILE_VARIABLE, digest_of, read_keys_file
+from minato.record import record_of
 from minato.settings import Settings
+from minato.upstream.names import canonical_model_name
+
+if TYPE_CHECKING:
+    from minato.quota import Quota
 
 logger = structlog.get_logger("minato.security")
 
@@ -38,7 +47,6 @@ PROBE: Final = "probe"
 #: Where the guard leaves the identified caller in the ASGI scope's state.
 CALLER_STATE_KEY: Final = "minato.caller"
 WWW_AUTHENTICATE: Final = 'Key realm="minato", Bearer realm="minato"'
-_HASHED: Final = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _SCHEMES: Final = ("key", "bearer")
 
 
@@ -49,18 +57,24 @@ class Role(enum.IntEnum):
     ADMIN = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated caller.
+    """An authenticated caller, with what its key may do.
 
-    ``fingerprint`` names the key (12 hex digits of its digest) in logs and owns its conversations;
-    it is empty for the anonymous caller of a keyless deployment.
+    ``fingerprint`` (12 hex digits of the key's digest) owns its conversations; it is empty for the
+    anonymous caller of a keyless deployment. ``name`` labels its log lines and metrics: the name a
+    keys file gives it, else the fingerprint.
     """
 
     fingerprint: str
     role: Role
+    name: str
     models: tuple[str, ...] | None = None
     """Glob patterns on canonical model names the key may use; ``None``: every model."""
+    requests_per_minute: int = 0
+    """0: no limit."""
+    tokens_per_day: int = 0
+    """Generated tokens per rolling 24 h; 0: no quota."""
 
     @property
     def is_admin(self) -> bool:
@@ -68,76 +82,101 @@ class Caller:
         return self.role >= Role.ADMIN
 
     def allows(self, model: str) -> bool:
-        """Whether the key may use ``model`` (a canonical name)."""
-        return self.models is None or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+        """Whether the key may use ``model`` (any spelling: it is matched by its canonical name)."""
+        if self.models is None:
+            return True
+        canonical = canonical_model_name(model)
+        return any(fnmatchcase(canonical, pattern) for pattern in self.models)
 
 
 #: Everyone, in a deployment without keys: as today, free to do anything (such a deployment is only
 #: served on loopback, or behind something that authenticates).
-ANONYMOUS: Final = Caller(fingerprint="", role=Role.ADMIN)
+ANONYMOUS: Final = Caller(fingerprint="", role=Role.ADMIN, name="anonymous")
 
 
 @dataclass
 class Keyring:
-    """The configured keys, as digests."""
+    """The configured keys, as digests, each with the caller it identifies."""
 
-    digests: list[tuple[bytes, Role]] = field(default_factory=list)
+    callers: list[tuple[bytes, Caller]] = field(default_factory=list)
 
     @property
     def enabled(self) -> bool:
         """Whether any key is configured (and so every request needs one)."""
-        return bool(self.digests)
+        return bool(self.callers)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keyring:
-        """Read the keys from the settings and the keys file; raise :class:`SettingsError` on bad entries."""
+        """Read the keys from the settings and the keys files; raise :class:`SettingsError` on bad entries."""
         keyring = cls()
-        keyring._add(settings.api_keys.split(","), Role.USER, "MINATO_API_KEYS")
-        keyring._add(settings.admin_keys.split(","), Role.ADMIN, "MINATO_ADMIN_KEYS")
+        rate = settings.rate_limit_per_minute
+        keyring._add(settings.api_keys, Role.USER, "MINATO_API_KEYS", rate)
+        keyring._add(settings.admin_keys, Role.ADMIN, "MINATO_ADMIN_KEYS", rate)
         if settings.api_keys_file:
             try:
                 lines = Path(settings.api_keys_file).read_text().splitlines()
             except OSError as exc:
                 raise SettingsError(f"MINATO_API_KEYS_FILE: cannot read {settings.api_keys_file}: {exc}") from None
-            keyring._add([line.split("#", 1)[0] for line in lines], Role.USER, "MINATO_API_KEYS_FILE")
+            keyring._add([line.split("#", 1)[0] for line in lines], Role.USER, "MINATO_API_KEYS_FILE", rate)
+        if settings.keys_file:
+            unnamed = {digest for digest, _ in keyring.callers}
+            for named in read_keys_file(settings.keys_file):
+                if named.digest in unnamed:  # which scope and limits would apply is anyone's guess
+                    raise SettingsError(
+                        f"{KEYS_FILE_VARIABLE}: keys.{named.name}.key: also configured without a name "
+                        "(MINATO_API_KEYS, MINATO_ADMIN_KEYS or MINATO_API_KEYS_FILE)"
+                    )
+                caller = Caller(
+                    fingerprint=named.digest.hex()[:12],
+                    role=Role.ADMIN if named.admin else Role.USER,
+                    name=named.name,
+                    models=named.models,
+                    requests_per_minute=rate if named.requests_per_minute is None else named.requests_per_minute,
+                    tokens_per_day=named.tokens_per_day,
+                )
+                keyring.callers.append((named.digest, caller))
         return keyring
 
-    def _add(self, entries: list[str], role: Role, variable: str) -> None:
+    def _add(self, entries: Iterable[str], role: Role, variable: str, requests_per_minute: int) -> None:
         for raw in entries:
             entry = raw.strip()
             if not entry:
                 continue
-            if entry.startswith("sha256:"):
-                hashed = _HASHED.fullmatch(entry)
-                if hashed is None:
-                    raise SettingsError(f"{variable}: 'sha256:' must be followed by 64 hex digits")
-                self.digests.append((bytes.fromhex(hashed[1]), role))
-            else:
-                self.digests.append((hashlib.sha256(entry.encode()).digest(), role))
+            try:
+                digest = digest_of(entry)
+            except ValueError as exc:
+                raise SettingsError(f"{variable}: {exc}") from None
+            fingerprint = digest.hex()[:12]
+            caller = Caller(
+                fingerprint=fingerprint, role=role, name=fingerprint, requests_per_minute=requests_per_minute
+            )
+            self.callers.append((digest, caller))
 
     def identify(self, presented: str) -> Caller | None:
-        """Return the caller owning ``presented``, checking every key so timing reveals nothing."""
+        """Return the caller owning ``presented``, checking every key so timing reveals nothing.
+
+        A key given both as a user and as an admin key is an admin key.
+        """
         digest = hashlib.sha256(presented.encode()).digest()
-        found: Role | None = None
-        for known, role in self.digests:
-            if hmac.compare_digest(known, digest) and (found is None or role > found):
-                found = role
-        return None if found is None else Caller(fingerprint=digest.hex()[:12], role=found)
+        found: Caller | None = None
+        for known, caller in self.callers:
+            if hmac.compare_digest(known, digest) and (found is None or caller.role > found.role):
+                found = caller
+        return found
 
 
 class RateLimiter:
-    """A token bucket per key: ``per_minute`` requests, refilled continuously."""
+    """A token bucket per key, refilled continuously at the rate each check names."""
 
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
+    def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def check(self, key: str) -> float:
-        """Take one request from ``key``'s bucket; return 0, or the seconds to wait when it is empty."""
+    def check(self, key: str, per_minute: int) -> float:
+        """Take one request from ``key``'s bucket (``per_minute`` deep); return 0, or the seconds to wait."""
         now = time.monotonic()
-        rate = self.per_minute / 60.0
-        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - last) * rate)
+        rate = per_minute / 60.0
+        tokens, last = self._buckets.get(key, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + (now - last) * rate)
         if tokens >= 1.0:
             self._buckets[key] = (tokens - 1.0, now)
             return 0.0
@@ -157,8 +196,8 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return connection.headers.get("x-api-key") or None
 
 
-def make_guard(settings: Settings, keyring: Keyring, limiter: RateLimiter | None) -> Any:
-    """Build the guard every route runs before its handler (``limiter``: none means no rate limit)."""
+def make_guard(settings: Settings, keyring: Keyring, limiter: RateLimiter, quota: Quota) -> Any:
+    """Build the guard every route runs before its handler: the key, its role, its rate and its token quota."""
     required = keyring.enabled  # configured keys are always enforced; MINATO_AUTH only governs having none
 
     # Async on purpose: Litestar runs a sync guard in a worker thread, once per request.
@@ -175,23 +214,48 @@ def make_guard(settings: Settings, keyring: Keyring, limiter: RateLimiter | None
                 else "the API key is not valid",
                 headers={"WWW-Authenticate": WWW_AUTHENTICATE},
             )
-        structlog.contextvars.bind_contextvars(key=caller.fingerprint)
+        structlog.contextvars.bind_contextvars(key=caller.name)
         connection.scope["state"][CALLER_STATE_KEY] = caller
+        record = record_of(connection.scope)
+        if record is not None:
+            record.caller = caller
         if opt.get(ADMIN) and caller.role < Role.ADMIN:
             raise PermissionDeniedException("this route needs an admin key")
-        if limiter is not None:
+        if caller.requests_per_minute:
             try:
-                wait = limiter.check(caller.fingerprint)
+                wait = limiter.check(caller.fingerprint, caller.requests_per_minute)
             except Exception:  # the limiter fails closed: no answer is a refusal
                 logger.exception("rate_limiter_failed")
                 wait = 60.0
             if wait:
                 raise TooManyRequestsException(
-                    f"more than {settings.rate_limit_per_minute} requests per minute for this key",
-                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                    f"more than {caller.requests_per_minute} requests per minute for this key",
+                    headers={"Retry-After": _seconds(wait)},
+                )
+        if caller.tokens_per_day:
+            try:
+                wait = await quota.check(caller)
+            except Exception:  # as the limiter: no answer is a refusal
+                logger.exception("token_quota_failed")
+                wait = 60.0
+            if wait:
+                raise TooManyRequestsException(
+                    f"this key's quota of {caller.tokens_per_day} generated tokens per day (a rolling 24 h "
+                    "window) is used up",
+                    headers={"Retry-After": _seconds(wait)},
                 )
 
     return guard
+
+
+def _seconds(wait: float) -> str:
+    return str(max(1, math.ceil(wait)))
+
+
+def caller_of(scope: Scope) -> Caller | None:
+    """The caller the guard identified for the request in ``scope`` (none on a keyless deployment)."""
+    caller: Caller | None = scope.get("state", {}).get(CALLER_STATE_KEY)
+    return caller
 
 
 def make_caller_provider(keyring: Keyring) -> Any:
@@ -242,6 +306,7 @@ __all__ = [
     "Keyring",
     "RateLimiter",
     "Role",
+    "caller_of",
     "make_caller_provider",
     "make_guard",
     "presented_key",

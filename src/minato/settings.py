@@ -41,12 +41,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     e.g. ``{"Authorization": "Bearer <token>"}``; the client's own keys never reach Ollama."""
     allow_cloud: bool = False
     """Let keys use Ollama's cloud models (``:cloud``/``-cloud``) and, with an admin key, its account routes."""
-    api_keys: str = ""
+    api_keys: tuple[str, ...] = ()
     """Comma-separated user keys (plain, or ``sha256:<hex>`` of the key). Users may generate and read."""
     api_keys_file: str = ""
     """File with one user key per line (plain or ``sha256:<hex>``; ``#`` starts a comment)."""
-    admin_keys: str = ""
+    admin_keys: tuple[str, ...] = ()
     """Comma-separated admin keys: may also install, delete, load and unload models."""
+    keys_file: str = ""
+    """TOML file of named keys, each with its role, the models it may use, and its own request rate and
+    daily token quota."""
     auth: Literal["auto", "disabled"] = "auto"
     """Without any key configured, ``auto`` serves only on a loopback address and refuses to start on
     any other; ``disabled`` serves keyless on any address (only behind something that authenticates,
@@ -55,7 +58,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Serve ``/ready`` and ``/metrics`` without a key (``/health`` never needs one)."""
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Requests per minute allowed per key (0: no limit); beyond it 429 with ``Retry-After``."""
-    cors_origins: str = ""
+    cors_origins: tuple[str, ...] = ()
     """Comma-separated origins allowed to call Minato from a browser (``*`` for any); empty: CORS off."""
     max_generations: PositiveInt = 1024
     """Generations (answers and streams) running at once; more wait in the queue."""
@@ -100,7 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     read only then, so queued uploads wait outside Minato's memory); beyond it 408."""
     image_fetch_timeout: PositiveFloat = 10.0
     """Seconds to download one ``image_url`` (connect, redirects and body together)."""
-    image_fetch_allow: str = ""
+    image_fetch_allow: tuple[str, ...] = ()
     """Comma-separated host names ``image_url`` may fetch from even when they resolve to private or
     loopback addresses (e.g. an internal image store); all other non-public addresses are refused."""
     image_fetch_max_redirects: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
@@ -152,6 +155,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 suggestion = f" (did you mean {hint[0]}?)" if hint else ""
                 raise SettingsError(f"{key} is not a Minato setting{suggestion}")
             raw[known[key]] = value.strip()
+        lists = {name: comma_separated(raw[name]) for name in _LIST_FIELDS if name in raw}
         if "default_options" in raw:
             try:
                 raw["default_options"] = msgspec.json.decode(raw["default_options"] or "{}")
@@ -165,7 +169,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         else:
             source_of_url = f"{PREFIX}OLLAMA_URL"
         try:
-            settings = msgspec.convert(raw, type=cls, strict=False)
+            settings = msgspec.convert({**raw, **lists}, type=cls, strict=False)
         except msgspec.ValidationError as exc:
             raise SettingsError(_name_the_variable(str(exc))) from None
         try:
@@ -179,6 +183,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             default_keep_alive=_checked_keep_alive(settings.default_keep_alive),
             user_max_keep_alive=_checked_user_keep_alive(settings.user_max_keep_alive),
         )
+
+
+#: Settings holding several values, written ``a,b,c`` in the environment.
+_LIST_FIELDS: Final = frozenset(
+    field.name for field in msgspec.structs.fields(Settings) if field.type == tuple[str, ...]
+)
+
+
+def comma_separated(value: str) -> tuple[str, ...]:
+    """Split ``"a, b,,c"`` into ``("a", "b", "c")``: items trimmed, empty ones dropped."""
+    return tuple(item for item in (part.strip() for part in value.split(",")) if item)
 
 
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

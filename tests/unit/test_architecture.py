@@ -142,12 +142,12 @@ async def test_the_runtime_is_torn_down_once_even_when_a_later_part_fails(settin
 
 async def test_an_injected_rate_limiter_is_the_one_the_guard_asks(settings: Settings, ollama: respx.MockRouter) -> None:
     class Refusing(RateLimiter):
-        def check(self, key: str) -> float:
+        def check(self, key: str, per_minute: int) -> float:
             return 42.0
 
     ollama.post("/api/chat").respond(200, json=chat_answer())
-    keyed = msgspec.structs.replace(settings, api_keys="k")
-    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), limiter=Refusing(1))
+    keyed = msgspec.structs.replace(settings, api_keys=("k",), rate_limit_per_minute=1000)
+    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), limiter=Refusing())
 
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "k"})
@@ -288,7 +288,7 @@ def test_only_the_renderer_knows_the_error_body_shape() -> None:
 
 
 async def test_one_provider_per_runtime_field(app: Litestar) -> None:
-    for name in ("settings", "metrics", "admission", "limiter", "upstream", "catalog", "sessions", "fetcher"):
+    for name in ("settings", "metrics", "admission", "limiter", "quota", "upstream", "catalog", "sessions", "fetcher"):
         assert name in app.dependencies
 
 

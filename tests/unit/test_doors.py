@@ -31,7 +31,7 @@ CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def _client(settings: Settings, ollama: respx.MockRouter, **changes: Any) -> AsyncIterator[Client]:
-    configured = msgspec.structs.replace(settings, api_keys=USER, admin_keys=ADMIN, **changes)
+    configured = msgspec.structs.replace(settings, api_keys=(USER,), admin_keys=(ADMIN,), **changes)
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:
         yield client
@@ -462,7 +462,7 @@ async def test_a_door_generation_needs_a_slot_and_a_full_queue_is_a_503_in_the_d
     settings: Settings, ollama: respx.MockRouter, path: str
 ) -> None:
     route = ollama.post(path).respond(200, json={})
-    configured = msgspec.structs.replace(settings, api_keys=USER, max_generations=1, max_queue=0)
+    configured = msgspec.structs.replace(settings, api_keys=(USER,), max_generations=1, max_queue=0)
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:
         busy = app.state.runtime_slot.runtime.admission.try_acquire("llama3.2:latest")

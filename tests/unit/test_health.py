@@ -104,7 +104,9 @@ async def test_head_ready_answers_like_get_without_a_body(
 
 async def test_head_probes_keep_their_guards(ollama: respx.MockRouter) -> None:
     ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
-    settings = Settings(ollama_url=OLLAMA_URL, api_keys="user-key", session_store="memory://", ollama_probe_interval=0)
+    settings = Settings(
+        ollama_url=OLLAMA_URL, api_keys=("user-key",), session_store="memory://", ollama_probe_interval=0
+    )
 
     async with AsyncTestClient(app=create_app(settings, transport=httpx.MockTransport(ollama.async_handler))) as c:
         health = await c.head("/health")

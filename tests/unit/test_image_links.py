@@ -181,7 +181,7 @@ async def _start_image_server() -> tuple[ImageServer, web.AppRunner]:
 @pytest.fixture(name="settings")
 def fx_settings(settings: Settings) -> Settings:
     """The suite's settings, with ``localhost`` (the test image server) allowed and a short timeout."""
-    return msgspec.structs.replace(settings, image_fetch_allow="localhost", image_fetch_timeout=1.0)
+    return msgspec.structs.replace(settings, image_fetch_allow=("localhost",), image_fetch_timeout=1.0)
 
 
 @pytest.fixture(name="chat")
@@ -194,7 +194,7 @@ def fx_chat(ollama: respx.MockRouter) -> respx.Route:
 @pytest.fixture(name="strict_client")
 async def fx_strict_client(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
     """Minato with an empty allow-list: only public addresses may be fetched."""
-    strict = msgspec.structs.replace(settings, image_fetch_allow="")
+    strict = msgspec.structs.replace(settings, image_fetch_allow=())
     app = create_app(strict, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:
         yield client
@@ -393,7 +393,7 @@ async def test_the_connection_goes_to_the_checked_address_without_a_second_looku
     # "images.internal" exists only in the fake table, so the fetch can only succeed by connecting
     # to the address the check saw.
     fake_dns["images.internal"] = ["127.0.0.1"]
-    allowed = msgspec.structs.replace(settings, image_fetch_allow="Images.Internal")
+    allowed = msgspec.structs.replace(settings, image_fetch_allow=("Images.Internal",))
     app = create_app(allowed, transport=httpx.MockTransport(ollama.async_handler))
 
     async with AsyncTestClient(app=app) as client:

@@ -35,7 +35,7 @@ ADMIN = "admin-key-456"
 @pytest.fixture(name="secured")
 async def fx_secured(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
     """Minato with one user key and one admin key."""
-    configured = msgspec.structs.replace(settings, api_keys=USER, admin_keys=ADMIN)
+    configured = msgspec.structs.replace(settings, api_keys=(USER,), admin_keys=(ADMIN,))
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:
         yield client
@@ -119,7 +119,7 @@ async def test_health_and_docs_need_no_key_but_ready_and_metrics_do(secured: Cli
 
 async def test_open_probes_serve_ready_and_metrics_without_a_key(settings: Settings, ollama: respx.MockRouter) -> None:
     ollama.get("/api/version").respond(200, json={"version": "1"})
-    configured = msgspec.structs.replace(settings, api_keys=USER, open_probes=True)
+    configured = msgspec.structs.replace(settings, api_keys=(USER,), open_probes=True)
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:
         assert (await client.get("/ready")).status_code == 200
@@ -152,8 +152,8 @@ def test_keys_may_be_given_hashed_and_in_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("settings", "variable"),
     [
-        (Settings(api_keys="sha256:nothex"), "MINATO_API_KEYS"),
-        (Settings(admin_keys="sha256:" + "a" * 63), "MINATO_ADMIN_KEYS"),
+        (Settings(api_keys=("sha256:nothex",)), "MINATO_API_KEYS"),
+        (Settings(admin_keys=("sha256:" + "a" * 63,)), "MINATO_ADMIN_KEYS"),
         (Settings(api_keys_file="/nonexistent/keys"), "MINATO_API_KEYS_FILE"),
     ],
 )
@@ -166,7 +166,7 @@ async def test_a_key_over_its_rate_limit_gets_a_429_with_retry_after(
     settings: Settings, ollama: respx.MockRouter
 ) -> None:
     ollama.get("/api/tags").respond(200, json=TAGS)
-    configured = msgspec.structs.replace(settings, api_keys=f"{USER},other", rate_limit_per_minute=2)
+    configured = msgspec.structs.replace(settings, api_keys=(USER, "other"), rate_limit_per_minute=2)
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:
         statuses = [(await client.get("/models_list/", headers={"X-API-Key": USER})).status_code for _ in range(3)]
@@ -183,11 +183,11 @@ async def test_the_rate_limiter_fails_closed(
 ) -> None:
     route = ollama.get("/api/tags").respond(200, json=TAGS)
 
-    def broken(self: RateLimiter, key: str) -> float:
+    def broken(self: RateLimiter, key: str, per_minute: int) -> float:
         raise RuntimeError("limiter store unreachable")
 
     monkeypatch.setattr(RateLimiter, "check", broken)
-    configured = msgspec.structs.replace(settings, api_keys=USER, rate_limit_per_minute=100)
+    configured = msgspec.structs.replace(settings, api_keys=(USER,), rate_limit_per_minute=100)
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/models_list/", headers={"X-API-Key": USER})
@@ -199,7 +199,7 @@ async def test_the_rate_limiter_fails_closed(
 async def test_cors_answers_preflights_only_for_configured_origins(
     settings: Settings, ollama: respx.MockRouter
 ) -> None:
-    configured = msgspec.structs.replace(settings, cors_origins="https://app.example")
+    configured = msgspec.structs.replace(settings, cors_origins=("https://app.example",))
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     preflight = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
     async with AsyncTestClient(app=app) as client:
@@ -309,7 +309,7 @@ async def test_generations_give_their_slot_back_when_they_end(settings: Settings
         ("::1", Settings(), False),
         ("0.0.0.0", Settings(), True),
         ("192.168.1.5", Settings(), True),
-        ("0.0.0.0", Settings(api_keys="k"), False),
+        ("0.0.0.0", Settings(api_keys=("k",)), False),
         ("0.0.0.0", Settings(auth="disabled"), False),
     ],
 )
@@ -360,7 +360,7 @@ def _public_paths(app: Litestar) -> list[str]:
 
 async def test_the_exempt_routes_are_exactly_health_and_the_docs(settings: Settings, ollama: respx.MockRouter) -> None:
     app = create_app(
-        msgspec.structs.replace(settings, api_keys=USER), transport=httpx.MockTransport(ollama.async_handler)
+        msgspec.structs.replace(settings, api_keys=(USER,)), transport=httpx.MockTransport(ollama.async_handler)
     )
 
     assert _public_paths(app) == [
@@ -453,7 +453,7 @@ async def test_an_admin_key_may_unload_pin_or_keep_a_model_for_long(
 
 async def test_the_user_keep_alive_limit_is_a_setting(settings: Settings, ollama: respx.MockRouter) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
-    configured = msgspec.structs.replace(settings, api_keys=USER, user_max_keep_alive="10m")
+    configured = msgspec.structs.replace(settings, api_keys=(USER,), user_max_keep_alive="10m")
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
 
     async with AsyncTestClient(app=app) as client:
@@ -506,7 +506,7 @@ async def test_an_admin_key_may_ask_for_any_num_ctx(secured: Client, ollama: res
 async def test_the_user_num_ctx_cap_can_be_set_by_the_operator(settings: Settings, ollama: respx.MockRouter) -> None:
     show_route = ollama.post("/api/show").respond(200, json=show(["completion"]))
     ollama.post("/api/chat").respond(200, json=chat_answer())
-    configured = msgspec.structs.replace(settings, api_keys=USER, user_max_num_ctx=4096)
+    configured = msgspec.structs.replace(settings, api_keys=(USER,), user_max_num_ctx=4096)
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
 
     async with AsyncTestClient(app=app) as client:

@@ -38,7 +38,7 @@ FP_1, FP_2, FP_ADMIN = _fingerprint("user-1"), _fingerprint("user-2"), _fingerpr
 @pytest.fixture(name="keyed")
 async def fx_keyed(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
     """Minato with two user keys and one admin key."""
-    configured = msgspec.structs.replace(settings, api_keys="user-1,user-2", admin_keys="admin-1")
+    configured = msgspec.structs.replace(settings, api_keys=("user-1", "user-2"), admin_keys=("admin-1",))
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:
         yield client
@@ -218,7 +218,9 @@ async def test_conversations_from_before_keys_are_seen_by_admins_only(
     await store.set_system_prompt("", "old", "From before keys.", now=time.time())
     await store.set_system_prompt(FP_ADMIN, "old", "The admin's own.", now=time.time())
     await store.close()
-    configured = msgspec.structs.replace(settings, session_store=str(path), api_keys="user-1", admin_keys="admin-1")
+    configured = msgspec.structs.replace(
+        settings, session_store=str(path), api_keys=("user-1",), admin_keys=("admin-1",)
+    )
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:
         by_user = await client.get("/chat/old", headers=USER_1)

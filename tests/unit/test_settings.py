@@ -54,6 +54,18 @@ def test_minato_variables_are_converted_from_text() -> None:
     assert settings.host == "0.0.0.0"
 
 
+@pytest.mark.parametrize("field", ["api_keys", "admin_keys", "cors_origins", "image_fetch_allow"])
+def test_list_settings_are_split_once_trimmed_and_without_empty_items(field: str) -> None:
+    settings = Settings.from_env({f"MINATO_{field.upper()}": " a, b ,,c, "})
+
+    assert getattr(settings, field) == ("a", "b", "c")
+
+
+@pytest.mark.parametrize("value", ["", " ", ",", " , ,"])
+def test_an_empty_list_setting_is_an_empty_tuple(value: str) -> None:
+    assert Settings.from_env({"MINATO_API_KEYS": value}).api_keys == ()
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [

@@ -199,7 +199,7 @@ async def test_a_foreign_last_event_id_does_not_stop_a_stream(client: Client, ol
 
 async def test_a_reconnect_still_needs_a_key(ollama: respx.MockRouter, settings: Settings) -> None:
     app = create_app(
-        msgspec.structs.replace(settings, api_keys="k"), transport=httpx.MockTransport(ollama.async_handler)
+        msgspec.structs.replace(settings, api_keys=("k",)), transport=httpx.MockTransport(ollama.async_handler)
     )
     async with AsyncTestClient(app=app) as client:
         response = await client.get(

@@ -10,12 +10,13 @@ from litestar import Request, Response
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
-from minato.errors import ModelNotFoundError
+from minato.errors import ForbiddenError, ModelNotFoundError
 from minato.params import validate_model_name
 from minato.query import reject_repeated_parameters
 from minato.record import RequestRecord, record_of
 from minato.rendering import VALIDATION_RESPONSE, error_spec
 from minato.runtime import runtime_of
+from minato.security import Caller, caller_of
 from minato.streaming import is_minato_event_id
 
 T = TypeVar("T")
@@ -24,7 +25,9 @@ T = TypeVar("T")
 UPSTREAM_RESPONSES: Final[dict[int, ResponseSpec]] = {
     401: error_spec("No valid API key (when keys are configured); see `WWW-Authenticate`."),
     422: VALIDATION_RESPONSE,
-    429: error_spec("This key sent more requests per minute than allowed; see `Retry-After`."),
+    429: error_spec(
+        "This key sent more requests per minute than allowed, or used up its daily token quota; see `Retry-After`."
+    ),
     502: error_spec("Ollama failed in another way; `detail` carries Ollama's message."),
     503: error_spec("Ollama is unreachable (the detail names its URL) or busy (with `Retry-After`)."),
     504: error_spec("Ollama did not answer in time."),
@@ -40,7 +43,7 @@ GENERATION_RESPONSES: Final[dict[int, ResponseSpec]] = {
 }
 ADMIN_RESPONSES: Final[dict[int, ResponseSpec]] = {
     **GENERATION_RESPONSES,
-    403: error_spec("The key is a user key; this route needs an admin key."),
+    403: error_spec("The key is a user key (this route needs an admin key), or it may not use this model."),
 }
 
 
@@ -91,16 +94,26 @@ async def require_known_model(request: Request[Any, Any, Any]) -> None:
         )
     name = validate_model_name(raw)
     note_model(request, name)
+    caller = caller_of(request.scope)
+    if caller is not None:
+        require_model_in_scope(caller, name)
     catalog = runtime_of(request).catalog
     if await catalog.knows(name) is not False:
         return
-    hints = catalog.similar(name)
+    hints = [hint for hint in catalog.similar(name) if caller is None or caller.allows(hint)]
     if catch_all:
         hints = difflib.get_close_matches(f"/{name}", _static_paths(request), n=2) + hints
     hint = f" (did you mean {' or '.join(hints)}?)" if hints else ""
     raise ModelNotFoundError(
         f"{where}model '{name}' not found in Ollama{hint}; the installed models are listed at GET /models_list/"
     )
+
+
+def require_model_in_scope(caller: Caller, model: str) -> None:
+    """A 403 unless the caller's key may use ``model``."""
+    if not caller.allows(model):
+        patterns = ", ".join(caller.models or ())
+        raise ForbiddenError(f"this key may not use model '{model}' (its models: {patterns})")
 
 
 #: Route ``opt`` keys: the route is a generation (its model is checked before its parameters are
@@ -112,12 +125,18 @@ RECONNECTABLE_OPT: Final = "reconnectable"
 async def before_handler(request: Request[Any, Any, Any]) -> Response[None] | None:
     """The app's one ``before_request`` hook (a route-level hook would replace it, not add to it).
 
-    Every route: a single-value query parameter given twice is a 422. A generation route: a 204 for
-    a browser reconnecting to a Minato stream that is over, and a 404 unless the path names a model.
+    Every route: a single-value query parameter given twice is a 422, and a model in the path that
+    the caller's key may not use is a 403. A generation route: a 204 for a browser reconnecting to a
+    Minato stream that is over, and a 404 unless the path names a model.
     """
     await reject_repeated_parameters(request)
     opt = request.route_handler.opt
     if not opt.get(GENERATION_OPT):
+        caller = caller_of(request.scope)
+        if caller is not None and caller.models is not None and "model_name" in request.path_params:
+            model = validate_model_name(str(request.path_params["model_name"]))
+            note_model(request, model)
+            require_model_in_scope(caller, model)
         return None
     if opt.get(RECONNECTABLE_OPT) and is_minato_event_id(request.headers.get("last-event-id")):
         return Response(None, status_code=204)

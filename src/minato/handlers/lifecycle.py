@@ -30,7 +30,7 @@ from minato.schemas import (
     ServerInfo,
     expiry,
 )
-from minato.security import ADMIN
+from minato.security import ADMIN, Caller
 from minato.settings import Settings
 from minato.upstream import Ollama, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
@@ -129,12 +129,14 @@ async def delete_model(
     "/running",
     operation_id="RunningModels",
     summary="Models loaded in memory",
+    description="A key limited to some models sees only those.",
     responses=UPSTREAM_RESPONSES,
     tags=["lifecycle"],
 )
-async def running(upstream: NamedDependency[OllamaDependency]) -> RunningList:
-    """List loaded models with their memory use, context length and expiry."""
-    return RunningList(running=[RunningView.of(m) for m in (await upstream.running()).models])
+async def running(upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller]) -> RunningList:
+    """List loaded models the caller's key may use, with their memory use, context length and expiry."""
+    models = (await upstream.running()).models
+    return RunningList(running=[RunningView.of(m) for m in models if caller.allows(m.name or m.model)])
 
 
 @get(
@@ -170,8 +172,9 @@ async def status(model: NamedDependency[str], upstream: NamedDependency[OllamaDe
 
 
 @get("/", operation_id="ServerInfo", summary="Service and Ollama information", tags=["health"])
-async def server_info(upstream: NamedDependency[OllamaDependency]) -> ServerInfo:
-    """Name and version of this service; Ollama's URL and version (or why it is unreachable); models."""
+async def server_info(upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller]) -> ServerInfo:
+    """Name and version of this service; Ollama's URL and version (or why it is unreachable); the
+    models the caller's key may use."""
     try:
         version, tags, ps = await asyncio.gather(upstream.version(), upstream.list_models(), upstream.running())
     except MinatoError as exc:
@@ -181,6 +184,6 @@ async def server_info(upstream: NamedDependency[OllamaDependency]) -> ServerInfo
         service="minato",
         version=__version__,
         ollama=OllamaInfo(url=upstream.base_url, reachable=True, version=version),
-        installed=[m.name or m.model for m in tags.models],
-        running=[m.name or m.model for m in ps.models],
+        installed=[m.name or m.model for m in tags.models if caller.allows(m.name or m.model)],
+        running=[m.name or m.model for m in ps.models if caller.allows(m.name or m.model)],
     )

@@ -18,7 +18,7 @@ from minato.disconnect import unless_disconnected
 from minato.errors import MinatoError
 from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary, families_of
-from minato.security import ADMIN
+from minato.security import ADMIN, Caller
 from minato.streaming import STREAM_HEADERS, StreamFormat
 from minato.upstream import PullStream, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
@@ -125,18 +125,24 @@ def summarize(model: TagModel, loaded: bool) -> ModelSummary:
     summary="List installed models",
     description=(
         "Every model Ollama has on disk, with size (bytes and MiB), family, quantization and whether "
-        "it is loaded in memory now."
+        "it is loaded in memory now. A key limited to some models sees only those."
     ),
     responses=UPSTREAM_RESPONSES,
     tags=["models"],
 )
 async def models_list(
-    upstream: NamedDependency[OllamaDependency], catalog: NamedDependency[ModelCatalog]
+    upstream: NamedDependency[OllamaDependency],
+    catalog: NamedDependency[ModelCatalog],
+    caller: NamedDependency[Caller],
 ) -> ModelsList:
-    """Return the installed models."""
+    """Return the installed models the caller's key may use."""
     tags, ps = await asyncio.gather(upstream.list_models(), upstream.running())
     catalog.record(tags)
     loaded = {canonical_model_name(m.name or m.model) for m in ps.models}
     return ModelsList(
-        models_list=[summarize(m, canonical_model_name(m.name or m.model) in loaded) for m in tags.models]
+        models_list=[
+            summarize(m, canonical_model_name(m.name or m.model) in loaded)
+            for m in tags.models
+            if caller.allows(m.name or m.model)
+        ]
     )
