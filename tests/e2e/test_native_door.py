@@ -104,7 +104,7 @@ def _assert_relayed_unchanged(standin: httpx.Client, sent: list[httpx.Request]) 
         assert json.dumps(record["body"]) == json.dumps(json.loads(request.content)), record
     _assert_no_client_key_reached_ollama(records)
     for request in sent:
-        assert request.headers.get("authorization", "").startswith("Bearer "), "the client sent its key"
+        assert USER in (request.headers.get("authorization", "") + request.headers.get("x-api-key", "")), "no key sent"
 
 
 def _tokens_generated(door: MinatoServer) -> float:
@@ -121,18 +121,21 @@ def _tokens_generated(door: MinatoServer) -> float:
 # -- ollama-python ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key_from", ["headers", "environment"])
+@pytest.mark.parametrize("key_from", ["bearer", "x-api-key", "environment"])
 def test_ollama_python_chats_generates_lists_shows_and_embeds_through_the_door(
     door: MinatoServer, standin: httpx.Client, monkeypatch: pytest.MonkeyPatch, key_from: str
 ) -> None:
     sent: list[httpx.Request] = []
+    hooks = {"event_hooks": {"request": [sent.append]}}
+    monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
     if key_from == "environment":
         # ollama-python sends OLLAMA_API_KEY as a Bearer key to any host that got no Authorization.
         monkeypatch.setenv("OLLAMA_API_KEY", USER)
-        client = ollama.Client(host=door.url, event_hooks={"request": [sent.append]})
+        client = ollama.Client(host=door.url, **hooks)
+    elif key_from == "x-api-key":
+        client = ollama.Client(host=door.url, headers={"X-API-Key": USER}, **hooks)
     else:
-        monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
-        client = ollama.Client(host=door.url, headers=_bearer(USER), event_hooks={"request": [sent.append]})
+        client = ollama.Client(host=door.url, headers=_bearer(USER), **hooks)
 
     with client:
         whole = client.chat(MODEL, messages=MESSAGES, options=OPTIONS)
@@ -155,7 +158,8 @@ def test_ollama_python_chats_generates_lists_shows_and_embeds_through_the_door(
     assert MODEL in [entry.model for entry in running.models]
     assert len(embedded.embeddings) == 2
     assert [len(vector) for vector in embedded.embeddings] == [384, 384]
-    assert all(request.headers["authorization"] == f"Bearer {USER}" for request in sent)
+    sent_as = "x-api-key" if key_from == "x-api-key" else "authorization"
+    assert {request.headers[sent_as] for request in sent} == {USER if key_from == "x-api-key" else f"Bearer {USER}"}
     _assert_relayed_unchanged(standin, sent)
 
 
@@ -302,6 +306,25 @@ def test_ollama_python_gets_a_404_response_error_for_an_unknown_model(
         assert error.value.error == "model 'no-such-model:1b' not found"
     chats = [(r["body"]["model"], r["body"]["stream"]) for r in _received(standin) if r["path"] == "/api/chat"]
     assert chats == [("no-such-model:1b", False), ("no-such-model:1b", True)]
+
+
+def _read_into(parts: list[ollama.ChatResponse], stream: Iterator[ollama.ChatResponse]) -> None:
+    for part in stream:
+        parts.append(part)
+
+
+def test_ollama_python_raises_on_a_chat_stream_that_fails_part_way_or_before(door: MinatoServer) -> None:
+    parts: list[ollama.ChatResponse] = []
+    with ollama.Client(host=door.url, headers=_bearer(USER)) as client:
+        with pytest.raises(ollama.ResponseError) as midway:
+            _read_into(parts, client.chat("standin/fail-midstream", messages=MESSAGES, stream=True))
+        with pytest.raises(ollama.ResponseError) as before:
+            client.chat("standin/fail-before", messages=MESSAGES)
+
+    assert [part.message.content for part in parts] == TOKENS[:3], "the tokens before the failure arrive"
+    assert midway.value.error == "an error was encountered while running the model: unexpected EOF"
+    assert before.value.status_code == 500
+    assert "model runner has unexpectedly stopped" in before.value.error
 
 
 @pytest.mark.parametrize("key", [None, "not-a-key", f"{USER}x"])
@@ -544,8 +567,10 @@ def test_a_hundred_concurrent_native_chat_streams_some_abandoned_leave_nothing_b
         "streams neither cancelled nor completed",
     )
     kinds = Counter(event["type"] for event in _events(standin, STREAM_MODEL))
-    # A hang-up after five of twenty lines leaves 1.5 s for it to reach the stand-in.
-    assert kinds["stream_cancelled"] >= len(abandoned) - STREAMS // 20, kinds
+    # A hang-up after five of twenty lines leaves 1.5 s for it to reach the stand-in, but a stand-in
+    # that fell behind sends its late tokens at once: on a loaded machine some hang-ups come after the
+    # end. Without cancellation none would arrive at all.
+    assert kinds["stream_cancelled"] >= len(abandoned) // 2, kinds
     assert kinds["stream_completed"] >= len(full), kinds
     assert httpx.get(f"{door.url}/health", timeout=10).status_code == 200
     # Every stream that reached its done line was counted, and no abandoned one was counted twice.
