@@ -5,6 +5,8 @@ SHELL := /bin/bash
 # uv is taken from PATH, or installed once into .tools/ from PyPI with the machine's Python.
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
+# ollama-js, which the end-to-end tests drive under Node (tests/e2e/node).
+NODE_CLIENTS := tests/e2e/node
 
 .PHONY: help install lint fmt type test check run bench up down logs clean
 
@@ -15,8 +17,17 @@ help: ## List the targets
 	python3 -m venv .tools
 	.tools/bin/pip install --quiet uv
 
-install: $(if $(findstring .tools/,$(UV)),.tools/bin/uv) ## Install Minato and its dev tools into .venv (from uv.lock)
+install: $(if $(findstring .tools/,$(UV)),.tools/bin/uv) $(NODE_CLIENTS)/node_modules/.package-lock.json ## Install Minato and its dev tools into .venv (from uv.lock), and ollama-js
 	$(UV) sync --locked
+
+# Runs only when node_modules is missing or older than the lock file. Without npm the ollama-js test
+# fails and says why; everything else still installs.
+$(NODE_CLIENTS)/node_modules/.package-lock.json: $(NODE_CLIENTS)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund && touch $@; \
+	else \
+		echo "npm not found: the ollama-js end-to-end test needs Node 20 (npm ci --prefix $(NODE_CLIENTS))"; \
+	fi
 
 lint: install ## ruff lint and format check
 	$(UV) run ruff check src tests bench
@@ -50,4 +61,4 @@ logs: ## Follow the containers' logs
 	docker compose logs -f
 
 clean: ## Remove caches and the local environments
-	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache $(NODE_CLIENTS)/node_modules
