@@ -165,9 +165,6 @@ def test_ollama_python_chats_generates_lists_shows_and_embeds_through_the_door(
 
 #: relay.py's ``_Counted`` reads ``response`` as the OpenAI Responses API's ``{"usage": ...}`` object, so
 #: a generate answer, whose ``response`` is the text, fails to decode and its ``eval_count`` is lost.
-_GENERATE_NOT_COUNTED: Final = pytest.mark.xfail(
-    reason="Minato bug: /api/generate tokens are not counted (its `response` string breaks _Counted)"
-)
 
 
 @pytest.mark.parametrize(
@@ -175,8 +172,8 @@ _GENERATE_NOT_COUNTED: Final = pytest.mark.xfail(
     [
         pytest.param("chat", False, id="chat"),
         pytest.param("chat", True, id="chat-stream"),
-        pytest.param("generate", False, id="generate", marks=_GENERATE_NOT_COUNTED),
-        pytest.param("generate", True, id="generate-stream", marks=_GENERATE_NOT_COUNTED),
+        pytest.param("generate", False, id="generate"),
+        pytest.param("generate", True, id="generate-stream"),
     ],
 )
 def test_ollama_python_generations_are_counted_in_tokens_generated(

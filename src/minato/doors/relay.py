@@ -62,7 +62,12 @@ class _Response(msgspec.Struct):
 
 
 class _Counted(msgspec.Struct):
-    """The token counts an answer or a frame may carry, in any door's dialect."""
+    """The token counts an answer or a frame may carry.
+
+    Ollama's own answers carry ``eval_count`` (and ``response`` is then generate's text); the OpenAI
+    and Anthropic ones carry ``usage``, the Responses API's inside ``response``: one decoder each,
+    since the same field name holds a string in one dialect and an object in another.
+    """
 
     eval_count: int = 0
     eval_duration: int = 0
@@ -76,12 +81,21 @@ class _Counted(msgspec.Struct):
         return (usage.completion_tokens or usage.output_tokens) if usage is not None else 0
 
 
-_decode_counts: Final = msgspec.json.Decoder(_Counted).decode
+class _NativeCounted(msgspec.Struct):
+    eval_count: int = 0
+    eval_duration: int = 0
 
 
-def _counts_of(data: bytes) -> _Counted | None:
+_NATIVE_DECODE: Final = msgspec.json.Decoder(_NativeCounted).decode
+_DOOR_DECODE: Final = msgspec.json.Decoder(_Counted).decode
+
+
+def _counts_of(data: bytes, dialect: StreamDialect) -> _Counted | None:
     try:
-        return _decode_counts(data)
+        if dialect is StreamDialect.NDJSON:
+            native = _NATIVE_DECODE(data)
+            return _Counted(eval_count=native.eval_count, eval_duration=native.eval_duration)
+        return _DOOR_DECODE(data)
     except msgspec.DecodeError:
         return None
 
@@ -124,7 +138,7 @@ class _Watch:
             done = data.find(b'"done":true', 0, end)
             if done >= 0:
                 self.ended = True
-                counts = _counts_of(self._frame_at(data, done))
+                counts = _counts_of(self._frame_at(data, done), self._dialect)
                 if counts is not None:
                     self.tokens, self.eval_duration = counts.eval_count, counts.eval_duration
             elif any(data.find(marker, 0, end) >= 0 for marker in _TERMINATORS[self._dialect]):
@@ -133,7 +147,8 @@ class _Watch:
         at = data.rfind(b'"usage":{', 0, end)
         if at >= 0:
             frame = self._frame_at(data, at)
-            counts = _counts_of(frame[frame.find(b"data: ") + 6 :]) if b"data: " in frame else None
+            data_at = frame.find(b"data: ")
+            counts = _counts_of(frame[data_at + 6 :], self._dialect) if data_at >= 0 else None
             if counts is not None and counts.tokens():
                 self.tokens = counts.tokens()
         if any(data.find(marker, 0, end) >= 0 for marker in _TERMINATORS[self._dialect]):
@@ -187,7 +202,7 @@ async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) 
     if slot is not None:
         slot.release()
     if record is not None and call.model and answer.status < 300:
-        counts = _counts_of(body)
+        counts = _counts_of(body, call.dialect)
         if counts is not None and counts.tokens():
             record.note_answer(counts.tokens(), _per_second(counts.eval_count, counts.eval_duration))
     # Only the content type travels back: length, encoding and dates are Minato's server's to set.
