@@ -25,14 +25,17 @@ class Row:
     direct: float | None = None
     target: str = ""
     passed: bool | None = None
+    missing: str = ""
+    """Why the figure could not be measured (the row then shows ``n/a`` and this reason)."""
 
     def cells(self) -> tuple[str, ...]:
         verdict = "" if self.passed is None else ("PASS" if self.passed else "MISS")
         direct = "—" if self.direct is None else _number(self.direct, self.unit)
+        minato = f"n/a ({self.missing})" if self.missing else _number(self.minato, self.unit)
         return (
             self.scenario,
             self.metric,
-            _number(self.minato, self.unit),
+            minato,
             direct,
             self._comparison(),
             self.target,
@@ -40,7 +43,7 @@ class Row:
         )
 
     def _comparison(self) -> str:
-        if self.direct is None or self.unit in ("count", "ratio"):
+        if self.direct is None or self.missing or self.unit in ("count", "ratio"):
             return ""
         ratio = self.minato / self.direct if self.direct else math.inf
         if self.unit == "ms":

@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
-from bench.load import Pool, Sample, burst, chat_request, get_request, percentile
-from bench.processes import Minato, cpu_seconds, rss_bytes
-from bench.report import Row
+import httptools
 
-__all__ = ["Plan", "answer_rows", "relay_rows", "slow_stream_rows"]
+from bench.load import REQUEST_TIMEOUT_S, Pool, Sample, burst, chat_request, connect, get_request, percentile
+from bench.processes import Minato, cpu_seconds, rss_bytes
+from bench.report import Row, Unit
+
+__all__ = ["Plan", "answer_rows", "door_rows", "relay_rows", "slow_stream_rows"]
 
 SHORT_MODEL: Final = "standin/tokens:20"
 LONG_TOKENS: Final = 5000
@@ -37,6 +39,12 @@ TARGET_ADDED_MS: Final = 1.0
 TARGET_CPU_US_PER_TOKEN: Final = 30.0
 TARGET_RSS_MB: Final = 150.0
 TARGET_P99_RATIO: Final = 1.5
+TARGET_DOOR_ADDED_MS: Final = 0.5  # a whole answer through the native door
+TARGET_DOOR_CPU_RATIO: Final = 1.0  # the native door's CPU per relayed token / GET /stream's
+
+NATIVE_CHAT: Final = "/api/chat"
+OPENAI_CHAT: Final = "/v1/chat/completions"
+NO_V1: Final = "stand-in has no /v1"
 
 
 @dataclass(frozen=True)
@@ -108,40 +116,55 @@ async def answer_rows(
     through = await _closed_loop(
         minato.port, get_request(minato.port, f"{route}?message=hi"), clients, seconds, plan, minato.pid
     )
-    d, m = direct.sample, through.sample
-    d_tot, m_tot = d.totals(), m.totals()
-    d50, m50 = percentile(d_tot, 0.5) * MS, percentile(m_tot, 0.5) * MS
     first_figure = clients == 1 and not stream and not label_suffix
+    rows = _latency_rows(
+        scenario,
+        direct.sample,
+        through.sample,
+        stream=stream,
+        p50_target_ms=TARGET_ADDED_MS if first_figure else None,
+        ttft_target_ms=TARGET_ADDED_MS if clients == 1 else None,
+    )
+    if clients > 1 and through.sample.count:
+        rows.append(Row(scenario, "Minato CPU per request", through.cpu_s / through.sample.count * MS, "ms"))
+    return rows + _errors(scenario, direct.sample, through.sample)
+
+
+def _added(scenario: str, metric: str, minato_ms: float, direct_ms: float, target_ms: float | None) -> Row:
+    """A latency row, held to ``target_ms`` of time added over direct when there is one."""
+    if target_ms is None:
+        return Row(scenario, metric, minato_ms, "ms", direct_ms)
+    return Row(
+        scenario,
+        metric,
+        minato_ms,
+        "ms",
+        direct_ms,
+        target=f"≤ {target_ms:g} ms added",
+        passed=minato_ms - direct_ms <= target_ms,
+    )
+
+
+def _latency_rows(
+    scenario: str,
+    d: Sample,
+    m: Sample,
+    *,
+    stream: bool,
+    p50_target_ms: float | None = None,
+    ttft_target_ms: float | None = None,
+) -> list[Row]:
+    """Requests/s, p50 and p99 (and TTFT p50 for a stream), Minato next to direct."""
+    d_tot, m_tot = d.totals(), m.totals()
     rows = [
         Row(scenario, "requests/s", m.rate, "req/s", d.rate),
-        Row(
-            scenario,
-            "p50 latency",
-            m50,
-            "ms",
-            d50,
-            target=f"≤ {TARGET_ADDED_MS:g} ms added" if first_figure else "",
-            passed=(m50 - d50 <= TARGET_ADDED_MS) if first_figure else None,
-        ),
+        _added(scenario, "p50 latency", percentile(m_tot, 0.5) * MS, percentile(d_tot, 0.5) * MS, p50_target_ms),
         Row(scenario, "p99 latency", percentile(m_tot, 0.99) * MS, "ms", percentile(d_tot, 0.99) * MS),
     ]
     if stream:
-        d_ttft, m_ttft = percentile(d.ttfbs(), 0.5) * MS, percentile(m.ttfbs(), 0.5) * MS
-        ttft_target = clients == 1
-        rows.append(
-            Row(
-                scenario,
-                "TTFT p50",
-                m_ttft,
-                "ms",
-                d_ttft,
-                target=f"≤ {TARGET_ADDED_MS:g} ms added" if ttft_target else "",
-                passed=(m_ttft - d_ttft <= TARGET_ADDED_MS) if ttft_target else None,
-            )
-        )
-    if clients > 1 and m.count:
-        rows.append(Row(scenario, "Minato CPU per request", through.cpu_s / m.count * MS, "ms"))
-    return rows + _errors(scenario, d, m)
+        m_ttft, d_ttft = percentile(m.ttfbs(), 0.5) * MS, percentile(d.ttfbs(), 0.5) * MS
+        rows.append(_added(scenario, "TTFT p50", m_ttft, d_ttft, ttft_target_ms))
+    return rows
 
 
 async def _repeat(port: int, raw: bytes, reps: int, pid: int | None) -> Measured:
@@ -157,32 +180,149 @@ async def _repeat(port: int, raw: bytes, reps: int, pid: int | None) -> Measured
     return Measured(_checked(sample, port), cpu)
 
 
-async def relay_rows(standin_port: int, minato: Minato, plan: Plan) -> list[Row]:
-    """Tokens/s of one 5,000-token stream, and Minato's CPU per relayed token."""
-    scenario = f"relay one {LONG_TOKENS:,}-token stream"
-    _log(f"{scenario}: direct")
-    direct = await _repeat(standin_port, chat_request(standin_port, LONG_MODEL, stream=True), plan.relay_reps, None)
-    _log(f"{scenario}: through Minato")
-    raw = get_request(minato.port, f"/stream/{LONG_MODEL}?message=hi")
-    through = await _repeat(minato.port, raw, plan.relay_reps, minato.pid)
-    d, m = direct.sample, through.sample
+@dataclass(frozen=True)
+class Relayed:
+    """One long stream relayed ``reps`` times, direct and through Minato."""
 
-    def tokens_per_s(sample: Sample) -> float:
+    direct: Sample
+    through: Measured
+
+    @staticmethod
+    def _tokens_per_s(sample: Sample) -> float:
         return LONG_TOKENS / statistics.median(sample.totals()) if sample.count else math.nan
 
-    cpu_per_token = through.cpu_s / (m.count * LONG_TOKENS) * 1e6 if m.count else math.nan
-    return [
-        Row(scenario, "tokens/s", tokens_per_s(m), "tok/s", tokens_per_s(d)),
+    @property
+    def cpu_us_per_token(self) -> float:
+        count = self.through.sample.count
+        return self.through.cpu_s / (count * LONG_TOKENS) * 1e6 if count else math.nan
+
+    def tokens_row(self, scenario: str) -> Row:
+        return Row(
+            scenario, "tokens/s", self._tokens_per_s(self.through.sample), "tok/s", self._tokens_per_s(self.direct)
+        )
+
+
+async def _relay(
+    scenario: str, standin_port: int, direct_raw: bytes, minato: Minato, raw: bytes, plan: Plan
+) -> Relayed:
+    _log(f"{scenario}: direct")
+    direct = await _repeat(standin_port, direct_raw, plan.relay_reps, None)
+    _log(f"{scenario}: through Minato")
+    return Relayed(direct.sample, await _repeat(minato.port, raw, plan.relay_reps, minato.pid))
+
+
+async def relay_rows(standin_port: int, minato: Minato, plan: Plan) -> tuple[list[Row], float]:
+    """Tokens/s of one 5,000-token stream, and Minato's CPU per relayed token (also returned, in µs)."""
+    scenario = f"relay one {LONG_TOKENS:,}-token stream"
+    direct_raw = chat_request(standin_port, LONG_MODEL, stream=True)
+    raw = get_request(minato.port, f"/stream/{LONG_MODEL}?message=hi")
+    relayed = await _relay(scenario, standin_port, direct_raw, minato, raw, plan)
+    cpu = relayed.cpu_us_per_token
+    rows = [
+        relayed.tokens_row(scenario),
         Row(
             scenario,
             "Minato CPU per token",
-            cpu_per_token,
+            cpu,
             "µs",
             target=f"≤ {TARGET_CPU_US_PER_TOKEN:g} µs",
-            passed=cpu_per_token <= TARGET_CPU_US_PER_TOKEN,
+            passed=cpu <= TARGET_CPU_US_PER_TOKEN,
         ),
-        *_errors(scenario, d, m),
+        *_errors(scenario, relayed.direct, relayed.through.sample),
     ]
+    return rows, cpu
+
+
+async def _answers(port: int, raw: bytes) -> bool:
+    """Whether ``port`` answers ``raw`` with 200 (the stand-in may not speak a door's dialect yet)."""
+    conn = await connect(port)
+    try:
+        result = await asyncio.wait_for(conn.request(raw), REQUEST_TIMEOUT_S)
+    except (ConnectionError, TimeoutError, httptools.HttpParserError):
+        return False
+    finally:
+        conn.close()
+    return result.status == 200
+
+
+def _unmeasured(scenario: str, metrics: list[tuple[str, Unit]], why: str) -> list[Row]:
+    return [Row(scenario, metric, math.nan, unit, math.nan, missing=why) for metric, unit in metrics]
+
+
+_DOOR_NAMES: Final = {NATIVE_CHAT: "native", OPENAI_CHAT: "OpenAI"}
+
+
+async def _door_answer_rows(
+    standin_port: int, minato: Minato, plan: Plan, *, path: str, stream: bool, why_not: str
+) -> list[Row]:
+    kind = "streamed" if stream else "whole"
+    scenario = f"{_DOOR_NAMES[path]} POST {path}, {kind} (20 tok), 1 client"
+    direct_raw = chat_request(standin_port, SHORT_MODEL, stream=stream, path=path)
+    if why_not:
+        metrics: list[tuple[str, Unit]] = [("requests/s", "req/s"), ("p50 latency", "ms"), ("p99 latency", "ms")]
+        return _unmeasured(scenario, metrics + ([("TTFT p50", "ms")] if stream else []), why_not)
+    _log(f"{scenario}: direct")
+    direct = await _closed_loop(standin_port, direct_raw, 1, plan.latency_s, plan, None)
+    _log(f"{scenario}: through Minato")
+    raw = chat_request(minato.port, SHORT_MODEL, stream=stream, path=path)
+    through = await _closed_loop(minato.port, raw, 1, plan.latency_s, plan, minato.pid)
+    held = path == NATIVE_CHAT and not stream  # the door's budget is for a whole answer
+    rows = _latency_rows(
+        scenario, direct.sample, through.sample, stream=stream, p50_target_ms=TARGET_DOOR_ADDED_MS if held else None
+    )
+    return rows + _errors(scenario, direct.sample, through.sample)
+
+
+async def _door_relay_rows(
+    standin_port: int, minato: Minato, plan: Plan, *, path: str, own_cpu_us: float, why_not: str
+) -> list[Row]:
+    scenario = f"{_DOOR_NAMES[path]} POST {path}: relay one {LONG_TOKENS:,}-token stream"
+    ratio_metric = "CPU per token / GET /stream's"
+    if why_not:
+        metrics: list[tuple[str, Unit]] = [
+            ("tokens/s", "tok/s"),
+            ("Minato CPU per token", "µs"),
+            (ratio_metric, "ratio"),
+        ]
+        return _unmeasured(scenario, metrics, why_not)
+    direct_raw = chat_request(standin_port, LONG_MODEL, stream=True, path=path)
+    raw = chat_request(minato.port, LONG_MODEL, stream=True, path=path)
+    relayed = await _relay(scenario, standin_port, direct_raw, minato, raw, plan)
+    cpu = relayed.cpu_us_per_token
+    ratio = cpu / own_cpu_us
+    held = path == NATIVE_CHAT  # the budget is the native door's; OpenAI's is shown for comparison
+    return [
+        relayed.tokens_row(scenario),
+        Row(scenario, "Minato CPU per token", cpu, "µs"),
+        Row(
+            scenario,
+            ratio_metric,
+            ratio,
+            "ratio",
+            target=f"≤ {TARGET_DOOR_CPU_RATIO:.1f}x" if held else "",
+            passed=ratio <= TARGET_DOOR_CPU_RATIO if held else None,
+        ),
+        *_errors(scenario, relayed.direct, relayed.through.sample),
+    ]
+
+
+async def door_rows(standin_port: int, minato: Minato, plan: Plan, *, own_cpu_us: float) -> list[Row]:
+    """The front doors: native ``/api/chat`` whole and streamed, OpenAI's ``/v1/chat/completions`` streamed.
+
+    Each is compared with the same request sent to the stand-in's same route; the long relays'
+    CPU per token is also compared with ``own_cpu_us``, that of Minato's own ``GET /stream/{model}``.
+    """
+    v1_probe = chat_request(standin_port, SHORT_MODEL, stream=True, path=OPENAI_CHAT)
+    # Until the stand-in speaks OpenAI (it answers 501 there), its rows say so instead of failing the run.
+    why_not = {NATIVE_CHAT: "", OPENAI_CHAT: "" if await _answers(standin_port, v1_probe) else NO_V1}
+    rows: list[Row] = []
+    for path, stream in ((NATIVE_CHAT, False), (NATIVE_CHAT, True), (OPENAI_CHAT, True)):
+        rows += await _door_answer_rows(standin_port, minato, plan, path=path, stream=stream, why_not=why_not[path])
+    for path in (NATIVE_CHAT, OPENAI_CHAT):
+        rows += await _door_relay_rows(
+            standin_port, minato, plan, path=path, own_cpu_us=own_cpu_us, why_not=why_not[path]
+        )
+    return rows
 
 
 @contextlib.asynccontextmanager
