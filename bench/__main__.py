@@ -31,9 +31,8 @@ async def quiet_logging_rows(standin_port: int, minato: Minato, plan: Plan) -> l
     for stream in (False, True):
         for clients in (1, 32):
             rows += await answer_rows(standin_port, minato, plan, stream=stream, clients=clients)
-    relayed, own_cpu_us = await relay_rows(standin_port, minato, plan)
-    rows += relayed
-    rows += await door_rows(standin_port, minato, plan, own_cpu_us=own_cpu_us)
+    rows += await relay_rows(standin_port, minato, plan)
+    rows += await door_rows(standin_port, minato, plan)
     # Last, so 1,000 upstream connections left in Minato's pool cannot affect the other figures.
     rows += await slow_stream_rows(standin_port, minato, plan)
     return rows

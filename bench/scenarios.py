@@ -11,7 +11,7 @@ import contextlib
 import math
 import statistics
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,6 +32,7 @@ SLOW_MODEL: Final = f"standin/paced:{SLOW_TOKENS}x{SLOW_GAP_S * 1000:.0f}"
 SLOW_IDEAL_S: Final = SLOW_TOKENS * SLOW_GAP_S
 SLOW_TIMEOUT_S: Final = 30.0
 RSS_POLL_S: Final = 0.02
+RELAY_ROUNDS: Final = 5  # turns the long relays take (see _repeat)
 MB: Final = 1024 * 1024
 MS: Final = 1000.0
 
@@ -55,7 +56,7 @@ class Plan:
     load_s: float  # 32-client phases
     warm_s: float
     max_requests: int
-    relay_reps: int  # so 10 ms CPU clock ticks move a door / own-route CPU ratio by a few % at most
+    relay_reps: int  # per long relay: enough that 10 ms CPU clock ticks move its CPU figure by a few % at most
     slow_streams: int
 
 
@@ -167,17 +168,31 @@ def _latency_rows(
     return rows
 
 
-async def _repeat(port: int, raw: bytes, reps: int, pid: int | None) -> Measured:
-    """One connection, one long stream at a time, ``reps`` times after one warm-up stream."""
-    pool = await Pool.open(port, 1)
+async def _repeat(port: int, raws: Sequence[bytes], reps: int, pid: int | None) -> list[Measured]:
+    """Each of ``raws`` on its own connection, one long stream at a time, ``reps`` times each.
+
+    The requests take turns in :data:`RELAY_ROUNDS` rounds, so a machine whose load drifts during
+    the run (other processes on the shared cores) weighs on each of them alike: their CPU figures
+    are compared with each other.
+    """
+    pools = [await Pool.open(port, 1) for _ in raws]
+    samples = [Sample() for _ in raws]
+    cpu = [0.0 for _ in raws]
     try:
-        await pool.warm(raw, per_client=1, max_seconds=30)
-        cpu_before = cpu_seconds(pid) if pid else 0.0
-        sample = await pool.run(raw, seconds=60, max_requests=reps)
-        cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
+        for pool, raw in zip(pools, raws, strict=True):
+            await pool.warm(raw, per_client=1, max_seconds=30)
+        for _ in range(RELAY_ROUNDS):
+            for index, (pool, raw) in enumerate(zip(pools, raws, strict=True)):
+                cpu_before = cpu_seconds(pid) if pid else 0.0
+                part = await pool.run(raw, seconds=60, max_requests=max(1, reps // RELAY_ROUNDS))
+                cpu[index] += cpu_seconds(pid) - cpu_before if pid else 0.0
+                samples[index].results += part.results
+                samples[index].errors += part.errors
+                samples[index].elapsed += part.elapsed
     finally:
-        pool.close()
-    return Measured(_checked(sample, port), cpu)
+        for pool in pools:
+            pool.close()
+    return [Measured(_checked(sample, port), spent) for sample, spent in zip(samples, cpu, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -196,41 +211,25 @@ class Relayed:
         count = self.through.sample.count
         return self.through.cpu_s / (count * LONG_TOKENS) * 1e6 if count else math.nan
 
-    def tokens_row(self, scenario: str) -> Row:
-        return Row(
-            scenario, "tokens/s", self._tokens_per_s(self.through.sample), "tok/s", self._tokens_per_s(self.direct)
-        )
-
-
-async def _relay(
-    scenario: str, standin_port: int, direct_raw: bytes, minato: Minato, raw: bytes, plan: Plan
-) -> Relayed:
-    _log(f"{scenario}: direct")
-    direct = await _repeat(standin_port, direct_raw, plan.relay_reps, None)
-    _log(f"{scenario}: through Minato")
-    return Relayed(direct.sample, await _repeat(minato.port, raw, plan.relay_reps, minato.pid))
-
-
-async def relay_rows(standin_port: int, minato: Minato, plan: Plan) -> tuple[list[Row], float]:
-    """Tokens/s of one 5,000-token stream, and Minato's CPU per relayed token (also returned, in µs)."""
-    scenario = f"relay one {LONG_TOKENS:,}-token stream"
-    direct_raw = chat_request(standin_port, LONG_MODEL, stream=True)
-    raw = get_request(minato.port, f"/stream/{LONG_MODEL}?message=hi")
-    relayed = await _relay(scenario, standin_port, direct_raw, minato, raw, plan)
-    cpu = relayed.cpu_us_per_token
-    rows = [
-        relayed.tokens_row(scenario),
-        Row(
-            scenario,
-            "Minato CPU per token",
-            cpu,
-            "µs",
-            target=f"≤ {TARGET_CPU_US_PER_TOKEN:g} µs",
-            passed=cpu <= TARGET_CPU_US_PER_TOKEN,
-        ),
-        *_errors(scenario, relayed.direct, relayed.through.sample),
-    ]
-    return rows, cpu
+    def rows(self, scenario: str, cpu_target_us: float | None = None) -> list[Row]:
+        cpu = self.cpu_us_per_token
+        return [
+            Row(
+                scenario,
+                "tokens/s",
+                self._tokens_per_s(self.through.sample),
+                "tok/s",
+                self._tokens_per_s(self.direct),
+            ),
+            Row(
+                scenario,
+                "Minato CPU per token",
+                cpu,
+                "µs",
+                target=f"≤ {cpu_target_us:g} µs" if cpu_target_us is not None else "",
+                passed=cpu <= cpu_target_us if cpu_target_us is not None else None,
+            ),
+        ]
 
 
 async def _answers(port: int, raw: bytes) -> bool:
@@ -245,23 +244,79 @@ async def _answers(port: int, raw: bytes) -> bool:
     return result.status == 200
 
 
+async def _speaks_v1(standin_port: int) -> bool:
+    # Until the stand-in speaks OpenAI (it answered 501 there), its rows say so instead of failing the run.
+    return await _answers(standin_port, chat_request(standin_port, SHORT_MODEL, stream=True, path=OPENAI_CHAT))
+
+
 def _unmeasured(scenario: str, metrics: list[tuple[str, Unit]], why: str) -> list[Row]:
     return [Row(scenario, metric, math.nan, unit, math.nan, missing=why) for metric, unit in metrics]
 
 
 _DOOR_NAMES: Final = {NATIVE_CHAT: "native", OPENAI_CHAT: "OpenAI"}
+_RATIO_METRIC: Final = "CPU per token / GET /stream's"
 
 
-async def _door_answer_rows(
-    standin_port: int, minato: Minato, plan: Plan, *, path: str, stream: bool, why_not: str
-) -> list[Row]:
+def _door_relay_rows(path: str, relayed: Relayed | None, own: Relayed) -> list[Row]:
+    scenario = f"{_DOOR_NAMES[path]} POST {path}: relay one {LONG_TOKENS:,}-token stream"
+    if relayed is None:
+        metrics: list[tuple[str, Unit]] = [
+            ("tokens/s", "tok/s"),
+            ("Minato CPU per token", "µs"),
+            (_RATIO_METRIC, "ratio"),
+        ]
+        return _unmeasured(scenario, metrics, NO_V1)
+    ratio = relayed.cpu_us_per_token / own.cpu_us_per_token
+    held = path == NATIVE_CHAT  # the budget is the native door's; OpenAI's is shown for comparison
+    return [
+        *relayed.rows(scenario),
+        Row(
+            scenario,
+            _RATIO_METRIC,
+            ratio,
+            "ratio",
+            target=f"≤ {TARGET_DOOR_CPU_RATIO:.1f}x" if held else "",
+            passed=ratio <= TARGET_DOOR_CPU_RATIO if held else None,
+        ),
+        *_errors(scenario, relayed.direct, relayed.through.sample),
+    ]
+
+
+async def relay_rows(standin_port: int, minato: Minato, plan: Plan) -> list[Row]:
+    """Tokens/s of one 5,000-token stream and Minato's CPU per relayed token: own route, then each door.
+
+    The own route (``GET /stream/{model}``) and the doors' ``POST /api/chat`` and
+    ``POST /v1/chat/completions`` take turns on the same Minato, and each door's CPU per token is
+    divided by the own route's. The own route's and the native door's direct baseline is the same
+    request, the stand-in's streamed ``POST /api/chat``.
+    """
+    scenario = f"relay one {LONG_TOKENS:,}-token stream"
+    paths = [NATIVE_CHAT, OPENAI_CHAT] if await _speaks_v1(standin_port) else [NATIVE_CHAT]
+    _log(f"{scenario}: direct, {', '.join(paths)}")
+    direct_raws = [chat_request(standin_port, LONG_MODEL, stream=True, path=path) for path in paths]
+    direct = await _repeat(standin_port, direct_raws, plan.relay_reps, None)
+    _log(f"{scenario}: through Minato, GET /stream and {', '.join(paths)}")
+    raws = [
+        get_request(minato.port, f"/stream/{LONG_MODEL}?message=hi"),
+        *(chat_request(minato.port, LONG_MODEL, stream=True, path=path) for path in paths),
+    ]
+    own, *doors = await _repeat(minato.port, raws, plan.relay_reps, minato.pid)
+    relayed = {path: Relayed(d.sample, m) for path, d, m in zip(paths, direct, doors, strict=True)}
+    own_relay = Relayed(direct[0].sample, own)
+    rows = [*own_relay.rows(scenario, TARGET_CPU_US_PER_TOKEN), *_errors(scenario, direct[0].sample, own.sample)]
+    for path in (NATIVE_CHAT, OPENAI_CHAT):
+        rows += _door_relay_rows(path, relayed.get(path), own_relay)
+    return rows
+
+
+async def _door_answer_rows(standin_port: int, minato: Minato, plan: Plan, *, path: str, stream: bool) -> list[Row]:
     kind = "streamed" if stream else "whole"
     scenario = f"{_DOOR_NAMES[path]} POST {path}, {kind} (20 tok), 1 client"
-    direct_raw = chat_request(standin_port, SHORT_MODEL, stream=stream, path=path)
-    if why_not:
+    if path == OPENAI_CHAT and not await _speaks_v1(standin_port):
         metrics: list[tuple[str, Unit]] = [("requests/s", "req/s"), ("p50 latency", "ms"), ("p99 latency", "ms")]
-        return _unmeasured(scenario, metrics + ([("TTFT p50", "ms")] if stream else []), why_not)
+        return _unmeasured(scenario, metrics + ([("TTFT p50", "ms")] if stream else []), NO_V1)
     _log(f"{scenario}: direct")
+    direct_raw = chat_request(standin_port, SHORT_MODEL, stream=stream, path=path)
     direct = await _closed_loop(standin_port, direct_raw, 1, plan.latency_s, plan, None)
     _log(f"{scenario}: through Minato")
     raw = chat_request(minato.port, SHORT_MODEL, stream=stream, path=path)
@@ -273,55 +328,14 @@ async def _door_answer_rows(
     return rows + _errors(scenario, direct.sample, through.sample)
 
 
-async def _door_relay_rows(
-    standin_port: int, minato: Minato, plan: Plan, *, path: str, own_cpu_us: float, why_not: str
-) -> list[Row]:
-    scenario = f"{_DOOR_NAMES[path]} POST {path}: relay one {LONG_TOKENS:,}-token stream"
-    ratio_metric = "CPU per token / GET /stream's"
-    if why_not:
-        metrics: list[tuple[str, Unit]] = [
-            ("tokens/s", "tok/s"),
-            ("Minato CPU per token", "µs"),
-            (ratio_metric, "ratio"),
-        ]
-        return _unmeasured(scenario, metrics, why_not)
-    direct_raw = chat_request(standin_port, LONG_MODEL, stream=True, path=path)
-    raw = chat_request(minato.port, LONG_MODEL, stream=True, path=path)
-    relayed = await _relay(scenario, standin_port, direct_raw, minato, raw, plan)
-    cpu = relayed.cpu_us_per_token
-    ratio = cpu / own_cpu_us
-    held = path == NATIVE_CHAT  # the budget is the native door's; OpenAI's is shown for comparison
-    return [
-        relayed.tokens_row(scenario),
-        Row(scenario, "Minato CPU per token", cpu, "µs"),
-        Row(
-            scenario,
-            ratio_metric,
-            ratio,
-            "ratio",
-            target=f"≤ {TARGET_DOOR_CPU_RATIO:.1f}x" if held else "",
-            passed=ratio <= TARGET_DOOR_CPU_RATIO if held else None,
-        ),
-        *_errors(scenario, relayed.direct, relayed.through.sample),
-    ]
+async def door_rows(standin_port: int, minato: Minato, plan: Plan) -> list[Row]:
+    """The front doors' answers: native ``/api/chat`` whole and streamed, OpenAI's ``/v1/chat/completions`` streamed.
 
-
-async def door_rows(standin_port: int, minato: Minato, plan: Plan, *, own_cpu_us: float) -> list[Row]:
-    """The front doors: native ``/api/chat`` whole and streamed, OpenAI's ``/v1/chat/completions`` streamed.
-
-    Each is compared with the same request sent to the stand-in's same route; the long relays'
-    CPU per token is also compared with ``own_cpu_us``, that of Minato's own ``GET /stream/{model}``.
+    Each is compared with the same request sent to the stand-in's route of the same name.
     """
-    v1_probe = chat_request(standin_port, SHORT_MODEL, stream=True, path=OPENAI_CHAT)
-    # Until the stand-in speaks OpenAI (it answers 501 there), its rows say so instead of failing the run.
-    why_not = {NATIVE_CHAT: "", OPENAI_CHAT: "" if await _answers(standin_port, v1_probe) else NO_V1}
     rows: list[Row] = []
     for path, stream in ((NATIVE_CHAT, False), (NATIVE_CHAT, True), (OPENAI_CHAT, True)):
-        rows += await _door_answer_rows(standin_port, minato, plan, path=path, stream=stream, why_not=why_not[path])
-    for path in (NATIVE_CHAT, OPENAI_CHAT):
-        rows += await _door_relay_rows(
-            standin_port, minato, plan, path=path, own_cpu_us=own_cpu_us, why_not=why_not[path]
-        )
+        rows += await _door_answer_rows(standin_port, minato, plan, path=path, stream=stream)
     return rows
 
 
