@@ -144,11 +144,12 @@ end. Latencies and *TTFT* are measured as in the rows above (one keep-alive clie
 body byte after the headers, for NDJSON and SSE alike). An OpenAI stream whose client did not ask
 for usage is sent to Ollama with `stream_options.include_usage` (so Minato can count tokens) and the
 extra frame is dropped on the way back: the Minato figure includes that, the direct one cannot.
-The doors' *relay one 5,000-token stream* rows repeat the long relay through the door; their CPU per
-token is divided by that of Minato's own `GET /stream/{model}` in the same run (*/ GET /stream's*):
-the native door is held to at most the same CPU per relayed token (≤ 1.0x) and to at most 0.5 ms
-added p50 for a whole answer. When the stand-in does not answer a door's route (it answered 501 on
-`/v1` before it spoke OpenAI), that door's rows read *n/a* with the reason."""
+The doors' *relay one 5,000-token stream* rows repeat the long relay through the door, taking turns
+with Minato's own `GET /stream/{model}` (five rounds) so that both meet the same machine load; their
+CPU per token is divided by the own route's (*/ GET /stream's*). The native door is held to at most
+the own route's CPU per relayed token (≤ 1.0x) and to at most 0.5 ms added p50 for a whole answer.
+When the stand-in does not answer a door's route (it answered 501 on `/v1` before it spoke OpenAI),
+that door's rows read *n/a* with the reason."""
 
 
 def render_markdown(rows: list[Row], machine: dict[str, str], when: dt.datetime) -> str:
