@@ -61,7 +61,7 @@ class Plan:
 
 
 FULL: Final = Plan(latency_s=10.0, load_s=12.0, warm_s=1.5, max_requests=200_000, relay_reps=30, slow_streams=1000)
-QUICK: Final = Plan(latency_s=1.5, load_s=2.5, warm_s=0.5, max_requests=50_000, relay_reps=8, slow_streams=1000)
+QUICK: Final = Plan(latency_s=1.5, load_s=2.5, warm_s=0.5, max_requests=50_000, relay_reps=10, slow_streams=1000)
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ async def _repeat(port: int, raws: Sequence[bytes], reps: int, pid: int | None) 
         for _ in range(RELAY_ROUNDS):
             for index, (pool, raw) in enumerate(zip(pools, raws, strict=True)):
                 cpu_before = cpu_seconds(pid) if pid else 0.0
-                part = await pool.run(raw, seconds=60, max_requests=max(1, reps // RELAY_ROUNDS))
+                part = await pool.run(raw, seconds=60, max_requests=math.ceil(reps / RELAY_ROUNDS))
                 cpu[index] += cpu_seconds(pid) - cpu_before if pid else 0.0
                 samples[index].results += part.results
                 samples[index].errors += part.errors
