@@ -14,7 +14,7 @@ import uvloop
 
 from bench.processes import Minato, machine_info, raise_fd_limit, run_minato
 from bench.report import Row, render_text, write_markdown
-from bench.scenarios import FULL, QUICK, Plan, answer_rows, relay_rows, slow_stream_rows
+from bench.scenarios import FULL, QUICK, Plan, answer_rows, door_rows, relay_rows, slow_stream_rows
 from tests.standin.process import run_standin
 
 
@@ -32,6 +32,7 @@ async def quiet_logging_rows(standin_port: int, minato: Minato, plan: Plan) -> l
         for clients in (1, 32):
             rows += await answer_rows(standin_port, minato, plan, stream=stream, clients=clients)
     rows += await relay_rows(standin_port, minato, plan)
+    rows += await door_rows(standin_port, minato, plan)
     # Last, so 1,000 upstream connections left in Minato's pool cannot affect the other figures.
     rows += await slow_stream_rows(standin_port, minato, plan)
     return rows

@@ -25,6 +25,7 @@ __all__ = [
     "Sample",
     "burst",
     "chat_request",
+    "connect",
     "get_request",
     "percentile",
 ]
@@ -38,12 +39,15 @@ def get_request(port: int, target: str) -> bytes:
     return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
 
 
-def chat_request(port: int, model: str, *, stream: bool) -> bytes:
-    """Pre-built bytes of the ``POST /api/chat`` Minato itself sends for ``message=hi``."""
+def chat_request(port: int, model: str, *, stream: bool, path: str = "/api/chat") -> bytes:
+    """Pre-built bytes of the ``POST /api/chat`` Minato itself sends for ``message=hi``.
+
+    OpenAI's ``/v1/chat/completions`` reads the same three fields, so ``path`` can name it too.
+    """
     flag = "true" if stream else "false"
     body = f'{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":{flag}}}'.encode()
     head = (
-        f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body

@@ -25,14 +25,17 @@ class Row:
     direct: float | None = None
     target: str = ""
     passed: bool | None = None
+    missing: str = ""
+    """Why the figure could not be measured (the row then shows ``n/a`` and this reason)."""
 
     def cells(self) -> tuple[str, ...]:
         verdict = "" if self.passed is None else ("PASS" if self.passed else "MISS")
         direct = "—" if self.direct is None else _number(self.direct, self.unit)
+        minato = f"n/a ({self.missing})" if self.missing else _number(self.minato, self.unit)
         return (
             self.scenario,
             self.metric,
-            _number(self.minato, self.unit),
+            minato,
             direct,
             self._comparison(),
             self.target,
@@ -40,7 +43,7 @@ class Row:
         )
 
     def _comparison(self) -> str:
-        if self.direct is None or self.unit in ("count", "ratio"):
+        if self.direct is None or self.missing or self.unit in ("count", "ratio"):
             return ""
         ratio = self.minato / self.direct if self.direct else math.inf
         if self.unit == "ms":
@@ -131,6 +134,24 @@ HOW_TO_READ: Final = """\
   which writes one JSON access line per request."""
 
 
+HOW_DOORS: Final = """\
+The door rows send a client's own request to Minato's front doors, `POST /api/chat` (Ollama's API,
+`stream` false and true) and `POST /v1/chat/completions` (OpenAI's, `stream` true), with the body
+`{"model", "messages": [hi], "stream"}`; **Direct** is the very same request sent to the stand-in's
+route of the same name, so the difference is what the door adds: reading the body, the checks, a
+generation slot, and relaying Ollama's bytes while watching them for token counts and the stream's
+end. Latencies and *TTFT* are measured as in the rows above (one keep-alive client; TTFT is the first
+body byte after the headers, for NDJSON and SSE alike). An OpenAI stream whose client did not ask
+for usage is sent to Ollama with `stream_options.include_usage` (so Minato can count tokens) and the
+extra frame is dropped on the way back: the Minato figure includes that, the direct one cannot.
+The doors' *relay one 5,000-token stream* rows repeat the long relay through the door, taking turns
+with Minato's own `GET /stream/{model}` (five rounds) so that both meet the same machine load; their
+CPU per token is divided by the own route's (*/ GET /stream's*). The native door is held to at most
+the own route's CPU per relayed token (≤ 1.0x) and to at most 0.5 ms added p50 for a whole answer.
+When the stand-in does not answer a door's route (it answered 501 on `/v1` before it spoke OpenAI),
+that door's rows read *n/a* with the reason."""
+
+
 def render_markdown(rows: list[Row], machine: dict[str, str], when: dt.datetime) -> str:
     """The whole ``docs/benchmarks.md`` page: how to run, the table, the machine, how to read it."""
     machine_lines = "\n".join(f"- **{key}**: {value}" for key, value in machine.items())
@@ -141,7 +162,8 @@ def render_markdown(rows: list[Row], machine: dict[str, str], when: dt.datetime)
         f"## How to run\n\n{HOW_TO_RUN}\n\n"
         f"## Results ({when:%Y-%m-%d %H:%M} UTC)\n\n{markdown_table(rows)}\n\n"
         f"Machine:\n\n{machine_lines}\n\n"
-        f"## How to read the table\n\n{HOW_TO_READ}\n"
+        f"## How to read the table\n\n{HOW_TO_READ}\n\n"
+        f"## How the doors are measured\n\n{HOW_DOORS}\n"
     )
 
 
