@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from litestar.testing import AsyncTestClient
 from minato.app import create_app
 from minato.errors import SettingsError
 from minato.settings import Settings
-from tests.payloads import chat_answer, chat_done, chat_token, ndjson, streamed
+from tests.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson, streamed
 
 pytestmark = pytest.mark.anyio
 
@@ -534,3 +535,97 @@ async def test_a_blob_digest_is_forwarded_encoded_even_when_it_is_not_printable(
 
     assert response.status_code == 400
     assert blob.calls.last.request.url.raw_path == b"/api/blobs/a%00%23b"
+
+
+# -- named keys on the doors ---------------------------------------------------------------------
+
+SCOPED = "door-scoped-key"
+SCOPED_FILE = f"""
+[keys.scoped]
+key = "{SCOPED}"
+models = ["llama3.2*"]
+tokens_per_day = 5
+"""
+AS_SCOPED = {"Authorization": f"Bearer {SCOPED}"}
+
+
+@pytest.fixture(name="scoped")
+async def fx_scoped(settings: Settings, ollama: respx.MockRouter, tmp_path: Path) -> AsyncIterator[Client]:
+    """Minato with one named key scoped to llama3.2 with a quota of 5 tokens a day."""
+    keys = tmp_path / "keys.toml"
+    keys.write_text(SCOPED_FILE)
+    async for client in _client(settings, ollama, keys_file=str(keys)):
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", {"model": "qwen3:8b", "messages": []}),
+        ("/api/generate", {"model": "qwen3:8b", "prompt": "hi"}),
+        ("/api/embed", {"model": "qwen3:8b", "input": "hi"}),
+        ("/api/show", {"model": "qwen3:8b"}),
+        ("/api/show", {"name": "qwen3:8b"}),
+        ("/v1/chat/completions", {"model": "qwen3:8b", "messages": []}),
+        ("/v1/embeddings", {"model": "qwen3:8b", "input": "hi"}),
+        ("/v1/responses", {"model": "qwen3:8b", "input": "hi"}),
+        ("/v1/messages", {"model": "qwen3:8b", "max_tokens": 5, "messages": []}),
+    ],
+)
+async def test_a_model_outside_the_keys_scope_is_refused_on_every_door(
+    scoped: Client, ollama: respx.MockRouter, path: str, body: dict[str, Any]
+) -> None:
+    route = ollama.post(path).respond(200, json={})
+
+    response = await scoped.post(path, json=body, headers=AS_SCOPED)
+
+    assert response.status_code == 403
+    assert "may not use model 'qwen3:8b'" in json.dumps(response.json())
+    assert not route.called
+
+
+async def test_a_model_outside_the_scope_is_refused_by_the_model_route_too(
+    scoped: Client, ollama: respx.MockRouter
+) -> None:
+    route = ollama.get("/v1/models/qwen3:8b").respond(200, json={"id": "qwen3:8b"})
+
+    response = await scoped.get("/v1/models/qwen3:8b", headers=AS_SCOPED)
+
+    assert response.status_code == 403
+    assert response.json()["error"]["type"] == "api_error"
+    assert not route.called
+
+
+async def test_the_model_lists_of_every_door_show_only_the_keys_models(
+    scoped: Client, ollama: respx.MockRouter
+) -> None:
+    ollama.get("/api/tags").respond(200, json=catalogue("llama3.2:latest", "qwen3:8b", "llama3.2:1b"))
+    ollama.get("/api/ps").respond(200, json={"models": [{"name": "qwen3:8b", "model": "qwen3:8b"}]})
+    ollama.get("/v1/models").respond(
+        200, json={"object": "list", "data": [{"id": "qwen3:8b", "object": "model"}, {"id": "llama3.2:1b"}]}
+    )
+
+    tags = (await scoped.get("/api/tags", headers=AS_SCOPED)).json()
+    ps = (await scoped.get("/api/ps", headers=AS_SCOPED)).json()
+    models = (await scoped.get("/v1/models", headers=AS_SCOPED)).json()
+
+    assert [entry["name"] for entry in tags["models"]] == ["llama3.2:latest", "llama3.2:1b"]
+    assert ps == {"models": []}
+    assert models == {"object": "list", "data": [{"id": "llama3.2:1b"}]}
+
+
+async def test_tokens_generated_through_a_door_are_charged_to_the_keys_quota(
+    scoped: Client, ollama: respx.MockRouter
+) -> None:
+    ollama.post("/v1/chat/completions").respond(200, json={"usage": {"completion_tokens": 6}})
+
+    first = await scoped.post("/v1/chat/completions", json=CHAT, headers=AS_SCOPED)
+    refused = await scoped.post("/v1/chat/completions", json=CHAT, headers=AS_SCOPED)
+    metrics = await scoped.get("/metrics", headers=AS_ADMIN)
+
+    assert first.status_code == 200
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "api_error"
+    assert "retry-after" in refused.headers
+    assert 'key="scoped"' in metrics.text
+    assert SCOPED not in metrics.text
