@@ -134,14 +134,16 @@ class _Watch:
         return rest if self._strip else b""
 
     def _look(self, data: bytes, end: int) -> None:
+        # Whatever ends a stream is its last frame: only the last complete one is searched for it.
+        last = max(data.rfind(self._sep, 0, end - len(self._sep)), 0)
         if self._dialect is StreamDialect.NDJSON:
-            done = data.find(b'"done":true', 0, end)
+            done = data.find(b'"done":true', last, end)
             if done >= 0:
                 self.ended = True
                 counts = _counts_of(self._frame_at(data, done), self._dialect)
                 if counts is not None:
                     self.tokens, self.eval_duration = counts.eval_count, counts.eval_duration
-            elif any(data.find(marker, 0, end) >= 0 for marker in _TERMINATORS[self._dialect]):
+            elif self._ends(data, last, end):
                 self.ended = True
             return
         at = data.rfind(b'"usage":{', 0, end)
@@ -151,8 +153,11 @@ class _Watch:
             counts = _counts_of(frame[data_at + 6 :], self._dialect) if data_at >= 0 else None
             if counts is not None and counts.tokens():
                 self.tokens = counts.tokens()
-        if any(data.find(marker, 0, end) >= 0 for marker in _TERMINATORS[self._dialect]):
+        if self._ends(data, last, end):
             self.ended = True
+
+    def _ends(self, data: bytes, start: int, end: int) -> bool:
+        return any(data.find(marker, start, end) >= 0 for marker in _TERMINATORS[self._dialect])
 
     def _frame_at(self, data: bytes, at: int) -> bytes:
         start = data.rfind(self._sep, 0, at)
