@@ -1177,6 +1177,25 @@ async def test_openai_responses_middleware_rejections(oai: openai.AsyncOpenAI, h
         assert r.json()["error"]["type"] == "invalid_request_error"
 
 
+async def test_openai_responses_runner_failure_and_images(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    with pytest.raises(openai.InternalServerError) as err:
+        await oai.responses.create(model="standin/fail-before", input="hi")
+    assert isinstance(err.value.body, dict)
+    assert err.value.body["type"] == "api_error"
+    image = {"type": "input_image", "detail": "auto", "image_url": f"data:image/png;base64,{PNG_1PX}"}
+    body: dict[str, Any] = {"model": "llama3.2", "input": [{"role": "user", "content": [image]}]}
+    r = await http.post("/v1/responses", json=body)
+    assert r.status_code == 400
+    assert "Multimodal data provided, but model does not support multimodal requests." in r.json()["error"]["message"]
+    image["image_url"] = "https://example.invalid/cat.png"
+    r = await http.post("/v1/responses", json=body)
+    assert (
+        r.json()["error"]["message"] == "image URLs are not currently supported, please use base64 encoded data instead"
+    )
+    image["image_url"] = "data:image/png;base64,not base64"
+    assert (await http.post("/v1/responses", json=body)).json()["error"]["message"] == "invalid image input"
+
+
 async def test_openai_responses_accepts_a_zstd_body_and_refuses_a_broken_one(http: httpx.AsyncClient) -> None:
     body = zstandard.ZstdCompressor().compress(json.dumps({"model": "standin/tokens:2", "input": "x"}).encode())
     headers = {"Content-Encoding": "zstd", "Content-Type": "application/json"}

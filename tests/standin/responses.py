@@ -10,6 +10,8 @@ The built-in ``web_search`` tool (which calls ollama.com) is not emulated.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import random
 import time
 from typing import Any, Final
@@ -112,12 +114,14 @@ def _content(item: dict[str, Any], where: str) -> tuple[str, list[str]]:
                 continue  # a file_id is not supported: the part is skipped
             if url.startswith(("http://", "https://")):
                 raise CompatError(400, "image URLs are not currently supported, please use base64 encoded data instead")
-            if url.startswith("data:;base64,"):
-                images.append(url.removeprefix("data:;base64,"))
-            elif url.startswith(_IMAGE_PREFIXES):
-                images.append(url.partition(",")[2])
-            else:
+            if not url.startswith(("data:;base64,", *_IMAGE_PREFIXES)):
                 raise CompatError(400, "invalid image input")
+            data = url.partition(",")[2]
+            try:
+                base64.b64decode(data, validate=True)  # base64.StdEncoding: padded, no stray bytes
+            except binascii.Error:
+                raise CompatError(400, "invalid image input") from None
+            images.append(data)
         elif kind == "input_file":
             raise CompatError(400, "file inputs are not currently supported")
         else:
@@ -358,6 +362,10 @@ class ResponsesWriter(Writer):
             out["strict"] = fmt["strict"]
         return out
 
+    def _truncation(self) -> str:
+        value = self.req.get("truncation")
+        return "disabled" if value is None else str(value)
+
     def _float(self, key: str) -> float | int:
         value = self.req.get(key)
         return _go_float(value if value is not None else 1.0)
@@ -399,7 +407,7 @@ class ResponsesWriter(Writer):
             "error": None,
             "tools": tools,
             "tool_choice": "auto",
-            "truncation": self.req.get("truncation") or "disabled",
+            "truncation": self._truncation(),
             "parallel_tool_calls": True,
             "text": {"format": self._format()},
             "top_p": self._float("top_p"),
@@ -457,7 +465,7 @@ class ResponsesWriter(Writer):
             "error": None,
             "tools": tools,
             "tool_choice": "auto",
-            "truncation": self.req.get("truncation") or "disabled",
+            "truncation": self._truncation(),
             "parallel_tool_calls": True,
             "text": {"format": self._format()},
             "top_p": self._float("top_p"),
