@@ -12,6 +12,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+import zstandard
 
 from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
 
@@ -146,6 +147,59 @@ def test_openai_errors_are_the_sdks_own(oai: openai.OpenAI, keyed: MinatoServer)
 def test_an_openai_stream_ollama_cuts_short_raises_in_the_sdk(oai: openai.OpenAI) -> None:
     stream = oai.chat.completions.create(model="standin/fail-midstream", messages=HI, stream=True)
 
+    with pytest.raises(openai.APIError, match="before the answer was complete"):
+        list(stream)
+
+
+def _generated(keyed: MinatoServer) -> float:
+    """``minato_tokens_generated_total`` over every model label (unlisted models count as ``other``)."""
+    metrics = httpx.get(keyed.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+    prefix = "minato_tokens_generated_total{"
+    return sum(float(line.rpartition(" ")[2]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+def test_openai_responses_whole_and_streamed_are_answered_and_counted(
+    oai: openai.OpenAI, standin: httpx.Client, keyed: MinatoServer
+) -> None:
+    before = _generated(keyed)
+    done = oai.responses.create(model="standin/tokens:5", input="Why is the sky blue?", instructions="Be brief.")
+    events = list(oai.responses.create(model="standin/tokens:5", input="Why is the sky blue?", stream=True))
+
+    assert (done.object, done.status, done.output_text) == ("response", "completed", "The sky is blue because")
+    assert done.usage is not None
+    assert done.usage.output_tokens == 5
+    assert events[0].type == "response.created"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == done.output_text
+    last = events[-1]
+    assert last.type == "response.completed"
+    assert last.response.usage is not None
+    assert last.response.usage.output_tokens == 5
+    assert _generated(keyed) - before == 10
+    records = _received(standin, "/v1/responses")
+    assert [json.loads(base64.b64decode(r["raw_body"])).get("stream") for r in records] == [None, True]
+    for record in records:
+        _assert_no_client_key(record)
+
+
+def test_a_zstd_responses_body_reaches_ollama_decoded_and_is_answered(
+    keyed: MinatoServer, standin: httpx.Client
+) -> None:
+    body = {"model": "standin/tokens:2", "input": "x"}
+    headers = {"Authorization": f"Bearer {USER}", "Content-Encoding": "zstd", "Content-Type": "application/json"}
+    packed = zstandard.ZstdCompressor().compress(json.dumps(body).encode())
+    response = httpx.post(keyed.url + "/v1/responses", content=packed, headers=headers, timeout=10)
+
+    assert response.status_code == 200
+    assert response.json()["output"][0]["content"][0]["text"] == "The sky"
+    (record,) = _received(standin, "/v1/responses")
+    assert json.loads(base64.b64decode(record["raw_body"])) == body
+    assert "content-encoding" not in {name.lower() for name in record["headers"]}
+
+
+def test_a_responses_stream_ollama_cuts_short_raises_in_the_sdk(oai: openai.OpenAI) -> None:
+    stream = oai.responses.create(model="standin/fail-midstream", input="Why is the sky blue?", stream=True)
+
+    # Ollama's stream just ends after three deltas; Minato's closing error frame is what the SDK raises on.
     with pytest.raises(openai.APIError, match="before the answer was complete"):
         list(stream)
 

@@ -13,6 +13,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anthropic
 import anyio
@@ -20,6 +21,7 @@ import httpx
 import ollama
 import openai
 import pytest
+import zstandard
 from anthropic.types import MessageParam, ToolParam
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
@@ -960,3 +962,264 @@ async def test_openai_thinking_arrives_as_reasoning(http: httpx.AsyncClient) -> 
     assert "".join(d.get("content", "") for d in deltas) == ANSWER
     r = await http.post("/v1/chat/completions", json={**body, "reasoning_effort": "none"})
     assert "reasoning" not in r.json()["choices"][0]["message"]
+
+
+# --------------------------------------------------------------------------- OpenAI Responses
+
+RESPONSE_FIELDS: list[str] = [
+    "id", "object", "created_at", "completed_at", "status", "incomplete_details", "model",
+    "previous_response_id", "instructions", "output", "error", "tools", "tool_choice", "truncation",
+    "parallel_tool_calls", "text", "top_p", "presence_penalty", "frequency_penalty", "top_logprobs",
+    "temperature", "reasoning", "usage", "max_output_tokens", "max_tool_calls", "store", "background",
+    "service_tier", "metadata", "safety_identifier", "prompt_cache_key",
+]  # fmt: skip
+RESPONSES_WEATHER_TOOL: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def _response_events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    """``event:``/``data:`` frames; each payload's keys sorted (Go marshals a map) and typed as its event."""
+    assert body.endswith("\n\n")
+    out: list[tuple[str, dict[str, Any]]] = []
+    for frame in body[:-2].split("\n\n"):
+        event_line, data_line = frame.split("\n")
+        assert event_line.startswith("event: ")
+        assert data_line.startswith("data: ")
+        kind = event_line[len("event: ") :]
+        data = json.loads(data_line[len("data: ") :])
+        assert list(data) == sorted(data)
+        assert data["type"] == kind
+        out.append((kind, data))
+    assert [d["sequence_number"] for _, d in out] == list(range(len(out)))
+    return out
+
+
+async def test_openai_responses_whole_is_a_response(oai: openai.AsyncOpenAI) -> None:
+    done = await oai.responses.create(
+        model="llama3.2", input="hi", instructions="Be brief.", max_output_tokens=3, temperature=0.5
+    )
+    assert re.fullmatch(r"resp_\d{1,6}", done.id)
+    assert (done.object, done.status, done.model) == ("response", "completed", "llama3.2")
+    assert done.output_text == "The sky is"
+    (item,) = done.output
+    assert item.type == "message"
+    assert re.fullmatch(r"msg_\d{1,6}", item.id)
+    assert (item.role, item.status) == ("assistant", "completed")
+    assert done.usage is not None
+    assert done.usage.output_tokens == 3
+    assert done.usage.total_tokens == done.usage.input_tokens + 3
+    assert (done.instructions, done.max_output_tokens, done.temperature, done.top_p) == ("Be brief.", 3, 0.5, 1)
+    assert done.completed_at is not None
+    assert done.completed_at >= done.created_at
+
+
+async def test_openai_responses_whole_is_the_structs_json_encoder_output(http: httpx.AsyncClient) -> None:
+    r = await http.post(
+        "/v1/responses", json={"model": "standin/tokens:2", "input": [{"role": "user", "content": "x"}]}
+    )
+    assert r.headers["content-type"] == "application/json"
+    assert r.content.endswith(b"}\n")
+    assert list(r.json()) == RESPONSE_FIELDS
+    # Go writes float64 1.0 as 1, and the request's absent fields as their defaults.
+    assert b'"top_p":1,' in r.content
+    assert b'"temperature":1,' in r.content
+    done = r.json()
+    assert (done["instructions"], done["reasoning"], done["tools"], done["metadata"]) == (None, None, [], {})
+    assert done["output"][0]["content"] == [
+        {"type": "output_text", "text": "The sky", "annotations": [], "logprobs": []}
+    ]
+
+
+async def test_openai_responses_stream_through_the_sdk(oai: openai.AsyncOpenAI) -> None:
+    stream = await oai.responses.create(model="llama3.2", input="hi", stream=True)
+    events = [e async for e in stream]
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == ANSWER
+    last = events[-1]
+    assert last.type == "response.completed"
+    assert last.response.output_text == ANSWER
+    assert last.response.usage is not None
+    assert last.response.usage.output_tokens == 8
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert len({e.response.id for e in events if e.type in ("response.created", "response.completed")}) == 1
+
+
+async def test_openai_responses_stream_event_sequence(http: httpx.AsyncClient) -> None:
+    body = {"model": "standin/tokens:2", "input": "x", "stream": True}
+    r = await http.post("/v1/responses", json=body)
+    assert r.headers["content-type"] == "text/event-stream"
+    assert (r.headers["cache-control"], r.headers["connection"]) == ("no-cache", "keep-alive")
+    events = _response_events(r.text)
+    assert [kind for kind, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    created = events[0][1]["response"]
+    assert (created["status"], created["output"], created["usage"]) == ("in_progress", [], None)
+    assert list(created) == sorted(RESPONSE_FIELDS)
+    added = events[2][1]["item"]
+    assert (added["status"], added["content"]) == ("in_progress", [])
+    assert [d["delta"] for kind, d in events if kind.endswith(".delta")] == ["The", " sky"]
+    assert events[6][1]["text"] == "The sky"
+    completed = events[-1][1]["response"]
+    assert completed["status"] == "completed"
+    assert completed["output"] == [events[8][1]["item"]]
+    assert completed["output"][0]["id"] == added["id"]
+    assert completed["usage"]["output_tokens"] == 2
+    assert completed["usage"]["total_tokens"] == completed["usage"]["input_tokens"] + 2
+
+
+async def test_openai_responses_tool_call_whole_and_streamed(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    question = "What is the weather in Paris?"
+    done = await oai.responses.create(model="llama3.2", input=question, tools=[RESPONSES_WEATHER_TOOL])
+    (call,) = done.output
+    assert call.type == "function_call"
+    assert call.id == f"fc_{done.id}_0"
+    assert re.fullmatch(r"call_[a-z0-9]{8}", call.call_id)
+    assert (call.name, call.status) == ("get_weather", "completed")
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    assert done.tools[0].type == "function"
+    body = {"model": "llama3.2", "input": question, "tools": [RESPONSES_WEATHER_TOOL], "stream": True}
+    events = _response_events((await http.post("/v1/responses", json=body)).text)
+    assert [kind for kind, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[2][1]["item"]["arguments"] == ""
+    assert json.loads(events[4][1]["arguments"]) == {"city": "Paris"}
+    assert events[-1][1]["response"]["output"] == [events[5][1]["item"]]
+
+
+async def test_openai_responses_function_call_output_turn_gets_a_text_answer(oai: openai.AsyncOpenAI) -> None:
+    done = await oai.responses.create(
+        model="llama3.2",
+        tools=[RESPONSES_WEATHER_TOOL],
+        input=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"type": "function_call", "call_id": "call_abc", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+            {"type": "function_call_output", "call_id": "call_abc", "output": "sunny"},
+        ],
+    )
+    assert [item.type for item in done.output] == ["message"]
+    assert done.output_text == ANSWER
+
+
+async def test_openai_responses_reasoning_whole_streamed_and_off(http: httpx.AsyncClient) -> None:
+    body: dict[str, Any] = {"model": "qwen3:0.6b", "input": "hi"}
+    done = (await http.post("/v1/responses", json=body)).json()
+    reasoning, message = done["output"]
+    assert reasoning == {
+        "id": f"rs_{done['id']}",
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": "Okay, the user asks about the sky."}],
+        "encrypted_content": "Okay, the user asks about the sky.",
+    }
+    assert message["content"][0]["text"] == ANSWER
+    events = _response_events((await http.post("/v1/responses", json={**body, "stream": True})).text)
+    kinds = [kind for kind, _ in events]
+    assert kinds[2:4] == ["response.output_item.added", "response.reasoning_summary_text.delta"]
+    done_at = kinds.index("response.reasoning_summary_text.done")
+    assert kinds[done_at + 1 : done_at + 3] == ["response.output_item.done", "response.output_item.added"]
+    assert events[done_at][1]["text"] == "Okay, the user asks about the sky."
+    assert events[done_at + 2][1]["output_index"] == 1
+    assert [item["type"] for item in events[-1][1]["response"]["output"]] == ["reasoning", "message"]
+    off = (await http.post("/v1/responses", json={**body, "reasoning": {"effort": "none"}})).json()
+    assert [item["type"] for item in off["output"]] == ["message"]
+    assert off["reasoning"] == {"effort": "none"}
+
+
+async def test_openai_responses_unknown_model_is_the_sdks_not_found_error(
+    oai: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        await oai.responses.create(model="no-such-model", input="hi")
+    assert err.value.status_code == 404
+    r = await http.post("/v1/responses", json={"model": "no-such-model", "input": "hi", "stream": True})
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["cache-control"] == "no-cache"
+    assert r.content == (
+        b'{"error":{"message":"model \'no-such-model\' not found","type":"not_found_error","param":null,"code":null}}\n'
+    )
+
+
+async def test_openai_responses_middleware_rejections(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    huge: Any = {"effort": "huge"}
+    with pytest.raises(openai.BadRequestError, match="invalid reasoning value"):
+        await oai.responses.create(model="llama3.2", input="hi", reasoning=huge)
+    cases = [
+        ({"model": "llama3.2", "input": 5}, "input must be a string or array: "),
+        ({"model": "llama3.2", "input": [{"type": "nope"}]}, 'input[0]: unknown input item type: "nope"'),
+        ({"model": "llama3.2", "input": [{"content": "x"}]}, "input[0]: input item missing required 'type' field"),
+        ({"model": "llama3.2", "input": "x", "max_output_tokens": "3"}, "json: cannot unmarshal string into Go"),
+    ]
+    for body, message in cases:
+        r = await http.post("/v1/responses", json=body)
+        assert r.status_code == 400
+        assert r.headers["content-type"] == "application/json; charset=utf-8"
+        assert r.json()["error"]["message"].startswith(message), r.text
+        assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_openai_responses_runner_failure_and_images(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    with pytest.raises(openai.InternalServerError) as err:
+        await oai.responses.create(model="standin/fail-before", input="hi")
+    assert isinstance(err.value.body, dict)
+    assert err.value.body["type"] == "api_error"
+    image = {"type": "input_image", "detail": "auto", "image_url": f"data:image/png;base64,{PNG_1PX}"}
+    body: dict[str, Any] = {"model": "llama3.2", "input": [{"role": "user", "content": [image]}]}
+    r = await http.post("/v1/responses", json=body)
+    assert r.status_code == 400
+    assert "Multimodal data provided, but model does not support multimodal requests." in r.json()["error"]["message"]
+    image["image_url"] = "https://example.invalid/cat.png"
+    r = await http.post("/v1/responses", json=body)
+    assert (
+        r.json()["error"]["message"] == "image URLs are not currently supported, please use base64 encoded data instead"
+    )
+    image["image_url"] = "data:image/png;base64,not base64"
+    assert (await http.post("/v1/responses", json=body)).json()["error"]["message"] == "invalid image input"
+
+
+async def test_openai_responses_accepts_a_zstd_body_and_refuses_a_broken_one(http: httpx.AsyncClient) -> None:
+    body = zstandard.ZstdCompressor().compress(json.dumps({"model": "standin/tokens:2", "input": "x"}).encode())
+    headers = {"Content-Encoding": "zstd", "Content-Type": "application/json"}
+    r = await http.post("/v1/responses", content=body, headers=headers)
+    assert r.status_code == 200
+    assert r.json()["output"][0]["content"][0]["text"] == "The sky"
+    r = await http.post("/v1/responses", content=b'{"model":"llama3.2"}', headers=headers)
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "invalid input: magic number mismatch"
+    # Only the Responses door decodes zstd, as in Ollama.
+    r = await http.post("/v1/chat/completions", content=body, headers=headers)
+    assert r.status_code == 400
+
+
+async def test_openai_responses_stream_failing_midway_just_ends(
+    oai: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    body = {"model": "standin/fail-midstream", "input": "hi", "stream": True}
+    r = await http.post("/v1/responses", json=body)
+    assert r.status_code == 200
+    events = _response_events(r.text)
+    assert [kind for kind, _ in events][-4:] == ["response.content_part.added"] + ["response.output_text.delta"] * 3
+    # The native error line decodes as an empty, unfinished answer: the converter has nothing to say.
+    stream = await oai.responses.create(model="standin/fail-midstream", input="hi", stream=True)
+    seen = [e.type async for e in stream]
+    assert seen[-1] == "response.output_text.delta"
+    assert "response.completed" not in seen

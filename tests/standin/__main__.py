@@ -49,7 +49,8 @@ def _display_host(host: str) -> str:
 
 async def serve(config: Config) -> None:
     standin = StandIn(config)
-    server = web.Server(standin.handle, handler_cancellation=True, access_log=None)
+    # Go's net/http never decodes a request's Content-Encoding: handlers get the bytes as sent.
+    server = web.Server(standin.handle, handler_cancellation=True, access_log=None, auto_decompress=False)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024)

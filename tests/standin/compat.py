@@ -129,6 +129,11 @@ class Writer:
         """What the writer puts on the wire for one native stream object (possibly nothing)."""
         raise NotImplementedError
 
+    def flushes(self, obj: dict[str, Any]) -> list[bytes]:
+        """``frames`` as the writes the middleware flushes one by one."""
+        frames = self.frames(obj)
+        return [frames] if frames else []
+
 
 # --------------------------------------------------------------------------- OpenAI chat
 

@@ -20,6 +20,7 @@ __all__ = [
     "b64_error_offset",
     "decode_json_body",
     "dumps",
+    "dumps_map",
     "go_duration_ns",
     "go_kind",
     "go_quote",
@@ -31,12 +32,21 @@ __all__ = [
 FOREVER_NS: Final = 2**63 - 1  # math.MaxInt64 nanoseconds, i.e. ~292 years
 
 _encoder: Final = msgspec.json.Encoder()
+_sorted_encoder: Final = msgspec.json.Encoder(order="sorted")
 _decoder: Final = msgspec.json.Decoder()
 
 
 def dumps(obj: object) -> bytes:
     """Compact JSON like Go's ``json.Marshal``: ``<``, ``>``, ``&``, U+2028/9 escaped."""
-    out = _encoder.encode(obj)
+    return _go_escape(_encoder.encode(obj))
+
+
+def dumps_map(obj: object) -> bytes:
+    """``json.Marshal`` of a ``map[string]any``: Go sorts map keys, at every level (``msgspec.Raw`` kept)."""
+    return _go_escape(_sorted_encoder.encode(obj))
+
+
+def _go_escape(out: bytes) -> bytes:
     if b"<" in out:
         out = out.replace(b"<", b"\\u003c")
     if b">" in out:

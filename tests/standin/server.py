@@ -57,6 +57,7 @@ from tests.standin.gowire import (
     local_rfc3339,
     utc_rfc3339,
 )
+from tests.standin.responses import ResponsesWriter, UnsupportedToolError, check_types, to_native_responses, unzstd
 from tests.standin.validate import (
     CHAT_FIELDS,
     COPY_FIELDS,
@@ -258,7 +259,7 @@ class StandIn:
             "/v1/chat/completions": {"POST": self._v1_chat},
             "/v1/completions": {"POST": self._v1_completions},
             "/v1/embeddings": {"POST": self._v1_embeddings},
-            "/v1/responses": {"POST": self._unimplemented},
+            "/v1/responses": {"POST": self._v1_responses},
             "/v1/audio/transcriptions": {"POST": self._unimplemented},
             "/v1/messages": {"POST": self._v1_messages},
         }
@@ -1094,7 +1095,7 @@ class StandIn:
         sent = 0
         content_count = 0
         headers = {"Content-Type": EVENT_STREAM}
-        if isinstance(writer, AnthropicWriter):
+        if isinstance(writer, (AnthropicWriter, ResponsesWriter)):
             headers |= {"Cache-Control": "no-cache", "Connection": "keep-alive"}
         resp = web.StreamResponse(status=200, headers=headers)
         resp.enable_chunked_encoding()
@@ -1107,20 +1108,20 @@ class StandIn:
                 await self._pace(gen, i, t0)
                 if gen.spec.behaviour == "fail-midstream" and content_count == 3:
                     break
-                frames = writer.frames(self._native_piece(gen, is_think, text))
-                if frames:
+                for frames in writer.flushes(self._native_piece(gen, is_think, text)):
                     await resp.write(frames)
                 sent += 1
                 if not is_think:
                     content_count += 1
             if gen.tool_calls:
-                await resp.write(writer.frames(self._tool_chunk(gen)))
+                for frames in writer.flushes(self._tool_chunk(gen)):
+                    await resp.write(frames)
             if gen.spec.behaviour == "fail-midstream":
-                frames = writer.frames({"error": ERR_MIDSTREAM})
+                last = writer.flushes({"error": ERR_MIDSTREAM})
                 error = ERR_MIDSTREAM
             else:
-                frames = writer.frames(self._final(gen, load_ns, gen_start, sent, whole=False))
-            if frames:
+                last = writer.flushes(self._final(gen, load_ns, gen_start, sent, whole=False))
+            for frames in last:
                 await resp.write(frames)
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             self._event("stream_cancelled", gen.path, gen.model, sent, stream=True)
@@ -1252,6 +1253,29 @@ class StandIn:
         finally:
             self.active -= 1
         if stream and not answer.prepared:
+            # The middleware sets these before the handler runs, so even an error answer carries them.
+            answer.headers["Cache-Control"] = "no-cache"
+            answer.headers["Connection"] = "keep-alive"
+        return answer
+
+    async def _v1_responses(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
+        try:
+            if request.headers.get("Content-Encoding") == "zstd":
+                raw = unzstd(raw)
+            req = self._compat_body(raw, "openai.ResponsesRequest")
+            check_types(req)
+            native = to_native_responses(req)
+        except CompatError as exc:
+            return _json(exc.status, openai_error(exc.status, exc.message))
+        except UnsupportedToolError as exc:
+            return _error(501, f"the Ollama stand-in does not implement the {exc} tool")
+        writer = ResponsesWriter(req)
+        self.active += 1
+        try:
+            answer = self._relay(writer, await self._inference(request, dumps(native), chat=True, writer=writer))
+        finally:
+            self.active -= 1
+        if writer.stream and not answer.prepared:
             # The middleware sets these before the handler runs, so even an error answer carries them.
             answer.headers["Cache-Control"] = "no-cache"
             answer.headers["Connection"] = "keep-alive"
