@@ -261,3 +261,26 @@ def _first_answer_once_below_the_cap(server: MinatoServer) -> int:
             break
         time.sleep(0.05)
     return status
+
+
+@pytest.fixture(scope="module")
+def slow_bodies(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinatoServer]:
+    """Minato with a short body deadline."""
+    server = start_minato(standin_url, tmp_path_factory.mktemp("bodies") / "minato.log", body_timeout="1")
+    yield server
+    stop_minato(server)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/v1/messages"])
+def test_a_door_body_trickled_past_the_body_timeout_is_a_408_in_the_doors_shape(
+    slow_bodies: MinatoServer, standin: object, path: str
+) -> None:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    with connection(slow_bodies) as sock:
+        sock.sendall(head.encode() + b'{"model":')
+        started = time.monotonic()
+        status, _, body = read_response(sock.makefile("rb"))
+
+    assert status == 408
+    assert "MINATO_BODY_TIMEOUT" in json.dumps(json.loads(body))
+    assert time.monotonic() - started < READ_TIMEOUT

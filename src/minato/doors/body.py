@@ -17,13 +17,14 @@ one clients expect.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 import msgspec
 import zstandard
 from litestar import Request
 
-from minato.errors import PayloadTooLargeError, UpstreamRejectedError
+from minato.errors import PayloadTooLargeError, RequestTimeoutError, UpstreamRejectedError
 
 #: The top-level fields Minato reads; a body naming one of them in another case is refused.
 READ_FIELDS: Final = frozenset(
@@ -120,13 +121,21 @@ def check_nested_names(values: dict[str, Any], names: frozenset[str], where: str
             raise BodyRefusedError(f"the field {where}.{key!r} must be written {exact!r}")
 
 
-async def read_body(request: Request[Any, Any, Any], max_bytes: int) -> bytes:
-    """The request body within ``max_bytes`` (Litestar's bound), zstd-decoded if so encoded.
+async def read_body(request: Request[Any, Any, Any], max_bytes: int, within: float) -> bytes:
+    """The request body within ``max_bytes`` (Litestar's bound) and ``within`` seconds
+    (``MINATO_BODY_TIMEOUT``: a body trickled in a byte at a time must not hold a connection forever),
+    zstd-decoded if so encoded.
 
     Codex sends zstd bodies to ``/v1/responses``; the decoded body is bounded by the same limit,
     so a small compressed body cannot expand into gigabytes.
     """
-    raw = await request.body()
+    try:
+        async with asyncio.timeout(within):
+            raw = await request.body()
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {within:g} s (MINATO_BODY_TIMEOUT)"
+        ) from None
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if not encoding or encoding == "identity":
         return raw

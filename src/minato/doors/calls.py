@@ -25,7 +25,8 @@ _INCLUDE_USAGE: Final = frozenset({"include_usage"})
 
 async def read(request: Request[Any, Any, Any]) -> DoorBody:
     """The request's body, bounded like any body, as far as Minato reads it."""
-    return DoorBody.parse(await read_body(request, runtime_of(request).settings.max_body_bytes))
+    settings = runtime_of(request).settings
+    return DoorBody.parse(await read_body(request, settings.max_body_bytes, settings.body_timeout))
 
 
 async def generation(
@@ -101,7 +102,12 @@ async def plain(
 ) -> Response[Any]:
     """A call Minato only relays (version, blobs, the account routes once allowed)."""
     runtime = runtime_of(request)
-    raw = await read_body(request, runtime.settings.max_body_bytes) if request.method in {"POST", "DELETE"} else None
+    settings = runtime.settings
+    raw = (
+        await read_body(request, settings.max_body_bytes, settings.body_timeout)
+        if request.method in {"POST", "DELETE"}
+        else None
+    )
     return await relay(request, runtime, Relay(request.method, route_path(request, *segments), raw, dialect))
 
 
