@@ -100,7 +100,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Largest accepted request body, in bytes."""
     body_timeout: PositiveFloat = 60.0
     """Seconds a vision request may take to send its body once it holds a generation slot (bodies are
-    read only then, so queued uploads wait outside Minato's memory); beyond it 408."""
+    read only then, so queued uploads wait outside Minato's memory), and a front door's request its
+    body; beyond it 408."""
     image_fetch_timeout: PositiveFloat = 10.0
     """Seconds to download one ``image_url`` (connect, redirects and body together)."""
     image_fetch_allow: tuple[str, ...] = ()
