@@ -135,13 +135,41 @@ def _real_client(transport: httpx.AsyncBaseTransport | None) -> UpstreamFactory:
     return build
 
 
+#: What browsers may send: Minato's own headers, and those the OpenAI and Anthropic SDKs add in a
+#: browser (Ollama's own CORS list carries the OpenAI ones), so their preflights succeed at the doors.
+_CORS_HEADERS: Final = (
+    "Authorization",
+    "X-API-Key",
+    "Content-Type",
+    "Content-Encoding",
+    "Accept",
+    "X-Request-ID",
+    "OpenAI-Beta",
+    "OpenAI-Organization",
+    "OpenAI-Project",
+    "x-stainless-arch",
+    "x-stainless-async",
+    "x-stainless-helper-method",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-timeout",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+)
+
+
 def _cors(settings: Settings) -> CORSConfig | None:
     if not settings.cors_origins:
         return None
     return CORSConfig(
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
+        allow_headers=[*_CORS_HEADERS],
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
     )

@@ -210,6 +210,20 @@ async def test_cors_answers_preflights_only_for_configured_origins(
     assert "access-control-allow-origin" not in refused.headers
 
 
+async def test_a_browser_sdks_preflight_to_a_door_is_answered(settings: Settings, ollama: respx.MockRouter) -> None:
+    # Keys are configured: a preflight carries none, and must still be answered.
+    configured = msgspec.structs.replace(settings, cors_origins=("https://app.example",), api_keys=(USER,))
+    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    asked = "authorization, content-type, x-stainless-os, x-stainless-retry-count, anthropic-version"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked}
+    async with AsyncTestClient(app=app) as client:
+        openai = await client.options("/v1/chat/completions", headers={"Origin": "https://app.example", **preflight})
+
+    assert openai.status_code in {200, 204}
+    allowed = {name.strip().lower() for name in openai.headers["access-control-allow-headers"].split(",")}
+    assert {"x-stainless-os", "x-stainless-retry-count", "anthropic-version", "authorization"} <= allowed
+
+
 async def test_cors_is_off_by_default(client: Client) -> None:
     response = await client.get("/health", headers={"Origin": "https://app.example"})
 
