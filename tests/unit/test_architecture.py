@@ -104,6 +104,7 @@ class FakeOllama:
         *,
         content_type: str | None = None,
         headers_within: float | None = None,
+        whole_within: float | None = None,
     ) -> RawResponse:
         raise NotImplementedError
 

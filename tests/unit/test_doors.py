@@ -629,3 +629,17 @@ async def test_tokens_generated_through_a_door_are_charged_to_the_keys_quota(
     assert "retry-after" in refused.headers
     assert 'key="scoped"' in metrics.text
     assert SCOPED not in metrics.text
+
+
+async def test_a_door_stream_longer_than_the_request_timeout_ends_with_an_error_line(
+    settings: Settings, ollama: respx.MockRouter
+) -> None:
+    pieces = [ndjson(chat_token("Hel")), ndjson(chat_token("lo")), ndjson(chat_done())]
+    ollama.post("/api/chat").mock(return_value=streamed(*pieces, pauses={1: 0.6}))
+    async for client in _client(settings, ollama, request_timeout=0.3):
+        response = await client.post("/api/chat", json=CHAT, headers=AS_USER)
+
+    lines = [json.loads(line) for line in response.content.splitlines()]
+    assert lines[0]["message"]["content"] == "Hel"
+    assert "MINATO_REQUEST_TIMEOUT" in lines[-1]["error"]
+    assert not any(line.get("done") for line in lines)

@@ -13,7 +13,6 @@ relay, like a generation of Minato's own API, and a whole answer is bounded by
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Final, NamedTuple
 
@@ -24,7 +23,7 @@ from litestar.background_tasks import BackgroundTask
 
 from minato.backpressure import Slot
 from minato.disconnect import unless_disconnected
-from minato.errors import MinatoError, OllamaTimeoutError
+from minato.errors import MinatoError
 from minato.generation import take_slot
 from minato.record import RequestRecord, record_of
 from minato.rendering import StreamDialect, stream_error_frame
@@ -197,7 +196,7 @@ async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) 
         if answer.content_type.startswith(_STREAMED_TYPES):
             return _streamed(answer, call, record, slot)
         try:
-            body = await unless_disconnected(request, _whole(answer, runtime.settings.request_timeout))
+            body = await unless_disconnected(request, answer.read())
         finally:
             await answer.aclose()
     except BaseException:
@@ -219,16 +218,14 @@ async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
     # A whole answer's headers come only once it is complete: wait as long as a whole answer may take.
     wait = settings.first_token_timeout if call.streamed else settings.request_timeout
     return await runtime.upstream.forward(
-        call.method, call.path, call.body, content_type="application/json" if call.body else None, headers_within=wait
+        call.method,
+        call.path,
+        call.body,
+        content_type="application/json" if call.body else None,
+        headers_within=wait,
+        # A generation is bounded as on Minato's own routes; a pull or a blob upload may take longer.
+        whole_within=settings.request_timeout if call.model else None,
     )
-
-
-async def _whole(answer: RawResponse, budget: float) -> bytes:
-    try:
-        async with asyncio.timeout(budget):
-            return await answer.read()
-    except TimeoutError:
-        raise OllamaTimeoutError(f"the answer took longer than {budget:g} s (MINATO_REQUEST_TIMEOUT)") from None
 
 
 def _per_second(tokens: int, nanoseconds: int) -> float:

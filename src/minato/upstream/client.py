@@ -237,14 +237,16 @@ class OllamaClient:
         *,
         content_type: str | None = None,
         headers_within: float | None = None,
+        whole_within: float | None = None,
     ) -> RawResponse:
         """Send ``body`` to Ollama's ``path`` as it is and return the answer as it arrives.
 
         The status and headers are known when this returns (within ``headers_within`` seconds,
         by default ``MINATO_FIRST_TOKEN_TIMEOUT``, which covers a cold model load); the body is then
         read chunk by chunk, each chunk the moment it arrives, with ``MINATO_IDLE_TIMEOUT`` between
-        chunks. Only Ollama's URL, the content type and ``MINATO_OLLAMA_HEADERS`` travel: nothing of
-        the client's request (keys, cookies, ``Host``) reaches Ollama.
+        chunks and, with ``whole_within``, the whole body within that many seconds (a generation's
+        ``MINATO_REQUEST_TIMEOUT``; a pull has no such bound). Only Ollama's URL, the content type and
+        ``MINATO_OLLAMA_HEADERS`` travel: nothing of the client's request (keys, cookies, ``Host``) reaches Ollama.
         """
         url = self._urls.get(path)
         if url is None:
@@ -261,7 +263,7 @@ class OllamaClient:
             raise OllamaTimeoutError(f"Ollama did not start answering within {budget:g} s") from None
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.base_url, self.settings.connect_timeout) from None
-        return RawResponse(response, self.base_url, self.settings.idle_timeout)
+        return RawResponse(response, self.base_url, self.settings.idle_timeout, whole_within)
 
     # -- plumbing ---------------------------------------------------------------------------
 

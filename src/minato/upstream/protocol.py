@@ -72,9 +72,10 @@ class Ollama(Protocol):
         *,
         content_type: str | None = None,
         headers_within: float | None = None,
+        whole_within: float | None = None,
     ) -> RawResponse:
         """Relay a request as bytes: status and headers first (within ``headers_within`` seconds, by default
-        ``MINATO_FIRST_TOKEN_TIMEOUT``), then the body as it arrives."""
+        ``MINATO_FIRST_TOKEN_TIMEOUT``), then the body as it arrives (all of it within ``whole_within``)."""
 
 
 if TYPE_CHECKING:

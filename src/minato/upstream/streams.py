@@ -98,8 +98,10 @@ class RawResponse(_Body):
 
     _called = ("an answer", "the answer")
 
-    def __init__(self, response: httpx.Response, ollama_url: str, idle_timeout: float) -> None:
-        super().__init__(response, ollama_url, idle_timeout)
+    def __init__(
+        self, response: httpx.Response, ollama_url: str, idle_timeout: float, total_timeout: float | None = None
+    ) -> None:
+        super().__init__(response, ollama_url, idle_timeout, total_timeout)
         self.status = response.status_code
         self.headers = [(name.lower(), value) for name, value in response.headers.items()]
 
