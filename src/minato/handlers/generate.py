@@ -4,24 +4,19 @@ by ``POST`` with the parameters in a JSON body (no URL length limit on the promp
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
-from litestar import Request, get, post
+from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter, SkipValidation
 from litestar.response import Stream
 
-from minato.backpressure import Admission
 from minato.errors import CapabilityError, InvalidInputError
-from minato.generation import Generation, Question, streamed_answer, whole_answer
+from minato.generation import Generation, GenerationParts, Question, streamed_answer, whole_answer
 from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, RECONNECTABLE_OPT
 from minato.images import decode_base64_image, too_many_images
 from minato.params import GenerationBody, GenerationOptions, check_text_length
 from minato.schemas import GenerateResponse
-from minato.security import Caller
-from minato.sessions import SessionManager
-from minato.settings import Settings
-from minato.upstream.protocol import OllamaDependency
 
 MESSAGE_DESCRIPTION: Final = "The user's message (required, non-empty)."
 Message = Annotated[str, Parameter(description=MESSAGE_DESCRIPTION, min_length=1)]
@@ -35,20 +30,11 @@ STREAM_DESCRIPTION: Final = (
 
 
 def provide_text_generation(
-    request: Request[Any, Any, Any],
-    model: NamedDependency[str],
-    message: Message,
-    params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
+    generation_parts: NamedDependency[GenerationParts], message: Message, params: NamedDependency[GenerationOptions]
 ) -> Generation:
     """The ``text_generation`` dependency of both text routes: the message checked, the parts gathered."""
-    check_text_length("message", message, settings)
-    question = Question(message, [])
-    return Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
+    check_text_length("message", message, generation_parts.settings)
+    return Generation(generation_parts, params, Question(message, []))
 
 
 @get(
@@ -86,16 +72,10 @@ POST_DESCRIPTION: Final = (
 
 
 async def provide_posted_generation(
-    request: Request[Any, Any, Any],
-    model: NamedDependency[str],
-    data: JSONBody[GenerationBody],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
+    generation_parts: NamedDependency[GenerationParts], data: JSONBody[GenerationBody]
 ) -> Generation:
     """The ``posted_generation`` dependency of both POST routes: the body checked, its images decoded."""
+    request, upstream, _, _, settings, caller, model = generation_parts
     if request.query_params:
         name = next(iter(request.query_params))
         raise InvalidInputError.single("query", name, "send the parameters in the JSON body", "extra_forbidden")
@@ -110,8 +90,7 @@ async def provide_posted_generation(
         base64.b64encode(decode_base64_image(text, index, settings, "images")).decode("ascii")
         for index, text in enumerate(data.images)
     ]
-    question = Question(data.message, images)
-    return Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
+    return Generation(generation_parts, params, Question(data.message, images))
 
 
 @post(
