@@ -4,6 +4,7 @@ by ``POST`` with the parameters in a JSON body (no URL length limit on the promp
 from __future__ import annotations
 
 import base64
+from functools import partial
 from typing import Annotated, Final
 
 from litestar import get, post
@@ -27,6 +28,9 @@ STREAM_DESCRIPTION: Final = (
     "With `think=true` on a thinking model, SSE and NDJSON also carry `thinking` events; plain text "
     "carries only the answer."
 )
+#: The text routes: one tag, the same documented failures, and a POST that answers 200 (not 201).
+_get = partial(get, responses=GENERATION_RESPONSES, tags=["generate"])
+_post = partial(post, status_code=200, responses=GENERATION_RESPONSES, tags=["generate"])
 
 
 def provide_text_generation(
@@ -37,13 +41,11 @@ def provide_text_generation(
     return Generation(generation_parts, params, Question(message, []))
 
 
-@get(
+@_get(
     "/{model_name:path}",
     operation_id="Generate",
     summary="Answer a message",
     description="Send `message` to the model and wait for the whole answer.",
-    responses=GENERATION_RESPONSES,
-    tags=["generate"],
     opt={GENERATION_OPT: True},
 )
 async def generate(text_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
@@ -51,13 +53,11 @@ async def generate(text_generation: NamedDependency[SkipValidation[Generation]])
     return await whole_answer(text_generation)
 
 
-@get(
+@_get(
     "/stream/{model_name:path}",
     operation_id="GenerateStream",
     summary="Stream the answer to a message",
     description=STREAM_DESCRIPTION,
-    responses=GENERATION_RESPONSES,
-    tags=["generate"],
     opt={GENERATION_OPT: True, RECONNECTABLE_OPT: True},
 )
 async def generate_stream(text_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
@@ -93,14 +93,11 @@ async def provide_posted_generation(
     return Generation(generation_parts, params, Question(data.message, images))
 
 
-@post(
+@_post(
     "/{model_name:path}",
     operation_id="GeneratePost",
     summary="Answer a message sent as JSON",
     description=f"Like `GET /{{model}}`. {POST_DESCRIPTION}",
-    status_code=200,
-    responses=GENERATION_RESPONSES,
-    tags=["generate"],
     opt={GENERATION_OPT: True},
 )
 async def generate_post(posted_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
@@ -108,14 +105,11 @@ async def generate_post(posted_generation: NamedDependency[SkipValidation[Genera
     return await whole_answer(posted_generation)
 
 
-@post(
+@_post(
     "/stream/{model_name:path}",
     operation_id="GenerateStreamPost",
     summary="Stream the answer to a message sent as JSON",
     description=f"Like `GET /stream/{{model}}`. {POST_DESCRIPTION}\n\n{STREAM_DESCRIPTION}",
-    status_code=200,
-    responses=GENERATION_RESPONSES,
-    tags=["generate"],
     opt={GENERATION_OPT: True},
 )
 async def generate_stream_post(posted_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
