@@ -1,8 +1,10 @@
-"""Cancelling work the moment its client leaves, so Ollama stops computing answers nobody will read."""
+"""Cancelling work: the moment its client leaves, so Ollama stops computing answers nobody will read; and
+a background task, at shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -38,4 +40,12 @@ async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T
         watcher.cancel()
 
 
-__all__ = ["unless_disconnected"]
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task (if there is one) and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+__all__ = ["cancel_and_wait", "unless_disconnected"]

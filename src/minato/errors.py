@@ -71,16 +71,21 @@ class MinatoError(Exception):
 
     status_code: int = 500
 
+    def __init_subclass__(cls, *, status: int | None = None) -> None:
+        # The status is declared in the class line (`class X(MinatoError, status=404)`); a
+        # subclass without one keeps its parent's.
+        super().__init_subclass__()
+        if status is not None:
+            cls.status_code = status
+
     def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
 
 
-class InvalidInputError(MinatoError):
+class InvalidInputError(MinatoError, status=422):
     """The request names a parameter with a bad value."""
-
-    status_code = 422
 
     def __init__(self, items: list[ErrorItem]) -> None:
         super().__init__("; ".join(f"{'.'.join(map(str, i.loc))}: {i.msg}" for i in items))
@@ -92,61 +97,43 @@ class InvalidInputError(MinatoError):
         return cls([ErrorItem(loc=[source, name], msg=msg, type=kind)])
 
 
-class PayloadTooLargeError(MinatoError):
+class PayloadTooLargeError(MinatoError, status=413):
     """A body, an image or a count exceeds a configured limit."""
 
-    status_code = 413
 
-
-class CapabilityError(MinatoError):
+class CapabilityError(MinatoError, status=400):
     """The model lacks a capability the route needs."""
 
-    status_code = 400
 
-
-class ForbiddenError(MinatoError):
+class ForbiddenError(MinatoError, status=403):
     """The caller's key may not do what it asked; an admin key may."""
 
-    status_code = 403
 
-
-class RequestTimeoutError(MinatoError):
+class RequestTimeoutError(MinatoError, status=408):
     """The client did not send its request body in time."""
 
-    status_code = 408
 
-
-class ClientDisconnectedError(MinatoError):
+class ClientDisconnectedError(MinatoError, status=499):
     """The client went away before its answer was ready (logged as nginx's 499)."""
 
-    status_code = 499
 
-
-class ModelNotFoundError(MinatoError):
+class ModelNotFoundError(MinatoError, status=404):
     """Ollama has no such model."""
 
-    status_code = 404
 
-
-class SessionNotFoundError(MinatoError):
+class SessionNotFoundError(MinatoError, status=404):
     """No conversation has that id (or it expired)."""
 
-    status_code = 404
 
-
-class AmbiguousSessionError(MinatoError):
+class AmbiguousSessionError(MinatoError, status=409):
     """Several keys have a conversation with that id, and the admin did not say whose."""
 
-    status_code = 409
 
-
-class SessionDamagedError(MinatoError):
+class SessionDamagedError(MinatoError, status=409):
     """The session store cannot read or write a conversation: its pages are damaged.
 
     A 409, not a 5xx: clients retry server errors, and no retry can help; deleting it can.
     """
-
-    status_code = 409
 
     def __init__(self, owner: str, session_id: str, reason: str) -> None:
         # With the owner named, the DELETE is right for the owner's key and for an admin's alike.
@@ -158,43 +145,31 @@ class SessionDamagedError(MinatoError):
         self.session_id = session_id
 
 
-class UpstreamError(MinatoError):
+class UpstreamError(MinatoError, status=502):
     """Ollama answered with an error Minato cannot attribute to the caller."""
 
-    status_code = 502
 
-
-class UpstreamRejectedError(UpstreamError):
+class UpstreamRejectedError(UpstreamError, status=400):
     """Ollama rejected the request as invalid (its 400)."""
 
-    status_code = 400
 
-
-class OllamaUnavailableError(UpstreamError):
+class OllamaUnavailableError(UpstreamError, status=503):
     """Ollama cannot be reached."""
 
-    status_code = 503
 
-
-class OllamaBusyError(UpstreamError):
+class OllamaBusyError(UpstreamError, status=503):
     """Ollama's own queue is full; the caller should retry later."""
-
-    status_code = 503
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
 
 
-class OllamaTimeoutError(UpstreamError):
+class OllamaTimeoutError(UpstreamError, status=504):
     """Ollama did not answer within the configured time."""
 
-    status_code = 504
 
-
-class OverloadedError(MinatoError):
+class OverloadedError(MinatoError, status=503):
     """Minato is running all the generations it may, and its queue is full (or the wait too long)."""
-
-    status_code = 503
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": str(OVERLOADED_RETRY_AFTER_SECONDS)})

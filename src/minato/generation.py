@@ -48,26 +48,32 @@ class Question(NamedTuple):
 QuestionReader = Callable[[], Awaitable[Question]]
 
 
-class Generation(NamedTuple):
-    """Everything one generation needs, gathered by its handler."""
+class GenerationParts(NamedTuple):
+    """What every generation route gathers alike: the request, its model and the app's services."""
 
     request: Request[Any, Any, Any]
     upstream: Ollama
     sessions: SessionManager
     admission: Admission
     settings: Settings
-    params: GenerationOptions
     caller: Caller
     model: str
+
+
+class Generation(NamedTuple):
+    """Everything one generation needs: the parts its route gathered, its parameters and its question."""
+
+    parts: GenerationParts
+    params: GenerationOptions
     question: Question | QuestionReader
 
 
 async def check_num_ctx(generation: Generation) -> None:
     """Refuse a user key's ``num_ctx`` above the cap: a huge context makes Ollama reload the model for everyone."""
     asked = generation.params.num_ctx
-    if asked is None or generation.caller.is_admin:
+    if asked is None or generation.parts.caller.is_admin:
         return
-    await check_context_size(generation.upstream, generation.settings, generation.model, asked)
+    await check_context_size(generation.parts.upstream, generation.parts.settings, generation.parts.model, asked)
 
 
 async def check_context_size(upstream: Ollama, settings: Settings, model: str, asked: int) -> None:
@@ -133,16 +139,16 @@ async def _admit(generation: Generation) -> Lease:
     for the disconnect would consume it. Such a request holds only its queue place, which the queue
     timeout bounds.
     """
-    request, params, admission = generation.request, generation.params, generation.admission
+    request, params, admission = generation.parts.request, generation.params, generation.parts.admission
     watch = not callable(generation.question)
     turn = None
     if params.session is not None:
         # A key only ever continues its own conversations: the same id under another key is another one.
-        begin = generation.sessions.begin(generation.caller.fingerprint, params.session)
+        begin = generation.parts.sessions.begin(generation.parts.caller.fingerprint, params.session)
         turn = await unless_disconnected(request, begin) if watch else await begin
-    lease = Lease(turn, None, generation.model)
+    lease = Lease(turn, None, generation.parts.model)
     try:
-        slot = await take_slot(request, admission, generation.model, watch=watch)
+        slot = await take_slot(request, admission, generation.parts.model, watch=watch)
     except BaseException:
         lease.release()
         raise
@@ -170,12 +176,14 @@ async def _chat_request(generation: Generation, question: Question, turn: Turn |
     Ollama refuses any image for such a model, which would break every later turn of a conversation
     that once showed a picture to a vision model."""
     history = turn.history() if turn is not None else []
-    if any(message.images for message in history) and "vision" not in await generation.upstream.capabilities(
-        generation.model
+    if any(message.images for message in history) and "vision" not in await generation.parts.upstream.capabilities(
+        generation.parts.model
     ):
         history = [msgspec.structs.replace(message, images=[]) for message in history]
     system_prompt = turn.system_prompt if turn is not None else None
-    return generation.params.chat_request(generation.model, question.message, question.images, system_prompt, history)
+    return generation.params.chat_request(
+        generation.parts.model, question.message, question.images, system_prompt, history
+    )
 
 
 async def _opened(generation: Generation, lease: Lease) -> ChatRequest:
@@ -187,11 +195,11 @@ async def _opened(generation: Generation, lease: Lease) -> ChatRequest:
 async def whole_answer(generation: Generation) -> GenerateResponse:
     """Ask Ollama for a whole answer, record it in the session, shape it."""
     await check_num_ctx(generation)
-    request, model = generation.request, generation.model
+    request, model = generation.parts.request, generation.parts.model
     lease = await _admit(generation)
     try:
         chat = await _opened(generation, lease)
-        chunk = await unless_disconnected(request, generation.upstream.chat(chat))
+        chunk = await unless_disconnected(request, generation.parts.upstream.chat(chat))
         await lease.commit(chunk.message.content)
     finally:
         lease.release()
@@ -230,12 +238,12 @@ async def streamed_answer(generation: Generation) -> Stream:
     """Prime Ollama's stream (so its status is known), then relay it; the session records the
     exchange only if the stream completes. The slot and the turn are held until the stream ends."""
     await check_num_ctx(generation)
-    request = generation.request
+    request = generation.parts.request
     fmt = StreamFormat.negotiate(request.headers.get("accept"))
     lease = await _admit(generation)
     try:
         chat = await _opened(generation, lease)
-        stream = await unless_disconnected(request, generation.upstream.stream_chat(chat))
+        stream = await unless_disconnected(request, generation.parts.upstream.stream_chat(chat))
     except BaseException:
         lease.release()
         raise
@@ -245,7 +253,7 @@ async def streamed_answer(generation: Generation) -> Stream:
         await stream.aclose()
         lease.release()
 
-    return stream_response(_recorded(stream, lease), fmt, generation.model, record_of(request.scope), close)
+    return stream_response(_recorded(stream, lease), fmt, generation.parts.model, record_of(request.scope), close)
 
 
 __all__ = [

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
+from minato.disconnect import cancel_and_wait
 from minato.errors import MinatoError
 from minato.metrics import Metrics
 from minato.upstream.catalog import ModelCatalog
@@ -27,10 +27,7 @@ class OllamaProbe:
 
     async def stop(self) -> None:
         """Stop probing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _forever(self) -> None:
         while True:

@@ -14,7 +14,7 @@ from minato.handlers.chat import (
     remove_system_prompt,
     set_system_prompt,
 )
-from minato.handlers.common import provide_model
+from minato.handlers.common import provide_generation_parts, provide_model
 from minato.handlers.generate import (
     generate,
     generate_post,
@@ -58,6 +58,7 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
 #: By the name a handler (or another dependency) asks for; Litestar resolves only those a route uses.
 HANDLER_DEPENDENCIES: Final[dict[str, Provide]] = {
     "model": Provide(provide_model, sync_to_thread=False),
+    "generation_parts": Provide(provide_generation_parts, sync_to_thread=False),
     "conversation": Provide(provide_conversation),
     "text_generation": Provide(provide_text_generation, sync_to_thread=False),
     "posted_generation": Provide(provide_posted_generation),

@@ -10,6 +10,7 @@ naming one with ``owner=`` when several keys have the same id.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Final, NamedTuple
 
 from litestar import delete, get, put
@@ -47,6 +48,8 @@ ADDRESSING: Final[dict[int, ResponseSpec]] = {
     422: VALIDATION_RESPONSE,
 }
 NOT_FOUND: Final = {404: error_spec("No conversation has that id (or it expired)."), **ADDRESSING}
+#: The conversation routes, under one tag.
+_get, _put, _delete = partial(get, tags=["chat"]), partial(put, tags=["chat"]), partial(delete, tags=["chat"])
 
 
 class Conversation(NamedTuple):
@@ -97,12 +100,11 @@ async def _existing(sessions: SessionManager, owner: str, session_id: str) -> Se
     return session
 
 
-@get(
+@_get(
     "/chat",
     operation_id="ListSessions",
     summary="List conversations",
     responses={403: ADDRESSING[403], 422: VALIDATION_RESPONSE},
-    tags=["chat"],
 )
 async def list_sessions(
     sessions: NamedDependency[SessionManager],
@@ -125,12 +127,11 @@ async def list_sessions(
     return SessionPage(sessions=items, total=total, offset=offset, limit=limit)
 
 
-@get(
+@_get(
     "/chat/{session_id:str}",
     operation_id="GetSession",
     summary="Read a conversation",
     responses=NOT_FOUND,
-    tags=["chat"],
 )
 async def get_session(
     conversation: NamedDependency[Conversation], sessions: NamedDependency[SessionManager]
@@ -139,12 +140,11 @@ async def get_session(
     return SessionView.of(await _existing(sessions, *conversation))
 
 
-@delete(
+@_delete(
     "/chat/{session_id:str}",
     operation_id="ClearSession",
     summary="Clear a conversation (the seed's 'clear chat history')",
     responses=ADDRESSING,
-    tags=["chat"],
 )
 async def clear_session(conversation: NamedDependency[Conversation], sessions: NamedDependency[SessionManager]) -> None:
     """Forget a conversation and its system prompt (a damaged one too); clearing an unknown one
@@ -152,12 +152,11 @@ async def clear_session(conversation: NamedDependency[Conversation], sessions: N
     await sessions.delete(*conversation)
 
 
-@put(
+@_put(
     "/chat/{session_id:str}/system_prompt",
     operation_id="SetSystemPrompt",
     summary="Set a conversation's system prompt (the seed's 'add system prompt')",
     responses=ADDRESSING,
-    tags=["chat"],
 )
 async def set_system_prompt(
     conversation: NamedDependency[Conversation],
@@ -171,12 +170,11 @@ async def set_system_prompt(
     return SessionView.of(await _existing(sessions, *conversation))
 
 
-@delete(
+@_delete(
     "/chat/{session_id:str}/system_prompt",
     operation_id="RemoveSystemPrompt",
     summary="Remove a conversation's system prompt",
     responses=NOT_FOUND,
-    tags=["chat"],
 )
 async def remove_system_prompt(
     conversation: NamedDependency[Conversation], sessions: NamedDependency[SessionManager]

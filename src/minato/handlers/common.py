@@ -7,17 +7,23 @@ import difflib
 from typing import Annotated, Any, Final, TypeVar
 
 from litestar import Request, Response
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
+from minato.backpressure import Admission
 from minato.errors import ForbiddenError, ModelNotFoundError
+from minato.generation import GenerationParts
 from minato.params import validate_model_name
 from minato.query import reject_repeated_parameters
 from minato.record import RequestRecord, record_of
 from minato.rendering import VALIDATION_RESPONSE, error_spec
 from minato.runtime import runtime_of
 from minato.security import Caller, caller_of
+from minato.sessions import SessionManager
+from minato.settings import Settings
 from minato.streaming import is_minato_event_id
+from minato.upstream.protocol import OllamaDependency
 
 T = TypeVar("T")
 
@@ -68,6 +74,19 @@ def provide_model(request: Request[Any, Any, Any], model_name: ModelName) -> str
     model = validate_model_name(model_name)
     note_model(request, model)
     return model
+
+
+def provide_generation_parts(
+    request: Request[Any, Any, Any],
+    model: NamedDependency[str],
+    upstream: NamedDependency[OllamaDependency],
+    sessions: NamedDependency[SessionManager],
+    admission: NamedDependency[Admission],
+    settings: NamedDependency[Settings],
+    caller: NamedDependency[Caller],
+) -> GenerationParts:
+    """The ``generation_parts`` dependency of every generation route (text, posted and vision)."""
+    return GenerationParts(request, upstream, sessions, admission, settings, caller, model)
 
 
 #: First path segments that are never model names: Ollama's and OpenAI's own APIs live there.

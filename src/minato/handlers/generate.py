@@ -4,24 +4,20 @@ by ``POST`` with the parameters in a JSON body (no URL length limit on the promp
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Final
+from functools import partial
+from typing import Annotated, Final
 
-from litestar import Request, get, post
+from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter, SkipValidation
 from litestar.response import Stream
 
-from minato.backpressure import Admission
 from minato.errors import CapabilityError, InvalidInputError
-from minato.generation import Generation, Question, streamed_answer, whole_answer
+from minato.generation import Generation, GenerationParts, Question, streamed_answer, whole_answer
 from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, RECONNECTABLE_OPT
 from minato.images import decode_base64_image, too_many_images
 from minato.params import GenerationBody, GenerationOptions, check_text_length
 from minato.schemas import GenerateResponse
-from minato.security import Caller
-from minato.sessions import SessionManager
-from minato.settings import Settings
-from minato.upstream.protocol import OllamaDependency
 
 MESSAGE_DESCRIPTION: Final = "The user's message (required, non-empty)."
 Message = Annotated[str, Parameter(description=MESSAGE_DESCRIPTION, min_length=1)]
@@ -32,32 +28,24 @@ STREAM_DESCRIPTION: Final = (
     "With `think=true` on a thinking model, SSE and NDJSON also carry `thinking` events; plain text "
     "carries only the answer."
 )
+#: The text routes: one tag, the same documented failures, and a POST that answers 200 (not 201).
+_get = partial(get, responses=GENERATION_RESPONSES, tags=["generate"])
+_post = partial(post, status_code=200, responses=GENERATION_RESPONSES, tags=["generate"])
 
 
 def provide_text_generation(
-    request: Request[Any, Any, Any],
-    model: NamedDependency[str],
-    message: Message,
-    params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
+    generation_parts: NamedDependency[GenerationParts], message: Message, params: NamedDependency[GenerationOptions]
 ) -> Generation:
     """The ``text_generation`` dependency of both text routes: the message checked, the parts gathered."""
-    check_text_length("message", message, settings)
-    question = Question(message, [])
-    return Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
+    check_text_length("message", message, generation_parts.settings)
+    return Generation(generation_parts, params, Question(message, []))
 
 
-@get(
+@_get(
     "/{model_name:path}",
     operation_id="Generate",
     summary="Answer a message",
     description="Send `message` to the model and wait for the whole answer.",
-    responses=GENERATION_RESPONSES,
-    tags=["generate"],
     opt={GENERATION_OPT: True},
 )
 async def generate(text_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
@@ -65,13 +53,11 @@ async def generate(text_generation: NamedDependency[SkipValidation[Generation]])
     return await whole_answer(text_generation)
 
 
-@get(
+@_get(
     "/stream/{model_name:path}",
     operation_id="GenerateStream",
     summary="Stream the answer to a message",
     description=STREAM_DESCRIPTION,
-    responses=GENERATION_RESPONSES,
-    tags=["generate"],
     opt={GENERATION_OPT: True, RECONNECTABLE_OPT: True},
 )
 async def generate_stream(text_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
@@ -86,16 +72,10 @@ POST_DESCRIPTION: Final = (
 
 
 async def provide_posted_generation(
-    request: Request[Any, Any, Any],
-    model: NamedDependency[str],
-    data: JSONBody[GenerationBody],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
+    generation_parts: NamedDependency[GenerationParts], data: JSONBody[GenerationBody]
 ) -> Generation:
     """The ``posted_generation`` dependency of both POST routes: the body checked, its images decoded."""
+    request, upstream, _, _, settings, caller, model = generation_parts
     if request.query_params:
         name = next(iter(request.query_params))
         raise InvalidInputError.single("query", name, "send the parameters in the JSON body", "extra_forbidden")
@@ -110,18 +90,14 @@ async def provide_posted_generation(
         base64.b64encode(decode_base64_image(text, index, settings, "images")).decode("ascii")
         for index, text in enumerate(data.images)
     ]
-    question = Question(data.message, images)
-    return Generation(request, upstream, sessions, admission, settings, params, caller, model, question)
+    return Generation(generation_parts, params, Question(data.message, images))
 
 
-@post(
+@_post(
     "/{model_name:path}",
     operation_id="GeneratePost",
     summary="Answer a message sent as JSON",
     description=f"Like `GET /{{model}}`. {POST_DESCRIPTION}",
-    status_code=200,
-    responses=GENERATION_RESPONSES,
-    tags=["generate"],
     opt={GENERATION_OPT: True},
 )
 async def generate_post(posted_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
@@ -129,14 +105,11 @@ async def generate_post(posted_generation: NamedDependency[SkipValidation[Genera
     return await whole_answer(posted_generation)
 
 
-@post(
+@_post(
     "/stream/{model_name:path}",
     operation_id="GenerateStreamPost",
     summary="Stream the answer to a message sent as JSON",
     description=f"Like `GET /stream/{{model}}`. {POST_DESCRIPTION}\n\n{STREAM_DESCRIPTION}",
-    status_code=200,
-    responses=GENERATION_RESPONSES,
-    tags=["generate"],
     opt={GENERATION_OPT: True},
 )
 async def generate_stream_post(posted_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:

@@ -6,6 +6,8 @@ the status, such as load balancers, often send HEAD).
 
 from __future__ import annotations
 
+from functools import partial
+
 import msgspec
 from litestar import Response, get, head
 from litestar.di import NamedDependency
@@ -18,14 +20,17 @@ from minato.security import PROBE, PUBLIC
 from minato.upstream import Ollama
 from minato.upstream.protocol import OllamaDependency
 
+#: The probes, under one tag.
+_get, _head = partial(get, tags=["health"]), partial(head, tags=["health"])
 
-@get("/health", operation_id="Health", summary="Liveness probe (no key needed)", tags=["health"], opt={PUBLIC: True})
+
+@_get("/health", operation_id="Health", summary="Liveness probe (no key needed)", opt={PUBLIC: True})
 async def health() -> HealthReport:
     """Answer as long as the process serves requests; never calls Ollama."""
     return HealthReport()
 
 
-@get(
+@_get(
     "/ready",
     operation_id="Ready",
     summary="Readiness probe",
@@ -38,7 +43,6 @@ async def health() -> HealthReport:
             generate_examples=False,
         )
     },
-    tags=["health"],
 )
 async def ready(upstream: NamedDependency[OllamaDependency]) -> Response[ReadinessReport]:
     """Report whether Ollama answers, with its version."""
@@ -46,19 +50,18 @@ async def ready(upstream: NamedDependency[OllamaDependency]) -> Response[Readine
     return Response(report, status_code=status)
 
 
-@head("/health", operation_id="HealthHead", summary="Liveness probe, status only", tags=["health"], opt={PUBLIC: True})
+@_head("/health", operation_id="HealthHead", summary="Liveness probe, status only", opt={PUBLIC: True})
 async def health_head() -> Response[None]:
     """Answer like ``GET /health`` without the body."""
     return _bodiless(HealthReport(), 200)
 
 
-@head(
+@_head(
     "/ready",
     operation_id="ReadyHead",
     summary="Readiness probe, status only",
     description="200 when Ollama answers, 503 otherwise; no body.",
     opt={PROBE: True},
-    tags=["health"],
 )
 async def ready_head(upstream: NamedDependency[OllamaDependency]) -> Response[None]:
     """Answer like ``GET /ready`` without the body."""
@@ -79,7 +82,7 @@ def _bodiless(report: HealthReport | ReadinessReport, status: int) -> Response[N
     return Response(None, status_code=status, media_type="application/json", headers={"content-length": str(length)})
 
 
-@get(
+@_get(
     "/metrics",
     operation_id="Metrics",
     summary="Prometheus metrics",
@@ -88,7 +91,6 @@ def _bodiless(report: HealthReport | ReadinessReport, status: int) -> Response[N
         "second histograms; tokens generated; streams in flight; upstream errors by kind; Ollama reachability."
     ),
     media_type=CONTENT_TYPE,
-    tags=["health"],
     opt={PROBE: True},
 )
 async def metrics_endpoint(metrics: NamedDependency[Metrics]) -> Response[bytes]:

@@ -7,6 +7,7 @@ the "expiration period" of the seed systems, and a request without it falls back
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Annotated, Any
 
 from litestar import Request, delete, get, post
@@ -38,6 +39,11 @@ from minato.upstream.options import INT32_MAX
 from minato.upstream.protocol import OllamaDependency
 from minato.upstream.wire import RunningModel, ShowResponse
 
+#: The lifecycle routes share a tag; the actions need an admin key and answer 200 (not 201 or 204).
+_post = partial(post, status_code=200, responses=ADMIN_RESPONSES, tags=["lifecycle"], opt={ADMIN: True})
+_delete = partial(delete, status_code=200, responses=ADMIN_RESPONSES, tags=["lifecycle"], opt={ADMIN: True})
+_get = partial(get, responses=UPSTREAM_RESPONSES, tags=["lifecycle"])
+
 
 async def _show_if_installed(upstream: Ollama, model: str) -> ShowResponse | None:
     try:
@@ -51,7 +57,7 @@ def _find(running: list[RunningModel], model: str) -> RunningModel | None:
     return next((m for m in running if canonical_model_name(m.name or m.model) == wanted), None)
 
 
-@post(
+@_post(
     "/load/{model_name:path}",
     operation_id="LoadModel",
     summary="Load a model into memory",
@@ -59,10 +65,6 @@ def _find(running: list[RunningModel], model: str) -> RunningModel | None:
         "Loads the model (Ollama: a generate request without a prompt) and answers once it is "
         "ready, with its running status. `pull=true` pulls it first when it is not installed."
     ),
-    status_code=200,
-    responses=ADMIN_RESPONSES,
-    tags=["lifecycle"],
-    opt={ADMIN: True},
 )
 async def load(
     request: Request[Any, Any, Any],
@@ -91,15 +93,11 @@ async def load(
     return LoadResult(model=model, loaded=entry is not None, running=RunningView.of(entry) if entry else None)
 
 
-@post(
+@_post(
     "/unload/{model_name:path}",
     operation_id="UnloadModel",
     summary="Unload a model from memory",
     description="Asks Ollama to unload the model now (it finishes running requests first). Fine if it was not loaded.",
-    status_code=200,
-    responses=ADMIN_RESPONSES,
-    tags=["lifecycle"],
-    opt={ADMIN: True},
 )
 async def unload(model: NamedDependency[str], upstream: NamedDependency[OllamaDependency]) -> ModelAction:
     """Unload a model (idempotent)."""
@@ -107,14 +105,10 @@ async def unload(model: NamedDependency[str], upstream: NamedDependency[OllamaDe
     return ModelAction(status="unloaded", model=model)
 
 
-@delete(
+@_delete(
     "/models/{model_name:path}",
     operation_id="DeleteModel",
     summary="Delete a model from disk",
-    status_code=200,
-    responses=ADMIN_RESPONSES,
-    tags=["lifecycle"],
-    opt={ADMIN: True},
 )
 async def delete_model(
     model: NamedDependency[str], upstream: NamedDependency[OllamaDependency], catalog: NamedDependency[ModelCatalog]
@@ -125,13 +119,11 @@ async def delete_model(
     return ModelAction(status="deleted", model=model)
 
 
-@get(
+@_get(
     "/running",
     operation_id="RunningModels",
     summary="Models loaded in memory",
     description="A key limited to some models sees only those.",
-    responses=UPSTREAM_RESPONSES,
-    tags=["lifecycle"],
 )
 async def running(upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller]) -> RunningList:
     """List loaded models the caller's key may use, with their memory use, context length and expiry."""
@@ -139,13 +131,11 @@ async def running(upstream: NamedDependency[OllamaDependency], caller: NamedDepe
     return RunningList(running=[RunningView.of(m) for m in models if caller.allows(m.name or m.model)])
 
 
-@get(
+@_get(
     "/status/{model_name:path}",
     operation_id="ModelStatus",
     summary="One model's status",
     description="Installed? Loaded? Until when? Size, details, capabilities and context length.",
-    responses=UPSTREAM_RESPONSES,
-    tags=["lifecycle"],
 )
 async def status(model: NamedDependency[str], upstream: NamedDependency[OllamaDependency]) -> ModelStatus:
     """Report what Ollama knows about one model; an unknown model is reported as not installed."""

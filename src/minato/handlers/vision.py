@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Annotated, Any, Final
+from functools import partial
+from typing import Annotated, Final
 
-from litestar import Request, post
+from litestar import post
 from litestar.di import NamedDependency
 from litestar.params import Parameter, SkipValidation
 from litestar.response import Stream
 
-from minato.backpressure import Admission
 from minato.disconnect import unless_disconnected
 from minato.errors import CapabilityError, InvalidInputError, RequestTimeoutError
 from minato.fetch import ImageFetcher
-from minato.generation import Generation, Question, streamed_answer, whole_answer
+from minato.generation import Generation, GenerationParts, Question, streamed_answer, whole_answer
 from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES
 from minato.handlers.generate import STREAM_DESCRIPTION
 from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
 from minato.params import EXTRA_QUERY_OPT, GenerationOptions, check_text_length
 from minato.rendering import error_spec
 from minato.schemas import GenerateResponse
-from minato.security import Caller
-from minato.sessions import SessionManager
-from minato.settings import Settings
-from minato.upstream.protocol import OllamaDependency
 
 VISION_DESCRIPTION: Final = (
     "Images (PNG, JPEG, WebP, GIF or BMP, recognised by content) in any mix of: `images` file parts "
@@ -66,6 +62,8 @@ ImageUrls = Annotated[
 
 #: A generation route, with its own query parameter on top of the generation parameters.
 VISION_QUERY: Final = {EXTRA_QUERY_OPT: frozenset({URL_FIELD}), GENERATION_OPT: True}
+#: Both vision routes: one tag, the same documented failures, the same query, and 200 (not 201).
+_post = partial(post, status_code=200, responses=VISION_RESPONSES, tags=["vision"], opt=VISION_QUERY)
 
 
 async def _fetch_all(fetcher: ImageFetcher, links: list[tuple[str, str, int]]) -> list[str]:
@@ -85,20 +83,15 @@ async def _fetch_all(fetcher: ImageFetcher, links: list[tuple[str, str, int]]) -
 
 
 async def provide_vision_generation(
-    request: Request[Any, Any, Any],
-    model: NamedDependency[str],
+    generation_parts: NamedDependency[GenerationParts],
     params: NamedDependency[GenerationOptions],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
     fetcher: NamedDependency[ImageFetcher],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
     message: OptionalMessage = None,
     image_url: ImageUrls = None,
 ) -> Generation:
     """The ``vision_generation`` dependency of both vision routes: what needs no body is checked, and
     the body is left to be read once the generation holds its slot."""
+    request, upstream, _, _, settings, _, model = generation_parts
     # Checked before anything is read: a text-only model fails fast, whatever the upload's size.
     capabilities = await upstream.capabilities(model)
     query_links = [link.strip() for link in image_url or []]
@@ -133,33 +126,25 @@ async def provide_vision_generation(
         fetched = await unless_disconnected(request, _fetch_all(fetcher, links)) if links else []
         return Question(text, form.base64_images() + fetched)
 
-    return Generation(request, upstream, sessions, admission, settings, params, caller, model, read_question)
+    return Generation(generation_parts, params, read_question)
 
 
-@post(
+@_post(
     "/vision/{model_name:path}",
     operation_id="Vision",
     summary="Ask about images",
     description=VISION_DESCRIPTION,
-    status_code=200,
-    responses=VISION_RESPONSES,
-    tags=["vision"],
-    opt=VISION_QUERY,
 )
 async def vision(vision_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
     """Return the model's whole answer about the images."""
     return await whole_answer(vision_generation)
 
 
-@post(
+@_post(
     "/stream/vision/{model_name:path}",
     operation_id="VisionStream",
     summary="Stream the answer about images",
     description=f"{VISION_DESCRIPTION}\n\n{STREAM_DESCRIPTION}",
-    status_code=200,
-    responses=VISION_RESPONSES,
-    tags=["vision"],
-    opt=VISION_QUERY,
 )
 async def vision_stream(vision_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
     """Relay the answer about the images token by token."""

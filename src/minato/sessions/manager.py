@@ -10,6 +10,7 @@ from typing import Final
 
 import structlog
 
+from minato.disconnect import cancel_and_wait
 from minato.sessions.model import Bounds, Session, SessionSummary, StoredMessage
 from minato.sessions.store import SessionStore
 from minato.settings import Settings
@@ -92,10 +93,7 @@ class SessionManager:
 
     async def stop(self) -> None:
         """Stop expiring and close the store."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        await cancel_and_wait(self._expiry)
         await self.store.close()
 
     async def _acquire(self, key: tuple[str, str]) -> _SessionLock:
