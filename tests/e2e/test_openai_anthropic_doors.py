@@ -268,3 +268,29 @@ def test_an_anthropic_stream_ollama_cuts_short_raises_in_the_sdk(claude: anthrop
         claude.messages.stream(model="standin/fail-midstream", max_tokens=100, messages=HI) as stream,
     ):
         list(stream.text_stream)
+
+
+def test_an_openai_completions_stream_without_usage_sees_none_yet_is_counted(
+    oai: openai.OpenAI, keyed: MinatoServer, standin: httpx.Client
+) -> None:
+    def generated() -> float:
+        text = httpx.get(keyed.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("minato_tokens_generated_total")
+        )
+
+    before = generated()
+    chunks = list(oai.completions.create(model="standin/tokens:3", prompt="x", stream=True))
+    asked = list(
+        oai.completions.create(
+            model="standin/tokens:3", prompt="x", stream=True, stream_options={"include_usage": True}
+        )
+    )
+
+    assert all(chunk.usage is None for chunk in chunks)
+    assert "".join(chunk.choices[0].text for chunk in chunks) == "The sky is"
+    assert asked[-1].usage is not None
+    assert asked[-1].usage.completion_tokens == 3
+    assert generated() - before == 6

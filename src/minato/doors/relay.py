@@ -13,6 +13,7 @@ relay, like a generation of Minato's own API, and a whole answer is bounded by
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Final, NamedTuple
 
@@ -165,10 +166,20 @@ class _Watch:
         return data[start : stop if stop >= 0 else len(data)]
 
     def _without_usage_frame(self, frames: bytes) -> bytes:
-        if b'"choices":[]' not in frames:
+        """The frames without the usage Minato asked for: the usage-only frame dropped, and the
+        ``usage`` member of every other frame cut out (``/v1/completions`` puts one in each chunk)."""
+        if b'"usage"' not in frames:
             return frames
-        kept = [frame for frame in frames.split(self._sep) if not (b'"choices":[]' in frame and b'"usage"' in frame)]
+        kept = [
+            _USAGE_MEMBER.sub(b"", frame)
+            for frame in frames.split(self._sep)
+            if not (b'"choices":[]' in frame and b'"usage"' in frame)
+        ]
         return self._sep.join(kept)
+
+
+#: A ``usage`` member and the comma joining it to its neighbour (its counts hold no nested object).
+_USAGE_MEMBER: Final = re.compile(rb',"usage":\{[^{}]*\}|"usage":\{[^{}]*\},?')
 
 
 #: What the last frame of a complete stream (or one that reports its own failure) contains, by dialect.
