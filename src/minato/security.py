@@ -27,7 +27,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Scope
 
-from minato.errors import SettingsError
+from minato.errors import ForbiddenError, SettingsError
 from minato.keys import KEYS_FILE_VARIABLE, digest_of, read_keys_file
 from minato.record import record_of
 from minato.settings import Settings
@@ -87,6 +87,13 @@ class Caller:
             return True
         canonical = canonical_model_name(model)
         return any(fnmatchcase(canonical, pattern) for pattern in self.models)
+
+
+def require_model_in_scope(caller: Caller, model: str) -> None:
+    """A 403 unless the caller's key may use ``model``: the one scope check of every route and door."""
+    if not caller.allows(model):
+        patterns = ", ".join(caller.models or ())
+        raise ForbiddenError(f"this key may not use model '{model}' (its models: {patterns})")
 
 
 #: Everyone, in a deployment without keys: as today, free to do anything (such a deployment is only
@@ -311,4 +318,5 @@ __all__ = [
     "make_guard",
     "presented_key",
     "refuse_unsafe_start",
+    "require_model_in_scope",
 ]

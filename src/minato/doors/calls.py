@@ -18,7 +18,6 @@ from minato.doors.relay import Relay, relay
 from minato.rendering import StreamDialect
 from minato.runtime import runtime_of
 from minato.security import Caller
-from minato.upstream import canonical_model_name
 
 _INCLUDE_USAGE: Final = frozenset({"include_usage"})
 
@@ -134,16 +133,13 @@ async def listing(request: Request[Any, Any, Any], caller: Caller, *, field: str
     entries = document.get(field) if isinstance(document, dict) else None
     if isinstance(document, dict):
         document[field] = [
-            entry
-            for entry in entries or []
-            if isinstance(entry, dict)
-            and caller.allows(canonical_model_name(str(entry.get(name) or entry.get("name"))))
+            entry for entry in entries or [] if isinstance(entry, dict) and caller.allows(_model_of(entry, name))
         ]
     return Response(msgspec.json.encode(document), status_code=200, media_type=answer.media_type)
 
 
 def _model_of(entry: dict[str, Any], name: str) -> str:
-    return canonical_model_name(str(entry.get(name) or entry.get("name") or ""))
+    return str(entry.get(name) or entry.get("name") or "")
 
 
 __all__ = ["about_models", "generation", "head", "listing", "plain", "read", "route_path"]

@@ -11,9 +11,9 @@ from minato.doors.body import BodyRefusedError, DoorBody
 from minato.errors import ForbiddenError
 from minato.generation import check_context_size
 from minato.params import check_user_keep_alive
-from minato.security import Caller
+from minato.security import Caller, require_model_in_scope
 from minato.settings import Settings
-from minato.upstream import Ollama, canonical_model_name
+from minato.upstream import Ollama
 from minato.upstream.options import parse_keep_alive
 
 CLOUD_REFUSED: Final = (
@@ -33,8 +33,7 @@ def check_models(caller: Caller, settings: Settings, names: list[str]) -> None:
     for name in names:
         if is_cloud_model(name) and not settings.allow_cloud:
             raise ForbiddenError(f"model '{name}': {CLOUD_REFUSED}")
-        if not caller.allows(canonical_model_name(name)):
-            raise ForbiddenError(f"this key may not use model '{name}'")
+        require_model_in_scope(caller, name)
 
 
 def check_account_route(caller: Caller, settings: Settings) -> None:

@@ -30,7 +30,7 @@ from minato.record import RequestRecord, record_of
 from minato.rendering import StreamDialect, stream_error_frame
 from minato.runtime import Runtime
 from minato.streaming import STREAM_HEADERS, RelayStream
-from minato.upstream import RawResponse, canonical_model_name
+from minato.upstream import RawResponse
 
 logger = structlog.get_logger("minato.doors")
 
@@ -289,9 +289,4 @@ def _streamed(answer: RawResponse, call: Relay, record: RequestRecord | None, sl
     )
 
 
-def model_of(name: str) -> str:
-    """The model a generation is for, as slots and metrics name it."""
-    return canonical_model_name(name) if name else ""
-
-
-__all__ = ["Relay", "model_of", "relay"]
+__all__ = ["Relay", "relay"]

@@ -12,14 +12,14 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
 from minato.backpressure import Admission
-from minato.errors import ForbiddenError, ModelNotFoundError
+from minato.errors import CapabilityError, ModelNotFoundError
 from minato.generation import GenerationParts
 from minato.params import validate_model_name
 from minato.query import reject_repeated_parameters
 from minato.record import RequestRecord, record_of
 from minato.rendering import VALIDATION_RESPONSE, error_spec
 from minato.runtime import runtime_of
-from minato.security import Caller, caller_of
+from minato.security import Caller, caller_of, require_model_in_scope
 from minato.sessions import SessionManager
 from minato.settings import Settings
 from minato.streaming import is_minato_event_id
@@ -128,11 +128,11 @@ async def require_known_model(request: Request[Any, Any, Any]) -> None:
     )
 
 
-def require_model_in_scope(caller: Caller, model: str) -> None:
-    """A 403 unless the caller's key may use ``model``."""
-    if not caller.allows(model):
-        patterns = ", ".join(caller.models or ())
-        raise ForbiddenError(f"this key may not use model '{model}' (its models: {patterns})")
+def require_vision(model: str, capabilities: frozenset[str]) -> None:
+    """A 400 unless ``model`` can read images (its capabilities are listed when it cannot)."""
+    if "vision" not in capabilities:
+        listed = ", ".join(sorted(capabilities)) or "none reported"
+        raise CapabilityError(f"model '{model}' cannot read images (its capabilities: {listed})")
 
 
 #: Route ``opt`` keys: the route is a generation (its model is checked before its parameters are

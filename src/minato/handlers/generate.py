@@ -12,9 +12,9 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter, SkipValidation
 from litestar.response import Stream
 
-from minato.errors import CapabilityError, InvalidInputError
+from minato.errors import InvalidInputError
 from minato.generation import Generation, GenerationParts, Question, streamed_answer, whole_answer
-from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, RECONNECTABLE_OPT
+from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, RECONNECTABLE_OPT, require_vision
 from minato.images import decode_base64_image, too_many_images
 from minato.params import GenerationBody, GenerationOptions, check_text_length
 from minato.schemas import GenerateResponse
@@ -83,9 +83,8 @@ async def provide_posted_generation(
     params = data.options(settings, caller)
     if len(data.images) > settings.max_images:
         raise too_many_images("body", "images", settings)
-    if data.images and "vision" not in (capabilities := await upstream.capabilities(model)):
-        listed = ", ".join(sorted(capabilities)) or "none reported"
-        raise CapabilityError(f"model '{model}' cannot read images (its capabilities: {listed})")
+    if data.images:
+        require_vision(model, await upstream.capabilities(model))
     images = [
         base64.b64encode(decode_base64_image(text, index, settings, "images")).decode("ascii")
         for index, text in enumerate(data.images)

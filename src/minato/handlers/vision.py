@@ -17,10 +17,10 @@ from litestar.params import Parameter, SkipValidation
 from litestar.response import Stream
 
 from minato.disconnect import unless_disconnected
-from minato.errors import CapabilityError, InvalidInputError, RequestTimeoutError
+from minato.errors import InvalidInputError, RequestTimeoutError
 from minato.fetch import ImageFetcher
 from minato.generation import Generation, GenerationParts, Question, streamed_answer, whole_answer
-from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES
+from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, require_vision
 from minato.handlers.generate import STREAM_DESCRIPTION
 from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
 from minato.params import EXTRA_QUERY_OPT, GenerationOptions, check_text_length
@@ -99,9 +99,7 @@ async def provide_vision_generation(
         raise too_many_images("query", URL_FIELD, settings)
     for index, link in enumerate(query_links):
         check_link(link, "query", index)
-    if "vision" not in capabilities:
-        listed = ", ".join(sorted(capabilities)) or "none reported"
-        raise CapabilityError(f"model '{model}' cannot read images (its capabilities: {listed})")
+    require_vision(model, capabilities)
     if message is not None:
         check_text_length("message", message, settings)
 
