@@ -134,9 +134,8 @@ def error_response(
     """Build the JSON error response every failure path uses, in the shape of the path's door."""
     door = door_of(path)
     if door is not Door.MINATO:
-        message = detail if isinstance(detail, str) else _sentence_of(detail)
         return Response(
-            content=door_error_body(door, status_code, message),
+            content=door_error_body(door, status_code, str(detail)),
             status_code=status_code,
             headers=headers,
             media_type="application/json",
@@ -149,20 +148,17 @@ def error_response(
     )
 
 
-def _sentence_of(items: Any) -> str:
-    """A validation list as one sentence, for the doors whose errors carry a single message."""
-    parts = []
-    for item in items if isinstance(items, list) else []:
-        loc = item.get("loc", []) if isinstance(item, dict) else []
-        where = ".".join(str(part) for part in loc[1:]) or (str(loc[0]) if loc else "request")
-        parts.append(f"{where}: {item.get('msg', 'is not valid') if isinstance(item, dict) else item}")
-    return "; ".join(parts) or "the request is not valid"
+def _items_response(status_code: int, items: list[ErrorItem], path: str) -> Response[Any]:
+    """A validation error: the seed API's list on Minato's own routes, one sentence at a door."""
+    if door_of(path) is not Door.MINATO:
+        return error_response(status_code, InvalidInputError(items).detail, path=path)
+    return error_response(status_code, msgspec.to_builtins(items), path=path)
 
 
 def _minato_error(request: Request[Any, Any, Any], exc: MinatoError) -> Response[Any]:
     path = request.scope["path"]
     if isinstance(exc, InvalidInputError):
-        return error_response(exc.status_code, msgspec.to_builtins(exc.items), path=path)
+        return _items_response(exc.status_code, exc.items, path)
     if isinstance(exc, UpstreamError):
         record = record_of(request.scope)
         if record is not None:
@@ -191,7 +187,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
             items.append(ErrorItem(loc=[missing[1], missing[2]], msg="field required", type="missing"))
         else:
             items.append(ErrorItem(loc=["request"], msg="is not valid", type="value_error"))
-    return error_response(422, msgspec.to_builtins(items), path=request.scope["path"])
+    return _items_response(422, items, request.scope["path"])
 
 
 def _validation_item(request: Request[Any, Any, Any], source: str, key: str, message: str) -> ErrorItem:
@@ -287,7 +283,7 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     if isinstance(exc.__cause__, SerializationException):
         # Litestar could not decode a JSON body; its text is the decoder's.
         logger.debug("body_not_json", detail=exc.detail)
-        return error_response(422, [{"loc": ["body"], "msg": "is not valid JSON", "type": "json_invalid"}], path=path)
+        return _items_response(422, [ErrorItem(loc=["body"], msg="is not valid JSON", type="json_invalid")], path)
     detail = exc.detail
     if exc.status_code in _ROUTING_SENTENCES and detail == _ROUTING_DEFAULTS[exc.status_code]:
         # Litestar's router found no route (or none for this method). The path is not echoed:
