@@ -1146,6 +1146,24 @@ class StandIn:
             raise CompatError(400, str(exc)) from None
         return body or {}
 
+    async def _through(
+        self, request: web.BaseRequest, writer: Writer, native: dict[str, Any], *, chat: bool, sse_headers: bool = False
+    ) -> web.StreamResponse:
+        """Run a front door's request as the native one it becomes, written back by the door's writer.
+
+        ``sse_headers``: the Anthropic and Responses middleware set ``Cache-Control``/``Connection``
+        before the handler runs, so even an error answer to a stream request carries them.
+        """
+        self.active += 1
+        try:
+            answer = self._relay(writer, await self._inference(request, dumps(native), chat=chat, writer=writer))
+        finally:
+            self.active -= 1
+        if sse_headers and not answer.prepared:
+            answer.headers["Cache-Control"] = "no-cache"
+            answer.headers["Connection"] = "keep-alive"
+        return answer
+
     @staticmethod
     def _relay(writer: Writer, native: web.StreamResponse) -> web.StreamResponse:
         """A native answer that was not streamed, rewritten by the front door's writer."""
@@ -1175,11 +1193,7 @@ class StandIn:
         options = req.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         writer = ChatWriter(stream=bool(req.get("stream")), include_usage=include_usage)
-        self.active += 1
-        try:
-            return self._relay(writer, await self._inference(request, dumps(native), chat=True, writer=writer))
-        finally:
-            self.active -= 1
+        return await self._through(request, writer, native, chat=True)
 
     async def _v1_completions(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
         try:
@@ -1195,11 +1209,7 @@ class StandIn:
         options = req.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         writer = CompleteWriter(stream=bool(req.get("stream")), include_usage=include_usage)
-        self.active += 1
-        try:
-            return self._relay(writer, await self._inference(request, dumps(native), chat=False, writer=writer))
-        finally:
-            self.active -= 1
+        return await self._through(request, writer, native, chat=False)
 
     async def _v1_embeddings(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
         try:
@@ -1247,16 +1257,7 @@ class StandIn:
         writer = AnthropicWriter(
             stream=stream, model=str(req["model"]), estimated_tokens=estimate_anthropic_tokens(req)
         )
-        self.active += 1
-        try:
-            answer = self._relay(writer, await self._inference(request, dumps(native), chat=True, writer=writer))
-        finally:
-            self.active -= 1
-        if stream and not answer.prepared:
-            # The middleware sets these before the handler runs, so even an error answer carries them.
-            answer.headers["Cache-Control"] = "no-cache"
-            answer.headers["Connection"] = "keep-alive"
-        return answer
+        return await self._through(request, writer, native, chat=True, sse_headers=stream)
 
     async def _v1_responses(self, request: web.BaseRequest, raw: bytes) -> web.StreamResponse:
         try:
@@ -1270,16 +1271,7 @@ class StandIn:
         except UnsupportedToolError as exc:
             return _error(501, f"the Ollama stand-in does not implement the {exc} tool")
         writer = ResponsesWriter(req)
-        self.active += 1
-        try:
-            answer = self._relay(writer, await self._inference(request, dumps(native), chat=True, writer=writer))
-        finally:
-            self.active -= 1
-        if writer.stream and not answer.prepared:
-            # The middleware sets these before the handler runs, so even an error answer carries them.
-            answer.headers["Cache-Control"] = "no-cache"
-            answer.headers["Connection"] = "keep-alive"
-        return answer
+        return await self._through(request, writer, native, chat=True, sse_headers=writer.stream)
 
     # ------------------------------------------------------------------ model management
 
