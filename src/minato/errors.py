@@ -15,6 +15,7 @@
     ├── AmbiguousSessionError        409  an admin named an id several keys have, without owner=
     ├── SessionDamagedError          409  the store's pages holding a conversation are damaged
     ├── OverloadedError              503  Minato's own generation queue is full (with Retry-After)
+    ├── StateUnavailableError        503  the shared state (Redis, the embedded store) cannot answer (with Retry-After)
     └── UpstreamError                502  Ollama failed in some other way
         ├── UpstreamRejectedError    400  Ollama refused the request as malformed
         ├── OllamaUnavailableError   503  no connection to Ollama
@@ -35,6 +36,8 @@ import msgspec
 BUSY_RETRY_AFTER_SECONDS: Final = 5
 #: Seconds a client refused by Minato's own backpressure is told to wait.
 OVERLOADED_RETRY_AFTER_SECONDS: Final = 2
+#: Seconds a client refused because the shared state cannot answer is told to wait.
+STATE_RETRY_AFTER_SECONDS: Final = 5
 
 
 class SettingsError(Exception):
@@ -173,3 +176,11 @@ class OverloadedError(MinatoError, status=503):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": str(OVERLOADED_RETRY_AFTER_SECONDS)})
+
+
+class StateUnavailableError(MinatoError, status=503):
+    """The shared state a request needs (Redis, or the embedded store) cannot answer: the request is
+    refused rather than served without its turn recorded or past its limits (fail closed)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": str(STATE_RETRY_AFTER_SECONDS)})

@@ -35,7 +35,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     workers: PositiveInt = 1
     """Server worker processes (each holds its own connection pool to Ollama)."""
     ollama_url: str = DEFAULT_OLLAMA_URL
-    """Ollama base URL. Falls back to Ollama's own ``OLLAMA_HOST`` (``host:port`` shorthand too)."""
+    """Ollama base URL, or several comma-separated (a pool of backends, each named ``host:port``). Falls
+    back to Ollama's own ``OLLAMA_HOST`` (``host:port`` shorthand too)."""
+    backend_parallel: PositiveInt = 4
+    """Generations of one model a backend that has it loaded takes before the next request for that model
+    spills to a backend where it is only installed (with a pool of backends)."""
+    backend_failures: PositiveInt = 3
+    """Failures in a row (refused connection, connection error, Ollama's "server busy") after which a
+    backend is taken out of the pool for ``MINATO_BACKEND_COOLDOWN`` seconds."""
+    backend_cooldown: PositiveFloat = 15.0
+    """Seconds a failing backend stays out of the pool before the probe may bring it back."""
+    redis_url: str = ""
+    """A Redis or Valkey URL (``redis://host:6379/0``, ``rediss://`` for TLS) that replicas share their
+    state in: conversations, turn leases, rate limits, token quotas, session-to-backend affinity. Empty:
+    the embedded store (``MINATO_SESSION_STORE``), shared by the workers of one machine."""
+    redis_timeout: PositiveFloat = 2.0
+    """Seconds a Redis call may take; beyond it (or with Redis unreachable) a request that needs Redis is
+    a 503 with ``Retry-After``."""
+    turn_lease: PositiveFloat = 30.0
+    """Seconds a conversation's turn lease lives unless renewed; a running turn renews it every third of
+    that, so a lease whose holder died (a crashed replica) frees the conversation after this long."""
     ollama_headers: dict[str, str] = msgspec.field(default_factory=dict)
     """Headers added to every request to Ollama, as a JSON object, for an Ollama behind its own auth,
     e.g. ``{"Authorization": "Bearer <token>"}``; the client's own keys never reach Ollama."""
@@ -135,8 +154,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     user_max_num_ctx: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
     """Largest ``num_ctx`` a user key may ask for (a larger one needs an admin key); 0: the model's own
     context length (131072 when Ollama reports none)."""
-    ollama_probe_interval: Annotated[float, msgspec.Meta(ge=0)] = 15.0
-    """Seconds between checks of Ollama's reachability for the ``minato_ollama_up`` metric (0: off)."""
+    ollama_probe_interval: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    """Seconds between probes of each backend: its health (``minato_ollama_up``, ``minato_backend_up``) and
+    its installed and loaded models (0: off; then only Minato's own actions refresh them)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest log level written."""
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -174,7 +194,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         except msgspec.ValidationError as exc:
             raise SettingsError(_name_the_variable(str(exc))) from None
         try:
-            url = normalize_ollama_url(settings.ollama_url)
+            url = ",".join(normalize_ollama_urls(settings.ollama_url))
         except ValueError as exc:
             raise SettingsError(f"{source_of_url}: {exc}") from None
         return msgspec.structs.replace(
@@ -184,6 +204,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             default_keep_alive=_checked_keep_alive(settings.default_keep_alive),
             user_max_keep_alive=_checked_user_keep_alive(settings.user_max_keep_alive),
         )
+
+    @property
+    def ollama_urls(self) -> tuple[str, ...]:
+        """The backends' base URLs, in the order given (one for a single Ollama)."""
+        return tuple(url for url in self.ollama_url.split(",") if url) or (DEFAULT_OLLAMA_URL,)
 
 
 #: Settings holding several values, written ``a,b,c`` in the environment.
@@ -251,6 +276,18 @@ def _name_the_variable(message: str) -> str:
     if not sep:
         return message
     return f"{PREFIX}{path.rstrip('`').upper()}: {text}"
+
+
+def normalize_ollama_urls(value: str) -> tuple[str, ...]:
+    """Normalize a comma-separated list of Ollama addresses (see :func:`normalize_ollama_url`); the same
+    backend named twice is refused (it would be counted as two)."""
+    urls = tuple(normalize_ollama_url(part) for part in comma_separated(value)) or (DEFAULT_OLLAMA_URL,)
+    seen: set[str] = set()
+    for url in urls:
+        if url in seen:
+            raise ValueError(f"{url} is listed twice")
+        seen.add(url)
+    return urls
 
 
 def normalize_ollama_url(value: str) -> str:
