@@ -75,7 +75,38 @@ class Metrics:
         self.upstream_errors = Counter(
             "minato_upstream_errors", "Failures talking to Ollama, by kind.", ["kind"], registry=r
         )
-        self.ollama_up = Gauge("minato_ollama_up", "1 if Ollama answered the last probe, else 0.", registry=r)
+        self.ollama_up = Gauge(
+            "minato_ollama_up", "1 if at least one backend answered its last probe, else 0.", registry=r
+        )
+        # Backends are the configured ones (MINATO_OLLAMA_URL): a bounded label set.
+        self.backend_up = Gauge(
+            "minato_backend_up",
+            "1 if the backend is in the pool (answered its last probe), else 0.",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_in_flight = Gauge(
+            "minato_backend_generations_in_flight", "Generations running on the backend now.", ["backend"], registry=r
+        )
+        self.backend_requests = Counter(
+            "minato_backend_requests", "Requests sent to the backend.", ["backend"], registry=r
+        )
+        self.backend_failovers = Counter(
+            "minato_backend_failovers",
+            "Requests that failed on the backend before their first byte and were sent to the next one.",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_probe = Histogram(
+            "minato_backend_probe_seconds",
+            "Time the backend took to answer its probe.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "minato_redis_up", "1 if the shared state (Redis) answered its last check, else 0.", registry=r
+        )
         self.queue_depth = Gauge("minato_queue_depth", "Generations waiting for a slot.", registry=r)
         self.rejections = Counter(
             "minato_rejections", "Generations refused by backpressure, by reason.", ["reason"], registry=r
