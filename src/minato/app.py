@@ -28,7 +28,8 @@ from minato.rendering import EXCEPTION_HANDLERS
 from minato.runtime import RuntimeSlot, UpstreamFactory, attach, started
 from minato.security import PUBLIC, Keyring, RateLimiter, make_caller_provider, make_guard
 from minato.settings import Settings
-from minato.upstream import Ollama, OllamaClient
+from minato.state.protocols import Affinity
+from minato.upstream import Ollama, OllamaPool
 
 API_DESCRIPTION: Final = (
     "Minato is an HTTP gateway in front of an Ollama daemon: plain GET requests for answers, "
@@ -129,8 +130,8 @@ def create_app(
 
 
 def _real_client(transport: httpx.AsyncBaseTransport | None) -> UpstreamFactory:
-    def build(settings: Settings) -> Ollama:
-        return OllamaClient(settings, transport=transport)
+    def build(settings: Settings, metrics: Metrics, affinity: Affinity | None) -> Ollama:
+        return OllamaPool(settings, metrics, affinity, transport=transport)
 
     return build
 

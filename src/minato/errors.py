@@ -20,6 +20,7 @@
         ├── UpstreamRejectedError    400  Ollama refused the request as malformed
         ├── OllamaUnavailableError   503  no connection to Ollama
         ├── OllamaBusyError          503  Ollama's queue is full (with Retry-After)
+        ├── OllamaConnectionLostError 502 the connection to Ollama broke before it answered
         └── OllamaTimeoutError       504  Ollama did not answer in time
 
 Outside the tree, because no client ever sees them as such: :class:`SettingsError` (start-up),
@@ -165,6 +166,10 @@ class OllamaBusyError(UpstreamError, status=503):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
+
+
+class OllamaConnectionLostError(UpstreamError, status=502):
+    """The connection to Ollama broke before it answered (a backend of a pool may be tried next)."""
 
 
 class OllamaTimeoutError(UpstreamError, status=504):

@@ -192,6 +192,12 @@ async def _opened(generation: Generation, lease: Lease) -> ChatRequest:
     return await _chat_request(generation, question, lease.turn)
 
 
+def _affinity(lease: Lease) -> str | None:
+    """What names the conversation to a pool of backends, so its turns stay where its model is warm."""
+    turn = lease.turn
+    return None if turn is None else f"{turn.owner}:{turn.session_id}"
+
+
 async def whole_answer(generation: Generation) -> GenerateResponse:
     """Ask Ollama for a whole answer, record it in the session, shape it."""
     await check_num_ctx(generation)
@@ -199,7 +205,7 @@ async def whole_answer(generation: Generation) -> GenerateResponse:
     lease = await _admit(generation)
     try:
         chat = await _opened(generation, lease)
-        chunk = await unless_disconnected(request, generation.parts.upstream.chat(chat))
+        chunk = await unless_disconnected(request, generation.parts.upstream.chat(chat, affinity=_affinity(lease)))
         await lease.commit(chunk.message.content)
     finally:
         lease.release()
@@ -243,7 +249,9 @@ async def streamed_answer(generation: Generation) -> Stream:
     lease = await _admit(generation)
     try:
         chat = await _opened(generation, lease)
-        stream = await unless_disconnected(request, generation.parts.upstream.stream_chat(chat))
+        stream = await unless_disconnected(
+            request, generation.parts.upstream.stream_chat(chat, affinity=_affinity(lease))
+        )
     except BaseException:
         lease.release()
         raise

@@ -1,4 +1,4 @@
-"""The reachability probe: every few seconds, is Ollama there, and which models does it have?"""
+"""The probe: every few seconds, which backends answer, and which models do they have and run?"""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from minato.upstream.catalog import ModelCatalog
 
 
 class OllamaProbe:
-    """Keeps ``minato_ollama_up`` current and refreshes the model catalog, so metric labels follow
-    models installed behind Minato's back."""
+    """Keeps the backends' health and inventory current (``minato_ollama_up``, ``minato_backend_up``,
+    routing) and refreshes the model catalog, so metric labels follow models installed behind Minato's back."""
 
     def __init__(self, metrics: Metrics, catalog: ModelCatalog, interval: float) -> None:
         self.metrics = metrics
@@ -32,10 +32,10 @@ class OllamaProbe:
     async def _forever(self) -> None:
         while True:
             try:
-                await self.catalog.upstream.version()
+                tags = await self.catalog.upstream.probe()
             except MinatoError:
-                self.metrics.ollama_up.set(0)
-            else:
-                self.metrics.ollama_up.set(1)
-                await self.catalog.refresh()
+                tags = None
+            self.metrics.ollama_up.set(0 if tags is None else 1)
+            if tags is not None:
+                self.catalog.record(tags)
             await asyncio.sleep(self.interval)

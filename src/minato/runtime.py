@@ -23,11 +23,13 @@ from minato.quota import Quota
 from minato.security import RateLimiter
 from minato.sessions import SessionManager, open_store
 from minato.settings import Settings
+from minato.state.protocols import Affinity
 from minato.upstream.catalog import ModelCatalog
 from minato.upstream.protocol import Ollama
 
-#: Builds the interface to Ollama from the settings (the real client, a pool, or a test's fake).
-UpstreamFactory = Callable[[Settings], Ollama]
+#: Builds the interface to Ollama (the pool of backends, or a test's fake) from the settings, the
+#: metrics it reports to, and where conversations' backend affinity is kept.
+UpstreamFactory = Callable[[Settings, Metrics, Affinity | None], Ollama]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ async def started(
 ) -> AsyncIterator[Runtime]:
     """Open every resource of a runtime; close them in reverse order when the block ends."""
     async with AsyncExitStack() as stack:
-        upstream = upstream_factory(settings)
+        upstream = upstream_factory(settings, metrics, None)
         stack.push_async_callback(upstream.aclose)
         catalog = ModelCatalog(upstream)
         metrics.model_label = catalog.label

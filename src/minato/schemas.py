@@ -10,6 +10,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from minato.sessions import Session
+from minato.upstream import BackendStatus
 from minato.upstream.wire import ChatChunk, ModelDetails, RunningModel
 
 
@@ -92,6 +93,8 @@ class InstallProgress(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     completed: int | UnsetType = UNSET
     percent: float | UnsetType = UNSET
     error: str | UnsetType = UNSET
+    backend: str | UnsetType = UNSET
+    """The backend (``host:port``) the line is about, with a pool of backends."""
 
 
 class ModelSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +112,8 @@ class ModelSummary(msgspec.Struct, frozen=True, kw_only=True):
     quantization_level: str
     loaded: bool
     """Whether the model is loaded in memory right now."""
+    backends: list[str]
+    """The backends (``host:port``) that have it."""
 
 
 class ModelsList(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,12 +129,13 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReadinessReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Readiness: whether Ollama answers, and its version."""
+    """Readiness: whether a backend answers (with the first one's version), and every backend's state."""
 
     status: str
     ollama_url: str
     ollama_version: str | UnsetType = UNSET
     reason: str | UnsetType = UNSET
+    backends: list[BackendStatus] = msgspec.field(default_factory=list)
 
 
 # -- model lifecycle and server info ---------------------------------------------------------------
@@ -151,6 +157,8 @@ class RunningView(msgspec.Struct, frozen=True, kw_only=True):
     """ISO 8601, or ``forever``."""
     expires_in_seconds: float | None
     """Seconds until Ollama unloads it; ``null`` when it stays loaded forever."""
+    backend: str
+    """The backend (``host:port``) it is loaded on."""
 
     @classmethod
     def of(cls, model: RunningModel) -> RunningView:
@@ -163,6 +171,7 @@ class RunningView(msgspec.Struct, frozen=True, kw_only=True):
             context_length=model.context_length,
             expires_at=expires_at,
             expires_in_seconds=remaining,
+            backend=model.backend,
         )
 
 
@@ -185,6 +194,8 @@ class LoadResult(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     loaded: bool
     running: RunningView | None
+    backend: str
+    """The backend (``host:port``) it was loaded on."""
 
 
 class DetailsView(msgspec.Struct, frozen=True, kw_only=True):
@@ -229,6 +240,8 @@ class OllamaInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     reachable: bool
     version: str | UnsetType = UNSET
     reason: str | UnsetType = UNSET
+    backends: list[BackendStatus] = msgspec.field(default_factory=list)
+    """Every backend of the pool and its state."""
 
 
 class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):

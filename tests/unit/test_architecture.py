@@ -25,7 +25,7 @@ from minato.params import GENERATION_QUERY_PARAMETERS
 from minato.security import RateLimiter
 from minato.sessions import MemoryStore, SessionManager
 from minato.settings import Settings
-from minato.upstream import ChunkStream, ModelFacts, OllamaClient, PullStream, RawResponse
+from minato.upstream import BackendStatus, ChunkStream, ModelFacts, OllamaClient, PullStream, RawResponse, Spread
 from minato.upstream.options import OPTIONS
 from minato.upstream.wire import (
     ChatChunk,
@@ -56,17 +56,28 @@ class FakeOllama:
     async def aclose(self) -> None:
         self.closed += 1
 
-    async def chat(self, request: ChatRequest) -> ChatChunk:
+    async def probe(self, *, inventory: bool = True) -> TagsResponse | None:
+        return await self.list_models()
+
+    def backends(self) -> list[BackendStatus]:
+        return [BackendStatus(name="fake:0", url=self.base_url, state="up")]
+
+    def holders(self, model: str) -> list[str]:
+        return ["fake:0"]
+
+    async def chat(self, request: ChatRequest, *, affinity: str | None = None) -> ChatChunk:
         self.asked.append(request)
         return ChatChunk(model=request.model, message=ChunkMessage(content="fake answer"), done=True, eval_count=2)
 
-    async def stream_chat(self, request: ChatRequest) -> ChunkStream:
+    async def stream_chat(self, request: ChatRequest, *, affinity: str | None = None) -> ChunkStream:
         raise NotImplementedError
 
-    async def pull(self, model: str) -> PullStream:
+    async def pull(self, model: str, backend: str | None = None) -> PullStream:
         raise NotImplementedError
 
-    async def load(self, model: str, keep_alive: float | str | UnsetType, options: dict[str, Any]) -> None:
+    async def load(
+        self, model: str, keep_alive: float | str | UnsetType, options: dict[str, Any], backend: str | None = None
+    ) -> str:
         raise NotImplementedError
 
     async def unload(self, model: str) -> None:
@@ -105,13 +116,16 @@ class FakeOllama:
         content_type: str | None = None,
         headers_within: float | None = None,
         whole_within: float | None = None,
+        model: str | None = None,
+        generation: bool = False,
+        spread: Spread = Spread.ONE,
     ) -> RawResponse:
         raise NotImplementedError
 
 
 async def test_a_fake_ollama_can_stand_in_for_the_real_one(settings: Settings) -> None:
     fake = FakeOllama()
-    app = create_app(settings, upstream=lambda _: fake)
+    app = create_app(settings, upstream=lambda *_: fake)
 
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/fake", params={"message": "hi"})
@@ -127,7 +141,7 @@ async def test_a_fake_ollama_can_stand_in_for_the_real_one(settings: Settings) -
 async def test_the_runtime_is_torn_down_once_even_when_a_later_part_fails(settings: Settings) -> None:
     fake = FakeOllama()
     broken = msgspec.structs.replace(settings, session_store=str(Path("/proc/no-such-dir/minato.db")))
-    app = create_app(broken, upstream=lambda _: fake)
+    app = create_app(broken, upstream=lambda *_: fake)
 
     failed = False
     try:
@@ -265,7 +279,7 @@ def test_nothing_above_upstream_names_the_concrete_client() -> None:
 @pytest.mark.parametrize(
     ("package", "internal"),
     [
-        pytest.param("upstream", {"client", "streams", "failures"}, id="upstream"),
+        pytest.param("upstream", {"client", "pool", "streams", "failures"}, id="upstream"),
         pytest.param("sessions", {"store", "sqlite", "schema"}, id="sessions"),
     ],
 )

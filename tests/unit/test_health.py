@@ -38,6 +38,9 @@ async def test_ready_reports_ollamas_version(client: Client, ollama: respx.MockR
         "status": "ready",
         "ollama_url": "http://ollama.test:11434",
         "ollama_version": "0.12.3",
+        "backends": [
+            {"name": "ollama.test:11434", "url": "http://ollama.test:11434", "state": "up", "version": "0.12.3"}
+        ],
     }
     assert route.call_count == 1
 

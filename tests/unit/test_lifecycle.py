@@ -103,7 +103,7 @@ async def test_load_with_pull_skips_the_pull_when_installed(client: Client, olla
     response = await client.post("/load/llama3.2", params={"pull": "true"})
 
     assert response.status_code == 200
-    assert response.json() == {"model": "llama3.2", "loaded": False, "running": None}
+    assert response.json() == {"model": "llama3.2", "loaded": False, "running": None, "backend": "ollama.test:11434"}
     assert not pull.called
 
 
@@ -216,7 +216,20 @@ async def test_server_info_names_ollama_and_its_models(client: Client, ollama: r
     body = (await client.get("/")).json()
 
     assert body["service"] == "minato"
-    assert body["ollama"] == {"url": "http://ollama.test:11434", "reachable": True, "version": "0.33.0-rc2"}
+    assert body["ollama"] == {
+        "url": "http://ollama.test:11434",
+        "reachable": True,
+        "version": "0.33.0-rc2",
+        "backends": [
+            {
+                "name": "ollama.test:11434",
+                "url": "http://ollama.test:11434",
+                "state": "unknown",
+                "installed": 1,
+                "loaded": ["llama3.2:latest"],
+            }
+        ],
+    }
     assert body["installed"] == ["llama3.2:latest"]
     assert body["running"] == ["llama3.2:latest"]
 

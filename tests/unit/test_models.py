@@ -114,14 +114,22 @@ async def test_streamed_install_relays_progress_with_a_percentage(
     assert response.headers["x-accel-buffering"] == "no"
     assert response.headers["cache-control"] == "no-cache"
     digest = "sha256:dde5aa3fc5ff"
+    backend = {"backend": "ollama.test:11434"}
     assert lines_of(response.text) == [
-        {"status": "pulling manifest"},
-        {"status": "pulling dde5aa3fc5ff", "digest": digest, "total": 200, "percent": 0.0},
-        {"status": "pulling dde5aa3fc5ff", "digest": digest, "total": 200, "completed": 50, "percent": 25.0},
-        {"status": "pulling dde5aa3fc5ff", "digest": digest, "total": 200, "completed": 200, "percent": 100.0},
-        {"status": "verifying sha256 digest"},
-        {"status": "writing manifest"},
-        {"status": "success"},
+        {"status": "pulling manifest", **backend},
+        {"status": "pulling dde5aa3fc5ff", "digest": digest, "total": 200, "percent": 0.0, **backend},
+        {"status": "pulling dde5aa3fc5ff", "digest": digest, "total": 200, "completed": 50, "percent": 25.0, **backend},
+        {
+            "status": "pulling dde5aa3fc5ff",
+            "digest": digest,
+            "total": 200,
+            "completed": 200,
+            "percent": 100.0,
+            **backend,
+        },
+        {"status": "verifying sha256 digest", **backend},
+        {"status": "writing manifest", **backend},
+        {"status": "success", **backend},
     ]
     assert json.loads(route.calls.last.request.content) == {"model": "llama3.2", "stream": True}
 
@@ -181,13 +189,14 @@ async def test_progress_arriving_together_with_an_error_is_still_relayed(
 
     lines = lines_of(response.text)
     assert lines[:2] == [
-        {"status": "pulling manifest"},
+        {"status": "pulling manifest", "backend": "ollama.test:11434"},
         {
             "status": "pulling dde5aa3fc5ff",
             "digest": "sha256:dde5aa3fc5ff",
             "total": 200,
             "completed": 50,
             "percent": 25.0,
+            "backend": "ollama.test:11434",
         },
     ]
     assert lines[-1] == {"status": "error", "error": "pull failed: disk full"}
@@ -258,6 +267,7 @@ async def test_models_list_flattens_ollamas_tags(client: Client, ollama: respx.M
                 "parameter_size": "3.2B",
                 "quantization_level": "Q4_K_M",
                 "loaded": False,
+                "backends": ["ollama.test:11434"],
             }
         ]
     }

@@ -13,6 +13,7 @@ import respx
 from minato.errors import (
     ModelNotFoundError,
     OllamaBusyError,
+    OllamaConnectionLostError,
     OllamaTimeoutError,
     OllamaUnavailableError,
     UpstreamError,
@@ -308,7 +309,7 @@ async def test_a_dropped_connection_is_a_bad_gateway(upstream: OllamaClient, oll
     with pytest.raises(UpstreamError) as caught:
         await upstream.stream_chat(hello())
 
-    assert type(caught.value) is UpstreamError
+    assert type(caught.value) is OllamaConnectionLostError, "a pool tries the next backend after this one"
     assert caught.value.status_code == 502
     assert caught.value.detail == f"Ollama at {OLLAMA_URL} closed the connection before answering"
 

@@ -18,6 +18,7 @@ from minato.doors.relay import Relay, relay
 from minato.rendering import StreamDialect
 from minato.runtime import runtime_of
 from minato.security import Caller
+from minato.upstream import Spread
 
 _INCLUDE_USAGE: Final = frozenset({"include_usage"})
 
@@ -69,18 +70,30 @@ async def generation(
 
 
 async def about_models(
-    request: Request[Any, Any, Any], caller: Caller, *, stream_default: bool = False
+    request: Request[Any, Any, Any],
+    caller: Caller,
+    *,
+    stream_default: bool = False,
+    spread: Spread = Spread.ONE,
+    route_by: str | None = "model",
 ) -> Response[Any]:
-    """A call naming models in its body (show, pull, push, create, copy, delete): scope checked."""
+    """A call naming models in its body (show, pull, push, create, copy, delete): scope checked.
+
+    With a pool it goes to a backend having the model its ``route_by`` field names (``None``: the first
+    reachable backend, where blob uploads go too), or to the backends ``spread`` names.
+    """
     runtime = runtime_of(request)
     body = await read(request)
     check_models(caller, runtime.settings, body.models)
+    target = (body.model if route_by == "model" else body.text(route_by)) if route_by else ""
     call = Relay(
         request.method,
         route_path(request),
         body.raw,
         StreamDialect.NDJSON,
         streamed=body.stream(default=stream_default),
+        route_by=target or None,
+        spread=spread,
     )
     return await relay(request, runtime, call)
 
@@ -97,7 +110,11 @@ def route_path(request: Request[Any, Any, Any], *segments: str) -> str:
 
 
 async def plain(
-    request: Request[Any, Any, Any], *segments: str, dialect: StreamDialect = StreamDialect.NDJSON
+    request: Request[Any, Any, Any],
+    *segments: str,
+    dialect: StreamDialect = StreamDialect.NDJSON,
+    spread: Spread = Spread.ONE,
+    route_by: str | None = None,
 ) -> Response[Any]:
     """A call Minato only relays (version, blobs, the account routes once allowed)."""
     runtime = runtime_of(request)
@@ -107,7 +124,8 @@ async def plain(
         if request.method in {"POST", "DELETE"}
         else None
     )
-    return await relay(request, runtime, Relay(request.method, route_path(request, *segments), raw, dialect))
+    call = Relay(request.method, route_path(request, *segments), raw, dialect, route_by=route_by, spread=spread)
+    return await relay(request, runtime, call)
 
 
 async def head(request: Request[Any, Any, Any], *segments: str) -> Response[None]:
@@ -117,13 +135,16 @@ async def head(request: Request[Any, Any, Any], *segments: str) -> Response[None
     return Response(None, status_code=answer.status_code, media_type=answer.media_type)
 
 
-async def listing(request: Request[Any, Any, Any], caller: Caller, *, field: str, name: str) -> Response[Any]:
+async def listing(
+    request: Request[Any, Any, Any], caller: Caller, *, field: str, name: str, spread: Spread = Spread.LIST
+) -> Response[Any]:
     """A model list (``/api/tags``, ``/api/ps``, ``/v1/models``), showing only the key's models.
 
-    A key without model patterns gets Ollama's bytes unchanged; a scoped key gets the same document
-    with the other models left out (``field`` holds the list, ``name`` names each entry's model).
+    A key without model patterns gets Ollama's bytes unchanged (a pool's lists merged); a scoped key
+    gets the same document with the other models left out (``field`` holds the list, ``name`` names
+    each entry's model).
     """
-    answer = await plain(request)
+    answer = await plain(request, spread=spread)
     if caller.models is None or answer.status_code != 200 or not isinstance(answer.content, bytes):
         return answer
     try:

@@ -17,6 +17,7 @@ from minato.doors.policy import check_account_route
 from minato.rendering import StreamDialect
 from minato.runtime import runtime_of
 from minato.security import ADMIN, Caller
+from minato.upstream import Spread
 
 TAGS: Final = ["ollama"]
 #: A path segment Minato passes on as it is (Ollama's route reads it).
@@ -68,7 +69,7 @@ async def api_tags_head(request: Request[Any, Any, Any]) -> Response[None]:
 @get("/api/ps", operation_id="OllamaPs", **_doc("Ollama: loaded models", "Only the key's models."))
 async def api_ps(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """Ollama's ``/api/ps``, filtered to the key's models."""
-    return await calls.listing(request, caller, field="models", name="model")
+    return await calls.listing(request, caller, field="models", name="model", spread=Spread.LOADED)
 
 
 @post("/api/show", operation_id="OllamaShow", **_doc("Ollama: one model's details"))
@@ -91,8 +92,8 @@ async def api_version_head(request: Request[Any, Any, Any]) -> Response[None]:
 
 @post("/api/pull", operation_id="OllamaPull", opt=_ADMIN, **_doc("Ollama: pull a model", "Admin key."))
 async def api_pull(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
-    """Ollama's ``/api/pull``."""
-    return await calls.about_models(request, caller, stream_default=True)
+    """Ollama's ``/api/pull`` (onto every reachable backend of a pool)."""
+    return await calls.about_models(request, caller, stream_default=True, spread=Spread.EVERY)
 
 
 @post("/api/push", operation_id="OllamaPush", opt=_ADMIN, **_doc("Ollama: push a model", "Admin key."))
@@ -103,14 +104,14 @@ async def api_push(request: Request[Any, Any, Any], caller: NamedDependency[Call
 
 @post("/api/create", operation_id="OllamaCreate", opt=_ADMIN, **_doc("Ollama: create a model", "Admin key."))
 async def api_create(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
-    """Ollama's ``/api/create``."""
-    return await calls.about_models(request, caller, stream_default=True)
+    """Ollama's ``/api/create`` (on the first reachable backend of a pool, where blobs are uploaded)."""
+    return await calls.about_models(request, caller, stream_default=True, route_by=None)
 
 
 @post("/api/copy", operation_id="OllamaCopy", opt=_ADMIN, **_doc("Ollama: copy a model", "Admin key."))
 async def api_copy(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
-    """Ollama's ``/api/copy``."""
-    return await calls.about_models(request, caller)
+    """Ollama's ``/api/copy`` (on a backend having the source)."""
+    return await calls.about_models(request, caller, route_by="source")
 
 
 @delete(
@@ -121,8 +122,8 @@ async def api_copy(request: Request[Any, Any, Any], caller: NamedDependency[Call
     **_doc("Ollama: delete a model", "Admin key; the model is named in a JSON body."),
 )
 async def api_delete(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
-    """Ollama's ``DELETE /api/delete``."""
-    return await calls.about_models(request, caller)
+    """Ollama's ``DELETE /api/delete`` (on every backend of a pool that has the model)."""
+    return await calls.about_models(request, caller, spread=Spread.HOLDERS)
 
 
 @post(

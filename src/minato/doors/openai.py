@@ -62,7 +62,7 @@ async def model(request: Request[Any, Any, Any], caller: NamedDependency[Caller]
     """OpenAI's ``/v1/models/{model}``."""
     name = model_id.lstrip("/")
     check_models(caller, runtime_of(request).settings, [name])
-    return await calls.plain(request, name, dialect=StreamDialect.OPENAI)
+    return await calls.plain(request, name, dialect=StreamDialect.OPENAI, route_by=name)
 
 
 OPENAI_HANDLERS: Final = [chat_completions, completions, responses, embeddings, models, model]

@@ -30,7 +30,7 @@ from minato.record import RequestRecord, record_of
 from minato.rendering import StreamDialect, stream_error_frame
 from minato.runtime import Runtime
 from minato.streaming import STREAM_HEADERS, RelayStream
-from minato.upstream import RawResponse
+from minato.upstream import RawResponse, Spread
 
 logger = structlog.get_logger("minato.doors")
 
@@ -50,6 +50,10 @@ class Relay(NamedTuple):
     """Whether the client asked for a stream (bounds the wait for Ollama's first byte)."""
     strip_usage: bool = False
     """Minato asked Ollama for an OpenAI usage frame the client did not ask for: drop it."""
+    route_by: str | None = None
+    """The model a call that is no generation is about (a pool sends it to a backend having it)."""
+    spread: Spread = Spread.ONE
+    """Which backends of a pool it goes to."""
 
 
 class _Counts(msgspec.Struct):
@@ -236,6 +240,9 @@ async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
         headers_within=wait,
         # A generation is bounded as on Minato's own routes; a pull or a blob upload may take longer.
         whole_within=settings.request_timeout if call.model else None,
+        model=call.model or call.route_by,
+        generation=call.model is not None,
+        spread=call.spread,
     )
 
 

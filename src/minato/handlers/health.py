@@ -1,4 +1,4 @@
-"""Probes: ``/health`` (the process answers) and ``/ready`` (Ollama answers too), by GET or HEAD.
+"""Probes: ``/health`` (the process answers) and ``/ready`` (a backend answers too), by GET or HEAD.
 
 HEAD answers with the status and headers GET would, without the body (probes that only look at
 the status, such as load balancers, often send HEAD).
@@ -13,7 +13,6 @@ from litestar import Response, get, head
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
-from minato.errors import MinatoError
 from minato.metrics import CONTENT_TYPE, Metrics
 from minato.schemas import HealthReport, ReadinessReport
 from minato.security import PROBE, PUBLIC
@@ -34,12 +33,15 @@ async def health() -> HealthReport:
     "/ready",
     operation_id="Ready",
     summary="Readiness probe",
-    description="200 with Ollama's version when Ollama answers; 503 with the reason otherwise.",
+    description=(
+        "200 while at least one Ollama backend answers (with the first one's version); 503 with the reason "
+        "when none does. `backends` lists every backend with its state (`up`, `down`, `cooling`)."
+    ),
     opt={PROBE: True},
     responses={
         503: ResponseSpec(
             data_container=ReadinessReport,
-            description="Ollama is not reachable; `reason` says why.",
+            description="No Ollama backend is reachable; `reason` says why.",
             generate_examples=False,
         )
     },
@@ -69,11 +71,19 @@ async def ready_head(upstream: NamedDependency[OllamaDependency]) -> Response[No
 
 
 async def _readiness(upstream: Ollama) -> tuple[ReadinessReport, int]:
-    try:
-        version = await upstream.version()
-    except MinatoError as exc:
-        return ReadinessReport(status="unavailable", ollama_url=upstream.base_url, reason=exc.detail), 503
-    return ReadinessReport(status="ready", ollama_url=upstream.base_url, ollama_version=version), 200
+    # Asked now, not taken from the last probe: a load balancer acts on this answer.
+    await upstream.probe(inventory=False)
+    backends = upstream.backends()
+    up = next((backend for backend in backends if backend.state == "up"), None)
+    if up is None:
+        reasons = "; ".join(f"{b.name}: {b.reason or b.state}" for b in backends)
+        reason = backends[0].reason if len(backends) == 1 and backends[0].reason else reasons
+        return ReadinessReport(
+            status="unavailable", ollama_url=upstream.base_url, reason=reason or "no backend answers", backends=backends
+        ), 503
+    return ReadinessReport(
+        status="ready", ollama_url=upstream.base_url, ollama_version=up.version, backends=backends
+    ), 200
 
 
 def _bodiless(report: HealthReport | ReadinessReport, status: int) -> Response[None]:

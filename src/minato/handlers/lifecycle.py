@@ -63,7 +63,8 @@ def _find(running: list[RunningModel], model: str) -> RunningModel | None:
     summary="Load a model into memory",
     description=(
         "Loads the model (Ollama: a generate request without a prompt) and answers once it is "
-        "ready, with its running status. `pull=true` pulls it first when it is not installed."
+        "ready, with its running status. `pull=true` pulls it first when it is not installed. With a "
+        "pool of backends, it is loaded where routing would send the model's next request, or on `backend`."
     ),
 )
 async def load(
@@ -77,27 +78,44 @@ async def load(
         int | None, Parameter(ge=1, le=INT32_MAX, description="Context window to load the model with.")
     ] = None,
     pull: Annotated[bool, Parameter(description="Pull the model first when it is not installed.")] = False,
+    backend: Annotated[
+        str | None, Parameter(description="Load on this backend (`host:port`, as `/ready` names it).")
+    ] = None,
 ) -> LoadResult:
     """Load a model and report its running status."""
     alive = resolve_keep_alive(keep_alive, settings)
-    if pull:
-        try:
-            await upstream.show(model)
-        except ModelNotFoundError:
-            stream = await unless_disconnected(request, upstream.pull(model))
-            catalog.forget()
-            await unless_disconnected(request, pull_to_end(stream))
+    if pull and not upstream.holders(model) and not await _installed(upstream, model):
+        stream = await unless_disconnected(request, upstream.pull(model, backend))
+        catalog.forget()
+        await unless_disconnected(request, pull_to_end(stream))
     options = {"num_ctx": num_ctx} if num_ctx is not None else {}
-    await unless_disconnected(request, upstream.load(model, alive, options))
-    entry = _find((await upstream.running()).models, model)
-    return LoadResult(model=model, loaded=entry is not None, running=RunningView.of(entry) if entry else None)
+    chosen = await unless_disconnected(request, upstream.load(model, alive, options, backend))
+    wanted = canonical_model_name(model)
+    entry = next(
+        (
+            m
+            for m in (await upstream.running()).models
+            if canonical_model_name(m.name or m.model) == wanted and m.backend in {chosen, ""}
+        ),
+        None,
+    )
+    return LoadResult(
+        model=model, loaded=entry is not None, running=RunningView.of(entry) if entry else None, backend=chosen
+    )
+
+
+async def _installed(upstream: Ollama, model: str) -> bool:
+    return await _show_if_installed(upstream, model) is not None
 
 
 @_post(
     "/unload/{model_name:path}",
     operation_id="UnloadModel",
     summary="Unload a model from memory",
-    description="Asks Ollama to unload the model now (it finishes running requests first). Fine if it was not loaded.",
+    description=(
+        "Asks Ollama to unload the model now (it finishes running requests first), on every backend that "
+        "has it. Fine if it was not loaded."
+    ),
 )
 async def unload(model: NamedDependency[str], upstream: NamedDependency[OllamaDependency]) -> ModelAction:
     """Unload a model (idempotent)."""
@@ -109,6 +127,7 @@ async def unload(model: NamedDependency[str], upstream: NamedDependency[OllamaDe
     "/models/{model_name:path}",
     operation_id="DeleteModel",
     summary="Delete a model from disk",
+    description="Removes the model from every backend that has it; 404 when none has.",
 )
 async def delete_model(
     model: NamedDependency[str], upstream: NamedDependency[OllamaDependency], catalog: NamedDependency[ModelCatalog]
@@ -123,7 +142,7 @@ async def delete_model(
     "/running",
     operation_id="RunningModels",
     summary="Models loaded in memory",
-    description="A key limited to some models sees only those.",
+    description="Every loaded model, with the backend it is loaded on. A key limited to some models sees only those.",
 )
 async def running(upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller]) -> RunningList:
     """List loaded models the caller's key may use, with their memory use, context length and expiry."""
@@ -163,17 +182,17 @@ async def status(model: NamedDependency[str], upstream: NamedDependency[OllamaDe
 
 @get("/", operation_id="ServerInfo", summary="Service and Ollama information", tags=["health"])
 async def server_info(upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller]) -> ServerInfo:
-    """Name and version of this service; Ollama's URL and version (or why it is unreachable); the
-    models the caller's key may use."""
+    """Name and version of this service; Ollama's URL and version (or why it is unreachable), and every
+    backend of the pool; the models the caller's key may use."""
     try:
         version, tags, ps = await asyncio.gather(upstream.version(), upstream.list_models(), upstream.running())
     except MinatoError as exc:
-        ollama = OllamaInfo(url=upstream.base_url, reachable=False, reason=exc.detail)
+        ollama = OllamaInfo(url=upstream.base_url, reachable=False, reason=exc.detail, backends=upstream.backends())
         return ServerInfo(service="minato", version=__version__, ollama=ollama, installed=[], running=[])
     return ServerInfo(
         service="minato",
         version=__version__,
-        ollama=OllamaInfo(url=upstream.base_url, reachable=True, version=version),
+        ollama=OllamaInfo(url=upstream.base_url, reachable=True, version=version, backends=upstream.backends()),
         installed=[m.name or m.model for m in tags.models if caller.allows(m.name or m.model)],
         running=[m.name or m.model for m in ps.models if caller.allows(m.name or m.model)],
     )

@@ -20,7 +20,7 @@ from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary, families_of
 from minato.security import ADMIN, Caller
 from minato.streaming import STREAM_HEADERS, StreamFormat
-from minato.upstream import PullStream, canonical_model_name
+from minato.upstream import PullProgressStream, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
 from minato.upstream.protocol import OllamaDependency
 from minato.upstream.wire import PullProgress, TagModel
@@ -40,11 +40,12 @@ def _progress_line(item: PullProgress) -> bytes:
         total=item.total or msgspec.UNSET,
         completed=item.completed or msgspec.UNSET,
         percent=percent,
+        backend=item.backend or msgspec.UNSET,
     )
     return _encode(line) + b"\n"
 
 
-async def _relay_progress(stream: PullStream, model: str) -> AsyncIterator[bytes]:
+async def _relay_progress(stream: PullProgressStream, model: str) -> AsyncIterator[bytes]:
     try:
         async for batch in stream.progress():
             yield b"".join([_progress_line(item) for item in batch])
@@ -55,7 +56,7 @@ async def _relay_progress(stream: PullStream, model: str) -> AsyncIterator[bytes
         await stream.aclose()
 
 
-async def pull_to_end(stream: PullStream) -> None:
+async def pull_to_end(stream: PullProgressStream) -> None:
     """Read a pull to its end (raising on failure) and close it."""
     try:
         async for _ in stream.progress():
@@ -71,8 +72,10 @@ async def pull_to_end(stream: PullStream) -> None:
     description=(
         'Waits for the pull to finish and answers `{"status": "success", "model": ...}`. With '
         "`?stream=true` or `Accept: application/x-ndjson`, relays Ollama's progress lines (`status`, "
-        "`digest`, `total`, `completed`, `percent`) as they come, ending with `success` or an "
-        "`error` line. A model the registry does not know is a 404 either way."
+        "`digest`, `total`, `completed`, `percent`, and with a pool of backends the `backend` each line is "
+        "about) as they come, ending with `success` (once every backend succeeded) or an `error` line. "
+        "A model the registry does not know is a 404 either way. With a pool, the model is pulled onto "
+        "every reachable backend, or only onto `backend`."
     ),
     status_code=200,
     responses=ADMIN_RESPONSES,
@@ -85,9 +88,12 @@ async def install(
     upstream: NamedDependency[OllamaDependency],
     catalog: NamedDependency[ModelCatalog],
     stream: Annotated[bool, Parameter(description="Relay progress as NDJSON instead of waiting.")] = False,
+    backend: Annotated[
+        str | None, Parameter(description="Pull onto this backend only (`host:port`, as `/ready` names it).")
+    ] = None,
 ) -> Response[InstallResponse] | Stream:
     """Pull a model, waiting for it or relaying progress."""
-    pull = await unless_disconnected(request, upstream.pull(model))
+    pull = await unless_disconnected(request, upstream.pull(model, backend))
     catalog.forget()  # the model may be installed by the time anyone asks
     if stream or NDJSON in request.headers.get("accept", ""):
         return Stream(
@@ -101,7 +107,7 @@ async def install(
     return Response(InstallResponse(status="success", model=model))
 
 
-def summarize(model: TagModel, loaded: bool) -> ModelSummary:
+def summarize(model: TagModel, loaded: bool, backends: list[str]) -> ModelSummary:
     """Flatten one ``/api/tags`` entry into Minato's model summary."""
     details = model.details
     return ModelSummary(
@@ -116,6 +122,7 @@ def summarize(model: TagModel, loaded: bool) -> ModelSummary:
         parameter_size=details.parameter_size,
         quantization_level=details.quantization_level,
         loaded=loaded,
+        backends=backends,
     )
 
 
@@ -124,8 +131,8 @@ def summarize(model: TagModel, loaded: bool) -> ModelSummary:
     operation_id="ListModels",
     summary="List installed models",
     description=(
-        "Every model Ollama has on disk, with size (bytes and MiB), family, quantization and whether "
-        "it is loaded in memory now. A key limited to some models sees only those."
+        "Every model Ollama has on disk, with size (bytes and MiB), family, quantization, whether "
+        "it is loaded in memory now, and which backends have it. A key limited to some models sees only those."
     ),
     responses=UPSTREAM_RESPONSES,
     tags=["models"],
@@ -141,7 +148,7 @@ async def models_list(
     loaded = {canonical_model_name(m.name or m.model) for m in ps.models}
     return ModelsList(
         models_list=[
-            summarize(m, canonical_model_name(m.name or m.model) in loaded)
+            summarize(m, canonical_model_name(m.name or m.model) in loaded, upstream.holders(m.name or m.model))
             for m in tags.models
             if caller.allows(m.name or m.model)
         ]

@@ -17,6 +17,7 @@ from minato.errors import (
     MinatoError,
     ModelNotFoundError,
     OllamaBusyError,
+    OllamaConnectionLostError,
     OllamaTimeoutError,
     OllamaUnavailableError,
     UpstreamError,
@@ -79,8 +80,10 @@ def transport_error(exc: httpx.HTTPError, ollama_url: str, connect_timeout: floa
     if isinstance(exc, httpx.ConnectError):
         return OllamaUnavailableError(f"Ollama is unreachable at {ollama_url}: {connection_problem(exc, host)}")
     if isinstance(exc, httpx.RemoteProtocolError):
-        return UpstreamError(f"Ollama at {ollama_url} closed the connection before answering")
-    return UpstreamError(f"the connection to Ollama at {ollama_url} failed: {connection_problem(exc, host)}")
+        return OllamaConnectionLostError(f"Ollama at {ollama_url} closed the connection before answering")
+    return OllamaConnectionLostError(
+        f"the connection to Ollama at {ollama_url} failed: {connection_problem(exc, host)}"
+    )
 
 
 def log_library_error(event: str, exc: BaseException, ollama_url: str) -> None:

@@ -1,53 +1,110 @@
 """The one narrow interface to Ollama that handlers, the generation and the catalog depend on.
 
-:class:`~minato.upstream.client.OllamaClient` implements it against one Ollama; a pool of backends
-can implement it too, and a test can fake it. Nothing above ``upstream/`` names the concrete client.
+:class:`~minato.upstream.pool.OllamaPool` implements it over one or several Ollama backends (each an
+:class:`~minato.upstream.client.OllamaClient`), and a test can fake it. Nothing above ``upstream/``
+names the concrete classes. A pool answers as one Ollama would: model lists are merged, a generation
+goes to the backend routing picks, model management acts on the fleet.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from msgspec import UnsetType
+import msgspec
+from msgspec import UNSET, UnsetType
 
 if TYPE_CHECKING:
     from minato.upstream.client import ModelFacts
-    from minato.upstream.streams import ChunkStream, PullStream, RawResponse
+    from minato.upstream.streams import ChunkStream, PullProgressStream, RawResponse
     from minato.upstream.wire import ChatChunk, ChatRequest, PsResponse, ShowResponse, TagsResponse
 
 
+class Spread(enum.Enum):
+    """Which backends a forwarded request goes to."""
+
+    ONE = "one"
+    """The one routing picks (by the model, when the request names one)."""
+    LIST = "list"
+    """Every backend, their model lists merged, each model once (``/api/tags``, ``/v1/models``)."""
+    LOADED = "loaded"
+    """Every backend, their loaded models listed together, each with its backend (``/api/ps``)."""
+    EVERY = "every"
+    """Every reachable backend (a pull), their progress lines merged."""
+    HOLDERS = "holders"
+    """Every backend that has the model (a delete)."""
+
+
+class BackendStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One backend of the pool, as ``/ready`` and ``GET /`` show it."""
+
+    name: str
+    """``host:port``: how logs, metrics and answers name it."""
+    url: str
+    state: str
+    """``up`` (answered its last probe), ``down`` (did not), ``cooling`` (failed repeatedly: out of the
+    pool until its cool-down ends and a probe answers), or ``unknown`` (not probed yet)."""
+    version: str | UnsetType = UNSET
+    installed: int = 0
+    """How many models it has installed."""
+    loaded: list[str] = msgspec.field(default_factory=list)
+    """The models it has loaded in memory."""
+    in_flight: int = 0
+    """Generations Minato is running on it now."""
+    reason: str | UnsetType = UNSET
+    """Why it is not up."""
+
+
 class Ollama(Protocol):
-    """What Minato asks of Ollama. Every failure is a :mod:`minato.errors` exception, never a library's."""
+    """What Minato asks of Ollama. Every failure is a :mod:`minato.errors` exception, never a library's.
+
+    ``affinity`` names a conversation: its turns go to the backend it last used while that one is
+    healthy and has the model.
+    """
 
     base_url: str
-    """Where Ollama is (named in errors and in ``/ready``)."""
+    """Where Ollama is (named in errors and in ``/ready``): the backends' URLs, comma-separated."""
 
     async def aclose(self) -> None:
         """Release the connections."""
 
-    async def chat(self, request: ChatRequest) -> ChatChunk:
+    async def probe(self, *, inventory: bool = True) -> TagsResponse | None:
+        """Probe every backend (its health, and with ``inventory`` its installed and loaded models); the
+        merged model list, or ``None`` when no backend answers."""
+
+    def backends(self) -> list[BackendStatus]:
+        """Every backend and its state, as the last probe or request left it."""
+
+    def holders(self, model: str) -> list[str]:
+        """The backends that have ``model`` installed, as last seen."""
+
+    async def chat(self, request: ChatRequest, *, affinity: str | None = None) -> ChatChunk:
         """A whole answer, with Ollama's final counters."""
 
-    async def stream_chat(self, request: ChatRequest) -> ChunkStream:
+    async def stream_chat(self, request: ChatRequest, *, affinity: str | None = None) -> ChunkStream:
         """A stream, returned once its first tokens arrived (so its status is known)."""
 
-    async def pull(self, model: str) -> PullStream:
-        """Start pulling; return once the manifest was found (or fail with a 404)."""
+    async def pull(self, model: str, backend: str | None = None) -> PullProgressStream:
+        """Start pulling onto every reachable backend (or the named one); return once the manifest was
+        found (or fail with a 404)."""
 
-    async def load(self, model: str, keep_alive: float | str | UnsetType, options: dict[str, Any]) -> None:
-        """Load a model into memory."""
+    async def load(
+        self, model: str, keep_alive: float | str | UnsetType, options: dict[str, Any], backend: str | None = None
+    ) -> str:
+        """Load a model into memory where routing would send its next request (or on the named
+        backend); return the backend's name."""
 
     async def unload(self, model: str) -> None:
-        """Unload a model now."""
+        """Unload a model now, everywhere."""
 
     async def delete(self, model: str) -> None:
-        """Delete a model from disk."""
+        """Delete a model from the disk of every backend that has it."""
 
     async def running(self) -> PsResponse:
-        """The models loaded now."""
+        """The models loaded now, each with its backend."""
 
     async def list_models(self) -> TagsResponse:
-        """The models installed."""
+        """The models installed, each once."""
 
     async def show(self, model: str) -> ShowResponse:
         """One model's details."""
@@ -73,9 +130,13 @@ class Ollama(Protocol):
         content_type: str | None = None,
         headers_within: float | None = None,
         whole_within: float | None = None,
+        model: str | None = None,
+        generation: bool = False,
+        spread: Spread = Spread.ONE,
     ) -> RawResponse:
         """Relay a request as bytes: status and headers first (within ``headers_within`` seconds, by default
-        ``MINATO_FIRST_TOKEN_TIMEOUT``), then the body as it arrives (all of it within ``whole_within``)."""
+        ``MINATO_FIRST_TOKEN_TIMEOUT``), then the body as it arrives (all of it within ``whole_within``).
+        ``model`` routes it; a ``generation`` counts as one in flight on its backend until closed."""
 
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import ClassVar, Final, Generic, TypeVar
+from typing import ClassVar, Final, Generic, Protocol, TypeVar
 
 import httpx
 import msgspec
@@ -49,6 +49,10 @@ class _Body:
         self._deadline = None if total_timeout is None else self._clock() + total_timeout
         self._read_some = _reader_of(response)
         self._closed = False
+        #: The backend (``host:port``) answering, and what to tell when the answer is closed (a pool's
+        #: count of generations in flight on that backend).
+        self.backend = ""
+        self.on_close: Callable[[], None] | None = None
 
     async def _read(self) -> bytes:
         """The next bytes that arrived, or ``b""`` at the end; a failure raises a Minato error."""
@@ -76,6 +80,8 @@ class _Body:
         """Close the upstream response; Ollama stops working on a request whose client went away."""
         if not self._closed:
             self._closed = True
+            if self.on_close is not None:
+                self.on_close()
             await self.response.aclose()
 
 
@@ -273,3 +279,15 @@ def _pull_error(message: str) -> MinatoError:
     if "file does not exist" in message or "not found" in message:
         return ModelNotFoundError(message)
     return UpstreamError(f"pull failed: {message}")
+
+
+class PullProgressStream(Protocol):
+    """What reads a pull's progress: one backend's :class:`PullStream`, or a pool's merge of several."""
+
+    def progress(self) -> AsyncIterator[list[PullProgress]]:
+        """Yield batches of progress lines up to success; an ``error`` line raises."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop reading (and pulling, if it is not done)."""
+        ...

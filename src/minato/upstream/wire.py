@@ -71,6 +71,8 @@ class PullProgress(msgspec.Struct, omit_defaults=True):
     total: int = 0
     completed: int = 0
     error: str = ""
+    backend: str = ""
+    """Which backend of a pool the line is about (set by Minato, never sent by Ollama)."""
 
 
 class ModelDetails(msgspec.Struct):
@@ -153,6 +155,8 @@ class RunningModel(msgspec.Struct):
     expires_at: str = ""
     size_vram: int = 0
     context_length: int = 0
+    backend: str = ""
+    """Which backend of a pool holds it (set by Minato, never sent by Ollama)."""
 
 
 class PsResponse(msgspec.Struct):
