@@ -161,6 +161,7 @@ class OllamaPool:
         self._single = len(self._backends) == 1
         self._turn = 0  # round-robin position among equally good candidates
         self._listed_at = -MIN_REFRESH_SECONDS
+        self._first_probe: asyncio.Task[TagsResponse | None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         if metrics is not None:
             for backend in self._backends:
@@ -198,6 +199,14 @@ class OllamaPool:
         """The backends that have ``model`` installed, as last seen."""
         key = canonical_model_name(model)
         return [backend.name for backend in self._backends if key in backend.installed]
+
+    async def _known(self) -> None:
+        """Probe once before the first routing decision (the periodic probe may be off, or not have run yet)."""
+        if self._first_probe is None:
+            self._first_probe = asyncio.get_running_loop().create_task(self.probe(), name="minato-first-probe")
+            self._keep(self._first_probe)
+        if not self._first_probe.done():
+            await asyncio.shield(self._first_probe)
 
     async def probe(self, *, inventory: bool = True) -> TagsResponse | None:
         """Refresh every backend (only its health without ``inventory``); the merged model list, or
@@ -266,12 +275,13 @@ class OllamaPool:
 
     # -- routing -------------------------------------------------------------------------------
 
-    async def _candidates(self, model: str | None, affinity: str | None = None) -> list[Backend]:
-        """The backends to try for a request, best first (see the module's description)."""
+    async def _candidates(self, model: str | None, preferred: str | None = None) -> list[Backend]:
+        """The backends to try for a request, best first (see the module's description); ``preferred``
+        names the backend the request's conversation last used."""
         if self._single:
             return self._backends
+        await self._known()
         now = time.monotonic()
-        preferred = await self._preferred(affinity) if affinity is not None else None
         key = canonical_model_name(model) if model else None
         ordered = self._route(key, preferred, now)
         if ordered:
@@ -326,8 +336,8 @@ class OllamaPool:
             for backend in self._backends
         )
 
-    async def _preferred(self, affinity: str) -> str | None:
-        if self.affinity is None:
+    async def _preferred(self, affinity: str | None) -> str | None:
+        if affinity is None or self.affinity is None or self._single:
             return None
         try:
             return await self.affinity.get(affinity)
@@ -335,18 +345,14 @@ class OllamaPool:
             logger.warning("affinity_unavailable", detail=exc.detail)
             return None
 
-    def _remember(self, affinity: str | None, backend: Backend) -> None:
-        if affinity is None or self.affinity is None or self._single:
+    async def _remember(self, affinity: str | None, preferred: str | None, backend: Backend) -> None:
+        """Note the conversation's backend when it changed (awaited: its next turn must find it)."""
+        if affinity is None or self.affinity is None or self._single or preferred == backend.name:
             return
-        store = self.affinity
-
-        async def put() -> None:
-            try:
-                await store.put(affinity, backend.name)
-            except MinatoError as exc:
-                logger.warning("affinity_unavailable", detail=exc.detail)
-
-        self._keep(asyncio.get_running_loop().create_task(put(), name="minato-affinity"))
+        try:
+            await self.affinity.put(affinity, backend.name)
+        except MinatoError as exc:  # a preference, not a guarantee
+            logger.warning("affinity_unavailable", detail=exc.detail)
 
     def _named(self, backend: str) -> Backend:
         found = self._by_name.get(backend)
@@ -448,22 +454,28 @@ class OllamaPool:
 
     async def chat(self, request: ChatRequest, *, affinity: str | None = None) -> ChatChunk:
         """A whole answer from the backend routing picks."""
-        candidates = await self._candidates(request.model, affinity)
+        preferred = await self._preferred(affinity)
+        candidates = await self._candidates(request.model, preferred)
         backend, chunk = await self._attempt(
             candidates, lambda client: client.chat(request), model=request.model, generation=True
         )
         self._finished(backend, canonical_model_name(request.model))
-        self._remember(affinity, backend)
+        await self._remember(affinity, preferred, backend)
         return chunk
 
     async def stream_chat(self, request: ChatRequest, *, affinity: str | None = None) -> ChunkStream:
         """A primed stream from the backend routing picks; it counts as in flight there until closed."""
-        candidates = await self._candidates(request.model, affinity)
+        preferred = await self._preferred(affinity)
+        candidates = await self._candidates(request.model, preferred)
         backend, stream = await self._attempt(
             candidates, lambda client: client.stream_chat(request), model=request.model, generation=True
         )
         self._until_closed(backend, request.model, stream)
-        self._remember(affinity, backend)
+        try:
+            await self._remember(affinity, preferred, backend)
+        except BaseException:
+            await stream.aclose()
+            raise
         return stream
 
     # -- one model -----------------------------------------------------------------------------
@@ -497,7 +509,9 @@ class OllamaPool:
 
     # -- the fleet -----------------------------------------------------------------------------
 
-    def _reachable(self) -> list[Backend]:
+    async def _reachable(self) -> list[Backend]:
+        if not self._single:
+            await self._known()
         now = time.monotonic()
         up = [backend for backend in self._backends if backend.available(now)]
         if not up and not self._single:
@@ -508,17 +522,17 @@ class OllamaPool:
         """The reachable backends having ``model`` (asking them again when none seems to); when none
         has it, one reachable backend, whose 404 is Ollama's own."""
         key = canonical_model_name(model)
-        reachable = self._reachable()
+        reachable = await self._reachable()
         if self._single:
             return reachable
         if not any(key in backend.installed for backend in reachable):
             await self.probe()
-            reachable = self._reachable()
+            reachable = await self._reachable()
         return [backend for backend in reachable if key in backend.installed] or reachable[:1]
 
     async def pull(self, model: str, backend: str | None = None) -> PullProgressStream:
         """Pull onto every reachable backend (or the named one); return once each found the manifest."""
-        targets = [self._named(backend)] if backend is not None else self._reachable()
+        targets = [self._named(backend)] if backend is not None else await self._reachable()
         started = await asyncio.gather(*(target.client.pull(model) for target in targets), return_exceptions=True)
         streams = []
         failures: list[BaseException] = []
@@ -602,7 +616,7 @@ class OllamaPool:
 
     async def _from_every(self, call: Callable[[OllamaClient], Awaitable[T]]) -> list[tuple[Backend, T]]:
         """Ask every reachable backend; the answers of those that answered (a failure when none did)."""
-        targets = self._reachable()
+        targets = await self._reachable()
         outcomes = await asyncio.gather(*(call(target.client) for target in targets), return_exceptions=True)
         answers: list[tuple[Backend, T]] = []
         failures: list[BaseException] = []
@@ -658,7 +672,7 @@ class OllamaPool:
         if spread is Spread.HOLDERS:
             return await self._forward_all(await self._holders(model or ""), send, streamed=False)
         if spread is Spread.EVERY:
-            return await self._forward_all(self._reachable(), send, streamed=True)
+            return await self._forward_all(await self._reachable(), send, streamed=True)
         return await self._merged_listing(send, spread)
 
     async def _forward_all(

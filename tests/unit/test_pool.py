@@ -1,0 +1,487 @@
+"""A pool of Ollama backends: routing by what each has loaded, failover before the first byte, the
+circuit breaker, merged lists and fleet operations, through Minato's routes and the doors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import respx
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from minato.app import create_app
+from minato.settings import Settings
+from minato.upstream import OllamaPool
+from minato.upstream.wire import ChatRequest, WireMessage
+from tests.payloads import catalogue, chat_done, chat_token, ndjson, not_found, pull_progress
+
+pytestmark = pytest.mark.anyio
+
+A, B, C = "http://gpu-a.test:11434", "http://gpu-b.test:11434", "http://gpu-c.test:11434"
+NAME = {A: "gpu-a.test:11434", B: "gpu-b.test:11434", C: "gpu-c.test:11434"}
+Client = AsyncTestClient[Litestar]
+
+
+def _loaded(*names: str) -> dict[str, Any]:
+    return {
+        "models": [
+            {"name": n, "model": n, "size": 1, "digest": "d", "expires_at": "2099-01-01T00:00:00Z"} for n in names
+        ]
+    }
+
+
+class Fleet:
+    """Three mocked backends; each test says what each has installed and loaded."""
+
+    def __init__(self, router: respx.MockRouter) -> None:
+        self.router = router
+        self.chats: dict[str, respx.Route] = {}
+        for url in (A, B, C):
+            router.get(f"{url}/api/version", name=f"version-{url}").respond(200, json={"version": "0.12.3"})
+            self.has(url)
+            self.chats[url] = router.post(f"{url}/api/chat", name=f"chat-{url}").mock(side_effect=self._answer(url))
+
+    def has(self, url: str, installed: tuple[str, ...] = (), loaded: tuple[str, ...] = ()) -> None:
+        self.router.route(method="GET", url=f"{url}/api/tags", name=f"tags-{url}").respond(
+            200, json=catalogue(*installed)
+        )
+        self.router.route(method="GET", url=f"{url}/api/ps", name=f"ps-{url}").respond(200, json=_loaded(*loaded))
+
+    def down(self, url: str) -> None:
+        for path in ("version", "tags", "ps"):
+            self.router.routes[f"{path}-{url}"].mock(side_effect=httpx.ConnectError("refused"))
+        self.chats[url].mock(side_effect=httpx.ConnectError("refused"))
+
+    @staticmethod
+    def _answer(url: str) -> Any:
+        def answer(request: httpx.Request) -> httpx.Response:
+            model = json.loads(request.content)["model"]
+            return httpx.Response(200, content=ndjson(chat_token(f"from {url}", model), chat_done(model)))
+
+        return answer
+
+    def served_by(self) -> dict[str, int]:
+        return {url: route.call_count for url, route in self.chats.items()}
+
+
+@pytest.fixture(name="router")
+def fx_router() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        yield router
+
+
+@pytest.fixture(name="fleet")
+def fx_fleet(router: respx.MockRouter) -> Fleet:
+    return Fleet(router)
+
+
+@pytest.fixture(name="pool_settings")
+def fx_pool_settings() -> Settings:
+    return Settings(
+        ollama_url=f"{A},{B},{C}",
+        session_store="memory://",
+        ollama_probe_interval=0,
+        backend_parallel=2,
+        backend_failures=2,
+        backend_cooldown=60,
+    )
+
+
+@pytest.fixture(name="pool_client")
+async def fx_pool_client(pool_settings: Settings, router: respx.MockRouter, fleet: Fleet) -> AsyncIterator[Client]:
+    app = create_app(pool_settings, transport=httpx.MockTransport(router.async_handler))
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+def _pool(settings: Settings, router: respx.MockRouter) -> OllamaPool:
+    return OllamaPool(settings, transport=httpx.MockTransport(router.async_handler))
+
+
+def _hello(model: str = "llama3.2") -> ChatRequest:
+    return ChatRequest(model=model, messages=[WireMessage(role="user", content="hi")], stream=True)
+
+
+# -- routing --------------------------------------------------------------------------------------
+
+
+async def test_a_model_only_one_backend_has_goes_only_there(pool_client: Client, fleet: Fleet) -> None:
+    fleet.has(B, installed=("qwen3",))
+
+    answers = [await pool_client.get("/qwen3", params={"message": "hi"}) for _ in range(4)]
+
+    assert [a.status_code for a in answers] == [200] * 4
+    assert all(a.json()["response"] == f"from {B}" for a in answers)
+    assert fleet.served_by() == {A: 0, B: 4, C: 0}
+
+
+async def test_a_backend_with_the_model_loaded_draws_the_traffic(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    for url in (A, B, C):
+        fleet.has(url, installed=("llama3.2",))
+    fleet.has(C, installed=("llama3.2",), loaded=("llama3.2",))
+    pool = _pool(pool_settings, router)
+    await pool.probe()
+
+    for _ in range(3):
+        await pool.chat(_hello())
+
+    assert fleet.served_by() == {A: 0, B: 0, C: 3}
+    await pool.aclose()
+
+
+async def test_streams_spill_to_installed_backends_once_the_loaded_one_runs_its_share(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    fleet.has(A, installed=("llama3.2",), loaded=("llama3.2",))
+    fleet.has(B, installed=("llama3.2",))
+    pool = _pool(pool_settings, router)
+    await pool.probe()
+
+    streams = [await pool.stream_chat(_hello()) for _ in range(3)]  # parallel=2: the third spills
+
+    assert [s.backend for s in streams] == [NAME[A], NAME[A], NAME[B]]
+    running = {status.name: status.in_flight for status in pool.backends()}
+    assert running == {NAME[A]: 2, NAME[B]: 1, NAME[C]: 0}
+    for stream in streams:
+        await stream.aclose()
+    assert {status.name: status.in_flight for status in pool.backends()} == {NAME[A]: 0, NAME[B]: 0, NAME[C]: 0}
+    # B loaded the model by answering: it now counts as loaded there, so it takes the next one too.
+    assert NAME[B] in {s.name for s in pool.backends() if "llama3.2:latest" in s.loaded or s.loaded}
+    await pool.aclose()
+
+
+async def test_equally_good_backends_take_turns(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    for url in (A, B, C):
+        fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
+    pool = _pool(pool_settings, router)
+    await pool.probe()
+
+    for _ in range(6):
+        await pool.chat(_hello())
+
+    assert fleet.served_by() == {A: 2, B: 2, C: 2}
+    await pool.aclose()
+
+
+class _Remembered:
+    def __init__(self) -> None:
+        self.kept: dict[str, str] = {}
+
+    async def get(self, key: str) -> str | None:
+        return self.kept.get(key)
+
+    async def put(self, key: str, backend: str) -> None:
+        self.kept[key] = backend
+
+
+async def test_a_conversation_stays_on_the_backend_it_last_used(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    for url in (A, B, C):
+        fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
+    remembered = _Remembered()
+    pool = OllamaPool(pool_settings, None, remembered, transport=httpx.MockTransport(router.async_handler))
+    await pool.probe()
+
+    first = await pool.stream_chat(_hello(), affinity="owner:talk")
+    await first.aclose()
+    for _ in range(4):
+        await pool.chat(_hello(), affinity="owner:talk")
+        await pool.chat(_hello())  # others still take turns around it
+
+    chosen = next(url for url in (A, B, C) if NAME[url] == first.backend)
+    assert remembered.kept == {"owner:talk": first.backend}
+    assert fleet.served_by()[chosen] >= 5
+    await pool.aclose()
+
+
+async def test_a_conversation_leaves_its_backend_when_that_one_is_down(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    for url in (A, B):
+        fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
+    remembered = _Remembered()
+    remembered.kept["owner:talk"] = NAME[A]
+    fleet.down(A)
+    pool = OllamaPool(pool_settings, None, remembered, transport=httpx.MockTransport(router.async_handler))
+    await pool.probe()
+
+    answer = await pool.chat(_hello(), affinity="owner:talk")
+
+    assert answer.message.content == f"from {B}"
+    assert fleet.served_by()[A] == 0, "a backend the probe found down is not asked"
+    await pool.aclose()
+
+
+# -- failover and the breaker ---------------------------------------------------------------------
+
+
+async def test_a_refused_connection_fails_over_to_the_next_backend_before_the_first_byte(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    for url in (A, B):
+        fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
+    pool = _pool(pool_settings, router)
+    await pool.probe()
+    fleet.chats[A].mock(side_effect=httpx.ConnectError("refused"))
+    fleet.chats[B].mock(side_effect=httpx.ConnectError("refused"))
+    fleet.chats[C].mock(side_effect=Fleet._answer(C))
+    fleet.has(C, installed=("llama3.2",))
+    await pool.probe()
+
+    stream = await pool.stream_chat(_hello())
+    batches = [batch async for batch in stream.batches()]
+
+    assert stream.backend == NAME[C]
+    assert batches[0][0].message.content == f"from {C}"
+    await pool.aclose()
+
+
+async def test_ollamas_server_busy_answer_fails_over(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    for url in (A, B):
+        fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
+    pool = _pool(pool_settings, router)
+    await pool.probe()
+    busy = {"error": "server busy, please try again.  maximum pending requests exceeded"}
+    fleet.chats[A].respond(503, json=busy)
+    fleet.chats[B].respond(503, json=busy)
+
+    with pytest.raises(Exception) as both_busy:
+        await pool.chat(_hello())
+    fleet.chats[B].mock(side_effect=Fleet._answer(B))
+    answer = await pool.chat(_hello())
+
+    assert getattr(both_busy.value, "status_code", None) == 503, "the last backend's answer stands"
+    assert answer.message.content == f"from {B}"
+    await pool.aclose()
+
+
+async def test_a_failure_after_ollama_answered_is_not_retried_elsewhere(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    for url in (A, B):
+        fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
+    pool = _pool(pool_settings, router)
+    await pool.probe()
+    fleet.chats[A].respond(500, json={"error": "model runner crashed"})
+    fleet.chats[B].respond(500, json={"error": "model runner crashed"})
+
+    with pytest.raises(Exception) as failed:
+        await pool.chat(_hello())
+
+    assert getattr(failed.value, "status_code", None) == 502
+    assert sum(fleet.served_by().values()) == 1, "a generation Ollama started is never run twice"
+    await pool.aclose()
+
+
+async def test_a_backend_failing_repeatedly_cools_down_and_a_probe_brings_it_back(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    settings = msgspec.structs.replace(pool_settings, backend_cooldown=0.2)
+    for url in (A, B):
+        fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
+    pool = _pool(settings, router)
+    await pool.probe()
+    fleet.chats[A].mock(side_effect=httpx.ConnectError("refused"))
+
+    for _ in range(6):
+        assert (await pool.chat(_hello())).message.content == f"from {B}"
+    tried_while_failing = fleet.chats[A].call_count
+    states = {s.name: s.state for s in pool.backends()}
+
+    assert tried_while_failing == 2, "after MINATO_BACKEND_FAILURES failures in a row A is left out"
+    assert states[NAME[A]] == "cooling"
+    fleet.chats[A].mock(side_effect=Fleet._answer(A))
+    import asyncio
+
+    await asyncio.sleep(0.25)
+    await pool.probe()
+    assert {s.name: s.state for s in pool.backends()}[NAME[A]] == "up"
+    served = [(await pool.chat(_hello())).message.content for _ in range(4)]
+    assert f"from {A}" in served
+    await pool.aclose()
+
+
+async def test_a_model_no_backend_has_gets_ollamas_own_404(
+    pool_client: Client, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    router.post(f"{A}/api/chat").respond(404, json={"error": "model 'llama9' not found"})
+    for url in (A, B, C):
+        router.post(f"{url}/api/show").respond(404, json=not_found("llama9"))
+
+    native = await pool_client.post("/api/chat", json={"model": "llama9", "messages": []})
+    own = await pool_client.get("/llama9", params={"message": "hi"})
+
+    assert native.status_code == 404
+    assert native.json() == {"error": "model 'llama9' not found"}
+    assert own.status_code == 404
+
+
+async def test_every_backend_down_is_a_503(pool_client: Client, fleet: Fleet) -> None:
+    for url in (A, B, C):
+        fleet.has(url, installed=("llama3.2",))
+        fleet.down(url)
+
+    own = await pool_client.get("/llama3.2", params={"message": "hi"})
+    native = await pool_client.post("/api/chat", json={"model": "llama3.2", "messages": [], "stream": False})
+    ready = await pool_client.get("/ready")
+
+    assert own.status_code == 503
+    assert native.status_code == 503
+    assert "error" in native.json()
+    assert ready.status_code == 503
+    assert [b["state"] for b in ready.json()["backends"]] == ["down", "down", "down"]
+
+
+async def test_ready_lists_every_backend_and_is_200_while_one_is_up(pool_client: Client, fleet: Fleet) -> None:
+    fleet.down(A)
+    fleet.down(C)
+
+    ready = await pool_client.get("/ready")
+
+    assert ready.status_code == 200
+    states = {b["name"]: b["state"] for b in ready.json()["backends"]}
+    assert states == {NAME[A]: "down", NAME[B]: "up", NAME[C]: "down"}
+    assert "refused" not in ready.text, "Minato's sentences, not the library's"
+
+
+# -- the fleet as one -----------------------------------------------------------------------------
+
+
+async def test_model_lists_merge_every_backend_each_model_once(pool_client: Client, fleet: Fleet) -> None:
+    fleet.has(A, installed=("llama3.2", "qwen3"), loaded=("qwen3",))
+    fleet.has(B, installed=("llama3.2",), loaded=("llama3.2",))
+    fleet.has(C, installed=("gemma3",))
+
+    tags = await pool_client.get("/api/tags")
+    ps = await pool_client.get("/api/ps")
+    own = await pool_client.get("/models_list/")
+    running = await pool_client.get("/running")
+
+    assert sorted(m["name"] for m in tags.json()["models"]) == ["gemma3", "llama3.2", "qwen3"]
+    assert sorted((m["name"], m["backend"]) for m in ps.json()["models"]) == [
+        ("llama3.2", NAME[B]),
+        ("qwen3", NAME[A]),
+    ]
+    backends = {m["name"]: m["backends"] for m in own.json()["models_list"]}
+    assert backends == {
+        "llama3.2": [NAME[A], NAME[B]],
+        "qwen3": [NAME[A]],
+        "gemma3": [NAME[C]],
+    }
+    assert sorted((m["name"], m["backend"]) for m in running.json()["running"]) == [
+        ("llama3.2", NAME[B]),
+        ("qwen3", NAME[A]),
+    ]
+
+
+async def test_install_pulls_onto_every_reachable_backend_and_says_which_line_is_whose(
+    pool_client: Client, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    fleet.down(C)
+    body = ndjson({"status": "pulling manifest"}, pull_progress(completed=100), {"status": "success"})
+    pulls = {url: router.post(f"{url}/api/pull").respond(200, content=body) for url in (A, B, C)}
+
+    response = await pool_client.post("/install/llama3.2", params={"stream": "true"})
+
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert pulls[A].called and pulls[B].called and not pulls[C].called
+    assert {line.get("backend") for line in lines[:-1]} == {NAME[A], NAME[B]}
+    assert lines[-1] == {"status": "success"}, "one success, once both succeeded"
+    assert sum(1 for line in lines if line["status"] == "success") == 1
+
+
+async def test_install_onto_one_named_backend_and_an_unknown_name_is_a_422(
+    pool_client: Client, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    body = ndjson({"status": "pulling manifest"}, {"status": "success"})
+    pulls = {url: router.post(f"{url}/api/pull").respond(200, content=body) for url in (A, B, C)}
+
+    one = await pool_client.post("/install/llama3.2", params={"backend": NAME[B]})
+    unknown = await pool_client.post("/install/llama3.2", params={"backend": "elsewhere:11434"})
+
+    assert one.status_code == 200
+    assert [pulls[u].call_count for u in (A, B, C)] == [0, 1, 0]
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"][0]["loc"] == ["query", "backend"]
+
+
+async def test_the_native_pull_goes_to_every_backend_with_one_success(
+    pool_client: Client, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    body = ndjson({"status": "pulling manifest"}, {"status": "success"})
+    for url in (A, B, C):
+        router.post(f"{url}/api/pull").respond(200, content=body, headers={"content-type": "application/x-ndjson"})
+
+    response = await pool_client.post("/api/pull", json={"model": "llama3.2"})
+
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert sorted(line["backend"] for line in lines[:-1]) == sorted(NAME.values())
+    assert lines[-1] == {"status": "success"}
+
+
+async def test_delete_removes_the_model_from_every_backend_that_has_it(
+    pool_client: Client, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    fleet.has(A, installed=("llama3.2",))
+    fleet.has(C, installed=("llama3.2",))
+    deletes = {url: router.delete(f"{url}/api/delete").respond(200) for url in (A, B, C)}
+
+    own = await pool_client.delete("/models/llama3.2")
+    native = await pool_client.request("DELETE", "/api/delete", json={"model": "llama3.2"})
+
+    assert own.status_code == 200
+    assert native.status_code == 200
+    assert [deletes[u].call_count for u in (A, B, C)] == [2, 0, 2]
+
+
+async def test_unload_unloads_everywhere_and_load_goes_where_routing_would(
+    pool_client: Client, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    for url in (A, B, C):
+        fleet.has(url, installed=("llama3.2",))
+    fleet.has(B, installed=("llama3.2",), loaded=("llama3.2",))
+    generates = {url: router.post(f"{url}/api/generate").respond(200, json={"done": True}) for url in (A, B, C)}
+
+    unloaded = await pool_client.post("/unload/llama3.2")
+    unloads = [generates[u].call_count for u in (A, B, C)]
+    fleet.has(B, installed=("llama3.2",), loaded=("llama3.2",))
+    await pool_client.get("/ready")  # any request; the next load reads the probe
+    loaded = await pool_client.post("/load/llama3.2", params={"backend": NAME[C]})
+
+    assert unloaded.status_code == 200
+    assert unloads == [1, 1, 1]
+    assert loaded.status_code == 200
+    assert loaded.json()["backend"] == NAME[C]
+    assert generates[C].call_count == 2
+
+
+async def test_a_door_generation_routes_like_minatos_own_routes(pool_client: Client, fleet: Fleet) -> None:
+    fleet.has(C, installed=("qwen3",))
+
+    native = await pool_client.post("/api/chat", json={"model": "qwen3", "messages": [], "stream": False})
+
+    assert native.status_code == 200
+    assert fleet.served_by() == {A: 0, B: 0, C: 1}
+
+
+async def test_backend_metrics_are_labelled_by_the_configured_backends_only(pool_client: Client, fleet: Fleet) -> None:
+    fleet.has(B, installed=("qwen3",))
+    await pool_client.get("/qwen3", params={"message": "hi"})
+
+    text = (await pool_client.get("/metrics")).text
+
+    assert f'minato_backend_requests_total{{backend="{NAME[B]}"}}' in text
+    labels = {line.split('backend="')[1].split('"')[0] for line in text.splitlines() if 'backend="' in line}
+    assert labels <= set(NAME.values())
