@@ -12,14 +12,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.standin.process import run_standin
+from tests.standin.process import StandInProcess, run_standin
 
 REPO = Path(__file__).resolve().parents[2]
 LIVE_URL_VARIABLE = "MINATO_LIVE_OLLAMA_URL"
@@ -107,6 +107,25 @@ def standin_url() -> Iterator[str]:
     """The Ollama stand-in, running as its own process for the whole session."""
     with run_standin() as url:
         yield url
+
+
+@pytest.fixture
+def standin_factory() -> Iterator[Callable[..., StandInProcess]]:
+    """Start stand-ins for one test: ``standin_factory("--models", "llama3.2", "--loaded", "llama3.2")``.
+
+    Each call starts one more on its own port and returns it (``.url``; ``.stop()`` or ``.kill()``
+    to take that backend down mid-test); all still running are stopped when the test ends.
+    """
+    started: list[StandInProcess] = []
+
+    def start(*args: str) -> StandInProcess:
+        standin = StandInProcess(*args)
+        started.append(standin)
+        return standin
+
+    yield start
+    for standin in started:
+        standin.stop()
 
 
 @pytest.fixture(

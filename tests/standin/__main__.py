@@ -10,7 +10,12 @@ import sys
 
 from aiohttp import web
 
-from tests.standin.server import Config, StandIn
+from tests.standin.server import Config, StandIn, start_models
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of model names; ``''`` is none."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -26,15 +31,38 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     parser.add_argument("--pull-step-ms", type=float, default=5.0, help="pause between pull lines")
     parser.add_argument("--no-host-guard", action="store_true", help="accept any Host header")
+    parser.add_argument(
+        "--models",
+        type=_names,
+        default=None,
+        help="comma-separated models installed at start, e.g. llama3.2,qwen3:0.6b ('' for none; "
+        "default: the whole catalogue)",
+    )
+    parser.add_argument(
+        "--loaded", type=_names, default=(), help="comma-separated installed models loaded in memory at start"
+    )
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="start with a full queue (Ollama's 503 'server busy'); POST /_standin/busy changes it",
+    )
     ns = parser.parse_args(argv)
-    return Config(
+    config = Config(
         host=ns.host,
         port=ns.port,
         version=ns.version,
         token_delay_ms=ns.token_delay_ms,
         pull_step_ms=ns.pull_step_ms,
         host_guard=not ns.no_host_guard,
+        models=ns.models,
+        loaded=ns.loaded,
+        busy=ns.busy,
     )
+    try:
+        start_models(config)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config
 
 
 def _display_host(host: str) -> str:

@@ -14,6 +14,7 @@ __all__ = [
     "ModelName",
     "ModelSpec",
     "dynamic_spec",
+    "known_spec",
     "parse_name",
 ]
 
@@ -374,3 +375,16 @@ def dynamic_spec(name: ModelName) -> ModelSpec | None:
             _dynamic_cache.clear()
         _dynamic_cache[name.key] = spec
     return spec
+
+
+# Every model the stand-in knows how to behave as, keyed by ModelName.key.
+_CATALOGUE: Final[dict[str, ModelSpec]] = dict(PULLABLE)
+for _spec in INSTALLED_AT_START:
+    _parsed = parse_name(_spec.name)
+    assert _parsed is not None
+    _CATALOGUE[_parsed.key] = _spec
+
+
+def known_spec(name: ModelName) -> ModelSpec | None:
+    """A catalogue model (installed at start, pullable or scripted) or a dynamic one, by name."""
+    return _CATALOGUE.get(name.key) or dynamic_spec(name)

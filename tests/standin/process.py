@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Final
 
-__all__ = ["REPO_ROOT", "run_standin"]
+__all__ = ["REPO_ROOT", "StandInProcess", "run_standin"]
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S: Final = 15.0
@@ -30,46 +30,76 @@ def _read_first_line(stream: IO[str], out: queue.Queue[str]) -> None:
         out.put("")
 
 
-@contextlib.contextmanager
-def run_standin(*extra_args: str) -> Iterator[str]:
-    """Run ``python -m tests.standin --port 0 *extra_args``; yield its base URL.
+class StandInProcess:
+    """``python -m tests.standin --port 0 *extra_args`` running, on its own free loopback port.
 
-    Stderr goes to a temporary log file (its tail is shown if start-up fails). On exit the
-    process gets SIGTERM, then SIGKILL after 5 s.
+    Stderr goes to a temporary log file (its tail is shown if start-up fails). Several can run at
+    once; each must be stopped (``stop`` or ``kill``; both may be called more than once).
     """
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    with tempfile.TemporaryFile(mode="w+", prefix="standin-", suffix=".log") as log:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter + our module
+
+    def __init__(self, *extra_args: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        self._log = tempfile.TemporaryFile(mode="w+", prefix="standin-", suffix=".log")  # noqa: SIM115 - lives until stop()
+        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter + our module
             [sys.executable, "-m", "tests.standin", "--port", "0", *extra_args],
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=log,
+            stderr=self._log,
             text=True,
             env=env,
         )
-        assert proc.stdout is not None
+        assert self._proc.stdout is not None
         lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=_read_first_line, args=(proc.stdout, lines), daemon=True)
-        reader.start()
+        self._reader = threading.Thread(target=_read_first_line, args=(self._proc.stdout, lines), daemon=True)
+        self._reader.start()
         try:
+            first = lines.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            first = ""
+        if not first.startswith("LISTENING "):
+            self._log.seek(0)
+            tail = self._log.read()[-4000:]
+            exit_code = self._proc.poll()
+            self.stop()
+            raise RuntimeError(f"stand-in did not start (exit={exit_code}): {first!r}\n{tail}")
+        self.url: str = first.split(" ", 1)[1].strip()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def stop(self) -> None:
+        """SIGTERM (the stand-in closes its connections), then SIGKILL after 5 s."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
             try:
-                first = lines.get(timeout=START_TIMEOUT_S)
-            except queue.Empty:
-                first = ""
-            if not first.startswith("LISTENING "):
-                log.seek(0)
-                raise RuntimeError(f"stand-in did not start (exit={proc.poll()}): {first!r}\n{log.read()[-4000:]}")
-            yield first.split(" ", 1)[1].strip()
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            reader.join(timeout=STOP_GRACE_S)
-            if not reader.is_alive():
-                proc.stdout.close()
+                self._proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._close()
+
+    def kill(self) -> None:
+        """SIGKILL at once, like a host that dies: open connections are cut, new ones refused."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        self._reader.join(timeout=STOP_GRACE_S)
+        if not self._reader.is_alive() and self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def run_standin(*extra_args: str) -> Iterator[str]:
+    """Run a ``StandInProcess`` for the ``with`` block; yield its base URL."""
+    standin = StandInProcess(*extra_args)
+    try:
+        yield standin.url
+    finally:
+        standin.stop()

@@ -29,6 +29,7 @@ from tests.standin.catalogue import (
     ModelName,
     ModelSpec,
     dynamic_spec,
+    known_spec,
     parse_name,
 )
 from tests.standin.compat import (
@@ -75,11 +76,12 @@ from tests.standin.validate import (
     decode_request,
 )
 
-__all__ = ["Config", "StandIn"]
+__all__ = ["Config", "StandIn", "start_models"]
 
 JSON_CT: Final = "application/json; charset=utf-8"
 NDJSON_CT: Final = "application/x-ndjson"
 DEFAULT_KEEP_ALIVE_NS: Final = 5 * 60 * 1_000_000_000
+DEFAULT_NUM_CTX: Final = 4096
 
 ERR_MIDSTREAM: Final = "an error was encountered while running the model: unexpected EOF"
 ERR_RUNNER_STOPPED: Final = (
@@ -186,6 +188,41 @@ class Config:
     token_delay_ms: float = 0.0
     pull_step_ms: float = 5.0
     host_guard: bool = True
+    #: Models installed at start, as Ollama names them; ``None``: the default catalogue, plus the
+    #: dynamic ``standin/tokens:<N>`` and ``standin/paced:<N>x<MS>`` (installed but not listed).
+    models: tuple[str, ...] | None = None
+    #: Installed models already loaded in memory at start, with Ollama's default keep-alive.
+    loaded: tuple[str, ...] = ()
+    #: Start with a full queue: every request that needs a runner gets Ollama's "server busy" 503.
+    busy: bool = False
+
+
+def _resolve(text: str, what: str) -> tuple[str, ModelSpec]:
+    name = parse_name(text)
+    spec = known_spec(name) if name is not None else None
+    if name is None or spec is None:
+        raise ValueError(f"{what}: the stand-in has no model {text!r} in its catalogue")
+    return name.key, spec
+
+
+def start_models(config: Config) -> tuple[dict[str, ModelSpec], dict[str, ModelSpec]]:
+    """The installed and the loaded models a stand-in starts (and resets) with, keyed by name.
+
+    Raises ``ValueError`` for a name the catalogue does not know, or a loaded model not installed.
+    """
+    names = config.models
+    specs = INSTALLED_AT_START if names is None else ()
+    installed = dict(_resolve(spec.name, "catalogue") for spec in specs)
+    for text in names or ():
+        key, spec = _resolve(text, "--models")
+        installed.setdefault(key, spec)
+    loaded: dict[str, ModelSpec] = {}
+    for text in config.loaded:
+        key, spec = _resolve(text, "--loaded")
+        if key not in installed:
+            raise ValueError(f"--loaded: {text!r} is not installed (add it to --models)")
+        loaded[key] = installed[key]
+    return installed, loaded
 
 
 @dataclass(slots=True)
@@ -235,6 +272,11 @@ class StandIn:
         self.requests: deque[tuple[str, str, str, Any, bytes, float]] = deque(maxlen=10_000)
         self.events: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.active = 0
+        self.busy = config.busy
+        # Only the default catalogue answers for the unlisted dynamic models: a stand-in started with
+        # --models has exactly those installed, as a real Ollama would.
+        self.dynamic = config.models is None
+        self.start_installed, self.start_loaded = start_models(config)
         self.hostname = socket.gethostname().lower()
         self.guard = config.host_guard and self._bound_to_loopback(config.host)
         self.routes: dict[str, dict[str, Handler]] = {
@@ -280,24 +322,28 @@ class StandIn:
             return False
 
     def reset(self) -> None:
-        """Back to the start-up catalogue; nothing loaded; recordings cleared."""
+        """Back to the start-up models (installed and loaded) and busy state; recordings cleared."""
         self.installed.clear()
         self.loaded.clear()
         self.requests.clear()
         self.events.clear()
         self.blobs.clear()
+        self.busy = self.config.busy
         now = time.time_ns()
-        for i, spec in enumerate(INSTALLED_AT_START):
-            name = parse_name(spec.name)
-            assert name is not None
-            # Distinct, stable modification times: the catalogue order is the tags order.
-            self.installed[name.key] = Installed(spec, now - (i + 1) * 3_600_000_000_000)
+        for i, (key, spec) in enumerate(self.start_installed.items()):
+            # Distinct, stable modification times: the start order is the tags order.
+            self.installed[key] = Installed(spec, now - (i + 1) * 3_600_000_000_000)
+        for key, spec in self.start_loaded.items():
+            self.loaded[key] = Loaded(spec, now + DEFAULT_KEEP_ALIVE_NS, DEFAULT_NUM_CTX)
+
+    def _dynamic(self, name: ModelName) -> ModelSpec | None:
+        return dynamic_spec(name) if self.dynamic else None
 
     def _lookup(self, name: ModelName) -> ModelSpec | None:
         entry = self.installed.get(name.key)
         if entry is not None:
             return entry.spec
-        return dynamic_spec(name)
+        return self._dynamic(name)
 
     def _event(self, kind: str, gen_path: str, model: str, tokens: int, **extra: Any) -> None:
         event = {
@@ -417,9 +463,25 @@ class StandIn:
             if method == "POST":
                 self.reset()
                 return _json(200, {"reset": True})
+        elif path == "/_standin/busy":
+            if method == "GET":
+                return _json(200, {"busy": self.busy})
+            if method == "POST":
+                return self._set_busy(await request.read())
         else:
             return _text(404, "404 page not found")
         return _text(405, "405 method not allowed")
+
+    def _set_busy(self, raw: bytes) -> web.Response:
+        """``{"busy": true}``: answer as an Ollama whose queue is full until ``{"busy": false}``."""
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("busy"), bool):
+            return _error(400, 'expected {"busy": true} or {"busy": false}')
+        self.busy = body["busy"]
+        return _json(200, {"busy": self.busy})
 
     @staticmethod
     def _request_record(
@@ -541,7 +603,7 @@ class StandIn:
         name = parse_name(model)
         if name is None:
             return _error(400, f"name {go_quote(model)} is invalid")
-        if self.installed.pop(name.key, None) is None and dynamic_spec(name) is None:
+        if self.installed.pop(name.key, None) is None and self._dynamic(name) is None:
             return _error(404, f"model '{model}' not found")
         return web.Response(status=200)
 
@@ -681,12 +743,12 @@ class StandIn:
             check_options(body.get("options"))
         except OptionError as exc:
             return _error(500, str(exc))
-        if spec.behaviour == "busy":
+        if self.busy or spec.behaviour == "busy":
             return _error(503, ERR_BUSY)
         if spec.behaviour == "fail-before":
             return _error(500, ERR_RUNNER_STOPPED)
         keep_alive = body.get("keep_alive", DEFAULT_KEEP_ALIVE_NS)
-        self._mark_loaded(name.key, spec, keep_alive, 4096)
+        self._mark_loaded(name.key, spec, keep_alive, DEFAULT_NUM_CTX)
         self._release(name.key, keep_alive)
         return spec, name
 
@@ -849,7 +911,7 @@ class StandIn:
             options = check_options(body.get("options"))
         except OptionError as exc:
             return _error(500, str(exc))
-        if spec.behaviour == "busy":
+        if self.busy or spec.behaviour == "busy":
             return _error(503, ERR_BUSY)
         if spec.behaviour == "fail-before":
             return _error(500, ERR_RUNNER_STOPPED)
@@ -857,7 +919,7 @@ class StandIn:
         stream = body.get("stream", True)
         if keep_alive is None:
             keep_alive = DEFAULT_KEEP_ALIVE_NS
-        num_ctx = options.get("num_ctx", 4096)
+        num_ctx = options.get("num_ctx", DEFAULT_NUM_CTX)
         if spec.behaviour == "hang":
             return await self._hang(request, path, model)
 
