@@ -844,7 +844,11 @@ class FleetPull:
         if len(self._streams) == 1:
             stream = self._streams[0]
             async for batch in stream.progress():
-                yield [msgspec.structs.replace(item, backend=stream.backend) for item in batch]
+                # The success line is the pull's as a whole, as with several backends.
+                yield [
+                    item if item.status == "success" else msgspec.structs.replace(item, backend=stream.backend)
+                    for item in batch
+                ]
             return
         queue: asyncio.Queue[tuple[str, list[PullProgress] | BaseException | None]] = asyncio.Queue()
 
