@@ -20,6 +20,7 @@ import msgspec
 import pytest
 import respx
 from litestar.testing import AsyncTestClient
+from structlog.testing import capture_logs
 
 from minato.app import create_app
 from minato.errors import SettingsError, StateUnavailableError
@@ -480,6 +481,29 @@ async def test_a_quota_that_cannot_answer_is_a_503(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert not chat.called
+
+
+async def test_a_quota_that_cannot_count_an_answer_logs_it_and_the_answer_stands(
+    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
+) -> None:
+    class Uncounting(TokenQuota):
+        async def charge(self, caller: Caller, tokens: int) -> None:
+            raise StateUnavailableError(UNAVAILABLE)
+
+    ollama.post("/api/chat").respond(200, json=chat_answer())
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[keys.quoted]\nkey = "a-key-with-a-quota"\ntokens_per_day = 5\n')
+    keyed = msgspec.structs.replace(settings, keys_file=str(keys))
+    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), quota=Uncounting())
+
+    with capture_logs() as logs:
+        async with AsyncTestClient(app=app) as client:
+            response = await client.get(
+                "/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "a-key-with-a-quota"}
+            )
+
+    assert response.status_code == 200
+    assert [log["tokens"] for log in logs if log["event"] == "token_quota_charge_failed"] == [3]
 
 
 async def test_a_turn_that_cannot_take_its_lease_is_a_503_and_never_reaches_ollama(
