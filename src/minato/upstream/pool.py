@@ -61,7 +61,7 @@ from minato.upstream.wire import (
 if TYPE_CHECKING:
     from minato.metrics import Metrics
     from minato.settings import Settings
-    from minato.state.protocols import Affinity
+    from minato.state import Affinity
 
 logger = structlog.get_logger("minato.pool")
 T = TypeVar("T")
