@@ -138,20 +138,26 @@ async def test_a_fake_ollama_can_stand_in_for_the_real_one(settings: Settings) -
     assert fake.closed == 1, "the runtime closes what it opened, once"
 
 
-async def test_the_runtime_is_torn_down_once_even_when_a_later_part_fails(settings: Settings) -> None:
+async def test_the_runtime_is_torn_down_once_even_when_a_later_part_fails(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = FakeOllama()
-    broken = msgspec.structs.replace(settings, session_store=str(Path("/proc/no-such-dir/minato.db")))
-    app = create_app(broken, upstream=lambda *_: fake)
+
+    def broken_fetcher(_: Settings) -> None:
+        raise OSError("the image fetcher cannot start")
+
+    # The fetcher is the last part opened: the state and the upstream before it must be closed once.
+    monkeypatch.setattr("minato.runtime.ImageFetcher", broken_fetcher)
+    app = create_app(settings, upstream=lambda *_: fake)
 
     failed = False
     try:
         async with AsyncTestClient(app=app):
             pass
-    except* FileNotFoundError:  # the session store cannot be created there
+    except* OSError:
         failed = True
 
     assert failed
-
     assert fake.closed == 1, "what was opened before the failure is closed"
 
 

@@ -256,8 +256,9 @@ class OllamaPool:
             self.metrics.backend_up.labels(backend.name).set(1 if up else 0)
 
     def _refresh_soon(self, backend: Backend) -> None:
-        """Refresh a backend's inventory in the background (after Minato changed it, or it failed)."""
-        if backend.refreshing is not None and not backend.refreshing.done():
+        """Refresh a backend's inventory in the background (after Minato changed it, or it failed); a
+        single backend routes nothing, so its inventory waits for the next probe or list."""
+        if self._single or (backend.refreshing is not None and not backend.refreshing.done()):
             return
         task = asyncio.get_running_loop().create_task(self._refresh(backend), name=f"minato-refresh-{backend.name}")
         backend.refreshing = task
