@@ -271,6 +271,51 @@ async def test_ollamas_server_busy_answer_fails_over(
     await pool.aclose()
 
 
+class _Breaking(httpx.AsyncByteStream):
+    """A backend that dies half-way through its answer."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield ndjson(chat_token("half an answer"))
+        raise httpx.RemoteProtocolError("peer closed connection")
+
+
+async def test_a_whole_answer_whose_backend_dies_half_way_is_asked_of_the_next_one(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    for url in (A, B):
+        fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
+    pool = _pool(pool_settings, router)
+    await pool.probe()
+    fleet.chats[A].mock(side_effect=lambda _: httpx.Response(200, stream=_Breaking()))
+    fleet.chats[B].mock(side_effect=lambda _: httpx.Response(200, stream=_Breaking()))
+    fleet.chats[C].mock(side_effect=Fleet._answer(C))
+    fleet.has(C, installed=("llama3.2",))
+    await pool.probe()
+
+    answer = await pool.chat(_hello())
+
+    assert answer.message.content == f"from {C}", "nothing had reached the client: the next backend answers"
+    assert answer.backend == NAME[C]
+    await pool.aclose()
+
+
+async def test_a_stream_whose_backend_dies_after_its_first_tokens_is_not_moved(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    fleet.has(A, installed=("llama3.2",), loaded=("llama3.2",))
+    pool = _pool(pool_settings, router)
+    await pool.probe()
+    fleet.chats[A].mock(side_effect=lambda _: httpx.Response(200, stream=_Breaking()))
+
+    stream = await pool.stream_chat(_hello())
+    with pytest.raises(UpstreamError, match="broke off"):
+        async for _ in stream.batches():
+            pass
+
+    assert fleet.served_by() == {A: 1, B: 0, C: 0}, "its first tokens may have reached the client"
+    await pool.aclose()
+
+
 async def test_a_failure_after_ollama_answered_is_not_retried_elsewhere(
     pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
 ) -> None:

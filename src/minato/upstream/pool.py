@@ -66,7 +66,9 @@ if TYPE_CHECKING:
 logger = structlog.get_logger("minato.pool")
 T = TypeVar("T")
 
-#: Failures before the first byte after which the next backend is tried.
+#: Failures before the first byte reached the client after which the next backend is tried: no
+#: connection, Ollama's "server busy", or a connection lost (also mid-way through a whole answer, which
+#: Minato reads as a stream and has sent nothing of yet).
 FAILOVER_ERRORS: Final = (OllamaUnavailableError, OllamaBusyError, OllamaConnectionLostError)
 #: A model no backend lists makes the pool ask every backend again, at most this often.
 MIN_REFRESH_SECONDS: Final = 1.0

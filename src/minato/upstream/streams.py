@@ -17,7 +17,13 @@ from typing import ClassVar, Final, Generic, Protocol, TypeVar
 import httpx
 import msgspec
 
-from minato.errors import MinatoError, ModelNotFoundError, OllamaTimeoutError, UpstreamError
+from minato.errors import (
+    MinatoError,
+    ModelNotFoundError,
+    OllamaConnectionLostError,
+    OllamaTimeoutError,
+    UpstreamError,
+)
 from minato.upstream.failures import log_library_error
 from minato.upstream.transport import AiohttpBody
 from minato.upstream.wire import ChatChunk, PullProgress
@@ -72,7 +78,8 @@ class _Body:
             ) from None
         except httpx.HTTPError as exc:
             log_library_error("ollama_stream_broke", exc, self.ollama_url)
-            raise UpstreamError(
+            # A lost connection: a pool may ask the next backend while nothing reached the client yet.
+            raise OllamaConnectionLostError(
                 f"{self._called[1]} from Ollama at {self.ollama_url} broke off before it was complete"
             ) from None
 
