@@ -61,7 +61,7 @@ from minato.upstream.wire import (
 if TYPE_CHECKING:
     from minato.metrics import Metrics
     from minato.settings import Settings
-    from minato.state.protocols import Affinity
+    from minato.state import Affinity
 
 logger = structlog.get_logger("minato.pool")
 T = TypeVar("T")
@@ -97,6 +97,7 @@ class Backend:
         "probed",
         "reason",
         "refreshing",
+        "report",
         "running",
         "tags",
         "version",
@@ -120,6 +121,8 @@ class Backend:
         self.reason = ""
         self.version = ""
         self.refreshing: asyncio.Task[bool] | None = None
+        self.report: _Report | None = None
+        """Its metrics, labelled once (a label lookup per request would cost more than the routing)."""
 
     def available(self, now: float) -> bool:
         """Whether requests may go to it now."""
@@ -130,6 +133,19 @@ class Backend:
         if now < self.cool_until:
             return "cooling"
         return {True: "up", False: "down", None: "unknown"}[self.probed]
+
+
+class _Report:
+    """One backend's metric series."""
+
+    __slots__ = ("failovers", "in_flight", "probe", "requests", "up")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.up = metrics.backend_up.labels(name)
+        self.in_flight = metrics.backend_in_flight.labels(name)
+        self.requests = metrics.backend_requests.labels(name)
+        self.failovers = metrics.backend_failovers.labels(name)
+        self.probe = metrics.backend_probe.labels(name)
 
 
 class OllamaPool:
@@ -165,7 +181,8 @@ class OllamaPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         if metrics is not None:
             for backend in self._backends:
-                metrics.backend_in_flight.labels(backend.name).set(0)
+                backend.report = _Report(metrics, backend.name)
+                backend.report.in_flight.set(0)
 
     async def aclose(self) -> None:
         """Stop the pending refreshes and close the connections, once for every backend."""
@@ -224,8 +241,8 @@ class OllamaPool:
         started = time.perf_counter()
         try:
             version = await backend.client.version()
-            if self.metrics is not None:
-                self.metrics.backend_probe.labels(backend.name).observe(time.perf_counter() - started)
+            if backend.report is not None:
+                backend.report.probe.observe(time.perf_counter() - started)
             if inventory:
                 tags, ps = await backend.client.list_models(), await backend.client.running()
                 self._take_inventory(backend, tags, ps)
@@ -251,13 +268,14 @@ class OllamaPool:
             backend.loaded = {canonical_model_name(m.name or m.model) for m in ps.models}
 
     def _report_up(self, backend: Backend) -> None:
-        if self.metrics is not None:
+        if backend.report is not None:
             up = backend.state(time.monotonic()) in {"up", "unknown"}
-            self.metrics.backend_up.labels(backend.name).set(1 if up else 0)
+            backend.report.up.set(1 if up else 0)
 
     def _refresh_soon(self, backend: Backend) -> None:
-        """Refresh a backend's inventory in the background (after Minato changed it, or it failed)."""
-        if backend.refreshing is not None and not backend.refreshing.done():
+        """Refresh a backend's inventory in the background (after Minato changed it, or it failed); a
+        single backend routes nothing, so its inventory waits for the next probe or list."""
+        if self._single or (backend.refreshing is not None and not backend.refreshing.done()):
             return
         task = asyncio.get_running_loop().create_task(self._refresh(backend), name=f"minato-refresh-{backend.name}")
         backend.refreshing = task
@@ -382,8 +400,8 @@ class OllamaPool:
             last = index == len(candidates) - 1
             if generation:
                 self._started(backend, key)
-            if self.metrics is not None:
-                self.metrics.backend_requests.labels(backend.name).inc()
+            if backend.report is not None:
+                backend.report.requests.inc()
             try:
                 result = await call(backend.client)
                 if not last and busy is not None and await busy(result):
@@ -394,8 +412,8 @@ class OllamaPool:
                 self._failed(backend, exc)
                 if last:
                     raise
-                if self.metrics is not None:
-                    self.metrics.backend_failovers.labels(backend.name).inc()
+                if backend.report is not None:
+                    backend.report.failovers.inc()
                 logger.warning(
                     "backend_failover", backend=backend.name, to=candidates[index + 1].name, detail=exc.detail
                 )
@@ -414,16 +432,16 @@ class OllamaPool:
     def _started(self, backend: Backend, key: str) -> None:
         backend.in_flight[key] += 1
         backend.running += 1
-        if self.metrics is not None:
-            self.metrics.backend_in_flight.labels(backend.name).set(backend.running)
+        if backend.report is not None:
+            backend.report.in_flight.set(backend.running)
 
     def _finished(self, backend: Backend, key: str) -> None:
         backend.in_flight[key] -= 1
         if backend.in_flight[key] <= 0:
             del backend.in_flight[key]
         backend.running -= 1
-        if self.metrics is not None:
-            self.metrics.backend_in_flight.labels(backend.name).set(backend.running)
+        if backend.report is not None:
+            backend.report.in_flight.set(backend.running)
 
     def _failed(self, backend: Backend, exc: MinatoError) -> None:
         backend.failures += 1
