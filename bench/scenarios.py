@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -728,6 +729,19 @@ async def _turns(minato: Minato, prefix: str, seconds: float, max_turns: int) ->
     return sample
 
 
+_EXCEPTION_LINE: Final = re.compile(r"\b\w*(?:Error|Exception): [^\n\\\"]+")
+
+
+def _cause(exc: Exception, limit: int = 160) -> str:
+    """What a start-up failure's log says went wrong: its last ``SomeError: message`` (in a traceback
+    that may sit escaped inside a JSON log line), else the last line."""
+    text = str(exc)
+    found = _EXCEPTION_LINE.findall(text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = found[-1] if found else (lines[-1] if lines else type(exc).__name__)
+    return cause if len(cause) <= limit else cause[: limit - 1] + "…"
+
+
 async def redis_turn_rows(standin_url: str, plan: Plan) -> list[Row]:
     """A conversation turn with ``MINATO_REDIS_URL`` against one with the default SQLite store.
 
@@ -746,9 +760,12 @@ async def redis_turn_rows(standin_url: str, plan: Plan) -> list[Row]:
     with contextlib.ExitStack() as stack:
         redis_port = stack.enter_context(run_redis(server))
         sqlite = stack.enter_context(run_minato(standin_url, "warning"))
-        redis = stack.enter_context(
-            run_minato(standin_url, "warning", {"MINATO_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"})
-        )
+        try:
+            redis = stack.enter_context(
+                run_minato(standin_url, "warning", {"MINATO_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"})
+            )
+        except RuntimeError as exc:  # e.g. a Minato that has the setting but not yet the Redis state home
+            return _unmeasured(scenario, metrics, f"Minato with MINATO_REDIS_URL did not start: {_cause(exc)}")
         p50_ms: dict[int, list[float]] = {sqlite.port: [], redis.port: []}
         errors = 0
         for minato in (sqlite, redis):
