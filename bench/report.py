@@ -162,7 +162,8 @@ The pool and shared-state rows start their own stand-ins and Minatos (log level 
   loaded backend, so all three send the same traffic to the same stand-in and differ by the routing
   (and the probes of two more backends). Figures are medians over the rounds; *added CPU* is the
   median of the rounds' differences, held to ≤ 50 µs. The *control* row is the same difference
-  between two processes of one configuration: the resolution of this measurement on that machine.
+  between two processes of one configuration: the resolution of this measurement on that machine;
+  when it is itself above 50 µs the row has no verdict (*unresolved*).
 - *pool failover*: two stand-ins with the model loaded, one client sending whole answers back to
   back for 3 s (quick 1 s), a SIGKILL to one stand-in, 3 s more. No request may fail (a whole answer
   fails over before its first byte). The slowest request in flight at the kill or started within

@@ -546,6 +546,10 @@ async def routing_rows(plan: Plan) -> list[Row]:
                 pool.close()
     added = _median_of_pairs(cpu_us[one.pid], cpu_us[three.pid])
     noise = _median_of_pairs(cpu_us[one.pid], cpu_us[control.pid])
+    # When two processes of one configuration already differ by more than the budget, this run
+    # cannot tell whether the pool kept to it: no verdict rather than one the noise made.
+    resolved = abs(noise) <= TARGET_ROUTING_CPU_US
+    target = f"≤ {TARGET_ROUTING_CPU_US:g} µs" + ("" if resolved else " (control above it: unresolved)")
     rows = [
         Row(scenario, "Minato CPU per request, 1 backend", statistics.median(cpu_us[one.pid]), "µs"),
         Row(scenario, "Minato CPU per request, 3 backends", statistics.median(cpu_us[three.pid]), "µs"),
@@ -554,8 +558,8 @@ async def routing_rows(plan: Plan) -> list[Row]:
             "added CPU per request, 3 backends over 1",
             added,
             "µs",
-            target=f"≤ {TARGET_ROUTING_CPU_US:g} µs",
-            passed=added <= TARGET_ROUTING_CPU_US,
+            target=target,
+            passed=added <= TARGET_ROUTING_CPU_US if resolved else None,
         ),
         Row(scenario, "control: a second 1-backend Minato over the first", noise, "µs"),
     ]
