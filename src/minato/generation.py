@@ -213,6 +213,7 @@ async def whole_answer(generation: Generation) -> GenerateResponse:
     stats = GenerationStats.from_chunk(chunk)
     if record is not None:
         record.note_answer(chunk.eval_count, stats.tokens_per_second)
+        record.backend = chunk.backend
     return GenerateResponse(
         response=chunk.message.content,
         model=chunk.model or model,
@@ -255,13 +256,16 @@ async def streamed_answer(generation: Generation) -> Stream:
     except BaseException:
         lease.release()
         raise
+    record = record_of(request.scope)
+    if record is not None:
+        record.backend = stream.backend
 
     async def close() -> None:
         # Also run when the client left while a write was suspended: Ollama stops at once.
         await stream.aclose()
         lease.release()
 
-    return stream_response(_recorded(stream, lease), fmt, generation.parts.model, record_of(request.scope), close)
+    return stream_response(_recorded(stream, lease), fmt, generation.parts.model, record, close)
 
 
 __all__ = [

@@ -170,6 +170,7 @@ class RequestLogMiddleware:
                 outcome=outcome,
                 duration_ms=round(seconds * 1000, 3),
                 tokens=record.tokens,
+                **({"backend": record.backend} if record.backend else {}),
             )
             if metrics is not None:
                 if in_flight:

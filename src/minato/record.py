@@ -17,6 +17,7 @@ class RequestRecord:
     """Facts a handler adds to its request's log line (and, from there, to the metrics)."""
 
     __slots__ = (
+        "backend",
         "caller",
         "client_gone",
         "first_token",
@@ -33,6 +34,8 @@ class RequestRecord:
         self.request_id = request_id
         self.started = started
         self.model: str | None = None
+        self.backend = ""
+        """Which backend of the pool answered (``host:port``)."""
         self.caller: Caller | None = None
         """Whose key the request carried (none without keys); its name labels the token metrics."""
         self.tokens: int | None = None

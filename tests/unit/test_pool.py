@@ -12,8 +12,10 @@ import httpx
 import msgspec
 import pytest
 import respx
+import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from structlog.testing import capture_logs
 
 from minato.app import create_app
 from minato.errors import OllamaBusyError, UpstreamError
@@ -485,3 +487,13 @@ async def test_backend_metrics_are_labelled_by_the_configured_backends_only(pool
     assert f'minato_backend_requests_total{{backend="{NAME[B]}"}}' in text
     labels = {line.split('backend="')[1].split('"')[0] for line in text.splitlines() if 'backend="' in line}
     assert labels <= set(NAME.values())
+
+
+async def test_the_request_log_line_names_the_backend_that_answered(pool_client: Client, fleet: Fleet) -> None:
+    fleet.has(C, installed=("qwen3",))
+
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await pool_client.get("/qwen3", params={"message": "hi"})
+
+    lines = [line for line in logs if line["event"] == "request"]
+    assert [line.get("backend") for line in lines] == [NAME[C]]

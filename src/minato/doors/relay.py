@@ -208,6 +208,8 @@ async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) 
     slot = await take_slot(request, runtime.admission, call.model) if call.model else None
     try:
         answer = await unless_disconnected(request, _forward(runtime, call))
+        if record is not None:
+            record.backend = answer.backend
         if answer.content_type.startswith(_STREAMED_TYPES):
             return _streamed(answer, call, record, slot)
         try:

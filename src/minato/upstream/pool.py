@@ -479,7 +479,7 @@ class OllamaPool:
         )
         self._finished(backend, canonical_model_name(request.model))
         await self._remember(affinity, preferred, backend)
-        return chunk
+        return msgspec.structs.replace(chunk, backend=backend.name)
 
     async def stream_chat(self, request: ChatRequest, *, affinity: str | None = None) -> ChunkStream:
         """A primed stream from the backend routing picks; it counts as in flight there until closed."""

@@ -54,6 +54,8 @@ class ChatChunk(msgspec.Struct):
     eval_count: int = 0
     eval_duration: int = 0
     error: str = ""
+    backend: str = ""
+    """Which backend of a pool answered a whole answer (set by Minato, never sent by Ollama)."""
 
 
 class PullRequest(msgspec.Struct, kw_only=True):
