@@ -128,14 +128,25 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
     status: str = "ok"
 
 
+class StateReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Whether the shared state (conversations, leases, limits) answers."""
+
+    store: str
+    """``memory`` (one process), ``sqlite`` (the workers of one machine) or ``redis`` (replicas)."""
+    up: bool
+    reason: str | UnsetType = UNSET
+
+
 class ReadinessReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Readiness: whether a backend answers (with the first one's version), and every backend's state."""
+    """Readiness: whether a backend answers (with the first one's version), every backend's state, and
+    whether the shared state answers."""
 
     status: str
     ollama_url: str
     ollama_version: str | UnsetType = UNSET
     reason: str | UnsetType = UNSET
     backends: list[BackendStatus] = msgspec.field(default_factory=list)
+    state: StateReport | UnsetType = UNSET
 
 
 # -- model lifecycle and server info ---------------------------------------------------------------

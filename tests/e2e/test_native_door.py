@@ -47,9 +47,14 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def door(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinatoServer]:
-    """Minato with one user key and one admin key, in front of the stand-in."""
+    """Minato with one user key and one admin key, in front of the stand-in; no periodic probe, so
+    every request the stand-in records came from a client's call."""
     server = start_minato(
-        standin_url, tmp_path_factory.mktemp("native-door") / "door.log", api_keys=USER, admin_keys=ADMIN
+        standin_url,
+        tmp_path_factory.mktemp("native-door") / "door.log",
+        api_keys=USER,
+        admin_keys=ADMIN,
+        ollama_probe_interval="0",
     )
     yield server
     stop_minato(server)

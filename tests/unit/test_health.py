@@ -41,6 +41,7 @@ async def test_ready_reports_ollamas_version(client: Client, ollama: respx.MockR
         "backends": [
             {"name": "ollama.test:11434", "url": "http://ollama.test:11434", "state": "up", "version": "0.12.3"}
         ],
+        "state": {"store": "memory", "up": True},
     }
     assert route.call_count == 1
 
@@ -187,3 +188,28 @@ async def test_docs_serve_html(client: Client) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "<title>Minato</title>" in response.text
+
+
+async def test_ready_is_a_503_when_the_shared_state_does_not_answer(client: Client, ollama: respx.MockRouter) -> None:
+    ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
+
+    class Down:
+        name = "redis"
+
+        async def ping(self) -> str | None:
+            return "the shared state (Redis at redis:6379) cannot be reached"
+
+    runtime = client.app.state.runtime_slot.runtime
+    healthy = runtime.state
+    object.__setattr__(runtime, "state", healthy._replace(health=Down()))
+    try:
+        response = await client.get("/ready")
+    finally:
+        object.__setattr__(runtime, "state", healthy)
+
+    assert response.status_code == 503
+    body = response.json()
+    reason = "the shared state (Redis at redis:6379) cannot be reached"
+    assert body["state"] == {"store": "redis", "up": False, "reason": reason}
+    assert body["reason"] == reason
+    assert [b["state"] for b in body["backends"]] == ["up"], "the backends are fine; the state is not"

@@ -6,16 +6,21 @@ the status, such as load balancers, often send HEAD).
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
+from typing import Any
 
 import msgspec
-from litestar import Response, get, head
+from litestar import Request, Response, get, head
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from msgspec import UNSET
 
 from minato.metrics import CONTENT_TYPE, Metrics
-from minato.schemas import HealthReport, ReadinessReport
+from minato.runtime import runtime_of
+from minato.schemas import HealthReport, ReadinessReport, StateReport
 from minato.security import PROBE, PUBLIC
+from minato.state import StateHealth
 from minato.upstream import Ollama
 from minato.upstream.protocol import OllamaDependency
 
@@ -34,21 +39,24 @@ async def health() -> HealthReport:
     operation_id="Ready",
     summary="Readiness probe",
     description=(
-        "200 while at least one Ollama backend answers (with the first one's version); 503 with the reason "
-        "when none does. `backends` lists every backend with its state (`up`, `down`, `cooling`)."
+        "200 while at least one Ollama backend answers (with the first one's version) and the shared state "
+        "answers; 503 with the reason otherwise. `backends` lists every backend with its state (`up`, "
+        "`down`, `cooling`); `state` says where conversations and limits are kept and whether it answers."
     ),
     opt={PROBE: True},
     responses={
         503: ResponseSpec(
             data_container=ReadinessReport,
-            description="No Ollama backend is reachable; `reason` says why.",
+            description="No Ollama backend is reachable, or the shared state (Redis) is not; `reason` says why.",
             generate_examples=False,
         )
     },
 )
-async def ready(upstream: NamedDependency[OllamaDependency]) -> Response[ReadinessReport]:
-    """Report whether Ollama answers, with its version."""
-    report, status = await _readiness(upstream)
+async def ready(
+    request: Request[Any, Any, Any], upstream: NamedDependency[OllamaDependency]
+) -> Response[ReadinessReport]:
+    """Report whether Ollama answers, with its version, and whether the shared state does."""
+    report, status = await _readiness(upstream, runtime_of(request).state.health)
     return Response(report, status_code=status)
 
 
@@ -65,24 +73,38 @@ async def health_head() -> Response[None]:
     description="200 when Ollama answers, 503 otherwise; no body.",
     opt={PROBE: True},
 )
-async def ready_head(upstream: NamedDependency[OllamaDependency]) -> Response[None]:
+async def ready_head(request: Request[Any, Any, Any], upstream: NamedDependency[OllamaDependency]) -> Response[None]:
     """Answer like ``GET /ready`` without the body."""
-    return _bodiless(*await _readiness(upstream))
+    return _bodiless(*await _readiness(upstream, runtime_of(request).state.health))
 
 
-async def _readiness(upstream: Ollama) -> tuple[ReadinessReport, int]:
+async def _readiness(upstream: Ollama, health: StateHealth) -> tuple[ReadinessReport, int]:
     # Asked now, not taken from the last probe: a load balancer acts on this answer.
-    await upstream.probe(inventory=False)
+    _, trouble = await asyncio.gather(upstream.probe(inventory=False), health.ping())
     backends = upstream.backends()
+    state = StateReport(store=health.name, up=trouble is None, reason=trouble or UNSET)
     up = next((backend for backend in backends if backend.state == "up"), None)
     if up is None:
         reasons = "; ".join(f"{b.name}: {b.reason or b.state}" for b in backends)
         reason = backends[0].reason if len(backends) == 1 and backends[0].reason else reasons
         return ReadinessReport(
-            status="unavailable", ollama_url=upstream.base_url, reason=reason or "no backend answers", backends=backends
+            status="unavailable",
+            ollama_url=upstream.base_url,
+            reason=reason or "no backend answers",
+            backends=backends,
+            state=state,
+        ), 503
+    if trouble is not None:  # requests that need it would be refused: take this replica out
+        return ReadinessReport(
+            status="unavailable",
+            ollama_url=upstream.base_url,
+            ollama_version=up.version,
+            reason=trouble,
+            backends=backends,
+            state=state,
         ), 503
     return ReadinessReport(
-        status="ready", ollama_url=upstream.base_url, ollama_version=up.version, backends=backends
+        status="ready", ollama_url=upstream.base_url, ollama_version=up.version, backends=backends, state=state
     ), 200
 
 
