@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--markdown PATH]``: measure Minato's overhead and print one table."""
+"""``python -m bench [--quick] [--only PART] [--markdown PATH]``: measure Minato's overhead and print one table."""
 
 from __future__ import annotations
 
@@ -8,19 +8,27 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlsplit
 
 import uvloop
 
 from bench.processes import Minato, machine_info, raise_fd_limit, run_minato
 from bench.report import Row, render_text, write_markdown
-from bench.scenarios import FULL, QUICK, Plan, answer_rows, door_rows, relay_rows, slow_stream_rows
+from bench.scenarios import FULL, QUICK, Plan, answer_rows, door_rows, pool_rows, relay_rows, slow_stream_rows
 from tests.standin.process import run_standin
+
+PARTS: Final = ("core", "pool")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter phases: about 1 minute, noisier")
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        help="measure only one part: 'core' (one Minato, one backend) or 'pool' (backends, failover, Redis)",
+    )
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the results page to PATH")
     return parser.parse_args(argv)
 
@@ -49,14 +57,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()  # before any child starts: they inherit it
     load_before = os.getloadavg()
     started = time.monotonic()
+    parts = {args.only} if args.only else set(PARTS)
     rows: list[Row] = []
     with run_standin() as standin_url:
         standin_port = urlsplit(standin_url).port
         assert standin_port is not None
-        with run_minato(standin_url, "warning") as minato:
-            rows += uvloop.run(quiet_logging_rows(standin_port, minato, plan))
-        with run_minato(standin_url, "info") as minato:
-            rows += uvloop.run(info_logging_rows(standin_port, minato, plan))
+        if "core" in parts:
+            with run_minato(standin_url, "warning") as minato:
+                rows += uvloop.run(quiet_logging_rows(standin_port, minato, plan))
+        if "pool" in parts:
+            # Also at log level warning; these rows start their own Minatos and backends.
+            rows += uvloop.run(pool_rows(standin_url, plan))
+        if "core" in parts:
+            with run_minato(standin_url, "info") as minato:
+                rows += uvloop.run(info_logging_rows(standin_port, minato, plan))
     machine = machine_info(load_before)
     print(render_text(rows, machine))
     print(f"\n(measured in {time.monotonic() - started:.0f} s)", file=sys.stderr)

@@ -74,9 +74,14 @@ class Result:
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive connection with at most one request in flight."""
+    """One keep-alive connection with at most one request in flight.
 
-    def __init__(self) -> None:
+    With ``keep_body`` the last response's body is kept in :attr:`body` (to read Minato's own pages,
+    ``/metrics`` or ``/ready``); the load itself only counts bytes.
+    """
+
+    def __init__(self, *, keep_body: bool = False) -> None:
+        self.body: bytearray | None = bytearray() if keep_body else None
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._done: asyncio.Future[None] | None = None
@@ -106,6 +111,8 @@ class Connection(asyncio.Protocol):
         if not self._body_bytes:
             self._first_body = time.perf_counter()
         self._body_bytes += len(body)
+        if self.body is not None:
+            self.body += body
 
     def on_message_complete(self) -> None:
         if self._done is not None and not self._done.done():
@@ -124,6 +131,8 @@ class Connection(asyncio.Protocol):
         self._done = asyncio.get_running_loop().create_future()
         self._body_bytes = 0
         self._first_body = 0.0
+        if self.body is not None:
+            self.body.clear()
         self._started = time.perf_counter()
         self._transport.write(raw)
         await self._done
@@ -136,8 +145,10 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
 
-async def connect(port: int) -> Connection:
-    _, protocol = await asyncio.get_running_loop().create_connection(Connection, "127.0.0.1", port)
+async def connect(port: int, *, keep_body: bool = False) -> Connection:
+    _, protocol = await asyncio.get_running_loop().create_connection(
+        lambda: Connection(keep_body=keep_body), "127.0.0.1", port
+    )
     return protocol
 
 

@@ -104,6 +104,7 @@ HOW_TO_RUN: Final = """\
 ```sh
 make bench                                      # full run, about 2-3 minutes
 .venv/bin/python -m bench --quick               # about 1 minute, noisier
+.venv/bin/python -m bench --quick --only pool   # only the pool and shared-state rows
 .venv/bin/python -m bench --markdown docs/benchmarks.md   # also rewrite this page
 ```
 
@@ -152,6 +153,35 @@ When the stand-in does not answer a door's route (it answered 501 on `/v1` befor
 that door's rows read *n/a* with the reason."""
 
 
+HOW_POOL: Final = """\
+The pool and shared-state rows start their own stand-ins and Minatos (log level warning), and Redis.
+- *pool routing*: the model is installed on three stand-ins and loaded on one. A Minato with that
+  one backend, one with all three, and a second one-backend Minato as a control take turns of
+  16-client closed-loop `GET /{model}?message=hi` (rotating order; 30 rounds of 1 s, quick 12 of
+  0.5 s). `MINATO_BACKEND_PARALLEL=32`, above the client count, keeps every request of the pool on the
+  loaded backend, so all three send the same traffic to the same stand-in and differ by the routing
+  (and the probes of two more backends). Figures are medians over the rounds; *added CPU* is the
+  median of the rounds' differences, held to ≤ 50 µs. The *control* row is the same difference
+  between two processes of one configuration: the resolution of this measurement on that machine;
+  when it is itself above 50 µs the row has no verdict (*unresolved*).
+- *pool failover*: two stand-ins with the model loaded, one client sending whole answers back to
+  back for 3 s (quick 1 s), a SIGKILL to one stand-in, 3 s more. No request may fail (a whole answer
+  fails over before its first byte). The slowest request in flight at the kill or started within
+  100 ms after it is compared with the p50 before; next to it, the slowest of the 100 ms before the
+  kill shows what the machine's noise alone does. *Kill to marked down* runs until
+  `minato_backend_up` of that backend reads 0 in `/metrics` (polled every 10 ms throughout; not
+  `/ready`, which probes every backend when asked), and `/ready` must then list it `down` or
+  `cooling`; *the stand-in's exit* is when the kernel had ended the process, after which its port
+  refuses. `MINATO_OLLAMA_PROBE_INTERVAL` is 5 s (the default, set explicitly): the failing request
+  finds the dead backend, not the probe. Three runs (quick one): failures summed, the rest medians.
+- *conversation turn*: one client, `GET /{model}?message=hi&session=...` in sessions of 10 turns,
+  to a Minato with `MINATO_REDIS_URL` (a `redis-server` on a free loopback port, persistence off)
+  and to one with the default SQLite store (a new file per run), taking turns (10 rounds of 2 s,
+  quick 6 of 1 s); *added p50* is the median of the rounds' differences. Without a `redis-server`,
+  or when the Minato given `MINATO_REDIS_URL` wrote no key to Redis in its warm-up, the rows read
+  *n/a* with the reason."""
+
+
 def render_markdown(rows: list[Row], machine: dict[str, str], when: dt.datetime) -> str:
     """The whole ``docs/benchmarks.md`` page: how to run, the table, the machine, how to read it."""
     machine_lines = "\n".join(f"- **{key}**: {value}" for key, value in machine.items())
@@ -163,7 +193,8 @@ def render_markdown(rows: list[Row], machine: dict[str, str], when: dt.datetime)
         f"## Results ({when:%Y-%m-%d %H:%M} UTC)\n\n{markdown_table(rows)}\n\n"
         f"Machine:\n\n{machine_lines}\n\n"
         f"## How to read the table\n\n{HOW_TO_READ}\n\n"
-        f"## How the doors are measured\n\n{HOW_DOORS}\n"
+        f"## How the doors are measured\n\n{HOW_DOORS}\n\n"
+        f"## How the pool and shared-state rows are measured\n\n{HOW_POOL}\n"
     )
 
 
