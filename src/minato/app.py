@@ -23,11 +23,12 @@ from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.params import provide_generation_options
-from minato.quota import Quota, TokenQuota
+from minato.quota import Quota
 from minato.rendering import EXCEPTION_HANDLERS
 from minato.runtime import RuntimeSlot, UpstreamFactory, attach, started
-from minato.security import PUBLIC, Keyring, RateLimiter, make_caller_provider, make_guard
+from minato.security import PUBLIC, Keyring, make_caller_provider, make_guard
 from minato.settings import Settings
+from minato.state import RateLimiter
 from minato.upstream import Ollama, OllamaClient
 
 API_DESCRIPTION: Final = (
@@ -54,8 +55,8 @@ def create_app(
         settings: Service configuration; read from the environment when omitted.
         transport: httpx transport for the calls to Ollama (tests pass a mock router's).
         upstream: Builds the interface to Ollama instead of the real client (a test's fake).
-        limiter: The rate limiter instead of the in-process one (asked for keys with a request rate).
-        quota: The token quota instead of the in-process one (asked for keys with ``tokens_per_day``).
+        limiter: The rate limiter instead of the shared state's (asked for keys with a request rate).
+        quota: The token quota instead of the shared state's (asked for keys with ``tokens_per_day``).
         configure_logs: Configure structlog and stdlib logging; by default only when the
             settings come from the environment (a served process), not when a test passes them.
     """
@@ -73,14 +74,13 @@ def create_app(
         settings.queue_timeout,
         metrics,
     )
-    limiter = limiter if limiter is not None else RateLimiter()
-    quota = quota if quota is not None else TokenQuota()
     build = upstream if upstream is not None else _real_client(transport)
     slot = RuntimeSlot()
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        async with started(settings, metrics, admission, limiter, quota, build) as runtime, slot.holding(runtime):
+        running = started(settings, metrics, admission, build, limiter=limiter, quota=quota)
+        async with running as runtime, slot.holding(runtime):
             yield
 
     app = Litestar(
@@ -96,7 +96,7 @@ def create_app(
         },
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=before_handler,
-        guards=[make_guard(settings, keyring, limiter, quota)] if keyring.enabled else [],
+        guards=[make_guard(settings, keyring, slot)] if keyring.enabled else [],
         cors_config=_cors(settings),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -122,9 +122,7 @@ def create_app(
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that
     # fail after their first byte are logged with the status the client actually got.
     attach(app, slot)
-    app.asgi_handler = RequestLogMiddleware(
-        QueryLengthLimit(app.asgi_handler, settings.max_query_chars), metrics, quota
-    )
+    app.asgi_handler = RequestLogMiddleware(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), metrics, slot)
     return app
 
 

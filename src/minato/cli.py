@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ from minato import __version__
 from minato.errors import SettingsError
 from minato.security import Keyring, refuse_unsafe_start
 from minato.settings import Settings
+from minato.state import refuse_unshared_workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"minato: invalid setting: {exc}", file=sys.stderr)
         return 2
-    refusal = refuse_unsafe_start(settings, host, keyring)
+    refusal = refuse_unsafe_start(settings, host, keyring) or refuse_unshared_workers(settings, workers)
     if refusal:
         print(f"minato: {refusal}", file=sys.stderr)
         return 2
@@ -59,6 +61,8 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
 
     # Every client connection is a descriptor; worker processes inherit the raised limit.
     raise_open_file_limit()
+    # Each worker reads its settings from the environment: tell it how many share the state.
+    os.environ["MINATO_WORKERS"] = str(workers)
     uvicorn.run(
         "minato.app:create_app",
         factory=True,

@@ -23,7 +23,7 @@ from minato.settings import Settings
 
 if TYPE_CHECKING:
     from minato.metrics import Metrics
-    from minato.quota import Quota
+    from minato.runtime import RuntimeSlot
     from minato.security import Caller
 
 #: nginx's status for a request whose client closed the connection before the answer was complete.
@@ -116,10 +116,10 @@ class RequestLogMiddleware:
     stream's duration covers the whole stream.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, quota: Quota | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, slot: RuntimeSlot | None = None) -> None:
         self.app = app
         self.metrics = metrics
-        self.quota = quota
+        self.slot = slot  # whose runtime's quota is charged what a key's answer generated
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -175,16 +175,16 @@ class RequestLogMiddleware:
                 if in_flight:
                     metrics.streams_in_flight.dec()
                 metrics.observe(template or UNMATCHED_ROUTE, scope["method"], status, seconds, record)
-            if self.quota is not None and record.caller is not None and record.tokens:
-                await self._charge(self.quota, record.caller, record.tokens)
+            if self.slot is not None and record.caller is not None and record.tokens:
+                await self._charge(self.slot, record.caller, record.tokens)
             structlog.contextvars.unbind_contextvars("request_id", "key")
 
     @staticmethod
-    async def _charge(quota: Quota, caller: Caller, tokens: int) -> None:
+    async def _charge(slot: RuntimeSlot, caller: Caller, tokens: int) -> None:
         """Charge a finished answer's tokens to its key's quota, here so that every answer is charged once."""
         try:
-            await quota.charge(caller, tokens)
-        except Exception:  # the answer has been sent; a quota that cannot count must not fail it
+            await slot.runtime.quota.charge(caller, tokens)
+        except Exception:  # the answer has been sent; a quota that cannot count (or is gone) must not fail it
             logger.exception("token_quota_charge_failed", tokens=tokens)
 
 

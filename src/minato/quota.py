@@ -4,13 +4,14 @@ The guard asks :meth:`Quota.check` before every request of a key with a quota; t
 middleware charges what a finished request generated, from its record, so every answer is charged
 once whichever route produced it. A check and a charge are apart: requests running at once may
 together go past the quota by what they generate, and the next request is refused.
+
+Every home of the state (:mod:`minato.state`) keeps a key's tokens the same way: one bucket per
+minute, counted for :data:`WINDOW_MINUTES` after its own.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -23,10 +24,11 @@ WINDOW_MINUTES: Final = 24 * 60
 
 
 class Quota(Protocol):
-    """What the guard and the request log need of a token quota (in-process here; shareable later)."""
+    """What the guard and the request log need of a token quota, whichever home keeps it."""
 
     async def check(self, caller: Caller) -> float:
-        """Return 0 if ``caller`` may go on, else the seconds until enough of its tokens expire."""
+        """Return 0 if ``caller`` may go on, else the seconds until enough of its tokens expire.
+        Raises :class:`~minato.errors.StateUnavailableError` when its home cannot answer."""
         ...
 
     async def charge(self, caller: Caller, tokens: int) -> None:
@@ -34,58 +36,14 @@ class Quota(Protocol):
         ...
 
 
-class _Ledger:
-    """One key's tokens: ``[minute, tokens]`` buckets, oldest first, and their sum."""
-
-    __slots__ = ("buckets", "total")
-
-    def __init__(self) -> None:
-        self.buckets: deque[list[int]] = deque()
-        self.total = 0
-
-    def expire(self, minute: int) -> None:
-        while self.buckets and self.buckets[0][0] + WINDOW_MINUTES < minute:
-            self.total -= self.buckets.popleft()[1]
+def seconds_until_under(buckets: Sequence[Sequence[int]], total: int, limit: int, now: float) -> float:
+    """Given a key's live ``(minute, tokens)`` buckets, oldest first, and their ``total``: 0 while it is
+    under ``limit``, else the seconds until the expiry of its oldest buckets brings it under."""
+    if total < limit:
+        return 0.0
+    freed = accumulate(tokens for _, tokens in buckets)
+    index = next(i for i, tokens in enumerate(freed) if total - tokens < limit)
+    return (buckets[index][0] + WINDOW_MINUTES + 1) * BUCKET_SECONDS - now
 
 
-class TokenQuota:
-    """The quota of one process: per key, its tokens in one bucket per minute of the last 24 h.
-
-    Memory is bounded: only keys with a quota are tracked (configured keys, so a bounded set), each
-    with at most one bucket per minute of the window.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._ledgers: dict[str, _Ledger] = {}
-
-    async def check(self, caller: Caller) -> float:
-        """Return 0 while the key's tokens are under its quota, else the seconds until they are."""
-        limit = caller.tokens_per_day
-        ledger = self._ledgers.get(caller.fingerprint)
-        if not limit or ledger is None:
-            return 0.0
-        now = self._clock()
-        ledger.expire(int(now // BUCKET_SECONDS))
-        if ledger.total < limit:
-            return 0.0
-        # The oldest buckets expire first: wait for the one whose expiry brings the total under the limit.
-        freed = accumulate(tokens for _, tokens in ledger.buckets)
-        index = next(i for i, tokens in enumerate(freed) if ledger.total - tokens < limit)
-        return (ledger.buckets[index][0] + WINDOW_MINUTES + 1) * BUCKET_SECONDS - now
-
-    async def charge(self, caller: Caller, tokens: int) -> None:
-        """Count ``tokens`` for a key with a quota (keys without one are not tracked)."""
-        if not caller.tokens_per_day or tokens <= 0:
-            return
-        minute = int(self._clock() // BUCKET_SECONDS)
-        ledger = self._ledgers.setdefault(caller.fingerprint, _Ledger())
-        ledger.expire(minute)
-        if ledger.buckets and ledger.buckets[-1][0] == minute:
-            ledger.buckets[-1][1] += tokens
-        else:
-            ledger.buckets.append([minute, tokens])
-        ledger.total += tokens
-
-
-__all__ = ["Quota", "TokenQuota"]
+__all__ = ["BUCKET_SECONDS", "WINDOW_MINUTES", "Quota", "seconds_until_under"]

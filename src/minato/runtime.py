@@ -20,9 +20,9 @@ from minato.fetch import ImageFetcher
 from minato.metrics import Metrics
 from minato.probe import OllamaProbe
 from minato.quota import Quota
-from minato.security import RateLimiter
-from minato.sessions import SessionManager, open_store
+from minato.sessions import SessionManager
 from minato.settings import Settings
+from minato.state import RateLimiter, SharedState, open_state
 from minato.upstream.catalog import ModelCatalog
 from minato.upstream.protocol import Ollama
 
@@ -37,6 +37,8 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     admission: Admission
+    state: SharedState
+    """Where the state behind the guarantees lives (see :func:`minato.state.open_state`)."""
     limiter: RateLimiter
     quota: Quota
     upstream: Ollama
@@ -70,8 +72,13 @@ class RuntimeSlot:
             self._runtime = None
 
     def providers(self) -> dict[str, Provide]:
-        """One dependency provider per runtime field, by the field's name."""
-        return {field.name: Provide(self._provider(field.name), sync_to_thread=False) for field in fields(Runtime)}
+        """One dependency provider per runtime field, by the field's name; ``state`` is Litestar's own
+        name for the app's state, so the shared state is reached through its parts' fields."""
+        return {
+            field.name: Provide(self._provider(field.name), sync_to_thread=False)
+            for field in fields(Runtime)
+            if field.name != "state"
+        }
 
     def _provider(self, name: str) -> Callable[[], Any]:
         def provide() -> Any:
@@ -86,11 +93,15 @@ async def started(
     settings: Settings,
     metrics: Metrics,
     admission: Admission,
-    limiter: RateLimiter,
-    quota: Quota,
     upstream_factory: UpstreamFactory,
+    *,
+    limiter: RateLimiter | None = None,
+    quota: Quota | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Open every resource of a runtime; close them in reverse order when the block ends."""
+    """Open every resource of a runtime; close them in reverse order when the block ends.
+
+    The rate limiter and the quota are the shared state's unless others are given (a test's).
+    """
     async with AsyncExitStack() as stack:
         upstream = upstream_factory(settings)
         stack.push_async_callback(upstream.aclose)
@@ -99,7 +110,8 @@ async def started(
         probe = OllamaProbe(metrics, catalog, settings.ollama_probe_interval)
         probe.start()
         stack.push_async_callback(probe.stop)
-        sessions = SessionManager(open_store(settings.session_store), settings)
+        state = await stack.enter_async_context(open_state(settings, metrics))
+        sessions = SessionManager(state.store, state.turns, settings)
         await sessions.start()
         stack.push_async_callback(sessions.stop)
         fetcher = ImageFetcher(settings)
@@ -108,8 +120,9 @@ async def started(
             settings=settings,
             metrics=metrics,
             admission=admission,
-            limiter=limiter,
-            quota=quota,
+            state=state,
+            limiter=state.limiter if limiter is None else limiter,
+            quota=state.quota if quota is None else quota,
             upstream=upstream,
             catalog=catalog,
             sessions=sessions,

@@ -1,5 +1,5 @@
-"""Who may call Minato: API keys with two roles, model scopes, per-key rate limits and token quotas,
-and the safe-by-default rule.
+"""Who may call Minato: API keys with two roles, model scopes, per-key rate limits and token quotas
+(kept by the shared state, :mod:`minato.state`), and the safe-by-default rule.
 
 Keys are kept only as SHA-256 digests and compared in constant time against every configured key;
 logs and metrics carry the key's name (from the keys file) or a short fingerprint of its digest,
@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import ipaddress
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -27,14 +26,14 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Scope
 
-from minato.errors import ForbiddenError, SettingsError
+from minato.errors import ForbiddenError, SettingsError, StateUnavailableError
 from minato.keys import KEYS_FILE_VARIABLE, digest_of, read_keys_file
 from minato.record import record_of
 from minato.settings import Settings
 from minato.upstream.names import canonical_model_name
 
 if TYPE_CHECKING:
-    from minato.quota import Quota
+    from minato.runtime import RuntimeSlot
 
 logger = structlog.get_logger("minato.security")
 
@@ -172,27 +171,6 @@ class Keyring:
         return found
 
 
-class RateLimiter:
-    """A token bucket per key, refilled continuously at the rate each check names."""
-
-    def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def check(self, key: str, per_minute: int) -> float:
-        """Take one request from ``key``'s bucket (``per_minute`` deep); return 0, or the seconds to wait."""
-        now = time.monotonic()
-        rate = per_minute / 60.0
-        tokens, last = self._buckets.get(key, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - last) * rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > 100_000:  # forget idle keys rather than grow without bound
-            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60.0}
-        return (1.0 - tokens) / rate
-
-
 def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The key a request carries: ``Authorization: Key|Bearer <key>`` or ``X-API-Key``."""
     header = connection.headers.get("authorization")
@@ -203,8 +181,9 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return connection.headers.get("x-api-key") or None
 
 
-def make_guard(settings: Settings, keyring: Keyring, limiter: RateLimiter, quota: Quota) -> Any:
-    """Build the guard every route runs before its handler: the key, its role, its rate and its token quota."""
+def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot) -> Any:
+    """Build the guard every route runs before its handler: the key, its role, its rate and its token
+    quota (kept by the running runtime's limiter and quota, found in ``slot``)."""
     required = keyring.enabled  # configured keys are always enforced; MINATO_AUTH only governs having none
 
     # Async on purpose: Litestar runs a sync guard in a worker thread, once per request.
@@ -230,7 +209,9 @@ def make_guard(settings: Settings, keyring: Keyring, limiter: RateLimiter, quota
             raise PermissionDeniedException("this route needs an admin key")
         if caller.requests_per_minute:
             try:
-                wait = limiter.check(caller.fingerprint, caller.requests_per_minute)
+                wait = await slot.runtime.limiter.check(caller.fingerprint, caller.requests_per_minute)
+            except StateUnavailableError:  # the shared state cannot answer: a 503, as for a turn
+                raise
             except Exception:  # the limiter fails closed: no answer is a refusal
                 logger.exception("rate_limiter_failed")
                 wait = 60.0
@@ -241,7 +222,9 @@ def make_guard(settings: Settings, keyring: Keyring, limiter: RateLimiter, quota
                 )
         if caller.tokens_per_day:
             try:
-                wait = await quota.check(caller)
+                wait = await slot.runtime.quota.check(caller)
+            except StateUnavailableError:
+                raise
             except Exception:  # as the limiter: no answer is a refusal
                 logger.exception("token_quota_failed")
                 wait = 60.0
@@ -311,7 +294,6 @@ __all__ = [
     "PUBLIC",
     "Caller",
     "Keyring",
-    "RateLimiter",
     "Role",
     "caller_of",
     "make_caller_provider",

@@ -33,7 +33,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     """TCP port the HTTP server listens on."""
     workers: PositiveInt = 1
-    """Server worker processes (each holds its own connection pool to Ollama)."""
+    """Server worker processes (each holds its own connection pool to Ollama). Several share their turn
+    locks, rate limits and quotas through the SQLite session store or Redis; with ``memory://`` and no
+    ``MINATO_REDIS_URL`` more than one is refused."""
     ollama_url: str = DEFAULT_OLLAMA_URL
     """Ollama base URL, or several comma-separated (a pool of backends, each named ``host:port``). Falls
     back to Ollama's own ``OLLAMA_HOST`` (``host:port`` shorthand too)."""

@@ -22,9 +22,9 @@ from minato.backpressure import Admission
 from minato.errors import OllamaTimeoutError, OllamaUnavailableError
 from minato.generation import Lease, Question
 from minato.params import GENERATION_QUERY_PARAMETERS
-from minato.security import RateLimiter
 from minato.sessions import MemoryStore, SessionManager
 from minato.settings import Settings
+from minato.state.local import LocalTurnLocks
 from minato.upstream import ChunkStream, ModelFacts, OllamaClient, PullStream, RawResponse
 from minato.upstream.options import OPTIONS
 from minato.upstream.wire import (
@@ -142,8 +142,8 @@ async def test_the_runtime_is_torn_down_once_even_when_a_later_part_fails(settin
 
 
 async def test_an_injected_rate_limiter_is_the_one_the_guard_asks(settings: Settings, ollama: respx.MockRouter) -> None:
-    class Refusing(RateLimiter):
-        def check(self, key: str, per_minute: int) -> float:
+    class Refusing:
+        async def check(self, key: str, per_minute: int) -> float:
             return 42.0
 
     ollama.post("/api/chat").respond(200, json=chat_answer())
@@ -267,6 +267,7 @@ def test_nothing_above_upstream_names_the_concrete_client() -> None:
     [
         pytest.param("upstream", {"client", "streams", "failures"}, id="upstream"),
         pytest.param("sessions", {"store", "sqlite", "schema"}, id="sessions"),
+        pytest.param("state", {"local", "sqlite", "redis", "protocols"}, id="state"),
     ],
 )
 def test_outside_a_package_its_implementation_comes_from_the_package(package: str, internal: set[str]) -> None:
@@ -295,7 +296,7 @@ async def test_one_provider_per_runtime_field(app: Litestar) -> None:
 
 async def test_a_lease_commits_at_most_once_and_releases_exactly_once(settings: Settings) -> None:
     admission = Admission(total=1, per_model=0, queue=0, wait_seconds=1)
-    sessions = SessionManager(MemoryStore(), settings)
+    sessions = SessionManager(MemoryStore(), LocalTurnLocks(), settings)
     await sessions.start()
     try:
         slot = admission.try_acquire("m:latest")

@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from minato.app import create_app
 from minato.errors import SettingsError
 from minato.keys import NamedKey, read_keys_file
-from minato.quota import TokenQuota
 from minato.security import Caller, Keyring, Role
 from minato.settings import Settings
+from minato.state.local import TokenQuota
 from tests.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson
 
 pytestmark = pytest.mark.anyio

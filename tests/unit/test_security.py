@@ -21,8 +21,9 @@ from minato.backpressure import Admission
 from minato.cli import main
 from minato.errors import OverloadedError, SettingsError
 from minato.log import configure_logging
-from minato.security import Keyring, RateLimiter, refuse_unsafe_start
+from minato.security import Keyring, refuse_unsafe_start
 from minato.settings import Settings
+from minato.state.local import LocalRateLimiter
 from minato.upstream import canonical_model_name
 from tests.payloads import TAGS, catalogue, chat_answer, show
 
@@ -183,10 +184,10 @@ async def test_the_rate_limiter_fails_closed(
 ) -> None:
     route = ollama.get("/api/tags").respond(200, json=TAGS)
 
-    def broken(self: RateLimiter, key: str, per_minute: int) -> float:
+    async def broken(self: LocalRateLimiter, key: str, per_minute: int) -> float:
         raise RuntimeError("limiter store unreachable")
 
-    monkeypatch.setattr(RateLimiter, "check", broken)
+    monkeypatch.setattr(LocalRateLimiter, "check", broken)
     configured = msgspec.structs.replace(settings, api_keys=(USER,), rate_limit_per_minute=100)
     app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
     async with AsyncTestClient(app=app) as client:

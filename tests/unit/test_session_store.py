@@ -14,6 +14,7 @@ import structlog
 from minato.errors import SessionDamagedError
 from minato.sessions import Bounds, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
 from minato.settings import Settings
+from minato.state.local import LocalTurnLocks
 
 pytestmark = pytest.mark.anyio
 
@@ -156,7 +157,7 @@ async def test_deleted_and_expired_conversations_no_longer_count_against_the_ima
 
 async def test_a_turn_with_images_keeps_the_store_within_its_image_budget() -> None:
     store = MemoryStore()
-    manager = SessionManager(store, Settings(session_store="memory://", store_image_bytes=100))
+    manager = SessionManager(store, LocalTurnLocks(), Settings(session_store="memory://", store_image_bytes=100))
     await manager.start()
     try:
         for n, session_id in enumerate(["first", "second", "third"]):

@@ -17,6 +17,7 @@ from litestar.testing import AsyncTestClient
 from minato.sessions import Bounds, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
 from minato.sessions.model import trim_plan
 from minato.settings import Settings
+from minato.state.local import LocalTurnLocks
 from tests.payloads import PNG_1PX, chat_answer, chat_done, chat_token, ndjson, show
 
 pytestmark = pytest.mark.anyio
@@ -138,7 +139,8 @@ async def test_the_sqlite_store_keeps_sessions_across_reopening(tmp_path: Path) 
 
 
 async def test_turns_on_one_session_wait_for_each_other_and_other_sessions_do_not() -> None:
-    manager = SessionManager(MemoryStore(), Settings(session_store="memory://"))
+    turns = LocalTurnLocks()
+    manager = SessionManager(MemoryStore(), turns, Settings(session_store="memory://"))
     await manager.start()
     try:
         first = await manager.begin("", "a")
@@ -155,13 +157,14 @@ async def test_turns_on_one_session_wait_for_each_other_and_other_sessions_do_no
         assert [m.content for m in waited.session.messages] == ["q", "answer"]
         waited.release()
         other.release()
-        assert manager._locks == {}
+        assert turns._locks == {}
     finally:
         await manager.stop()
 
 
 async def test_the_same_id_of_two_owners_never_waits_for_the_other() -> None:
-    manager = SessionManager(MemoryStore(), Settings(session_store="memory://"))
+    turns = LocalTurnLocks()
+    manager = SessionManager(MemoryStore(), turns, Settings(session_store="memory://"))
     await manager.start()
     try:
         first = await manager.begin("aaaaaaaaaaaa", "a")
@@ -172,14 +175,15 @@ async def test_the_same_id_of_two_owners_never_waits_for_the_other() -> None:
 
         assert await manager.get("aaaaaaaaaaaa", "a") is None
         assert await manager.get("bbbbbbbbbbbb", "a") is not None
-        assert manager._locks == {}
+        assert turns._locks == {}
     finally:
         await manager.stop()
 
 
 async def test_a_change_outside_a_turn_waits_for_the_turn_in_progress() -> None:
     store = MemoryStore()
-    manager = SessionManager(store, Settings(session_store="memory://"))
+    turns = LocalTurnLocks()
+    manager = SessionManager(store, turns, Settings(session_store="memory://"))
     await manager.start()
     try:
         turn = await manager.begin("", "s")
@@ -196,14 +200,14 @@ async def test_a_change_outside_a_turn_waits_for_the_turn_in_progress() -> None:
         await asyncio.wait_for(clearing, timeout=1)
 
         assert await store.get("", "s") is None
-        assert manager._locks == {}
+        assert turns._locks == {}
     finally:
         await manager.stop()
 
 
 async def test_a_session_idle_past_its_ttl_is_gone() -> None:
     store = MemoryStore()
-    manager = SessionManager(store, Settings(session_store="memory://", session_ttl=60))
+    manager = SessionManager(store, LocalTurnLocks(), Settings(session_store="memory://", session_ttl=60))
     await store.append("", "s", _pair(1), Bounds(max_messages=10, image_budget=0), now=time.time() - 120)
 
     assert await manager.get("", "s") is None

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from minato.cli import main
+from minato.cli import main, serve
 from minato.errors import SettingsError
 from minato.settings import Settings
 
@@ -212,3 +212,59 @@ def test_the_cli_flags_override_the_environment(
     assert (host, port, workers) == ("0.0.0.0", 9100, 1)
     assert isinstance(settings, Settings)
     assert settings.port == 9000
+
+
+@pytest.mark.parametrize(
+    ("arguments", "variables"),
+    [
+        pytest.param(["serve", "--workers", "2"], {}, id="flag"),
+        pytest.param(["serve"], {"MINATO_WORKERS": "3"}, id="variable"),
+    ],
+)
+def test_the_cli_refuses_several_workers_with_conversations_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    served: list[tuple[object, ...]],
+    arguments: list[str],
+    variables: dict[str, str],
+) -> None:
+    monkeypatch.setenv("MINATO_SESSION_STORE", "memory://")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+    assert main(arguments) == 2
+    said = capsys.readouterr().err
+    assert "each worker would keep its own conversations" in said
+    assert "MINATO_SESSION_STORE=minato.db" in said
+    assert "MINATO_REDIS_URL" in said
+    assert served == []
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        pytest.param({}, id="sqlite-default"),
+        pytest.param({"MINATO_SESSION_STORE": "memory://", "MINATO_REDIS_URL": "redis://127.0.0.1:6379/0"}, id="redis"),
+    ],
+)
+def test_the_cli_serves_several_workers_that_share_their_state(
+    monkeypatch: pytest.MonkeyPatch, served: list[tuple[object, ...]], variables: dict[str, str]
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+    assert main(["serve", "--workers", "2"]) == 0
+    assert served[0][2] == 2
+
+
+def test_serving_tells_every_worker_how_many_share_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[dict[str, object]] = []
+    monkeypatch.setenv("MINATO_WORKERS", "1")  # restored after the test
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: ran.append(kwargs))
+    monkeypatch.setattr("minato.httpserver.raise_open_file_limit", lambda: None)
+
+    assert serve("127.0.0.1", 0, 3, Settings()) == 0
+
+    assert ran[0]["workers"] == 3
+    assert os.environ["MINATO_WORKERS"] == "3"
+    assert Settings.from_env().workers == 3

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -16,26 +16,29 @@ from minato.sessions.store import SessionStore
 from minato.settings import Settings
 from minato.upstream.wire import WireMessage
 
+if TYPE_CHECKING:
+    from minato.state import HeldTurn, TurnLocks
+
 logger = structlog.get_logger("minato.sessions")
 
 EXPIRY_INTERVAL_SECONDS: Final = 60.0
 
 
 class Turn:
-    """One exchange in progress on a session; holds the session's lock until released.
+    """One exchange in progress on a session; holds the session's turn until released.
 
     The exchange is recorded only by :meth:`commit`, i.e. once the answer completed: an
     abandoned or failed answer leaves the session exactly as it was.
     """
 
     def __init__(
-        self, manager: SessionManager, owner: str, session_id: str, session: Session | None, lock: _SessionLock
+        self, manager: SessionManager, owner: str, session_id: str, session: Session | None, held: HeldTurn
     ) -> None:
         self.manager = manager
         self.owner = owner
         self.session_id = session_id
         self.session = session
-        self._lock: _SessionLock | None = lock
+        self._held = held
 
     @property
     def system_prompt(self) -> str | None:
@@ -61,73 +64,39 @@ class Turn:
 
     def release(self) -> None:
         """Let the next request on this session go ahead (idempotent)."""
-        if self._lock is not None:
-            lock, self._lock = self._lock, None
-            self.manager.release((self.owner, self.session_id), lock)
-
-
-class _SessionLock:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+        self._held.release()
 
 
 class SessionManager:
-    """Serialises turns per conversation (conversations never wait for each other, whoever owns
-    them) and expires idle ones."""
+    """Serialises turns per conversation through ``turns`` (conversations never wait for each other,
+    whoever owns them) and expires idle ones. The store is opened and closed by its owner (the
+    shared state, :func:`minato.state.open_state`)."""
 
-    def __init__(self, store: SessionStore, settings: Settings) -> None:
+    def __init__(self, store: SessionStore, turns: TurnLocks, settings: Settings) -> None:
         self.store = store
+        self.turns = turns
         self.settings = settings
         self.bounds = Bounds(max_messages=settings.session_max_messages, image_budget=settings.session_image_bytes)
-        self._locks: dict[tuple[str, str], _SessionLock] = {}
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the store and start the periodic expiry."""
-        await self.store.open()
+        """Sweep once, and start the periodic expiry."""
         await self._expire_logged()
         self._expiry = asyncio.create_task(self._expire_forever(), name="minato-session-expiry")
 
     async def stop(self) -> None:
-        """Stop expiring and close the store."""
+        """Stop expiring."""
         await cancel_and_wait(self._expiry)
-        await self.store.close()
-
-    async def _acquire(self, key: tuple[str, str]) -> _SessionLock:
-        entry = self._locks.get(key)
-        if entry is None:
-            entry = self._locks[key] = _SessionLock()
-        entry.users += 1
-        try:
-            await entry.lock.acquire()
-        except BaseException:
-            self._forget_lock(key, entry)
-            raise
-        return entry
 
     async def begin(self, owner: str, session_id: str) -> Turn:
         """Wait for the conversation's previous turn to finish, then start a new one."""
-        key = (owner, session_id)
-        entry = await self._acquire(key)
+        held = await self.turns.acquire(owner, session_id)
         try:
             session = await self.get(owner, session_id)
         except BaseException:
-            self.release(key, entry)
+            held.release()
             raise
-        return Turn(self, owner, session_id, session, entry)
-
-    def release(self, key: tuple[str, str], entry: _SessionLock) -> None:
-        """Release a conversation's lock taken by :meth:`begin` or :meth:`exclusive`."""
-        entry.lock.release()
-        self._forget_lock(key, entry)
-
-    def _forget_lock(self, key: tuple[str, str], entry: _SessionLock) -> None:
-        entry.users -= 1
-        if entry.users == 0 and self._locks.get(key) is entry:
-            del self._locks[key]
+        return Turn(self, owner, session_id, session, held)
 
     async def get(self, owner: str, session_id: str) -> Session | None:
         """Return a live conversation; one idle past ``session_ttl`` counts as gone."""
@@ -139,14 +108,13 @@ class SessionManager:
 
     @contextlib.asynccontextmanager
     async def exclusive(self, owner: str, session_id: str) -> AsyncIterator[None]:
-        """Hold a conversation's lock for a change made outside a generation (system prompt,
+        """Hold a conversation's turn for a change made outside a generation (system prompt,
         delete). It does not read the conversation, so a damaged one can still be deleted."""
-        key = (owner, session_id)
-        entry = await self._acquire(key)
+        held = await self.turns.acquire(owner, session_id)
         try:
             yield
         finally:
-            self.release(key, entry)
+            held.release()
 
     async def delete(self, owner: str, session_id: str) -> None:
         """Forget a conversation once its running turn (if any) is over; a damaged one too."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from minato.quota import Quota
-    from minato.sessions.store import SessionStore
+    from minato.sessions import SessionStore
 
 
 class HeldTurn(Protocol):

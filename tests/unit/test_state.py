@@ -1,0 +1,527 @@
+"""The homes of the shared state: one process (memory), the workers of one machine (SQLite), the choice.
+
+Two :class:`SqliteState` on one file in one test process are two workers: they share nothing but
+the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import time
+import types
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import respx
+from litestar.testing import AsyncTestClient
+from structlog.testing import capture_logs
+
+from minato.app import create_app
+from minato.errors import SettingsError, StateUnavailableError
+from minato.metrics import Metrics
+from minato.security import Caller, Role
+from minato.sessions import MemoryStore, SessionManager, SqliteStore
+from minato.settings import Settings
+from minato.state import SharedState, open_state
+from minato.state.local import LocalAffinity, LocalRateLimiter, LocalTurnLocks, MemoryHealth, TokenQuota
+from minato.state.sqlite import UNAVAILABLE, SqliteState
+from tests.payloads import chat_answer
+
+pytestmark = pytest.mark.anyio
+QUOTA_CALLER = Caller(fingerprint="f00d", role=Role.USER, name="q", tokens_per_day=10)
+
+
+# -- one process ------------------------------------------------------------------------------
+
+
+async def test_local_turns_run_one_at_a_time_per_conversation_and_leave_nothing_behind() -> None:
+    turns = LocalTurnLocks()
+    first = await turns.acquire("", "a")
+    second = asyncio.ensure_future(turns.acquire("", "a"))
+    other = await asyncio.wait_for(turns.acquire("", "b"), timeout=1)
+    await asyncio.sleep(0.05)
+    assert not second.done(), "the second turn on a conversation waits for the first"
+
+    first.release()
+    first.release()  # idempotent: it must not release the second turn's holding
+    waited = await asyncio.wait_for(second, timeout=1)
+    third = asyncio.ensure_future(turns.acquire("", "a"))
+    await asyncio.sleep(0.05)
+    assert not third.done(), "a second release of the first holding released nothing"
+
+    waited.release()
+    (await asyncio.wait_for(third, timeout=1)).release()
+    other.release()
+    assert turns._locks == {}
+
+
+async def test_a_cancelled_wait_for_a_local_turn_holds_nothing() -> None:
+    turns = LocalTurnLocks()
+    held = await turns.acquire("", "a")
+    waiting = asyncio.ensure_future(turns.acquire("", "a"))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    held.release()
+
+    (await asyncio.wait_for(turns.acquire("", "a"), timeout=1)).release()
+    assert turns._locks == {}
+
+
+async def test_the_local_rate_limiter_admits_a_bucket_then_says_how_long_to_wait() -> None:
+    limiter = LocalRateLimiter()
+
+    waits = [await limiter.check("k", 2) for _ in range(3)]
+
+    assert waits[:2] == [0.0, 0.0]
+    assert 0 < waits[2] <= 30.0, "one request comes back every 30 s at 2 a minute"
+    assert await limiter.check("other", 2) == 0.0, "buckets are per key"
+
+
+async def test_local_affinity_forgets_after_the_ttl_and_beyond_its_bound() -> None:
+    now = [1000.0]
+    affinity = LocalAffinity(max_entries=2, ttl=60, clock=lambda: now[0])
+    await affinity.put("a", "h1:11434")
+    await affinity.put("b", "h2:11434")
+    await affinity.put("a", "h3:11434")  # put again: now the most recent
+    await affinity.put("c", "h1:11434")
+
+    assert await affinity.get("a") == "h3:11434"
+    assert await affinity.get("b") is None, "the least recently put went first"
+    assert await affinity.get("c") == "h1:11434"
+    now[0] += 60
+    assert await affinity.get("a") is None
+    assert affinity._backends == {"c": ("h1:11434", 1060.0)}
+
+
+async def test_memory_health_always_answers() -> None:
+    health = MemoryHealth()
+
+    assert health.name == "memory"
+    assert await health.ping() is None
+
+
+# -- the workers of one machine (SQLite) ----------------------------------------------------
+
+
+@asynccontextmanager
+async def _workers(
+    path: Path, count: int = 2, *, busy_timeout: float = 5.0, **overrides: float
+) -> AsyncIterator[list[SqliteState]]:
+    settings = Settings(session_store=str(path), workers=2, **overrides)  # type: ignore[arg-type]
+    states = [SqliteState(path, settings, busy_timeout=busy_timeout) for _ in range(count)]
+    for state in states:
+        await state.open()
+    try:
+        yield states
+    finally:
+        for state in states:
+            await state.close()
+
+
+def _leases(path: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT owner, session_id, token FROM state_leases ORDER BY session_id").fetchall()
+
+
+async def _settled(state: SqliteState) -> None:
+    """Wait until the leases ``state`` is giving back are given back."""
+    await asyncio.gather(*state.turns._pending)
+
+
+async def test_one_lease_at_a_time_across_two_workers(tmp_path: Path) -> None:
+    async with _workers(tmp_path / "s.db") as (one, two):
+        held = await one.turns.acquire("o", "s")
+        waiting = asyncio.ensure_future(two.turns.acquire("o", "s"))
+        elsewhere = await asyncio.wait_for(two.turns.acquire("o", "other"), timeout=2)
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), "the other worker waits for the lease"
+
+        held.release()
+        taken = await asyncio.wait_for(waiting, timeout=2)
+        taken.release()
+        elsewhere.release()
+        await _settled(two)
+
+        assert _leases(tmp_path / "s.db") == []
+
+
+async def test_a_dead_holders_lease_expires_by_itself(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with _workers(path, 1) as (survivor,):
+        with sqlite3.connect(path) as db:  # a worker that took the lease, then died
+            db.execute("INSERT INTO state_leases VALUES ('o', 's', 'dead', ?)", (time.time() + 0.5,))
+        waiting = asyncio.ensure_future(survivor.turns.acquire("o", "s"))
+        await asyncio.sleep(0.1)
+        assert not waiting.done(), "the lease is still alive"
+
+        taken = await asyncio.wait_for(waiting, timeout=5)
+
+        assert [token for _, _, token in _leases(path)] != ["dead"]
+        taken.release()
+
+
+async def test_a_held_lease_is_renewed_past_its_life(tmp_path: Path) -> None:
+    async with _workers(tmp_path / "s.db", turn_lease=0.3) as (one, two):
+        held = await one.turns.acquire("o", "s")
+        waiting = asyncio.ensure_future(two.turns.acquire("o", "s"))
+        await asyncio.sleep(1.0)  # more than three lease lives
+        assert not waiting.done(), "the renewed lease still holds the conversation"
+
+        held.release()
+        (await asyncio.wait_for(waiting, timeout=2)).release()
+
+
+async def test_a_release_by_a_holding_that_lost_its_lease_deletes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with _workers(path, 1) as (one,):
+        held = await one.turns.acquire("o", "s")
+        with sqlite3.connect(path) as db:  # it expired, and another worker took it
+            db.execute("UPDATE state_leases SET token = 'theirs'")
+
+        held.release()
+        await _settled(one)
+
+        assert _leases(path) == [("o", "s", "theirs")]
+
+
+async def test_a_cancelled_wait_for_a_lease_holds_nothing(tmp_path: Path) -> None:
+    async with _workers(tmp_path / "s.db") as (one, two):
+        held = await one.turns.acquire("o", "s")
+        waiting = asyncio.ensure_future(two.turns.acquire("o", "s"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        held.release()
+        await _settled(one)
+
+        (await asyncio.wait_for(two.turns.acquire("o", "s"), timeout=2)).release()
+        await _settled(two)
+        assert two.turns._local._locks == {}
+        assert _leases(tmp_path / "s.db") == []
+
+
+async def test_a_lease_is_given_back_even_when_its_request_is_cancelled(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with _workers(path, 1) as (one,):
+        started = asyncio.Event()
+
+        async def request() -> None:
+            held = await one.turns.acquire("o", "s")
+            try:
+                started.set()
+                await asyncio.sleep(30)
+            finally:
+                held.release()
+
+        running = asyncio.ensure_future(request())
+        await asyncio.wait_for(started.wait(), timeout=2)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await _settled(one)
+
+        assert _leases(path) == []
+
+
+async def test_concurrent_turns_in_two_workers_each_see_every_earlier_turn(tmp_path: Path) -> None:
+    settings = Settings(session_store=str(tmp_path / "s.db"), workers=2)
+    async with open_state(settings, Metrics()) as one, open_state(settings, Metrics()) as two:
+        managers = [SessionManager(state.store, state.turns, settings) for state in (one, two)]
+
+        async def turn(n: int) -> int:
+            held = await managers[n % 2].begin("o", "s")
+            try:
+                seen = len(held.history())
+                await asyncio.sleep(0.01)  # the answer takes a while
+                await held.commit("m", f"q{n}", [], f"a{n}")
+                return seen
+            finally:
+                held.release()
+
+        seen = await asyncio.wait_for(asyncio.gather(*(turn(n) for n in range(10))), timeout=30)
+        session = await one.store.get("o", "s")
+
+    assert sorted(seen) == [2 * k for k in range(10)], "each turn saw all the turns before it"
+    assert session is not None
+    assert len(session.messages) == 20
+
+
+async def test_a_workers_own_next_turn_starts_once_its_lease_is_given_back(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with _workers(path, 1) as (one,):
+        held = await one.turns.acquire("o", "s")
+        following = asyncio.ensure_future(one.turns.acquire("o", "s"))
+        await asyncio.sleep(0.05)
+        assert not following.done()
+
+        held.release()
+        taken = await asyncio.wait_for(following, timeout=2)
+
+        assert len(_leases(path)) == 1, "the next turn holds its own lease"
+        taken.release()
+
+
+async def test_the_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> None:
+    async with _workers(tmp_path / "s.db") as (one, two):
+        waits = [await (one if n % 2 else two).limiter.check("k", 3) for n in range(8)]
+
+        assert waits.count(0.0) == 3, "3 a minute across both workers, not 3 each"
+        assert all(0 < wait <= 20.0 for wait in waits if wait)
+        assert await one.limiter.check("other", 3) == 0.0
+
+
+async def test_the_token_quota_is_shared_by_the_workers(tmp_path: Path) -> None:
+    async with _workers(tmp_path / "s.db") as (one, two):
+        await one.quota.charge(QUOTA_CALLER, 6)
+        assert await two.quota.check(QUOTA_CALLER) == 0.0
+        await two.quota.charge(QUOTA_CALLER, 4)
+
+        wait = await one.quota.check(QUOTA_CALLER)
+
+        assert 24 * 3600 - 60 <= wait <= 24 * 3600 + 60
+        assert await two.quota.check(QUOTA_CALLER) > 0
+        other = Caller(fingerprint="beef", role=Role.USER, name="o", tokens_per_day=10)
+        assert await two.quota.check(other) == 0.0
+        unlimited = Caller(fingerprint="cafe", role=Role.USER, name="u")
+        await one.quota.charge(unlimited, 1_000)
+        assert await one.quota.check(Caller(fingerprint="cafe", role=Role.USER, name="u", tokens_per_day=1)) == 0.0
+
+
+async def test_affinity_is_shared_by_the_workers_and_expires(tmp_path: Path) -> None:
+    async with _workers(tmp_path / "s.db", session_ttl=0.3) as (one, two):
+        await one.affinity.put("o/s", "h1:11434")
+        await two.affinity.put("o/t", "h2:11434")
+
+        assert await two.affinity.get("o/s") == "h1:11434"
+        assert await one.affinity.get("o/t") == "h2:11434"
+        assert await one.affinity.get("o/unknown") is None
+        await asyncio.sleep(0.4)
+        assert await two.affinity.get("o/s") is None
+
+
+async def test_a_locked_database_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with _workers(path, 1, busy_timeout=0.05) as (one,):
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another worker holding the write lock for too long
+        try:
+            with pytest.raises(StateUnavailableError) as refused:
+                await one.limiter.check("k", 3)
+            with pytest.raises(StateUnavailableError):
+                await one.turns.acquire("o", "s")
+            with pytest.raises(StateUnavailableError):
+                await one.quota.charge(QUOTA_CALLER, 1)
+            with pytest.raises(StateUnavailableError):
+                await one.affinity.put("o/s", "h1:11434")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        assert refused.value.status_code == 503
+        assert refused.value.headers["Retry-After"] == "5"
+        assert "locked" not in refused.value.detail, "Minato's words, not SQLite's"
+        assert one.turns._local._locks == {}, "a turn that could not take its lease holds nothing"
+        assert await one.limiter.check("k", 3) == 0.0, "it answers again once the lock is gone"
+
+
+async def test_a_broken_database_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with _workers(path, 1) as (one,):
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TABLE state_buckets")
+            db.execute("DROP TABLE state_quota")
+
+        with pytest.raises(StateUnavailableError):
+            await one.limiter.check("k", 3)
+        with pytest.raises(StateUnavailableError):
+            await one.quota.check(QUOTA_CALLER)
+        assert await one.health.ping() is None, "the leases still answer"
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TABLE state_leases")
+        assert await one.health.ping() == UNAVAILABLE
+
+
+async def test_a_file_that_is_not_a_database_cannot_be_opened_as_state(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not a database, " * 100)
+    state = SqliteState(path, Settings(session_store=str(path)))
+
+    with pytest.raises(StateUnavailableError):
+        await state.open()
+
+
+async def test_the_state_tables_live_beside_the_conversations(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        async with _workers(path, 1) as (one,):
+            (await one.turns.acquire("o", "s")).release()
+        with sqlite3.connect(path) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        await store.close()
+
+    assert {"sessions", "messages", "state_leases", "state_buckets", "state_quota", "state_affinity"} <= tables
+    assert version == 2, "the sessions schema version is the sessions' own"
+
+
+# -- the choice of home ---------------------------------------------------------------------
+
+
+async def test_one_worker_keeps_its_state_in_memory_around_the_configured_store(tmp_path: Path) -> None:
+    async with open_state(Settings(session_store="memory://"), Metrics()) as state:
+        assert state.health.name == "memory"
+        assert isinstance(state.store, MemoryStore)
+        assert isinstance(state.quota, TokenQuota)
+
+    async with open_state(Settings(session_store=str(tmp_path / "one.db")), Metrics()) as state:
+        assert state.health.name == "memory"
+        assert isinstance(state.store, SqliteStore)
+        await state.store.get("", "s")  # opened
+
+
+async def test_several_workers_share_their_state_in_the_conversations_file(tmp_path: Path) -> None:
+    path = tmp_path / "two.db"
+    settings = Settings(session_store=str(path), workers=2)
+
+    async with open_state(settings, Metrics()) as state, open_state(settings, Metrics()) as other:
+        assert state.health.name == "sqlite"
+        assert await state.health.ping() is None
+        assert await state.limiter.check("k", 1) == 0.0
+        assert await other.limiter.check("k", 1) > 0, "the second worker sees the first one's request"
+        assert isinstance(state.store, SqliteStore)
+        assert state.store.path == path
+
+
+async def test_several_workers_with_conversations_in_memory_are_refused() -> None:
+    with pytest.raises(SettingsError, match="MINATO_REDIS_URL"):
+        async with open_state(Settings(session_store="memory://", workers=2), Metrics()):
+            pass
+
+
+async def test_a_redis_url_opens_the_redis_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[tuple[Settings, Metrics]] = []
+    fake = SharedState(
+        store=MemoryStore(),
+        turns=LocalTurnLocks(),
+        limiter=LocalRateLimiter(),
+        quota=TokenQuota(),
+        affinity=LocalAffinity(1, 1),
+        health=MemoryHealth(),
+    )
+
+    @asynccontextmanager
+    async def open_redis_state(settings: Settings, metrics: Metrics) -> AsyncIterator[SharedState]:
+        opened.append((settings, metrics))
+        yield fake
+
+    module = types.ModuleType("minato.state.redis")
+    module.open_redis_state = open_redis_state  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "minato.state.redis", module)
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", session_store="memory://", workers=4)
+    metrics = Metrics()
+
+    async with open_state(settings, metrics) as state:
+        assert state is fake
+
+    assert opened == [(settings, metrics)]
+
+
+# -- failing closed, through HTTP -----------------------------------------------------------
+
+
+class _Unavailable:
+    async def check(self, key: str, per_minute: int) -> float:
+        raise StateUnavailableError(UNAVAILABLE)
+
+
+async def test_a_limiter_that_cannot_answer_is_a_503_with_retry_after(
+    settings: Settings, ollama: respx.MockRouter
+) -> None:
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+    keyed = msgspec.structs.replace(settings, api_keys=("k",), rate_limit_per_minute=10)
+    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), limiter=_Unavailable())
+
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get("/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "k"})
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["detail"] == UNAVAILABLE
+    assert not chat.called
+
+
+async def test_a_quota_that_cannot_answer_is_a_503(
+    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
+) -> None:
+    class Unavailable(TokenQuota):
+        async def check(self, caller: Caller) -> float:
+            raise StateUnavailableError(UNAVAILABLE)
+
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[keys.quoted]\nkey = "a-key-with-a-quota"\ntokens_per_day = 5\n')
+    keyed = msgspec.structs.replace(settings, keys_file=str(keys))
+    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), quota=Unavailable())
+
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get("/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "a-key-with-a-quota"})
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert not chat.called
+
+
+async def test_a_quota_that_cannot_count_an_answer_logs_it_and_the_answer_stands(
+    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
+) -> None:
+    class Uncounting(TokenQuota):
+        async def charge(self, caller: Caller, tokens: int) -> None:
+            raise StateUnavailableError(UNAVAILABLE)
+
+    ollama.post("/api/chat").respond(200, json=chat_answer())
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[keys.quoted]\nkey = "a-key-with-a-quota"\ntokens_per_day = 5\n')
+    keyed = msgspec.structs.replace(settings, keys_file=str(keys))
+    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), quota=Uncounting())
+
+    with capture_logs() as logs:
+        async with AsyncTestClient(app=app) as client:
+            response = await client.get(
+                "/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "a-key-with-a-quota"}
+            )
+
+    assert response.status_code == 200
+    assert [log["tokens"] for log in logs if log["event"] == "token_quota_charge_failed"] == [3]
+
+
+async def test_a_turn_that_cannot_take_its_lease_is_a_503_and_never_reaches_ollama(
+    settings: Settings, ollama: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unavailable(self: LocalTurnLocks, owner: str, session_id: str) -> None:
+        raise StateUnavailableError(UNAVAILABLE)
+
+    monkeypatch.setattr(LocalTurnLocks, "acquire", unavailable)
+    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
+    app = create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
+
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get("/llama3.2", params={"message": "hi", "session": "s"})
+        without = await client.get("/llama3.2", params={"message": "hi"})
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["detail"] == UNAVAILABLE
+    assert without.status_code == 200, "a request without a conversation takes no turn"
+    assert chat.call_count == 1
