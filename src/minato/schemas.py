@@ -123,13 +123,24 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
     status: str = "ok"
 
 
+class StateReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where the state behind the guarantees (conversations, turns, limits) is kept, and whether it answers."""
+
+    name: str
+    """``memory`` (this process), ``sqlite`` (the workers of this machine) or ``redis`` (every replica)."""
+    status: str
+    """``up`` or ``down``."""
+    reason: str | UnsetType = UNSET
+
+
 class ReadinessReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Readiness: whether Ollama answers, and its version."""
+    """Readiness: whether Ollama answers, and its version; whether the shared state answers."""
 
     status: str
     ollama_url: str
     ollama_version: str | UnsetType = UNSET
     reason: str | UnsetType = UNSET
+    state: StateReport | UnsetType = UNSET
 
 
 # -- model lifecycle and server info ---------------------------------------------------------------

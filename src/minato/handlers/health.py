@@ -1,4 +1,5 @@
-"""Probes: ``/health`` (the process answers) and ``/ready`` (Ollama answers too), by GET or HEAD.
+"""Probes: ``/health`` (the process answers) and ``/ready`` (Ollama and the shared state answer too), by
+GET or HEAD.
 
 HEAD answers with the status and headers GET would, without the body (probes that only look at
 the status, such as load balancers, often send HEAD).
@@ -6,17 +7,22 @@ the status, such as load balancers, often send HEAD).
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
+from typing import Any
 
 import msgspec
-from litestar import Response, get, head
+from litestar import Request, Response, get, head
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from msgspec import UNSET
 
 from minato.errors import MinatoError
 from minato.metrics import CONTENT_TYPE, Metrics
-from minato.schemas import HealthReport, ReadinessReport
+from minato.runtime import runtime_of
+from minato.schemas import HealthReport, ReadinessReport, StateReport
 from minato.security import PROBE, PUBLIC
+from minato.state import StateHealth
 from minato.upstream import Ollama
 from minato.upstream.protocol import OllamaDependency
 
@@ -34,19 +40,24 @@ async def health() -> HealthReport:
     "/ready",
     operation_id="Ready",
     summary="Readiness probe",
-    description="200 with Ollama's version when Ollama answers; 503 with the reason otherwise.",
+    description=(
+        "200 with Ollama's version when Ollama and the shared state (`state`: memory, sqlite or redis) "
+        "answer; 503 with the reason otherwise."
+    ),
     opt={PROBE: True},
     responses={
         503: ResponseSpec(
             data_container=ReadinessReport,
-            description="Ollama is not reachable; `reason` says why.",
+            description="Ollama or the shared state is not reachable; `reason` says why.",
             generate_examples=False,
         )
     },
 )
-async def ready(upstream: NamedDependency[OllamaDependency]) -> Response[ReadinessReport]:
-    """Report whether Ollama answers, with its version."""
-    report, status = await _readiness(upstream)
+async def ready(
+    upstream: NamedDependency[OllamaDependency], request: Request[Any, Any, Any]
+) -> Response[ReadinessReport]:
+    """Report whether Ollama answers, with its version, and whether the shared state does."""
+    report, status = await _readiness(upstream, runtime_of(request).state.health)
     return Response(report, status_code=status)
 
 
@@ -60,20 +71,36 @@ async def health_head() -> Response[None]:
     "/ready",
     operation_id="ReadyHead",
     summary="Readiness probe, status only",
-    description="200 when Ollama answers, 503 otherwise; no body.",
+    description="200 when Ollama and the shared state answer, 503 otherwise; no body.",
     opt={PROBE: True},
 )
-async def ready_head(upstream: NamedDependency[OllamaDependency]) -> Response[None]:
+async def ready_head(upstream: NamedDependency[OllamaDependency], request: Request[Any, Any, Any]) -> Response[None]:
     """Answer like ``GET /ready`` without the body."""
-    return _bodiless(*await _readiness(upstream))
+    return _bodiless(*await _readiness(upstream, runtime_of(request).state.health))
 
 
-async def _readiness(upstream: Ollama) -> tuple[ReadinessReport, int]:
+async def _readiness(upstream: Ollama, health: StateHealth) -> tuple[ReadinessReport, int]:
+    (version, ollama_problem), state_problem = await asyncio.gather(_ollama_version(upstream), health.ping())
+    state = StateReport(
+        name=health.name, status="up" if state_problem is None else "down", reason=state_problem or UNSET
+    )
+    problem = ollama_problem or state_problem
+    report = ReadinessReport(
+        status="unavailable" if problem else "ready",
+        ollama_url=upstream.base_url,
+        ollama_version=version or UNSET,
+        reason=problem or UNSET,
+        state=state,
+    )
+    return report, 503 if problem else 200
+
+
+async def _ollama_version(upstream: Ollama) -> tuple[str | None, str | None]:
+    """Ollama's version, or why there is none."""
     try:
-        version = await upstream.version()
+        return await upstream.version(), None
     except MinatoError as exc:
-        return ReadinessReport(status="unavailable", ollama_url=upstream.base_url, reason=exc.detail), 503
-    return ReadinessReport(status="ready", ollama_url=upstream.base_url, ollama_version=version), 200
+        return None, exc.detail
 
 
 def _bodiless(report: HealthReport | ReadinessReport, status: int) -> Response[None]:
