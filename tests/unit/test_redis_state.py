@@ -585,3 +585,21 @@ async def test_a_call_cancelled_at_any_moment_is_cancelled(state: SharedState) -
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=PATIENCE)
         assert done, f"attempt {attempt}: the cancellation was lost"
+
+
+async def test_a_redis_restarted_while_nothing_talked_to_it_answers_the_very_next_calls(
+    redis_server: RedisServer,
+) -> None:
+    async with _replica(redis_server.url) as state:
+        # Connections opened before the restart, all idle in the pool when Redis goes.
+        await asyncio.gather(*(_append(state, "", f"s{n}", n) for n in range(4)))
+        redis_server.stop()
+        redis_server.start()
+
+        for name, call in _every_member(state).items():
+            result = await call()
+            if name == "acquire":
+                result.release()  # type: ignore[attr-defined]
+        sessions = await asyncio.gather(*(state.store.get("", f"s{n}") for n in range(4)))
+
+    assert sessions == [None] * 4, "an empty Redis (no persistence in the tests)"

@@ -1,11 +1,13 @@
 """The shared state in Redis (or Valkey): what lets several Minato replicas keep one set of guarantees.
 
 Every member talks to ``MINATO_REDIS_URL`` through one bounded pool of connections whose calls time out
-after ``MINATO_REDIS_TIMEOUT`` and are never retried, so a dead Redis costs a request at most that long;
-every failure to reach Redis becomes :class:`~minato.errors.StateUnavailableError` in Minato's own words
-(a 503 with ``Retry-After``: fail closed). Everything that reads and then writes is one Lua script, so it
-is atomic across replicas. This needs a single Redis (or a primary), not Redis Cluster: a script reaches
-keys it computes.
+after ``MINATO_REDIS_TIMEOUT``; only a broken connection (one left from before Redis restarted) is tried
+again, at once and once, so a dead Redis costs a request next to nothing and a hung one that long. A
+conversation's writes and a lease are safe to send twice; a limit or a quota would at worst count one
+request twice, failing closed. Every failure to reach Redis becomes
+:class:`~minato.errors.StateUnavailableError` in Minato's own words (a 503 with ``Retry-After``: fail
+closed). Everything that reads and then writes is one Lua script, so it is atomic across replicas. This
+needs a single Redis (or a primary), not Redis Cluster: a script reaches keys it computes.
 
 Keys, all under ``minato:`` so one Redis can serve other applications too (``<conv>`` is
 ``<owner>:<id>``, ``<name>`` is ``<id> <owner>``: ids and owners never hold a space):
@@ -167,13 +169,16 @@ return out
 )
 
 # ARGV: prefix, owner, id, now, score, ttl, max sessions, expected version ('' for none), first seq kept,
-# count of seqs to strip, those seqs, then per new message: text, images, image bytes, time.
-# Returns 0 if the conversation changed since its plan was read (nothing written), else 1.
+# count of seqs to strip, those seqs, then per new message: text, images, image bytes, time; last, the
+# write's id. Returns 0 if the conversation changed since its plan was read (nothing written), else 1 (also
+# when this write was already made: a call sent again after its connection broke).
 _APPEND: Final = (
     _PRELUDE
     + """
 local owner, id = ARGV[2], ARGV[3]
 local key = conv_key(owner, id)
+local write = table.remove(ARGV)
+if redis.call('HGET', key, 'w') == write then return 1 end  -- this very write, sent again
 if (redis.call('HGET', key, 'v') or '') ~= ARGV[8] then return 0 end
 touch(owner, id, ARGV[4], ARGV[5], ARGV[6])
 local ci = images_key(owner, id)
@@ -208,7 +213,7 @@ for i = 11 + stripped, #ARGV, 4 do
   end
   seq = seq + 1
 end
-redis.call('HSET', key, 'first', math.max(first, keep), 'next', seq)
+redis.call('HSET', key, 'first', math.max(first, keep), 'next', seq, 'w', write)
 redis.call('HINCRBY', key, 'v', 1)
 cap(tonumber(ARGV[7]))
 return 1
@@ -372,6 +377,13 @@ redis.call('EXPIRE', KEYS[1], (window + 2) * width)
 """
 )
 
+# KEYS: a lease; ARGV: a token, lease ms -> 1 if the lease is the token's now (taken, or taken already by
+# this call, sent again after its connection broke), else 0
+_TAKE: Final = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
 # KEYS: a lease; ARGV: its token, lease ms -> 1 if still held (and renewed), else 0
 _RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -515,6 +527,7 @@ class RedisStore:
     ) -> None:
         """Add messages and trim them to ``bounds`` (:func:`~minato.sessions.model.trim_plan`), atomically:
         the plan is made on what the conversation holds, and written only if it still holds that."""
+        write = secrets.token_hex(8)
         for _ in range(WRITE_ATTEMPTS):
             head: list[bytes] = await self._link.run(self._read_plan(args=[PREFIX, owner, session_id]))
             version, first, held = (head[0].decode(), int(head[1]), [int(s) for s in head[3:]]) if head else ("", 1, [])
@@ -528,6 +541,7 @@ class RedisStore:
                 images = message.images if seq >= keep + strip else []
                 text = _text_encoder.encode(msgspec.structs.replace(message, images=[]))
                 args += [text, _text_encoder.encode(images), str(sum(map(len, images))), _number(message.at)]
+            args.append(write)
             if await self._link.run(self._append(args=args)):
                 return
         raise StateUnavailableError(
@@ -600,6 +614,7 @@ class RedisTurnLocks:
         self._lease = settings.turn_lease
         self._lease_ms = math.ceil(settings.turn_lease * 1000)
         self._timeout = settings.redis_timeout
+        self._take = link.script(_TAKE)
         self._renew = link.script(_RENEW)
         self._unlock = link.script(_UNLOCK)
         # Tasks kept here until done: the loop holds only weak references to tasks.
@@ -612,7 +627,7 @@ class RedisTurnLocks:
         token = secrets.token_hex(16)
         delay = FIRST_POLL_SECONDS
         try:
-            while not await self._link.run(self._link.client.set(key, token, nx=True, px=self._lease_ms)):
+            while not await self._link.run(self._take(keys=[key], args=[token, self._lease_ms])):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAST_POLL_SECONDS)
         except BaseException:
@@ -756,7 +771,9 @@ async def open_redis_state(settings: Settings, metrics: Metrics) -> AsyncIterato
         timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0),  # no retry: a dead Redis fails the request at once, Retry-After says when
+        # One immediate retry on a broken connection (one left from before Redis restarted), none on a
+        # timeout: a dead Redis fails the call at once, a hung one after one timeout.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,)),
         client_name="minato",
     )
     client = Redis.from_pool(pool)
