@@ -620,20 +620,27 @@ class RedisTurnLocks:
         # Tasks kept here until done: the loop holds only weak references to tasks.
         self._renewals: set[asyncio.Task[None]] = set()
         self._releases: set[asyncio.Task[None]] = set()
+        # Set when this process released a lease, so its own waiters try at once rather than at their next poll.
+        self._released: dict[str, asyncio.Event] = {}
 
     async def acquire(self, owner: str, session_id: str) -> HeldTurn:
-        """Wait until the conversation's lease is free (polling), then hold it. Cancellable while it waits."""
+        """Wait until the conversation's lease is free (polling, or woken by a release of this process's),
+        then hold it. Cancellable while it waits."""
         key = f"{PREFIX}turn:{_conv(owner, session_id)}"
         token = secrets.token_hex(16)
         delay = FIRST_POLL_SECONDS
         try:
             while not await self._link.run(self._take(keys=[key], args=[token, self._lease_ms])):
-                await asyncio.sleep(delay)
+                released = self._released.setdefault(key, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(released.wait(), delay)
                 delay = min(delay * 2, LAST_POLL_SECONDS)
         except BaseException:
             # A SET may have got through as its answer was lost (cancelled, timed out): give it back.
             self.unlock(owner, session_id, token)
             raise
+        finally:
+            self._released.pop(key, None)
         return _Lease(self, owner, session_id, token)
 
     def renew(self, owner: str, session_id: str, token: str) -> asyncio.Task[None]:
@@ -677,6 +684,9 @@ class RedisTurnLocks:
             await self._link.run(self._unlock(keys=[key], args=[token]))
         except StateUnavailableError:
             logger.warning("turn_lease_not_released", owner=owner, session=session_id, lease=self._lease)
+        released = self._released.pop(key, None)
+        if released is not None:
+            released.set()
 
 
 class RedisRateLimiter:
