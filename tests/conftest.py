@@ -15,6 +15,7 @@ from litestar.testing import AsyncTestClient
 from minato.app import create_app
 from minato.settings import Settings
 from tests.payloads import INSTALLED, catalogue, not_found
+from tests.redis_server import RedisServer, RedisServerMissingError
 
 OLLAMA_URL = "http://ollama.test:11434"
 
@@ -38,6 +39,24 @@ def _reset_logging() -> Iterator[None]:
 def _run_in_a_scratch_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep files a test creates (the default SQLite session store) out of the repository."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(name="redis_server")
+def fx_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` of the test's own (persistence off), which it may stop and start again on
+    the same port. Missing ``redis-server`` fails the test: the shared state is never left untested."""
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+    except RedisServerMissingError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with server:
+        yield server
+
+
+@pytest.fixture(name="redis_url")
+def fx_redis_url(redis_server: RedisServer) -> str:
+    """The URL of the test's own, empty Redis."""
+    return redis_server.url
 
 
 @pytest.fixture(name="settings")

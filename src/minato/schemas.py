@@ -129,11 +129,12 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StateReport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Whether the shared state (conversations, leases, limits) answers."""
+    """Where the state behind the guarantees (conversations, turns, limits) is kept, and whether it answers."""
 
-    store: str
-    """``memory`` (one process), ``sqlite`` (the workers of one machine) or ``redis`` (replicas)."""
-    up: bool
+    name: str
+    """``memory`` (this process), ``sqlite`` (the workers of this machine) or ``redis`` (every replica)."""
+    status: str
+    """``up`` or ``down``."""
     reason: str | UnsetType = UNSET
 
 

@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from minato.app import create_app
 from minato.settings import Settings
 from tests.conftest import OLLAMA_URL
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -41,7 +42,7 @@ async def test_ready_reports_ollamas_version(client: Client, ollama: respx.MockR
         "backends": [
             {"name": "ollama.test:11434", "url": "http://ollama.test:11434", "state": "up", "version": "0.12.3"}
         ],
-        "state": {"store": "memory", "up": True},
+        "state": {"name": "memory", "status": "up"},
     }
     assert route.call_count == 1
 
@@ -120,6 +121,35 @@ async def test_head_probes_keep_their_guards(ollama: respx.MockRouter) -> None:
     assert health.status_code == 200
     assert ready.status_code == 401
     assert ready_with_key.status_code == 200
+
+
+async def test_ready_says_whether_the_shared_state_answers_and_is_a_503_while_it_does_not(
+    ollama: respx.MockRouter, redis_server: RedisServer
+) -> None:
+    ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
+    settings = Settings(ollama_url=OLLAMA_URL, redis_url=redis_server.url, redis_timeout=0.5, ollama_probe_interval=0)
+
+    async with AsyncTestClient(app=create_app(settings, transport=httpx.MockTransport(ollama.async_handler))) as c:
+        up = await c.get("/ready")
+        redis_server.stop()
+        down = await c.get("/ready")
+        down_head = await c.head("/ready")
+        metrics = (await c.get("/metrics")).text
+        redis_server.start()
+        back = await c.get("/ready")
+
+    sentence = f"the shared state (Redis at 127.0.0.1:{redis_server.port}) cannot be reached; try again shortly"
+    assert (up.status_code, up.json()["state"]) == (200, {"name": "redis", "status": "up"})
+    assert (down.status_code, down_head.status_code) == (503, 503)
+    assert down.json() == {
+        "status": "unavailable",
+        "ollama_url": OLLAMA_URL,
+        "ollama_version": "0.12.3",
+        "reason": sentence,
+        "state": {"name": "redis", "status": "down", "reason": sentence},
+    }
+    assert "minato_redis_up 0.0" in metrics
+    assert (back.status_code, back.json()["state"]["status"]) == (200, "up")
 
 
 @pytest.fixture(name="openapi")
@@ -210,6 +240,6 @@ async def test_ready_is_a_503_when_the_shared_state_does_not_answer(client: Clie
     assert response.status_code == 503
     body = response.json()
     reason = "the shared state (Redis at redis:6379) cannot be reached"
-    assert body["state"] == {"store": "redis", "up": False, "reason": reason}
+    assert body["state"] == {"name": "redis", "status": "down", "reason": reason}
     assert body["reason"] == reason
     assert [b["state"] for b in body["backends"]] == ["up"], "the backends are fine; the state is not"

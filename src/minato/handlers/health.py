@@ -70,7 +70,7 @@ async def health_head() -> Response[None]:
     "/ready",
     operation_id="ReadyHead",
     summary="Readiness probe, status only",
-    description="200 when Ollama answers, 503 otherwise; no body.",
+    description="200 when Ollama and the shared state answer, 503 otherwise; no body.",
     opt={PROBE: True},
 )
 async def ready_head(request: Request[Any, Any, Any], upstream: NamedDependency[OllamaDependency]) -> Response[None]:
@@ -82,7 +82,7 @@ async def _readiness(upstream: Ollama, health: StateHealth) -> tuple[ReadinessRe
     # Asked now, not taken from the last probe: a load balancer acts on this answer.
     _, trouble = await asyncio.gather(upstream.probe(inventory=False), health.ping())
     backends = upstream.backends()
-    state = StateReport(store=health.name, up=trouble is None, reason=trouble or UNSET)
+    state = StateReport(name=health.name, status="up" if trouble is None else "down", reason=trouble or UNSET)
     up = next((backend for backend in backends if backend.state == "up"), None)
     if up is None:
         reasons = "; ".join(f"{b.name}: {b.reason or b.state}" for b in backends)

@@ -6,9 +6,8 @@ The interfaces are in :mod:`minato.state.protocols`; each home implements all of
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from minato.errors import SettingsError
@@ -45,9 +44,8 @@ async def open_state(settings: Settings, metrics: Metrics) -> AsyncIterator[Shar
     """
     if settings.redis_url:
         # Imported only here: redis-py is loaded only by a deployment that uses it.
-        redis = importlib.import_module("minato.state.redis")
-        open_redis_state: Callable[[Settings, Metrics], AbstractAsyncContextManager[SharedState]]
-        open_redis_state = redis.open_redis_state
+        from minato.state.redis import open_redis_state
+
         async with open_redis_state(settings, metrics) as state:
             yield state
         return
