@@ -146,6 +146,7 @@ async def test_ready_says_whether_the_shared_state_answers_and_is_a_503_while_it
         "ollama_url": OLLAMA_URL,
         "ollama_version": "0.12.3",
         "reason": sentence,
+        "backends": [{"name": "ollama.test:11434", "url": OLLAMA_URL, "state": "up", "version": "0.12.3"}],
         "state": {"name": "redis", "status": "down", "reason": sentence},
     }
     assert "minato_redis_up 0.0" in metrics
