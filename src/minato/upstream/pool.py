@@ -235,7 +235,7 @@ class OllamaPool:
             self.metrics.ollama_up.set(1 if any(answered) else 0)
         if not any(answered):
             return None
-        return TagsResponse(models=self._merged_tags())
+        return TagsResponse(models=self._merged_tags([b for b, ok in zip(self._backends, answered, strict=True) if ok]))
 
     async def _refresh(self, backend: Backend, *, inventory: bool = True) -> bool:
         """Ask one backend for its version (its health), and its installed and loaded models; ``False``
@@ -622,14 +622,16 @@ class OllamaPool:
 
     async def list_models(self) -> TagsResponse:
         """Every backend's installed models, each once."""
-        for backend, tags in await self._from_every(lambda client: client.list_models()):
+        answered = await self._from_every(lambda client: client.list_models())
+        for backend, tags in answered:
             self._take_inventory(backend, tags, None)
-        return TagsResponse(models=self._merged_tags())
+        return TagsResponse(models=self._merged_tags([backend for backend, _ in answered]))
 
-    def _merged_tags(self) -> list[TagModel]:
-        """Every backend's installed models, each once (as the first backend in order lists it)."""
+    def _merged_tags(self, backends: list[Backend]) -> list[TagModel]:
+        """The installed models of ``backends`` (those that just answered), each once, as the first of
+        them in configured order lists it."""
         seen: dict[str, TagModel] = {}
-        for backend in self._backends:
+        for backend in backends:
             for entry in backend.tags:
                 seen.setdefault(canonical_model_name(entry.name or entry.model), entry)
         return list(seen.values())
