@@ -198,5 +198,13 @@ def render_markdown(rows: list[Row], machine: dict[str, str], when: dt.datetime)
     )
 
 
+#: Where the hand-written notes of an existing page begin; they are kept when the page is rewritten.
+NOTES_HEADING: Final = "\n## Notes"
+
+
 def write_markdown(path: Path, rows: list[Row], machine: dict[str, str]) -> None:
-    path.write_text(render_markdown(rows, machine, dt.datetime.now(dt.UTC)))
+    """Write the page with these results, keeping the notes an earlier page holds below its tables."""
+    earlier = path.read_text() if path.exists() else ""
+    start = earlier.find(NOTES_HEADING)
+    notes = earlier[start:] if start >= 0 else ""
+    path.write_text(render_markdown(rows, machine, dt.datetime.now(dt.UTC)) + notes)
