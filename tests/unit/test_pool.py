@@ -478,6 +478,34 @@ async def test_the_native_pull_goes_to_every_backend_with_one_success(
     assert lines[-1] == {"status": "success"}
 
 
+async def test_a_whole_pull_answers_once_every_backend_finished(
+    pool_client: Client, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    pulls = {url: router.post(f"{url}/api/pull").respond(200, json={"status": "success"}) for url in (A, B, C)}
+    router.routes[f"version-{C}"].mock(side_effect=httpx.ConnectError("refused"))  # C is down: not asked
+
+    response = await pool_client.post("/api/pull", json={"model": "llama3.2", "stream": False})
+
+    assert (response.status_code, response.json()) == (200, {"status": "success"})
+    assert [pulls[u].call_count for u in (A, B, C)] == [1, 1, 0]
+
+
+async def test_a_backend_refusing_a_streamed_pull_is_its_error_line_and_there_is_no_success(
+    pool_client: Client, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    body = ndjson({"status": "pulling manifest"}, {"status": "success"})
+    for url in (A, B):
+        router.post(f"{url}/api/pull").respond(200, content=body, headers={"content-type": "application/x-ndjson"})
+    router.post(f"{C}/api/pull").respond(500, text="disk full")
+
+    response = await pool_client.post("/api/pull", json={"model": "llama3.2"})
+
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert {"backend": NAME[C], "error": "disk full"} in lines
+    assert {"status": "success"} not in lines, "not every backend succeeded"
+    assert sorted(line["backend"] for line in lines if line.get("status") == "pulling manifest") == [NAME[A], NAME[B]]
+
+
 async def test_delete_removes_the_model_from_every_backend_that_has_it(
     pool_client: Client, fleet: Fleet, router: respx.MockRouter
 ) -> None:

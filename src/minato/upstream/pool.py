@@ -700,8 +700,10 @@ class OllamaPool:
     async def _forward_all(
         self, targets: list[Backend], send: Callable[[OllamaClient], Awaitable[RawResponse]], *, streamed: bool
     ) -> RawResponse:
-        """Send to every target: streamed progress merged line by line, each line naming its backend,
-        with one success at the end once every backend succeeded; otherwise the first failure's answer."""
+        """Send to every target and answer for all of them: progress (NDJSON) merged line by line, each
+        line naming its backend, a backend's refusal as its error line, and one success at the end once
+        every backend succeeded; whole answers once every backend finished (closing one early would stop
+        its work), the first failure's if any. ``streamed``: a pull, whose progress may be merged."""
         outcomes = await asyncio.gather(*(send(target.client) for target in targets), return_exceptions=True)
         for target in targets:
             self._refresh_soon(target)
@@ -714,17 +716,13 @@ class OllamaPool:
                 answers.append((target, outcome))
         if not answers:
             raise failure or OllamaUnavailableError("no Ollama backend answered")
-        refused = next((answer for _, answer in answers if answer.status >= 300), None)
-        if refused is not None or not streamed or not answers[0][1].content_type.startswith(_NDJSON):
-            chosen = refused or answers[0][1]
-            for _, answer in answers:
-                if answer is not chosen:
-                    if streamed:
-                        await answer.aclose()
-                    else:
-                        await answer.read()  # the others' work is done too
-            return chosen
-        return _merged_progress(answers, self.settings)
+        if streamed and any(answer.content_type.startswith(_NDJSON) for _, answer in answers):
+            return _merged_progress(answers, self.settings)
+        contents = await asyncio.gather(*(answer.read() for _, answer in answers))
+        chosen = next(
+            (index for index, (_, answer) in enumerate(answers) if answer.status >= 300), 0
+        )  # a refusal, else the first backend's answer
+        return _replayed(answers[chosen][1], contents[chosen], self.settings)
 
     async def _merged_listing(
         self, send: Callable[[OllamaClient], Awaitable[RawResponse]], spread: Spread
@@ -793,6 +791,13 @@ def _merged_progress(answers: list[tuple[Backend, RawResponse]], settings: Setti
         async def read(backend: Backend, answer: RawResponse) -> None:
             buffer = b""
             try:
+                if answer.status >= 300:  # this backend refused (Ollama's error body): its error line
+                    content = (await answer.read()).strip()
+                    if not content.startswith(b"{"):
+                        text = content.decode("utf-8", "replace")[:500] or f"Ollama answered {answer.status}"
+                        content = msgspec.json.encode({"error": text})
+                    await queue.put((backend, content))
+                    return
                 async for chunk in answer.chunks():
                     buffer += chunk
                     *complete, buffer = buffer.split(b"\n")
