@@ -28,10 +28,8 @@ __all__ = [
     "cpu_seconds",
     "machine_info",
     "raise_fd_limit",
-    "redis_keys",
     "rss_bytes",
     "run_minato",
-    "run_redis",
 ]
 
 REPO: Final = Path(__file__).resolve().parents[1]
@@ -122,62 +120,6 @@ def run_minato(ollama_url: str, log_level: str, settings: Mapping[str, str] | No
             yield Minato(port=port, pid=process.pid, log_path=log_path)
             if process.poll() is not None:
                 raise RuntimeError(f"minato died during the benchmark:\n{log_path.read_text()[-4000:]}")
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _redis_call(port: int, *command: str) -> bytes:
-    """One command in Redis's wire protocol (RESP) on a fresh connection; the reply's first line."""
-    parts = [f"*{len(command)}\r\n".encode()]
-    for word in command:
-        parts.append(f"${len(word.encode())}\r\n{word}\r\n".encode())
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-        sock.sendall(b"".join(parts))
-        reply = b""
-        while not reply.endswith(b"\r\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-    return reply.strip()
-
-
-def redis_keys(port: int) -> int:
-    """How many keys the Redis server on ``port`` holds (``DBSIZE`` of database 0)."""
-    reply = _redis_call(port, "DBSIZE")
-    if not reply.startswith(b":"):
-        raise RuntimeError(f"redis DBSIZE answered {reply!r}")
-    return int(reply[1:])
-
-
-@contextlib.contextmanager
-def run_redis(server: str) -> Iterator[int]:
-    """Run ``server`` (a ``redis-server``) on a free loopback port, persistence off; yield the port."""
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="minato-bench-redis-") as tmp:
-        log_path = Path(tmp) / "redis.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(  # noqa: S603 - the machine's redis-server, fixed arguments
-                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                with contextlib.suppress(OSError):
-                    if _redis_call(port, "PING") == b"+PONG":
-                        break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis did not start (exit={process.poll()}):\n{log_path.read_text()[-4000:]}")
-                time.sleep(0.05)
-            yield port
         finally:
             process.terminate()
             try:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import httptools
+import redis as redis_client
 
 from bench.load import (
     REQUEST_TIMEOUT_S,
@@ -36,8 +38,9 @@ from bench.load import (
     get_request,
     percentile,
 )
-from bench.processes import Minato, cpu_seconds, redis_keys, rss_bytes, run_minato, run_redis
+from bench.processes import Minato, cpu_seconds, rss_bytes, run_minato
 from bench.report import Row, Unit
+from tests.redis_server import RedisServer, RedisServerMissingError
 from tests.standin.process import StandInProcess
 
 __all__ = ["Plan", "answer_rows", "door_rows", "pool_rows", "relay_rows", "slow_stream_rows"]
@@ -746,6 +749,12 @@ def _cause(exc: Exception, limit: int = 160) -> str:
     return cause if len(cause) <= limit else cause[: limit - 1] + "…"
 
 
+def _redis_keys(server: RedisServer) -> int:
+    """How many keys the Redis server holds (database 0)."""
+    with redis_client.Redis(host="127.0.0.1", port=server.port, socket_timeout=1) as client:
+        return int(client.dbsize())
+
+
 async def redis_turn_rows(standin_url: str, plan: Plan) -> list[Row]:
     """A conversation turn with ``MINATO_REDIS_URL`` against one with the default SQLite store.
 
@@ -758,23 +767,23 @@ async def redis_turn_rows(standin_url: str, plan: Plan) -> list[Row]:
         ("p50 turn, Redis", "ms"),
         ("added p50, Redis over SQLite", "ms"),
     ]
-    server = shutil.which(REDIS_SERVER)
-    if server is None:
+    try:
+        server = RedisServer(Path(tempfile.mkdtemp(prefix="minato-bench-redis-")))
+    except RedisServerMissingError:
         return _unmeasured(scenario, metrics, f"no {REDIS_SERVER} on this machine")
     with contextlib.ExitStack() as stack:
-        redis_port = stack.enter_context(run_redis(server))
+        stack.enter_context(server)
+        stack.callback(shutil.rmtree, server.directory, ignore_errors=True)
         sqlite = stack.enter_context(run_minato(standin_url, "warning"))
         try:
-            redis = stack.enter_context(
-                run_minato(standin_url, "warning", {"MINATO_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"})
-            )
+            redis = stack.enter_context(run_minato(standin_url, "warning", {"MINATO_REDIS_URL": server.url}))
         except RuntimeError as exc:  # e.g. a Minato that has the setting but not yet the Redis state home
             return _unmeasured(scenario, metrics, f"Minato with MINATO_REDIS_URL did not start: {_cause(exc)}")
         p50_ms: dict[int, list[float]] = {sqlite.port: [], redis.port: []}
         errors = 0
         for minato in (sqlite, redis):
             _checked(await _turns(minato, "warm", plan.warm_s, 20 * TURNS_PER_SESSION), minato.port)
-        if not redis_keys(redis_port):
+        if not _redis_keys(server):
             return _unmeasured(scenario, metrics, "MINATO_REDIS_URL not wired in this Minato: nothing reached Redis")
         for round_ in range(plan.turn_rounds):
             for minato in (sqlite, redis) if round_ % 2 == 0 else (redis, sqlite):
