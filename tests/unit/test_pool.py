@@ -107,6 +107,13 @@ def _pool(settings: Settings, router: respx.MockRouter) -> OllamaPool:
     return OllamaPool(settings, transport=httpx.MockTransport(router.async_handler))
 
 
+async def _probed(settings: Settings, router: respx.MockRouter) -> OllamaPool:
+    """A pool that has taken its backends' inventory, as the periodic probe would."""
+    pool = _pool(settings, router)
+    await pool.probe()
+    return pool
+
+
 def _hello(model: str = "llama3.2") -> ChatRequest:
     return ChatRequest(model=model, messages=[WireMessage(role="user", content="hi")], stream=True)
 
@@ -130,8 +137,7 @@ async def test_a_backend_with_the_model_loaded_draws_the_traffic(
     for url in (A, B, C):
         fleet.has(url, installed=("llama3.2",))
     fleet.has(C, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = _pool(pool_settings, router)
-    await pool.probe()
+    pool = await _probed(pool_settings, router)
 
     for _ in range(3):
         await pool.chat(_hello())
@@ -145,8 +151,7 @@ async def test_streams_spill_to_installed_backends_once_the_loaded_one_runs_its_
 ) -> None:
     fleet.has(A, installed=("llama3.2",), loaded=("llama3.2",))
     fleet.has(B, installed=("llama3.2",))
-    pool = _pool(pool_settings, router)
-    await pool.probe()
+    pool = await _probed(pool_settings, router)
 
     streams = [await pool.stream_chat(_hello()) for _ in range(3)]  # parallel=2: the third spills
 
@@ -166,8 +171,7 @@ async def test_equally_good_backends_take_turns(
 ) -> None:
     for url in (A, B, C):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = _pool(pool_settings, router)
-    await pool.probe()
+    pool = await _probed(pool_settings, router)
 
     for _ in range(6):
         await pool.chat(_hello())
@@ -234,8 +238,7 @@ async def test_a_refused_connection_fails_over_to_the_next_backend_before_the_fi
 ) -> None:
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = _pool(pool_settings, router)
-    await pool.probe()
+    pool = await _probed(pool_settings, router)
     fleet.chats[A].mock(side_effect=httpx.ConnectError("refused"))
     fleet.chats[B].mock(side_effect=httpx.ConnectError("refused"))
     fleet.chats[C].mock(side_effect=Fleet._answer(C))
@@ -255,8 +258,7 @@ async def test_ollamas_server_busy_answer_fails_over(
 ) -> None:
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = _pool(pool_settings, router)
-    await pool.probe()
+    pool = await _probed(pool_settings, router)
     busy = {"error": "server busy, please try again.  maximum pending requests exceeded"}
     fleet.chats[A].respond(503, json=busy)
     fleet.chats[B].respond(503, json=busy)
@@ -284,8 +286,7 @@ async def test_a_whole_answer_whose_backend_dies_half_way_is_asked_of_the_next_o
 ) -> None:
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = _pool(pool_settings, router)
-    await pool.probe()
+    pool = await _probed(pool_settings, router)
     fleet.chats[A].mock(side_effect=lambda _: httpx.Response(200, stream=_Breaking()))
     fleet.chats[B].mock(side_effect=lambda _: httpx.Response(200, stream=_Breaking()))
     fleet.chats[C].mock(side_effect=Fleet._answer(C))
@@ -303,8 +304,7 @@ async def test_a_stream_whose_backend_dies_after_its_first_tokens_is_not_moved(
     pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
 ) -> None:
     fleet.has(A, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = _pool(pool_settings, router)
-    await pool.probe()
+    pool = await _probed(pool_settings, router)
     fleet.chats[A].mock(side_effect=lambda _: httpx.Response(200, stream=_Breaking()))
 
     stream = await pool.stream_chat(_hello())
@@ -321,8 +321,7 @@ async def test_a_failure_after_ollama_answered_is_not_retried_elsewhere(
 ) -> None:
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = _pool(pool_settings, router)
-    await pool.probe()
+    pool = await _probed(pool_settings, router)
     fleet.chats[A].respond(500, json={"error": "model runner crashed"})
     fleet.chats[B].respond(500, json={"error": "model runner crashed"})
 
@@ -340,8 +339,7 @@ async def test_a_backend_failing_repeatedly_cools_down_and_a_probe_brings_it_bac
     settings = msgspec.structs.replace(pool_settings, backend_cooldown=0.2)
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = _pool(settings, router)
-    await pool.probe()
+    pool = await _probed(settings, router)
     fleet.chats[A].mock(side_effect=httpx.ConnectError("refused"))
 
     for _ in range(6):
