@@ -15,6 +15,7 @@ import respx
 import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from msgspec import UNSET
 from structlog.testing import capture_logs
 
 from minato.app import create_app
@@ -162,7 +163,7 @@ async def test_streams_spill_to_installed_backends_once_the_loaded_one_runs_its_
         await stream.aclose()
     assert {status.name: status.in_flight for status in pool.backends()} == {NAME[A]: 0, NAME[B]: 0, NAME[C]: 0}
     # B loaded the model by answering: it now counts as loaded there, so it takes the next one too.
-    assert NAME[B] in {s.name for s in pool.backends() if "llama3.2:latest" in s.loaded or s.loaded}
+    assert [s.name for s in pool.backends() if "llama3.2" in s.loaded] == [NAME[A], NAME[B]]
     await pool.aclose()
 
 
@@ -519,7 +520,7 @@ async def test_delete_removes_the_model_from_every_backend_that_has_it(
     assert [deletes[u].call_count for u in (A, B, C)] == [2, 0, 2]
 
 
-async def test_unload_unloads_everywhere_and_load_goes_where_routing_would(
+async def test_unload_unloads_everywhere_and_load_goes_to_the_named_backend(
     pool_client: Client, fleet: Fleet, router: respx.MockRouter
 ) -> None:
     for url in (A, B, C):
@@ -529,8 +530,6 @@ async def test_unload_unloads_everywhere_and_load_goes_where_routing_would(
 
     unloaded = await pool_client.post("/unload/llama3.2")
     unloads = [generates[u].call_count for u in (A, B, C)]
-    fleet.has(B, installed=("llama3.2",), loaded=("llama3.2",))
-    await pool_client.get("/ready")  # any request; the next load reads the probe
     loaded = await pool_client.post("/load/llama3.2", params={"backend": NAME[C]})
 
     assert unloaded.status_code == 200
@@ -538,6 +537,22 @@ async def test_unload_unloads_everywhere_and_load_goes_where_routing_would(
     assert loaded.status_code == 200
     assert loaded.json()["backend"] == NAME[C]
     assert generates[C].call_count == 2
+
+
+async def test_a_load_goes_where_routing_would_send_the_next_request(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    for url in (A, B, C):
+        fleet.has(url, installed=("llama3.2",))
+    fleet.has(B, installed=("llama3.2",), loaded=("llama3.2",))
+    generates = {url: router.post(f"{url}/api/generate").respond(200, json={"done": True}) for url in (A, B, C)}
+    pool = await _probed(pool_settings, router)
+
+    chosen = await pool.load("llama3.2", UNSET, {})
+
+    assert chosen == NAME[B], "where the model is loaded already"
+    assert [generates[u].call_count for u in (A, B, C)] == [0, 1, 0]
+    await pool.aclose()
 
 
 async def test_a_door_generation_routes_like_minatos_own_routes(pool_client: Client, fleet: Fleet) -> None:
