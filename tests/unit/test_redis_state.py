@@ -278,38 +278,6 @@ async def test_a_conversation_idle_past_its_ttl_vanishes_by_itself_and_the_sweep
     assert stripped == 0, "the vanished conversation's images no longer count"
 
 
-async def test_the_image_budget_drops_the_oldest_images_of_the_whole_store_first(state: SharedState) -> None:
-    await _append(state, "aaaaaaaaaaaa", "old", 1, ["A" * 40])
-    await _append(state, "bbbbbbbbbbbb", "middle", 2, ["B" * 40])
-    await _append(state, "aaaaaaaaaaaa", "new", 3, ["C" * 40])
-    await _append(state, "aaaaaaaaaaaa", "old", 4)  # activity does not make old images younger
-
-    assert await state.store.enforce_image_budget(120) == 0
-    stripped = await state.store.enforce_image_budget(79)
-
-    old = await state.store.get("aaaaaaaaaaaa", "old")
-    middle = await state.store.get("bbbbbbbbbbbb", "middle")
-    new = await state.store.get("aaaaaaaaaaaa", "new")
-    assert stripped == 2
-    assert old is not None
-    assert middle is not None
-    assert new is not None
-    assert (old.messages[0].images, old.messages[0].image_count, old.messages[0].content) == ([], 1, "q1")
-    assert (middle.messages[0].images, middle.messages[0].image_count) == ([], 1)
-    assert new.messages[0].images == ["C" * 40]
-    assert await state.store.enforce_image_budget(40) == 0, "what is left fits"
-
-
-async def test_a_zero_image_budget_keeps_no_image_and_every_text(state: SharedState) -> None:
-    await _append(state, "", "s", 1, ["A" * 10, "B" * 10])
-
-    assert await state.store.enforce_image_budget(0) == 1
-
-    session = await state.store.get("", "s")
-    assert session is not None
-    assert [(m.content, m.images, m.image_count) for m in session.messages] == [("q1", [], 2), ("a1", [], 0)]
-
-
 async def test_appends_racing_on_one_conversation_from_two_replicas_all_land(redis_url: str) -> None:
     async with _replica(redis_url) as one, _replica(redis_url) as two:
         await asyncio.gather(*(_append(one if n % 2 else two, "", "s", n, ["I" * 10]) for n in range(8)))

@@ -12,9 +12,11 @@ import pytest
 import structlog
 
 from minato.errors import SessionDamagedError
+from minato.metrics import Metrics
 from minato.sessions import Bounds, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
 from minato.settings import Settings
 from minato.state.local import LocalTurnLocks
+from minato.state.redis import open_redis_state
 
 pytestmark = pytest.mark.anyio
 
@@ -52,9 +54,14 @@ async def _append(store: SessionStore, owner: str, session_id: str, messages: li
     await store.append(owner, session_id, messages, Bounds(max_messages=1000, image_budget=10**9), now=messages[0].at)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
-    """Each store implementation, opened and closed."""
+    """Each store implementation, opened and closed (Redis's: a real redis-server of the test's own)."""
+    if request.param == "redis":
+        settings = Settings(redis_url=request.getfixturevalue("redis_url"), session_store="memory://")
+        async with open_redis_state(settings, Metrics()) as state:
+            yield state.store
+        return
     instance: SessionStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
     await instance.open()
     yield instance
