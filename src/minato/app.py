@@ -22,10 +22,9 @@ from minato.handlers.common import before_handler
 from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
-from minato.params import provide_generation_options
 from minato.quota import Quota
 from minato.rendering import EXCEPTION_HANDLERS
-from minato.runtime import RuntimeSlot, UpstreamFactory, attach, started
+from minato.runtime import RuntimeSlot, UpstreamFactory, attach, settle_garbage_collector, started
 from minato.security import PUBLIC, Keyring, make_caller_provider, make_guard
 from minato.settings import Settings
 from minato.state import Affinity, RateLimiter
@@ -60,8 +59,9 @@ def create_app(
         configure_logs: Configure structlog and stdlib logging; by default only when the
             settings come from the environment (a served process), not when a test passes them.
     """
+    served = settings is None
     if configure_logs is None:
-        configure_logs = settings is None
+        configure_logs = served
     settings = settings if settings is not None else Settings.from_env()
     if configure_logs:
         configure_logging(settings)
@@ -81,6 +81,8 @@ def create_app(
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         running = started(settings, metrics, admission, build, limiter=limiter, quota=quota)
         async with running as runtime, slot.holding(runtime):
+            if served:
+                settle_garbage_collector()
             yield
 
     app = Litestar(
@@ -91,7 +93,6 @@ def create_app(
         dependencies={
             **slot.providers(),
             "caller": Provide(make_caller_provider(keyring), sync_to_thread=False),
-            "params": Provide(provide_generation_options, sync_to_thread=False),
             **HANDLER_DEPENDENCIES,
         },
         exception_handlers=EXCEPTION_HANDLERS,

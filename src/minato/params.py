@@ -8,15 +8,16 @@ Ollama's ``options``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Final, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
 from litestar import Request
-from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.openapi.spec import OpenAPIType, Operation, Parameter, Schema
 from msgspec import UNSET, UnsetType
 
 from minato.errors import ErrorItem, ForbiddenError, InvalidInputError
+from minato.rendering import validation_sentence
 from minato.security import Caller
 from minato.sessions import validate_session_id
 from minato.settings import Settings
@@ -30,8 +31,6 @@ _MODEL_NAME: Final = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9._-]*)?"
 )
 MAX_MODEL_NAME: Final = 350
-#: Route ``opt`` key naming the query parameters a route takes beyond the generation parameters.
-EXTRA_QUERY_OPT: Final = "extra_query"
 
 KEEP_ALIVE_DESCRIPTION: Final = (
     "How long Ollama keeps the model loaded after this request: seconds as a number "
@@ -81,98 +80,6 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def _option(name: str) -> Any:
-    spec = OPTIONS[name]
-    return Parameter(description=spec.description, ge=spec.ge, le=spec.le)
-
-
-def provide_generation_options(
-    request: Request[Any, Any, Any],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-    session: Annotated[
-        str | None,
-        Parameter(
-            description=(
-                "Conversation id of your choosing (1-128 letters, digits, `_-.:`). Ollama then gets the "
-                "session's system prompt and history, and the completed exchange is added to it."
-            )
-        ),
-    ] = None,
-    system_prompt: Annotated[
-        str | None,
-        Parameter(description="System prompt for this request only (wins over a session's).", min_length=1),
-    ] = None,
-    keep_alive: Annotated[str | None, Parameter(description=KEEP_ALIVE_DESCRIPTION)] = None,
-    format: Annotated[
-        Literal["json"] | None, Parameter(description="`json`: make the model answer with a JSON value.")
-    ] = None,
-    think: Annotated[
-        bool | None,
-        Parameter(
-            description=(
-                "For thinking models: think before answering (true) or not (false). Plain-text streams carry "
-                "only the answer; SSE and NDJSON streams carry the thinking as separate `thinking` events."
-            )
-        ),
-    ] = None,
-    numa: Annotated[bool | None, _option("numa")] = None,
-    num_ctx: Annotated[int | None, _option("num_ctx")] = None,
-    num_keep: Annotated[int | None, _option("num_keep")] = None,
-    num_batch: Annotated[int | None, _option("num_batch")] = None,
-    low_vram: Annotated[bool | None, _option("low_vram")] = None,
-    seed: Annotated[int | None, _option("seed")] = None,
-    temperature: Annotated[float | None, _option("temperature")] = None,
-    max_new_tokens: Annotated[int | None, _option("max_new_tokens")] = None,
-    top_p: Annotated[float | None, _option("top_p")] = None,
-    top_k: Annotated[int | None, _option("top_k")] = None,
-    min_p: Annotated[float | None, _option("min_p")] = None,
-    repeat_penalty: Annotated[float | None, _option("repeat_penalty")] = None,
-    presence_penalty: Annotated[float | None, _option("presence_penalty")] = None,
-    frequency_penalty: Annotated[float | None, _option("frequency_penalty")] = None,
-    stop: Annotated[list[str] | None, _option("stop")] = None,
-) -> GenerationOptions:
-    """Validate the optional generation parameters shared by every generation route."""
-    extra = request.route_handler.opt.get(EXTRA_QUERY_OPT, frozenset())
-    unknown = [key for key in request.query_params if key not in GENERATION_QUERY_PARAMETERS and key not in extra]
-    if unknown:
-        known = ", ".join(sorted(GENERATION_QUERY_PARAMETERS))
-        raise InvalidInputError(
-            [
-                ErrorItem(loc=["query", key], msg=f"unknown parameter (known: {known})", type="extra_forbidden")
-                for key in unknown
-            ]
-        )
-    given = {
-        "numa": numa,
-        "num_ctx": num_ctx,
-        "num_keep": num_keep,
-        "num_batch": num_batch,
-        "low_vram": low_vram,
-        "seed": seed,
-        "temperature": temperature,
-        "max_new_tokens": max_new_tokens,
-        "top_p": top_p,
-        "top_k": top_k,
-        "min_p": min_p,
-        "repeat_penalty": repeat_penalty,
-        "presence_penalty": presence_penalty,
-        "frequency_penalty": frequency_penalty,
-        "stop": stop,
-    }
-    return generation_options(
-        settings,
-        caller,
-        "query",
-        session=session,
-        system_prompt=system_prompt,
-        keep_alive=keep_alive,
-        format=format,
-        think=think,
-        given=given,
-    )
-
-
 def generation_options(
     settings: Settings,
     caller: Caller,
@@ -220,18 +127,47 @@ def _meta(name: str) -> msgspec.Meta:
     return msgspec.Meta(ge=spec.ge, le=spec.le, description=spec.description)
 
 
-class GenerationBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The JSON body of ``POST /{model}`` and ``POST /stream/{model}``: the query's parameters by the
-    same names, plus ``images`` (base64, as Ollama takes them)."""
+class GenerationFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The optional parameters of every generation, by the same names in a query string and in a JSON body.
 
-    message: Annotated[str, msgspec.Meta(min_length=1, description="The user's message (required, non-empty).")]
-    images: list[str] = msgspec.field(default_factory=list)
-    """Base64 images (a ``data:image/...;base64,`` prefix, line breaks and URL-safe base64 are accepted)."""
-    session: str | None = None
-    system_prompt: Annotated[str, msgspec.Meta(min_length=1)] | None = None
-    keep_alive: str | float | None = None
-    format: Literal["json"] | None = None
-    think: bool | None = None
+    Their bounds and words are the server's only description of them: the checks (one msgspec
+    conversion per request) and the OpenAPI document (:func:`query_parameters`) both come from here.
+    """
+
+    session: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description=(
+                    "Conversation id of your choosing (1-128 letters, digits, `_-.:`). Ollama then gets the "
+                    "session's system prompt and history, and the completed exchange is added to it."
+                )
+            ),
+        ]
+        | None
+    ) = None
+    system_prompt: (
+        Annotated[
+            str, msgspec.Meta(min_length=1, description="System prompt for this request only (wins over a session's).")
+        ]
+        | None
+    ) = None
+    keep_alive: Annotated[str | float, msgspec.Meta(description=KEEP_ALIVE_DESCRIPTION)] | None = None
+    format: (
+        Annotated[Literal["json"], msgspec.Meta(description="`json`: make the model answer with a JSON value.")] | None
+    ) = None
+    think: (
+        Annotated[
+            bool,
+            msgspec.Meta(
+                description=(
+                    "For thinking models: think before answering (true) or not (false). Plain-text streams carry "
+                    "only the answer; SSE and NDJSON streams carry the thinking as separate `thinking` events."
+                )
+            ),
+        ]
+        | None
+    ) = None
     numa: Annotated[bool, _meta("numa")] | None = None
     num_ctx: Annotated[int, _meta("num_ctx")] | None = None
     num_keep: Annotated[int, _meta("num_keep")] | None = None
@@ -248,13 +184,13 @@ class GenerationBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     frequency_penalty: Annotated[float, _meta("frequency_penalty")] | None = None
     stop: Annotated[list[str], _meta("stop")] | None = None
 
-    def options(self, settings: Settings, caller: Caller) -> GenerationOptions:
-        """The validated generation options this body asks for (errors name ``body`` fields)."""
+    def options(self, settings: Settings, caller: Caller, source: str) -> GenerationOptions:
+        """The validated generation options these fields ask for (errors name ``source`` fields)."""
         keep_alive = self.keep_alive
         return generation_options(
             settings,
             caller,
-            "body",
+            source,
             session=self.session,
             system_prompt=self.system_prompt,
             keep_alive=None if keep_alive is None else _number_text(keep_alive),
@@ -264,6 +200,151 @@ class GenerationBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         )
 
 
+MESSAGE_DESCRIPTION: Final = "The user's message (required, non-empty)."
+
+
+class GenerationBody(GenerationFields, kw_only=True):
+    """The JSON body of ``POST /{model}`` and ``POST /stream/{model}``: the query's parameters by the
+    same names, plus ``images`` (base64, as Ollama takes them)."""
+
+    message: Annotated[str, msgspec.Meta(min_length=1, description=MESSAGE_DESCRIPTION)]
+    images: Annotated[
+        list[str],
+        msgspec.Meta(
+            description=(
+                "Base64 images for a vision model (a `data:image/...;base64,` prefix, line breaks and URL-safe "
+                "base64 are accepted)."
+            )
+        ),
+    ] = msgspec.field(default_factory=list)
+
+
+class GenerationQuery(GenerationFields, kw_only=True):
+    """The query string of ``GET /{model}`` and ``GET /stream/{model}``."""
+
+    message: Annotated[str, msgspec.Meta(min_length=1, description=MESSAGE_DESCRIPTION)] | None = None
+
+
+class VisionQuery(GenerationFields, kw_only=True):
+    """The query string of the vision routes: the message may come in the form instead, and image links."""
+
+    message: (
+        Annotated[
+            str, msgspec.Meta(description="The question about the images (or send it as the `message` form field).")
+        ]
+        | None
+    ) = None
+    image_url: (
+        Annotated[
+            list[str],
+            msgspec.Meta(
+                description=(
+                    "Link to an image Minato downloads and sends along (repeat for several; also accepted as "
+                    "`image_url` form fields). `http`/`https` only, no credentials in the URL; hosts must resolve "
+                    "to public addresses only (private, loopback, link-local and metadata addresses are refused "
+                    "unless the host is in `MINATO_IMAGE_FETCH_ALLOW`); redirects are followed up to "
+                    "`MINATO_IMAGE_FETCH_MAX_REDIRECTS`, each checked again; the download is bounded by "
+                    "`MINATO_MAX_IMAGE_BYTES` and `MINATO_IMAGE_FETCH_TIMEOUT`. Counts toward `MINATO_MAX_IMAGES`."
+                )
+            ),
+        ]
+        | None
+    ) = None
+
+
+Q = TypeVar("Q", bound=GenerationFields)
+#: Route ``opt`` key: the Struct a route reads its query into with :func:`parse_query`.
+QUERY_OPT: Final = "query"
+
+
+class _QueryShape(NamedTuple):
+    """What parsing a query type needs to know of it, worked out once per type."""
+
+    names: frozenset[str]
+    lists: frozenset[str]
+    known: str
+    literals: dict[str, tuple[Any, ...]]
+
+
+def _shape(query_type: type[GenerationFields]) -> _QueryShape:
+    shape = _SHAPES.get(query_type)
+    if shape is None:
+        info = msgspec.inspect.type_info(query_type)
+        if not isinstance(info, msgspec.inspect.StructType):
+            raise TypeError(f"{query_type!r} is not a Struct")
+        names, lists, literals = set(), set(), {}
+        for field in info.fields:
+            names.add(field.name)
+            for kind in _branches(field.type):
+                if isinstance(kind, msgspec.inspect.ListType):
+                    lists.add(field.name)
+                elif isinstance(kind, msgspec.inspect.LiteralType):
+                    literals[field.name] = kind.values
+        shape = _SHAPES[query_type] = _QueryShape(
+            frozenset(names), frozenset(lists), ", ".join(sorted(names)), literals
+        )
+    return shape
+
+
+_SHAPES: Final[dict[type[GenerationFields], _QueryShape]] = {}
+
+
+def list_fields(query_type: type[GenerationFields]) -> frozenset[str]:
+    """The fields of ``query_type`` that a query may repeat (its lists)."""
+    return _shape(query_type).lists
+
+
+def _branches(kind: msgspec.inspect.Type) -> list[msgspec.inspect.Type]:
+    """The non-null types of a field (``int | None`` is ``int``; metadata is looked through)."""
+    if isinstance(kind, msgspec.inspect.Metadata):
+        return _branches(kind.type)
+    if isinstance(kind, msgspec.inspect.UnionType):
+        return [branch for member in kind.types for branch in _branches(member)]
+    return [] if isinstance(kind, msgspec.inspect.NoneType) else [kind]
+
+
+def parse_query(request: Request[Any, Any, Any], query_type: type[Q]) -> Q:
+    """The query string as ``query_type``: unknown names, wrong types and bounds are one 422 listing each.
+
+    One conversion of the whole query, instead of a validated parameter per name: the generation
+    routes take about 25 and most requests send two.
+    """
+    shape = _shape(query_type)
+    values: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, value in request.query_params.items():  # every occurrence, in the query's order
+        if key in shape.lists:
+            values.setdefault(key, []).append(value)
+        elif key in shape.names:
+            values[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise InvalidInputError(
+            [
+                ErrorItem(loc=["query", key], msg=f"unknown parameter (known: {shape.known})", type="extra_forbidden")
+                for key in unknown
+            ]
+        )
+    try:
+        return msgspec.convert(values, query_type, strict=False)
+    except msgspec.ValidationError:
+        raise _query_errors(values, query_type, shape) from None
+
+
+def _query_errors(values: dict[str, Any], query_type: type[GenerationFields], shape: _QueryShape) -> InvalidInputError:
+    """Every invalid parameter of a query that failed to convert, each in Minato's words (the slow path)."""
+    items = []
+    for key, value in values.items():
+        try:
+            msgspec.convert({key: value}, query_type, strict=False)
+        except msgspec.ValidationError as exc:
+            message = str(exc).rsplit(" - at `", 1)[0]
+            sentence = validation_sentence(message, shape.literals.get(key, ()))
+            items.append(ErrorItem(loc=["query", key], msg=sentence, type="value_error"))
+    return InvalidInputError(items or [ErrorItem(loc=["query"], msg="is not valid", type="value_error")])
+
+
 def _number_text(value: str | float) -> str:
     """A JSON ``keep_alive`` as the query would carry it (``300``, ``-1``, ``"5m"``)."""
     if isinstance(value, str):
@@ -271,10 +352,68 @@ def _number_text(value: str | float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-#: The query parameters of a generation that are not Ollama options (those are Ollama's table).
-REQUEST_PARAMETERS: Final = frozenset({"message", "session", "system_prompt", "keep_alive", "format", "think"})
-#: Every query parameter a generation route understands.
-GENERATION_QUERY_PARAMETERS: Final = REQUEST_PARAMETERS | frozenset(OPTIONS)
+#: JSON Schema keywords msgspec writes for these fields, by the name Litestar's ``Schema`` gives them.
+_SCHEMA_KEYWORDS: Final = {
+    "description": "description",
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "minItems": "min_items",
+    "maxItems": "max_items",
+    "enum": "enum",
+}
+
+
+def _openapi_schema(schema: dict[str, Any]) -> Schema:
+    """msgspec's JSON Schema of one field as Litestar's OpenAPI ``Schema`` (an unknown keyword is an error,
+    so a bound msgspec learns to write cannot go undocumented silently)."""
+    values: dict[str, Any] = {}
+    for keyword, value in schema.items():
+        if keyword == "type":
+            values["type"] = OpenAPIType(value)
+        elif keyword == "items":
+            values["items"] = _openapi_schema(value)
+        elif keyword == "anyOf":
+            values["one_of"] = [_openapi_schema(branch) for branch in value]
+        elif keyword in _SCHEMA_KEYWORDS:
+            values[_SCHEMA_KEYWORDS[keyword]] = value
+        else:
+            raise ValueError(f"no OpenAPI translation for the JSON Schema keyword {keyword!r}")
+    return Schema(**values)
+
+
+def query_parameters(query_type: type[GenerationFields], required: frozenset[str] = frozenset()) -> list[Parameter]:
+    """The OpenAPI description of ``query_type`` as query parameters: the same bounds the conversion checks."""
+    document = msgspec.json.schema(query_type)
+    properties: dict[str, dict[str, Any]] = document["$defs"][query_type.__name__]["properties"]
+    parameters = []
+    for name, prop in properties.items():
+        branches = [branch for branch in prop.get("anyOf", [prop]) if branch.get("type") != "null"]
+        field = branches[0] if len(branches) == 1 else {"anyOf": branches}
+        schema = _openapi_schema({key: value for key, value in field.items() if key != "default"})
+        description, schema.description = schema.description, None
+        parameters.append(
+            Parameter(name=name, param_in="query", schema=schema, description=description, required=name in required)
+        )
+    return parameters
+
+
+def documented_query(query_type: type[GenerationFields], required: frozenset[str] = frozenset()) -> type[Operation]:
+    """An ``operation_class`` for a route that reads its query with :func:`parse_query`: Litestar documents
+    the parameters a handler declares, and these routes declare none of them."""
+    parameters = query_parameters(query_type, required)
+
+    @dataclass
+    class QueryOperation(Operation):
+        def __post_init__(self) -> None:
+            self.parameters = [*(self.parameters or []), *parameters]
+
+    return QueryOperation
+
+
+#: Every query parameter a text generation route understands.
+GENERATION_QUERY_PARAMETERS: Final = frozenset(field.name for field in msgspec.structs.fields(GenerationQuery))
 
 
 def resolve_keep_alive(value: str | None, settings: Settings, source: str = "query") -> float | str | UnsetType:

@@ -13,6 +13,7 @@ from litestar import Request
 from litestar.handlers import HTTPRouteHandler
 
 from minato.errors import ErrorItem, InvalidInputError
+from minato.params import QUERY_OPT, list_fields
 
 
 # Bounded: an app registers its own copy of each handler (a couple of dozen), tests build many apps.
@@ -21,7 +22,9 @@ def repeatable_parameters(handler: HTTPRouteHandler) -> frozenset[str]:
     """The query parameters a registered ``handler`` (and the dependencies it uses) declares as lists."""
     # The kwargs model is how Litestar itself decides which parameters it reads as lists.
     model = handler.create_kwargs_model(path_parameters={})
-    return frozenset(model.sequence_query_parameter_names)
+    query_type = handler.opt.get(QUERY_OPT)  # a query read in one conversion declares its lists there
+    declared = list_fields(query_type) if query_type is not None else frozenset()
+    return frozenset(model.sequence_query_parameter_names) | declared
 
 
 async def reject_repeated_parameters(request: Request[Any, Any, Any]) -> None:

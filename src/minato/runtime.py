@@ -7,10 +7,11 @@ Handlers name a field (``upstream``, ``sessions``, ...) and get it through one p
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Final
 
 from litestar import Litestar, Request
 from litestar.di import Provide
@@ -129,6 +130,23 @@ async def started(
             sessions=sessions,
             fetcher=fetcher,
         )
+
+
+#: The collector's thresholds in a served process. CPython's default (700 net allocations) runs a
+#: collection every few requests, and what a request holds for its millisecond then survives into
+#: the older generations, which are walked again and again: 10-14 % of the CPU of a whole answer
+#: (measured under load). At 5,000 most of a request's objects are gone by refcount before the
+#: collector looks at them; a young collection then pauses for about a millisecond.
+GC_THRESHOLDS: Final = (5_000, 20, 20)
+
+
+def settle_garbage_collector() -> None:
+    """Once started: keep the collector off the objects that live as long as the process, and make it
+    look less often (see :data:`GC_THRESHOLDS`). Only for a served process: a test suite builds apps by
+    the hundred, and frozen objects are never freed."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def runtime_of(request: Request[Any, Any, Any]) -> Runtime:

@@ -14,19 +14,17 @@ from minato.handlers.chat import (
     remove_system_prompt,
     set_system_prompt,
 )
-from minato.handlers.common import provide_generation_parts, provide_model
+from minato.handlers.common import provide_model
 from minato.handlers.generate import (
     generate,
     generate_post,
     generate_stream,
     generate_stream_post,
-    provide_posted_generation,
-    provide_text_generation,
 )
 from minato.handlers.health import health, health_head, metrics_endpoint, ready, ready_head
 from minato.handlers.lifecycle import delete_model, load, running, server_info, status, unload
 from minato.handlers.models import install, models_list
-from minato.handlers.vision import provide_vision_generation, vision, vision_stream
+from minato.handlers.vision import vision, vision_stream
 
 ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
     generate,
@@ -58,11 +56,7 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
 #: By the name a handler (or another dependency) asks for; Litestar resolves only those a route uses.
 HANDLER_DEPENDENCIES: Final[dict[str, Provide]] = {
     "model": Provide(provide_model, sync_to_thread=False),
-    "generation_parts": Provide(provide_generation_parts, sync_to_thread=False),
     "conversation": Provide(provide_conversation),
-    "text_generation": Provide(provide_text_generation, sync_to_thread=False),
-    "posted_generation": Provide(provide_posted_generation),
-    "vision_generation": Provide(provide_vision_generation),
 }
 
 __all__ = ["HANDLER_DEPENDENCIES", "ROUTE_HANDLERS"]

@@ -7,11 +7,9 @@ import difflib
 from typing import Annotated, Any, Final, TypeVar
 
 from litestar import Request, Response
-from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
-from minato.backpressure import Admission
 from minato.errors import CapabilityError, ModelNotFoundError
 from minato.generation import GenerationParts
 from minato.params import validate_model_name
@@ -19,11 +17,8 @@ from minato.query import reject_repeated_parameters
 from minato.record import RequestRecord, record_of
 from minato.rendering import VALIDATION_RESPONSE, error_spec
 from minato.runtime import runtime_of
-from minato.security import Caller, caller_of, require_model_in_scope
-from minato.sessions import SessionManager
-from minato.settings import Settings
+from minato.security import ANONYMOUS, caller_of, require_model_in_scope
 from minato.streaming import is_minato_event_id
-from minato.upstream.protocol import OllamaDependency
 
 T = TypeVar("T")
 
@@ -70,23 +65,26 @@ ModelName = Annotated[
 
 
 def provide_model(request: Request[Any, Any, Any], model_name: ModelName) -> str:
-    """The ``model`` dependency of every ``/{model_name:path}`` route: the name validated, and on the log line."""
+    """The ``model`` dependency of the model routes: the name validated, and on the log line."""
     model = validate_model_name(model_name)
     note_model(request, model)
     return model
 
 
-def provide_generation_parts(
-    request: Request[Any, Any, Any],
-    model: NamedDependency[str],
-    upstream: NamedDependency[OllamaDependency],
-    sessions: NamedDependency[SessionManager],
-    admission: NamedDependency[Admission],
-    settings: NamedDependency[Settings],
-    caller: NamedDependency[Caller],
-) -> GenerationParts:
-    """The ``generation_parts`` dependency of every generation route (text, posted and vision)."""
-    return GenerationParts(request, upstream, sessions, admission, settings, caller, model)
+def generation_parts(request: Request[Any, Any, Any], model_name: str) -> GenerationParts:
+    """What every generation route (text, posted and vision) gathers alike, with plain calls.
+
+    Not Litestar dependencies: resolving half a dozen of them cost more per request than the rest of
+    the handler (they run as concurrent tasks). A generation route is never public, so a request
+    without a caller is one to a deployment without keys.
+    """
+    runtime = runtime_of(request)
+    model = validate_model_name(model_name)
+    note_model(request, model)
+    caller = caller_of(request.scope) or ANONYMOUS
+    return GenerationParts(
+        request, runtime.upstream, runtime.sessions, runtime.admission, runtime.settings, caller, model
+    )
 
 
 #: First path segments that are never model names: Ollama's and OpenAI's own APIs live there.

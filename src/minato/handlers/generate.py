@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import base64
 from functools import partial
-from typing import Annotated, Final
+from typing import Any, Final
 
-from litestar import get, post
-from litestar.di import NamedDependency
-from litestar.params import JSONBody, Parameter, SkipValidation
+from litestar import Request, get, post
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from minato.errors import InvalidInputError
-from minato.generation import Generation, GenerationParts, Question, streamed_answer, whole_answer
-from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, RECONNECTABLE_OPT, require_vision
+from minato.generation import Generation, Question, streamed_answer, whole_answer
+from minato.handlers.common import (
+    GENERATION_OPT,
+    GENERATION_RESPONSES,
+    RECONNECTABLE_OPT,
+    ModelName,
+    generation_parts,
+    require_vision,
+)
 from minato.images import decode_base64_image, too_many_images
-from minato.params import GenerationBody, GenerationOptions, check_text_length
+from minato.params import QUERY_OPT, GenerationBody, GenerationQuery, check_text_length, documented_query, parse_query
 from minato.schemas import GenerateResponse
 
-MESSAGE_DESCRIPTION: Final = "The user's message (required, non-empty)."
-Message = Annotated[str, Parameter(description=MESSAGE_DESCRIPTION, min_length=1)]
 STREAM_DESCRIPTION: Final = (
     "Chunked `text/plain` tokens, written as Ollama yields them. With `Accept: text/event-stream`: "
     "SSE `token` events then a `done` event with stats (or an `error` event). With "
@@ -29,16 +33,23 @@ STREAM_DESCRIPTION: Final = (
     "carries only the answer."
 )
 #: The text routes: one tag, the same documented failures, and a POST that answers 200 (not 201).
-_get = partial(get, responses=GENERATION_RESPONSES, tags=["generate"])
+_get = partial(
+    get,
+    responses=GENERATION_RESPONSES,
+    tags=["generate"],
+    operation_class=documented_query(GenerationQuery, frozenset({"message"})),
+)
 _post = partial(post, status_code=200, responses=GENERATION_RESPONSES, tags=["generate"])
 
 
-def provide_text_generation(
-    generation_parts: NamedDependency[GenerationParts], message: Message, params: NamedDependency[GenerationOptions]
-) -> Generation:
-    """The ``text_generation`` dependency of both text routes: the message checked, the parts gathered."""
-    check_text_length("message", message, generation_parts.settings)
-    return Generation(generation_parts, params, Question(message, []))
+def text_generation(request: Request[Any, Any, Any], model_name: str) -> Generation:
+    """The generation both text routes run: the parts gathered, the query read in one conversion."""
+    parts = generation_parts(request, model_name)
+    query = parse_query(request, GenerationQuery)
+    if query.message is None:
+        raise InvalidInputError.single("query", "message", "field required", "missing")
+    check_text_length("message", query.message, parts.settings)
+    return Generation(parts, query.options(parts.settings, parts.caller, "query"), Question(query.message, []))
 
 
 @_get(
@@ -46,11 +57,11 @@ def provide_text_generation(
     operation_id="Generate",
     summary="Answer a message",
     description="Send `message` to the model and wait for the whole answer.",
-    opt={GENERATION_OPT: True},
+    opt={GENERATION_OPT: True, QUERY_OPT: GenerationQuery},
 )
-async def generate(text_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
+async def generate(request: Request[Any, Any, Any], model_name: ModelName) -> GenerateResponse:
     """Return the model's whole answer with Ollama's stats."""
-    return await whole_answer(text_generation)
+    return await whole_answer(text_generation(request, model_name))
 
 
 @_get(
@@ -58,11 +69,11 @@ async def generate(text_generation: NamedDependency[SkipValidation[Generation]])
     operation_id="GenerateStream",
     summary="Stream the answer to a message",
     description=STREAM_DESCRIPTION,
-    opt={GENERATION_OPT: True, RECONNECTABLE_OPT: True},
+    opt={GENERATION_OPT: True, RECONNECTABLE_OPT: True, QUERY_OPT: GenerationQuery},
 )
-async def generate_stream(text_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
+async def generate_stream(request: Request[Any, Any, Any], model_name: ModelName) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
-    return await streamed_answer(text_generation)
+    return await streamed_answer(text_generation(request, model_name))
 
 
 POST_DESCRIPTION: Final = (
@@ -71,16 +82,15 @@ POST_DESCRIPTION: Final = (
 )
 
 
-async def provide_posted_generation(
-    generation_parts: NamedDependency[GenerationParts], data: JSONBody[GenerationBody]
-) -> Generation:
-    """The ``posted_generation`` dependency of both POST routes: the body checked, its images decoded."""
-    request, upstream, _, _, settings, caller, model = generation_parts
+async def posted_generation(request: Request[Any, Any, Any], model_name: str, data: GenerationBody) -> Generation:
+    """The generation both POST routes run: the body checked, its images decoded."""
+    parts = generation_parts(request, model_name)
+    _, upstream, _, _, settings, caller, model = parts
     if request.query_params:
         name = next(iter(request.query_params))
         raise InvalidInputError.single("query", name, "send the parameters in the JSON body", "extra_forbidden")
     check_text_length("message", data.message, settings, source="body")
-    params = data.options(settings, caller)
+    params = data.options(settings, caller, "body")
     if len(data.images) > settings.max_images:
         raise too_many_images("body", "images", settings)
     if data.images:
@@ -89,7 +99,7 @@ async def provide_posted_generation(
         base64.b64encode(decode_base64_image(text, index, settings, "images")).decode("ascii")
         for index, text in enumerate(data.images)
     ]
-    return Generation(generation_parts, params, Question(data.message, images))
+    return Generation(parts, params, Question(data.message, images))
 
 
 @_post(
@@ -99,9 +109,11 @@ async def provide_posted_generation(
     description=f"Like `GET /{{model}}`. {POST_DESCRIPTION}",
     opt={GENERATION_OPT: True},
 )
-async def generate_post(posted_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
+async def generate_post(
+    request: Request[Any, Any, Any], model_name: ModelName, data: JSONBody[GenerationBody]
+) -> GenerateResponse:
     """Return the model's whole answer with Ollama's stats."""
-    return await whole_answer(posted_generation)
+    return await whole_answer(await posted_generation(request, model_name, data))
 
 
 @_post(
@@ -111,6 +123,8 @@ async def generate_post(posted_generation: NamedDependency[SkipValidation[Genera
     description=f"Like `GET /stream/{{model}}`. {POST_DESCRIPTION}\n\n{STREAM_DESCRIPTION}",
     opt={GENERATION_OPT: True},
 )
-async def generate_stream_post(posted_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
+async def generate_stream_post(
+    request: Request[Any, Any, Any], model_name: ModelName, data: JSONBody[GenerationBody]
+) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
-    return await streamed_answer(posted_generation)
+    return await streamed_answer(await posted_generation(request, model_name, data))

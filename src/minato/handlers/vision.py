@@ -9,22 +9,21 @@ from __future__ import annotations
 import asyncio
 import base64
 from functools import partial
-from typing import Annotated, Final
+from typing import Any, Final
 
-from litestar import post
-from litestar.di import NamedDependency
-from litestar.params import Parameter, SkipValidation
+from litestar import Request, post
 from litestar.response import Stream
 
 from minato.disconnect import unless_disconnected
 from minato.errors import InvalidInputError, RequestTimeoutError
 from minato.fetch import ImageFetcher
-from minato.generation import Generation, GenerationParts, Question, streamed_answer, whole_answer
-from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, require_vision
+from minato.generation import Generation, Question, streamed_answer, whole_answer
+from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, ModelName, generation_parts, require_vision
 from minato.handlers.generate import STREAM_DESCRIPTION
 from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
-from minato.params import EXTRA_QUERY_OPT, GenerationOptions, check_text_length
+from minato.params import QUERY_OPT, VisionQuery, check_text_length, documented_query, parse_query
 from minato.rendering import error_spec
+from minato.runtime import runtime_of
 from minato.schemas import GenerateResponse
 
 VISION_DESCRIPTION: Final = (
@@ -41,29 +40,15 @@ VISION_RESPONSES: Final = {
     400: error_spec("The model has no `vision` capability, or Ollama refused the request."),
     413: error_spec("An image (uploaded, base64 or downloaded) or the whole body is larger than the configured limit."),
 }
-OptionalMessage = Annotated[
-    str | None,
-    Parameter(description="The question about the images (or send it as the `message` form field)."),
-]
-ImageUrls = Annotated[
-    list[str] | None,
-    Parameter(
-        description=(
-            "Link to an image Minato downloads and sends along (repeat for several; also accepted as "
-            "`image_url` form fields). `http`/`https` only, no credentials in the URL; hosts must resolve "
-            "to public addresses only (private, loopback, link-local and metadata addresses are refused "
-            "unless the host is in `MINATO_IMAGE_FETCH_ALLOW`); redirects are followed up to "
-            "`MINATO_IMAGE_FETCH_MAX_REDIRECTS`, each checked again; the download is bounded by "
-            "`MINATO_MAX_IMAGE_BYTES` and `MINATO_IMAGE_FETCH_TIMEOUT`. Counts toward `MINATO_MAX_IMAGES`."
-        ),
-    ),
-]
-
-
-#: A generation route, with its own query parameter on top of the generation parameters.
-VISION_QUERY: Final = {EXTRA_QUERY_OPT: frozenset({URL_FIELD}), GENERATION_OPT: True}
 #: Both vision routes: one tag, the same documented failures, the same query, and 200 (not 201).
-_post = partial(post, status_code=200, responses=VISION_RESPONSES, tags=["vision"], opt=VISION_QUERY)
+_post = partial(
+    post,
+    status_code=200,
+    responses=VISION_RESPONSES,
+    tags=["vision"],
+    opt={GENERATION_OPT: True, QUERY_OPT: VisionQuery},
+    operation_class=documented_query(VisionQuery),
+)
 
 
 async def _fetch_all(fetcher: ImageFetcher, links: list[tuple[str, str, int]]) -> list[str]:
@@ -82,19 +67,17 @@ async def _fetch_all(fetcher: ImageFetcher, links: list[tuple[str, str, int]]) -
     return [base64.b64encode(task.result()).decode("ascii") for task in tasks]
 
 
-async def provide_vision_generation(
-    generation_parts: NamedDependency[GenerationParts],
-    params: NamedDependency[GenerationOptions],
-    fetcher: NamedDependency[ImageFetcher],
-    message: OptionalMessage = None,
-    image_url: ImageUrls = None,
-) -> Generation:
-    """The ``vision_generation`` dependency of both vision routes: what needs no body is checked, and
-    the body is left to be read once the generation holds its slot."""
-    request, upstream, _, _, settings, _, model = generation_parts
+async def vision_generation(request: Request[Any, Any, Any], model_name: str) -> Generation:
+    """The generation both vision routes run: what needs no body is checked, and the body is left to be
+    read once the generation holds its slot."""
+    parts = generation_parts(request, model_name)
+    _, upstream, _, _, settings, caller, model = parts
+    query = parse_query(request, VisionQuery)
+    message, fetcher = query.message, runtime_of(request).fetcher
+    params = query.options(settings, caller, "query")
     # Checked before anything is read: a text-only model fails fast, whatever the upload's size.
     capabilities = await upstream.capabilities(model)
-    query_links = [link.strip() for link in image_url or []]
+    query_links = [link.strip() for link in query.image_url or []]
     if len(query_links) > settings.max_images:
         raise too_many_images("query", URL_FIELD, settings)
     for index, link in enumerate(query_links):
@@ -124,7 +107,7 @@ async def provide_vision_generation(
         fetched = await unless_disconnected(request, _fetch_all(fetcher, links)) if links else []
         return Question(text, form.base64_images() + fetched)
 
-    return Generation(generation_parts, params, read_question)
+    return Generation(parts, params, read_question)
 
 
 @_post(
@@ -133,9 +116,9 @@ async def provide_vision_generation(
     summary="Ask about images",
     description=VISION_DESCRIPTION,
 )
-async def vision(vision_generation: NamedDependency[SkipValidation[Generation]]) -> GenerateResponse:
+async def vision(request: Request[Any, Any, Any], model_name: ModelName) -> GenerateResponse:
     """Return the model's whole answer about the images."""
-    return await whole_answer(vision_generation)
+    return await whole_answer(await vision_generation(request, model_name))
 
 
 @_post(
@@ -144,6 +127,6 @@ async def vision(vision_generation: NamedDependency[SkipValidation[Generation]])
     summary="Stream the answer about images",
     description=f"{VISION_DESCRIPTION}\n\n{STREAM_DESCRIPTION}",
 )
-async def vision_stream(vision_generation: NamedDependency[SkipValidation[Generation]]) -> Stream:
+async def vision_stream(request: Request[Any, Any, Any], model_name: ModelName) -> Stream:
     """Relay the answer about the images token by token."""
-    return await streamed_answer(vision_generation)
+    return await streamed_answer(await vision_generation(request, model_name))
