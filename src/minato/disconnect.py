@@ -20,20 +20,27 @@ async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T
 
     The request body has been read by now, so the next ASGI message can only be the disconnect.
     Cancelling closes the call to Ollama, which stops generating instead of computing an answer
-    nobody will read.
+    nobody will read. ``work`` runs in the request's own task and one watcher task waits for the
+    disconnect: a task for the work as well cost as much as the rest of a whole answer's bookkeeping.
     """
-    task = asyncio.ensure_future(work)
+    task = asyncio.current_task()
+    if task is None:  # pragma: no cover - always called from a request's task
+        raise RuntimeError("unless_disconnected needs a running task")
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        gone = True
         task.cancel()
 
-    watcher = asyncio.create_task(watch())
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        return await task
+        return await work
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
+        if gone:
+            task.uncancel()  # the cancellation was this function's own, and it ends here
             raise ClientDisconnectedError("client disconnected") from None
         raise
     finally:

@@ -51,9 +51,14 @@ class _Body:
         self.ollama_url = ollama_url
         self.idle_timeout = idle_timeout
         self.total_timeout = total_timeout
-        self._clock = asyncio.get_running_loop().time
-        self._deadline = None if total_timeout is None else self._clock() + total_timeout
+        self._loop = asyncio.get_running_loop()
+        self._deadline = None if total_timeout is None else self._loop.time() + total_timeout
         self._read_some = _reader_of(response)
+        # The watchdog (see _read): when the read in progress began, who to cancel, one timer.
+        self._reading_since: float | None = None
+        self._reader: asyncio.Task[object] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired: str | None = None
         self._closed = False
         #: The backend (``host:port``) answering, and what to tell when the answer is closed (a pool's
         #: count of generations in flight on that backend).
@@ -61,15 +66,27 @@ class _Body:
         self.on_close: Callable[[], None] | None = None
 
     async def _read(self) -> bytes:
-        """The next bytes that arrived, or ``b""`` at the end; a failure raises a Minato error."""
-        wait, whole = self.idle_timeout, False
-        if self._deadline is not None and self._deadline - self._clock() < wait:
-            wait, whole = max(self._deadline - self._clock(), 0.0), True
+        """The next bytes that arrived, or ``b""`` at the end; a failure raises a Minato error.
+
+        Each read is bounded by the idle timeout (and the whole body by its total timeout) with one
+        timer per body that re-arms itself only when it fires, instead of a timeout context per
+        read: a paced stream makes one read per token, and arming and disarming a timer for each
+        cost more than the rest of the read.
+        """
+        self._reading_since = self._loop.time()
+        self._reader = asyncio.current_task()  # priming and relaying may read in different tasks
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._due(), self._check)
         try:
-            async with asyncio.timeout(wait):
-                return await self._read_some()
-        except TimeoutError:
-            if whole:
+            return await self._read_some()
+        except asyncio.CancelledError:
+            expired = self._expired
+            if expired is None:
+                raise
+            self._expired = None
+            if self._reader is not None:
+                self._reader.uncancel()  # the watchdog's own cancellation ends here, as a timeout
+            if expired == "whole":
                 raise OllamaTimeoutError(
                     f"the answer took longer than {self.total_timeout:g} s (MINATO_REQUEST_TIMEOUT)"
                 ) from None
@@ -82,9 +99,35 @@ class _Body:
             raise OllamaConnectionLostError(
                 f"{self._called[1]} from Ollama at {self.ollama_url} broke off before it was complete"
             ) from None
+        finally:
+            self._reading_since = None
+
+    def _due(self) -> float:
+        """When the read in progress times out."""
+        since = self._reading_since if self._reading_since is not None else self._loop.time()
+        due = since + self.idle_timeout
+        return due if self._deadline is None else min(due, self._deadline)
+
+    def _check(self) -> None:
+        """The watchdog's timer: cancel a read that is overdue, else wait until the current one would be."""
+        self._timer = None
+        if self._reading_since is None or self._reader is None:
+            return  # no read in progress: the next one arms the timer again
+        now = self._loop.time()
+        if self._deadline is not None and now >= self._deadline:
+            self._expired = "whole"
+        elif now >= self._reading_since + self.idle_timeout:
+            self._expired = "idle"
+        else:
+            self._timer = self._loop.call_at(self._due(), self._check)
+            return
+        self._reader.cancel()
 
     async def aclose(self) -> None:
         """Close the upstream response; Ollama stops working on a request whose client went away."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._closed:
             self._closed = True
             if self.on_close is not None:
