@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 DEFAULT_HOST: Final = "registry.ollama.ai"
@@ -9,6 +10,8 @@ DEFAULT_NAMESPACE: Final = "library"
 DEFAULT_TAG: Final = "latest"
 
 
+# Asked several times per request (routing, slots, labels) for the same few names; bounded.
+@functools.lru_cache(maxsize=4096)
 def canonical_model_name(model: str) -> str:
     """Return the one spelling of ``model`` that every spelling of the same model shares.
 
