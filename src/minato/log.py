@@ -31,6 +31,10 @@ CLIENT_CLOSED_REQUEST: Final = 499
 #: The route label of every request that matched no route: the raw path would be an unbounded label.
 UNMATCHED_ROUTE: Final = "unmatched"
 REQUEST_ID_HEADER: Final = b"x-request-id"
+#: Scope state key: the server's own ``send``. The layers between it and a handler (this middleware,
+#: Litestar's error handling) only watch a response's start, so a stream writes its body chunks
+#: straight to it: two coroutine calls fewer per token.
+BODY_SEND_KEY: Final = "minato.body_send"
 _VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -132,7 +136,9 @@ class RequestLogMiddleware:
         started = time.perf_counter()
         request_id = _request_id(scope)
         record = RequestRecord(request_id, started)
-        scope.setdefault("state", {})[RECORD_KEY] = record
+        state = scope.setdefault("state", {})
+        state[RECORD_KEY] = record
+        state[BODY_SEND_KEY] = send
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 0
         header = (REQUEST_ID_HEADER, request_id.encode())

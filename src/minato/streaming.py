@@ -22,6 +22,7 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Scope, Send
 
 from minato.errors import MinatoError, StreamAbortedError
+from minato.log import BODY_SEND_KEY
 from minato.record import RequestRecord, record_of
 from minato.schemas import GenerationStats, StreamDone, StreamError
 from minato.upstream.wire import ChatChunk
@@ -208,7 +209,8 @@ class _RelayASGIResponse(ASGIStreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.start_response(send=send)
-        if await self._relay_body(send, receive):
+        body_send: Send = scope.get("state", {}).get(BODY_SEND_KEY, send)
+        if await self._relay_body(body_send, receive):
             # The client left mid-stream: its request is logged and counted as such, not as a success.
             record = record_of(scope)
             if record is not None:
