@@ -220,7 +220,7 @@ HOW_POOL: Final = """\
 The pool and shared-state rows start their own stand-ins and Minatos (log level warning), and Redis.
 - *pool routing*: the model is installed on three stand-ins and loaded on one. A Minato with that
   one backend, one with all three, and a second one-backend Minato as a control take turns of
-  16-client closed-loop `GET /{model}?message=hi` (rotating order; 30 rounds of 1 s, quick 12 of
+  16-client closed-loop `GET /{model}?message=hi` (rotating order; 21 rounds of 1 s, quick 12 of
   0.5 s). `MINATO_BACKEND_PARALLEL=32`, above the client count, keeps every request of the pool on the
   loaded backend, so all three send the same traffic to the same stand-in and differ by the routing
   (and the probes of two more backends). Figures are medians over the rounds; *added CPU* is the
@@ -239,7 +239,7 @@ The pool and shared-state rows start their own stand-ins and Minatos (log level 
   finds the dead backend, not the probe. Three runs (quick one): failures summed, the rest medians.
 - *conversation turn*: one client, `GET /{model}?message=hi&session=...` in sessions of 10 turns,
   to a Minato with `MINATO_REDIS_URL` (a `redis-server` on a free loopback port, persistence off)
-  and to one with the default SQLite store (a new file per run), taking turns (10 rounds of 2 s,
+  and to one with the default SQLite store (a new file per run), taking turns (6 rounds of 2 s,
   quick 6 of 1 s); *added p50* is the median of the rounds' differences. Without a `redis-server`,
   or when the Minato given `MINATO_REDIS_URL` wrote no key to Redis in its warm-up, the rows read
   *n/a* with the reason."""

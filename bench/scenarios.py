@@ -109,14 +109,14 @@ class Plan:
 
 
 FULL: Final = Plan(
-    latency_s=10.0,
-    load_s=12.0,
+    latency_s=6.0,
+    load_s=8.0,
     warm_s=1.5,
     max_requests=200_000,
     relay_reps=30,
-    pool_rounds=30,
+    pool_rounds=21,
     pool_leg_s=1.0,
-    turn_rounds=10,
+    turn_rounds=6,
     turn_leg_s=2.0,
     failover_s=3.0,
     failover_reps=3,
