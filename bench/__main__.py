@@ -44,7 +44,7 @@ PARTS: Final = {
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="shorter phases: about 1-2 minutes, noisier")
+    parser.add_argument("--quick", action="store_true", help="shorter phases: about 4 minutes, noisier")
     parser.add_argument(
         "--only",
         choices=PARTS,

@@ -102,8 +102,8 @@ def markdown_table(rows: list[Row]) -> str:
 
 HOW_TO_RUN: Final = """\
 ```sh
-make bench                                        # full run, about 6-7 minutes
-.venv/bin/python -m bench --quick                 # about 3 minutes, noisier
+make bench                                        # full run, 6-8 minutes
+.venv/bin/python -m bench --quick                 # about 4 minutes, noisier
 .venv/bin/python -m bench --quick --only paced    # one part: core, paced, whole16, concurrency, pool
 .venv/bin/python -m bench --only whole16 --only paced --profile profile.txt   # py-spy summaries too
 .venv/bin/python -m bench --markdown docs/benchmarks.md   # also rewrite this page
