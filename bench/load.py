@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, cast
 
@@ -34,9 +34,10 @@ CONNECT_PARALLELISM: Final = 100  # connects in flight at once, so no SYN queue 
 REQUEST_TIMEOUT_S: Final = 60.0
 
 
-def get_request(port: int, target: str) -> bytes:
-    """Pre-built bytes of ``GET target`` on a keep-alive connection."""
-    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+def get_request(port: int, target: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """Pre-built bytes of ``GET target`` on a keep-alive connection, with further ``headers``."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n".encode()
 
 
 def chat_request(port: int, model: str, *, stream: bool, path: str = "/api/chat") -> bytes:
@@ -243,27 +244,42 @@ class Pool:
             conn.close()
 
 
-async def burst(port: int, raw: bytes, clients: int, timeout_s: float) -> Sample:
+async def burst(port: int, raw: bytes, clients: int, timeout_s: float, ramp_s: float = 0.0) -> Sample:
     """Open ``clients`` connections, then send one request on each at the same moment.
 
-    Each completion time is measured from that request's own write. Whatever has not finished
-    after ``timeout_s`` counts as an error, like a refused connection or a non-200 status.
+    With ``ramp_s`` the clients arrive evenly spread over that many seconds instead, each opening
+    its connection when it arrives (a connection opened long before its request would meet the
+    server's deadline for a request head). Each completion time is measured from that request's
+    own write. Whatever has not finished ``timeout_s`` after the last arrival counts as an error,
+    like a refused connection or a non-200 status.
     """
     gate = asyncio.Semaphore(CONNECT_PARALLELISM)
+    connections: list[Connection] = []
 
     async def one() -> Connection:
         async with gate:
-            return await connect(port)
+            conn = await connect(port)
+        connections.append(conn)
+        return conn
 
-    opened = await asyncio.gather(*(one() for _ in range(clients)), return_exceptions=True)
-    connections = [c for c in opened if isinstance(c, Connection)]
-    sample = Sample(errors=clients - len(connections))  # a refused connection is a failed stream
-    started = time.perf_counter()
-    tasks = [asyncio.ensure_future(conn.request(raw)) for conn in connections]
-    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    async def arrive(delay_s: float) -> Result:
+        await asyncio.sleep(delay_s)
+        return await (await one()).request(raw)
+
+    sample = Sample()
+    if ramp_s > 0:
+        started = time.perf_counter()
+        tasks = [asyncio.ensure_future(arrive(i * ramp_s / clients)) for i in range(clients)]
+    else:
+        opened = await asyncio.gather(*(one() for _ in range(clients)), return_exceptions=True)
+        sample.errors = sum(1 for c in opened if not isinstance(c, Connection))  # a refused connection
+        started = time.perf_counter()
+        tasks = [asyncio.ensure_future(conn.request(raw)) for conn in connections]
+    done, pending = await asyncio.wait(tasks, timeout=ramp_s + timeout_s)
     sample.elapsed = time.perf_counter() - started
     for task in pending:
         task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)  # so that no connection opens after the close below
     sample.errors += len(pending)
     for task in done:
         if task.exception() is not None:

@@ -1,8 +1,10 @@
-"""The processes under test: Minato as a real ``python -m minato serve``, and /proc readings.
+"""The processes under test: Minato as a real ``python -m minato serve``, the references, /proc readings.
 
 The stand-in comes from :mod:`tests.standin.process`; Minato is started the way
 ``tests/e2e/conftest.py`` starts it, with its log going to a file (as it would to a container's
-log pipe) rather than to the benchmark's terminal.
+log pipe) rather than to the benchmark's terminal. The two references it is compared with are
+Debian's nginx (:func:`run_nginx`) and the bare Litestar relay of :mod:`bench.bare_relay`
+(:func:`run_bare_relay`), each on its own free loopback port.
 """
 
 from __future__ import annotations
@@ -24,38 +26,43 @@ from pathlib import Path
 from typing import Final
 
 __all__ = [
-    "Minato",
+    "NGINX",
+    "Server",
     "cpu_seconds",
     "machine_info",
     "raise_fd_limit",
     "rss_bytes",
+    "run_bare_relay",
     "run_minato",
+    "run_nginx",
 ]
 
 REPO: Final = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S: Final = 20.0
 STOP_GRACE_S: Final = 10.0
-WANTED_FDS: Final = 8192
+FD_CAP: Final = 1 << 16  # when the hard limit is unlimited: more than any row needs
+NGINX: Final = "/usr/sbin/nginx"  # Debian's package
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
-class Minato:
-    """A running Minato server."""
+class Server:
+    """A running server under test: Minato, or one of the references."""
 
     port: int
-    pid: int
+    pid: int  # its CPU is this process's and its descendants' (nginx's workers)
     log_path: Path
 
 
 def raise_fd_limit() -> int:
-    """Raise this process's soft fd limit; return it.
+    """Raise this process's soft fd limit to the hard one; return it.
 
-    1,000 slow streams need 1,000 sockets in the load generator and 2,000 in Minato (client side
-    plus its pool to the stand-in). Children inherit the limit, so this runs before they start.
+    5,000 concurrent streams need 5,000 sockets in the load generator, 5,000 in the stand-in and
+    10,000 in Minato (client side plus its pool to the stand-in). Children inherit the limit, so
+    this runs before they start.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = WANTED_FDS if hard == resource.RLIM_INFINITY else min(WANTED_FDS, hard)
+    target = FD_CAP if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
@@ -81,13 +88,42 @@ def _healthy(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def run_minato(ollama_url: str, log_level: str, settings: Mapping[str, str] | None = None) -> Iterator[Minato]:
+def _serving(name: str, argv: list[str], env: dict[str, str], port: int, log_path: Path) -> Iterator[Server]:
+    """Run ``argv`` until the block ends, once ``GET /health`` on ``port`` answers 200."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules, or Debian's nginx
+            argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _healthy(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start (exit={process.poll()}):\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.05)
+        yield Server(port=port, pid=process.pid, log_path=log_path)
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} died during the benchmark:\n{log_path.read_text()[-4000:]}")
+    finally:
+        process.terminate()  # nginx's master stops its workers on SIGTERM, as uvicorn its tasks
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _clean_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith(("MINATO_", "OLLAMA_"))}
+
+
+@contextlib.contextmanager
+def run_minato(ollama_url: str, log_level: str, settings: Mapping[str, str] | None = None) -> Iterator[Server]:
     """Run ``python -m minato serve`` (one worker) in front of ``ollama_url`` until the block ends.
 
     ``ollama_url`` may be a comma-separated pool; ``settings`` are further ``MINATO_*`` variables.
     """
     port = _free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MINATO_", "OLLAMA_"))}
+    env = _clean_env()
     with tempfile.TemporaryDirectory(prefix="minato-bench-") as tmp:
         env.update(
             {
@@ -100,42 +136,144 @@ def run_minato(ollama_url: str, log_level: str, settings: Mapping[str, str] | No
                 **(settings or {}),
             }
         )
-        log_path = Path(tmp) / "minato.log"
-        with log_path.open("wb") as log:
-            # With one worker uvicorn serves in this very process, so its pid is the one to meter.
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "minato", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        # With one worker uvicorn serves in this very process, so its pid is the one to meter.
+        argv = [sys.executable, "-m", "minato", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        with _serving("minato", argv, env, port, Path(tmp) / "minato.log") as server:
+            yield server
+
+
+@contextlib.contextmanager
+def run_bare_relay(ollama_url: str) -> Iterator[Server]:
+    """Run :mod:`bench.bare_relay` under uvicorn as ``minato serve`` runs Minato (httptools, uvloop, one worker)."""
+    port = _free_port()
+    env = {**_clean_env(), "BARE_RELAY_UPSTREAM": ollama_url, "PYTHONUNBUFFERED": "1"}
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.bare_relay:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--no-server-header",
+    ]
+    with (
+        tempfile.TemporaryDirectory(prefix="minato-bench-relay-") as tmp,
+        _serving("the bare relay", argv, env, port, Path(tmp) / "relay.log") as server,
+    ):
+        yield server
+
+
+NGINX_CONF: Final = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{
+    worker_connections {connections};
+}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 1000000;
+    upstream standin {{
+        server 127.0.0.1:{upstream};
+        keepalive 1024;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /health {{
+            return 200;
+        }}
+        location / {{
+            proxy_pass http://standin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host 127.0.0.1:{upstream};
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def run_nginx(upstream_port: int) -> Iterator[Server]:
+    """Run Debian's nginx as a reverse proxy to ``upstream_port``: one worker, ``proxy_buffering off``.
+
+    Everything it writes (config, pid, error log, temp files) is in its own temporary directory;
+    ``daemon off`` keeps the master a child of this process, and the master's CPU plus its worker's
+    is the proxy's.
+    """
+    if not os.access(NGINX, os.X_OK):
+        raise FileNotFoundError(NGINX)
+    port = _free_port()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with tempfile.TemporaryDirectory(prefix="minato-bench-nginx-") as tmp:
+        conf = Path(tmp) / "nginx.conf"
+        # Each proxied stream holds two connections; nginx itself wants a few descriptors.
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, upstream=upstream_port, connections=soft // 2))
+        # -e: the error log from the very start, before the config is read (else /var/log/nginx).
+        argv = [NGINX, "-p", tmp, "-c", str(conf), "-e", str(Path(tmp) / "error.log")]
+        with _serving("nginx", argv, _clean_env(), port, Path(tmp) / "nginx.out") as server:
+            yield server
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s children, their children, and so on (from every ``/proc/<pid>/stat``'s parent field)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not _healthy(port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"minato did not start (exit={process.poll()}):\n{log_path.read_text()[-4000:]}")
-                time.sleep(0.05)
-            yield Minato(port=port, pid=process.pid, log_path=log_path)
-            if process.poll() is not None:
-                raise RuntimeError(f"minato died during the benchmark:\n{log_path.read_text()[-4000:]}")
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone since the listing
+        parent = int(stat.rpartition(")")[2].split()[1])
+        parents.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads), from ``/proc/<pid>/stat``."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0  # a descendant that has just exited
     # The command name (field 2) may contain spaces; fields after it are fixed.
     fields = stat.rpartition(")")[2].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / _CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants (all their threads), from ``/proc/<pid>/stat``.
+
+    Minato and the bare relay serve in one process; nginx in a master and its worker.
+    """
+    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(child) for child in _descendants(pid))
 
 
 def rss_bytes(pid: int) -> int:
@@ -159,6 +297,15 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def _nginx_version() -> str:
+    try:
+        # nginx -v writes "nginx version: nginx/1.22.1" to stderr.
+        out = subprocess.run([NGINX, "-v"], capture_output=True, text=True, check=True).stderr  # noqa: S603
+    except (OSError, subprocess.CalledProcessError):
+        return "nginx not installed"
+    return out.strip().rpartition(": ")[2].replace("/", " ")
 
 
 def source_state() -> str:
@@ -199,5 +346,6 @@ def machine_info(load_before: tuple[float, float, float]) -> dict[str, str]:
         "Minato at": source_state(),
         "Versions": ", ".join(
             f"{name} {_version(name)}" for name in ("minato", "litestar", "uvicorn", "httpx", "aiohttp", "uvloop")
-        ),
+        )
+        + f", {_nginx_version()}",
     }

@@ -102,16 +102,32 @@ def markdown_table(rows: list[Row]) -> str:
 
 HOW_TO_RUN: Final = """\
 ```sh
-make bench                                      # full run, about 2-3 minutes
-.venv/bin/python -m bench --quick               # about 1 minute, noisier
-.venv/bin/python -m bench --quick --only pool   # only the pool and shared-state rows
+make bench                                        # full run, 6-8 minutes
+.venv/bin/python -m bench --quick                 # about 4 minutes, noisier
+.venv/bin/python -m bench --quick --only paced    # one part: core, paced, whole16, concurrency, pool
+.venv/bin/python -m bench --only whole16 --only paced --profile profile.txt   # py-spy summaries too
 .venv/bin/python -m bench --markdown docs/benchmarks.md   # also rewrite this page
 ```
 
 The benchmark starts the Ollama stand-in (`tests/standin`) and Minato (`python -m minato serve`,
-one worker, `MINATO_LOG_LEVEL=warning`) as real processes on loopback, and drives both with its own
-load generator (`bench/load.py`: uvloop, a raw asyncio protocol and httptools, keep-alive
-connections), so every time is measured outside Minato. It needs no network and no GPU."""
+one worker, `MINATO_LOG_LEVEL=warning` unless a row says otherwise) as real processes on loopback,
+and drives both with its own load generator (`bench/load.py`: uvloop, a raw asyncio protocol and
+httptools, keep-alive connections), so every time is measured outside Minato. Two references run
+next to Minato in the same run: Debian's **nginx** (`/usr/sbin/nginx`, one worker,
+`proxy_buffering off`, its config, pid, logs and temp files in a temporary directory) and the
+**bare relay** (`bench/bare_relay.py`: about 50 lines of Litestar + aiohttp under uvicorn with Minato's
+server settings, httptools, uvloop, one worker, log level warning). It needs no network and no GPU.
+
+The parts (`--only`, may be repeated): `core` (1 and 32 clients, the long relay, the front doors),
+`paced` (200 paced streams direct, through nginx, the bare relay and Minato), `whole16` (whole
+answers at 16 clients, Minato's default features against the bare relay), `concurrency` (1,000
+slow streams, then 5,000), `pool` (backends, failover, Redis). `--profile PATH` adds, after each of
+the paced, whole16 and concurrency parts' measurements, an unmeasured repeat of its load with
+`py-spy record` attached to Minato (and to the bare relay at 16 clients, and during conversation
+turns), and writes each run's top entries by own time, by total time and by owner (the innermost
+Minato source file on the stack, else Litestar or uvicorn), with CPU µs per request or token:
+the per-feature cost. py-spy is in the dev group (`make install`) and needs ptrace rights over
+Minato (root, or `kernel.yama.ptrace_scope` 0)."""
 
 HOW_TO_READ: Final = """\
 - **Minato** is the figure through Minato (`GET /{model}?message=hi`, `GET /stream/{model}?message=hi`);
@@ -122,17 +138,63 @@ HOW_TO_READ: Final = """\
   last answer is complete); requests/s is throughput at that concurrency.
 - *TTFT* is the time from sending the request to the first byte of the response body (the first
   token of a stream).
-- *CPU* is the Minato process's user + system time from `/proc/<pid>/stat` over the measured run,
-  divided by requests or relayed tokens; it has no direct counterpart.
-- *1,000 slow streams* opens 1,000 connections, then asks for a 20-token answer paced 50 ms per
-  token (ideal 1.0 s) on all of them at once; completion times count from each request's write.
-  Peak RSS is Minato's `VmRSS`, polled every 20 ms during that run. Its *CPU per token* differs
-  from the long relay's: paced tokens arrive one per read, so nothing is batched and each token
-  pays the whole relay path (stream set-up included), as with a real model's pace.
+- *CPU* is the server's user + system time from `/proc/<pid>/stat` (Minato's one process; nginx's
+  master and worker) over the measured run, divided by requests or relayed tokens; it has no
+  direct counterpart.
 - Load generator, stand-in and Minato share the machine's cores, so absolute figures move with
-  the machine; the ratios to the direct run are the part that carries over.
-- The *log level info* rows repeat the 32-client non-streamed run with Minato's default logging,
-  which writes one JSON access line per request."""
+  the machine; the ratios to the direct run, and to nginx and the bare relay, are the part that
+  carries over.
+- In the rows of nginx and the bare relay the **Minato** column holds *their* figure (the metric
+  says whose)."""
+
+HOW_REFERENCES: Final = """\
+- *paced tokens*: 200 connections, then one streamed request on each at once for
+  `standin/paced:100x20` (100 tokens, the first at once and then one every 20 ms: ideal 1.98 s),
+  as a real model paces them. Sent straight to the stand-in's `POST /api/chat` (*direct*), through
+  nginx (`POST /api/chat`, proxied), through the bare relay (`GET /stream/{model}?message=hi`, the
+  request Minato's own route takes, and `POST /api/chat` passed through) and through Minato
+  (`GET /stream/{model}?message=hi` and the native door's `POST /api/chat`). The six take turns,
+  one burst each per round, in rotating order (3 rounds, quick 1). *CPU per relayed token* is the
+  server's user + system time (all its processes: nginx's master and worker) over its bursts,
+  divided by the tokens it relayed; connection and stream set-up are included, spread over the
+  100 tokens. Minato's routes are held to at most 1.5x nginx's CPU per token, p99 completion
+  within 1.5x direct's (same run), and no errors.
+- *whole answer, 16 clients*: 16 keep-alive clients in a closed loop of `GET /{model}?message=hi`
+  (20 tokens) to a Minato with its default features on: `MINATO_LOG_LEVEL=info` (one request log
+  line per answer; the row *request log lines per request* proves it), metrics (always on), a key
+  (`MINATO_API_KEYS`, sent as `Authorization: Bearer`) and a rate limit
+  (`MINATO_RATE_LIMIT_PER_MINUTE=1000000000`: checked on every request, never reached), and the
+  same request to the bare relay. The two take 6 turns of 2 s each (quick 2 of 1.5 s), alternating
+  which goes first; Minato's requests/s is held to at least 0.9x the bare relay's. *Direct* is the
+  stand-in's `POST /api/chat` (`stream` false) at 16 clients.
+- *1 client* (core rows): the added time to a stream's first byte (`GET /stream`, and the native
+  door streamed) and the added p50 of a whole answer (`GET /`, and the native door whole) are each
+  held to at most 0.5 ms over direct; the long relay to at most 20 µs of CPU per token."""
+
+HOW_CONCURRENCY: Final = """\
+The concurrency rows have their own stand-in and a Minato told to admit them all:
+`MINATO_MAX_GENERATIONS=5000` (generations at once; more would queue) and
+`MINATO_MAX_CONNECTIONS=5000` (connections to Ollama from the worker). Client connections are
+capped at `MINATO_MAX_CLIENT_CONNECTIONS`, by default half the open-file limit less a reserve of 64,
+which `minato serve` raises to the hard limit at start: each stream holds two descriptors (the
+client's socket and the one to Ollama), so **5,000 streams on one worker need an open-file limit of
+at least 10,080** (`ulimit -n 16384` before `minato serve`, `LimitNOFILE=` in a systemd unit,
+`--ulimit nofile=16384:16384` for a container). The benchmark raises its own soft limit to the hard
+one before starting anything (children inherit it); below 10,080 the 5,000-stream rows read *n/a*.
+- *1,000 slow streams* opens 1,000 connections, then asks for a 20-token answer paced 50 ms per
+  token (ideal 0.95 s) on all of them at once; completion times count from each request's write.
+  p99 completion is held to 1.5x direct's.
+- *5,000 slow streams*: 6 tokens 3 s apart (ideal 15 s), the clients arriving evenly over 10 s
+  (500 a second), each opening its connection as it arrives: all 5,000 at one instant would have
+  Minato open 5,000 connections to the stand-in at once, beyond its listen backlog of 1,024, and a
+  dropped SYN is retried only after 1 s, then 3 s, past `MINATO_CONNECT_TIMEOUT`. Held to no errors
+  and Minato's peak RSS at most 250 MB; *streams relaying at once* (between their first token and
+  their end, as the client saw them) must reach all 5,000, else the RSS figure is for fewer.
+- Peak RSS is Minato's `VmRSS`, polled every 20 ms during a run. *CPU per token* differs from the
+  long relay's: paced tokens arrive one per read, so nothing is batched and each token pays the
+  whole relay path (stream set-up included), as with a real model's pace.
+- Between the direct run and Minato's, the benchmark waits until the stand-in is idle (it is
+  still closing the direct run's thousands of connections, and would accept slowly)."""
 
 
 HOW_DOORS: Final = """\
@@ -148,7 +210,8 @@ extra frame is dropped on the way back: the Minato figure includes that, the dir
 The doors' *relay one 5,000-token stream* rows repeat the long relay through the door, taking turns
 with Minato's own `GET /stream/{model}` (five rounds) so that both meet the same machine load; their
 CPU per token is divided by the own route's (*/ GET /stream's*). The native door is held to at most
-the own route's CPU per relayed token (≤ 1.0x) and to at most 0.5 ms added p50 for a whole answer.
+the own route's CPU per relayed token (≤ 1.0x), to at most 0.5 ms added p50 for a whole answer and
+0.5 ms added time to a stream's first byte.
 When the stand-in does not answer a door's route (it answered 501 on `/v1` before it spoke OpenAI),
 that door's rows read *n/a* with the reason."""
 
@@ -157,7 +220,7 @@ HOW_POOL: Final = """\
 The pool and shared-state rows start their own stand-ins and Minatos (log level warning), and Redis.
 - *pool routing*: the model is installed on three stand-ins and loaded on one. A Minato with that
   one backend, one with all three, and a second one-backend Minato as a control take turns of
-  16-client closed-loop `GET /{model}?message=hi` (rotating order; 30 rounds of 1 s, quick 12 of
+  16-client closed-loop `GET /{model}?message=hi` (rotating order; 21 rounds of 1 s, quick 12 of
   0.5 s). `MINATO_BACKEND_PARALLEL=32`, above the client count, keeps every request of the pool on the
   loaded backend, so all three send the same traffic to the same stand-in and differ by the routing
   (and the probes of two more backends). Figures are medians over the rounds; *added CPU* is the
@@ -176,7 +239,7 @@ The pool and shared-state rows start their own stand-ins and Minatos (log level 
   finds the dead backend, not the probe. Three runs (quick one): failures summed, the rest medians.
 - *conversation turn*: one client, `GET /{model}?message=hi&session=...` in sessions of 10 turns,
   to a Minato with `MINATO_REDIS_URL` (a `redis-server` on a free loopback port, persistence off)
-  and to one with the default SQLite store (a new file per run), taking turns (10 rounds of 2 s,
+  and to one with the default SQLite store (a new file per run), taking turns (6 rounds of 2 s,
   quick 6 of 1 s); *added p50* is the median of the rounds' differences. Without a `redis-server`,
   or when the Minato given `MINATO_REDIS_URL` wrote no key to Redis in its warm-up, the rows read
   *n/a* with the reason."""
@@ -193,6 +256,8 @@ def render_markdown(rows: list[Row], machine: dict[str, str], when: dt.datetime)
         f"## Results ({when:%Y-%m-%d %H:%M} UTC)\n\n{markdown_table(rows)}\n\n"
         f"Machine:\n\n{machine_lines}\n\n"
         f"## How to read the table\n\n{HOW_TO_READ}\n\n"
+        f"## How the targets of the hot path are measured (nginx, the bare relay)\n\n{HOW_REFERENCES}\n\n"
+        f"## How the concurrency rows are measured\n\n{HOW_CONCURRENCY}\n\n"
         f"## How the doors are measured\n\n{HOW_DOORS}\n\n"
         f"## How the pool and shared-state rows are measured\n\n{HOW_POOL}\n"
     )
