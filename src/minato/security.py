@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import ipaddress
 import math
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -181,12 +181,16 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return connection.headers.get("x-api-key") or None
 
 
-def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot) -> Any:
-    """Build the guard every route runs before its handler: the key, its role, its rate and its token
-    quota (kept by the running runtime's limiter and quota, found in ``slot``)."""
+#: The key check of a request, given the route it matched (its ``opt`` says public, probe or admin).
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
+
+
+def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot) -> Guard:
+    """Build the check every route runs before its handler: the key, its role, its rate and its token
+    quota (kept by the running runtime's limiter and quota, found in ``slot``). The app's
+    ``before_request`` hook calls it first."""
     required = keyring.enabled  # configured keys are always enforced; MINATO_AUTH only governs having none
 
-    # Async on purpose: Litestar runs a sync guard in a worker thread, once per request.
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         opt = handler.opt
         if not required or opt.get(PUBLIC) or (opt.get(PROBE) and settings.open_probes):
@@ -293,6 +297,7 @@ __all__ = [
     "PROBE",
     "PUBLIC",
     "Caller",
+    "Guard",
     "Keyring",
     "Role",
     "caller_of",
