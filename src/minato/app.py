@@ -22,6 +22,7 @@ from minato.handlers.common import before_handler
 from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
+from minato.openapi import document_routes
 from minato.params import provide_generation_options
 from minato.quota import Quota
 from minato.rendering import EXCEPTION_HANDLERS
@@ -122,6 +123,7 @@ def create_app(
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that
     # fail after their first byte are logged with the status the client actually got.
     attach(app, slot)
+    document_routes(app)
     app.asgi_handler = RequestLogMiddleware(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), metrics, slot)
     return app
 

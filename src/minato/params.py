@@ -20,7 +20,14 @@ from minato.errors import ErrorItem, ForbiddenError, InvalidInputError
 from minato.security import Caller
 from minato.sessions import validate_session_id
 from minato.settings import Settings
-from minato.upstream.options import OPTIONS, check_stop, keep_alive_seconds, parse_keep_alive
+from minato.upstream.options import (
+    MAX_STOP_SEQUENCES,
+    OPTIONS,
+    OptionSpec,
+    check_stop,
+    keep_alive_seconds,
+    parse_keep_alive,
+)
 from minato.upstream.wire import ChatRequest, WireMessage
 
 #: Ollama model references: ``[host/][namespace/]name[:tag]``.
@@ -83,7 +90,17 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
 
 def _option(name: str) -> Any:
     spec = OPTIONS[name]
-    return Parameter(description=spec.description, ge=spec.ge, le=spec.le)
+    return Parameter(description=spec.description, ge=spec.ge, le=spec.le, schema_extra=_documented_bounds(spec))
+
+
+def _documented_bounds(spec: OptionSpec) -> dict[str, float] | None:
+    """The bounds, once more for the OpenAPI document: Litestar copies ``ge``/``le`` into it only when
+    they are truthy, so a bound of 0 (``temperature``, ``top_p``, ...) is enforced but not documented;
+    and the most ``stop`` values, which :func:`check_stop` enforces."""
+    bounds = {key: value for key, value in (("minimum", spec.ge), ("maximum", spec.le)) if value is not None}
+    if spec.kind is list:
+        bounds["maxItems"] = MAX_STOP_SEQUENCES
+    return bounds or None
 
 
 def provide_generation_options(
@@ -215,9 +232,12 @@ def generation_options(
 
 def _meta(name: str) -> msgspec.Meta:
     spec = OPTIONS[name]
-    if spec.ge is None and spec.le is None:
+    bounds = _documented_bounds(spec)
+    if bounds is None:
         return msgspec.Meta(description=spec.description)
-    return msgspec.Meta(ge=spec.ge, le=spec.le, description=spec.description)
+    # Litestar documents a msgspec field's ``extra_json_schema["extra"]`` as is (and its bounds only when truthy).
+    extra = {"description": spec.description, "extra": bounds}
+    return msgspec.Meta(ge=spec.ge, le=spec.le, description=spec.description, extra_json_schema=extra)
 
 
 class GenerationBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

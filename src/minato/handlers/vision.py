@@ -13,6 +13,7 @@ from typing import Annotated, Final
 
 from litestar import post
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import Parameter, SkipValidation
 from litestar.response import Stream
 
@@ -20,9 +21,9 @@ from minato.disconnect import unless_disconnected
 from minato.errors import InvalidInputError, RequestTimeoutError
 from minato.fetch import ImageFetcher
 from minato.generation import Generation, GenerationParts, Question, streamed_answer, whole_answer
-from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, require_vision
+from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, REQUEST_BODY_OPT, require_vision
 from minato.handlers.generate import STREAM_DESCRIPTION
-from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
+from minato.images import BASE64_FIELD, IMAGE_FIELD, URL_FIELD, check_link, read_vision_form, too_many_images
 from minato.params import EXTRA_QUERY_OPT, GenerationOptions, check_text_length
 from minato.rendering import error_spec
 from minato.schemas import GenerateResponse
@@ -60,8 +61,46 @@ ImageUrls = Annotated[
 ]
 
 
-#: A generation route, with its own query parameter on top of the generation parameters.
-VISION_QUERY: Final = {EXTRA_QUERY_OPT: frozenset({URL_FIELD}), GENERATION_OPT: True}
+#: The form both vision routes read themselves, once the generation holds its slot (so Litestar never
+#: parses it): documented here. Optional, because query-string links need no body.
+VISION_FORM: Final = RequestBody(
+    required=False,
+    description="The images and, unless it is in the query string, the message. Every part may repeat.",
+    content={
+        "multipart/form-data": OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                properties={
+                    IMAGE_FIELD: Schema(
+                        type=OpenAPIType.ARRAY,
+                        items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+                        description="Image files (PNG, JPEG, WebP, GIF or BMP, recognised by content).",
+                    ),
+                    BASE64_FIELD: Schema(
+                        type=OpenAPIType.ARRAY,
+                        items=Schema(type=OpenAPIType.STRING),
+                        description=(
+                            "Base64 images (a `data:image/...;base64,` prefix, line breaks, the URL-safe alphabet "
+                            "and missing padding are accepted)."
+                        ),
+                    ),
+                    URL_FIELD: Schema(
+                        type=OpenAPIType.ARRAY,
+                        items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.URI),
+                        description="Links Minato downloads (as the `image_url` query parameter).",
+                    ),
+                    "message": Schema(
+                        type=OpenAPIType.STRING,
+                        min_length=1,
+                        description="The question about the images (or send it in the query string, not both).",
+                    ),
+                },
+            )
+        )
+    },
+)
+#: A generation route, with its own query parameter on top of the generation parameters, and its form.
+VISION_QUERY: Final = {EXTRA_QUERY_OPT: frozenset({URL_FIELD}), GENERATION_OPT: True, REQUEST_BODY_OPT: VISION_FORM}
 #: Both vision routes: one tag, the same documented failures, the same query, and 200 (not 201).
 _post = partial(post, status_code=200, responses=VISION_RESPONSES, tags=["vision"], opt=VISION_QUERY)
 
