@@ -11,11 +11,11 @@ from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from minato import __version__
 from minato.backpressure import Admission
+from minato.docs import assets_routers, render_plugins
 from minato.doors import DOOR_HANDLERS
 from minato.handlers import HANDLER_DEPENDENCIES, ROUTE_HANDLERS
 from minato.handlers.common import before_handler
@@ -39,6 +39,8 @@ API_DESCRIPTION: Final = (
     "defaults apply otherwise. `numa` and `low_vram` are accepted for compatibility but current "
     "Ollama ignores them."
 )
+#: Where the API docs pages and the OpenAPI document are served.
+DOCS_PATH: Final = "/docs"
 
 
 def create_app(
@@ -106,7 +108,10 @@ def create_app(
             description=API_DESCRIPTION,
             # The docs router is exempt from keys as a whole (the API description holds no secrets,
             # and a browser cannot send a key to it); the exemption travels with its handlers.
-            openapi_router=Router(path="/docs", route_handlers=[], opt={PUBLIC: True}, include_in_schema=False),
+            # The pages' assets are Minato's own files, served by the same open router.
+            openapi_router=Router(
+                path=DOCS_PATH, route_handlers=assets_routers(), opt={PUBLIC: True}, include_in_schema=False
+            ),
             components=Components(
                 security_schemes={
                     "key": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
@@ -114,7 +119,7 @@ def create_app(
                 }
             ),
             security=[{"key": []}, {"bearer": []}],
-            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
+            render_plugins=render_plugins(DOCS_PATH),
         ),
         # Logging is configured once by configure_logging, not by Litestar's defaults.
         logging_config=None,
