@@ -15,8 +15,9 @@ own shape instead), and it drops a bound of ``0`` (``minimum: 0``) from a query 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from typing import Any, ClassVar, Final
 
 from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
@@ -76,16 +77,66 @@ class _Route:
 
 
 def document_routes(app: Litestar) -> None:
-    """Give each documented handler of ``app`` its errors and the operation that completes its entry."""
+    """Give each documented handler of ``app`` its errors and the operation that completes its entry.
+
+    Both are worked out only when the document is first built: most apps (every test's) never build it.
+    """
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
         for handler in route.route_handlers:
             if not handler.resolve_include_in_schema():
                 continue
-            facts = _facts(route, handler)
-            handler.responses = _merged(_errors(facts), handler.responses or {})
-            handler.operation_class = _operation_class(facts, handler)
+            documentation = _Documentation(route, handler)
+            handler.responses = _Errors(documentation)
+            handler.operation_class = type(
+                "DocumentedOperation", (_DocumentedOperation,), {"documentation": documentation}
+            )
+
+
+class _Documentation:
+    """What the document says about one handler of one route, beyond what Litestar derives."""
+
+    def __init__(self, route: HTTPRoute, handler: HTTPRouteHandler) -> None:
+        self._route = route
+        self._handler = handler
+        self.own: Final = dict(handler.responses or {})
+        self.success: Final = str(handler.status_code)
+
+    @cached_property
+    def facts(self) -> _Route:
+        return _facts(self._route, self._handler)
+
+    @cached_property
+    def errors(self) -> dict[int, ResponseSpec]:
+        return _merged(_errors(self.facts), self.own)
+
+
+class _Errors(Mapping[int, ResponseSpec]):
+    """A handler's ``responses``: its errors, worked out when Litestar first reads them."""
+
+    def __init__(self, documentation: _Documentation) -> None:
+        self._documentation = documentation
+
+    def __getitem__(self, status: int) -> ResponseSpec:
+        return self._documentation.errors[status]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._documentation.errors)
+
+    def __len__(self) -> int:
+        return len(self._documentation.errors)
+
+
+class _DocumentedOperation(Operation):
+    """An ``Operation`` that corrects, as soon as Litestar builds it, what Litestar derived for its handler."""
+
+    documentation: ClassVar[_Documentation]
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(**fields)
+        documentation = self.documentation
+        _complete(self, documentation.facts, documentation.success, {str(s) for s in documentation.errors})
 
 
 def _facts(route: HTTPRoute, handler: HTTPRouteHandler) -> _Route:
@@ -181,19 +232,6 @@ def _merged(general: dict[int, ResponseSpec], own: Mapping[int, ResponseSpec]) -
         else:
             merged[status] = dataclasses.replace(spec, description=f"{spec.description} {other.description}")
     return dict(sorted(merged.items()))
-
-
-def _operation_class(route: _Route, handler: HTTPRouteHandler) -> type[Operation]:
-    """An ``Operation`` that corrects what Litestar derived for ``handler`` once it is built."""
-    success = str(handler.status_code)
-    own = {str(status) for status in handler.responses or {}}
-
-    @dataclasses.dataclass
-    class DocumentedOperation(Operation):
-        def __post_init__(self) -> None:
-            _complete(self, route, success, own)
-
-    return DocumentedOperation
 
 
 def _complete(operation: Operation, route: _Route, success: str, documented: set[str]) -> None:
