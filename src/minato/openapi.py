@@ -185,7 +185,8 @@ def _errors(route: _Route) -> dict[int, ResponseSpec]:
         forbidden.append("The key may not use this model (its `models` do not match).")
     if route.opt.get(GENERATION_OPT):
         forbidden.append(
-            "A user key asked for a `keep_alive` outside 1 s to `MINATO_USER_MAX_KEEP_ALIVE` (admin keys only)."
+            "A user key asked for a `keep_alive` outside 1 s to `MINATO_USER_MAX_KEEP_ALIVE`, or a `num_ctx` "
+            "above `MINATO_USER_MAX_NUM_CTX` (admin keys may)."
         )
     if forbidden:
         errors[403] = error_spec(" ".join(forbidden))
