@@ -7,8 +7,10 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 # ollama-js, which the end-to-end tests drive under Node (tests/e2e/node).
 NODE_CLIENTS := tests/e2e/node
+# The pinned npm packages whose files the docs pages serve (assets/package.json, copied by assets/vendor.py).
+ASSET_PACKS := assets/.packages/.fetched
 
-.PHONY: help install lint fmt type test check run bench up down logs clean
+.PHONY: help install assets lint fmt type test check run bench up down logs clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -17,7 +19,7 @@ help: ## List the targets
 	python3 -m venv .tools
 	.tools/bin/pip install --quiet uv
 
-install: $(if $(findstring .tools/,$(UV)),.tools/bin/uv) $(NODE_CLIENTS)/node_modules/.package-lock.json ## Install Minato and its dev tools into .venv (from uv.lock), and ollama-js
+install: $(if $(findstring .tools/,$(UV)),.tools/bin/uv) $(NODE_CLIENTS)/node_modules/.package-lock.json $(ASSET_PACKS) ## Install Minato and its dev tools into .venv (from uv.lock), ollama-js, and the docs assets' pinned packages
 	$(UV) sync --locked
 
 # Runs only when node_modules is missing or older than the lock file. Without npm the ollama-js test
@@ -29,15 +31,27 @@ $(NODE_CLIENTS)/node_modules/.package-lock.json: $(NODE_CLIENTS)/package-lock.js
 		echo "npm not found: the ollama-js end-to-end test needs Node 20 (npm ci --prefix $(NODE_CLIENTS))"; \
 	fi
 
+# Fetches the pinned tarballs (npm pack: no dependencies, no install scripts) so the test can compare
+# them with the committed copies. Without npm that test fails and says why.
+$(ASSET_PACKS): assets/package.json
+	@if command -v npm >/dev/null; then \
+		python3 -m assets.vendor fetch && touch $@; \
+	else \
+		echo "npm not found: the docs assets test needs it to fetch assets/package.json's packages"; \
+	fi
+
+assets: ## Copy the docs pages' files from the packages pinned in assets/package.json into src/minato/static/docs
+	python3 -m assets.vendor copy
+
 lint: install ## ruff lint and format check
-	$(UV) run ruff check src tests bench
-	$(UV) run ruff format --check src tests bench
+	$(UV) run ruff check src tests bench assets
+	$(UV) run ruff format --check src tests bench assets
 
 fmt: install ## Format and auto-fix
-	$(UV) run ruff format src tests bench
-	$(UV) run ruff check --fix src tests bench
+	$(UV) run ruff format src tests bench assets
+	$(UV) run ruff check --fix src tests bench assets
 
-type: install ## mypy --strict over src, tests and bench
+type: install ## mypy --strict over src, tests, bench and assets
 	$(UV) run mypy
 
 test: install ## Install everything and run the whole test suite (unit + end-to-end)
@@ -61,4 +75,4 @@ logs: ## Follow the containers' logs
 	docker compose logs -f
 
 clean: ## Remove caches and the local environments
-	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache $(NODE_CLIENTS)/node_modules
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache $(NODE_CLIENTS)/node_modules assets/.packages

@@ -11,17 +11,18 @@ from litestar import Litestar, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from minato import __version__
 from minato.backpressure import Admission
+from minato.docs import assets_routers, render_plugins
 from minato.doors import DOOR_HANDLERS
 from minato.handlers import HANDLER_DEPENDENCIES, ROUTE_HANDLERS
 from minato.handlers.common import before_handler
 from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
+from minato.openapi import document_routes
 from minato.quota import Quota
 from minato.rendering import EXCEPTION_HANDLERS
 from minato.runtime import RuntimeSlot, UpstreamFactory, attach, settle_garbage_collector, started
@@ -37,6 +38,8 @@ API_DESCRIPTION: Final = (
     "defaults apply otherwise. `numa` and `low_vram` are accepted for compatibility but current "
     "Ollama ignores them."
 )
+#: Where the API docs pages and the OpenAPI document are served.
+DOCS_PATH: Final = "/docs"
 
 
 def _before_request(guard: Guard | None) -> Callable[[Request[Any, Any, Any]], Awaitable[Response[None] | None]]:
@@ -121,7 +124,10 @@ def create_app(
             description=API_DESCRIPTION,
             # The docs router is exempt from keys as a whole (the API description holds no secrets,
             # and a browser cannot send a key to it); the exemption travels with its handlers.
-            openapi_router=Router(path="/docs", route_handlers=[], opt={PUBLIC: True}, include_in_schema=False),
+            # The pages' assets are Minato's own files, served by the same open router.
+            openapi_router=Router(
+                path=DOCS_PATH, route_handlers=assets_routers(), opt={PUBLIC: True}, include_in_schema=False
+            ),
             components=Components(
                 security_schemes={
                     "key": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
@@ -129,7 +135,7 @@ def create_app(
                 }
             ),
             security=[{"key": []}, {"bearer": []}],
-            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin(path="/scalar")],
+            render_plugins=render_plugins(DOCS_PATH),
         ),
         # Logging is configured once by configure_logging, not by Litestar's defaults.
         logging_config=None,
@@ -138,6 +144,7 @@ def create_app(
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that
     # fail after their first byte are logged with the status the client actually got.
     attach(app, slot)
+    document_routes(app)
     app.asgi_handler = RequestLogMiddleware(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), metrics, slot)
     return app
 

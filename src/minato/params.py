@@ -21,7 +21,14 @@ from minato.rendering import validation_sentence
 from minato.security import Caller
 from minato.sessions import validate_session_id
 from minato.settings import Settings
-from minato.upstream.options import OPTIONS, check_stop, keep_alive_seconds, parse_keep_alive
+from minato.upstream.options import (
+    MAX_STOP_SEQUENCES,
+    OPTIONS,
+    OptionSpec,
+    check_stop,
+    keep_alive_seconds,
+    parse_keep_alive,
+)
 from minato.upstream.wire import ChatRequest, WireMessage
 
 #: Ollama model references: ``[host/][namespace/]name[:tag]``.
@@ -120,11 +127,24 @@ def generation_options(
     )
 
 
+def _documented_bounds(spec: OptionSpec) -> dict[str, float] | None:
+    """The bounds, once more for the OpenAPI document: Litestar copies a msgspec field's bounds into it
+    only when they are truthy, so a bound of 0 (``temperature``, ``top_p``, ...) would be enforced but
+    not documented; and the most ``stop`` values, which :func:`check_stop` enforces."""
+    bounds = {key: value for key, value in (("minimum", spec.ge), ("maximum", spec.le)) if value is not None}
+    if spec.kind is list:
+        bounds["maxItems"] = MAX_STOP_SEQUENCES
+    return bounds or None
+
+
 def _meta(name: str) -> msgspec.Meta:
     spec = OPTIONS[name]
-    if spec.ge is None and spec.le is None:
+    bounds = _documented_bounds(spec)
+    if bounds is None:
         return msgspec.Meta(description=spec.description)
-    return msgspec.Meta(ge=spec.ge, le=spec.le, description=spec.description)
+    # Litestar documents a msgspec field's ``extra_json_schema["extra"]`` as is.
+    extra = {"description": spec.description, "extra": bounds}
+    return msgspec.Meta(ge=spec.ge, le=spec.le, description=spec.description, extra_json_schema=extra)
 
 
 class GenerationFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -219,13 +239,19 @@ class GenerationBody(GenerationFields, kw_only=True):
     ] = msgspec.field(default_factory=list)
 
 
-class GenerationQuery(GenerationFields, kw_only=True):
+class _QueryFields(GenerationFields, kw_only=True):
+    """The parameters as a query string carries them: a number of seconds there is text too."""
+
+    keep_alive: Annotated[str, msgspec.Meta(description=KEEP_ALIVE_DESCRIPTION)] | None = None
+
+
+class GenerationQuery(_QueryFields, kw_only=True):
     """The query string of ``GET /{model}`` and ``GET /stream/{model}``."""
 
     message: Annotated[str, msgspec.Meta(min_length=1, description=MESSAGE_DESCRIPTION)] | None = None
 
 
-class VisionQuery(GenerationFields, kw_only=True):
+class VisionQuery(_QueryFields, kw_only=True):
     """The query string of the vision routes: the message may come in the form instead, and image links."""
 
     message: (
@@ -374,12 +400,18 @@ def _openapi_schema(schema: dict[str, Any]) -> Schema:
             values["type"] = OpenAPIType(value)
         elif keyword == "items":
             values["items"] = _openapi_schema(value)
+        elif keyword == "extra":
+            # What Litestar is told besides msgspec's own keywords (see _meta): the same bounds, and more.
+            for name, bound in value.items():
+                values[_SCHEMA_KEYWORDS[name]] = bound
         elif keyword == "anyOf":
             values["one_of"] = [_openapi_schema(branch) for branch in value]
         elif keyword in _SCHEMA_KEYWORDS:
             values[_SCHEMA_KEYWORDS[keyword]] = value
         else:
             raise ValueError(f"no OpenAPI translation for the JSON Schema keyword {keyword!r}")
+    if "enum" in values and "type" not in values and all(isinstance(v, str) for v in values["enum"]):
+        values["type"] = OpenAPIType.STRING  # msgspec writes a Literal's values only
     return Schema(**values)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 import structlog
@@ -340,3 +340,51 @@ VALIDATION_RESPONSE: Final = ResponseSpec(
     description="A parameter is missing or invalid.",
     generate_examples=False,
 )
+
+
+class OllamaErrorBody(msgspec.Struct, frozen=True):
+    """Body of an error under ``/api/``, as Ollama answers it."""
+
+    error: str
+
+
+class OpenAIError(msgspec.Struct, frozen=True):
+    """What went wrong, as OpenAI describes it."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(msgspec.Struct, frozen=True):
+    """Body of an error under ``/v1/``, as OpenAI answers it."""
+
+    error: OpenAIError
+
+
+class AnthropicError(msgspec.Struct, frozen=True):
+    """What went wrong, as Anthropic describes it."""
+
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(msgspec.Struct, frozen=True):
+    """Body of an error at ``/v1/messages``, as Anthropic answers it."""
+
+    type: Literal["error"]
+    error: AnthropicError
+
+
+_DOOR_BODIES: Final[dict[Door, type[msgspec.Struct]]] = {
+    Door.MINATO: ErrorDetail,
+    Door.OLLAMA: OllamaErrorBody,
+    Door.OPENAI: OpenAIErrorBody,
+    Door.ANTHROPIC: AnthropicErrorBody,
+}
+
+
+def door_error_spec(door: Door, description: str) -> ResponseSpec:
+    """Document an error status answered at ``door``, in the shape :func:`error_response` gives it."""
+    return ResponseSpec(data_container=_DOOR_BODIES[door], description=description, generate_examples=False)

@@ -9,8 +9,9 @@ names the operation and gives a curl command for the case.
 
 Two things are steered away from on purpose:
 
-* ``image_url`` links are rewritten to loopback addresses (which Minato must refuse), so a generated
-  host name never makes Minato resolve or fetch anything off this machine;
+* ``image_url`` links (in the query string and in the vision form) are rewritten to loopback
+  addresses (which Minato must refuse), so a generated host name never makes Minato resolve or fetch
+  anything off this machine;
 * model names under ``standin/`` are the stand-in's scripted failures (hang, busy, fail-before), whose
   5xx answers are correct and tested elsewhere, so they are renamed.
 
@@ -69,10 +70,12 @@ def _steer(case: GeneratedCase) -> None:
     """Keep a generated case on this machine and off the stand-in's scripted failures."""
     # Checked, not trusted: what the generator puts here is not promised to match the declared type.
     query: object = case.query
-    if isinstance(query, dict) and "image_url" in query:
-        links = query["image_url"]
-        count = len(links) if isinstance(links, list) else 1
-        query["image_url"] = [f"http://127.0.0.1:9/fuzz-{i}.png" for i in range(max(count, 1))]
+    body: object = case.body
+    for fields in (query, body):  # links in the query string, and in the vision routes' form
+        if isinstance(fields, dict) and "image_url" in fields:
+            links = fields["image_url"]
+            count = len(links) if isinstance(links, list) else 1
+            fields["image_url"] = [f"http://127.0.0.1:9/fuzz-{i}.png" for i in range(max(count, 1))]
     params = case.path_parameters
     if isinstance(params, dict):
         for name, value in params.items():

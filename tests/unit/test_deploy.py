@@ -183,7 +183,14 @@ def _bytes(text: str) -> int:
 
 
 def test_every_file_in_deploy_is_one_these_tests_check() -> None:
-    assert sorted(p.name for p in DEPLOY.iterdir()) == [".env.example", "compose.yaml", "nginx.conf"]
+    # grafana/ is the dashboard's, checked against Minato's metrics by test_dashboard.py.
+    assert sorted(p.name for p in DEPLOY.iterdir()) == [
+        ".env.example",
+        "compose.yaml",
+        "grafana",
+        "nginx.conf",
+        "prometheus.yml",
+    ]
 
 
 def test_the_compose_file_is_valid_against_the_compose_specification() -> None:
@@ -379,3 +386,34 @@ def test_readiness_goes_through_nginx_to_minatos_ready() -> None:
     assert check.endswith("http://127.0.0.1/ready")
     for name, service in _replicas(compose).items():
         assert service["environment"]["MINATO_OPEN_PROBES"] == "true", f"{name}: /ready without a key"
+
+
+def _prometheus() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    return loaded
+
+
+def test_prometheus_scrapes_every_replica_at_its_port_and_metrics_path() -> None:
+    compose = _compose()
+    [job] = _prometheus()["scrape_configs"]
+    targets = [target for group in job["static_configs"] for target in group["targets"]]
+    filled = {"MINATO_API_KEYS": KEY_DIGEST}
+    replicas = {f"{name}:{_start(_replica_env(service, filled)).port}" for name, service in _replicas(compose).items()}
+
+    assert sorted(targets) == sorted(replicas)
+    assert job["metrics_path"] == "/metrics"
+    for name, service in _replicas(compose).items():
+        # Prometheus sends no key: the replicas must serve /metrics without one.
+        assert _start(_replica_env(service, filled)).open_probes, name
+
+
+def test_prometheus_runs_only_with_the_monitoring_profile_unpublished_with_its_config() -> None:
+    compose = _compose()
+    prometheus = compose["services"]["prometheus"]
+    mounts = {str(v).split(":")[0]: str(v).split(":")[1] for v in prometheus["volumes"]}
+
+    assert prometheus["profiles"] == ["monitoring"]
+    assert "ports" not in prometheus
+    assert mounts["./prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert "prometheus-data" in compose["volumes"]
+    assert set(prometheus["depends_on"]) == set(_replicas(compose))

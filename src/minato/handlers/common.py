@@ -15,7 +15,7 @@ from minato.generation import GenerationParts
 from minato.params import validate_model_name
 from minato.query import reject_repeated_parameters
 from minato.record import RequestRecord, record_of
-from minato.rendering import VALIDATION_RESPONSE, error_spec
+from minato.rendering import error_spec
 from minato.runtime import runtime_of
 from minato.security import ANONYMOUS, caller_of, require_model_in_scope
 from minato.streaming import is_minato_event_id
@@ -23,28 +23,26 @@ from minato.streaming import is_minato_event_id
 T = TypeVar("T")
 
 
+#: What a route that asks Ollama may answer besides what every route may (:mod:`minato.openapi` adds
+#: those: 401, 403, 413, 414, 422, 429 and the shared state's 503, as they apply).
 UPSTREAM_RESPONSES: Final[dict[int, ResponseSpec]] = {
-    401: error_spec("No valid API key (when keys are configured); see `WWW-Authenticate`."),
-    422: VALIDATION_RESPONSE,
-    429: error_spec(
-        "This key sent more requests per minute than allowed, or used up its daily token quota; see `Retry-After`."
-    ),
     502: error_spec("Ollama failed in another way; `detail` carries Ollama's message."),
     503: error_spec("Ollama is unreachable (the detail names its URL) or busy (with `Retry-After`)."),
     504: error_spec("Ollama did not answer in time."),
 }
-GENERATION_RESPONSES: Final[dict[int, ResponseSpec]] = {
-    400: error_spec("Ollama refused the request (e.g. the model cannot chat)."),
+#: The model actions (pull, load, unload, delete): Ollama may refuse them or not know the model.
+ADMIN_RESPONSES: Final[dict[int, ResponseSpec]] = {
+    400: error_spec("Ollama refused the request."),
     404: error_spec("Ollama has no such model."),
     **UPSTREAM_RESPONSES,
+}
+GENERATION_RESPONSES: Final[dict[int, ResponseSpec]] = {
+    **ADMIN_RESPONSES,
+    400: error_spec("Ollama refused the request (e.g. the model cannot chat)."),
     503: error_spec(
         "Ollama is unreachable (the detail names its URL), Ollama is busy, or Minato's generation queue is "
         "full; busy answers carry `Retry-After`."
     ),
-}
-ADMIN_RESPONSES: Final[dict[int, ResponseSpec]] = {
-    **GENERATION_RESPONSES,
-    403: error_spec("The key is a user key (this route needs an admin key), or it may not use this model."),
 }
 
 
@@ -137,6 +135,8 @@ def require_vision(model: str, capabilities: frozenset[str]) -> None:
 #: read), and the route serves the SSE an ``EventSource`` may reconnect to.
 GENERATION_OPT: Final = "generation"
 RECONNECTABLE_OPT: Final = "reconnectable"
+#: Route ``opt`` key: the OpenAPI request body of a route that reads its body itself (not as ``data``).
+REQUEST_BODY_OPT: Final = "request_body"
 
 
 async def before_handler(request: Request[Any, Any, Any]) -> Response[None] | None:

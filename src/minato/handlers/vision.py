@@ -12,15 +12,23 @@ from functools import partial
 from typing import Any, Final
 
 from litestar import Request, post
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.response import Stream
 
 from minato.disconnect import unless_disconnected
 from minato.errors import InvalidInputError, RequestTimeoutError
 from minato.fetch import ImageFetcher
 from minato.generation import Generation, Question, streamed_answer, whole_answer
-from minato.handlers.common import GENERATION_OPT, GENERATION_RESPONSES, ModelName, generation_parts, require_vision
+from minato.handlers.common import (
+    GENERATION_OPT,
+    GENERATION_RESPONSES,
+    REQUEST_BODY_OPT,
+    ModelName,
+    generation_parts,
+    require_vision,
+)
 from minato.handlers.generate import STREAM_DESCRIPTION
-from minato.images import URL_FIELD, check_link, read_vision_form, too_many_images
+from minato.images import BASE64_FIELD, IMAGE_FIELD, URL_FIELD, check_link, read_vision_form, too_many_images
 from minato.params import QUERY_OPT, VisionQuery, check_text_length, documented_query, parse_query
 from minato.rendering import error_spec
 from minato.runtime import runtime_of
@@ -40,13 +48,51 @@ VISION_RESPONSES: Final = {
     400: error_spec("The model has no `vision` capability, or Ollama refused the request."),
     413: error_spec("An image (uploaded, base64 or downloaded) or the whole body is larger than the configured limit."),
 }
+#: The form both vision routes read themselves, once the generation holds its slot (so Litestar never
+#: parses it): documented here. Optional, because query-string links need no body.
+VISION_FORM: Final = RequestBody(
+    required=False,
+    description="The images and, unless it is in the query string, the message. Every part may repeat.",
+    content={
+        "multipart/form-data": OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                properties={
+                    IMAGE_FIELD: Schema(
+                        type=OpenAPIType.ARRAY,
+                        items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+                        description="Image files (PNG, JPEG, WebP, GIF or BMP, recognised by content).",
+                    ),
+                    BASE64_FIELD: Schema(
+                        type=OpenAPIType.ARRAY,
+                        items=Schema(type=OpenAPIType.STRING),
+                        description=(
+                            "Base64 images (a `data:image/...;base64,` prefix, line breaks, the URL-safe alphabet "
+                            "and missing padding are accepted)."
+                        ),
+                    ),
+                    URL_FIELD: Schema(
+                        type=OpenAPIType.ARRAY,
+                        items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.URI),
+                        description="Links Minato downloads (as the `image_url` query parameter).",
+                    ),
+                    "message": Schema(
+                        type=OpenAPIType.STRING,
+                        min_length=1,
+                        description="The question about the images (or send it in the query string, not both).",
+                    ),
+                },
+            )
+        )
+    },
+)
 #: Both vision routes: one tag, the same documented failures, the same query, and 200 (not 201).
 _post = partial(
     post,
     status_code=200,
     responses=VISION_RESPONSES,
     tags=["vision"],
-    opt={GENERATION_OPT: True, QUERY_OPT: VisionQuery},
+    opt={GENERATION_OPT: True, QUERY_OPT: VisionQuery, REQUEST_BODY_OPT: VISION_FORM},
     operation_class=documented_query(VisionQuery),
 )
 
