@@ -22,6 +22,7 @@ from minato.handlers.common import before_handler
 from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
+from minato.pages import playground_router
 from minato.params import provide_generation_options
 from minato.quota import Quota
 from minato.rendering import EXCEPTION_HANDLERS
@@ -84,7 +85,7 @@ def create_app(
             yield
 
     app = Litestar(
-        route_handlers=[*DOOR_HANDLERS, *ROUTE_HANDLERS],
+        route_handlers=[*DOOR_HANDLERS, *ROUTE_HANDLERS, playground_router()],
         lifespan=[lifespan],
         # Handlers name what they need: a runtime field (provided once the app has started), the
         # caller, the generation options, or what the handlers share (the route's model, a generation).
