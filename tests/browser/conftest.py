@@ -197,7 +197,7 @@ def _watched(
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
     for index, page in enumerate(browsing.pages):
         if not page.is_closed():
-            page.screenshot(path=str(artifacts / f"{name}-{index}.png"), full_page=True)
+            page.screenshot(path=str(artifacts / f"{name}-{index}.png"))
     context.close()
     assert not watch.foreign, f"the page asked for other origins than Minato's: {watch.foreign}"
     unexpected = watch.unexpected_console_errors()
