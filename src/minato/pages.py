@@ -7,11 +7,13 @@ public like the docs router; everything it shows comes from Minato's own API, ca
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from litestar import Response, Router
+from litestar import Request, Response, Router
+from litestar.exceptions import NotFoundException
 from litestar.static_files import create_static_files_router
 
+from minato.rendering import error_response
 from minato.security import PUBLIC
 
 PLAYGROUND_DIRECTORY: Final = Path(__file__).parent / "static" / "playground"
@@ -34,6 +36,11 @@ def _with_page_headers(response: Response[object]) -> Response[object]:
     return response
 
 
+def _no_such_file(request: Request[Any, Any, Any], _: NotFoundException) -> Response[Any]:
+    # Litestar's sentence echoes the path, which may carry what the client meant as a model name.
+    return error_response(404, "no such file in the playground", path=request.scope["path"])
+
+
 def playground_router() -> Router:
     """``/playground``: the page (``index.html``) and its script and style sheet, open to anyone."""
     return create_static_files_router(
@@ -43,5 +50,6 @@ def playground_router() -> Router:
         name="playground",
         opt={PUBLIC: True},
         after_request=_with_page_headers,
+        exception_handlers={NotFoundException: _no_such_file},
         include_in_schema=False,
     )

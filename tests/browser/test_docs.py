@@ -12,6 +12,8 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import WAIT_MS, Browsing, update_readme_screenshot
 
+pytestmark = pytest.mark.browser
+
 #: How Scalar's sidebar names a tag's group that is folded ("<tag> Open Group").
 CLOSED_GROUP = re.compile(r"Open Group$")
 GROUP = re.compile(r"(Open|Close) Group$")

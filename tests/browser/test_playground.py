@@ -6,7 +6,8 @@ import base64
 import time
 
 import httpx
-from playwright.sync_api import Page, expect
+import pytest
+from playwright.sync_api import FilePayload, Page, expect
 
 from tests.browser.conftest import (
     ADMIN_KEY,
@@ -20,6 +21,7 @@ from tests.browser.conftest import (
 )
 from tests.payloads import PNG_1PX
 
+pytestmark = pytest.mark.browser
 ANSWER = ".turn.assistant .text"
 
 
@@ -200,7 +202,7 @@ def test_a_pull_shows_a_bar_per_layer_and_the_overall_percent_up_to_100(
             window.overall = [];
             const bar = document.querySelector('#pull-overall');
             new MutationObserver(() => window.overall.push(bar.value))
-                .observe(document.querySelector('#pull-percent'), {childList: true, characterData: true, subtree: true});
+                .observe(document.querySelector('#pull-percent'), {childList: true, subtree: true});
         }"""
     )
 
@@ -281,7 +283,7 @@ def test_an_image_is_sent_to_a_vision_model(keyless: Browsing, standin_events: h
     page = keyless.open("/playground")
     _models_listed(page)
     page.get_by_label("Images (vision models)", exact=True).set_input_files(
-        files=[{"name": "dot.png", "mimeType": "image/png", "buffer": PNG_1PX}]
+        files=[FilePayload(name="dot.png", mimeType="image/png", buffer=PNG_1PX)]
     )
 
     _ask(page, "llava:7b", "What is in this picture?")
