@@ -85,6 +85,19 @@ def open_minato(browser_standin: StandInProcess, tmp_path_factory: pytest.TempPa
     stop_minato(server)
 
 
+@pytest.fixture(scope="package")
+def pool_minato(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MinatoServer, list[StandInProcess]]]:
+    """Minato without keys in front of a pool of two stand-ins, each with a model of its own loaded."""
+    first = StandInProcess("--models", "llama3.2:1b", "--loaded", "llama3.2:1b", "--pull-step-ms", "30")
+    second = StandInProcess("--models", "qwen3:0.6b", "--loaded", "qwen3:0.6b", "--pull-step-ms", "30")
+    log = tmp_path_factory.mktemp("minato-pool") / "minato.log"
+    server = start_minato(f"{first.url},{second.url}", log)
+    yield server, [first, second]
+    stop_minato(server)
+    first.stop()
+    second.stop()
+
+
 @pytest.fixture(autouse=True)
 def standin_events(browser_standin: StandInProcess) -> Iterator[httpx.Client]:
     """The stand-in's introspection routes; every test starts it afresh (its models, no recordings)."""
@@ -210,6 +223,17 @@ def keyed(
 ) -> Iterator[Browsing]:
     """A fresh browser context (empty storage) on the Minato with keys."""
     yield from _watched(browser, keyed_minato, artifacts, request)
+
+
+@pytest.fixture
+def pooled(
+    browser: Browser,
+    pool_minato: tuple[MinatoServer, list[StandInProcess]],
+    artifacts: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Browsing]:
+    """A fresh browser context on the Minato in front of two backends."""
+    yield from _watched(browser, pool_minato[0], artifacts, request)
 
 
 @pytest.fixture

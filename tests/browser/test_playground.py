@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,7 +20,9 @@ from tests.browser.conftest import (
     Browsing,
     update_readme_screenshot,
 )
+from tests.e2e.conftest import MinatoServer
 from tests.payloads import PNG_1PX
+from tests.standin.process import StandInProcess
 
 pytestmark = pytest.mark.browser
 ANSWER = ".turn.assistant .text"
@@ -293,3 +296,43 @@ def test_an_image_is_sent_to_a_vision_model(keyless: Browsing, standin_events: h
     sent = [r for r in standin_events.get("/_standin/requests").json() if r["path"] == "/api/chat"][-1]
     body = sent["body"]
     assert [base64.b64decode(image) for image in body["messages"][-1]["images"]] == [PNG_1PX]
+
+
+def test_with_a_pool_the_page_shows_which_backend_holds_what_and_pulls_onto_each(
+    pooled: Browsing, pool_minato: tuple[MinatoServer, list[StandInProcess]]
+) -> None:
+    first, second = (urlsplit(standin.url).netloc for standin in pool_minato[1])
+    page = pooled.open("/playground")
+
+    backends = page.locator("#backends-table tbody tr")
+    expect(backends).to_have_count(2)
+    expect(backends.filter(has_text=first)).to_contain_text("llama3.2:1b")
+    expect(backends.filter(has_text=second)).to_contain_text("qwen3:0.6b")
+    expect(page.locator("#models-table tbody tr", has_text="llama3.2:1b")).to_contain_text(first)
+    expect(page.locator("#models-table tbody tr", has_text="qwen3:0.6b")).to_contain_text(second)
+    expect(page.locator("#running-table tbody tr", has_text="qwen3:0.6b")).to_contain_text(second)
+
+    page.get_by_label("Pull a model", exact=True).fill(PULLABLE_MODEL)
+    page.get_by_role("button", name="Pull").click()
+
+    expect(page.locator("#pull-status")).to_contain_text("is installed")
+    expect(page.locator("#pull-percent")).to_have_text("100%")
+    layers = page.locator("#pull-layers li")
+    expect(layers).to_have_count(8)  # four layers on each backend
+    expect(layers.filter(has_text=f"on {first}")).to_have_count(4)
+    expect(layers.filter(has_text=f"on {second}")).to_have_count(4)
+    expect(page.locator("#models-table tbody tr", has_text=PULLABLE_MODEL)).to_contain_text(second)
+
+
+def test_the_page_fits_a_phone_screen(keyless: Browsing) -> None:
+    page = keyless.open("/playground")
+    page.set_viewport_size({"width": 390, "height": 844})
+    _models_listed(page)
+
+    # Nothing makes the page wider than the screen: wide tables scroll inside their own box.
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    for control in ("Model", "Message", "API key"):
+        box = page.get_by_label(control, exact=True).bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= 390, control
