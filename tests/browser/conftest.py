@@ -143,6 +143,7 @@ class Watch:
     """What a page did that the test did not ask for."""
 
     origin: str
+    asked: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     expected_errors: list[re.Pattern[str]] = field(default_factory=list)
@@ -186,6 +187,7 @@ def _watched(
 
     def refuse_foreign(route: Route) -> None:
         url = route.request.url
+        watch.asked.append(url)
         if url.startswith(("data:", "blob:")) or _origin(url) == watch.origin:
             route.continue_()
         else:
@@ -213,6 +215,7 @@ def _watched(
             page.screenshot(path=str(artifacts / f"{name}-{index}.png"))
     context.close()
     assert not watch.foreign, f"the page asked for other origins than Minato's: {watch.foreign}"
+    assert not [url for url in watch.asked if USER_KEY in url or ADMIN_KEY in url], "a key went into a URL"
     unexpected = watch.unexpected_console_errors()
     assert not unexpected, f"console errors: {unexpected}"
 

@@ -336,3 +336,42 @@ def test_the_page_fits_a_phone_screen(keyless: Browsing) -> None:
         assert box is not None
         assert box["x"] >= 0
         assert box["x"] + box["width"] <= 390, control
+
+
+def test_an_admin_loads_unloads_and_deletes_a_model_from_the_page(keyed: Browsing) -> None:
+    page = keyed.open("/playground")
+    keyed.watch.expect_console_error(r"status of 401")
+    _enter_key(page, ADMIN_KEY)
+    _models_listed(page)
+    running = page.locator("#running-table tbody tr", has_text="llava:7b")
+    expect(running).to_have_count(0)
+
+    with page.expect_request(lambda request: request.url.endswith("/load/llava:7b")) as load:
+        page.get_by_role("button", name="Load llava:7b", exact=True).click()
+    assert load.value.headers["authorization"] == f"Bearer {ADMIN_KEY}"
+    expect(running).to_have_count(1)
+    expect(running.locator(".countdown")).to_contain_text(":")
+    expect(page.locator("#models-table tbody tr", has_text="llava:7b").locator("td").nth(1)).to_have_text("yes")
+
+    page.get_by_role("button", name="Unload llava:7b", exact=True).click()
+    expect(running).to_have_count(0)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete llava:7b", exact=True).click()
+    expect(page.locator("#models-table tbody tr", has_text="llava:7b")).to_have_count(0)
+    expect(page.locator("#admin-error")).to_be_hidden()
+
+
+def test_a_busy_ollama_is_a_readable_503_with_its_retry_delay(keyless: Browsing, standin_events: httpx.Client) -> None:
+    page = keyless.open("/playground")
+    keyless.watch.expect_console_error(r"status of 503")
+    _models_listed(page)
+    standin_events.post("/_standin/busy", json={"busy": True}).raise_for_status()
+
+    _ask(page, "llama3.2:1b", "hi")
+
+    error = page.locator("#chat-error")
+    expect(error).to_contain_text("503: ")
+    expect(error).to_contain_text("Retry in")
+    expect(error).to_contain_text("busy or unreachable")
+    expect(page.locator(".turn.assistant .note")).to_have_text("No answer.")

@@ -171,7 +171,6 @@ async function refreshModels() {
     select.replaceChildren(...models.map((m) => element('option', { value: m.name, textContent: m.name })));
     if (models.some((m) => m.name === wanted)) select.value = wanted;
     renderModelsTable(models);
-    showError('#chat-error', null);
   } catch (error) {
     showError('#chat-error', error);
   }
