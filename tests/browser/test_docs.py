@@ -14,9 +14,10 @@ from tests.browser.conftest import WAIT_MS, Browsing, update_readme_screenshot
 
 pytestmark = pytest.mark.browser
 
-#: How Scalar's sidebar names a tag's group that is folded ("<tag> Open Group").
-CLOSED_GROUP = re.compile(r"Open Group$")
-GROUP = re.compile(r"(Open|Close) Group$")
+#: How Scalar's sidebar names the button of a tag's group: "Open Group - <tag>" while it is folded,
+#: "Close Group - <tag>" once open (older releases put the tag first).
+CLOSED_GROUP = re.compile(r"\bOpen Group\b")
+GROUP = re.compile(r"\b(Open|Close) Group\b")
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
