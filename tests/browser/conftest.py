@@ -117,14 +117,17 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    """Debian's Chromium, headless, with a fresh profile that calls nowhere on its own."""
-    profile = Path(tempfile.mkdtemp(prefix="minato-chromium-"))
+    """Debian's Chromium, headless, that calls nowhere on its own.
+
+    Playwright gives each launch a fresh temporary profile; crash dumps go to a scratch directory too.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="minato-chromium-"))
     chromium = playwright.chromium.launch(
-        executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_ARGS, f"--crash-dumps-dir={profile}"]
+        executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_ARGS, f"--crash-dumps-dir={scratch}"]
     )
     yield chromium
     chromium.close()
-    shutil.rmtree(profile, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
