@@ -23,6 +23,7 @@ from minato.limits import QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.openapi import document_routes
+from minato.pages import playground_router
 from minato.quota import Quota
 from minato.rendering import EXCEPTION_HANDLERS
 from minato.runtime import RuntimeSlot, UpstreamFactory, attach, settle_garbage_collector, started
@@ -105,7 +106,7 @@ def create_app(
             yield
 
     app = Litestar(
-        route_handlers=[*DOOR_HANDLERS, *ROUTE_HANDLERS],
+        route_handlers=[*DOOR_HANDLERS, *ROUTE_HANDLERS, playground_router()],
         lifespan=[lifespan],
         # Handlers name what they need: a runtime field (provided once the app has started), the
         # caller, the generation options, or what the handlers share (the route's model, a generation).

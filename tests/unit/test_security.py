@@ -373,7 +373,9 @@ def _public_paths(app: Litestar) -> list[str]:
     )
 
 
-async def test_the_exempt_routes_are_exactly_health_and_the_docs(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_the_exempt_routes_are_exactly_health_the_docs_and_the_playground(
+    settings: Settings, ollama: respx.MockRouter
+) -> None:
     app = create_app(
         msgspec.structs.replace(settings, api_keys=(USER,)), transport=httpx.MockTransport(ollama.async_handler)
     )
@@ -384,6 +386,7 @@ async def test_the_exempt_routes_are_exactly_health_and_the_docs(settings: Setti
         "/docs/openapi.json",
         "/docs/scalar",
         "/health",
+        "/playground",
     ]
     async with AsyncTestClient(app=app) as client:
         for path in _public_paths(app):
@@ -403,11 +406,14 @@ async def test_the_exempt_routes_are_exactly_health_and_the_docs(settings: Setti
         "/healthz?message=hi",
         "/health/../llama3.2?message=hi",
         "/docs%2F..%2Fllama3.2?message=hi",
+        "/playgrounds?message=hi",
+        "/playground%2F..%2Fllama3.2?message=hi",
+        "/stream/playground?message=hi",
     ],
 )
 async def test_look_alikes_of_exempt_paths_need_a_key(secured: Client, ollama: respx.MockRouter, path: str) -> None:
     # Every look-alike is also an installed model, so only the key check can stop it.
-    looks = ("docsanything", "docs-x/llama3.2:1b", "docs1", "docs", "healthz", "llama3.2")
+    looks = ("docsanything", "docs-x/llama3.2:1b", "docs1", "docs", "healthz", "llama3.2", "playgrounds", "playground")
     ollama.get("/api/tags", name="tags").respond(200, json=catalogue(*looks))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
