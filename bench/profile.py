@@ -63,13 +63,21 @@ class Run:
     error: str = ""
 
 
+#: Where a thread waits on a lock, which py-spy does not always tell from running (a thread pool's
+#: worker waiting for work): such samples are idle time, not CPU.
+_WAITING: Final = ("_worker (concurrent/futures/thread.py:81)", "Condition.wait (threading.py:327)")
+
+
 def _parse(raw: str) -> Counter[tuple[str, ...]]:
-    """py-spy's ``--format raw`` (collapsed stacks: ``frame;frame;... count``, outermost first)."""
+    """py-spy's ``--format raw`` (collapsed stacks: ``frame;frame;... count``, outermost first),
+    without the samples of a thread waiting on a lock."""
     stacks: Counter[tuple[str, ...]] = Counter()
     for line in raw.splitlines():
         frames, _, count = line.rpartition(" ")
         if frames and count.isdigit():
-            stacks[tuple(frames.split(";"))] += int(count)
+            stack = tuple(frames.split(";"))
+            if stack[-1] not in _WAITING:
+                stacks[stack] += int(count)
     return stacks
 
 

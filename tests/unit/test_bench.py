@@ -24,6 +24,13 @@ def test_parse_reads_collapsed_stacks_and_adds_repeats() -> None:
     assert sum(stacks.values()) == 6
 
 
+def test_parse_leaves_out_a_thread_pool_worker_waiting_for_work() -> None:
+    waiting = "_bootstrap (threading.py:995);_worker (concurrent/futures/thread.py:81)"
+    working = "_bootstrap (threading.py:995);_worker (concurrent/futures/thread.py:83);run (x.py:1)"
+    stacks = _parse(f"{waiting} 7\n{working} 2\n")
+    assert sum(stacks.values()) == 2, "a worker blocked on its queue is idle, not CPU"
+
+
 def test_owner_is_the_innermost_minato_file_with_the_libraries_it_calls() -> None:
     stack = ("serve_http (minato/log.py:150)", "check (minato/security.py:166)", "compare (hmac.py:3)")
     assert _owner(stack) == "minato/security.py"
