@@ -27,6 +27,7 @@ from litestar.response import Stream
 from litestar.routes import HTTPRoute
 
 from minato.handlers.common import GENERATION_OPT, RECONNECTABLE_OPT, REQUEST_BODY_OPT
+from minato.params import QUERY_OPT, query_parameters
 from minato.rendering import VALIDATION_RESPONSE, Door, door_error_spec, door_of, error_spec
 from minato.security import ADMIN, PROBE, PUBLIC
 from minato.streaming import StreamFormat
@@ -89,9 +90,8 @@ def document_routes(app: Litestar) -> None:
                 continue
             documentation = _Documentation(route, handler)
             handler.responses = _Errors(documentation)
-            # On top of the handler's own operation class (a route that reads its query itself adds its parameters).
             handler.operation_class = type(
-                "DocumentedOperation", (_DocumentedOperation, handler.operation_class), {"documentation": documentation}
+                "DocumentedOperation", (_DocumentedOperation,), {"documentation": documentation}
             )
 
 
@@ -237,6 +237,9 @@ def _merged(general: dict[int, ResponseSpec], own: Mapping[int, ResponseSpec]) -
 
 
 def _complete(operation: Operation, route: _Route, success: str, documented: set[str]) -> None:
+    query_type = route.opt.get(QUERY_OPT)
+    if query_type is not None:  # read by the route itself (params.parse_query): Litestar saw none of it
+        operation.parameters = [*(operation.parameters or []), *query_parameters(query_type)]
     if not route.reads_json:
         # Litestar's guess: the body of some dependency this route does not use.
         operation.request_body = route.opt.get(REQUEST_BODY_OPT) or _door_body(route)

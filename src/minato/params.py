@@ -8,12 +8,11 @@ Ollama's ``options``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, NamedTuple, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
 from litestar import Request
-from litestar.openapi.spec import OpenAPIType, Operation, Parameter, Schema
+from litestar.openapi.spec import OpenAPIType, Parameter, Schema
 from msgspec import UNSET, UnsetType
 
 from minato.errors import ErrorItem, ForbiddenError, InvalidInputError
@@ -154,6 +153,10 @@ class GenerationFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     conversion per request) and the OpenAPI document (:func:`query_parameters`) both come from here.
     """
 
+    #: The fields a route needs although the Struct leaves them optional (checked by the route itself,
+    #: in its own words), for the OpenAPI document.
+    required: ClassVar[frozenset[str]] = frozenset()
+
     session: (
         Annotated[
             str,
@@ -248,6 +251,8 @@ class _QueryFields(GenerationFields, kw_only=True):
 class GenerationQuery(_QueryFields, kw_only=True):
     """The query string of ``GET /{model}`` and ``GET /stream/{model}``."""
 
+    required: ClassVar[frozenset[str]] = frozenset({"message"})
+
     message: Annotated[str, msgspec.Meta(min_length=1, description=MESSAGE_DESCRIPTION)] | None = None
 
 
@@ -279,7 +284,8 @@ class VisionQuery(_QueryFields, kw_only=True):
 
 
 Q = TypeVar("Q", bound=GenerationFields)
-#: Route ``opt`` key: the Struct a route reads its query into with :func:`parse_query`.
+#: Route ``opt`` key: the Struct a route reads its query into with :func:`parse_query` (which also tells
+#: the repeated-parameter check its lists, and the OpenAPI document its parameters).
 QUERY_OPT: Final = "query"
 
 
@@ -415,8 +421,9 @@ def _openapi_schema(schema: dict[str, Any]) -> Schema:
     return Schema(**values)
 
 
-def query_parameters(query_type: type[GenerationFields], required: frozenset[str] = frozenset()) -> list[Parameter]:
+def query_parameters(query_type: type[GenerationFields]) -> list[Parameter]:
     """The OpenAPI description of ``query_type`` as query parameters: the same bounds the conversion checks."""
+    required = query_type.required
     document = msgspec.json.schema(query_type)
     properties: dict[str, dict[str, Any]] = document["$defs"][query_type.__name__]["properties"]
     parameters = []
@@ -429,19 +436,6 @@ def query_parameters(query_type: type[GenerationFields], required: frozenset[str
             Parameter(name=name, param_in="query", schema=schema, description=description, required=name in required)
         )
     return parameters
-
-
-def documented_query(query_type: type[GenerationFields], required: frozenset[str] = frozenset()) -> type[Operation]:
-    """An ``operation_class`` for a route that reads its query with :func:`parse_query`: Litestar documents
-    the parameters a handler declares, and these routes declare none of them."""
-    parameters = query_parameters(query_type, required)
-
-    @dataclass
-    class QueryOperation(Operation):
-        def __post_init__(self) -> None:
-            self.parameters = [*(self.parameters or []), *parameters]
-
-    return QueryOperation
 
 
 #: Every query parameter a text generation route understands.

@@ -22,7 +22,7 @@ from minato.handlers.common import (
     require_vision,
 )
 from minato.images import decode_base64_image, too_many_images
-from minato.params import QUERY_OPT, GenerationBody, GenerationQuery, check_text_length, documented_query, parse_query
+from minato.params import QUERY_OPT, GenerationBody, GenerationQuery, check_text_length, parse_query
 from minato.schemas import GenerateResponse
 
 STREAM_DESCRIPTION: Final = (
@@ -37,7 +37,6 @@ _get = partial(
     get,
     responses=GENERATION_RESPONSES,
     tags=["generate"],
-    operation_class=documented_query(GenerationQuery, frozenset({"message"})),
 )
 _post = partial(post, status_code=200, responses=GENERATION_RESPONSES, tags=["generate"])
 

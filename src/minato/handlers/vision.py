@@ -29,7 +29,7 @@ from minato.handlers.common import (
 )
 from minato.handlers.generate import STREAM_DESCRIPTION
 from minato.images import BASE64_FIELD, IMAGE_FIELD, URL_FIELD, check_link, read_vision_form, too_many_images
-from minato.params import QUERY_OPT, VisionQuery, check_text_length, documented_query, parse_query
+from minato.params import QUERY_OPT, VisionQuery, check_text_length, parse_query
 from minato.rendering import error_spec
 from minato.runtime import runtime_of
 from minato.schemas import GenerateResponse
@@ -93,7 +93,6 @@ _post = partial(
     responses=VISION_RESPONSES,
     tags=["vision"],
     opt={GENERATION_OPT: True, QUERY_OPT: VisionQuery, REQUEST_BODY_OPT: VISION_FORM},
-    operation_class=documented_query(VisionQuery),
 )
 
 
