@@ -68,6 +68,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """File with one user key per line (plain or ``sha256:<hex>``; ``#`` starts a comment)."""
     admin_keys: tuple[str, ...] = ()
     """Comma-separated admin keys: may also install, delete, load and unload models."""
+    metrics_keys: tuple[str, ...] = ()
+    """Comma-separated scrape keys (plain or ``sha256:<hex>``): they may read ``/metrics`` and nothing else
+    (``/metrics`` names every key and what it generated, so it needs an admin key or one of these)."""
     keys_file: str = ""
     """TOML file of named keys, each with its role, the models it may use, and its own request rate and
     daily token quota."""

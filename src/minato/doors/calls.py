@@ -12,13 +12,14 @@ from urllib.parse import quote
 import msgspec
 from litestar import Request, Response
 
-from minato.doors.body import DoorBody, check_nested_names, read_body
-from minato.doors.policy import check_models, check_user_limits
+from minato.doors.body import BodyRefusedError, DoorBody, check_nested_names, read_body
 from minato.doors.relay import Relay, relay
+from minato.policy import whole_number
 from minato.rendering import StreamDialect
-from minato.runtime import runtime_of
+from minato.runtime import Runtime, runtime_of
 from minato.security import Caller
 from minato.upstream import Spread
+from minato.upstream.options import parse_keep_alive
 
 _INCLUDE_USAGE: Final = frozenset({"include_usage"})
 
@@ -26,7 +27,7 @@ _INCLUDE_USAGE: Final = frozenset({"include_usage"})
 async def read(request: Request[Any, Any, Any]) -> DoorBody:
     """The request's body, bounded like any body, as far as Minato reads it."""
     settings = runtime_of(request).settings
-    return DoorBody.parse(await read_body(request, settings.max_body_bytes, settings.body_timeout))
+    return DoorBody.parse(await read_body(request, settings.max_body_bytes))
 
 
 async def generation(
@@ -47,9 +48,9 @@ async def generation(
     """
     runtime = runtime_of(request)
     body = body if body is not None else await read(request)
-    check_models(caller, runtime.settings, body.models)
+    runtime.policy.check_models(caller, body.models)
     if native:
-        await check_user_limits(caller, runtime.settings, runtime.upstream, body)
+        await _check_native_options(runtime, caller, body)
     streamed = body.stream(default=stream_default)
     strip = False
     if usage_frames and streamed:
@@ -84,7 +85,7 @@ async def about_models(
     """
     runtime = runtime_of(request)
     body = await read(request)
-    check_models(caller, runtime.settings, body.models)
+    runtime.policy.check_models(caller, body.models)
     target = (body.model if route_by == "model" else body.text(route_by)) if route_by else ""
     call = Relay(
         request.method,
@@ -96,6 +97,24 @@ async def about_models(
         spread=spread,
     )
     return await relay(request, runtime, call)
+
+
+async def _check_native_options(runtime: Runtime, caller: Caller, body: DoorBody) -> None:
+    """Ollama's ``keep_alive`` and ``options.num_ctx``, read as Ollama reads them, asked of the policy."""
+    runtime.policy.check_keep_alive(caller, _keep_alive_of(body))
+    num_ctx = whole_number("num_ctx", body.object("options").get("num_ctx"))
+    await runtime.policy.check_num_ctx(caller, runtime.upstream, body.model, num_ctx)
+
+
+def _keep_alive_of(body: DoorBody) -> float | str | None:
+    """The body's ``keep_alive`` as Ollama reads it: seconds as a number, or a Go duration string."""
+    value: Any = body.field("keep_alive", float | str)
+    if value is None or isinstance(value, float):
+        return value
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise BodyRefusedError(f"keep_alive: {exc}") from None
 
 
 def route_path(request: Request[Any, Any, Any], *segments: str) -> str:
@@ -120,7 +139,7 @@ async def plain(
     runtime = runtime_of(request)
     settings = runtime.settings
     raw = (
-        await read_body(request, settings.max_body_bytes, settings.body_timeout)
+        await read_body(request, settings.max_body_bytes)
         if request.method in {"POST", "DELETE"}
         else None
     )

@@ -13,7 +13,6 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from minato.doors import calls
-from minato.doors.policy import check_account_route
 from minato.rendering import StreamDialect
 from minato.runtime import runtime_of
 from minato.security import ADMIN, Caller
@@ -147,7 +146,7 @@ _ACCOUNT: Final = "Refused (403) unless MINATO_ALLOW_CLOUD=true; then admin-only
 
 
 async def _account(request: Request[Any, Any, Any], caller: Caller, *segments: str) -> Response[Any]:
-    check_account_route(caller, runtime_of(request).settings)
+    runtime_of(request).policy.check_account_route(caller)
     return await calls.plain(request, *segments)
 
 

@@ -9,7 +9,6 @@ from litestar.di import NamedDependency
 
 from minato.doors import calls
 from minato.doors.native import PathText
-from minato.doors.policy import check_models
 from minato.rendering import StreamDialect
 from minato.runtime import runtime_of
 from minato.security import Caller
@@ -61,7 +60,7 @@ async def models(request: Request[Any, Any, Any], caller: NamedDependency[Caller
 async def model(request: Request[Any, Any, Any], caller: NamedDependency[Caller], model_id: PathText) -> Response[Any]:
     """OpenAI's ``/v1/models/{model}``."""
     name = model_id.lstrip("/")
-    check_models(caller, runtime_of(request).settings, [name])
+    runtime_of(request).policy.check_model(caller, name)
     return await calls.plain(request, name, dialect=StreamDialect.OPENAI, route_by=name)
 
 

@@ -17,6 +17,7 @@ from litestar.response import Stream
 from minato.disconnect import unless_disconnected
 from minato.errors import MinatoError
 from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
+from minato.policy import Policy
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary, families_of
 from minato.security import ADMIN, Caller
 from minato.streaming import STREAM_HEADERS, StreamFormat
@@ -141,6 +142,7 @@ async def models_list(
     upstream: NamedDependency[OllamaDependency],
     catalog: NamedDependency[ModelCatalog],
     caller: NamedDependency[Caller],
+    policy: NamedDependency[Policy],
 ) -> ModelsList:
     """Return the installed models the caller's key may use."""
     tags, ps = await asyncio.gather(upstream.list_models(), upstream.running())
@@ -150,6 +152,6 @@ async def models_list(
         models_list=[
             summarize(m, canonical_model_name(m.name or m.model) in loaded, upstream.holders(m.name or m.model))
             for m in tags.models
-            if caller.allows(m.name or m.model)
+            if policy.may_see(caller, m.name or m.model)
         ]
     )
