@@ -26,7 +26,7 @@ from minato.params import GenerationOptions
 from minato.policy import Policy
 from minato.record import record_of
 from minato.schemas import GenerateResponse, GenerationStats
-from minato.security import Caller
+from minato.security import Caller, tokens_left
 from minato.sessions import SessionManager, Turn
 from minato.settings import Settings
 from minato.streaming import StreamFormat, stream_response
@@ -164,9 +164,8 @@ async def _chat_request(generation: Generation, question: Question, turn: Turn |
     ):
         history = [msgspec.structs.replace(message, images=[]) for message in history]
     system_prompt = turn.system_prompt if turn is not None else None
-    return generation.params.chat_request(
-        generation.parts.model, question.message, question.images, system_prompt, history
-    )
+    params = generation.params.within(tokens_left(generation.parts.request.scope))
+    return params.chat_request(generation.parts.model, question.message, question.images, system_prompt, history)
 
 
 async def _opened(generation: Generation, lease: Lease) -> ChatRequest:

@@ -18,7 +18,7 @@ from msgspec import UNSET, UnsetType
 from minato.caller import Caller
 from minato.errors import ErrorItem, InvalidInputError
 from minato.policy import Policy
-from minato.rendering import validation_sentence
+from minato.rendering import unknown_name_sentence, validation_sentence
 from minato.sessions import validate_session_id
 from minato.settings import Settings
 from minato.upstream.options import (
@@ -56,6 +56,16 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
     session: str | None = None
     format: str | UnsetType = UNSET
     think: bool | UnsetType = UNSET
+
+    def within(self, tokens: int | None) -> GenerationOptions:
+        """These options with the answer capped at ``tokens`` (what the caller's quota has left; ``None``:
+        no quota): Ollama's ``num_predict`` no higher, and never unbounded (-1, -2)."""
+        if tokens is None:
+            return self
+        asked = self.options.get("num_predict")
+        if isinstance(asked, int) and 0 < asked <= tokens:
+            return self
+        return msgspec.structs.replace(self, options={**self.options, "num_predict": tokens})
 
     def chat_request(
         self,
@@ -355,7 +365,7 @@ def parse_query(request: Request[Any, Any, Any], query_type: type[Q]) -> Q:
     if unknown:
         raise InvalidInputError(
             [
-                ErrorItem(loc=["query", key], msg=f"unknown parameter (known: {shape.known})", type="extra_forbidden")
+                ErrorItem(loc=["query", key], msg=unknown_name_sentence(key, shape.known), type="extra_forbidden")
                 for key in unknown
             ]
         )

@@ -28,6 +28,7 @@ from minato.caller import ANONYMOUS, Caller, Role
 from minato.errors import SettingsError, StateUnavailableError
 from minato.keys import KEYS_FILE_VARIABLE, digest_of, read_keys_file
 from minato.policy import Policy, RouteNeeds
+from minato.quota import Standing
 from minato.record import record_of
 from minato.settings import Settings
 
@@ -46,10 +47,10 @@ PROBE: Final = "probe"
 METRICS: Final = "metrics"
 #: Where the guard leaves the identified caller in the ASGI scope's state.
 CALLER_STATE_KEY: Final = "minato.caller"
+#: Where the guard leaves the tokens a key with a quota may still generate.
+TOKENS_LEFT_KEY: Final = "minato.tokens_left"
 WWW_AUTHENTICATE: Final = 'Key realm="minato", Bearer realm="minato"'
 _SCHEMES: Final = ("key", "bearer")
-
-
 
 
 @dataclass
@@ -190,18 +191,20 @@ def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot, policy: 
                 )
         if caller.tokens_per_day:
             try:
-                wait = await slot.runtime.quota.check(caller)
+                standing = await slot.runtime.quota.check(caller)
             except StateUnavailableError:
                 raise
             except Exception:  # as the limiter: no answer is a refusal
                 logger.exception("token_quota_failed")
-                wait = 60.0
-            if wait:
+                standing = Standing(60.0, 0)
+            if standing.wait or not standing.left:
                 raise TooManyRequestsException(
                     f"this key's quota of {caller.tokens_per_day} generated tokens per day (a rolling 24 h "
                     "window) is used up",
-                    headers={"Retry-After": _seconds(wait)},
+                    headers={"Retry-After": _seconds(standing.wait or 60.0)},
                 )
+            # What this request's answer may generate at most (see minato.quota: the bound on overshoot).
+            connection.scope["state"][TOKENS_LEFT_KEY] = standing.left
 
     return guard
 
@@ -214,6 +217,12 @@ def caller_of(scope: Scope) -> Caller | None:
     """The caller the guard identified for the request in ``scope`` (none on a keyless deployment)."""
     caller: Caller | None = scope.get("state", {}).get(CALLER_STATE_KEY)
     return caller
+
+
+def tokens_left(scope: Scope) -> int | None:
+    """The tokens the caller's quota still allows when its request began (``None``: no quota)."""
+    left: int | None = scope.get("state", {}).get(TOKENS_LEFT_KEY)
+    return left
 
 
 def make_caller_provider(keyring: Keyring) -> Any:
@@ -269,4 +278,5 @@ __all__ = [
     "make_guard",
     "presented_key",
     "refuse_unsafe_start",
+    "tokens_left",
 ]

@@ -34,7 +34,9 @@ async def messages(request: Request[Any, Any, Any], caller: NamedDependency[Call
     for tool in tools:
         check_nested_names(tool, _TYPE, "tools[]")
         policy.check_tool(str(tool.get("type", "")))
-    return await calls.generation(request, caller, StreamDialect.ANTHROPIC, stream_default=False, body=body)
+    return await calls.generation(
+        request, caller, StreamDialect.ANTHROPIC, stream_default=False, body=body, answer_limit=calls.MAX_TOKENS
+    )
 
 
 ANTHROPIC_HANDLERS: Final = [messages]

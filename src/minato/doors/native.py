@@ -32,13 +32,17 @@ def _doc(summary: str, more: str = "") -> dict[str, Any]:
 @post("/api/generate", operation_id="OllamaGenerate", **_doc("Ollama: generate", "Takes a generation slot."))
 async def api_generate(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """Ollama's ``/api/generate``."""
-    return await calls.generation(request, caller, StreamDialect.NDJSON, stream_default=True, native=True)
+    return await calls.generation(
+        request, caller, StreamDialect.NDJSON, stream_default=True, native=True, answer_limit=calls.NUM_PREDICT
+    )
 
 
 @post("/api/chat", operation_id="OllamaChat", **_doc("Ollama: chat", "Takes a generation slot."))
 async def api_chat(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """Ollama's ``/api/chat``."""
-    return await calls.generation(request, caller, StreamDialect.NDJSON, stream_default=True, native=True)
+    return await calls.generation(
+        request, caller, StreamDialect.NDJSON, stream_default=True, native=True, answer_limit=calls.NUM_PREDICT
+    )
 
 
 @post("/api/embed", operation_id="OllamaEmbed", **_doc("Ollama: embeddings", "Takes a generation slot."))

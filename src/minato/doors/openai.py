@@ -25,13 +25,17 @@ def _doc(summary: str, more: str = "") -> dict[str, Any]:
 @post("/v1/chat/completions", operation_id="OpenAIChatCompletions", **_doc("OpenAI: chat completions", _CUT))
 async def chat_completions(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/chat/completions``."""
-    return await calls.generation(request, caller, StreamDialect.OPENAI, stream_default=False, usage_frames=True)
+    return await calls.generation(
+        request, caller, StreamDialect.OPENAI, stream_default=False, usage_frames=True, answer_limit=calls.MAX_TOKENS
+    )
 
 
 @post("/v1/completions", operation_id="OpenAICompletions", **_doc("OpenAI: text completions", _CUT))
 async def completions(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/completions``."""
-    return await calls.generation(request, caller, StreamDialect.OPENAI, stream_default=False, usage_frames=True)
+    return await calls.generation(
+        request, caller, StreamDialect.OPENAI, stream_default=False, usage_frames=True, answer_limit=calls.MAX_TOKENS
+    )
 
 
 @post(
@@ -41,7 +45,9 @@ async def completions(request: Request[Any, Any, Any], caller: NamedDependency[C
 )
 async def responses(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/responses``."""
-    return await calls.generation(request, caller, StreamDialect.RESPONSES, stream_default=False)
+    return await calls.generation(
+        request, caller, StreamDialect.RESPONSES, stream_default=False, answer_limit=calls.MAX_OUTPUT_TOKENS
+    )
 
 
 @post("/v1/embeddings", operation_id="OpenAIEmbeddings", **_doc("OpenAI: embeddings"))

@@ -18,7 +18,7 @@ from minato import __version__
 from minato.disconnect import unless_disconnected
 from minato.errors import MinatoError, ModelNotFoundError
 from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
-from minato.handlers.models import pull_to_end
+from minato.handlers.models import pull_to_end, start_pull
 from minato.params import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive
 from minato.policy import Policy
 from minato.schemas import (
@@ -86,7 +86,7 @@ async def load(
     """Load a model and report its running status."""
     alive = resolve_keep_alive(keep_alive, settings)
     if pull and not upstream.holders(model) and not await _installed(upstream, model):
-        stream = await unless_disconnected(request, upstream.pull(model, backend))
+        stream = await start_pull(request, upstream, model, backend)
         catalog.forget()
         await unless_disconnected(request, pull_to_end(stream))
     options = {"num_ctx": num_ctx} if num_ctx is not None else {}
