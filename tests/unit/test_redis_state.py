@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from minato.errors import SessionDamagedError, StateUnavailableError
 from minato.metrics import Metrics
+from minato.quota import Standing
 from minato.security import Caller, Role
 from minato.sessions.model import Bounds, StoredMessage
 from minato.settings import Settings
@@ -441,10 +442,11 @@ async def test_a_token_quota_is_shared_across_replicas(redis_url: str) -> None:
         others = await two.quota.check(_caller("bbbbbbbbbbbb", 100))
         unlimited = await two.quota.check(_caller("aaaaaaaaaaaa", 0))
 
-    assert under == 0
-    assert 23 * 3600 < over <= 24 * 3600 + 120, "the first tokens expire a day (and at most a minute) later"
-    assert others == 0
-    assert unlimited == 0
+    assert under == Standing(0.0, 40)
+    assert 23 * 3600 < over.wait <= 24 * 3600 + 120, "the first tokens expire a day (and at most a minute) later"
+    assert over.left == 0
+    assert others == Standing(0.0, 100)
+    assert unlimited.wait == 0
 
 
 async def test_the_backend_a_conversation_used_is_known_to_every_replica(redis_url: str, raw: Redis) -> None:

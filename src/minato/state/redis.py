@@ -58,7 +58,7 @@ from redis.backoff import NoBackoff
 
 from minato.disconnect import cancel_and_wait
 from minato.errors import SessionDamagedError, StateUnavailableError
-from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES
+from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing
 from minato.sessions.model import Bounds, Session, SessionSummary, StoredMessage, trim_plan
 from minato.state.protocols import HeldTurn, SharedState
 
@@ -338,7 +338,8 @@ return string.format('%.17g', wait)
 """
 )
 
-# KEYS: the key's ledger; ARGV: tokens per day, bucket seconds, window minutes -> '0' or seconds to wait
+# KEYS: the key's ledger; ARGV: tokens per day, bucket seconds, window minutes
+# -> {'0' or seconds to wait, tokens counted in the window}
 _QUOTA_CHECK: Final = (
     _NOW
     + """
@@ -355,15 +356,15 @@ for i = 1, #flat, 2 do
     total = total + tokens
   end
 end
-if total < limit then return '0' end
+if total < limit then return {'0', total} end
 -- The oldest buckets expire first: wait for the one whose expiry brings the total under the limit.
 table.sort(buckets, function(a, b) return a[1] < b[1] end)
 local freed = 0
 for _, bucket in ipairs(buckets) do
   freed = freed + bucket[2]
-  if total - freed < limit then return string.format('%.17g', (bucket[1] + window + 1) * width - now) end
+  if total - freed < limit then return {string.format('%.17g', (bucket[1] + window + 1) * width - now), total} end
 end
-return '0'
+return {'0', total}
 """
 )
 
@@ -712,13 +713,14 @@ class RedisQuota:
         self._check = link.script(_QUOTA_CHECK)
         self._charge = link.script(_QUOTA_CHARGE)
 
-    async def check(self, caller: Caller) -> float:
-        """Return 0 while the key's tokens are under its quota, else the seconds until they are."""
-        if not caller.tokens_per_day:
-            return 0.0
-        args = [caller.tokens_per_day, BUCKET_SECONDS, WINDOW_MINUTES]
-        wait: bytes = await self._link.run(self._check(keys=[f"{PREFIX}quota:{caller.fingerprint}"], args=args))
-        return float(wait)
+    async def check(self, caller: Caller) -> Standing:
+        """Where the key stands against its quota."""
+        limit = caller.tokens_per_day
+        if not limit:
+            return Standing(0.0, 0)
+        args = [limit, BUCKET_SECONDS, WINDOW_MINUTES]
+        wait, total = await self._link.run(self._check(keys=[f"{PREFIX}quota:{caller.fingerprint}"], args=args))
+        return Standing(float(wait), max(0, limit - int(total)))
 
     async def charge(self, caller: Caller, tokens: int) -> None:
         """Count ``tokens`` for a key with a quota (keys without one are not tracked)."""
