@@ -16,6 +16,7 @@ from minato.metrics import Metrics
 from minato.sessions import Bounds, Caps, SqliteStore, StoredMessage
 from minato.settings import Settings
 from minato.state import open_state
+from minato.state.sqlite import SqliteState
 
 pytestmark = pytest.mark.anyio
 
@@ -64,6 +65,20 @@ async def test_the_workers_shared_state_in_the_same_file_keeps_it_private(tmp_pa
         await state.store.append("k", "s", MESSAGES, WIDE, caps=ROOMY, now=1)
         (await state.turns.acquire("k", "s")).release()
         modes = [_mode(f) for f in _files(path)]
+
+    assert modes == [0o600] * 3
+    assert _mode(path.parent) == 0o700
+
+
+async def test_the_workers_state_opened_before_the_store_makes_the_file_private_too(tmp_path: Path) -> None:
+    path = tmp_path / "first" / "s.db"
+    state = SqliteState(path, Settings(session_store=str(path), workers=2))
+    await state.open()
+    try:
+        (await state.turns.acquire("k", "s")).release()
+        modes = [_mode(f) for f in _files(path)]
+    finally:
+        await state.close()
 
     assert modes == [0o600] * 3
     assert _mode(path.parent) == 0o700

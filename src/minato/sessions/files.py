@@ -28,17 +28,22 @@ _SHARED: Final = stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH
 
 
 def prepare_store_file(path: Path) -> None:
-    """Make the store's missing directories and the file itself, private; report an existing store
-    (the file, its ``-wal`` and ``-shm``) that others may read or write."""
+    """Make the store private if it is new; report an existing store (the file, its ``-wal`` and
+    ``-shm``) that others may read or write."""
+    create_private(path)
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in COMPANIONS)):
+        _report_if_shared(file)
+
+
+def create_private(path: Path) -> None:
+    """Create the store's missing directories ``0700`` and, if it is missing, the file ``0600`` (empty:
+    SQLite makes it a database). An existing file, or a symbolic link to one, is left as it is."""
     _make_directories(path.parent)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     except FileExistsError:
-        pass  # an existing store (or a symbolic link to one): checked below, never changed
-    else:
-        os.close(descriptor)  # an empty file: SQLite makes it a database
-    for file in (path, *(path.with_name(path.name + suffix) for suffix in COMPANIONS)):
-        _report_if_shared(file)
+        return
+    os.close(descriptor)
 
 
 def _make_directories(directory: Path) -> None:

@@ -315,11 +315,20 @@ def _delete_messages(db: sqlite3.Connection, conversations: dict[int, tuple[str,
 
 
 def _then_forget(write: Callable[[sqlite3.Connection], dict[int, tuple[str, str]]], db: sqlite3.Connection) -> int:
-    """Run ``write`` in one transaction; then delete the messages of the conversations whose rows it
-    deleted (``sid`` -> ``(owner, id)``), past damaged pages. Return how many conversations went."""
-    with db:
-        gone = write(db)
-    _delete_messages(db, gone)
+    """Run ``write``, and delete the messages of the conversations whose rows it deleted (``sid`` ->
+    ``(owner, id)``), in one transaction (one commit: a write that makes room costs no extra sync).
+    If damaged pages stop deleting those messages, write again, then delete them past the damage.
+    Return how many conversations went."""
+    try:
+        with db:
+            gone = write(db)
+            db.executemany("DELETE FROM messages WHERE sid = ?", [(sid,) for sid in gone])
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        with db:  # the damage may be the written conversation's own: then this raises it again
+            gone = write(db)
+        _delete_messages(db, gone)
     return len(gone)
 
 
