@@ -197,6 +197,27 @@ async def test_ties_go_to_the_greatest_id_and_then_the_smallest_owner_as_listing
     assert store_cap == [(C, "w", 9), (A, "x", 5), (B, "x", 5), (B, "y", 5)]
 
 
+async def test_a_conversation_the_caps_evict_takes_its_images_with_it(home: Home) -> None:
+    async with home() as manager:
+        store = manager.store
+        with_image = [StoredMessage(role="user", content="look", images=["I" * 50], image_count=1, at=1)]
+        await store.append(A, "pictures", with_image, WIDE, caps=ROOMY, now=1)
+        await store.append(A, "words", _pair(2), WIDE, caps=Caps(max_sessions=10, max_per_key=1), now=2)
+        await store.append(B, "pictures", with_image, WIDE, caps=ROOMY, now=3)
+        await store.append(B, "more", _pair(4), WIDE, caps=ROOMY, now=4)
+        await store.append(C, "c", with_image, WIDE, caps=Caps(max_sessions=2, max_per_key=10), now=5)
+
+        left = await _listing(store)
+        stripped = await store.enforce_image_budget(50)
+        kept = await store.get(C, "c")
+
+    # A's pictures went by A's own cap; B's by the store's (B held the most), then A's words (all tied).
+    assert left == [(C, "c", 5), (B, "more", 4)]
+    assert stripped == 0, "only C's image is left to count"
+    assert kept is not None
+    assert kept.messages[0].images == ["I" * 50]
+
+
 class Model:
     """The rules of :class:`~minato.sessions.model.Caps`, as plainly as they can be written."""
 
