@@ -142,7 +142,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_ttl: PositiveFloat = 7 * 24 * 3600.0
     """Seconds of inactivity after which a whole conversation is forgotten."""
     max_sessions: PositiveInt = 10_000
-    """Conversations kept; beyond it the least recently active are forgotten."""
+    """Conversations kept across all keys; beyond it the key holding the most loses its least recently
+    active ones (ties: the key whose least recently active conversation is the oldest)."""
+    max_sessions_per_key: PositiveInt = 1000
+    """Conversations one key may keep; a new one beyond it makes that key, and no other, lose its least
+    recently active ones. The keyless owner (everyone, when no keys are configured) is bound only by
+    ``MINATO_MAX_SESSIONS``."""
     session_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 32 * 1024 * 1024
     """Image bytes (base64) kept per conversation for follow-up questions; older images go first."""
     store_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 2 * 1024 * 1024 * 1024

@@ -377,7 +377,7 @@ async def test_the_state_tables_live_beside_the_conversations(tmp_path: Path) ->
         await store.close()
 
     assert {"sessions", "messages", "state_leases", "state_buckets", "state_quota", "state_affinity"} <= tables
-    assert version == 2, "the sessions schema version is the sessions' own"
+    assert version == 3, "the sessions schema version is the sessions' own"
 
 
 # -- the choice of home ---------------------------------------------------------------------

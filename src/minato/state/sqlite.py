@@ -28,6 +28,7 @@ import structlog
 
 from minato.errors import StateUnavailableError
 from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing, standing
+from minato.sessions.files import create_private
 from minato.state.local import LocalTurnLocks, take_one
 from minato.state.protocols import HeldTurn, SharedState
 
@@ -74,6 +75,7 @@ class _Database:
         """Connect, and create the state's tables if they are missing; drop leases long expired."""
 
         def connect() -> sqlite3.Connection:
+            create_private(self.path)  # the store made it so already, unless the state is opened first
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
                 db.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
