@@ -30,8 +30,10 @@ from typing import Any, Final
 
 import httpx
 import pytest
+import yaml  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import prometheus_server
 from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
 from tests.media_type import MediaType, parse_media_type
 from tests.prometheus_server import PrometheusMissingError, PrometheusServer, eventually, scrape_config
@@ -286,3 +288,26 @@ def test_prometheus_scrapes_minato_and_every_dashboard_query_returns_data(stack:
     )
     assert {s["metric"]["backend"]: s["value"][1] for s in backends} == {_backend(stack.first): "1", down: "0"}
     assert "duplicate parameter" not in stack.prometheus.log()
+
+
+def test_the_scrape_config_is_the_deployed_one_but_for_where_and_how_often(tmp_path: Path) -> None:
+    deployed = yaml.safe_load(prometheus_server.DEPLOYED.read_text())
+    [job] = deployed["scrape_configs"]
+    key = tmp_path / "key"
+
+    [local] = scrape_config("127.0.0.1:8000", key)["scrape_configs"]
+
+    replaced = {"static_configs", "scrape_interval", "authorization"}
+    assert {k: v for k, v in local.items() if k not in replaced} == {k: v for k, v in job.items() if k not in replaced}
+    assert local["authorization"] == {**job["authorization"], "credentials_file": str(key)}
+    assert local["static_configs"] == [{"targets": ["127.0.0.1:8000"]}]
+
+
+def test_without_prometheus_the_test_fails_saying_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(prometheus_server, "DEBIAN_BINARY", tmp_path / "no-prometheus")
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    with pytest.raises(PrometheusMissingError, match=r"apt-get install prometheus; \.ci/run installs it"):
+        PrometheusServer(tmp_path, {})
