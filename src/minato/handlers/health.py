@@ -137,4 +137,7 @@ def _bodiless(report: HealthReport | ReadinessReport, status: int) -> Response[N
 )
 async def metrics_endpoint(metrics: NamedDependency[Metrics]) -> Response[bytes]:
     """Expose the metrics in Prometheus' text format."""
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+    # As a header, not a media type: Litestar appends "; charset=utf-8" to a text/* media type, and
+    # prometheus_client's already has one. Prometheus 3 refuses a parameter sent twice (Go's
+    # mime.ParseMediaType) and fails the scrape; Litestar leaves a Content-Type header alone.
+    return Response(metrics.exposition(), headers={"content-type": CONTENT_TYPE})
