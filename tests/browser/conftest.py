@@ -50,8 +50,12 @@ USER_KEY: Final = "playground-user-key"
 ADMIN_KEY: Final = "playground-admin-key"
 #: A model whose answer takes seconds (40 tokens, 80 ms apart): time to see text before its end, and to stop it.
 PACED_MODEL: Final = "standin/paced:40x80"
+#: An embedding model: installed and managed like the others, but it cannot chat.
+EMBEDDING_MODEL: Final = "nomic-embed-text:latest"
+#: The models the chat offers.
+CHAT_MODELS: Final = ("llama3.2:1b", "qwen3:0.6b", "llava:7b", PACED_MODEL)
 #: What the stand-in has installed; tinyllama is only in its registry, for pulls.
-MODELS: Final = ("llama3.2:1b", "qwen3:0.6b", "llava:7b", PACED_MODEL)
+MODELS: Final = (*CHAT_MODELS, EMBEDDING_MODEL)
 PULLABLE_MODEL: Final = "tinyllama:latest"
 SCREENSHOTS_VARIABLE: Final = "MINATO_UPDATE_SCREENSHOTS"
 ARTIFACTS_VARIABLE: Final = "MINATO_BROWSER_ARTIFACTS"
