@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import httpx
-from litestar import Litestar, Request, Response, Router
+from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -15,7 +15,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from minato import __version__
 from minato.backpressure import Admission
-from minato.docs import assets_routers, render_plugins
+from minato.docs import docs_router, render_plugins
 from minato.doors import DOOR_HANDLERS
 from minato.handlers import HANDLER_DEPENDENCIES, ROUTE_HANDLERS
 from minato.handlers.common import before_handler
@@ -128,9 +128,7 @@ def create_app(
             # The docs router is exempt from keys as a whole (the API description holds no secrets,
             # and a browser cannot send a key to it); the exemption travels with its handlers.
             # The pages' assets are Minato's own files, served by the same open router.
-            openapi_router=Router(
-                path=DOCS_PATH, route_handlers=assets_routers(), opt={PUBLIC: True}, include_in_schema=False
-            ),
+            openapi_router=docs_router(DOCS_PATH, opt={PUBLIC: True}, include_in_schema=False),
             components=Components(
                 security_schemes={
                     "key": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),

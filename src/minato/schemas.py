@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -97,6 +97,14 @@ class InstallProgress(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     """The backend (``host:port``) the line is about, with a pool of backends."""
 
 
+#: What ``capabilities`` says in ``/models_list/`` (also in the OpenAPI document).
+MODEL_CAPABILITIES: Final = (
+    "What the model can do, as Ollama says (`completion`, `embedding`, `vision`, `tools`, `thinking`, "
+    "`insert`, ...): a model without `completion` (an embedding model) cannot chat or generate. "
+    "Empty when Ollama could not say."
+)
+
+
 class ModelSummary(msgspec.Struct, frozen=True, kw_only=True):
     """One installed model."""
 
@@ -114,6 +122,7 @@ class ModelSummary(msgspec.Struct, frozen=True, kw_only=True):
     """Whether the model is loaded in memory right now."""
     backends: list[str]
     """The backends (``host:port``) that have it."""
+    capabilities: Annotated[list[str], msgspec.Meta(description=MODEL_CAPABILITIES)]
 
 
 class ModelsList(msgspec.Struct, frozen=True, kw_only=True):

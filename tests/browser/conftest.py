@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Route, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Playwright, Route, sync_playwright
 
 from tests.e2e.conftest import REPO, MinatoServer, start_minato, stop_minato
 from tests.standin.process import StandInProcess
@@ -50,8 +50,12 @@ USER_KEY: Final = "playground-user-key"
 ADMIN_KEY: Final = "playground-admin-key"
 #: A model whose answer takes seconds (40 tokens, 80 ms apart): time to see text before its end, and to stop it.
 PACED_MODEL: Final = "standin/paced:40x80"
+#: An embedding model: installed and managed like the others, but it cannot chat.
+EMBEDDING_MODEL: Final = "nomic-embed-text:latest"
+#: The models the chat offers.
+CHAT_MODELS: Final = ("llama3.2:1b", "qwen3:0.6b", "llava:7b", PACED_MODEL)
 #: What the stand-in has installed; tinyllama is only in its registry, for pulls.
-MODELS: Final = ("llama3.2:1b", "qwen3:0.6b", "llava:7b", PACED_MODEL)
+MODELS: Final = (*CHAT_MODELS, EMBEDDING_MODEL)
 PULLABLE_MODEL: Final = "tinyllama:latest"
 SCREENSHOTS_VARIABLE: Final = "MINATO_UPDATE_SCREENSHOTS"
 ARTIFACTS_VARIABLE: Final = "MINATO_BROWSER_ARTIFACTS"
@@ -146,6 +150,8 @@ class Watch:
     """What a page did that the test did not ask for."""
 
     origin: str
+    #: Other origins the test itself serves (a page of another site framing Minato's).
+    also_allowed: set[str] = field(default_factory=set)
     asked: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
@@ -191,7 +197,7 @@ def _watched(
     def refuse_foreign(route: Route) -> None:
         url = route.request.url
         watch.asked.append(url)
-        if url.startswith(("data:", "blob:")) or _origin(url) == watch.origin:
+        if url.startswith(("data:", "blob:")) or _origin(url) in {watch.origin, *watch.also_allowed}:
             route.continue_()
         else:
             watch.foreign.append(url)
@@ -250,8 +256,12 @@ def keyless(
     yield from _watched(browser, open_minato, artifacts, request)
 
 
-def update_readme_screenshot(page: Page, name: str) -> None:
-    """Write ``docs/<name>`` for the README when ``MINATO_UPDATE_SCREENSHOTS=1``."""
+def update_readme_screenshot(page: Page, name: str, part: Locator | None = None) -> None:
+    """Write ``docs/<name>`` for the README when ``MINATO_UPDATE_SCREENSHOTS=1``: the top of the page,
+    or one ``part`` of it."""
     if os.environ.get(SCREENSHOTS_VARIABLE) == "1":
         page.evaluate("() => { document.activeElement.blur(); window.scrollTo(0, 0); }")
-        page.screenshot(path=str(REPO / "docs" / name), full_page=False)
+        if part is None:
+            page.screenshot(path=str(REPO / "docs" / name), full_page=False)
+        else:
+            part.screenshot(path=str(REPO / "docs" / name))

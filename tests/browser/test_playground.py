@@ -12,6 +12,8 @@ from playwright.sync_api import FilePayload, Page, expect
 
 from tests.browser.conftest import (
     ADMIN_KEY,
+    CHAT_MODELS,
+    EMBEDDING_MODEL,
     MODELS,
     PACED_MODEL,
     PULLABLE_MODEL,
@@ -34,7 +36,9 @@ def _enter_key(page: Page, key: str) -> None:
 
 
 def _models_listed(page: Page) -> list[str]:
-    expect(page.locator("#model option")).to_have_count(len(MODELS))
+    """The chat's models, once the page has listed them (the installed list has every model)."""
+    expect(page.locator("#models-table tbody tr")).to_have_count(len(MODELS))
+    expect(page.locator("#model option")).to_have_count(len(CHAT_MODELS))
     return [option.get_attribute("value") or "" for option in page.locator("#model option").all()]
 
 
@@ -87,7 +91,7 @@ def test_the_playground_lists_the_models_the_key_may_use(keyed: Browsing) -> Non
 
     _enter_key(page, USER_KEY)
 
-    assert sorted(_models_listed(page)) == sorted(MODELS)
+    assert sorted(_models_listed(page)) == sorted(CHAT_MODELS)
     expect(page.locator("#models-table tbody tr")).to_have_count(len(MODELS))
 
 
@@ -324,18 +328,132 @@ def test_with_a_pool_the_page_shows_which_backend_holds_what_and_pulls_onto_each
     expect(page.locator("#models-table tbody tr", has_text=PULLABLE_MODEL)).to_contain_text(second)
 
 
-def test_the_page_fits_a_phone_screen(keyless: Browsing) -> None:
-    page = keyless.open("/playground")
-    page.set_viewport_size({"width": 390, "height": 844})
-    _models_listed(page)
+def test_an_embedding_model_is_managed_with_the_others_but_not_offered_for_chat(keyed: Browsing) -> None:
+    page = keyed.open("/playground")
+    keyed.watch.expect_console_error(r"status of 401")
+    _enter_key(page, ADMIN_KEY)
 
-    # Nothing makes the page wider than the screen: wide tables scroll inside their own box.
-    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    chat = _models_listed(page)
+
+    assert EMBEDDING_MODEL not in chat
+    assert sorted(chat) == sorted(CHAT_MODELS)
+    row = page.locator("#models-table tbody tr", has_text=EMBEDDING_MODEL)
+    expect(row).to_contain_text("embeddings only")
+    expect(row.get_by_role("button", name=f"Delete {EMBEDDING_MODEL}", exact=True)).to_be_visible()
+    expect(page.locator("#models-table tbody tr", has_text="llama3.2:1b")).not_to_contain_text("embeddings only")
+
+
+#: The sizes the lists must fit: a phone (cards), a narrow single column (tables), a wide screen
+#: (cards in the right half).
+SCREENS = [(390, 844), (900, 800), (1280, 800)]
+#: A cell with more empty height than about a line of text is wasted space (a row stretched by a
+#: neighbour, or by something off the screen).
+LARGE_BLANK_PX = 24
+LISTS = ["models-table", "running-table", "backends-table"]
+#: Measures, in the page, what of the lists does not fit: the page or a list scrolling sideways, a
+#: cell, column name or button outside the screen or cut, and each model row's largest empty height.
+LAYOUT = """(lists) => {
+  const width = window.innerWidth;
+  const shown = (el) => el.getClientRects().length > 0 && el.getBoundingClientRect().width > 1;
+  const text = (el) => el.textContent.trim().slice(0, 40);
+  const report = {pageWidth: document.documentElement.scrollWidth, width, scrolls: [], outside: [], cut: [],
+                  unnamed: [], blank: {}, buttons: 0};
+  for (const id of lists) {
+    const table = document.getElementById(id);
+    const box = table.parentElement;
+    if (box.scrollWidth > box.clientWidth) report.scrolls.push(id);
+    const names = Array.from(table.tHead.rows[0].cells, (th) => th.textContent.trim());
+    const headed = shown(table.tHead);
+    for (const el of table.querySelectorAll(headed ? 'th, td, button' : 'tbody th, tbody td, tbody button')) {
+      if (!shown(el)) continue;
+      const r = el.getBoundingClientRect();
+      if (r.left < 0 || r.right > width) report.outside.push(`${id}: ${text(el)}`);
+      if (el.scrollWidth > el.clientWidth) report.cut.push(`${id}: ${text(el)}`);
+      if (el.tagName === 'BUTTON') report.buttons += 1;
+    }
+    // Each column's name can be read: its header cell, or (a card) the label before each value.
+    for (const row of table.tBodies[0].rows) {
+      Array.from(row.cells).forEach((cell, index) => {
+        if (headed || cell.tagName === 'TH' || cell.classList.contains('actions')) return;
+        const label = getComputedStyle(cell, '::before').content;
+        if (cell.dataset.label !== names[index] || label === 'none' || label === '') {
+          report.unnamed.push(`${id}: ${names[index]}`);
+        }
+      });
+    }
+  }
+  const blankOf = (el) => {
+    const style = getComputedStyle(el);
+    return el.getBoundingClientRect().height - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom)
+      - parseFloat(style.borderTopWidth) - parseFloat(style.borderBottomWidth);
+  };
+  for (const row of document.querySelectorAll('#models-table tbody tr')) {
+    const cells = Array.from(row.cells);
+    let worst = 0;
+    for (const cell of cells) {
+      const range = document.createRange();
+      range.selectNodeContents(cell);
+      worst = Math.max(worst, blankOf(cell) - range.getBoundingClientRect().height);
+    }
+    const boxes = cells.map((cell) => cell.getBoundingClientRect());
+    const span = Math.max(...boxes.map((b) => b.bottom)) - Math.min(...boxes.map((b) => b.top));
+    report.blank[row.cells[0].firstChild.textContent] = Math.round(Math.max(worst, blankOf(row) - span));
+  }
+  return report;
+}"""
+
+
+def _assert_the_lists_fit(page: Page, width: int, models: int) -> None:
+    report = page.evaluate(LAYOUT, LISTS)
+
+    assert report["width"] == width
+    assert report["pageWidth"] <= width, "the page scrolls sideways"
+    assert report["scrolls"] == [], "a list scrolls sideways"
+    assert report["outside"] == [], "off the screen"
+    assert report["cut"] == [], "cut"
+    assert report["unnamed"] == [], "a value without its column's name"
+    assert report["buttons"] == 3 * models, "every model's Load, Unload and Delete are shown"
+    assert len(report["blank"]) == models
+    assert all(blank <= LARGE_BLANK_PX for blank in report["blank"].values()), report["blank"]
+    for button in page.locator("#models-table button").all():
+        box = button.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= width, button.get_attribute("aria-label")
+
+
+@pytest.mark.parametrize(("width", "height"), SCREENS)
+def test_the_lists_fit_the_screen_without_sideways_scrolling_or_empty_space(
+    keyless: Browsing, width: int, height: int
+) -> None:
+    # A model running, so every list has a row.
+    httpx.post(f"{keyless.minato.url}/load/qwen3:0.6b", timeout=10).raise_for_status()
+    page = keyless.open("/playground")
+    page.set_viewport_size({"width": width, "height": height})
+    expect(page.locator("#models-table tbody tr")).to_have_count(len(MODELS))
+    expect(page.locator("#running-table tbody tr")).to_have_count(1)
+    expect(page.locator("#backends-table tbody tr")).to_have_count(1)
+
+    _assert_the_lists_fit(page, width, len(MODELS))
     for control in ("Model", "Message", "API key"):
         box = page.get_by_label(control, exact=True).bounding_box()
         assert box is not None
         assert box["x"] >= 0
-        assert box["x"] + box["width"] <= 390, control
+        assert box["x"] + box["width"] <= width, control
+    if width == 390:
+        update_readme_screenshot(page, "playground-phone.png", page.locator("#admin"))
+
+
+@pytest.mark.parametrize(("width", "height"), SCREENS)
+def test_with_a_pool_the_lists_fit_the_screen_too(pooled: Browsing, width: int, height: int) -> None:
+    # The pool's stand-ins are not reset between tests (another may have pulled onto them): ask Minato.
+    installed = len(httpx.get(f"{pooled.minato.url}/models_list/", timeout=10).json()["models_list"])
+    page = pooled.open("/playground")
+    page.set_viewport_size({"width": width, "height": height})
+    expect(page.locator("#models-table tbody tr")).to_have_count(installed)
+    expect(page.locator("#backends-table tbody tr")).to_have_count(2)
+
+    _assert_the_lists_fit(page, width, installed)
 
 
 def test_an_admin_loads_unloads_and_deletes_a_model_from_the_page(keyed: Browsing) -> None:

@@ -292,6 +292,28 @@ async def test_think_on_a_non_thinking_model_is_rejected(client: ollama.AsyncCli
     assert (err.value.status_code, err.value.error) == (400, '"llama3.2" does not support thinking')
 
 
+async def test_nomic_embed_text_is_an_embedding_model_as_ollama_describes_it() -> None:
+    """The embedding model most set-ups pull: listed with Ollama's capabilities (``/api/tags`` carries
+    them since Ollama 0.30), 768 dimensions, and no chat."""
+    with run_standin("--models", "nomic-embed-text:latest") as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            (listed,) = (await http.get("/api/tags")).json()["models"]
+            shown = (await http.post("/api/show", json={"model": "nomic-embed-text"})).json()
+            embedded = (await http.post("/api/embed", json={"model": "nomic-embed-text", "input": "x"})).json()
+            chat = await http.post(
+                "/api/chat", json={"model": "nomic-embed-text", "messages": [{"role": "user", "content": "x"}]}
+            )
+
+    assert listed["name"] == "nomic-embed-text:latest"
+    assert listed["capabilities"] == ["embedding"]
+    assert listed["details"]["family"] == "nomic-bert"
+    assert listed["details"]["parameter_size"] == "137M"
+    assert listed["size"] == 274302450
+    assert shown["capabilities"] == ["embedding"]
+    assert len(embedded["embeddings"][0]) == 768
+    assert chat.json() == {"error": '"nomic-embed-text" does not support chat'}
+
+
 async def test_embedding_only_model_refuses_chat_and_generate(http: httpx.AsyncClient) -> None:
     chat = await http.post("/api/chat", json={"model": "all-minilm", "messages": [{"role": "user", "content": "x"}]})
     assert chat.status_code == 400

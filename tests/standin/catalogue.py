@@ -311,6 +311,22 @@ _MINILM: Final = ModelSpec(
     stop=(),
     license="Apache License\nVersion 2.0, January 2004",
 )
+#: The embedding model Open WebUI and most RAG set-ups pull: ``nomic-bert``, embeddings only (as Ollama
+#: reports it, ``["embedding"]``), 274 MB in F16.
+_NOMIC_EMBED: Final = ModelSpec(
+    name="nomic-embed-text:latest",
+    family="nomic-bert",
+    parameter_size="137M",
+    quantization_level="F16",
+    parameter_count=136727040,
+    context_length=2048,
+    embedding_length=768,
+    size=274302450,
+    capabilities=("embedding",),
+    template=_BERT_TEMPLATE,
+    stop=(),
+    license="Apache License\nVersion 2.0, January 2004",
+)
 _TINYLLAMA: Final = _llama(
     "tinyllama:latest",
     parameter_size="1B",
@@ -360,7 +376,7 @@ INSTALLED_AT_START: Final[tuple[ModelSpec, ...]] = (
 
 # Names a pull can resolve ("the registry"), keyed by ModelName.key.
 PULLABLE: Final[dict[str, ModelSpec]] = {}
-for _spec in (_TINYLLAMA, _LLAMA32, _LLAMA32_1B, _LLAVA, _QWEN3, _SMOLLM, _MINILM, _GPT_OSS_CLOUD):
+for _spec in (_TINYLLAMA, _LLAMA32, _LLAMA32_1B, _LLAVA, _QWEN3, _SMOLLM, _MINILM, _NOMIC_EMBED, _GPT_OSS_CLOUD):
     _parsed = parse_name(_spec.name)
     assert _parsed is not None
     PULLABLE[_parsed.key] = _spec

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tarfile
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
@@ -23,8 +24,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from assets import vendor
+from minato import docs
 from minato.app import create_app
-from minato.docs import STATIC, vendored
+from minato.docs import SCALAR_CONFIGURATION, START, STATIC, start_path, vendored
 from minato.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -101,8 +103,46 @@ async def test_every_file_a_docs_page_loads_is_served_without_a_key_and_cached_f
         assert "immutable" in response.headers["cache-control"]
         assert "max-age=31536000" in response.headers["cache-control"]
         name = Path(url).name
+        if url.startswith(f"/docs{start_path()}/"):  # Minato's own start of the page
+            assert response.content == (START / name).read_bytes()
+            continue
         package = next(p for p in vendored().values() if url.startswith(f"/docs{p.path}/"))
         assert response.content == (STATIC / package.directory / name).read_bytes()
+
+
+async def test_minatos_own_files_are_served_under_a_path_naming_their_contents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They are cached for good too, so an edited file must be a new URL."""
+    (tmp_path / "start.js").write_text("// one")
+    monkeypatch.setattr(docs, "START", tmp_path)
+    docs.start_path.cache_clear()
+    try:
+        before = docs.start_path()
+        (tmp_path / "start.js").write_text("// two")
+        docs.start_path.cache_clear()
+        after = docs.start_path()
+    finally:
+        docs.start_path.cache_clear()
+
+    assert before.startswith("/assets/minato-")
+    assert after.startswith("/assets/minato-")
+    assert before != after
+
+
+def test_every_option_minato_gives_scalar_is_one_its_bundle_knows() -> None:
+    """Scalar ignores an option it does not know: a misspelt one would leave its feature on, silently."""
+    bundle = (STATIC / "scalar" / "standalone.js").read_text()
+    schema_at = bundle.index("showDeveloperTools:")  # its configuration's schema, where every option is named
+    schema = bundle[schema_at - 20_000 : schema_at + 20_000]
+
+    for option, value in SCALAR_CONFIGURATION.items():
+        assert re.search(rf"[{{,]{option}:", schema), option
+        if isinstance(value, dict):
+            for inner in value:
+                assert re.search(rf"[{{,]{inner}:", schema), f"{option}.{inner}"
+    # One of the values it takes (its other values show the toolbar on localhost or always).
+    assert re.search(rf"showDeveloperTools:[^{{}}]*?`{SCALAR_CONFIGURATION['showDeveloperTools']}`", schema)
 
 
 async def test_an_asset_url_names_its_package_version(keyed: Client) -> None:

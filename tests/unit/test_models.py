@@ -268,10 +268,68 @@ async def test_models_list_flattens_ollamas_tags(client: Client, ollama: respx.M
                 "quantization_level": "Q4_K_M",
                 "loaded": False,
                 "backends": ["ollama.test:11434"],
+                "capabilities": ["completion", "tools"],
             }
         ]
     }
     assert route.calls.last.request.method == "GET"
+
+
+#: Ollama 0.30 and later list each model's capabilities in /api/tags; older versions only in /api/show.
+EMBEDDER = {**TAGS["models"][0], "name": "nomic-embed-text:latest", "model": "nomic-embed-text:latest"}
+
+
+async def test_models_list_gives_each_models_capabilities_as_ollamas_list_has_them(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    ollama.get("/api/tags").respond(
+        200, json={"models": [TAGS["models"][0], {**EMBEDDER, "capabilities": ["embedding"]}]}
+    )
+    shown = ollama.post("/api/show").respond(200, json=show(["completion"]))
+
+    response = await client.get("/models_list/")
+
+    assert [(m["name"], m["capabilities"]) for m in response.json()["models_list"]] == [
+        ("llama3.2:latest", ["completion", "tools"]),
+        ("nomic-embed-text:latest", ["embedding"]),
+    ]
+    assert not shown.called, "the list had them: nothing to ask"
+
+
+async def test_an_ollama_that_does_not_list_capabilities_is_asked_once_per_model(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    older = [
+        {key: value for key, value in entry.items() if key != "capabilities"} for entry in (TAGS["models"][0], EMBEDDER)
+    ]
+    ollama.get("/api/tags").respond(200, json={"models": older})
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        model = json.loads(request.content)["model"]
+        return httpx.Response(200, json=show(["embedding"] if model.startswith("nomic") else ["completion", "vision"]))
+
+    shown = ollama.post("/api/show").mock(side_effect=answer)
+
+    first = await client.get("/models_list/")
+    again = await client.get("/models_list/")
+
+    expected = [("llama3.2:latest", ["completion", "vision"]), ("nomic-embed-text:latest", ["embedding"])]
+    assert [(m["name"], m["capabilities"]) for m in first.json()["models_list"]] == expected
+    assert [(m["name"], m["capabilities"]) for m in again.json()["models_list"]] == expected
+    assert shown.call_count == 2, "kept for MINATO_CAPABILITIES_TTL: a second list asks nothing"
+
+
+async def test_a_model_ollama_cannot_describe_is_listed_with_no_capabilities(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    older = {key: value for key, value in TAGS["models"][0].items() if key != "capabilities"}
+    ollama.get("/api/tags").respond(200, json={"models": [older]})
+    ollama.post("/api/show").respond(500, json={"error": "something went wrong"})
+
+    response = await client.get("/models_list/")
+
+    assert response.status_code == 200
+    assert response.json()["models_list"][0]["capabilities"] == []
 
 
 async def test_models_list_falls_back_to_family_and_model(client: Client, ollama: respx.MockRouter) -> None:

@@ -361,6 +361,24 @@ async def test_the_errors_minato_answers_are_documented_for_their_route_in_their
         jsonschema.validate(response.json(), {**schema, "components": document["components"]})
 
 
+async def test_the_model_list_documents_each_models_capabilities_as_it_answers_them(
+    client: Client, document: Document
+) -> None:
+    documented = document["paths"]["/models_list"]["get"]["responses"]["200"]["content"]["application/json"]
+    listed = resolve(document, resolve(document, documented["schema"])["properties"]["models_list"]["items"])
+    capabilities = listed["properties"]["capabilities"]
+    answer = await client.get("/models_list/")
+
+    assert "capabilities" in listed["required"]
+    assert capabilities["type"] == "array"
+    assert capabilities["items"] == {"type": "string"}
+    assert "completion" in capabilities["description"], "it says what a model without it cannot do"
+    assert answer.status_code == 200
+    assert answer.json()["models_list"], "the mocked Ollama has models"
+    jsonschema.validate(answer.json(), {**documented["schema"], "components": document["components"]})
+    assert all(model["capabilities"] == ["completion", "tools"] for model in answer.json()["models_list"])
+
+
 # -- validity ------------------------------------------------------------------------------------------------
 
 

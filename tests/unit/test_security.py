@@ -382,7 +382,6 @@ async def test_the_exempt_routes_are_exactly_health_the_docs_and_the_playground(
 
     assert _public_paths(app) == [
         "/docs",
-        "/docs/oauth2-redirect.html",
         "/docs/openapi.json",
         "/docs/scalar",
         "/health",

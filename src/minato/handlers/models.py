@@ -122,7 +122,30 @@ async def install(
     return Response(InstallResponse(status="success", model=model))
 
 
-def summarize(model: TagModel, loaded: bool, backends: list[str]) -> ModelSummary:
+#: ``/api/show`` lookups one model list makes at once, for an Ollama that does not list capabilities.
+CAPABILITY_LOOKUPS: Final = 8
+
+
+async def capabilities_of(upstream: OllamaDependency, models: list[TagModel]) -> list[list[str]]:
+    """Each model's capabilities, sorted: as ``/api/tags`` lists them (Ollama 0.30 and later), else as
+    ``/api/show`` says (the client's cache, kept ``MINATO_CAPABILITIES_TTL`` seconds, so a list costs
+    Ollama a few calls once, not one per model each time); empty when Ollama could not say."""
+    slots = asyncio.Semaphore(CAPABILITY_LOOKUPS)
+
+    async def lookup(model: TagModel) -> list[str]:
+        if model.capabilities:
+            return sorted(model.capabilities)
+        async with slots:
+            try:
+                return sorted(await upstream.capabilities(model.name or model.model))
+            except MinatoError as exc:  # the list is still worth having without them
+                logger.debug("capabilities_unavailable", model=model.name or model.model, detail=exc.detail)
+                return []
+
+    return list(await asyncio.gather(*(lookup(model) for model in models)))
+
+
+def summarize(model: TagModel, loaded: bool, backends: list[str], capabilities: list[str]) -> ModelSummary:
     """Flatten one ``/api/tags`` entry into Minato's model summary."""
     details = model.details
     return ModelSummary(
@@ -138,6 +161,7 @@ def summarize(model: TagModel, loaded: bool, backends: list[str]) -> ModelSummar
         quantization_level=details.quantization_level,
         loaded=loaded,
         backends=backends,
+        capabilities=capabilities,
     )
 
 
@@ -147,7 +171,8 @@ def summarize(model: TagModel, loaded: bool, backends: list[str]) -> ModelSummar
     summary="List installed models",
     description=(
         "Every model Ollama has on disk, with size (bytes and MiB), family, quantization, whether "
-        "it is loaded in memory now, and which backends have it. A key limited to some models sees only those."
+        "it is loaded in memory now, which backends have it, and its capabilities (a model without "
+        "`completion`, such as an embedding model, cannot chat). A key limited to some models sees only those."
     ),
     responses=UPSTREAM_RESPONSES,
     tags=["models"],
@@ -162,10 +187,10 @@ async def models_list(
     tags, ps = await asyncio.gather(upstream.list_models(), upstream.running())
     catalog.record(tags)
     loaded = {canonical_model_name(m.name or m.model) for m in ps.models}
+    allowed = [m for m in tags.models if policy.may_see(caller, m.name or m.model)]
     return ModelsList(
         models_list=[
-            summarize(m, canonical_model_name(m.name or m.model) in loaded, upstream.holders(m.name or m.model))
-            for m in tags.models
-            if policy.may_see(caller, m.name or m.model)
+            summarize(m, canonical_model_name(m.name or m.model) in loaded, upstream.holders(m.name or m.model), can)
+            for m, can in zip(allowed, await capabilities_of(upstream, allowed), strict=True)
         ]
     )

@@ -97,6 +97,8 @@ class TagModel(msgspec.Struct):
     size: int = 0
     digest: str = ""
     details: ModelDetails = msgspec.field(default_factory=ModelDetails)
+    capabilities: list[str] = msgspec.field(default_factory=list)
+    """What the model can do; Ollama lists it here since 0.30 (older versions only in ``/api/show``)."""
 
 
 class TagsResponse(msgspec.Struct):

@@ -9,7 +9,7 @@ const $ = (selector) => document.querySelector(selector);
 const state = {
   key: localStorage.getItem(STORE.key) || '',
   chat: null, // the AbortController of the answer being streamed
-  countdowns: [], // [{cell, deadline}] of the running models
+  countdowns: [], // [{node, deadline}] of the running models
 };
 
 // -- talking to Minato --------------------------------------------------------------------------
@@ -109,6 +109,13 @@ function element(tag, props = {}, ...children) {
   return node;
 }
 
+/** A table cell; ``label`` names its column on a narrow screen, where each row is a card. */
+function cell(label, text, props = {}) {
+  const node = element('td', { textContent: text, ...props });
+  node.dataset.label = label;
+  return node;
+}
+
 function showError(where, error) {
   const box = $(where);
   if (!error) {
@@ -163,13 +170,21 @@ $('#forget-key').addEventListener('click', () => {
 
 // -- models and sessions for the chat -----------------------------------------------------------
 
+/** Whether a model can chat: not when Ollama says what it can do and that lacks ``completion``
+ * (an embedding model); a model Ollama could not describe is offered, and Minato says if it cannot. */
+function canChat(model) {
+  const can = model.capabilities || [];
+  return can.length === 0 || can.includes('completion');
+}
+
 async function refreshModels() {
   const select = $('#model');
   const wanted = select.value || localStorage.getItem(STORE.model);
   try {
     const { models_list: models } = await apiJson('GET', '/models_list/');
-    select.replaceChildren(...models.map((m) => element('option', { value: m.name, textContent: m.name })));
-    if (models.some((m) => m.name === wanted)) select.value = wanted;
+    const chat = models.filter(canChat);
+    select.replaceChildren(...chat.map((m) => element('option', { value: m.name, textContent: m.name })));
+    if (chat.some((m) => m.name === wanted)) select.value = wanted;
     renderModelsTable(models);
   } catch (error) {
     showError('#chat-error', error);
@@ -436,13 +451,15 @@ function renderModelsTable(models) {
           if (window.confirm(`Delete ${m.name} from every backend that has it?`)) await api('DELETE', `/models/${path}`);
         }),
       );
+      const name = element('th', { scope: 'row', textContent: m.name });
+      if (!canChat(m)) name.append(element('span', { className: 'tag', textContent: 'embeddings only' }));
       return element(
         'tr',
         {},
-        element('th', { scope: 'row', textContent: m.name }),
-        element('td', { textContent: bytes(m.size) }),
-        element('td', { textContent: m.loaded ? 'yes' : 'no' }),
-        element('td', { textContent: (m.backends || []).join(', ') }),
+        name,
+        cell('Size', bytes(m.size)),
+        cell('Loaded', m.loaded ? 'yes' : 'no'),
+        cell('Backends', (m.backends || []).join(', ')),
         actions,
       );
     }),
@@ -456,20 +473,20 @@ async function refreshRunning() {
     state.countdowns = [];
     $('#running-table tbody').replaceChildren(
       ...running.map((m) => {
-        const expires = element('td', { className: 'countdown' });
+        const expires = cell('Expires in', '', { className: 'countdown' });
         if (m.expires_in_seconds === null || m.expires_at === 'forever') {
           expires.textContent = 'never';
         } else {
-          state.countdowns.push({ cell: expires, deadline: now + m.expires_in_seconds * 1000 });
+          state.countdowns.push({ node: expires, deadline: now + m.expires_in_seconds * 1000 });
         }
         return element(
           'tr',
           {},
           element('th', { scope: 'row', textContent: m.name }),
-          element('td', { textContent: bytes(m.size) }),
-          element('td', { textContent: bytes(m.size_vram) }),
-          element('td', { textContent: String(m.context_length) }),
-          element('td', { textContent: m.backend }),
+          cell('Memory', bytes(m.size)),
+          cell('In VRAM', bytes(m.size_vram)),
+          cell('Context', String(m.context_length)),
+          cell('Backend', m.backend),
           expires,
         );
       }),
@@ -484,9 +501,9 @@ let expiredRefresh = null;
 function tick() {
   const now = Date.now();
   let expired = false;
-  for (const { cell, deadline } of state.countdowns) {
+  for (const { node, deadline } of state.countdowns) {
     const left = (deadline - now) / 1000;
-    cell.textContent = duration(left);
+    node.textContent = duration(left);
     expired ||= left <= 0;
   }
   // Ollama unloads a model once it expires: look again shortly after.
@@ -513,11 +530,11 @@ async function refreshBackends() {
           'tr',
           {},
           element('th', { scope: 'row', textContent: b.name }),
-          element('td', { textContent: b.state + (b.reason ? ` (${b.reason})` : '') }),
-          element('td', { textContent: b.version || '' }),
-          element('td', { textContent: String(b.installed || 0) }),
-          element('td', { textContent: (b.loaded || []).join(', ') }),
-          element('td', { textContent: String(b.in_flight || 0) }),
+          cell('State', b.state + (b.reason ? ` (${b.reason})` : '')),
+          cell('Version', b.version || ''),
+          cell('Installed', String(b.installed || 0)),
+          cell('Loaded', (b.loaded || []).join(', ')),
+          cell('Generating', String(b.in_flight || 0)),
         ),
       ),
     );
