@@ -274,7 +274,7 @@ def _checked_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checked_keep_alive(value: float | str | None) -> float | str | None:
-    if value is None:
+    if value is None or value == "":  # empty, as .env.example shows it: unset
         return None
     try:
         return parse_keep_alive(str(value))

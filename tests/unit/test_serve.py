@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from minato.serving import SecondInterrupt, describe_auth, describe_state, start
 from minato.settings import Settings
 
 KEY = "a-key-from-the-file"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(name="monkeypatch")
@@ -361,3 +363,25 @@ async def test_without_a_server_handling_signals_the_defaults_stay() -> None:
 
 def test_a_relative_sqlite_store_is_shown_where_it_is() -> None:
     assert describe_state(Settings(session_store="data/minato.db")) == f"sqlite {Path.cwd() / 'data' / 'minato.db'}"
+
+
+def test_the_env_example_copied_as_is_sets_nothing(environ: dict[str, str]) -> None:
+    write((REPO / ".env.example").read_text())
+
+    loaded = load_env_file(None, environ)
+
+    assert loaded is not None
+    assert loaded.applied == loaded.ignored == ()
+
+
+def test_every_line_of_the_env_example_uncommented_is_taken_with_its_default(environ: dict[str, str]) -> None:
+    """What a user gets by uncommenting a line without changing it: the default it shows."""
+    example = (REPO / ".env.example").read_text()
+    write(re.sub(r"^# ([A-Z][A-Z0-9_]*=)", r"\1", example, flags=re.MULTILINE))
+
+    loaded = load_env_file(None, environ)
+
+    assert loaded is not None
+    assert set(loaded.applied) == {f"MINATO_{name.upper()}" for name in Settings.__struct_fields__}
+    assert set(loaded.ignored) == {"MINATO_PUBLISH_ADDRESS", "MINATO_PUBLISH_PORT", "OLLAMA_KEEP_ALIVE"}
+    assert Settings.from_env(environ) == Settings.from_env({})

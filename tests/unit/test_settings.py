@@ -281,3 +281,7 @@ def test_serving_tells_every_worker_how_many_share_the_state(monkeypatch: pytest
     assert ran[0]["workers"] == 3
     assert os.environ["MINATO_WORKERS"] == "3"
     assert Settings.from_env().workers == 3
+
+
+def test_an_empty_default_keep_alive_is_unset_as_env_example_shows_it() -> None:
+    assert Settings.from_env({"MINATO_DEFAULT_KEEP_ALIVE": ""}).default_keep_alive is None
