@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import MinatoServer, launch_minato, start_minato, stop_minato
 
@@ -29,6 +30,7 @@ LONG_STREAM = "/stream/standin/paced:1000x100"
 """A thousand tokens 100 ms apart: still running when Minato is told to stop."""
 DEADLINE = 60.0
 EXIT_DEADLINE = 60.0
+WORKER_REQUESTS = 12
 GRACE = "600"
 """Longer than any deadline here: a stream ends before it only if it is cut."""
 
@@ -97,6 +99,41 @@ def test_the_keys_in_a_dotenv_are_in_force(standin_url: str, directory: Path) ->
     [starting] = events(server, "starting")
     assert (starting["auth"], starting["env_file"]) == ("1 key", read["path"])
     assert not any(FILE_KEY in line for line in server.log_lines()), "a key was logged"
+
+
+def test_every_worker_has_the_dotenvs_settings(standin_url: str, directory: Path) -> None:
+    """Workers are processes of their own that read the environment they inherit."""
+    (directory / ".env").write_text(f"MINATO_API_KEYS={FILE_KEY}\nMINATO_WORKERS=2\nMINATO_OPEN_PROBES=true\n")
+    server = start_minato(standin_url, directory / "minato.log")
+    try:
+        wait_for_lines(server, '"Application startup complete."', 2)
+        refused = [generate(server) for _ in range(WORKER_REQUESTS)]
+        both = both_workers_answered(server, "/{model_name}", WORKER_REQUESTS)
+        served = generate(server, FILE_KEY)
+    finally:
+        stop_minato(server)
+
+    assert refused == [401] * WORKER_REQUESTS
+    assert both, "one worker answered every request: the test shows nothing about the other"
+    assert served == 200
+    assert events(server, "starting")[0]["workers"] == 2
+
+
+def both_workers_answered(server: MinatoServer, route: str, total: int) -> bool:
+    """Whether each worker answered some of ``route``'s ``total`` requests: one of them (its own
+    ``/metrics``, on a connection of its own) counts more than none and less than all."""
+    for _ in range(40):
+        with httpx.Client(timeout=10) as client:
+            text = client.get(f"{server.url}/metrics").text
+        counted = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "minato_requests_total" and sample.labels["route"] == route
+        )
+        if 0 < counted < total:
+            return True
+    return False
 
 
 def test_the_real_environment_wins_over_the_dotenv(standin_url: str, directory: Path) -> None:
