@@ -1,4 +1,4 @@
-# Minato task runner. `make` lists the targets; CI runs `make test` (see .ci/run).
+# Minato task runner. `make` lists the targets; CI runs `make test`, then `make test-load` (see .ci/run).
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -10,7 +10,7 @@ NODE_CLIENTS := tests/e2e/node
 # The pinned npm packages whose files the docs pages serve (assets/package.json, copied by assets/vendor.py).
 ASSET_PACKS := assets/.packages/.fetched
 
-.PHONY: help install assets lint fmt type test check run bench up down logs clean
+.PHONY: help install assets lint fmt type test test-load check run bench up down logs clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -54,10 +54,15 @@ fmt: install ## Format and auto-fix
 type: install ## mypy --strict over src, tests, bench and assets
 	$(UV) run mypy
 
-test: install ## Install everything and run the whole test suite (unit + end-to-end)
-	$(UV) run pytest $(PYTEST_ARGS)
+# The load and soak tests (marker `load`) run on their own: `make test` stays a functional suite
+# whose verdict does not depend on how busy the machine is, and CI runs both, one after the other.
+test: install ## Install everything and run the test suite (unit, end-to-end, browser) but the load tests
+	$(UV) run pytest -m "not load" $(PYTEST_ARGS)
 
-check: lint type test ## Everything CI checks
+test-load: install ## The load and soak tests: hundreds of concurrent streams, abandoned ones, uploads
+	$(UV) run pytest -m load $(PYTEST_ARGS)
+
+check: lint type test test-load ## Everything CI checks
 
 run: install ## Serve on 127.0.0.1:8000 against an Ollama already on this machine
 	$(UV) run minato serve

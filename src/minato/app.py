@@ -19,11 +19,12 @@ from minato.docs import assets_routers, render_plugins
 from minato.doors import DOOR_HANDLERS
 from minato.handlers import HANDLER_DEPENDENCIES, ROUTE_HANDLERS
 from minato.handlers.common import before_handler
-from minato.limits import QueryLengthLimit
+from minato.limits import BodyTimeout, QueryLengthLimit
 from minato.log import RequestLogMiddleware, configure_logging
 from minato.metrics import Metrics
 from minato.openapi import document_routes
 from minato.pages import playground_router
+from minato.policy import Policy
 from minato.quota import Quota
 from minato.rendering import EXCEPTION_HANDLERS
 from minato.runtime import RuntimeSlot, UpstreamFactory, attach, settle_garbage_collector, started
@@ -87,6 +88,7 @@ def create_app(
         configure_logging(settings)
     metrics = Metrics()
     keyring = Keyring.from_settings(settings)
+    policy = Policy(settings, keyed=keyring.enabled)
     admission = Admission(
         settings.max_generations,
         settings.max_generations_per_model,
@@ -99,7 +101,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        running = started(settings, metrics, admission, build, limiter=limiter, quota=quota)
+        running = started(settings, metrics, admission, build, policy=policy, limiter=limiter, quota=quota)
         async with running as runtime, slot.holding(runtime):
             if served:
                 settle_garbage_collector()
@@ -116,7 +118,7 @@ def create_app(
             **HANDLER_DEPENDENCIES,
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        before_request=_before_request(make_guard(settings, keyring, slot) if keyring.enabled else None),
+        before_request=_before_request(make_guard(settings, keyring, slot, policy) if keyring.enabled else None),
         cors_config=_cors(settings),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -146,7 +148,8 @@ def create_app(
     # fail after their first byte are logged with the status the client actually got.
     attach(app, slot)
     document_routes(app)
-    app.asgi_handler = RequestLogMiddleware(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), metrics, slot)
+    bounded = BodyTimeout(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), settings.body_timeout)
+    app.asgi_handler = RequestLogMiddleware(bounded, metrics, slot)
     return app
 
 

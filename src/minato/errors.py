@@ -6,6 +6,7 @@
     MinatoError                      (status decided by the subclass)
     ├── InvalidInputError            422  one or more ErrorItem (loc, msg, type)
     ├── PayloadTooLargeError         413
+    ├── BadRequestError              400  a body Minato cannot read as Ollama would (a door's), or too deep
     ├── CapabilityError              400  the model cannot do what was asked (e.g. vision)
     ├── ForbiddenError               403  the caller's key may not do this (an admin key may)
     ├── RequestTimeoutError          408  the request body did not arrive in time
@@ -103,6 +104,12 @@ class InvalidInputError(MinatoError, status=422):
 
 class PayloadTooLargeError(MinatoError, status=413):
     """A body, an image or a count exceeds a configured limit."""
+
+
+class BadRequestError(MinatoError, status=400):
+    """A request Minato refuses before Ollama sees it: a body it cannot read the way Ollama would, an
+    option Ollama would read otherwise than Minato checked it, JSON nested too deep. The caller's
+    mistake, never counted as Ollama's."""
 
 
 class CapabilityError(MinatoError, status=400):

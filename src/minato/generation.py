@@ -13,7 +13,7 @@ The order is the point:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 from litestar import Request
@@ -22,19 +22,16 @@ from msgspec import UNSET
 
 from minato.backpressure import Admission, Slot
 from minato.disconnect import unless_disconnected
-from minato.errors import ForbiddenError
 from minato.params import GenerationOptions
+from minato.policy import Policy
 from minato.record import record_of
 from minato.schemas import GenerateResponse, GenerationStats
-from minato.security import Caller
+from minato.security import Caller, tokens_left
 from minato.sessions import SessionManager, Turn
 from minato.settings import Settings
 from minato.streaming import StreamFormat, stream_response
 from minato.upstream import ChunkStream, Ollama, canonical_model_name
 from minato.upstream.wire import ChatChunk, ChatRequest
-
-#: The ``num_ctx`` cap for user keys when neither the operator nor the model names one.
-FALLBACK_USER_MAX_NUM_CTX: Final = 131_072
 
 
 class Question(NamedTuple):
@@ -56,6 +53,7 @@ class GenerationParts(NamedTuple):
     sessions: SessionManager
     admission: Admission
     settings: Settings
+    policy: Policy
     caller: Caller
     model: str
 
@@ -70,23 +68,8 @@ class Generation(NamedTuple):
 
 async def check_num_ctx(generation: Generation) -> None:
     """Refuse a user key's ``num_ctx`` above the cap: a huge context makes Ollama reload the model for everyone."""
-    asked = generation.params.num_ctx
-    if asked is None or generation.parts.caller.is_admin:
-        return
-    await check_context_size(generation.parts.upstream, generation.parts.settings, generation.parts.model, asked)
-
-
-async def check_context_size(upstream: Ollama, settings: Settings, model: str, asked: int) -> None:
-    """Refuse a user key's ``num_ctx=asked`` above ``MINATO_USER_MAX_NUM_CTX`` (or the model's context)."""
-    if settings.user_max_num_ctx:
-        cap, source = settings.user_max_num_ctx, "MINATO_USER_MAX_NUM_CTX"
-    else:
-        context = (await upstream.facts(model)).context_length
-        cap, source = (
-            (context, "the model's context length") if context else (FALLBACK_USER_MAX_NUM_CTX, "the default cap")
-        )
-    if asked > cap:
-        raise ForbiddenError(f"num_ctx={asked} is more than {cap} ({source}); this needs an admin key")
+    parts = generation.parts
+    await parts.policy.check_num_ctx(parts.caller, parts.upstream, parts.model, generation.params.num_ctx)
 
 
 class Lease:
@@ -181,9 +164,8 @@ async def _chat_request(generation: Generation, question: Question, turn: Turn |
     ):
         history = [msgspec.structs.replace(message, images=[]) for message in history]
     system_prompt = turn.system_prompt if turn is not None else None
-    return generation.params.chat_request(
-        generation.parts.model, question.message, question.images, system_prompt, history
-    )
+    params = generation.params.within(tokens_left(generation.parts.request.scope))
+    return params.chat_request(generation.parts.model, question.message, question.images, system_prompt, history)
 
 
 async def _opened(generation: Generation, lease: Lease) -> ChatRequest:
@@ -273,7 +255,6 @@ __all__ = [
     "Lease",
     "Question",
     "QuestionReader",
-    "check_context_size",
     "check_num_ctx",
     "streamed_answer",
     "take_slot",

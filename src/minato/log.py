@@ -163,16 +163,17 @@ class RequestLogMiddleware:
                     in_flight = True
             await send(message)
 
-        outcome = "ok"
+        aborted = False
         try:
             await self.app(scope, receive, send_with_id)
         except BaseException:
-            outcome = "aborted"
+            aborted = True
             raise
         finally:
             seconds = time.perf_counter() - started
             if record.client_gone:
-                status, outcome = CLIENT_CLOSED_REQUEST, "aborted"
+                status, aborted = CLIENT_CLOSED_REQUEST, True
+            outcome = "aborted" if aborted else outcome_of(status, record)
             template = scope.get("path_template")
             logger.info(
                 "request",
@@ -200,6 +201,24 @@ class RequestLogMiddleware:
             await slot.runtime.quota.charge(caller, tokens)
         except Exception:  # the answer has been sent; a quota that cannot count (or is gone) must not fail it
             logger.exception("token_quota_charge_failed", tokens=tokens)
+
+
+#: Statuses that refuse a caller (no key, a key that may not, a limit reached): not the client's mistake
+#: in the request itself, and the first thing to look for when a key "does not work".
+_REFUSALS: Final = frozenset({401, 403, 429})
+
+
+def outcome_of(status: int, record: RequestRecord) -> str:
+    """How a request ended, in one word for the log line: ``ok``, ``refused`` (401, 403, 429),
+    ``client_error`` (another 4xx), ``upstream_error`` (Ollama failed, also in the middle of a stream that
+    began with a 200) or ``error`` (another 5xx)."""
+    if record.upstream_error is not None:
+        return "upstream_error"
+    if status < 400:
+        return "ok"
+    if status in _REFUSALS:
+        return "refused"
+    return "client_error" if status < 500 else "error"
 
 
 def _request_id(scope: HTTPScope) -> str:

@@ -15,9 +15,10 @@ from litestar import Request
 from litestar.openapi.spec import OpenAPIType, Parameter, Schema
 from msgspec import UNSET, UnsetType
 
-from minato.errors import ErrorItem, ForbiddenError, InvalidInputError
-from minato.rendering import validation_sentence
-from minato.security import Caller
+from minato.caller import Caller
+from minato.errors import ErrorItem, InvalidInputError
+from minato.policy import Policy
+from minato.rendering import unknown_name_sentence, validation_sentence
 from minato.sessions import validate_session_id
 from minato.settings import Settings
 from minato.upstream.options import (
@@ -25,7 +26,6 @@ from minato.upstream.options import (
     OPTIONS,
     OptionSpec,
     check_stop,
-    keep_alive_seconds,
     parse_keep_alive,
 )
 from minato.upstream.wire import ChatRequest, WireMessage
@@ -57,6 +57,16 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
     format: str | UnsetType = UNSET
     think: bool | UnsetType = UNSET
 
+    def within(self, tokens: int | None) -> GenerationOptions:
+        """These options with the answer capped at ``tokens`` (what the caller's quota has left; ``None``:
+        no quota): Ollama's ``num_predict`` no higher, and never unbounded (-1, -2)."""
+        if tokens is None:
+            return self
+        asked = self.options.get("num_predict")
+        if isinstance(asked, int) and 0 < asked <= tokens:
+            return self
+        return msgspec.structs.replace(self, options={**self.options, "num_predict": tokens})
+
     def chat_request(
         self,
         model: str,
@@ -87,7 +97,7 @@ class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def generation_options(
-    settings: Settings,
+    policy: Policy,
     caller: Caller,
     source: str,
     *,
@@ -99,6 +109,7 @@ def generation_options(
     given: dict[str, Any],
 ) -> GenerationOptions:
     """The checks and defaults every generation shares, whether its parameters came in the query or a body."""
+    settings = policy.settings
     if system_prompt is not None:
         check_text_length("system_prompt", system_prompt, settings, source)
     if session is not None:
@@ -113,8 +124,8 @@ def generation_options(
     options = {OPTIONS[name].ollama_name: value for name, value in settings.default_options.items()}
     options.update({OPTIONS[name].ollama_name: value for name, value in given.items() if value is not None})
     alive = resolve_keep_alive(keep_alive, settings, source)
-    if keep_alive is not None and not caller.is_admin:
-        check_user_keep_alive(alive, settings)
+    if keep_alive is not None:
+        policy.check_keep_alive(caller, alive)
     return GenerationOptions(
         system_prompt=system_prompt,
         keep_alive=alive,
@@ -207,11 +218,11 @@ class GenerationFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     frequency_penalty: Annotated[float, _meta("frequency_penalty")] | None = None
     stop: Annotated[list[str], _meta("stop")] | None = None
 
-    def options(self, settings: Settings, caller: Caller, source: str) -> GenerationOptions:
+    def options(self, policy: Policy, caller: Caller, source: str) -> GenerationOptions:
         """The validated generation options these fields ask for (errors name ``source`` fields)."""
         keep_alive = self.keep_alive
         return generation_options(
-            settings,
+            policy,
             caller,
             source,
             session=self.session,
@@ -354,7 +365,7 @@ def parse_query(request: Request[Any, Any, Any], query_type: type[Q]) -> Q:
     if unknown:
         raise InvalidInputError(
             [
-                ErrorItem(loc=["query", key], msg=f"unknown parameter (known: {shape.known})", type="extra_forbidden")
+                ErrorItem(loc=["query", key], msg=unknown_name_sentence(key, shape.known), type="extra_forbidden")
                 for key in unknown
             ]
         )
@@ -450,29 +461,6 @@ def resolve_keep_alive(value: str | None, settings: Settings, source: str = "que
         return parse_keep_alive(value)
     except ValueError as exc:
         raise InvalidInputError.single(source, "keep_alive", str(exc)) from None
-
-
-def check_user_keep_alive(value: float | str | UnsetType, settings: Settings) -> None:
-    """Refuse a user key's ``keep_alive`` outside 1 s to ``MINATO_USER_MAX_KEEP_ALIVE``.
-
-    ``0`` would unload a model others are using and a negative value would pin it forever: both
-    decide for everyone who shares the GPU, so they are an operator's (an admin key's) to make.
-    """
-    if isinstance(value, UnsetType):
-        return
-    seconds = keep_alive_seconds(value)
-    limit = settings.user_max_keep_alive
-    if seconds == 0:
-        reason = "0 unloads the model for everyone using it"
-    elif seconds < 0:
-        reason = "a negative value keeps the model loaded forever"
-    elif seconds < 1:
-        reason = "less than 1 s unloads the model for everyone using it"
-    elif seconds > keep_alive_seconds(limit):
-        reason = f"it is longer than {limit} (MINATO_USER_MAX_KEEP_ALIVE)"
-    else:
-        return
-    raise ForbiddenError(f"keep_alive={value}: {reason}; this needs an admin key (user keys: 1 s to {limit})")
 
 
 def check_text_length(name: str, value: str, settings: Settings, source: str = "query") -> None:

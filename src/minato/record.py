@@ -49,9 +49,14 @@ class RequestRecord:
         """The client left before its whole answer was written (logged and counted as 499)."""
 
     def note_answer(self, tokens: int, tokens_per_second: float) -> None:
-        """Note the size and speed of the finished answer."""
+        """Note the size and speed of the finished answer (Ollama's count replaces the relayed one)."""
         self.tokens = tokens
         self.tokens_per_second = tokens_per_second
+
+    def note_relayed(self, tokens: int) -> None:
+        """Count ``tokens`` relayed to the client as they pass, so that an answer the client leaves, or
+        that breaks off, is still charged (and counted) for what it relayed."""
+        self.tokens = (self.tokens or 0) + tokens
 
     def mark_first_token(self) -> None:
         """Note that the first token is being written now."""

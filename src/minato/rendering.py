@@ -56,6 +56,30 @@ _BOUND_SENTENCES: Final = {
 }
 #: Litestar's name for the parameter that receives a request body.
 _BODY_PARAMETER: Final = "data"
+#: Names other APIs (Ollama's, OpenAI's) use for what Minato's own routes call otherwise: the hint an
+#: "unknown" refusal gives, when the route takes the name it points to.
+_OTHER_APIS_NAMES: Final = {
+    "max_tokens": "max_new_tokens",
+    "max_completion_tokens": "max_new_tokens",
+    "num_predict": "max_new_tokens",
+    "prompt": "message",
+    "system": "system_prompt",
+}
+_STREAM_HINT: Final = "for a streamed answer, ask the same under /stream/ (GET /stream/{model}, POST /stream/{model})"
+
+
+def unknown_name_sentence(name: str, known: list[str] | str, what: str = "parameter") -> str:
+    """The refusal of a parameter a route of Minato's own does not take: a hint when another API uses
+    that name for something the route has, then the names it knows."""
+    names = known.split(", ") if isinstance(known, str) else known
+    target = _OTHER_APIS_NAMES.get(name.lower())
+    if target in names:
+        hint = f"; Minato calls it {target}"
+    elif name.lower() == "stream" and "message" in names:
+        hint = f"; {_STREAM_HINT}"
+    else:
+        hint = ""
+    return f"unknown {what}{hint} (known: {', '.join(names)})"
 
 
 class Door(enum.Enum):
@@ -196,7 +220,7 @@ def _validation_item(request: Request[Any, Any, Any], source: str, key: str, mes
         return ErrorItem(loc=[source, missing[1]], msg="field required", type="missing")
     if unknown := _UNKNOWN_FIELD.fullmatch(message):
         known = [f.name for f in _struct_fields(request, key)]
-        msg = f"unknown field (known: {', '.join(known)})" if known else "unknown field"
+        msg = unknown_name_sentence(unknown[1], known, "field") if known else "unknown field"
         return ErrorItem(loc=[source, unknown[1]], msg=msg, type="extra_forbidden")
     if key == _BODY_PARAMETER and message == repr(key):
         # Litestar's KeyError for a body that is not there at all.

@@ -19,6 +19,7 @@ from litestar.di import Provide
 from minato.backpressure import Admission
 from minato.fetch import ImageFetcher
 from minato.metrics import Metrics
+from minato.policy import Policy
 from minato.probe import OllamaProbe
 from minato.quota import Quota
 from minato.sessions import SessionManager
@@ -37,6 +38,8 @@ class Runtime:
     """What a request may use. Built by :func:`started`; frozen: nothing swaps a part mid-flight."""
 
     settings: Settings
+    policy: Policy
+    """What each caller may do (every route and door asks it)."""
     metrics: Metrics
     admission: Admission
     state: SharedState
@@ -97,6 +100,7 @@ async def started(
     admission: Admission,
     upstream_factory: UpstreamFactory,
     *,
+    policy: Policy | None = None,
     limiter: RateLimiter | None = None,
     quota: Quota | None = None,
 ) -> AsyncIterator[Runtime]:
@@ -120,6 +124,7 @@ async def started(
         stack.push_async_callback(fetcher.aclose)
         yield Runtime(
             settings=settings,
+            policy=policy if policy is not None else Policy(settings),
             metrics=metrics,
             admission=admission,
             state=state,

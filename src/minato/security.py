@@ -8,29 +8,29 @@ never a key.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import ipaddress
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
+from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Scope
 
-from minato.errors import ForbiddenError, SettingsError, StateUnavailableError
+from minato.caller import ANONYMOUS, Caller, Role
+from minato.errors import SettingsError, StateUnavailableError
 from minato.keys import KEYS_FILE_VARIABLE, digest_of, read_keys_file
+from minato.policy import Policy, RouteNeeds
+from minato.quota import Standing
 from minato.record import record_of
 from minato.settings import Settings
-from minato.upstream.names import canonical_model_name
 
 if TYPE_CHECKING:
     from minato.runtime import RuntimeSlot
@@ -43,61 +43,14 @@ logger = structlog.get_logger("minato.security")
 PUBLIC: Final = "public"
 ADMIN: Final = "admin"
 PROBE: Final = "probe"
+#: Route ``opt`` key: the metrics scrape, which needs an admin or a metrics key (see :mod:`minato.policy`).
+METRICS: Final = "metrics"
 #: Where the guard leaves the identified caller in the ASGI scope's state.
 CALLER_STATE_KEY: Final = "minato.caller"
+#: Where the guard leaves the tokens a key with a quota may still generate.
+TOKENS_LEFT_KEY: Final = "minato.tokens_left"
 WWW_AUTHENTICATE: Final = 'Key realm="minato", Bearer realm="minato"'
 _SCHEMES: Final = ("key", "bearer")
-
-
-class Role(enum.IntEnum):
-    """What a key may do; a higher role may do everything a lower one may."""
-
-    USER = 1
-    ADMIN = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """An authenticated caller, with what its key may do.
-
-    ``fingerprint`` (12 hex digits of the key's digest) owns its conversations; it is empty for the
-    anonymous caller of a keyless deployment. ``name`` labels its log lines and metrics: the name a
-    keys file gives it, else the fingerprint.
-    """
-
-    fingerprint: str
-    role: Role
-    name: str
-    models: tuple[str, ...] | None = None
-    """Glob patterns on canonical model names the key may use; ``None``: every model."""
-    requests_per_minute: int = 0
-    """0: no limit."""
-    tokens_per_day: int = 0
-    """Generated tokens per rolling 24 h; 0: no quota."""
-
-    @property
-    def is_admin(self) -> bool:
-        """Whether the caller may manage models and see every key's conversations."""
-        return self.role >= Role.ADMIN
-
-    def allows(self, model: str) -> bool:
-        """Whether the key may use ``model`` (any spelling: it is matched by its canonical name)."""
-        if self.models is None:
-            return True
-        canonical = canonical_model_name(model)
-        return any(fnmatchcase(canonical, pattern) for pattern in self.models)
-
-
-def require_model_in_scope(caller: Caller, model: str) -> None:
-    """A 403 unless the caller's key may use ``model``: the one scope check of every route and door."""
-    if not caller.allows(model):
-        patterns = ", ".join(caller.models or ())
-        raise ForbiddenError(f"this key may not use model '{model}' (its models: {patterns})")
-
-
-#: Everyone, in a deployment without keys: as today, free to do anything (such a deployment is only
-#: served on loopback, or behind something that authenticates).
-ANONYMOUS: Final = Caller(fingerprint="", role=Role.ADMIN, name="anonymous")
 
 
 @dataclass
@@ -118,6 +71,12 @@ class Keyring:
         rate = settings.rate_limit_per_minute
         keyring._add(settings.api_keys, Role.USER, "MINATO_API_KEYS", rate)
         keyring._add(settings.admin_keys, Role.ADMIN, "MINATO_ADMIN_KEYS", rate)
+        scrapers = len(keyring.callers)
+        keyring._add(settings.metrics_keys, Role.METRICS, "MINATO_METRICS_KEYS", 0)
+        others = {digest for digest, _ in keyring.callers[:scrapers]}
+        if any(digest in others for digest, _ in keyring.callers[scrapers:]):
+            # The higher role would win, and that key could no longer read /metrics.
+            raise SettingsError("MINATO_METRICS_KEYS: a metrics key must not also be a user or admin key")
         if settings.api_keys_file:
             try:
                 lines = Path(settings.api_keys_file).read_text().splitlines()
@@ -185,7 +144,14 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
-def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot) -> Guard:
+def _needs(opt: dict[str, Any]) -> str:
+    """What a route's ``opt`` says it needs of a caller's role."""
+    if opt.get(METRICS):
+        return RouteNeeds.METRICS
+    return RouteNeeds.ADMIN if opt.get(ADMIN) else RouteNeeds.USER
+
+
+def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot, policy: Policy) -> Guard:
     """Build the check every route runs before its handler: the key, its role, its rate and its token
     quota (kept by the running runtime's limiter and quota, found in ``slot``). The app's
     ``before_request`` hook calls it first."""
@@ -209,8 +175,7 @@ def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot) -> Guard
         record = record_of(connection.scope)
         if record is not None:
             record.caller = caller
-        if opt.get(ADMIN) and caller.role < Role.ADMIN:
-            raise PermissionDeniedException("this route needs an admin key")
+        policy.check_route(caller, _needs(opt))
         if caller.requests_per_minute:
             try:
                 wait = await slot.runtime.limiter.check(caller.fingerprint, caller.requests_per_minute)
@@ -226,18 +191,20 @@ def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot) -> Guard
                 )
         if caller.tokens_per_day:
             try:
-                wait = await slot.runtime.quota.check(caller)
+                standing = await slot.runtime.quota.check(caller)
             except StateUnavailableError:
                 raise
             except Exception:  # as the limiter: no answer is a refusal
                 logger.exception("token_quota_failed")
-                wait = 60.0
-            if wait:
+                standing = Standing(60.0, 0)
+            if standing.wait or not standing.left:
                 raise TooManyRequestsException(
                     f"this key's quota of {caller.tokens_per_day} generated tokens per day (a rolling 24 h "
                     "window) is used up",
-                    headers={"Retry-After": _seconds(wait)},
+                    headers={"Retry-After": _seconds(standing.wait or 60.0)},
                 )
+            # What this request's answer may generate at most (see minato.quota: the bound on overshoot).
+            connection.scope["state"][TOKENS_LEFT_KEY] = standing.left
 
     return guard
 
@@ -250,6 +217,12 @@ def caller_of(scope: Scope) -> Caller | None:
     """The caller the guard identified for the request in ``scope`` (none on a keyless deployment)."""
     caller: Caller | None = scope.get("state", {}).get(CALLER_STATE_KEY)
     return caller
+
+
+def tokens_left(scope: Scope) -> int | None:
+    """The tokens the caller's quota still allows when its request began (``None``: no quota)."""
+    left: int | None = scope.get("state", {}).get(TOKENS_LEFT_KEY)
+    return left
 
 
 def make_caller_provider(keyring: Keyring) -> Any:
@@ -305,5 +278,5 @@ __all__ = [
     "make_guard",
     "presented_key",
     "refuse_unsafe_start",
-    "require_model_in_scope",
+    "tokens_left",
 ]

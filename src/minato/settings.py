@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """File with one user key per line (plain or ``sha256:<hex>``; ``#`` starts a comment)."""
     admin_keys: tuple[str, ...] = ()
     """Comma-separated admin keys: may also install, delete, load and unload models."""
+    metrics_keys: tuple[str, ...] = ()
+    """Comma-separated scrape keys (plain or ``sha256:<hex>``): they may read ``/metrics`` and nothing else
+    (``/metrics`` names every key and what it generated, so it needs an admin key or one of these)."""
     keys_file: str = ""
     """TOML file of named keys, each with its role, the models it may use, and its own request rate and
     daily token quota."""
@@ -123,9 +126,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_body_bytes: PositiveInt = 200 * 1024 * 1024
     """Largest accepted request body, in bytes."""
     body_timeout: PositiveFloat = 60.0
-    """Seconds a vision request may take to send its body once it holds a generation slot (bodies are
-    read only then, so queued uploads wait outside Minato's memory), and a front door's request its
-    body; beyond it 408."""
+    """Seconds any request may take to send its body, counted from when Minato first reads it (a vision
+    upload is read only once it holds a generation slot, so queued uploads wait outside Minato's
+    memory); beyond it 408 in the route's shape, and the connection is closed."""
     image_fetch_timeout: PositiveFloat = 10.0
     """Seconds to download one ``image_url`` (connect, redirects and body together)."""
     image_fetch_allow: tuple[str, ...] = ()
@@ -142,7 +145,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_ttl: PositiveFloat = 7 * 24 * 3600.0
     """Seconds of inactivity after which a whole conversation is forgotten."""
     max_sessions: PositiveInt = 10_000
-    """Conversations kept; beyond it the least recently active are forgotten."""
+    """Conversations kept across all keys; beyond it the key holding the most loses its least recently
+    active ones (ties: the key whose least recently active conversation is the oldest)."""
+    max_sessions_per_key: PositiveInt = 1000
+    """Conversations one key may keep; a new one beyond it makes that key, and no other, lose its least
+    recently active ones. The keyless owner (everyone, when no keys are configured) is bound only by
+    ``MINATO_MAX_SESSIONS``."""
     session_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 32 * 1024 * 1024
     """Image bytes (base64) kept per conversation for follow-up questions; older images go first."""
     store_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 2 * 1024 * 1024 * 1024

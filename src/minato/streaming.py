@@ -156,6 +156,9 @@ async def relay(
     try:
         async for batch in batches:
             data = encoder.tokens(batch)
+            if record is not None:
+                # One chunk per generated token until the last, which carries Ollama's own count.
+                record.note_relayed(len(batch) - (1 if batch and batch[-1].done else 0))
             if data:
                 if record is not None and record.first_token is None:
                     record.mark_first_token()

@@ -265,10 +265,65 @@ def _first_answer_once_below_the_cap(server: MinatoServer) -> int:
 
 @pytest.fixture(scope="module")
 def slow_bodies(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinatoServer]:
-    """Minato with a short body deadline."""
-    server = start_minato(standin_url, tmp_path_factory.mktemp("bodies") / "minato.log", body_timeout="1")
+    """Minato with a short body deadline, and as many client connections as the report had."""
+    server = start_minato(
+        standin_url,
+        tmp_path_factory.mktemp("bodies") / "minato.log",
+        body_timeout="1",
+        max_client_connections=str(CAP),
+    )
     yield server
     stop_minato(server)
+
+
+#: Every route of Minato's own API that reads a body, with the start of a body it would take.
+OWN_BODIES: list[tuple[str, str, bytes, str]] = [
+    ("POST", "/llama3.2:1b", b'{"message":', "application/json"),
+    ("POST", "/stream/llama3.2:1b", b'{"message":', "application/json"),
+    ("PUT", "/chat/trickled/system_prompt", b'{"system_prompt":', "application/json"),
+    (
+        "POST",
+        "/vision/llava:7b?message=hi",
+        b"--b\r\nContent-Disposition: form-data;",
+        "multipart/form-data; boundary=b",
+    ),
+]
+
+
+def _trickled_head(method: str, path: str, content_type: str) -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(("method", "path", "start", "content_type"), OWN_BODIES)
+def test_a_body_trickled_to_minatos_own_routes_is_a_408_in_minatos_shape(
+    slow_bodies: MinatoServer, standin: object, method: str, path: str, start: bytes, content_type: str
+) -> None:
+    with connection(slow_bodies) as sock:
+        sock.sendall(_trickled_head(method, path, content_type) + start)
+        sent, answer = trickle(sock, b" ")
+        rest, closed = read_until_closed(sock)
+
+    head, _, body = (answer + rest).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), (sent, answer + rest)
+    assert json.loads(body) == {"detail": "the request body did not arrive within 1 s (MINATO_BODY_TIMEOUT)"}
+    assert closed, "a connection whose body was never read in full must not be reused"
+    assert sent < TRICKLE_LINES, "the deadline counts from the first read, not from each byte"
+
+
+def test_trickled_bodies_cannot_take_every_connection(slow_bodies: MinatoServer, standin: object) -> None:
+    """The report: 20 connections trickling a body, one byte now and then, took every connection slot
+    and ``/health`` answered 503. Each is now answered 408 and closed, and the server serves again."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(connection(slow_bodies)) for _ in range(CAP)]
+        for sock in socks:
+            sock.sendall(_trickled_head("POST", "/llama3.2:1b", "application/json") + b"{")
+        answers = [read_until_closed(sock) for sock in socks]
+    served = _first_answer_once_below_the_cap(slow_bodies)
+
+    assert all(closed and data.startswith(b"HTTP/1.1 408 ") for data, closed in answers), answers
+    assert served == 200
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/v1/messages"])

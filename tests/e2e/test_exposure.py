@@ -125,6 +125,7 @@ def test_a_hostile_loop_of_invented_paths_and_models_adds_no_metric_series(
     assert len(exposition) < 60_000, "1,600 junk requests must not grow the exposition"
 
 
+@pytest.mark.load  # measures Minato's memory while 96 MiB of uploads queue
 def test_uploads_queued_behind_a_busy_slot_wait_outside_minatos_memory(
     standin_url: str, standin: httpx.Client, tmp_path: Path
 ) -> None:

@@ -1,15 +1,16 @@
 """Hundreds of concurrent streams through Minato, two thirds of them abandoned part-way.
 
-Each stream asks the stand-in for ``standin/paced:20x100`` (20 tokens, 100 ms apart). A third of the
-clients hang up after the first token, a third after a random number of tokens, a third read to the
-end. Afterwards nothing may be left behind: no stream counted in flight, no request still open on
-the stand-in, no sockets piling up in Minato, and Minato answers as before.
+A third of the clients hang up after the first token, a third after a random number of tokens, a
+third read to the end. Afterwards nothing may be left behind: no stream counted in flight, no request
+still open on the stand-in, no sockets piling up in Minato, and Minato answers as before.
 
-Why 100 ms and not 20 ms between tokens: 300 streams starting at once on a 2-core machine put the
-first token about a second after the request. A 20 ms stream (0.4 s) has then already ended on the
-stand-in before any client can hang up, so no disconnect could reach Ollama and the cancellation
-checks would test nothing. At 100 ms a stream lasts 2 s, and the latest planned hang-up (token 15)
-leaves 0.5 s for it to reach the stand-in.
+The streams read to the end ask the stand-in for ``standin/paced:20x100`` (20 tokens, 100 ms apart).
+The abandoned ones ask for ``standin/paced:1200x100``: two minutes at the stand-in's pace, far longer
+than any client takes to read its 15 tokens, so every hang-up reaches the stand-in before that
+stream could end, however loaded the machine. The counts are then exact (each abandoned stream
+cancelled, each full one completed, none left over), and they are read once they have settled, by
+polling the stand-in within a generous deadline, not at a fixed moment: a stream Minato never
+cancelled would still be running there and fail the wait. Nothing is timed.
 """
 
 from __future__ import annotations
@@ -30,20 +31,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Backend, MinatoServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.load]
 
 STREAMS: Final = 300
 TOKENS: Final = 20
 TOKEN_MS: Final = 100
 MODEL: Final = f"standin/paced:{TOKENS}x{TOKEN_MS}"
-WHOLE_RUN_S: Final = 30.0
-SETTLE_S: Final = 5.0
+#: What the abandoned streams ask for: one that outlasts any hang-up.
+LONG_MODEL: Final = f"standin/paced:1200x{TOKEN_MS}"
+#: Bounds on waits for an event (a read, a count settling), not budgets: far above what they take.
+READ_TIMEOUT_S: Final = 60.0
+SETTLE_S: Final = 60.0
 #: File descriptors Minato may hold beyond its starting count once the load is gone, on top of one
 #: keep-alive connection to Ollama per stream that ended normally (the pool keeps those for a while).
 FD_SLACK: Final = 20
-#: Hang-ups that may race the end of their stream on a busy machine.
-CANCEL_SLACK: Final = STREAMS // 20
-
 T = TypeVar("T")
 
 
@@ -51,6 +52,7 @@ T = TypeVar("T")
 class Outcome:
     plan: str  # "first", "random" or "full"
     stop_after: int  # tokens to read before hanging up (TOKENS + 1: never)
+    model: str = MODEL
     status: int | None = None
     tokens: int = 0
     finished: bool = False  # the body ended on its own
@@ -59,8 +61,8 @@ class Outcome:
 
 def _plans(rng: random.Random) -> list[Outcome]:
     third = STREAMS // 3
-    plans = [Outcome("first", 1) for _ in range(third)]
-    plans += [Outcome("random", rng.randint(2, TOKENS - 5)) for _ in range(third)]
+    plans = [Outcome("first", 1, LONG_MODEL) for _ in range(third)]
+    plans += [Outcome("random", rng.randint(2, TOKENS - 5), LONG_MODEL) for _ in range(third)]
     plans += [Outcome("full", TOKENS + 1) for _ in range(STREAMS - 2 * third)]
     rng.shuffle(plans)
     return plans
@@ -69,7 +71,7 @@ def _plans(rng: random.Random) -> list[Outcome]:
 async def _one_stream(client: httpx.AsyncClient, outcome: Outcome, index: int) -> None:
     params = {"message": f"load test stream {index}"}
     try:
-        async with client.stream("GET", f"/stream/{MODEL}", params=params) as response:
+        async with client.stream("GET", f"/stream/{outcome.model}", params=params) as response:
             outcome.status = response.status_code
             if response.status_code != 200:
                 await response.aread()
@@ -87,11 +89,8 @@ async def _one_stream(client: httpx.AsyncClient, outcome: Outcome, index: int) -
 
 async def _run_load(base_url: str, outcomes: list[Outcome]) -> None:
     limits = httpx.Limits(max_connections=STREAMS + 20, max_keepalive_connections=STREAMS + 20)
-    timeout = httpx.Timeout(20.0, pool=20.0)
-    async with (
-        httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, trust_env=False) as client,
-        asyncio.timeout(WHOLE_RUN_S),
-    ):
+    timeout = httpx.Timeout(READ_TIMEOUT_S)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, trust_env=False) as client:
         await asyncio.gather(*(_one_stream(client, outcome, i) for i, outcome in enumerate(outcomes)))
 
 
@@ -118,7 +117,16 @@ def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, tim
     return value
 
 
-@pytest.mark.timeout(90)
+def _stream_events(standin: httpx.Client) -> dict[str, Counter[str]]:
+    """The stand-in's stream events so far, counted by model and kind."""
+    counts: dict[str, Counter[str]] = {MODEL: Counter(), LONG_MODEL: Counter()}
+    for event in standin.get("/_standin/events").json():
+        if event["model"] in counts and event.get("stream"):
+            counts[event["model"]][event["type"]] += 1
+    return counts
+
+
+@pytest.mark.timeout(300)
 def test_hundreds_of_streams_with_disconnects_leave_nothing_behind(
     minato: MinatoServer, backend: Backend, standin: httpx.Client, http: httpx.Client
 ) -> None:
@@ -131,9 +139,7 @@ def test_hundreds_of_streams_with_disconnects_leave_nothing_behind(
     standin.delete("/_standin/events")
 
     outcomes = _plans(random.Random(20_260_301))
-    started = time.monotonic()
     asyncio.run(_run_load(minato.url, outcomes))
-    elapsed = time.monotonic() - started
 
     statuses = Counter(o.status for o in outcomes)
     assert statuses == {200: STREAMS}, f"statuses {statuses}; errors {[o.error for o in outcomes if o.error][:5]}"
@@ -142,23 +148,21 @@ def test_hundreds_of_streams_with_disconnects_leave_nothing_behind(
     full = [o for o in outcomes if o.plan == "full"]
     assert all(o.finished and o.tokens == TOKENS for o in full), [o for o in full if o.tokens != TOKENS][:5]
     abandoned = [o for o in outcomes if not o.finished]
-    assert len(abandoned) >= 2 * (STREAMS // 3) - 5, "almost every planned disconnect happened before the end"
+    assert len(abandoned) == 2 * (STREAMS // 3)
+    assert all(o.tokens >= o.stop_after for o in abandoned), "each hung up after its planned tokens"
 
     _eventually(lambda: _streams_in_flight(http), lambda n: n == 0, "minato_streams_in_flight")
-    _eventually(lambda: standin.get("/_standin/active").json(), lambda a: a == {"streams": 0}, "stand-in streams")
-
-    events = Counter(
-        e["type"] for e in standin.get("/_standin/events").json() if e["model"] == MODEL and e.get("stream")
-    )
-    assert events["stream_started"] == STREAMS
-    assert events["stream_started"] == events["stream_cancelled"] + events["stream_completed"]
-    # A hang-up can race the last token: the stand-in may have finished by the time Minato sees it.
-    assert len(abandoned) - CANCEL_SLACK <= events["stream_cancelled"] <= len(abandoned), events
-    assert events["stream_completed"] >= len(full), events
+    # Settled: every stream the stand-in started has ended there, each as the client's plan says.
+    expected = {
+        MODEL: Counter(stream_started=len(full), stream_completed=len(full)),
+        LONG_MODEL: Counter(stream_started=len(abandoned), stream_cancelled=len(abandoned)),
+    }
+    _eventually(lambda: _stream_events(standin), lambda counts: counts == expected, "the stand-in's stream events")
+    assert standin.get("/_standin/active").json() == {"streams": 0}
 
     # Sockets: the client side is gone; Minato may keep one idle keep-alive connection to Ollama
     # per stream that completed, and nothing for the abandoned ones.
-    limit = fds_before + events["stream_completed"] + FD_SLACK
+    limit = fds_before + len(full) + FD_SLACK
     _eventually(lambda: _open_fds(pid), lambda n: n <= limit, f"Minato's open fds (before: {fds_before})")
 
     assert http.get("/health").status_code == 200
@@ -170,4 +174,3 @@ def test_hundreds_of_streams_with_disconnects_leave_nothing_behind(
     assert answer.json()["response"]
     log = Path(minato.log_path).read_text(errors="replace")
     assert "Exception in ASGI application" not in log
-    assert elapsed < WHOLE_RUN_S

@@ -4,6 +4,7 @@ different models, one of them killed mid-test."""
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ def fx_pool(tmp_path: Path) -> Iterator[Callable[..., MinatoServer]]:
 
     def start(*backends: StandInProcess, **settings: str) -> MinatoServer:
         urls = ",".join(backend.url for backend in backends)
-        server = start_minato(urls, tmp_path / f"minato-{len(started)}.log", ollama_probe_interval="0.5", **settings)
+        settings = {"ollama_probe_interval": "0.5", **settings}
+        server = start_minato(urls, tmp_path / f"minato-{len(started)}.log", **settings)
         started.append(server)
         return server
 
@@ -201,3 +203,91 @@ def test_install_pulls_onto_every_backend_and_names_each_line(standin_factory: S
     assert {line.get("backend") for line in lines[:-1]} == {_name(a), _name(b)}
     held = {m["name"]: sorted(m["backends"]) for m in listed}
     assert held["smollm:135m"] == sorted([_name(a), _name(b)])
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _ask(minato: MinatoServer, route: str, model: str = "llama3.2") -> int:
+    """One generation through one of Minato's doors; its status."""
+    if route == "/api/chat":
+        answer = httpx.post(
+            f"{minato.url}/api/chat", json={"model": model, "messages": HI, "stream": False}, timeout=30
+        )
+    elif route == "/v1/chat/completions":
+        answer = httpx.post(f"{minato.url}/v1/chat/completions", json={"model": model, "messages": HI}, timeout=30)
+    else:
+        answer = httpx.get(f"{minato.url}/{model}", params={"message": "hi"}, timeout=30)
+    return answer.status_code
+
+
+ROUTES = ["/api/chat", "GET /{model}", "/v1/chat/completions"]
+_INVENTORY_PATHS = {"/api/tags", "/api/ps", "/api/version"}
+
+
+def _generations(standin: StandInProcess) -> list[dict[str, Any]]:
+    records = httpx.get(f"{standin.url}/_standin/requests", timeout=10).json()
+    return [r for r in records if r["path"] in {"/api/chat", "/v1/chat/completions"}]
+
+
+def _about_models(standin: StandInProcess) -> list[dict[str, Any]]:
+    """The requests a stand-in got that name a model (not the probe's)."""
+    records = httpx.get(f"{standin.url}/_standin/requests", timeout=10).json()
+    return [r for r in records if r["path"] not in _INVENTORY_PATHS]
+
+
+def _rm(standin: StandInProcess, model: str = "llama3.2") -> None:
+    """``ollama rm`` on the backend itself, behind Minato's back: gone from its tags, still in its ps."""
+    assert httpx.request("DELETE", f"{standin.url}/api/delete", json={"model": model}, timeout=10).status_code == 200
+    assert [m["name"] for m in httpx.get(f"{standin.url}/api/tags", timeout=10).json()["models"]] == []
+    assert [m["name"] for m in httpx.get(f"{standin.url}/api/ps", timeout=10).json()["models"]] == ["llama3.2:latest"]
+    httpx.delete(f"{standin.url}/_standin/requests", timeout=10)
+
+
+def _installed_on(minato: MinatoServer, standin: StandInProcess) -> int:
+    backends = httpx.get(f"{minato.url}/ready", timeout=10).json()["backends"]
+    return int(next(b.get("installed", 0) for b in backends if b["name"] == _name(standin)))
+
+
+def test_a_model_deleted_while_loaded_is_served_by_the_backend_that_still_has_it(
+    standin_factory: StandIns, pool: Any
+) -> None:
+    a = standin_factory("--models", "llama3.2", "--loaded", "llama3.2")
+    b = standin_factory("--models", "llama3.2", "--loaded", "llama3.2")
+    minato = pool(a, b)
+    assert _installed_on(minato, a) == 1
+    _rm(a)
+    deadline = time.monotonic() + 30
+    while _installed_on(minato, a) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the probe (every 0.5 s) takes A's inventory again
+    assert _installed_on(minato, a) == 0
+    httpx.delete(f"{b.url}/_standin/requests", timeout=10)
+
+    statuses = {route: [_ask(minato, route) for _ in range(12)] for route in ROUTES}
+
+    assert statuses == {route: [200] * 12 for route in ROUTES}
+    assert _about_models(a) == [], "A's /api/ps lists the model, but its /api/tags does not: never routed to"
+    assert len(_generations(b)) == 36
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_backend_minato_wrongly_believes_has_the_model_costs_one_failover(
+    standin_factory: StandIns, pool: Any, route: str
+) -> None:
+    a = standin_factory("--models", "llama3.2", "--loaded", "llama3.2")
+    b = standin_factory("--models", "llama3.2")
+    minato = pool(a, b, ollama_probe_interval="0")  # no probe: only the 404 can tell Minato
+    assert _ask(minato, route) == 200
+    assert len(_generations(a)) == 1, "loaded on A: routing prefers it"
+    _rm(a)
+    httpx.delete(f"{b.url}/_standin/requests", timeout=10)
+
+    statuses = [_ask(minato, route) for _ in range(12)]
+
+    assert statuses == [200] * 12
+    asked = _about_models(a)
+    assert len(asked) == 1, f"A answered 404 once, then routing went straight to B: {asked}"
+    assert asked[0]["body"]["model"] == "llama3.2"
+    assert len(_generations(b)) == 12
+    held = {m["name"]: m["backends"] for m in httpx.get(f"{minato.url}/models_list/", timeout=10).json()["models_list"]}
+    assert held == {"llama3.2:latest": [_name(b)]}

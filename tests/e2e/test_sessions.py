@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -179,3 +180,76 @@ def test_a_damaged_store_is_reported_at_start_and_its_damaged_conversation_can_b
     events = [json.loads(line) for line in (directory / "minato.log").read_text().splitlines() if line.startswith("{")]
     [report] = [e for e in events if e.get("event") == "session_store_damaged"]
     assert report["damaged_sessions"] == [DAMAGED]
+
+
+def _events(log: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def test_a_key_that_makes_many_conversations_leaves_another_keys_conversation_answering(
+    standin: httpx.Client, backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    directory: Path = tmp_path_factory.mktemp("crowded")
+    settings = {"session_store": str(directory / "sessions.db"), "max_sessions": "4", "api_keys": "key-a,key-b"}
+    a, b = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
+
+    def turn(url: str, headers: dict[str, str], session: str, message: str) -> None:
+        response = httpx.get(
+            f"{url}/llama3.2:1b", params={"message": message, "session": session}, headers=headers, timeout=10
+        )
+        assert response.status_code == 200
+
+    server = start_minato(backend.ollama_url, directory / "first.log", **settings)
+    try:
+        turn(server.url, b, "b-1", "remember this")
+        turn(server.url, b, "b-1", "and this")
+        for n in range(10):
+            turn(server.url, a, f"a-{n}", "another one")
+        flooder = httpx.get(f"{server.url}/chat", headers=a, timeout=10).json()
+    finally:
+        stop_minato(server)
+
+    server = start_minato(backend.ollama_url, directory / "second.log", **settings)  # the start-up sweep too
+    try:
+        kept = httpx.get(f"{server.url}/chat/b-1", headers=b, timeout=10)
+        turn(server.url, b, "b-1", "what did I say?")
+        sent = _last_chat_messages(standin)
+    finally:
+        stop_minato(server)
+
+    assert [s["id"] for s in flooder["sessions"]] == ["a-9", "a-8", "a-7"], "only its own were evicted"
+    assert flooder["total"] == 3
+    assert kept.status_code == 200
+    assert [m["content"] for m in kept.json()["messages"] if m["role"] == "user"] == ["remember this", "and this"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == ["remember this", "and this", "what did I say?"]
+
+
+def test_the_store_minato_makes_is_private_and_a_store_others_can_read_is_reported(
+    backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    directory: Path = tmp_path_factory.mktemp("private")
+    database = directory / "made" / "by-minato" / "sessions.db"
+    server = start_minato(backend.ollama_url, directory / "first.log", session_store=str(database))
+    try:
+        first = httpx.get(f"{server.url}/llama3.2:1b", params={"message": "secret", "session": "p"}, timeout=10)
+        modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in directory.glob("made/by-minato/sessions.db*")}
+    finally:
+        stop_minato(server)
+    made = [stat.S_IMODE(d.stat().st_mode) for d in (directory / "made", database.parent)]
+    database.chmod(0o644)  # as an older Minato left it
+
+    server = start_minato(backend.ollama_url, directory / "second.log", session_store=str(database))
+    try:
+        kept = httpx.get(f"{server.url}/chat/p", timeout=10)
+    finally:
+        stop_minato(server)
+
+    assert first.status_code == 200
+    assert modes == {"sessions.db": 0o600, "sessions.db-wal": 0o600, "sessions.db-shm": 0o600}
+    assert made == [0o700, 0o700]
+    [warning] = [e for e in _events(directory / "second.log") if e.get("event") == "session_store_not_private"]
+    assert (warning["level"], warning["path"], warning["mode"]) == ("warning", str(database), "0644")
+    assert warning["fix"] == f"chmod 600 {database}"
+    assert kept.status_code == 200, "Minato still starts, with its conversations"
+    assert stat.S_IMODE(database.stat().st_mode) == 0o644, "the operator's file keeps its mode"
+    assert not [e for e in _events(directory / "first.log") if e.get("event") == "session_store_not_private"]

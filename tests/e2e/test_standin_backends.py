@@ -5,6 +5,7 @@ Ollama in that state would. Expected strings come from ``/work/shared/reference/
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -97,6 +98,45 @@ def test_a_model_not_given_is_not_found_on_every_door_in_ollamas_words(pair: tup
     assert (r.status_code, r.json()) == (404, {"error": "model 'llama3.2' not found"})
     r = b.post("/api/copy", json={"source": "llama3.2", "destination": "mine"})
     assert (r.status_code, r.json()) == (404, {"error": 'model "llama3.2" not found'})
+
+
+def test_a_loaded_model_deleted_is_gone_from_tags_stays_in_ps_until_it_expires_and_is_a_404(
+    pair: tuple[httpx.Client, httpx.Client],
+) -> None:
+    """What ``ollama rm`` (``DELETE /api/delete``) of a loaded model leaves: the manifest is gone, so
+    every handler that reads it says "not found" (Ollama's ``GetModel``), while the runner stays in
+    the scheduler, and in ``/api/ps``, until its keep-alive runs out."""
+    a, _ = pair
+    assert a.post("/api/generate", json={"model": "qwen3:0.6b", "keep_alive": "1s"}).status_code == 200
+    assert sorted(_names(a, "/api/ps")) == ["llama3.2:latest", "qwen3:0.6b"]
+
+    for model in ("llama3.2", "qwen3:0.6b"):
+        assert a.request("DELETE", "/api/delete", json={"model": model}).status_code == 200
+
+    assert _names(a, "/api/tags") == []
+    assert sorted(_names(a, "/api/ps")) == ["llama3.2:latest", "qwen3:0.6b"]
+    r = a.post("/api/chat", json={"model": "llama3.2", "messages": HI})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'llama3.2' not found"})
+    r = a.post("/api/generate", json={"model": "llama3.2", "prompt": "hi"})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'llama3.2' not found"})
+    r = a.post("/api/embed", json={"model": "llama3.2", "input": "hi"})
+    assert (r.status_code, r.json()) == (404, {"error": 'model "llama3.2" not found, try pulling it first'})
+    r = a.post("/api/show", json={"model": "llama3.2"})
+    assert (r.status_code, r.json()) == (404, {"error": "model 'llama3.2:latest' not found"})
+    r = a.post("/v1/chat/completions", json={"model": "llama3.2", "messages": HI})
+    assert (r.status_code, r.json()["error"]["type"]) == (404, "not_found_error")
+    assert r.json()["error"]["message"] == "model 'llama3.2' not found"
+    r = a.post("/v1/messages", json={"model": "llama3.2", "max_tokens": 8, "messages": HI})
+    assert (r.status_code, r.json()["error"]) == (
+        404,
+        {"type": "not_found_error", "message": "model 'llama3.2' not found"},
+    )
+    # A refused generation does not touch the runner: still listed, the default keep-alive's until expiry.
+    assert "llama3.2:latest" in _names(a, "/api/ps")
+    deadline = time.monotonic() + 30
+    while "qwen3:0.6b" in _names(a, "/api/ps") and time.monotonic() < deadline:
+        time.sleep(0.1)  # its one second of keep-alive runs out
+    assert _names(a, "/api/ps") == ["llama3.2:latest"]
 
 
 def test_with_models_given_the_dynamic_models_exist_only_when_listed(standin_factory: StandIns) -> None:

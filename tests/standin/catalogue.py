@@ -140,6 +140,8 @@ class ModelSpec:
     answer_tokens: int = 8
     digest: str = field(default="")
     layers: tuple[tuple[str, int], ...] = ()
+    remote_model: str = ""  # a cloud model: what ollama.com runs for it (its tags entry names it)
+    remote_host: str = ""
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -318,6 +320,22 @@ _TINYLLAMA: Final = _llama(
     size=637700138,
     capabilities=("completion",),
 )
+#: One of Ollama's cloud models: a stub on disk, run on ollama.com under the operator's account. The
+#: stand-in answers it like any model, so only Minato's policy stands between a key and that account.
+_GPT_OSS_CLOUD: Final = ModelSpec(
+    name="gpt-oss:20b-cloud",
+    family="gptoss",
+    parameter_size="20.9B",
+    quantization_level="MXFP4",
+    parameter_count=20914757184,
+    context_length=131072,
+    embedding_length=2880,
+    size=384,
+    capabilities=("completion", "tools", "thinking"),
+    license="Apache License\nVersion 2.0, January 2004",
+    remote_model="gpt-oss:20b",
+    remote_host="https://ollama.com:443",
+)
 _SMOLLM: Final = _llama(
     "smollm:135m",
     parameter_size="134.52M",
@@ -342,7 +360,7 @@ INSTALLED_AT_START: Final[tuple[ModelSpec, ...]] = (
 
 # Names a pull can resolve ("the registry"), keyed by ModelName.key.
 PULLABLE: Final[dict[str, ModelSpec]] = {}
-for _spec in (_TINYLLAMA, _LLAMA32, _LLAMA32_1B, _LLAVA, _QWEN3, _SMOLLM, _MINILM):
+for _spec in (_TINYLLAMA, _LLAMA32, _LLAMA32_1B, _LLAVA, _QWEN3, _SMOLLM, _MINILM, _GPT_OSS_CLOUD):
     _parsed = parse_name(_spec.name)
     assert _parsed is not None
     PULLABLE[_parsed.key] = _spec

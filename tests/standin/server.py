@@ -532,10 +532,12 @@ class StandIn:
             details = spec.details()
             details["context_length"] = spec.context_length
             details["embedding_length"] = spec.embedding_length
+            remote = {"remote_model": spec.remote_model, "remote_host": spec.remote_host} if spec.remote_host else {}
             models.append(
                 {
                     "name": spec.name,
                     "model": spec.name,
+                    **remote,
                     "modified_at": local_rfc3339(entry.modified_ns),
                     "size": spec.size,
                     "digest": spec.digest,

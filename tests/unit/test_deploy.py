@@ -402,9 +402,22 @@ def test_prometheus_scrapes_every_replica_at_its_port_and_metrics_path() -> None
 
     assert sorted(targets) == sorted(replicas)
     assert job["metrics_path"] == "/metrics"
-    for name, service in _replicas(compose).items():
-        # Prometheus sends no key: the replicas must serve /metrics without one.
-        assert _start(_replica_env(service, filled)).open_probes, name
+
+
+def test_prometheus_scrapes_with_the_key_compose_mounts_as_a_secret() -> None:
+    compose = _compose()
+    [job] = _prometheus()["scrape_configs"]
+    prometheus = compose["services"]["prometheus"]
+
+    # A key of its own, from a file: /metrics is not for every key, and the key is not in the config.
+    assert job["authorization"]["type"] == "Bearer"
+    assert set(job["authorization"]) == {"type", "credentials_file"}
+    [secret] = prometheus["secrets"]
+    assert job["authorization"]["credentials_file"] == f"/run/secrets/{secret}"
+    source = compose["secrets"][secret]["file"]
+    assert source.startswith("./")
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert f"deploy/{source.removeprefix('./')}" in ignored, "the key file is never committed"
 
 
 def test_prometheus_runs_only_with_the_monitoring_profile_unpublished_with_its_config() -> None:

@@ -343,3 +343,32 @@ async def test_a_runner_error_relayed_verbatim_by_ollama_is_unwrapped(client: Cl
 
     assert response.status_code == 400
     assert response.json() == {"detail": "Multimodal data provided, but model does not support multimodal requests."}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "ask", "name", "hint"),
+    [
+        ("GET", "/llama3.2", {"params": {"message": "hi", "max_tokens": "5"}}, "max_tokens", "max_new_tokens"),
+        ("GET", "/llama3.2", {"params": {"message": "hi", "num_predict": "5"}}, "num_predict", "max_new_tokens"),
+        ("GET", "/llama3.2", {"params": {"message": "hi", "stream": "true"}}, "stream", "/stream/"),
+        ("GET", "/llama3.2", {"params": {"prompt": "hi"}}, "prompt", "Minato calls it message"),
+        ("POST", "/llama3.2", {"json": {"message": "hi", "max_tokens": 5}}, "max_tokens", "max_new_tokens"),
+        ("POST", "/llama3.2", {"json": {"message": "hi", "stream": True}}, "stream", "/stream/"),
+    ],
+)
+async def test_another_apis_name_on_minatos_routes_points_to_minatos(
+    client: Client, method: str, path: str, ask: dict[str, object], name: str, hint: str
+) -> None:
+    response = await client.request(method, path, **ask)  # type: ignore[arg-type]
+
+    assert response.status_code == 422
+    (item,) = [item for item in response.json()["detail"] if item["loc"][-1] == name]
+    assert hint in item["msg"]
+    assert item["msg"].startswith(("unknown parameter", "unknown field"))
+
+
+async def test_a_hint_is_given_only_where_the_route_takes_what_it_points_to(client: Client) -> None:
+    response = await client.put("/chat/c1/system_prompt", json={"system_prompt": "be brief", "prompt": "x"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == "unknown field (known: system_prompt)"

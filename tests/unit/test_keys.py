@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from minato.app import create_app
 from minato.errors import SettingsError
 from minato.keys import NamedKey, read_keys_file
+from minato.quota import Standing
 from minato.security import Caller, Keyring, Role
 from minato.settings import Settings
 from minato.state.local import TokenQuota
@@ -322,7 +323,7 @@ async def test_a_streamed_answer_is_charged_to_the_quota_too(named: Client, olla
 
 async def test_a_failing_quota_refuses_rather_than_lets_through(settings: Settings, tmp_path: Path) -> None:
     class Broken(TokenQuota):
-        async def check(self, caller: Caller) -> float:
+        async def check(self, caller: Caller) -> Standing:
             raise RuntimeError("quota store unreachable")
 
     configured = msgspec.structs.replace(settings, keys_file=_file(tmp_path, KEYS_FILE))
@@ -339,17 +340,19 @@ async def test_the_quota_is_a_rolling_window_of_whole_minutes() -> None:
     caller = Caller(fingerprint="f", role=Role.USER, name="n", tokens_per_day=10)
 
     await quota.charge(caller, 6)
+    assert await quota.check(caller) == Standing(0.0, 4)
     now[0] += 3600
     await quota.charge(caller, 4)
-    wait = await quota.check(caller)
+    wait, left = await quota.check(caller)
 
     first_minute = 1_000_000 // 60
     assert wait == (first_minute + 24 * 60 + 1) * 60 - now[0], "the oldest tokens must expire first"
+    assert left == 0
     now[0] += wait - 1
-    assert await quota.check(caller) > 0
+    assert (await quota.check(caller)).wait > 0
     now[0] += 1
-    assert await quota.check(caller) == 0.0
-    assert await quota.check(Caller(fingerprint="g", role=Role.USER, name="m", tokens_per_day=1)) == 0.0
+    assert await quota.check(caller) == Standing(0.0, 6), "the first minute's 6 tokens expired"
+    assert await quota.check(Caller(fingerprint="g", role=Role.USER, name="m", tokens_per_day=1)) == Standing(0.0, 1)
 
 
 async def test_keys_without_a_quota_are_never_tracked() -> None:
@@ -358,7 +361,7 @@ async def test_keys_without_a_quota_are_never_tracked() -> None:
 
     await quota.charge(unlimited, 1_000_000)
 
-    assert await quota.check(dataclasses.replace(unlimited, tokens_per_day=1)) == 0.0
+    assert await quota.check(dataclasses.replace(unlimited, tokens_per_day=1)) == Standing(0.0, 1)
 
 
 # -- observability ---------------------------------------------------------------------------
@@ -372,7 +375,7 @@ async def test_tokens_are_counted_by_key_name_and_no_key_is_ever_exposed(
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         await named.get("/llama3.2", params={"message": "hi"}, headers=_as(ALICE))
         await named.get("/llama3.2", params={"message": "hi"}, headers=_as(UNNAMED))
-    exposition = (await named.get("/metrics", headers=_as(CAROL))).text
+    exposition = (await named.get("/metrics", headers=_as(BOB))).text
 
     samples = {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -385,7 +388,7 @@ async def test_tokens_are_counted_by_key_name_and_no_key_is_ever_exposed(
     assert samples[(by_key, frozenset({("model", "llama3.2:latest"), ("key", fingerprint)}))] == 3
     assert samples[("minato_tokens_generated_total", frozenset({("model", "llama3.2:latest")}))] == 6
     assert [line["key"] for line in logs if line["event"] == "request"] == ["alice", fingerprint]
-    for secret in (ALICE, UNNAMED, CAROL):
+    for secret in (ALICE, UNNAMED, BOB):
         assert secret not in exposition
         assert secret not in repr(logs)
 

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
+import msgspec
 import pytest
 import respx
 import structlog
@@ -18,6 +20,7 @@ from litestar.exceptions import LitestarException
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
+from minato.app import create_app
 from minato.errors import StreamAbortedError
 from minato.log import configure_logging
 from minato.settings import Settings
@@ -348,3 +351,59 @@ def test_the_traceback_of_a_request_the_server_cancelled_is_hidden() -> None:
         ("cancelled where nothing expects it", "CancelledError"),
         ("Exception in ASGI application", "RuntimeError"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "outcome"),
+    [
+        ("/llama3.2?message=hi", {}, 200, "ok"),
+        ("/models_list/", {"X-API-Key": "wrong"}, 401, "refused"),
+        ("/models/llama3.2", {"X-API-Key": "log-user-key"}, 405, "client_error"),
+        ("/load/llama3.2", {"X-API-Key": "log-user-key"}, 403, "refused"),
+        ("/gpt-oss:20b-cloud?message=hi", {"X-API-Key": "log-user-key"}, 403, "refused"),
+        ("/llama3.2?message=hi&max_tokens=5", {"X-API-Key": "log-user-key"}, 422, "client_error"),
+        ("/no-such-route-or-model", {"X-API-Key": "log-user-key"}, 404, "client_error"),
+    ],
+)
+async def test_a_refusal_and_a_client_error_are_logged_as_such(
+    settings: Settings,
+    ollama: respx.MockRouter,
+    path: str,
+    headers: dict[str, str],
+    status: int,
+    outcome: str,
+) -> None:
+    ollama.post("/api/chat").respond(200, json=chat_answer())
+    keyed = msgspec.structs.replace(settings, api_keys=("log-user-key",))
+    method = "POST" if path.startswith("/load") else "GET"
+    async with AsyncTestClient(app=create_app(keyed, transport=httpx.MockTransport(ollama.async_handler))) as client:
+        with captured() as events:
+            response = await client.request(method, path, headers=headers or {"X-API-Key": "log-user-key"})
+
+    (line,) = requests_in(events)
+    assert response.status_code == line["status"] == status
+    assert line["outcome"] == outcome
+
+
+async def test_a_native_stream_ending_with_ollamas_error_line_is_an_upstream_error(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    """The client gets Ollama's own error line (Open WebUI shows a cut answer); the operator must see it."""
+    ollama.post("/api/chat").mock(
+        return_value=streamed(
+            ndjson(chat_token("part")), ndjson({"error": "an error was encountered while running the model"})
+        )
+    )
+
+    with captured() as events:
+        response = await client.post("/api/chat", json={"model": "llama3.2", "messages": []})
+    metrics = (await client.get("/metrics")).text
+
+    assert response.status_code == 200
+    assert response.content.endswith(b'{"error":"an error was encountered while running the model"}\n')
+    (line,) = requests_in(events)
+    assert line["outcome"] == "upstream_error"
+    (failed,) = [event for event in events if event["event"] == "door_stream_failed"]
+    assert failed["log_level"] == "warning"
+    assert "an error was encountered while running the model" in failed["detail"]
+    assert 'minato_upstream_errors_total{kind="StreamError"} 1.0' in metrics

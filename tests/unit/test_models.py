@@ -73,7 +73,7 @@ async def test_an_unknown_model_is_a_404_with_ollamas_reason(client: Client, oll
     response = await client.post("/install/no-such-model")
 
     assert response.status_code == 404
-    assert response.json() == {"detail": "pull model manifest: file does not exist"}
+    assert response.json() == {"detail": "cannot pull 'no-such-model': pull model manifest: file does not exist"}
     assert json.loads(route.calls.last.request.content) == {"model": "no-such-model", "stream": True}
 
 
@@ -92,7 +92,7 @@ async def test_an_unknown_model_is_a_404_even_when_streaming(
     response = await client.post("/install/nope", params=params, headers=headers)
 
     assert response.status_code == 404
-    assert response.json() == {"detail": "pull model manifest: file does not exist"}
+    assert response.json() == {"detail": "cannot pull 'nope': pull model manifest: file does not exist"}
     assert route.called
 
 

@@ -19,11 +19,12 @@ from msgspec import UNSET
 from structlog.testing import capture_logs
 
 from minato.app import create_app
-from minato.errors import OllamaBusyError, UpstreamError
+from minato.errors import ModelNotFoundError, OllamaBusyError, UpstreamError
 from minato.settings import Settings
 from minato.upstream import OllamaPool
+from minato.upstream.failures import says_model_missing
 from minato.upstream.wire import ChatRequest, WireMessage
-from tests.payloads import catalogue, chat_done, chat_token, ndjson, not_found, pull_progress
+from tests.payloads import catalogue, chat_done, chat_token, ndjson, not_found, pull_progress, show
 
 pytestmark = pytest.mark.anyio
 
@@ -357,6 +358,280 @@ async def test_a_backend_failing_repeatedly_cools_down_and_a_probe_brings_it_bac
     served = [(await pool.chat(_hello())).message.content for _ in range(4)]
     assert f"from {A}" in served
     await pool.aclose()
+
+
+# -- a model deleted behind Minato's back ----------------------------------------------------------
+
+LLAMA = "llama3.2"
+#: Each backend's (installed, loaded) as its /api/tags and /api/ps say: after `ollama rm` of a loaded
+#: model, /api/ps goes on listing it until it expires, and Ollama answers 404.
+Inventory = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+ROUTING_BY_TAGS = [
+    pytest.param({A: ((), (LLAMA,)), B: ((LLAMA,), ())}, B, id="loaded-but-deleted-vs-installed"),
+    pytest.param({A: ((), (LLAMA,)), B: ((LLAMA,), (LLAMA,))}, B, id="loaded-but-deleted-vs-loaded"),
+    pytest.param({A: ((), (LLAMA,)), B: ((), (LLAMA,)), C: ((LLAMA,), ())}, C, id="the-only-holder"),
+    pytest.param({A: ((LLAMA,), ()), B: ((), (LLAMA,)), C: ((LLAMA,), (LLAMA,))}, C, id="loaded-holder-first"),
+    pytest.param({A: ((LLAMA,), ()), B: ((), (LLAMA,)), C: ((), ())}, A, id="installed-holder-over-ps-only"),
+]
+
+
+@pytest.mark.parametrize(("inventory", "holder"), ROUTING_BY_TAGS)
+async def test_only_a_backend_whose_tags_list_the_model_is_routed_to(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet, inventory: Inventory, holder: str
+) -> None:
+    for url, (installed, loaded) in inventory.items():
+        fleet.has(url, installed=installed, loaded=loaded)
+    pool = await _probed(pool_settings, router)
+
+    for _ in range(4):
+        await pool.chat(_hello())
+    streams = [await pool.stream_chat(_hello()) for _ in range(2)]  # parallel=2: both on the loaded holder
+    for stream in streams:
+        await stream.aclose()
+
+    assert fleet.served_by() == {url: (6 if url == holder else 0) for url in (A, B, C)}
+    await pool.aclose()
+
+
+async def test_a_conversations_backend_that_no_longer_lists_the_model_is_not_preferred(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+) -> None:
+    fleet.has(A, installed=(), loaded=(LLAMA,))
+    fleet.has(B, installed=(LLAMA,))
+    remembered = _Remembered()
+    remembered.kept["owner:talk"] = NAME[A]
+    pool = OllamaPool(pool_settings, None, remembered, transport=httpx.MockTransport(router.async_handler))
+    await pool.probe()
+
+    answer = await pool.chat(_hello(), affinity="owner:talk")
+
+    assert answer.backend == NAME[B]
+    assert fleet.served_by()[A] == 0
+    assert remembered.kept == {"owner:talk": NAME[B]}
+    await pool.aclose()
+
+
+def _removed_behind_minatos_back(fleet: Fleet, url: str, answer: httpx.Response | None = None) -> None:
+    """``ollama rm`` on a loaded model, as the backend then answers: not in its tags, still in its ps,
+    and Ollama's 404 for a generation."""
+    fleet.has(url, installed=(), loaded=(LLAMA,))
+    fleet.chats[url].mock(return_value=answer or httpx.Response(404, json=not_found(LLAMA)))
+
+
+def _watch(route: respx.Route) -> asyncio.Event:
+    """An event set when ``route`` is next asked (a background refresh), answering as it did."""
+    asked = asyncio.Event()
+    answer = route.return_value
+
+    def answering(_: httpx.Request) -> httpx.Response | None:
+        asked.set()
+        return answer
+
+    route.mock(side_effect=answering)
+    return asked
+
+
+@pytest.fixture(name="stale_pool")
+async def fx_stale_pool(pool_settings: Settings, router: respx.MockRouter, fleet: Fleet) -> AsyncIterator[OllamaPool]:
+    """A and B both have llama3.2 (loaded on A, which routing prefers); then it is removed from A behind
+    Minato's back, while the pool still believes A has it. One failure would cool a backend down."""
+    fleet.has(A, installed=(LLAMA,), loaded=(LLAMA,))
+    fleet.has(B, installed=(LLAMA,))
+    pool = _pool(msgspec.structs.replace(pool_settings, backend_failures=1), router)
+    assert (await pool.chat(_hello())).backend == NAME[A]  # the pool took its inventory and used A
+    router.reset()
+    _removed_behind_minatos_back(fleet, A)
+    yield pool
+    await pool.aclose()
+
+
+def _state(pool: OllamaPool, url: str) -> str:
+    return {status.name: status.state for status in pool.backends()}[NAME[url]]
+
+
+async def test_ollamas_404_from_a_stale_backend_fails_over_to_the_holder_and_strikes_it_at_once(
+    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    refreshed = _watch(router.routes[f"tags-{A}"])
+
+    answer = await stale_pool.chat(_hello())
+    holders = stale_pool.holders(LLAMA)
+    state = _state(stale_pool, A)
+    async with asyncio.timeout(10):
+        await refreshed.wait()  # A's inventory is asked for again
+    later = [(await stale_pool.chat(_hello())).backend for _ in range(3)]
+
+    assert answer.backend == NAME[B]
+    assert answer.message.content == f"from {B}"
+    assert holders == [NAME[B]], "struck from A's inventory before the refresh answered"
+    assert state == "up", "a 404 is an answer: no failure for the breaker (MINATO_BACKEND_FAILURES=1)"
+    assert later == [NAME[B]] * 3
+    assert fleet.served_by() == {A: 1, B: 4, C: 0}, "A was asked once, then skipped"
+    assert {status.name: status.in_flight for status in stale_pool.backends()} == dict.fromkeys(NAME.values(), 0)
+
+
+async def test_a_stream_fails_over_from_a_stale_backend_before_its_first_byte(
+    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    stream = await stale_pool.stream_chat(_hello())
+    running = {status.name: status.in_flight for status in stale_pool.backends()}
+    batches = [batch async for batch in stream.batches()]
+
+    assert stream.backend == NAME[B]
+    assert batches[0][0].message.content == f"from {B}"
+    assert running == {NAME[A]: 0, NAME[B]: 1, NAME[C]: 0}, "A's attempt no longer counts as in flight"
+    assert _state(stale_pool, A) == "up"
+    assert stale_pool.holders(LLAMA) == [NAME[B]]
+
+
+async def test_show_and_facts_fail_over_from_a_stale_backend(
+    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    shows = {
+        A: router.post(f"{A}/api/show").respond(404, json=not_found(f"{LLAMA}:latest")),
+        B: router.post(f"{B}/api/show").respond(200, json=show(["completion"])),
+    }
+
+    shown = await stale_pool.show(LLAMA)
+    facts = await stale_pool.facts(LLAMA)
+
+    assert shown.capabilities == ["completion"]
+    assert facts.capabilities == frozenset({"completion"})
+    assert (shows[A].call_count, shows[B].call_count) == (1, 2), "A asked once, then struck"
+    assert _state(stale_pool, A) == "up"
+
+
+async def test_the_last_holders_404_is_ollamas_and_every_stale_backend_is_struck(
+    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter
+) -> None:
+    _removed_behind_minatos_back(fleet, B)
+
+    with pytest.raises(ModelNotFoundError) as missing:
+        await stale_pool.chat(_hello())
+
+    assert missing.value.detail == f"model '{LLAMA}' not found", "Ollama's words"
+    assert fleet.served_by() == {A: 1, B: 1, C: 0}
+    assert stale_pool.holders(LLAMA) == []
+    assert (_state(stale_pool, A), _state(stale_pool, B)) == ("up", "up")
+
+
+#: Each door's request and Ollama's "model not found" in that door's words (Ollama's source: native
+#: `model '%s' not found`, the scheduler's `model %q not found, try pulling it first`, and the
+#: OpenAI and Anthropic middleware's error objects).
+DOORS = [
+    pytest.param("/api/chat", b'{"error":"model \'llama3.2\' not found"}', id="native-chat"),
+    pytest.param("/api/generate", b'{"error":"model \'llama3.2\' not found"}', id="native-generate"),
+    pytest.param("/api/embed", b'{"error":"model \\"llama3.2\\" not found, try pulling it first"}', id="embed"),
+    pytest.param(
+        "/v1/chat/completions",
+        b'{"error":{"message":"model \'llama3.2\' not found","type":"not_found_error","param":null,"code":null}}\n',
+        id="openai-chat",
+    ),
+    pytest.param(
+        "/v1/embeddings",
+        b'{"error":{"message":"model \\"llama3.2\\" not found, try pulling it first","type":"not_found_error",'
+        b'"param":null,"code":null}}\n',
+        id="openai-embeddings",
+    ),
+    pytest.param(
+        "/v1/messages",
+        b'{"type":"error","error":{"type":"not_found_error","message":"model \'llama3.2\' not found"},'
+        b'"request_id":"req_1"}\n',
+        id="anthropic",
+    ),
+]
+
+
+def _missing(body: bytes) -> httpx.Response:
+    return httpx.Response(404, content=body, headers={"content-type": "application/json; charset=utf-8"})
+
+
+async def _forwarded(pool: OllamaPool, path: str) -> tuple[int, bytes, str, str]:
+    answer = await pool.forward(
+        "POST", path, b'{"model":"llama3.2"}', content_type="application/json", model=LLAMA, generation=True
+    )
+    return answer.status, await answer.read(), answer.content_type, answer.backend
+
+
+@pytest.mark.parametrize(("path", "words"), DOORS)
+async def test_a_forwarded_404_from_a_stale_backend_fails_over_on_every_door(
+    stale_pool: OllamaPool, router: respx.MockRouter, path: str, words: bytes
+) -> None:
+    doors = {
+        A: router.post(f"{A}{path}").mock(return_value=_missing(words)),
+        B: router.post(f"{B}{path}").respond(200, json={"answered": "by B"}),
+    }
+
+    first = await _forwarded(stale_pool, path)
+    again = await _forwarded(stale_pool, path)
+
+    assert first == (200, b'{"answered":"by B"}', "application/json", NAME[B])
+    assert again == first
+    assert (doors[A].call_count, doors[B].call_count) == (1, 2)
+    assert stale_pool.holders(LLAMA) == [NAME[B]]
+    assert _state(stale_pool, A) == "up"
+    assert {status.name: status.in_flight for status in stale_pool.backends()} == dict.fromkeys(NAME.values(), 0)
+
+
+@pytest.mark.parametrize(("path", "words"), DOORS)
+async def test_the_last_holders_forwarded_404_reaches_the_client_as_ollama_said_it(
+    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter, path: str, words: bytes
+) -> None:
+    _removed_behind_minatos_back(fleet, B)
+    router.post(f"{A}{path}").mock(return_value=_missing(b'{"error":"model \'llama3.2:latest\' not found"}'))
+    router.post(f"{B}{path}").mock(return_value=_missing(words))
+
+    answered = await _forwarded(stale_pool, path)
+
+    assert answered == (404, words, "application/json; charset=utf-8", NAME[B]), "byte for byte, B's"
+    assert stale_pool.holders(LLAMA) == []
+    assert (_state(stale_pool, A), _state(stale_pool, B)) == ("up", "up")
+    assert {status.name: status.in_flight for status in stale_pool.backends()} == dict.fromkeys(NAME.values(), 0)
+
+
+NOT_A_MISSING_MODEL = [
+    pytest.param(httpx.Response(404, text="404 page not found"), id="gin-no-such-route"),
+    pytest.param(httpx.Response(404, json={"error": 'blob "sha256:00" not found'}), id="a-blob"),
+    pytest.param(httpx.Response(404, json={"error": "model 'llama3.2' not found, or is it"}), id="other-words"),
+    pytest.param(httpx.Response(400, json={"error": "model 'llama3.2' not found"}), id="not-a-404"),
+]
+
+
+@pytest.mark.parametrize("refusal", NOT_A_MISSING_MODEL)
+async def test_any_other_refusal_is_the_clients_answer_and_the_backend_keeps_the_model(
+    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet, refusal: httpx.Response
+) -> None:
+    fleet.has(A, installed=(LLAMA,), loaded=(LLAMA,))
+    fleet.has(B, installed=(LLAMA,))
+    pool = await _probed(pool_settings, router)
+    fleet.chats[A].mock(return_value=refusal)
+
+    answered = await _forwarded(pool, "/api/chat")
+
+    assert answered[:2] == (refusal.status_code, refusal.content)
+    assert fleet.served_by() == {A: 1, B: 0, C: 0}
+    assert pool.holders(LLAMA) == [NAME[A], NAME[B]]
+    await pool.aclose()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "missing"),
+    [
+        (404, b'{"error":"model \'llama3.2\' not found"}', True),
+        (404, b'{"error":"model \'\' not found"}', True),
+        (404, b'{"error":"model \\"all-minilm\\" not found, try pulling it first"}', True),
+        (404, b'{"error":{"message":"model \'x:latest\' not found","type":"not_found_error"}}\n', True),
+        (404, b'{"type":"error","error":{"type":"not_found_error","message":"model \'x\' not found"}}', True),
+        (404, b"404 page not found", False),
+        (404, b'{"error":"blob \\"sha256:00\\" not found"}', False),
+        (404, b'{"error":"model \\"x\\" not found"}', True),
+        (404, b'{"error":"the model \'x\' not found"}', False),
+        (500, b'{"error":"model \'x\' not found"}', False),
+        (404, b"{not json", False),
+    ],
+)
+def test_ollamas_model_not_found_is_told_by_its_words_on_every_door(status: int, body: bytes, missing: bool) -> None:
+    assert says_model_missing(status, body) is missing
 
 
 async def test_a_model_no_backend_has_gets_ollamas_own_404(

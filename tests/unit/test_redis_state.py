@@ -17,8 +17,9 @@ from redis.asyncio import Redis
 
 from minato.errors import SessionDamagedError, StateUnavailableError
 from minato.metrics import Metrics
+from minato.quota import Standing
 from minato.security import Caller, Role
-from minato.sessions.model import Bounds, StoredMessage
+from minato.sessions.model import Bounds, Caps, StoredMessage
 from minato.settings import Settings
 from minato.state.protocols import SharedState
 from minato.state.redis import open_redis_state
@@ -27,6 +28,7 @@ from tests.redis_server import RedisServer
 pytestmark = pytest.mark.anyio
 
 WIDE = Bounds(max_messages=1000, image_budget=10**9)
+ROOMY = Caps(max_sessions=10_000, max_per_key=10_000)
 #: A bound on waits that must end (a lease freeing, a call failing): far above what they take.
 PATIENCE = 10.0
 
@@ -65,8 +67,10 @@ def _pair(n: float, images: list[str] | None = None) -> list[StoredMessage]:
     ]
 
 
-async def _append(state: SharedState, owner: str, session_id: str, n: float, images: list[str] | None = None) -> None:
-    await state.store.append(owner, session_id, _pair(n, images), WIDE, now=n)
+async def _append(
+    state: SharedState, owner: str, session_id: str, n: float, images: list[str] | None = None, caps: Caps = ROOMY
+) -> None:
+    await state.store.append(owner, session_id, _pair(n, images), WIDE, caps=caps, now=n)
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
@@ -81,7 +85,7 @@ async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
 
 async def test_a_conversation_keeps_its_messages_in_order_and_trims_the_oldest_pairs(state: SharedState) -> None:
     for n in range(4):
-        await state.store.append("", "s", _pair(n), Bounds(max_messages=6, image_budget=10**6), now=100 + n)
+        await state.store.append("", "s", _pair(n), Bounds(max_messages=6, image_budget=10**6), caps=ROOMY, now=100 + n)
 
     session = await state.store.get("", "s")
 
@@ -94,9 +98,9 @@ async def test_a_conversation_keeps_its_messages_in_order_and_trims_the_oldest_p
 
 async def test_old_images_over_a_conversations_budget_go_first_and_their_text_stays(state: SharedState) -> None:
     bounds = Bounds(max_messages=10, image_budget=100)
-    await state.store.append("", "s", _pair(1, ["A" * 60]), bounds, now=1)
-    await state.store.append("", "s", _pair(2, ["B" * 60]), bounds, now=2)
-    await state.store.append("", "s", _pair(3, ["C" * 200]), bounds, now=3)
+    await state.store.append("", "s", _pair(1, ["A" * 60]), bounds, caps=ROOMY, now=1)
+    await state.store.append("", "s", _pair(2, ["B" * 60]), bounds, caps=ROOMY, now=2)
+    await state.store.append("", "s", _pair(3, ["C" * 200]), bounds, caps=ROOMY, now=3)
 
     session = await state.store.get("", "s")
 
@@ -109,8 +113,8 @@ async def test_old_images_over_a_conversations_budget_go_first_and_their_text_st
 
 async def test_a_turn_within_the_budget_keeps_its_images_for_follow_ups(state: SharedState) -> None:
     bounds = Bounds(max_messages=10, image_budget=100)
-    await state.store.append("", "s", _pair(1, ["A" * 60]), bounds, now=1)
-    await state.store.append("", "s", _pair(2, ["B" * 30]), bounds, now=2)
+    await state.store.append("", "s", _pair(1, ["A" * 60]), bounds, caps=ROOMY, now=1)
+    await state.store.append("", "s", _pair(2, ["B" * 30]), bounds, caps=ROOMY, now=2)
 
     session = await state.store.get("", "s")
 
@@ -121,11 +125,11 @@ async def test_a_turn_within_the_budget_keeps_its_images_for_follow_ups(state: S
 async def test_the_system_prompt_survives_trimming_and_can_be_removed_keeping_the_messages(
     state: SharedState,
 ) -> None:
-    await state.store.set_system_prompt("", "s", "Be brief.", now=1)
+    await state.store.set_system_prompt("", "s", "Be brief.", caps=ROOMY, now=1)
     for n in range(5):
-        await state.store.append("", "s", _pair(n), Bounds(max_messages=2, image_budget=0), now=2 + n)
+        await state.store.append("", "s", _pair(n), Bounds(max_messages=2, image_budget=0), caps=ROOMY, now=2 + n)
     kept = await state.store.get("", "s")
-    await state.store.set_system_prompt("", "s", None, now=10)
+    await state.store.set_system_prompt("", "s", None, caps=ROOMY, now=10)
     removed = await state.store.get("", "s")
 
     assert kept is not None
@@ -136,7 +140,7 @@ async def test_the_system_prompt_survives_trimming_and_can_be_removed_keeping_th
 
 
 async def test_a_system_prompt_alone_creates_a_conversation_without_messages(state: SharedState) -> None:
-    await state.store.set_system_prompt("bbbbbbbbbbbb", "s", "Only French.", now=7)
+    await state.store.set_system_prompt("bbbbbbbbbbbb", "s", "Only French.", caps=ROOMY, now=7)
 
     session = await state.store.get("bbbbbbbbbbbb", "s")
 
@@ -146,7 +150,7 @@ async def test_a_system_prompt_alone_creates_a_conversation_without_messages(sta
 
 async def test_two_owners_each_have_their_own_conversation_with_the_same_id(state: SharedState) -> None:
     await _append(state, "aaaaaaaaaaaa", "abc", 1)
-    await state.store.set_system_prompt("bbbbbbbbbbbb", "abc", "B's prompt", now=2)
+    await state.store.set_system_prompt("bbbbbbbbbbbb", "abc", "B's prompt", caps=ROOMY, now=2)
     await _append(state, "aaaaaaaaaaaa", "abc-d", 3)  # an id the first is a prefix of
 
     mine = await state.store.get("aaaaaaaaaaaa", "abc")
@@ -179,7 +183,7 @@ async def test_deleting_one_owners_conversation_leaves_the_others_and_twice_is_f
 
 async def test_a_conversation_deleted_and_created_again_starts_empty(state: SharedState) -> None:
     await _append(state, "", "s", 1, ["A" * 10])
-    await state.store.set_system_prompt("", "s", "old", now=1)
+    await state.store.set_system_prompt("", "s", "old", caps=ROOMY, now=1)
     await state.store.delete("", "s")
     await _append(state, "", "s", 2)
 
@@ -220,25 +224,25 @@ async def test_expiry_drops_idle_conversations_then_the_least_recent_beyond_the_
     for n, sid in enumerate(["old", "mid", "new", "newest"]):
         await _append(state, "", sid, 10 * (n + 1), ["X" * 10])
 
-    dropped = await state.store.expire(idle_before=15, max_sessions=2)
+    dropped = await state.store.expire(idle_before=15, caps=Caps(max_sessions=2, max_per_key=2))
 
     assert dropped == 2
     page, total = await state.store.list(None, 0, 10)
     assert ([s.id for s in page], total) == (["newest", "new"], 2)
     assert await state.store.owners_of("mid") == []
     assert await state.store.enforce_image_budget(20) == 0, "only the two kept conversations' images count"
-    assert await state.store.expire(idle_before=15, max_sessions=2) == 0
+    assert await state.store.expire(idle_before=15, caps=Caps(max_sessions=2, max_per_key=2)) == 0
 
 
-async def test_the_session_cap_is_applied_by_every_write(redis_url: str) -> None:
-    async with _replica(redis_url, max_sessions=2) as state:
-        await _append(state, "", "first", 1)
-        await _append(state, "", "second", 2)
-        await state.store.set_system_prompt("", "third", "hi", now=3)
-        await _append(state, "", "second", 4)
-        await _append(state, "", "fourth", 5)
+async def test_the_session_cap_is_applied_by_every_write(state: SharedState) -> None:
+    two = Caps(max_sessions=2, max_per_key=2)
+    await _append(state, "", "first", 1, caps=two)
+    await _append(state, "", "second", 2, caps=two)
+    await state.store.set_system_prompt("", "third", "hi", caps=two, now=3)
+    await _append(state, "", "second", 4, caps=two)
+    await _append(state, "", "fourth", 5, caps=two)
 
-        page, total = await state.store.list(None, 0, 10)
+    page, total = await state.store.list(None, 0, 10)
 
     assert ([s.id for s in page], total) == (["fourth", "second"], 2)
 
@@ -246,7 +250,7 @@ async def test_the_session_cap_is_applied_by_every_write(redis_url: str) -> None
 async def test_every_write_gives_the_conversation_the_session_ttl(state: SharedState, raw: Redis) -> None:
     await _append(state, "aaaaaaaaaaaa", "s", time.time())
     await raw.pexpire("minato:c:aaaaaaaaaaaa:s", 1000)
-    await state.store.set_system_prompt("aaaaaaaaaaaa", "s", "hi", now=time.time())
+    await state.store.set_system_prompt("aaaaaaaaaaaa", "s", "hi", caps=ROOMY, now=time.time())
 
     ttl_ms = await raw.pttl("minato:c:aaaaaaaaaaaa:s")
 
@@ -267,7 +271,9 @@ async def test_a_conversation_idle_past_its_ttl_vanishes_by_itself_and_the_sweep
 
         await _eventually(vanished)
         listed = await state.store.list(None, 0, 10)
-        dropped = await state.store.expire(idle_before=0, max_sessions=100)  # nothing idle by its own time
+        dropped = await state.store.expire(
+            idle_before=0, caps=Caps(max_sessions=100, max_per_key=100)
+        )  # nothing idle by its own time
         after = await state.store.list(None, 0, 10)
         stripped = await state.store.enforce_image_budget(50)
 
@@ -441,10 +447,11 @@ async def test_a_token_quota_is_shared_across_replicas(redis_url: str) -> None:
         others = await two.quota.check(_caller("bbbbbbbbbbbb", 100))
         unlimited = await two.quota.check(_caller("aaaaaaaaaaaa", 0))
 
-    assert under == 0
-    assert 23 * 3600 < over <= 24 * 3600 + 120, "the first tokens expire a day (and at most a minute) later"
-    assert others == 0
-    assert unlimited == 0
+    assert under == Standing(0.0, 40)
+    assert 23 * 3600 < over.wait <= 24 * 3600 + 120, "the first tokens expire a day (and at most a minute) later"
+    assert over.left == 0
+    assert others == Standing(0.0, 100)
+    assert unlimited.wait == 0
 
 
 async def test_the_backend_a_conversation_used_is_known_to_every_replica(redis_url: str, raw: Redis) -> None:
@@ -465,11 +472,11 @@ def _every_member(state: SharedState) -> dict[str, Callable[[], Awaitable[object
     return {
         "get": lambda: state.store.get("", "s"),
         "owners_of": lambda: state.store.owners_of("s"),
-        "append": lambda: state.store.append("", "s", _pair(1), WIDE, now=1),
-        "set_system_prompt": lambda: state.store.set_system_prompt("", "s", "x", now=1),
+        "append": lambda: state.store.append("", "s", _pair(1), WIDE, caps=ROOMY, now=1),
+        "set_system_prompt": lambda: state.store.set_system_prompt("", "s", "x", caps=ROOMY, now=1),
         "delete": lambda: state.store.delete("", "s"),
         "list": lambda: state.store.list(None, 0, 10),
-        "expire": lambda: state.store.expire(0, 10),
+        "expire": lambda: state.store.expire(0, Caps(max_sessions=10, max_per_key=10)),
         "enforce_image_budget": lambda: state.store.enforce_image_budget(0),
         "acquire": lambda: state.turns.acquire("", "s"),
         "limiter": lambda: state.limiter.check("k", 3),

@@ -19,7 +19,7 @@ from minato.app import create_app
 from minato.sessions import SqliteStore
 from minato.settings import Settings
 from tests.payloads import chat_answer
-from tests.unit.test_session_store import DAMAGED, HEALTHY, _store_with_a_damaged_conversation
+from tests.unit.test_session_store import DAMAGED, HEALTHY, ROOMY, _store_with_a_damaged_conversation
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -215,8 +215,8 @@ async def test_conversations_from_before_keys_are_seen_by_admins_only(
     path = tmp_path / "s.db"
     store = SqliteStore(path)
     await store.open()
-    await store.set_system_prompt("", "old", "From before keys.", now=time.time())
-    await store.set_system_prompt(FP_ADMIN, "old", "The admin's own.", now=time.time())
+    await store.set_system_prompt("", "old", "From before keys.", caps=ROOMY, now=time.time())
+    await store.set_system_prompt(FP_ADMIN, "old", "The admin's own.", caps=ROOMY, now=time.time())
     await store.close()
     configured = msgspec.structs.replace(
         settings, session_store=str(path), api_keys=("user-1",), admin_keys=("admin-1",)

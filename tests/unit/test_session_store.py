@@ -13,12 +13,14 @@ import structlog
 
 from minato.errors import SessionDamagedError
 from minato.metrics import Metrics
-from minato.sessions import Bounds, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
+from minato.sessions import Bounds, Caps, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
 from minato.settings import Settings
 from minato.state.local import LocalTurnLocks
 from minato.state.redis import open_redis_state
 
 pytestmark = pytest.mark.anyio
+#: Caps no test here reaches (the caps have tests of their own: test_session_caps.py).
+ROOMY = Caps(max_sessions=10_000, max_per_key=10_000)
 
 # The schema Minato 0.1 created (user_version 1), copied so the migration is tested against it.
 SCHEMA_V1 = """
@@ -51,7 +53,9 @@ def _pair(n: float, images: list[str] | None = None, text: str = "") -> list[Sto
 
 
 async def _append(store: SessionStore, owner: str, session_id: str, messages: list[StoredMessage]) -> None:
-    await store.append(owner, session_id, messages, Bounds(max_messages=1000, image_budget=10**9), now=messages[0].at)
+    await store.append(
+        owner, session_id, messages, Bounds(max_messages=1000, image_budget=10**9), caps=ROOMY, now=messages[0].at
+    )
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -70,7 +74,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def test_two_owners_each_have_their_own_conversation_with_the_same_id(store: SessionStore) -> None:
     await _append(store, "aaaaaaaaaaaa", "abc", _pair(1))
-    await store.set_system_prompt("bbbbbbbbbbbb", "abc", "B's prompt", now=2)
+    await store.set_system_prompt("bbbbbbbbbbbb", "abc", "B's prompt", caps=ROOMY, now=2)
 
     mine = await store.get("aaaaaaaaaaaa", "abc")
     theirs = await store.get("bbbbbbbbbbbb", "abc")
@@ -154,7 +158,7 @@ async def test_deleted_and_expired_conversations_no_longer_count_against_the_ima
     await _append(store, "", "kept", _pair(30, ["C" * 50]))
 
     await store.delete("", "gone")
-    await store.expire(idle_before=10, max_sessions=100)
+    await store.expire(idle_before=10, caps=Caps(max_sessions=100, max_per_key=100))
 
     assert await store.enforce_image_budget(50) == 0
     kept = await store.get("", "kept")
@@ -236,12 +240,14 @@ async def test_a_v1_store_migrates_with_every_conversation_message_image_and_pro
     assert over_budget == 1, "the migrated images count against the store's image budget (16 bytes)"
     assert any(e["event"] == "session_store_migrated" for e in logs)
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 3
     assert {name for (name,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == {
         "sessions",
         "messages",
+        "session_owners",
         "sqlite_sequence",
     }
+    assert check.execute("SELECT owner, held, oldest FROM session_owners").fetchall() == [("", 2, 20)]
     check.close()
 
 
@@ -260,10 +266,10 @@ async def test_a_migrated_store_opens_again_unchanged(tmp_path: Path) -> None:
 async def test_a_store_from_a_newer_minato_refuses_to_open(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version=3")
+    db.execute("PRAGMA user_version=4")
     db.close()
 
-    with pytest.raises(RuntimeError, match="schema v3"):
+    with pytest.raises(RuntimeError, match="schema v4"):
         await SqliteStore(path).open()
 
 
@@ -383,7 +389,7 @@ async def test_expiry_and_the_image_budget_get_past_damaged_pages(tmp_path: Path
         with structlog.testing.capture_logs() as logs:
             stripped = await store.enforce_image_budget(0)
         healthy = await store.get("", HEALTHY)
-        expired = await store.expire(idle_before=time.time(), max_sessions=100)
+        expired = await store.expire(idle_before=time.time(), caps=Caps(max_sessions=100, max_per_key=100))
         listing = await store.list(None, 0, 10)
     finally:
         await store.close()

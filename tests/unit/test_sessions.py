@@ -14,7 +14,7 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.sessions import Bounds, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
+from minato.sessions import Bounds, Caps, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
 from minato.sessions.model import trim_plan
 from minato.settings import Settings
 from minato.state.local import LocalTurnLocks
@@ -22,6 +22,8 @@ from tests.payloads import PNG_1PX, chat_answer, chat_done, chat_token, ndjson, 
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
+#: Caps no test here reaches (the caps have tests of their own: test_session_caps.py).
+ROOMY = Caps(max_sessions=10_000, max_per_key=10_000)
 
 
 def _pair(n: int, images: list[str] | None = None) -> list[StoredMessage]:
@@ -58,7 +60,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def test_a_store_keeps_messages_in_order_and_trims_the_oldest_pairs(store: SessionStore) -> None:
     for n in range(4):
-        await store.append("", "s", _pair(n), Bounds(max_messages=6, image_budget=10**6), now=100 + n)
+        await store.append("", "s", _pair(n), Bounds(max_messages=6, image_budget=10**6), caps=ROOMY, now=100 + n)
 
     session = await store.get("", "s")
 
@@ -69,8 +71,8 @@ async def test_a_store_keeps_messages_in_order_and_trims_the_oldest_pairs(store:
 
 
 async def test_a_store_drops_old_images_over_budget_but_keeps_their_text(store: SessionStore) -> None:
-    await store.append("", "s", _pair(1, ["A" * 60]), Bounds(max_messages=10, image_budget=100), now=1)
-    await store.append("", "s", _pair(2, ["B" * 60]), Bounds(max_messages=10, image_budget=100), now=2)
+    await store.append("", "s", _pair(1, ["A" * 60]), Bounds(max_messages=10, image_budget=100), caps=ROOMY, now=1)
+    await store.append("", "s", _pair(2, ["B" * 60]), Bounds(max_messages=10, image_budget=100), caps=ROOMY, now=2)
 
     session = await store.get("", "s")
 
@@ -81,9 +83,9 @@ async def test_a_store_drops_old_images_over_budget_but_keeps_their_text(store: 
 
 
 async def test_a_store_keeps_the_system_prompt_through_trimming(store: SessionStore) -> None:
-    await store.set_system_prompt("", "s", "Be brief.", now=1)
+    await store.set_system_prompt("", "s", "Be brief.", caps=ROOMY, now=1)
     for n in range(5):
-        await store.append("", "s", _pair(n), Bounds(max_messages=2, image_budget=0), now=2 + n)
+        await store.append("", "s", _pair(n), Bounds(max_messages=2, image_budget=0), caps=ROOMY, now=2 + n)
 
     session = await store.get("", "s")
 
@@ -94,9 +96,9 @@ async def test_a_store_keeps_the_system_prompt_through_trimming(store: SessionSt
 
 async def test_a_store_expires_idle_sessions_then_the_least_recent_beyond_the_cap(store: SessionStore) -> None:
     for n, sid in enumerate(["old", "mid", "new", "newest"]):
-        await store.append("", sid, _pair(n), Bounds(max_messages=10, image_budget=0), now=10 * (n + 1))
+        await store.append("", sid, _pair(n), Bounds(max_messages=10, image_budget=0), caps=ROOMY, now=10 * (n + 1))
 
-    dropped = await store.expire(idle_before=15, max_sessions=2)
+    dropped = await store.expire(idle_before=15, caps=Caps(max_sessions=2, max_per_key=2))
 
     assert dropped == 2
     page, total = await store.list(None, 0, 10)
@@ -106,7 +108,7 @@ async def test_a_store_expires_idle_sessions_then_the_least_recent_beyond_the_ca
 
 async def test_a_store_lists_sessions_most_recent_first_with_pagination(store: SessionStore) -> None:
     for n in range(5):
-        await store.append("", f"s{n}", _pair(n), Bounds(max_messages=10, image_budget=0), now=n)
+        await store.append("", f"s{n}", _pair(n), Bounds(max_messages=10, image_budget=0), caps=ROOMY, now=n)
 
     page, total = await store.list(None, 1, 2)
 
@@ -115,7 +117,7 @@ async def test_a_store_lists_sessions_most_recent_first_with_pagination(store: S
 
 
 async def test_deleting_a_session_twice_is_fine(store: SessionStore) -> None:
-    await store.append("", "s", _pair(1), Bounds(max_messages=10, image_budget=0), now=1)
+    await store.append("", "s", _pair(1), Bounds(max_messages=10, image_budget=0), caps=ROOMY, now=1)
 
     await store.delete("", "s")
     await store.delete("", "s")
@@ -126,7 +128,7 @@ async def test_deleting_a_session_twice_is_fine(store: SessionStore) -> None:
 async def test_the_sqlite_store_keeps_sessions_across_reopening(tmp_path: Path) -> None:
     first = SqliteStore(tmp_path / "s.db")
     await first.open()
-    await first.append("", "s", _pair(1, ["aGk="]), Bounds(max_messages=10, image_budget=100), now=1)
+    await first.append("", "s", _pair(1, ["aGk="]), Bounds(max_messages=10, image_budget=100), caps=ROOMY, now=1)
     await first.close()
 
     second = SqliteStore(tmp_path / "s.db")
@@ -208,7 +210,7 @@ async def test_a_change_outside_a_turn_waits_for_the_turn_in_progress() -> None:
 async def test_a_session_idle_past_its_ttl_is_gone() -> None:
     store = MemoryStore()
     manager = SessionManager(store, LocalTurnLocks(), Settings(session_store="memory://", session_ttl=60))
-    await store.append("", "s", _pair(1), Bounds(max_messages=10, image_budget=0), now=time.time() - 120)
+    await store.append("", "s", _pair(1), Bounds(max_messages=10, image_budget=0), caps=ROOMY, now=time.time() - 120)
 
     assert await manager.get("", "s") is None
     assert await store.get("", "s") is None

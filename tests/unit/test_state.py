@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 from minato.app import create_app
 from minato.errors import SettingsError, StateUnavailableError
 from minato.metrics import Metrics
+from minato.quota import Standing
 from minato.security import Caller, Role
 from minato.sessions import MemoryStore, SessionManager, SqliteStore
 from minato.settings import Settings
@@ -282,18 +283,21 @@ async def test_the_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> None:
 async def test_the_token_quota_is_shared_by_the_workers(tmp_path: Path) -> None:
     async with _workers(tmp_path / "s.db") as (one, two):
         await one.quota.charge(QUOTA_CALLER, 6)
-        assert await two.quota.check(QUOTA_CALLER) == 0.0
+        assert await two.quota.check(QUOTA_CALLER) == Standing(0.0, QUOTA_CALLER.tokens_per_day - 6)
         await two.quota.charge(QUOTA_CALLER, 4)
 
-        wait = await one.quota.check(QUOTA_CALLER)
+        wait, left = await one.quota.check(QUOTA_CALLER)
 
         assert 24 * 3600 - 60 <= wait <= 24 * 3600 + 60
-        assert await two.quota.check(QUOTA_CALLER) > 0
+        assert left == 0
+        assert (await two.quota.check(QUOTA_CALLER)).wait > 0
         other = Caller(fingerprint="beef", role=Role.USER, name="o", tokens_per_day=10)
-        assert await two.quota.check(other) == 0.0
+        assert await two.quota.check(other) == Standing(0.0, 10)
         unlimited = Caller(fingerprint="cafe", role=Role.USER, name="u")
         await one.quota.charge(unlimited, 1_000)
-        assert await one.quota.check(Caller(fingerprint="cafe", role=Role.USER, name="u", tokens_per_day=1)) == 0.0
+        assert await one.quota.check(
+            Caller(fingerprint="cafe", role=Role.USER, name="u", tokens_per_day=1)
+        ) == Standing(0.0, 1)
 
 
 async def test_affinity_is_shared_by_the_workers_and_expires(tmp_path: Path) -> None:
@@ -373,7 +377,7 @@ async def test_the_state_tables_live_beside_the_conversations(tmp_path: Path) ->
         await store.close()
 
     assert {"sessions", "messages", "state_leases", "state_buckets", "state_quota", "state_affinity"} <= tables
-    assert version == 2, "the sessions schema version is the sessions' own"
+    assert version == 3, "the sessions schema version is the sessions' own"
 
 
 # -- the choice of home ---------------------------------------------------------------------
@@ -466,7 +470,7 @@ async def test_a_quota_that_cannot_answer_is_a_503(
     settings: Settings, ollama: respx.MockRouter, tmp_path: Path
 ) -> None:
     class Unavailable(TokenQuota):
-        async def check(self, caller: Caller) -> float:
+        async def check(self, caller: Caller) -> Standing:
             raise StateUnavailableError(UNAVAILABLE)
 
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())

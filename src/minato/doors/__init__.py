@@ -4,8 +4,8 @@ Each door relays requests to Ollama's route of the same name as bytes, and Ollam
 as Ollama sends them, with Minato's keys, scopes, quotas, limits and metrics on every route:
 
 - ``body``: reading a body (bounded, zstd) and the few fields Minato decides on;
-- ``policy``: what a key may ask (its models, the cloud, user limits);
-- ``calls``: the kinds of call (a generation, a model list, a call about a model, a plain one);
+- ``calls``: the kinds of call (a generation, a model list, a call about a model, a plain one), each
+  asking :class:`minato.policy.Policy` what the key may do;
 - ``relay``: forwarding, and watching the answer on its way back (tokens, a stream cut short);
 - ``native``, ``openai``, ``anthropic``: the routes of each door.
 """

@@ -9,14 +9,10 @@ from litestar.di import NamedDependency
 
 from minato.doors import calls
 from minato.doors.body import check_nested_names
-from minato.doors.policy import CLOUD_REFUSED
-from minato.errors import ForbiddenError
 from minato.rendering import StreamDialect
 from minato.runtime import runtime_of
 from minato.security import Caller
 
-#: Anthropic's server tools that Ollama runs on ollama.com under the operator's account.
-_CLOUD_TOOLS: Final = ("web_search", "web_fetch")
 _TYPE: Final = frozenset({"type"})
 
 
@@ -34,11 +30,13 @@ async def messages(request: Request[Any, Any, Any], caller: NamedDependency[Call
     """Anthropic's ``/v1/messages``."""
     body = await calls.read(request)
     tools = body.field("tools", list[dict[str, Any]], [])
+    policy = runtime_of(request).policy
     for tool in tools:
         check_nested_names(tool, _TYPE, "tools[]")
-        if str(tool.get("type", "")).startswith(_CLOUD_TOOLS) and not runtime_of(request).settings.allow_cloud:
-            raise ForbiddenError(f"the {tool['type']} tool: {CLOUD_REFUSED}")
-    return await calls.generation(request, caller, StreamDialect.ANTHROPIC, stream_default=False, body=body)
+        policy.check_tool(str(tool.get("type", "")))
+    return await calls.generation(
+        request, caller, StreamDialect.ANTHROPIC, stream_default=False, body=body, answer_limit=calls.MAX_TOKENS
+    )
 
 
 ANTHROPIC_HANDLERS: Final = [messages]

@@ -17,14 +17,14 @@ one clients expect.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Final
 
 import msgspec
 import zstandard
 from litestar import Request
 
-from minato.errors import PayloadTooLargeError, RequestTimeoutError, UpstreamRejectedError
+from minato.errors import BadRequestError, PayloadTooLargeError
+from minato.limits import MAX_JSON_DEPTH, json_too_deep
 
 #: The top-level fields Minato reads; a body naming one of them in another case is refused.
 READ_FIELDS: Final = frozenset(
@@ -35,7 +35,7 @@ _decode_fields: Final = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _encode: Final = msgspec.json.Encoder().encode
 
 
-class BodyRefusedError(UpstreamRejectedError):
+class BodyRefusedError(BadRequestError):
     """A body Minato cannot read the way Ollama would (400, in the door's shape)."""
 
 
@@ -53,6 +53,8 @@ class DoorBody:
         """Read the top level of ``raw``; refuse what Minato cannot read as Ollama would."""
         if not raw.strip():
             return cls(raw, {})
+        if json_too_deep(raw):
+            raise BodyRefusedError(f"the request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
         try:
             fields = _decode_fields(raw)
         except (msgspec.DecodeError, UnicodeDecodeError):
@@ -121,21 +123,14 @@ def check_nested_names(values: dict[str, Any], names: frozenset[str], where: str
             raise BodyRefusedError(f"the field {where}.{key!r} must be written {exact!r}")
 
 
-async def read_body(request: Request[Any, Any, Any], max_bytes: int, within: float) -> bytes:
-    """The request body within ``max_bytes`` (Litestar's bound) and ``within`` seconds
-    (``MINATO_BODY_TIMEOUT``: a body trickled in a byte at a time must not hold a connection forever),
-    zstd-decoded if so encoded.
+async def read_body(request: Request[Any, Any, Any], max_bytes: int) -> bytes:
+    """The request body within ``max_bytes`` (Litestar's bound; its time is bounded for every route by
+    :class:`minato.limits.BodyTimeout`), zstd-decoded if so encoded.
 
     Codex sends zstd bodies to ``/v1/responses``; the decoded body is bounded by the same limit,
     so a small compressed body cannot expand into gigabytes.
     """
-    try:
-        async with asyncio.timeout(within):
-            raw = await request.body()
-    except TimeoutError:
-        raise RequestTimeoutError(
-            f"the request body did not arrive within {within:g} s (MINATO_BODY_TIMEOUT)"
-        ) from None
+    raw = await request.body()
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if not encoding or encoding == "identity":
         return raw

@@ -12,13 +12,14 @@ from urllib.parse import quote
 import msgspec
 from litestar import Request, Response
 
-from minato.doors.body import DoorBody, check_nested_names, read_body
-from minato.doors.policy import check_models, check_user_limits
+from minato.doors.body import BodyRefusedError, DoorBody, check_nested_names, read_body
 from minato.doors.relay import Relay, relay
+from minato.policy import whole_number
 from minato.rendering import StreamDialect
-from minato.runtime import runtime_of
-from minato.security import Caller
+from minato.runtime import Runtime, runtime_of
+from minato.security import Caller, tokens_left
 from minato.upstream import Spread
+from minato.upstream.options import parse_keep_alive
 
 _INCLUDE_USAGE: Final = frozenset({"include_usage"})
 
@@ -26,7 +27,7 @@ _INCLUDE_USAGE: Final = frozenset({"include_usage"})
 async def read(request: Request[Any, Any, Any]) -> DoorBody:
     """The request's body, bounded like any body, as far as Minato reads it."""
     settings = runtime_of(request).settings
-    return DoorBody.parse(await read_body(request, settings.max_body_bytes, settings.body_timeout))
+    return DoorBody.parse(await read_body(request, settings.max_body_bytes))
 
 
 async def generation(
@@ -38,18 +39,24 @@ async def generation(
     native: bool = False,
     usage_frames: bool = False,
     body: DoorBody | None = None,
+    answer_limit: str | None = None,
 ) -> Response[Any]:
     """A chat, completion or embedding: scope, limits, a generation slot, then Ollama's answer.
 
     ``native``: the route takes Ollama's ``keep_alive`` and ``options`` (user keys are limited as on
     Minato's own routes). ``usage_frames``: an OpenAI stream whose client did not ask for usage is
     asked for it anyway, so tokens are counted, and the extra frame is dropped on the way back.
+    ``answer_limit``: the field Ollama reads as the answer's most tokens (``num_predict``), capped at
+    what a key's quota has left; ``None`` for a route that generates no tokens (embeddings).
     """
     runtime = runtime_of(request)
     body = body if body is not None else await read(request)
-    check_models(caller, runtime.settings, body.models)
+    runtime.policy.check_models(caller, body.models)
     if native:
-        await check_user_limits(caller, runtime.settings, runtime.upstream, body)
+        await _check_native_options(runtime, caller, body)
+    left = tokens_left(request.scope)
+    if answer_limit is not None and left is not None:
+        body = _within(body, answer_limit, left)
     streamed = body.stream(default=stream_default)
     strip = False
     if usage_frames and streamed:
@@ -84,7 +91,7 @@ async def about_models(
     """
     runtime = runtime_of(request)
     body = await read(request)
-    check_models(caller, runtime.settings, body.models)
+    runtime.policy.check_models(caller, body.models)
     target = (body.model if route_by == "model" else body.text(route_by)) if route_by else ""
     call = Relay(
         request.method,
@@ -96,6 +103,47 @@ async def about_models(
         spread=spread,
     )
     return await relay(request, runtime, call)
+
+
+async def _check_native_options(runtime: Runtime, caller: Caller, body: DoorBody) -> None:
+    """Ollama's ``keep_alive`` and ``options.num_ctx``, read as Ollama reads them, asked of the policy."""
+    runtime.policy.check_keep_alive(caller, _keep_alive_of(body))
+    num_ctx = whole_number("num_ctx", body.object("options").get("num_ctx"))
+    await runtime.policy.check_num_ctx(caller, runtime.upstream, body.model, num_ctx)
+
+
+#: The field each door's Ollama route reads as the answer's most tokens, as ``parent.field`` or ``field``.
+NUM_PREDICT: Final = "options.num_predict"
+MAX_TOKENS: Final = "max_tokens"
+MAX_OUTPUT_TOKENS: Final = "max_output_tokens"
+#: OpenAI's newer name for ``max_tokens``: capped too when a client sends it.
+_ALSO_CAPPED: Final = {MAX_TOKENS: ("max_completion_tokens",)}
+
+
+def _within(body: DoorBody, limit: str, tokens: int) -> DoorBody:
+    """``body`` with its answer capped at ``tokens`` (the key's quota left): the body is re-encoded only
+    when the cap changes what it asks for; what it asked is read as Ollama reads a number."""
+    parent, _, name = limit.rpartition(".")
+    values = body.object(parent) if parent else {}
+    asked = whole_number(name, values.get(name) if parent else body.field(name, int | float))
+    if asked is None or asked <= 0 or asked > tokens:
+        body = body.with_field(parent, {**values, name: tokens}) if parent else body.with_field(name, tokens)
+    for other in _ALSO_CAPPED.get(limit, ()):
+        also = whole_number(other, body.field(other, int | float))
+        if also is not None and (also <= 0 or also > tokens):
+            body = body.with_field(other, tokens)
+    return body
+
+
+def _keep_alive_of(body: DoorBody) -> float | str | None:
+    """The body's ``keep_alive`` as Ollama reads it: seconds as a number, or a Go duration string."""
+    value: Any = body.field("keep_alive", float | str)
+    if value is None or isinstance(value, float):
+        return value
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise BodyRefusedError(f"keep_alive: {exc}") from None
 
 
 def route_path(request: Request[Any, Any, Any], *segments: str) -> str:
@@ -119,11 +167,7 @@ async def plain(
     """A call Minato only relays (version, blobs, the account routes once allowed)."""
     runtime = runtime_of(request)
     settings = runtime.settings
-    raw = (
-        await read_body(request, settings.max_body_bytes, settings.body_timeout)
-        if request.method in {"POST", "DELETE"}
-        else None
-    )
+    raw = await read_body(request, settings.max_body_bytes) if request.method in {"POST", "DELETE"} else None
     call = Relay(request.method, route_path(request, *segments), raw, dialect, route_by=route_by, spread=spread)
     return await relay(request, runtime, call)
 

@@ -13,7 +13,6 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from minato.doors import calls
-from minato.doors.policy import check_account_route
 from minato.rendering import StreamDialect
 from minato.runtime import runtime_of
 from minato.security import ADMIN, Caller
@@ -33,13 +32,17 @@ def _doc(summary: str, more: str = "") -> dict[str, Any]:
 @post("/api/generate", operation_id="OllamaGenerate", **_doc("Ollama: generate", "Takes a generation slot."))
 async def api_generate(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """Ollama's ``/api/generate``."""
-    return await calls.generation(request, caller, StreamDialect.NDJSON, stream_default=True, native=True)
+    return await calls.generation(
+        request, caller, StreamDialect.NDJSON, stream_default=True, native=True, answer_limit=calls.NUM_PREDICT
+    )
 
 
 @post("/api/chat", operation_id="OllamaChat", **_doc("Ollama: chat", "Takes a generation slot."))
 async def api_chat(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """Ollama's ``/api/chat``."""
-    return await calls.generation(request, caller, StreamDialect.NDJSON, stream_default=True, native=True)
+    return await calls.generation(
+        request, caller, StreamDialect.NDJSON, stream_default=True, native=True, answer_limit=calls.NUM_PREDICT
+    )
 
 
 @post("/api/embed", operation_id="OllamaEmbed", **_doc("Ollama: embeddings", "Takes a generation slot."))
@@ -147,7 +150,7 @@ _ACCOUNT: Final = "Refused (403) unless MINATO_ALLOW_CLOUD=true; then admin-only
 
 
 async def _account(request: Request[Any, Any, Any], caller: Caller, *segments: str) -> Response[Any]:
-    check_account_route(caller, runtime_of(request).settings)
+    runtime_of(request).policy.check_account_route(caller)
     return await calls.plain(request, *segments)
 
 

@@ -9,7 +9,6 @@ from litestar.di import NamedDependency
 
 from minato.doors import calls
 from minato.doors.native import PathText
-from minato.doors.policy import check_models
 from minato.rendering import StreamDialect
 from minato.runtime import runtime_of
 from minato.security import Caller
@@ -26,13 +25,17 @@ def _doc(summary: str, more: str = "") -> dict[str, Any]:
 @post("/v1/chat/completions", operation_id="OpenAIChatCompletions", **_doc("OpenAI: chat completions", _CUT))
 async def chat_completions(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/chat/completions``."""
-    return await calls.generation(request, caller, StreamDialect.OPENAI, stream_default=False, usage_frames=True)
+    return await calls.generation(
+        request, caller, StreamDialect.OPENAI, stream_default=False, usage_frames=True, answer_limit=calls.MAX_TOKENS
+    )
 
 
 @post("/v1/completions", operation_id="OpenAICompletions", **_doc("OpenAI: text completions", _CUT))
 async def completions(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/completions``."""
-    return await calls.generation(request, caller, StreamDialect.OPENAI, stream_default=False, usage_frames=True)
+    return await calls.generation(
+        request, caller, StreamDialect.OPENAI, stream_default=False, usage_frames=True, answer_limit=calls.MAX_TOKENS
+    )
 
 
 @post(
@@ -42,7 +45,9 @@ async def completions(request: Request[Any, Any, Any], caller: NamedDependency[C
 )
 async def responses(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/responses``."""
-    return await calls.generation(request, caller, StreamDialect.RESPONSES, stream_default=False)
+    return await calls.generation(
+        request, caller, StreamDialect.RESPONSES, stream_default=False, answer_limit=calls.MAX_OUTPUT_TOKENS
+    )
 
 
 @post("/v1/embeddings", operation_id="OpenAIEmbeddings", **_doc("OpenAI: embeddings"))
@@ -61,7 +66,7 @@ async def models(request: Request[Any, Any, Any], caller: NamedDependency[Caller
 async def model(request: Request[Any, Any, Any], caller: NamedDependency[Caller], model_id: PathText) -> Response[Any]:
     """OpenAI's ``/v1/models/{model}``."""
     name = model_id.lstrip("/")
-    check_models(caller, runtime_of(request).settings, [name])
+    runtime_of(request).policy.check_model(caller, name)
     return await calls.plain(request, name, dialect=StreamDialect.OPENAI, route_by=name)
 
 

@@ -104,19 +104,53 @@ def _counts_of(data: bytes, dialect: StreamDialect) -> _Counted | None:
         return None
 
 
+#: What marks a frame carrying one generated token, by dialect: such frames are counted as they pass, so
+#: a stream the client leaves (or that breaks) is charged what it relayed; Ollama's own count, when the
+#: stream ends with it, replaces theirs.
+_TOKEN_FRAMES: Final = {
+    StreamDialect.NDJSON: b'"done":false',
+    StreamDialect.OPENAI: b'"finish_reason":null',
+    StreamDialect.RESPONSES: b".delta\ndata:",
+    StreamDialect.ANTHROPIC: b"event: content_block_delta",
+}
+
+
 class _Watch:
     """Reads a stream as it passes: its token counts, and whether it ended as its dialect ends."""
 
-    __slots__ = ("_carry", "_dialect", "_sep", "_strip", "ended", "eval_duration", "tokens")
+    __slots__ = (
+        "_carry",
+        "_dialect",
+        "_marker",
+        "_sep",
+        "_strip",
+        "ended",
+        "eval_duration",
+        "failure",
+        "relayed",
+        "tokens",
+    )
 
-    def __init__(self, dialect: StreamDialect, strip_usage: bool) -> None:
+    def __init__(self, dialect: StreamDialect, strip_usage: bool, *, generation: bool = True) -> None:
         self._dialect = dialect
         self._sep = b"\n" if dialect is StreamDialect.NDJSON else b"\n\n"
         self._strip = strip_usage
+        self._marker = _TOKEN_FRAMES[dialect] if generation else b""
         self._carry = b""
         self.ended = False
+        self.failure = ""
+        """The error frame Ollama ended the stream with (the stream then ends, as its dialect says a
+        failure ends, and the client has the error, but it is Ollama's failure all the same)."""
         self.tokens = 0
+        """Ollama's own count of the answer's tokens, once a frame carried it."""
+        self.relayed = 0
+        """Frames carrying a token that passed so far."""
         self.eval_duration = 0
+
+    @property
+    def counted(self) -> int:
+        """The tokens to charge: Ollama's count once known, else the token frames that passed."""
+        return self.tokens or self.relayed
 
     def feed(self, chunk: bytes) -> bytes:
         """Look at ``chunk``; return the bytes to write (the chunk itself unless a frame is dropped)."""
@@ -127,6 +161,8 @@ class _Watch:
             return b"" if self._strip else chunk
         cut = end + len(self._sep)
         self._carry = data[cut:]
+        if self._marker:
+            self.relayed += data.count(self._marker, 0, cut)
         self._look(data, cut)
         if not self._strip:
             return chunk
@@ -149,6 +185,7 @@ class _Watch:
                     self.tokens, self.eval_duration = counts.eval_count, counts.eval_duration
             elif self._ends(data, last, end):
                 self.ended = True
+                self._note_failure(data, last, end)
             return
         at = data.rfind(b'"usage":{', 0, end)
         if at >= 0:
@@ -159,6 +196,14 @@ class _Watch:
                 self.tokens = counts.tokens()
         if self._ends(data, last, end):
             self.ended = True
+            self._note_failure(data, last, end)
+
+    def _note_failure(self, data: bytes, start: int, end: int) -> None:
+        for marker in _FAILURES[self._dialect]:
+            at = data.find(marker, start, end)
+            if at >= 0:
+                self.failure = self._frame_at(data, at)[:_FAILURE_LOGGED].decode("utf-8", "replace").strip()
+                return
 
     def _ends(self, data: bytes, start: int, end: int) -> bool:
         return any(data.find(marker, start, end) >= 0 for marker in _TERMINATORS[self._dialect])
@@ -185,6 +230,15 @@ class _Watch:
 #: A ``usage`` member and the comma joining it to its neighbour (its counts hold no nested object).
 _USAGE_MEMBER: Final = re.compile(rb',"usage":\{[^{}]*\}|"usage":\{[^{}]*\},?')
 
+
+#: The terminators of :data:`_TERMINATORS` that report a failure, and how much of such a frame is logged.
+_FAILURES: Final = {
+    StreamDialect.NDJSON: (b'{"error"',),
+    StreamDialect.OPENAI: (b'data: {"error"',),
+    StreamDialect.RESPONSES: (b"event: response.failed", b"event: error"),
+    StreamDialect.ANTHROPIC: (b"event: error",),
+}
+_FAILURE_LOGGED: Final = 500
 
 #: What the last frame of a complete stream (or one that reports its own failure) contains, by dialect.
 _TERMINATORS: Final = {
@@ -253,7 +307,7 @@ def _per_second(tokens: int, nanoseconds: int) -> float:
 
 
 def _streamed(answer: RawResponse, call: Relay, record: RequestRecord | None, slot: Slot | None) -> Response[Any]:
-    watch = _Watch(call.dialect, call.strip_usage)
+    watch = _Watch(call.dialect, call.strip_usage, generation=call.model is not None)
 
     async def close() -> None:
         # Also runs when the client left while a write was suspended: Ollama stops at once.
@@ -272,7 +326,13 @@ def _streamed(answer: RawResponse, call: Relay, record: RequestRecord | None, sl
             rest = watch.rest()
             if rest:
                 yield rest
-            if not watch.ended:
+            if watch.failure:
+                # Ollama told the client itself; a client such as Open WebUI may still show it as a
+                # quietly cut answer, so the operator must see it too.
+                logger.warning("door_stream_failed", path=call.path, model=call.model, detail=watch.failure)
+                if record is not None:
+                    record.upstream_error = "StreamError"
+            elif not watch.ended:
                 logger.warning("door_stream_cut", path=call.path, model=call.model)
                 if record is not None:
                     record.upstream_error = "StreamCut"
@@ -284,8 +344,8 @@ def _streamed(answer: RawResponse, call: Relay, record: RequestRecord | None, sl
             yield stream_error_frame(call.dialect, exc.detail)
         finally:
             await close()
-            if record is not None and watch.tokens:
-                record.note_answer(watch.tokens, _per_second(watch.tokens, watch.eval_duration))
+            if record is not None and watch.counted:
+                record.note_answer(watch.counted, _per_second(watch.tokens, watch.eval_duration))
 
     if record is not None:
         record.streaming = True

@@ -10,14 +10,15 @@ from litestar import Request, Response
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
-from minato.errors import CapabilityError, ModelNotFoundError
+from minato.errors import CapabilityError, ErrorItem, InvalidInputError, ModelNotFoundError
 from minato.generation import GenerationParts
+from minato.limits import MAX_JSON_DEPTH, json_too_deep
 from minato.params import validate_model_name
 from minato.query import reject_repeated_parameters
 from minato.record import RequestRecord, record_of
 from minato.rendering import error_spec
 from minato.runtime import runtime_of
-from minato.security import ANONYMOUS, caller_of, require_model_in_scope
+from minato.security import ANONYMOUS, caller_of
 from minato.streaming import is_minato_event_id
 
 T = TypeVar("T")
@@ -81,7 +82,7 @@ def generation_parts(request: Request[Any, Any, Any], model_name: str) -> Genera
     note_model(request, model)
     caller = caller_of(request.scope) or ANONYMOUS
     return GenerationParts(
-        request, runtime.upstream, runtime.sessions, runtime.admission, runtime.settings, caller, model
+        request, runtime.upstream, runtime.sessions, runtime.admission, runtime.settings, runtime.policy, caller, model
     )
 
 
@@ -109,13 +110,13 @@ async def require_known_model(request: Request[Any, Any, Any]) -> None:
         )
     name = validate_model_name(raw)
     note_model(request, name)
-    caller = caller_of(request.scope)
-    if caller is not None:
-        require_model_in_scope(caller, name)
-    catalog = runtime_of(request).catalog
+    runtime = runtime_of(request)
+    caller = caller_of(request.scope) or ANONYMOUS
+    runtime.policy.check_model(caller, name)
+    catalog = runtime.catalog
     if await catalog.knows(name) is not False:
         return
-    hints = [hint for hint in catalog.similar(name) if caller is None or caller.allows(hint)]
+    hints = [hint for hint in catalog.similar(name) if caller.allows(hint)]
     if catch_all:
         hints = difflib.get_close_matches(f"/{name}", _static_paths(request), n=2) + hints
     hint = f" (did you mean {' or '.join(hints)}?)" if hints else ""
@@ -143,19 +144,34 @@ async def before_handler(request: Request[Any, Any, Any]) -> Response[None] | No
     """The app's one ``before_request`` hook (a route-level hook would replace it, not add to it).
 
     Every route: a single-value query parameter given twice is a 422, and a model in the path that
-    the caller's key may not use is a 403. A generation route: a 204 for a browser reconnecting to a
-    Minato stream that is over, and a 404 unless the path names a model.
+    the policy refuses the caller (outside its key's scope, or one of Ollama's cloud models) is a 403.
+    A generation route: a 204 for a browser reconnecting to a Minato stream that is over, and a 404
+    unless the path names a model.
     """
     await reject_repeated_parameters(request)
     opt = request.route_handler.opt
     if not opt.get(GENERATION_OPT):
-        caller = caller_of(request.scope)
-        if caller is not None and caller.models is not None and "model_name" in request.path_params:
+        if "model_name" in request.path_params:
             model = validate_model_name(str(request.path_params["model_name"]))
             note_model(request, model)
-            require_model_in_scope(caller, model)
-        return None
-    if opt.get(RECONNECTABLE_OPT) and is_minato_event_id(request.headers.get("last-event-id")):
+            runtime_of(request).policy.check_model(caller_of(request.scope) or ANONYMOUS, model)
+    elif opt.get(RECONNECTABLE_OPT) and is_minato_event_id(request.headers.get("last-event-id")):
         return Response(None, status_code=204)
-    await require_known_model(request)
+    else:
+        await require_known_model(request)
+    if _BODY_PARAMETER in request.route_handler.parsed_fn_signature.parameters:
+        await _check_body_depth(request)
     return None
+
+
+#: The name Litestar gives the parameter that receives a decoded JSON body.
+_BODY_PARAMETER: Final = "data"
+
+
+async def _check_body_depth(request: Request[Any, Any, Any]) -> None:
+    """A 422 for a JSON body nested too deep to decode, measured before Litestar decodes it (the read is
+    kept: Litestar's decoding reads the same bytes)."""
+    if json_too_deep(await request.body()):
+        raise InvalidInputError(
+            [ErrorItem(loc=["body"], msg=f"is nested deeper than {MAX_JSON_DEPTH} levels", type="value_error")]
+        )

@@ -48,7 +48,7 @@ def text_generation(request: Request[Any, Any, Any], model_name: str) -> Generat
     if query.message is None:
         raise InvalidInputError.single("query", "message", "field required", "missing")
     check_text_length("message", query.message, parts.settings)
-    return Generation(parts, query.options(parts.settings, parts.caller, "query"), Question(query.message, []))
+    return Generation(parts, query.options(parts.policy, parts.caller, "query"), Question(query.message, []))
 
 
 @_get(
@@ -84,12 +84,12 @@ POST_DESCRIPTION: Final = (
 async def posted_generation(request: Request[Any, Any, Any], model_name: str, data: GenerationBody) -> Generation:
     """The generation both POST routes run: the body checked, its images decoded."""
     parts = generation_parts(request, model_name)
-    _, upstream, _, _, settings, caller, model = parts
+    upstream, settings, caller, model = parts.upstream, parts.settings, parts.caller, parts.model
     if request.query_params:
         name = next(iter(request.query_params))
         raise InvalidInputError.single("query", name, "send the parameters in the JSON body", "extra_forbidden")
     check_text_length("message", data.message, settings, source="body")
-    params = data.options(settings, caller, "body")
+    params = data.options(parts.policy, caller, "body")
     if len(data.images) > settings.max_images:
         raise too_many_images("body", "images", settings)
     if data.images:

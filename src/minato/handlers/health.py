@@ -19,7 +19,7 @@ from msgspec import UNSET
 from minato.metrics import CONTENT_TYPE, Metrics
 from minato.runtime import runtime_of
 from minato.schemas import HealthReport, ReadinessReport, StateReport
-from minato.security import PROBE, PUBLIC
+from minato.security import METRICS, PROBE, PUBLIC, caller_of
 from minato.state import StateHealth
 from minato.upstream import Ollama
 from minato.upstream.protocol import OllamaDependency
@@ -56,7 +56,7 @@ async def ready(
     request: Request[Any, Any, Any], upstream: NamedDependency[OllamaDependency]
 ) -> Response[ReadinessReport]:
     """Report whether Ollama answers, with its version, and whether the shared state does."""
-    report, status = await _readiness(upstream, runtime_of(request).state.health)
+    report, status = await _readiness_for(request, upstream)
     return Response(report, status_code=status)
 
 
@@ -75,7 +75,15 @@ async def health_head() -> Response[None]:
 )
 async def ready_head(request: Request[Any, Any, Any], upstream: NamedDependency[OllamaDependency]) -> Response[None]:
     """Answer like ``GET /ready`` without the body."""
-    return _bodiless(*await _readiness(upstream, runtime_of(request).state.health))
+    return _bodiless(*await _readiness_for(request, upstream))
+
+
+async def _readiness_for(request: Request[Any, Any, Any], upstream: Ollama) -> tuple[ReadinessReport, int]:
+    """The readiness report as this caller may see it (its backends' loaded models within its key's scope)."""
+    runtime = runtime_of(request)
+    report, status = await _readiness(upstream, runtime.state.health)
+    viewer = runtime.policy.viewer(caller_of(request.scope))
+    return msgspec.structs.replace(report, backends=runtime.policy.visible_backends(viewer, report.backends)), status
 
 
 async def _readiness(upstream: Ollama, health: StateHealth) -> tuple[ReadinessReport, int]:
@@ -120,11 +128,16 @@ def _bodiless(report: HealthReport | ReadinessReport, status: int) -> Response[N
     summary="Prometheus metrics",
     description=(
         "Requests by route, model and status; request duration, time to first token and tokens per "
-        "second histograms; tokens generated; streams in flight; upstream errors by kind; Ollama reachability."
+        "second histograms; tokens generated; streams in flight; upstream errors by kind; Ollama reachability. "
+        "Needs an admin key or a `MINATO_METRICS_KEYS` key (the series name every key), unless "
+        "`MINATO_OPEN_PROBES` or no key is configured."
     ),
     media_type=CONTENT_TYPE,
-    opt={PROBE: True},
+    opt={PROBE: True, METRICS: True},
 )
 async def metrics_endpoint(metrics: NamedDependency[Metrics]) -> Response[bytes]:
     """Expose the metrics in Prometheus' text format."""
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+    # As a header, not a media type: Litestar appends "; charset=utf-8" to a text/* media type, and
+    # prometheus_client's already has one. Prometheus 3 refuses a parameter sent twice (Go's
+    # mime.ParseMediaType) and fails the scrape; Litestar leaves a Content-Type header alone.
+    return Response(metrics.exposition(), headers={"content-type": CONTENT_TYPE})

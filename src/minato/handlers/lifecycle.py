@@ -18,8 +18,9 @@ from minato import __version__
 from minato.disconnect import unless_disconnected
 from minato.errors import MinatoError, ModelNotFoundError
 from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
-from minato.handlers.models import pull_to_end
+from minato.handlers.models import pull_to_end, start_pull
 from minato.params import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive
+from minato.policy import Policy
 from minato.schemas import (
     DetailsView,
     LoadResult,
@@ -85,7 +86,7 @@ async def load(
     """Load a model and report its running status."""
     alive = resolve_keep_alive(keep_alive, settings)
     if pull and not upstream.holders(model) and not await _installed(upstream, model):
-        stream = await unless_disconnected(request, upstream.pull(model, backend))
+        stream = await start_pull(request, upstream, model, backend)
         catalog.forget()
         await unless_disconnected(request, pull_to_end(stream))
     options = {"num_ctx": num_ctx} if num_ctx is not None else {}
@@ -144,10 +145,12 @@ async def delete_model(
     summary="Models loaded in memory",
     description="Every loaded model, with the backend it is loaded on. A key limited to some models sees only those.",
 )
-async def running(upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller]) -> RunningList:
+async def running(
+    upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller], policy: NamedDependency[Policy]
+) -> RunningList:
     """List loaded models the caller's key may use, with their memory use, context length and expiry."""
     models = (await upstream.running()).models
-    return RunningList(running=[RunningView.of(m) for m in models if caller.allows(m.name or m.model)])
+    return RunningList(running=[RunningView.of(m) for m in models if policy.may_see(caller, m.name or m.model)])
 
 
 @_get(
@@ -181,18 +184,22 @@ async def status(model: NamedDependency[str], upstream: NamedDependency[OllamaDe
 
 
 @get("/", operation_id="ServerInfo", summary="Service and Ollama information", tags=["health"])
-async def server_info(upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller]) -> ServerInfo:
+async def server_info(
+    upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller], policy: NamedDependency[Policy]
+) -> ServerInfo:
     """Name and version of this service; Ollama's URL and version (or why it is unreachable), and every
-    backend of the pool; the models the caller's key may use."""
+    backend of the pool; the models the caller's key may use (in the backends' lists too)."""
     try:
         version, tags, ps = await asyncio.gather(upstream.version(), upstream.list_models(), upstream.running())
     except MinatoError as exc:
-        ollama = OllamaInfo(url=upstream.base_url, reachable=False, reason=exc.detail, backends=upstream.backends())
+        backends = policy.visible_backends(caller, upstream.backends())
+        ollama = OllamaInfo(url=upstream.base_url, reachable=False, reason=exc.detail, backends=backends)
         return ServerInfo(service="minato", version=__version__, ollama=ollama, installed=[], running=[])
+    backends = policy.visible_backends(caller, upstream.backends())
     return ServerInfo(
         service="minato",
         version=__version__,
-        ollama=OllamaInfo(url=upstream.base_url, reachable=True, version=version, backends=upstream.backends()),
-        installed=[m.name or m.model for m in tags.models if caller.allows(m.name or m.model)],
-        running=[m.name or m.model for m in ps.models if caller.allows(m.name or m.model)],
+        ollama=OllamaInfo(url=upstream.base_url, reachable=True, version=version, backends=backends),
+        installed=[m.name or m.model for m in tags.models if policy.may_see(caller, m.name or m.model)],
+        running=[m.name or m.model for m in ps.models if policy.may_see(caller, m.name or m.model)],
     )

@@ -15,12 +15,13 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from minato.disconnect import unless_disconnected
-from minato.errors import MinatoError
+from minato.errors import MinatoError, ModelNotFoundError
 from minato.handlers.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
+from minato.policy import Policy
 from minato.schemas import InstallProgress, InstallResponse, ModelsList, ModelSummary, families_of
 from minato.security import ADMIN, Caller
 from minato.streaming import STREAM_HEADERS, StreamFormat
-from minato.upstream import PullProgressStream, canonical_model_name
+from minato.upstream import Ollama, PullProgressStream, canonical_model_name
 from minato.upstream.catalog import ModelCatalog
 from minato.upstream.protocol import OllamaDependency
 from minato.upstream.wire import PullProgress, TagModel
@@ -54,6 +55,20 @@ async def _relay_progress(stream: PullProgressStream, model: str) -> AsyncIterat
         yield _encode(InstallProgress(status="error", error=exc.detail)) + b"\n"
     finally:
         await stream.aclose()
+
+
+async def start_pull(
+    request: Request[Any, Any, Any], upstream: Ollama, model: str, backend: str | None
+) -> PullProgressStream:
+    """Start pulling ``model`` (onto ``backend``, or every reachable one); a model the registry does not
+    know is a 404 in Ollama's words with the model's name added (Ollama's own says only "pull model
+    manifest: file does not exist")."""
+    try:
+        return await unless_disconnected(request, upstream.pull(model, backend))
+    except ModelNotFoundError as exc:
+        if model in exc.detail:
+            raise
+        raise ModelNotFoundError(f"cannot pull '{model}': {exc.detail}", headers=exc.headers) from None
 
 
 async def pull_to_end(stream: PullProgressStream) -> None:
@@ -93,7 +108,7 @@ async def install(
     ] = None,
 ) -> Response[InstallResponse] | Stream:
     """Pull a model, waiting for it or relaying progress."""
-    pull = await unless_disconnected(request, upstream.pull(model, backend))
+    pull = await start_pull(request, upstream, model, backend)
     catalog.forget()  # the model may be installed by the time anyone asks
     if stream or NDJSON in request.headers.get("accept", ""):
         return Stream(
@@ -141,6 +156,7 @@ async def models_list(
     upstream: NamedDependency[OllamaDependency],
     catalog: NamedDependency[ModelCatalog],
     caller: NamedDependency[Caller],
+    policy: NamedDependency[Policy],
 ) -> ModelsList:
     """Return the installed models the caller's key may use."""
     tags, ps = await asyncio.gather(upstream.list_models(), upstream.running())
@@ -150,6 +166,6 @@ async def models_list(
         models_list=[
             summarize(m, canonical_model_name(m.name or m.model) in loaded, upstream.holders(m.name or m.model))
             for m in tags.models
-            if caller.allows(m.name or m.model)
+            if policy.may_see(caller, m.name or m.model)
         ]
     )

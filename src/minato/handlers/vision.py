@@ -16,7 +16,7 @@ from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, 
 from litestar.response import Stream
 
 from minato.disconnect import unless_disconnected
-from minato.errors import InvalidInputError, RequestTimeoutError
+from minato.errors import InvalidInputError
 from minato.fetch import ImageFetcher
 from minato.generation import Generation, Question, streamed_answer, whole_answer
 from minato.handlers.common import (
@@ -116,10 +116,10 @@ async def vision_generation(request: Request[Any, Any, Any], model_name: str) ->
     """The generation both vision routes run: what needs no body is checked, and the body is left to be
     read once the generation holds its slot."""
     parts = generation_parts(request, model_name)
-    _, upstream, _, _, settings, caller, model = parts
+    upstream, settings, caller, model = parts.upstream, parts.settings, parts.caller, parts.model
     query = parse_query(request, VisionQuery)
     message, fetcher = query.message, runtime_of(request).fetcher
-    params = query.options(settings, caller, "query")
+    params = query.options(parts.policy, caller, "query")
     # Checked before anything is read: a text-only model fails fast, whatever the upload's size.
     capabilities = await upstream.capabilities(model)
     query_links = [link.strip() for link in query.image_url or []]
@@ -132,14 +132,7 @@ async def vision_generation(request: Request[Any, Any, Any], model_name: str) ->
         check_text_length("message", message, settings)
 
     async def read_question() -> Question:
-        timeout = settings.body_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                form = await read_vision_form(request, settings, len(query_links))
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request body did not arrive within {timeout:g} s (MINATO_BODY_TIMEOUT)"
-            ) from None
+        form = await read_vision_form(request, settings, len(query_links))  # bounded by BodyTimeout
         form_message = form.fields.get("message")
         if message is not None and form_message is not None:
             raise InvalidInputError.single("body", "message", "send message in the query or the form, not both")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from minato.disconnect import cancel_and_wait
-from minato.sessions.model import Bounds, Session, SessionSummary, StoredMessage
+from minato.sessions.model import Bounds, Caps, Session, SessionSummary, StoredMessage
 from minato.sessions.store import SessionStore
 from minato.settings import Settings
 from minato.upstream.wire import WireMessage
@@ -58,7 +58,8 @@ class Turn:
             StoredMessage(role="user", content=question, images=images, image_count=len(images), at=now),
             StoredMessage(role="assistant", content=answer, model=model, at=now),
         ]
-        await self.manager.store.append(self.owner, self.session_id, messages, self.manager.bounds, now=now)
+        manager = self.manager
+        await manager.store.append(self.owner, self.session_id, messages, manager.bounds, caps=manager.caps, now=now)
         if images:
             await self.manager.enforce_image_budget()
 
@@ -77,6 +78,7 @@ class SessionManager:
         self.turns = turns
         self.settings = settings
         self.bounds = Bounds(max_messages=settings.session_max_messages, image_budget=settings.session_image_bytes)
+        self.caps = Caps(max_sessions=settings.max_sessions, max_per_key=settings.max_sessions_per_key)
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -124,7 +126,7 @@ class SessionManager:
     async def set_system_prompt(self, owner: str, session_id: str, prompt: str | None) -> None:
         """Set or (``None``) remove a conversation's system prompt between turns, creating it if new."""
         async with self.exclusive(owner, session_id):
-            await self.store.set_system_prompt(owner, session_id, prompt, now=time.time())
+            await self.store.set_system_prompt(owner, session_id, prompt, caps=self.caps, now=time.time())
 
     async def page(self, owner: str | None, offset: int, limit: int) -> tuple[list[SessionSummary], int]:
         """A page of one owner's conversations (``None``: everyone's), most recently active first."""
@@ -147,8 +149,8 @@ class SessionManager:
         return stripped
 
     async def expire(self) -> int:
-        """Drop idle sessions and those beyond ``max_sessions``; return how many."""
-        dropped = await self.store.expire(time.time() - self.settings.session_ttl, self.settings.max_sessions)
+        """Drop idle sessions and those beyond the caps (per key, then the store's); return how many."""
+        dropped = await self.store.expire(time.time() - self.settings.session_ttl, self.caps)
         if dropped:
             logger.info("sessions_expired", count=dropped)
         return dropped

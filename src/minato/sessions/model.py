@@ -61,6 +61,21 @@ class Bounds(msgspec.Struct, frozen=True, kw_only=True):
     """Base64 bytes of images kept for follow-up questions."""
 
 
+class Caps(msgspec.Struct, frozen=True, kw_only=True):
+    """How many conversations a store keeps; every write applies these, and so does the sweep.
+
+    A write makes room in its own owner's conversations first (beyond ``max_per_key``; the keyless
+    owner ``""`` is exempt), then, while the store holds more than ``max_sessions``, in those of the
+    owner holding the most (ties: the owner whose least recently active conversation is the oldest,
+    then the smallest owner). Either way the least recently active conversation goes first (ties: the
+    greatest id, the last of a listing), and never the one being written. The sweep does the same
+    for every owner over ``max_per_key``, then for the store.
+    """
+
+    max_sessions: int
+    max_per_key: int
+
+
 def validate_session_id(value: str, source: str = "path") -> str:
     """Return ``value`` if it is a valid session id, else raise a 422 naming the rule."""
     if not SESSION_ID.fullmatch(value):

@@ -20,7 +20,7 @@ from minato.sessions.model import StoredMessage
 
 logger = structlog.get_logger("minato.sessions")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 #: Conversations named in the start-up damage report; the count covers all of them.
 DAMAGE_REPORT_LIMIT: Final = 20
 #: A conversation's messages, and one more of them, with their values as :func:`message_of` reads
@@ -44,6 +44,12 @@ _DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB,
 # deleting the conversation. ``message_count`` spares listings any read of the messages. In
 # ``messages`` the small columns come before ``content`` and ``images``, so reading them never
 # walks a large row's overflow pages.
+#
+# ``session_owners`` is what the caps need, kept by triggers so no write can forget it: how many
+# conversations each owner holds and its oldest activity, indexed so that the owner holding the most
+# (ties: the oldest activity) is one index probe; ``sessions_by_owner_activity`` gives an owner's
+# count and its least recently active conversation (ties: the greatest id, as listings end) the same
+# way, and its listing read backwards.
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS sessions (
     sid INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -56,7 +62,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     UNIQUE (owner, id)
 );
 CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (last_active);
-CREATE INDEX IF NOT EXISTS sessions_by_owner ON sessions (owner, last_active);
+CREATE INDEX IF NOT EXISTS sessions_by_owner_activity ON sessions (owner, last_active, id DESC);
 CREATE INDEX IF NOT EXISTS sessions_by_id ON sessions (id);
 CREATE TABLE IF NOT EXISTS messages (
     sid INTEGER NOT NULL,
@@ -71,6 +77,26 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (sid, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_with_images ON messages (at, image_bytes) WHERE image_bytes > 0;
+CREATE TABLE IF NOT EXISTS session_owners (
+    owner TEXT PRIMARY KEY,
+    held INTEGER NOT NULL,
+    oldest REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS session_owners_by_size ON session_owners (held DESC, oldest, owner);
+CREATE TRIGGER IF NOT EXISTS session_created AFTER INSERT ON sessions BEGIN
+    INSERT INTO session_owners (owner, held, oldest) VALUES (NEW.owner, 1, NEW.last_active)
+        ON CONFLICT (owner) DO UPDATE SET held = held + 1, oldest = MIN(oldest, excluded.oldest);
+END;
+CREATE TRIGGER IF NOT EXISTS session_touched AFTER UPDATE OF last_active ON sessions BEGIN
+    UPDATE session_owners SET oldest = (SELECT MIN(last_active) FROM sessions WHERE owner = NEW.owner)
+        WHERE owner = NEW.owner;
+END;
+CREATE TRIGGER IF NOT EXISTS session_forgotten AFTER DELETE ON sessions BEGIN
+    DELETE FROM session_owners WHERE owner = OLD.owner AND held <= 1;
+    UPDATE session_owners
+        SET held = held - 1, oldest = (SELECT MIN(last_active) FROM sessions WHERE owner = OLD.owner)
+        WHERE owner = OLD.owner;
+END;
 """
 
 _MIGRATE_V1: Final = """
@@ -89,6 +115,15 @@ DROP TABLE messages_v1;
 DROP TABLE sessions_v1;
 """
 
+# v2 → v3: the owners' counts for the caps (the triggers keep them from here on), and the owner index
+# with ids in listing order.
+_MIGRATE_V2: Final = """
+DROP INDEX IF EXISTS sessions_by_owner;
+{schema}
+INSERT INTO session_owners (owner, held, oldest)
+    SELECT owner, COUNT(*), MIN(last_active) FROM sessions GROUP BY owner;
+"""
+
 
 def prepare_schema(db: sqlite3.Connection, path: Path) -> None:
     """Create the schema in a new file, or migrate an older one, in one transaction."""
@@ -99,6 +134,8 @@ def prepare_schema(db: sqlite3.Connection, path: Path) -> None:
     if version == 1:
         db.create_function("minato_image_bytes", 1, _stored_image_bytes, deterministic=True)
         script = _MIGRATE_V1.format(schema=_SCHEMA)
+    elif version == 2:
+        script = _MIGRATE_V2.format(schema=_SCHEMA)
     db.execute("BEGIN IMMEDIATE")
     try:
         for statement in _statements(script):
@@ -108,13 +145,22 @@ def prepare_schema(db: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    if version == 1:
+    if version in {1, 2}:
         count = db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
-        logger.info("session_store_migrated", path=str(path), to_version=SCHEMA_VERSION, sessions=count)
+        logger.info(
+            "session_store_migrated", path=str(path), from_version=version, to_version=SCHEMA_VERSION, sessions=count
+        )
 
 
 def _statements(script: str) -> Iterable[str]:
-    return (statement.strip() for statement in script.split(";") if statement.strip())
+    """The script's statements, one at a time (a trigger's body holds semicolons of its own)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip("; \n"):
+                yield pending.strip()
+            pending = ""
 
 
 def report_damage(db: sqlite3.Connection, path: Path) -> None:

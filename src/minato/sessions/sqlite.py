@@ -19,7 +19,8 @@ import msgspec
 import structlog
 
 from minato.errors import SessionDamagedError
-from minato.sessions.model import Bounds, Session, SessionSummary, StoredMessage, trim_plan
+from minato.sessions.files import prepare_store_file
+from minato.sessions.model import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
 from minato.sessions.schema import (
     INSERT_MESSAGE,
     SELECT_MESSAGES,
@@ -42,6 +43,13 @@ _IMAGES_OLDEST_FIRST: Final = (
     "WHERE m.image_bytes > 0 ORDER BY m.at"
 )
 _STRIP_IMAGES: Final = "UPDATE messages SET images = NULL, image_bytes = 0 WHERE sid = ? AND seq = ?"
+# Making room (see :class:`~minato.sessions.model.Caps`); ``sid != ?`` spares the conversation written.
+_LEAST_RECENT_OF: Final = (
+    "SELECT sid, id FROM sessions WHERE owner = ? AND sid != ? ORDER BY last_active, id DESC LIMIT ?"
+)
+_HELD_BY: Final = "SELECT owner, held FROM session_owners WHERE owner = ?"
+_OVER_THE_KEY_CAP: Final = "SELECT owner, held FROM session_owners WHERE held > ? AND owner != ''"
+_BIGGEST_HOLDERS: Final = "SELECT owner FROM session_owners ORDER BY held DESC, oldest, owner LIMIT 2"
 
 
 class SqliteStore:
@@ -92,8 +100,7 @@ class SqliteStore:
         report damaged pages."""
 
         def connect() -> sqlite3.Connection:
-            if self.path.parent != Path():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_store_file(self.path)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
@@ -148,11 +155,18 @@ class SqliteStore:
         return await self._run(work)
 
     async def append(
-        self, owner: str, session_id: str, messages: list[StoredMessage], bounds: Bounds, *, now: float
+        self,
+        owner: str,
+        session_id: str,
+        messages: list[StoredMessage],
+        bounds: Bounds,
+        *,
+        caps: Caps,
+        now: float,
     ) -> None:
-        """Add messages and trim, in one transaction."""
+        """Add messages, trim and make room, in one transaction."""
 
-        def work(db: sqlite3.Connection) -> None:
+        def write(db: sqlite3.Connection) -> dict[int, tuple[str, str]]:
             sid = _touch(db, owner, session_id, now)
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE sid = ?", (sid,)).fetchone()[0]
             db.executemany(
@@ -169,17 +183,21 @@ class SqliteStore:
                     (sid, rows[drop + strip - 1][0]),
                 )
             db.execute("UPDATE sessions SET message_count = ? WHERE sid = ?", (len(rows) - drop, sid))
+            return _make_room(db, caps, owner, keep=sid)
 
-        await self._run_on(owner, session_id, work)
+        await self._run_on(owner, session_id, functools.partial(_then_forget, write), transaction=False)
 
-    async def set_system_prompt(self, owner: str, session_id: str, prompt: str | None, *, now: float) -> None:
-        """Set or remove the system prompt."""
+    async def set_system_prompt(
+        self, owner: str, session_id: str, prompt: str | None, *, caps: Caps, now: float
+    ) -> None:
+        """Set or remove the system prompt, and make room."""
 
-        def work(db: sqlite3.Connection) -> None:
+        def write(db: sqlite3.Connection) -> dict[int, tuple[str, str]]:
             sid = _touch(db, owner, session_id, now)
             db.execute("UPDATE sessions SET system_prompt = ? WHERE sid = ?", (prompt, sid))
+            return _make_room(db, caps, owner, keep=sid)
 
-        await self._run_on(owner, session_id, work)
+        await self._run_on(owner, session_id, functools.partial(_then_forget, write), transaction=False)
 
     async def delete(self, owner: str, session_id: str) -> None:
         """Forget a conversation: its row first, then its messages (which may be damaged)."""
@@ -216,22 +234,15 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def expire(self, idle_before: float, max_sessions: int) -> int:
-        """Drop idle conversations, then the oldest beyond the cap; damaged messages are skipped."""
+    async def expire(self, idle_before: float, caps: Caps) -> int:
+        """Drop idle conversations, then those beyond the caps; damaged messages are skipped."""
 
-        def work(db: sqlite3.Connection) -> int:
-            with db:
-                doomed = db.execute(
-                    "SELECT sid, owner, id FROM sessions WHERE last_active < ? UNION ALL "
-                    "SELECT * FROM (SELECT sid, owner, id FROM sessions WHERE last_active >= ? "
-                    "ORDER BY last_active DESC, id, owner LIMIT -1 OFFSET ?)",
-                    (idle_before, idle_before, max_sessions),
-                ).fetchall()
-                db.executemany("DELETE FROM sessions WHERE sid = ?", [(sid,) for sid, _, _ in doomed])
-            _delete_messages(db, {sid: (owner, session_id) for sid, owner, session_id in doomed})
-            return len(doomed)
+        def write(db: sqlite3.Connection) -> dict[int, tuple[str, str]]:
+            idle = db.execute("SELECT sid, owner, id FROM sessions WHERE last_active < ?", (idle_before,)).fetchall()
+            db.executemany("DELETE FROM sessions WHERE sid = ?", [(sid,) for sid, _, _ in idle])
+            return {sid: (owner, session_id) for sid, owner, session_id in idle} | _make_room(db, caps, None, keep=0)
 
-        return await self._run(work, transaction=False)
+        return await self._run(functools.partial(_then_forget, write), transaction=False)
 
     async def enforce_image_budget(self, budget: int) -> int:
         """Strip the oldest images of the whole store until it is within ``budget``; images on
@@ -301,6 +312,49 @@ def _delete_messages(db: sqlite3.Connection, conversations: dict[int, tuple[str,
         logger.error("session_messages_left_damaged", owner=owner, session=session_id, sid=row[0], error=error)
 
     _for_each(db, "DELETE FROM messages WHERE sid = ?", [(sid,) for sid in conversations], damaged)
+
+
+def _then_forget(write: Callable[[sqlite3.Connection], dict[int, tuple[str, str]]], db: sqlite3.Connection) -> int:
+    """Run ``write``, and delete the messages of the conversations whose rows it deleted (``sid`` ->
+    ``(owner, id)``), in one transaction (one commit: a write that makes room costs no extra sync).
+    If damaged pages stop deleting those messages, write again, then delete them past the damage.
+    Return how many conversations went."""
+    try:
+        with db:
+            gone = write(db)
+            db.executemany("DELETE FROM messages WHERE sid = ?", [(sid,) for sid in gone])
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        with db:  # the damage may be the written conversation's own: then this raises it again
+            gone = write(db)
+        _delete_messages(db, gone)
+    return len(gone)
+
+
+def _make_room(db: sqlite3.Connection, caps: Caps, owner: str | None, *, keep: int) -> dict[int, tuple[str, str]]:
+    """Delete the rows of the conversations beyond ``caps``: ``owner``'s (``None``: every owner's) beyond
+    the per-key cap, then the least recently active of the owner holding the most while the store is
+    over its cap; never conversation ``keep`` (a ``sid``; 0: none). Return what was deleted, by ``sid``."""
+    gone: dict[int, tuple[str, str]] = {}
+
+    def forget(holder: str, count: int) -> int:
+        rows = db.execute(_LEAST_RECENT_OF, (holder, keep, count)).fetchall()
+        db.executemany("DELETE FROM sessions WHERE sid = ?", [(sid,) for sid, _ in rows])
+        gone.update((sid, (holder, session_id)) for sid, session_id in rows)
+        return len(rows)
+
+    over = db.execute(_OVER_THE_KEY_CAP, (caps.max_per_key,)) if owner is None else db.execute(_HELD_BY, (owner,))
+    for holder, held in over.fetchall():
+        if holder and held > caps.max_per_key:
+            forget(holder, held - caps.max_per_key)
+    excess = db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] - caps.max_sessions
+    while excess > 0:
+        # The second holder only when the first holds nothing but ``keep``.
+        if not any(forget(holder, 1) for (holder,) in db.execute(_BIGGEST_HOLDERS).fetchall()):
+            break
+        excess -= 1
+    return gone
 
 
 def _touch(db: sqlite3.Connection, owner: str, session_id: str, now: float) -> int:

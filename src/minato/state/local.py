@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES, seconds_until_under
+from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing, standing
 from minato.state.protocols import SharedState
 
 if TYPE_CHECKING:
@@ -130,15 +130,15 @@ class TokenQuota:
         self._clock = clock
         self._ledgers: dict[str, _Ledger] = {}
 
-    async def check(self, caller: Caller) -> float:
-        """Return 0 while the key's tokens are under its quota, else the seconds until they are."""
+    async def check(self, caller: Caller) -> Standing:
+        """Where the key stands against its quota."""
         limit = caller.tokens_per_day
         ledger = self._ledgers.get(caller.fingerprint)
         if not limit or ledger is None:
-            return 0.0
+            return Standing(0.0, limit)
         now = self._clock()
         ledger.expire(int(now // BUCKET_SECONDS))
-        return seconds_until_under(ledger.buckets, ledger.total, limit, now)
+        return standing(ledger.buckets, ledger.total, limit, now)
 
     async def charge(self, caller: Caller, tokens: int) -> None:
         """Count ``tokens`` for a key with a quota (keys without one are not tracked)."""

@@ -18,10 +18,16 @@ Keys, all under ``minato:`` so one Redis can serve other applications too (``<co
     their size in ``s<seq>``, and ``v``, a version bumped by every change to its messages.
 ``minato:active`` (sorted set of ``<name>``, score minus the last activity)
     Every conversation, most recently active first (ties by id, then owner): the global listing, the
-    idle sweep, and the session cap, applied by every write (the least recently active beyond
-    ``MINATO_MAX_SESSIONS`` are dropped, keys and all).
+    idle sweep, and the count the store's cap (``MINATO_MAX_SESSIONS``) is checked against.
 ``minato:o:<owner>`` (sorted set of ids, same scores), ``minato:ids`` (lexical sorted set of ``<name>``)
-    One owner's listing; who has a conversation with an id.
+    One owner's listing, its count and its least recently active conversation (the last: ties by the
+    greatest id); who has a conversation with an id.
+``minato:holders`` (sorted set of ``<oldest activity> <owner>``, score minus the owner's count; the time
+    zero-padded so members sort as numbers), ``minato:holding`` (hash owner → its member there)
+    The owner holding the most conversations first, ties by the oldest activity then the owner: whom
+    the store's cap takes from. Every write applies the caps (:class:`~minato.sessions.model.Caps`), so
+    making room is a few O(log n) steps, never a scan. ``minato:holders:built`` marks the index as built
+    for conversations kept by a Minato from before it (the first sweep builds it, once).
 ``minato:images`` (sorted set of ``<seq> <size> <name>``, score the message's time), ``minato:image_bytes``
     Every kept image, oldest first, and their total: the store-wide image budget.
 ``minato:ci:<conv>`` (set)
@@ -58,8 +64,8 @@ from redis.backoff import NoBackoff
 
 from minato.disconnect import cancel_and_wait
 from minato.errors import SessionDamagedError, StateUnavailableError
-from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES
-from minato.sessions.model import Bounds, Session, SessionSummary, StoredMessage, trim_plan
+from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing
+from minato.sessions.model import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
 from minato.state.protocols import HeldTurn, SharedState
 
 if TYPE_CHECKING:
@@ -120,6 +126,20 @@ local function forget_images_of(owner, id)
   for _, member in ipairs(redis.call('SMEMBERS', ci)) do forget_image(member) end
   redis.call('DEL', ci)
 end
+-- Put the owner where its count and oldest activity now place it in the holders (or out: it holds none).
+local function reindex(owner)
+  local old = redis.call('HGET', P .. 'holding', owner)
+  if old then redis.call('ZREM', P .. 'holders', old) end
+  local own = P .. 'o:' .. owner
+  local oldest = redis.call('ZRANGE', own, -1, -1, 'WITHSCORES')
+  if #oldest == 0 then
+    redis.call('HDEL', P .. 'holding', owner)
+    return
+  end
+  local member = string.format('%020.6f', -tonumber(oldest[2])) .. ' ' .. owner
+  redis.call('ZADD', P .. 'holders', -redis.call('ZCARD', own), member)
+  redis.call('HSET', P .. 'holding', owner, member)
+end
 local function drop(owner, id)
   forget_images_of(owner, id)
   local name = id .. ' ' .. owner
@@ -127,14 +147,49 @@ local function drop(owner, id)
   redis.call('ZREM', P .. 'ids', name)
   redis.call('ZREM', P .. 'o:' .. owner, id)
   redis.call('DEL', conv_key(owner, id))
+  reindex(owner)
 end
-local function cap(max)
-  local names = redis.call('ZRANGE', P .. 'active', max, -1)
-  for _, name in ipairs(names) do
-    local owner, id = split(name)
-    drop(owner, id)
+-- The owner's least recently active conversations beyond the per-key cap, never keep_id (nil: none).
+local function cap_owner(owner, max, keep_id)
+  if owner == '' then return 0 end  -- the keyless owner has only the store's cap
+  local excess = redis.call('ZCARD', P .. 'o:' .. owner) - max
+  if excess <= 0 then return 0 end
+  local oldest = redis.call('ZRANGE', P .. 'o:' .. owner, -(excess + 1), -1)
+  local dropped = 0
+  for k = #oldest, 1, -1 do
+    if dropped == excess then break end
+    if oldest[k] ~= keep_id then
+      drop(owner, oldest[k])
+      dropped = dropped + 1
+    end
   end
-  return #names
+  return dropped
+end
+-- While the store is over its cap, the least recently active of the owner holding the most; never the
+-- conversation being written (then the next holder's: the first held nothing else).
+local function cap_store(max, keep_owner, keep_id)
+  local dropped = 0
+  while redis.call('ZCARD', P .. 'active') > max do
+    local victim_owner, victim_id
+    for _, member in ipairs(redis.call('ZRANGE', P .. 'holders', 0, 1)) do
+      local owner = string.match(member, '^%S+ (.*)$')
+      for _, id in ipairs(redis.call('ZREVRANGE', P .. 'o:' .. owner, 0, 1)) do
+        if not (owner == keep_owner and id == keep_id) then
+          victim_owner, victim_id = owner, id
+          break
+        end
+      end
+      if victim_id then break end
+    end
+    if not victim_id then break end
+    drop(victim_owner, victim_id)
+    dropped = dropped + 1
+  end
+  return dropped
+end
+local function cap(owner, id, max_sessions, max_per_key)
+  cap_owner(owner, max_per_key, id)
+  cap_store(max_sessions, owner, id)
 end
 -- Create the conversation or mark it active (now, score = -now, ttl in ms): every write's first step.
 local function touch(owner, id, now, score, ttl)
@@ -149,6 +204,7 @@ local function touch(owner, id, now, score, ttl)
   redis.call('ZADD', P .. 'active', score, name)
   redis.call('ZADD', P .. 'o:' .. owner, score, id)
   redis.call('ZADD', P .. 'ids', 0, name)
+  reindex(owner)
   return key
 end
 """
@@ -168,9 +224,9 @@ return out
 """
 )
 
-# ARGV: prefix, owner, id, now, score, ttl, max sessions, expected version ('' for none), first seq kept,
-# count of seqs to strip, those seqs, then per new message: text, images, image bytes, time; last, the
-# write's id. Returns 0 if the conversation changed since its plan was read (nothing written), else 1 (also
+# ARGV: prefix, owner, id, now, score, ttl, max sessions, max per key, expected version ('' for none), first
+# seq kept, count of seqs to strip, those seqs, then per new message: text, images, image bytes, time; last,
+# the write's id. Returns 0 if the conversation changed since its plan was read (nothing written), else 1 (also
 # when this write was already made: a call sent again after its connection broke).
 _APPEND: Final = (
     _PRELUDE
@@ -179,7 +235,7 @@ local owner, id = ARGV[2], ARGV[3]
 local key = conv_key(owner, id)
 local write = table.remove(ARGV)
 if redis.call('HGET', key, 'w') == write then return 1 end  -- this very write, sent again
-if (redis.call('HGET', key, 'v') or '') ~= ARGV[8] then return 0 end
+if (redis.call('HGET', key, 'v') or '') ~= ARGV[9] then return 0 end
 touch(owner, id, ARGV[4], ARGV[5], ARGV[6])
 local ci = images_key(owner, id)
 local function strip(seq)
@@ -193,14 +249,14 @@ local function strip(seq)
 end
 local first = tonumber(redis.call('HGET', key, 'first'))
 local seq = tonumber(redis.call('HGET', key, 'next'))
-local keep = tonumber(ARGV[9])
+local keep = tonumber(ARGV[10])
 for old = first, math.min(keep, seq) - 1 do
   strip(old)
   redis.call('HDEL', key, 'm' .. old)
 end
-local stripped = tonumber(ARGV[10])
-for k = 1, stripped do strip(ARGV[10 + k]) end
-for i = 11 + stripped, #ARGV, 4 do
+local stripped = tonumber(ARGV[11])
+for k = 1, stripped do strip(ARGV[11 + k]) end
+for i = 12 + stripped, #ARGV, 4 do
   if seq >= keep then
     redis.call('HSET', key, 'm' .. seq, ARGV[i])
     if ARGV[i + 2] ~= '0' then
@@ -215,18 +271,18 @@ for i = 11 + stripped, #ARGV, 4 do
 end
 redis.call('HSET', key, 'first', math.max(first, keep), 'next', seq, 'w', write)
 redis.call('HINCRBY', key, 'v', 1)
-cap(tonumber(ARGV[7]))
+cap(owner, id, tonumber(ARGV[7]), tonumber(ARGV[8]))
 return 1
 """
 )
 
-# ARGV: prefix, owner, id, now, score, ttl, max sessions, '1' and the prompt, or '0' to remove it.
+# ARGV: prefix, owner, id, now, score, ttl, max sessions, max per key, '1' and the prompt, or '0' to remove it.
 _SET_PROMPT: Final = (
     _PRELUDE
     + """
 local key = touch(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-if ARGV[8] == '1' then redis.call('HSET', key, 'prompt', ARGV[9]) else redis.call('HDEL', key, 'prompt') end
-cap(tonumber(ARGV[7]))
+if ARGV[9] == '1' then redis.call('HSET', key, 'prompt', ARGV[10]) else redis.call('HDEL', key, 'prompt') end
+cap(ARGV[2], ARGV[3], tonumber(ARGV[7]), tonumber(ARGV[8]))
 """
 )
 
@@ -263,11 +319,20 @@ return out
 """
 )
 
-# ARGV: prefix, score of the idle limit, max sessions -> how many conversations were dropped
+# ARGV: prefix, score of the idle limit, max sessions, max per key -> how many conversations were dropped
 _EXPIRE: Final = (
     _PRELUDE
     + """
 local dropped = 0
+-- Conversations kept by a Minato from before the holders index: index their owners, once.
+if redis.call('SET', P .. 'holders:built', '1', 'NX') then
+  local owners = {}
+  for _, name in ipairs(redis.call('ZRANGE', P .. 'active', 0, -1)) do
+    local owner = split(name)
+    owners[owner] = true
+  end
+  for owner in pairs(owners) do reindex(owner) end
+end
 for _, name in ipairs(redis.call('ZRANGE', P .. 'active', '(' .. ARGV[2], '+inf', 'BYSCORE')) do
   local owner, id = split(name)
   drop(owner, id)
@@ -282,7 +347,11 @@ while true do
   drop(owner, id)
   dropped = dropped + 1
 end
-return dropped + cap(tonumber(ARGV[3]))
+local max_per_key = tonumber(ARGV[4])
+for _, member in ipairs(redis.call('ZRANGE', P .. 'holders', '-inf', '(' .. -max_per_key, 'BYSCORE')) do
+  dropped = dropped + cap_owner(string.match(member, '^%S+ (.*)$'), max_per_key, nil)
+end
+return dropped + cap_store(tonumber(ARGV[3]), nil, nil)
 """
 )
 
@@ -338,7 +407,8 @@ return string.format('%.17g', wait)
 """
 )
 
-# KEYS: the key's ledger; ARGV: tokens per day, bucket seconds, window minutes -> '0' or seconds to wait
+# KEYS: the key's ledger; ARGV: tokens per day, bucket seconds, window minutes
+# -> {'0' or seconds to wait, tokens counted in the window}
 _QUOTA_CHECK: Final = (
     _NOW
     + """
@@ -355,15 +425,15 @@ for i = 1, #flat, 2 do
     total = total + tokens
   end
 end
-if total < limit then return '0' end
+if total < limit then return {'0', total} end
 -- The oldest buckets expire first: wait for the one whose expiry brings the total under the limit.
 table.sort(buckets, function(a, b) return a[1] < b[1] end)
 local freed = 0
 for _, bucket in ipairs(buckets) do
   freed = freed + bucket[2]
-  if total - freed < limit then return string.format('%.17g', (bucket[1] + window + 1) * width - now) end
+  if total - freed < limit then return {string.format('%.17g', (bucket[1] + window + 1) * width - now), total} end
 end
-return '0'
+return {'0', total}
 """
 )
 
@@ -469,7 +539,6 @@ class RedisStore:
     def __init__(self, link: _Link, settings: Settings) -> None:
         self._link = link
         self._ttl_ms = str(math.ceil(settings.session_ttl * 1000))
-        self._max_sessions = str(settings.max_sessions)
         self._read_plan = link.script(_READ_PLAN)
         self._append = link.script(_APPEND)
         self._set_prompt = link.script(_SET_PROMPT)
@@ -523,10 +592,18 @@ class RedisStore:
         return [name.decode()[len(session_id) + 1 :] for name in names]
 
     async def append(
-        self, owner: str, session_id: str, messages: list[StoredMessage], bounds: Bounds, *, now: float
+        self,
+        owner: str,
+        session_id: str,
+        messages: list[StoredMessage],
+        bounds: Bounds,
+        *,
+        caps: Caps,
+        now: float,
     ) -> None:
-        """Add messages and trim them to ``bounds`` (:func:`~minato.sessions.model.trim_plan`), atomically:
-        the plan is made on what the conversation holds, and written only if it still holds that."""
+        """Add messages and trim them to ``bounds`` (:func:`~minato.sessions.model.trim_plan`), then make
+        room within ``caps``, atomically: the plan is made on what the conversation holds, and written only
+        if it still holds that."""
         write = secrets.token_hex(8)
         for _ in range(WRITE_ATTEMPTS):
             head: list[bytes] = await self._link.run(self._read_plan(args=[PREFIX, owner, session_id]))
@@ -536,7 +613,7 @@ class RedisStore:
             after = first + len(held)  # the first new message's seq
             stripped = [str(seq) for seq in range(keep, keep + strip) if seq < after and held[seq - first]]
             args: list[str | bytes] = [PREFIX, owner, session_id, _number(now), _number(-now), self._ttl_ms]
-            args += [self._max_sessions, version, str(keep), str(len(stripped)), *stripped]
+            args += [str(caps.max_sessions), str(caps.max_per_key), version, str(keep), str(len(stripped)), *stripped]
             for seq, message in enumerate(messages, start=after):
                 images = message.images if seq >= keep + strip else []
                 text = _text_encoder.encode(msgspec.structs.replace(message, images=[]))
@@ -549,9 +626,13 @@ class RedisStore:
             "try again shortly"
         )
 
-    async def set_system_prompt(self, owner: str, session_id: str, prompt: str | None, *, now: float) -> None:
-        """Set or (``None``) remove a conversation's system prompt, creating it if needed."""
-        args = [PREFIX, owner, session_id, _number(now), _number(-now), self._ttl_ms, self._max_sessions]
+    async def set_system_prompt(
+        self, owner: str, session_id: str, prompt: str | None, *, caps: Caps, now: float
+    ) -> None:
+        """Set or (``None``) remove a conversation's system prompt, creating it if needed, and make room
+        within ``caps``."""
+        args = [PREFIX, owner, session_id, _number(now), _number(-now), self._ttl_ms]
+        args += [str(caps.max_sessions), str(caps.max_per_key)]
         args += ["0"] if prompt is None else ["1", prompt]
         await self._link.run(self._set_prompt(args=args))
 
@@ -573,10 +654,11 @@ class RedisStore:
         ]
         return page, int(flat[0])
 
-    async def expire(self, idle_before: float, max_sessions: int) -> int:
+    async def expire(self, idle_before: float, caps: Caps) -> int:
         """Drop conversations idle since before ``idle_before`` (and forget those that expired on their
-        own), then the least recently active beyond ``max_sessions``; return how many."""
-        dropped: int = await self._link.run(self._expire(args=[PREFIX, _number(-idle_before), str(max_sessions)]))
+        own), then those beyond ``caps``; return how many."""
+        args = [PREFIX, _number(-idle_before), str(caps.max_sessions), str(caps.max_per_key)]
+        dropped: int = await self._link.run(self._expire(args=args))
         return dropped
 
     async def enforce_image_budget(self, budget: int) -> int:
@@ -712,13 +794,14 @@ class RedisQuota:
         self._check = link.script(_QUOTA_CHECK)
         self._charge = link.script(_QUOTA_CHARGE)
 
-    async def check(self, caller: Caller) -> float:
-        """Return 0 while the key's tokens are under its quota, else the seconds until they are."""
-        if not caller.tokens_per_day:
-            return 0.0
-        args = [caller.tokens_per_day, BUCKET_SECONDS, WINDOW_MINUTES]
-        wait: bytes = await self._link.run(self._check(keys=[f"{PREFIX}quota:{caller.fingerprint}"], args=args))
-        return float(wait)
+    async def check(self, caller: Caller) -> Standing:
+        """Where the key stands against its quota."""
+        limit = caller.tokens_per_day
+        if not limit:
+            return Standing(0.0, 0)
+        args = [limit, BUCKET_SECONDS, WINDOW_MINUTES]
+        wait, total = await self._link.run(self._check(keys=[f"{PREFIX}quota:{caller.fingerprint}"], args=args))
+        return Standing(float(wait), max(0, limit - int(total)))
 
     async def charge(self, caller: Caller, tokens: int) -> None:
         """Count ``tokens`` for a key with a quota (keys without one are not tracked)."""

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import structlog
 
 from minato.errors import StateUnavailableError
-from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES, seconds_until_under
+from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing, standing
+from minato.sessions.files import create_private
 from minato.state.local import LocalTurnLocks, take_one
 from minato.state.protocols import HeldTurn, SharedState
 
@@ -74,6 +75,7 @@ class _Database:
         """Connect, and create the state's tables if they are missing; drop leases long expired."""
 
         def connect() -> sqlite3.Connection:
+            create_private(self.path)  # the store made it so already, unless the state is opened first
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
                 db.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
@@ -303,19 +305,19 @@ class SqliteQuota:
     def __init__(self, database: _Database) -> None:
         self._database = database
 
-    async def check(self, caller: Caller) -> float:
-        """Return 0 while the key's tokens are under its quota, else the seconds until they are."""
+    async def check(self, caller: Caller) -> Standing:
+        """Where the key stands against its quota."""
         limit = caller.tokens_per_day
         if not limit:
-            return 0.0
+            return Standing(0.0, 0)
 
-        def count(db: sqlite3.Connection) -> float:
+        def count(db: sqlite3.Connection) -> Standing:
             now = time.time()
             buckets = db.execute(
                 "SELECT minute, tokens FROM state_quota WHERE key = ? AND minute >= ? ORDER BY minute",
                 (caller.fingerprint, int(now // BUCKET_SECONDS) - WINDOW_MINUTES),
             ).fetchall()
-            return seconds_until_under(buckets, sum(tokens for _, tokens in buckets), limit, now)
+            return standing(buckets, sum(tokens for _, tokens in buckets), limit, now)
 
         return await self._database.read(count)
 

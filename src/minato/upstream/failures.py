@@ -7,6 +7,7 @@ status. The libraries' texts (httpx's, aiohttp's, msgspec's) go to the log only.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import httpx
@@ -28,6 +29,10 @@ from minato.upstream.wire import ErrorBody
 
 _error_decoder: Final = msgspec.json.Decoder(ErrorBody)
 logger = structlog.get_logger("minato.upstream")
+#: Ollama's words for a model it does not have: ``model 'x' not found`` (chat, generate, show, delete)
+#: or ``model "x" not found, try pulling it first`` (the scheduler's, as embed says it). Not gin's
+#: ``404 page not found`` (no such route) nor ``blob "x" not found``.
+_MODEL_MISSING: Final = re.compile(r"""model (?:'[^']*'|"(?:[^"\\]|\\.)*") not found(?:, try pulling it first)?""")
 
 
 def status_error(status: int, body: bytes, model: str) -> MinatoError:
@@ -48,6 +53,12 @@ def status_error(status: int, body: bytes, model: str) -> MinatoError:
     if status == 404:
         return UpstreamError(f"Ollama answered 404 ({message}); is MINATO_OLLAMA_URL an Ollama server?")
     return UpstreamError(f"Ollama answered {status}: {message}" if message else f"Ollama answered {status}")
+
+
+def says_model_missing(status: int, body: bytes) -> bool:
+    """Whether an answer is Ollama's "model not found", in the words of any door (native ``{"error"}``,
+    OpenAI's and Anthropic's ``{"error": {"message"}}``): that backend does not have the model."""
+    return status == 404 and body[:1] == b"{" and _MODEL_MISSING.fullmatch(_error_message(body)) is not None
 
 
 def _error_message(body: bytes) -> str:

@@ -4,19 +4,24 @@ Each backend is an :class:`~minato.upstream.client.OllamaClient` with what the p
 installed and loaded models (its *inventory*, refreshed by every probe and at once after anything
 Minato does to it), the generations running on it, and its health.
 
-Routing a request for model M, in order:
+Only a backend whose ``/api/tags`` lists model M is a candidate for it: ``/api/ps`` goes on listing a
+model deleted while loaded until it expires, and that backend answers 404. Among the holders, in order:
 
 1. the backend the conversation last used (``affinity``), while it is healthy and has M;
-2. a backend where M is loaded, fewest generations of M in flight first, while it runs fewer than
+2. a holder where M is loaded, fewest generations of M in flight first, while it runs fewer than
    ``MINATO_BACKEND_PARALLEL`` of them;
-3. a backend where M is only installed, fewest generations in flight first;
-4. a backend where M is loaded but already runs its share (Ollama queues it);
+3. a holder where M is only installed, fewest generations in flight first;
+4. a holder where M is loaded but already runs its share (Ollama queues it);
 
 ties going round-robin. When no backend has M, one healthy backend is asked anyway, so the client
 gets Ollama's own 404 in its door's words. A refused or broken connection, or Ollama's "server busy"
 503, before anything was relayed makes the pool try the next candidate at once; a backend failing
 ``MINATO_BACKEND_FAILURES`` times in a row is left out for ``MINATO_BACKEND_COOLDOWN`` seconds, and
 comes back once that is over and a probe answers (the probe, not a client's request, is the trial).
+Ollama's "model not found" before anything was relayed means the pool's inventory of that backend is
+stale (M was deleted behind Minato's back): M is struck from it at once, its inventory is refreshed,
+and the next holder is tried; the last holder's 404 reaches the client as Ollama said it. That backend
+answered, so it is no failure for the breaker.
 
 A pool of one backend routes nothing: that Ollama is always asked, so it says best what is wrong.
 """
@@ -45,6 +50,7 @@ from minato.errors import (
     OllamaUnavailableError,
 )
 from minato.upstream.client import ModelFacts, OllamaClient, default_transport
+from minato.upstream.failures import says_model_missing
 from minato.upstream.names import canonical_model_name
 from minato.upstream.protocol import BackendStatus, Spread
 from minato.upstream.streams import ChunkStream, PullProgressStream, PullStream, RawResponse
@@ -73,6 +79,7 @@ FAILOVER_ERRORS: Final = (OllamaUnavailableError, OllamaBusyError, OllamaConnect
 #: A model no backend lists makes the pool ask every backend again, at most this often.
 MIN_REFRESH_SECONDS: Final = 1.0
 _JSON: Final = "application/json; charset=utf-8"
+_JSON_TYPE: Final = "application/json"
 _NDJSON: Final = "application/x-ndjson"
 _SUCCESS: Final = b'"status":"success"'
 
@@ -331,9 +338,11 @@ class OllamaPool:
         installed: list[Backend] = []
         full: list[Backend] = []
         for backend in rotated:
+            if key not in backend.installed:
+                continue  # loaded (per /api/ps) but not installed: deleted, and Ollama answers 404
             if key in backend.loaded:
                 (loaded if backend.in_flight[key] < parallel else full).append(backend)
-            elif key in backend.installed:
+            else:
                 installed.append(backend)
         # Stable sorts: equally busy backends keep their rotated (round-robin) order.
         loaded.sort(key=lambda backend: backend.in_flight[key])
@@ -390,12 +399,13 @@ class OllamaPool:
         *,
         model: str | None = None,
         generation: bool = False,
-        busy: Callable[[T], Awaitable[bool]] | None = None,
+        vet: Callable[[Backend, T, bool], Awaitable[T]] | None = None,
     ) -> tuple[Backend, T]:
         """Call the candidates in order until one answers; fail over only before anything was relayed.
 
-        ``busy`` tells an answer that means "try the next one" (a forwarded 503). A ``generation``
-        counts as in flight on its backend from now until the caller's :meth:`_finished`.
+        ``vet`` reads an answer that did not raise (a forwarded one, whose status is Ollama's) and
+        raises what means "try the next one"; it is told whether the backend is the ``last``. A
+        ``generation`` counts as in flight on its backend from now until the caller's :meth:`_finished`.
         """
         key = canonical_model_name(model) if model else ""
         for index, backend in enumerate(candidates):
@@ -406,13 +416,12 @@ class OllamaPool:
                 backend.report.requests.inc()
             try:
                 result = await call(backend.client)
-                if not last and busy is not None and await busy(result):
-                    raise OllamaBusyError(f"Ollama at {backend.client.base_url} is busy")
-            except FAILOVER_ERRORS as exc:
+                if vet is not None:
+                    result = await vet(backend, result, last)
+            except (*FAILOVER_ERRORS, ModelNotFoundError) as exc:
                 if generation:
                     self._finished(backend, key)
-                self._failed(backend, exc)
-                if last:
+                if not self._next_may_answer(backend, exc, model) or last:
                     raise
                 if backend.report is not None:
                     backend.report.failovers.inc()
@@ -430,6 +439,29 @@ class OllamaPool:
                 self._refresh_soon(backend)
             return backend, result
         raise OllamaUnavailableError("no Ollama backend is configured")  # candidates is never empty
+
+    def _next_may_answer(self, backend: Backend, exc: MinatoError, model: str | None) -> bool:
+        """Note what a failure before the first byte says of ``backend``; whether another may answer."""
+        if not isinstance(exc, ModelNotFoundError):
+            self._failed(backend, exc)
+            return True
+        if not model:
+            return False
+        backend.failures = 0  # it answered, so it is healthy: only its inventory was stale
+        self._gone(backend, model)
+        return True
+
+    def _gone(self, backend: Backend, model: str) -> None:
+        """Ollama said ``backend`` does not have ``model``: strike it from the inventory now, so that the
+        next requests skip it, and refresh that inventory (what else changed behind Minato's back)."""
+        key = canonical_model_name(model)
+        if backend.installed.pop(key, None) is None:
+            return  # it was not listed (no backend has the model): nothing stale to refresh
+        backend.loaded.discard(key)
+        backend.tags = [entry for entry in backend.tags if canonical_model_name(entry.name or entry.model) != key]
+        backend.client.forget(model)
+        logger.info("backend_model_gone", backend=backend.name, model=model)
+        self._refresh_soon(backend)
 
     def _started(self, backend: Backend, key: str) -> None:
         backend.in_flight[key] += 1
@@ -501,7 +533,7 @@ class OllamaPool:
     # -- one model -----------------------------------------------------------------------------
 
     async def _on_model(self, model: str, call: Callable[[OllamaClient], Awaitable[T]]) -> T:
-        return (await self._attempt(await self._candidates(model), call))[1]
+        return (await self._attempt(await self._candidates(model), call, model=model))[1]
 
     async def show(self, model: str) -> ShowResponse:
         """A model's details, from a backend that has it."""
@@ -581,7 +613,7 @@ class OllamaPool:
     ) -> str:
         """Load where routing would send the model's next request (or on the named backend)."""
         candidates = [self._named(backend)] if backend is not None else await self._candidates(model)
-        chosen, _ = await self._attempt(candidates, lambda client: client.load(model, keep_alive, options))
+        chosen, _ = await self._attempt(candidates, lambda client: client.load(model, keep_alive, options), model=model)
         chosen.loaded.add(canonical_model_name(model))
         self._refresh_soon(chosen)
         return chosen.name
@@ -683,9 +715,13 @@ class OllamaPool:
 
         if spread is Spread.ONE or self._single:
             candidates = await self._candidates(model)
-            backend, answer = await self._attempt(
-                candidates, send, model=model, generation=generation and bool(model), busy=_busy
-            )
+            try:
+                backend, answer = await self._attempt(
+                    candidates, send, model=model, generation=generation and bool(model), vet=self._vet
+                )
+            except _MissingModelError as missing:  # the last holder's 404, as Ollama said it
+                missing.answer.backend = missing.backend
+                return missing.answer
             if generation and model:
                 self._until_closed(backend, model, answer)
             else:
@@ -723,6 +759,21 @@ class OllamaPool:
             (index for index, (_, answer) in enumerate(answers) if answer.status >= 300), 0
         )  # a refusal, else the first backend's answer
         return _replayed(answers[chosen][1], contents[chosen], self.settings)
+
+    async def _vet(self, backend: Backend, answer: RawResponse, last: bool) -> RawResponse:
+        """Raise for a forwarded answer that means "try the next backend": Ollama's "server busy" 503, or
+        its "model not found" 404 (read here: a few bytes, which the client gets unchanged if no other
+        backend has the model)."""
+        if answer.status == 503 and not last:
+            await answer.aclose()
+            raise OllamaBusyError(f"Ollama at {backend.client.base_url} is busy")
+        if answer.status != 404 or not answer.content_type.startswith(_JSON_TYPE):
+            return answer
+        content = await answer.read()
+        replay = _replayed(answer, content, self.settings)
+        if says_model_missing(answer.status, content):
+            raise _MissingModelError(backend.name, replay)
+        return replay
 
     async def _merged_listing(
         self, send: Callable[[OllamaClient], Awaitable[RawResponse]], spread: Spread
@@ -766,12 +817,14 @@ class OllamaPool:
         )
 
 
-async def _busy(answer: RawResponse) -> bool:
-    """Whether a forwarded answer is Ollama's "server busy" (then the next backend is tried)."""
-    if answer.status != 503:
-        return False
-    await answer.aclose()
-    return True
+class _MissingModelError(ModelNotFoundError):
+    """A forwarded answer that is Ollama's "model not found": the pool tries the next holder; after the
+    last one, :meth:`OllamaPool.forward` answers with it (never rendered by Minato)."""
+
+    def __init__(self, backend: str, answer: RawResponse) -> None:
+        super().__init__(f"Ollama at {backend} does not have the model")
+        self.backend = backend
+        self.answer = answer
 
 
 def _replayed(answer: RawResponse, content: bytes, settings: Settings) -> RawResponse:
