@@ -88,11 +88,13 @@ def _healthy(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def _serving(name: str, argv: list[str], env: dict[str, str], port: int, log_path: Path) -> Iterator[Server]:
-    """Run ``argv`` until the block ends, once ``GET /health`` on ``port`` answers 200."""
+def _serving(
+    name: str, argv: list[str], env: dict[str, str], port: int, log_path: Path, cwd: Path = REPO
+) -> Iterator[Server]:
+    """Run ``argv`` in ``cwd`` until the block ends, once ``GET /health`` on ``port`` answers 200."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules, or Debian's nginx
-            argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -138,7 +140,8 @@ def run_minato(ollama_url: str, log_level: str, settings: Mapping[str, str] | No
         )
         # With one worker uvicorn serves in this very process, so its pid is the one to meter.
         argv = [sys.executable, "-m", "minato", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        with _serving("minato", argv, env, port, Path(tmp) / "minato.log") as server:
+        # Not in the repository: a developer's ./.env there (which minato serve reads) stays out of the figures.
+        with _serving("minato", argv, env, port, Path(tmp) / "minato.log", cwd=Path(tmp)) as server:
             yield server
 
 

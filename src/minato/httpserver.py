@@ -1,10 +1,17 @@
-"""Bounds on client connections: a deadline for each request head and a cap on open connections.
+"""Bounds on client connections: a deadline for each request head, a cap on open connections, and
+request targets of any length answered by Minato.
 
 uvicorn's httptools protocol only times out a connection that sits idle after a response: one that
 never completes its first request head, or trickles header lines, is kept for ever, and nothing
 bounds how many connections are open, so idle sockets can exhaust the process's file descriptors
 and starve every client. :class:`BoundedHttpToolsProtocol` adds both bounds at the protocol level,
 before any application work, and logs when they bite without writing one line per connection.
+
+It also keeps a request target's length from deciding who answers: httptools' URL parser refuses a
+target over 64 KiB (its offsets are 16-bit), which uvicorn answered with a plain-text 400 before
+Minato saw the request, below the default ``MINATO_MAX_QUERY_CHARS``. The protocol splits such a target
+itself, and keeps at most what :mod:`minato.limits` needs to see, so the application's limits answer
+every long target: Minato's JSON 414 with a request id, logged like any request.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from minato.limits import longest_request_target
 from minato.rendering import error_body
 from minato.settings import Settings
 
@@ -27,6 +35,8 @@ LOG_WINDOW: Final = 10.0
 RESERVED_FILES: Final = 64
 """Descriptors left for the listening socket, the session store, logs and the like."""
 MIN_AUTOMATIC_CAP: Final = 16
+PARSER_URL_LIMIT: Final = (1 << 16) - 1
+"""Longest request target httptools' URL parser takes (``http_parser_url`` holds 16-bit offsets)."""
 
 logger = structlog.get_logger("minato.http")
 
@@ -91,9 +101,11 @@ class BoundLog:
 class ConnectionGuard:
     """The two bounds of one worker process, the canned responses, and their log lines."""
 
-    def __init__(self, header_timeout: float, max_connections: int) -> None:
+    def __init__(self, header_timeout: float, max_connections: int, max_target: int = PARSER_URL_LIMIT) -> None:
         self.header_timeout = header_timeout
         self.max_connections = max_connections
+        self.max_target = max_target
+        """Bytes of a request target kept; the rest is dropped unread into memory (see :mod:`minato.limits`)."""
         self.timeouts = BoundLog("request_head_timeout", header_timeout=header_timeout)
         self.refusals = BoundLog("client_connection_refused", max_client_connections=max_connections)
         self.timeout_body = error_body(f"no complete request head within {header_timeout:g} s; connection closed")
@@ -103,7 +115,7 @@ class ConnectionGuard:
     def from_settings(cls, settings: Settings, open_file_limit: int) -> ConnectionGuard:
         """Resolve ``max_client_connections = 0`` against the process's open-file limit."""
         cap = settings.max_client_connections or automatic_connection_cap(open_file_limit)
-        return cls(settings.header_timeout, cap)
+        return cls(settings.header_timeout, cap, longest_request_target(settings.max_query_chars))
 
 
 @functools.cache
@@ -154,11 +166,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_begun = True
         self._arm_head_deadline()
 
+    def on_url(self, url: bytes) -> None:
+        # Bytes past the cap are not kept: what is kept is already over a limit of minato.limits.
+        room = self.guard.max_target - len(self.url)
+        if room > 0:
+            super().on_url(url[:room])
+
     def on_headers_complete(self) -> None:
         self.head_begun = False
         self.heads += 1
         self._disarm_head_deadline()
+        if len(self.url) <= PARSER_URL_LIMIT or self.parser.should_upgrade():
+            super().on_headers_complete()
+            return
+        # Too long for httptools' URL parser: it gets the path alone (cut to what it can take, which
+        # is over Minato's path limit anyway), and the query goes into the scope here. The request's
+        # task has been created but has not run yet, so it sees the whole scope.
+        path, has_query, query = self.url.partition(b"#")[0].partition(b"?")
+        self.url = path[:PARSER_URL_LIMIT]
         super().on_headers_complete()
+        if has_query:
+            self.scope["query_string"] = query
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

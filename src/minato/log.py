@@ -5,6 +5,7 @@ Prompts, images and query strings are never logged: the query string carries the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -96,8 +97,14 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
 
 
 def _drop_aborted_stream_tracebacks(record: logging.LogRecord) -> bool:
-    """Hide the ASGI server's traceback for a deliberately aborted stream (already logged)."""
-    return not (record.exc_info and _is_stream_abort(record.exc_info[1], depth=0))
+    """Hide the ASGI server's traceback for a deliberately aborted stream, or for a request the server
+    cancelled as it shut down (a second Ctrl-C, or the end of ``MINATO_SHUTDOWN_GRACE``): the request
+    line already says it was aborted."""
+    if not record.exc_info:
+        return True
+    exc = record.exc_info[1]
+    cancelled = record.name == "uvicorn.error" and isinstance(exc, asyncio.CancelledError)
+    return not (cancelled or _is_stream_abort(exc, depth=0))
 
 
 def _is_stream_abort(exc: BaseException | None, depth: int) -> bool:

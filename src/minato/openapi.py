@@ -27,6 +27,7 @@ from litestar.response import Stream
 from litestar.routes import HTTPRoute
 
 from minato.handlers.common import GENERATION_OPT, RECONNECTABLE_OPT, REQUEST_BODY_OPT
+from minato.limits import MAX_PATH_BYTES
 from minato.params import QUERY_OPT, query_parameters
 from minato.rendering import VALIDATION_RESPONSE, Door, door_error_spec, door_of, error_spec
 from minato.security import ADMIN, PROBE, PUBLIC
@@ -156,13 +157,19 @@ def _facts(route: HTTPRoute, handler: HTTPRouteHandler) -> _Route:
     )
 
 
+#: The 414 of minato.limits, answered below the application at every path.
+TARGET_TOO_LONG: Final = (
+    f"The query string is longer than `MINATO_MAX_QUERY_CHARS` bytes, or the path than {MAX_PATH_BYTES} bytes."
+)
+
+
 def _errors(route: _Route) -> dict[int, ResponseSpec]:
     """The errors a route can answer with beyond what only it knows, in its door's shape."""
     if route.door is not Door.MINATO:
         return _door_errors(route)
     errors: dict[int, ResponseSpec] = {
         # Answered below the application, in Minato's shape at every path.
-        414: error_spec("The query string is longer than `MINATO_MAX_QUERY_CHARS` bytes."),
+        414: error_spec(TARGET_TOO_LONG),
     }
     if route.has_parameters or route.reads_body:
         errors[422] = VALIDATION_RESPONSE
@@ -201,7 +208,7 @@ def _door_errors(route: _Route) -> dict[int, ResponseSpec]:
         400: door_error_spec(door, "The request is malformed, or the backend refused it."),
         404: door_error_spec(door, "No such model (or route)."),
         # Answered below the application: Minato's shape, whatever the door.
-        414: error_spec("The query string is longer than `MINATO_MAX_QUERY_CHARS` bytes."),
+        414: error_spec(TARGET_TOO_LONG),
         502: door_error_spec(door, "The backend failed in another way."),
         503: door_error_spec(
             door,

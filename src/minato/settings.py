@@ -18,6 +18,9 @@ from minato.upstream.options import check_option, keep_alive_seconds, parse_keep
 PREFIX: Final = "MINATO_"
 #: Variables under the prefix that belong to the test suite, not to the service.
 TEST_ONLY_PREFIXES: Final = ("MINATO_LIVE_",)
+#: Variables under the prefix that docker-compose.yml reads from ``.env`` to publish the port; its
+#: ``env_file`` hands the whole ``.env`` to the container too, so Minato meets them and leaves them.
+COMPOSE_VARIABLES: Final = frozenset({"MINATO_PUBLISH_ADDRESS", "MINATO_PUBLISH_PORT"})
 DEFAULT_OLLAMA_URL: Final = "http://127.0.0.1:11434"
 OLLAMA_DEFAULT_PORT: Final = 11434
 
@@ -176,15 +179,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``MINATO_*`` variables; raise :class:`SettingsError` naming the culprit."""
         env = os.environ if environ is None else environ
-        known = {f"{PREFIX}{name.upper()}": name for name in cls.__struct_fields__}
+        known = setting_variables()
         raw: dict[str, str] = {}
         for key, value in env.items():
-            if not key.startswith(PREFIX) or key.startswith(TEST_ONLY_PREFIXES):
+            if not meant_for_minato(key):
                 continue
             if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                suggestion = f" (did you mean {hint[0]}?)" if hint else ""
-                raise SettingsError(f"{key} is not a Minato setting{suggestion}")
+                raise SettingsError(not_a_setting(key))
             raw[known[key]] = value.strip()
         lists = {name: comma_separated(raw[name]) for name in _LIST_FIELDS if name in raw}
         if "default_options" in raw:
@@ -219,6 +220,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def ollama_urls(self) -> tuple[str, ...]:
         """The backends' base URLs, in the order given (one for a single Ollama)."""
         return tuple(url for url in self.ollama_url.split(",") if url) or (DEFAULT_OLLAMA_URL,)
+
+
+def setting_variables() -> dict[str, str]:
+    """Each setting's variable name (``MINATO_PORT``), with its field name (``port``)."""
+    return {f"{PREFIX}{name.upper()}": name for name in Settings.__struct_fields__}
+
+
+def meant_for_minato(name: str) -> bool:
+    """Whether a variable is under Minato's prefix and not one of the test suite's or compose's."""
+    return name.startswith(PREFIX) and not name.startswith(TEST_ONLY_PREFIXES) and name not in COMPOSE_VARIABLES
+
+
+def not_a_setting(name: str) -> str:
+    """Why ``name`` is refused, with the setting it most looks like."""
+    # Compared without the prefix they all share, which would make any two names look alike.
+    fields = [variable.removeprefix(PREFIX) for variable in setting_variables()]
+    hint = difflib.get_close_matches(name.removeprefix(PREFIX), fields, n=1)
+    suggestion = f" (did you mean {PREFIX}{hint[0]}?)" if hint else ""
+    return f"{name} is not a Minato setting{suggestion}"
 
 
 #: Settings holding several values, written ``a,b,c`` in the environment.
@@ -262,7 +282,7 @@ def _checked_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checked_keep_alive(value: float | str | None) -> float | str | None:
-    if value is None:
+    if value is None or value == "":  # empty, as .env.example shows it: unset
         return None
     try:
         return parse_keep_alive(str(value))

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +57,25 @@ def free_port() -> int:
 
 
 def start_minato(ollama_url: str, log_path: Path, **settings: str) -> MinatoServer:
-    """Start ``python -m minato serve`` and wait until ``/health`` answers."""
+    """Start ``python -m minato serve`` with ``MINATO_<SETTING>`` variables and wait until ``/health`` answers."""
+    return launch_minato(ollama_url, log_path, settings)
+
+
+def launch_minato(
+    ollama_url: str,
+    log_path: Path,
+    settings: Mapping[str, str],
+    *,
+    args: Sequence[str] = (),
+    new_session: bool = False,
+) -> MinatoServer:
+    """Start ``python -m minato serve`` and wait until ``/health`` answers.
+
+    It runs in ``log_path``'s directory, not the repository, so a developer's ``./.env`` (which
+    ``minato serve`` reads) never reaches the tests; ``args`` go after ``serve``. ``new_session``
+    makes it the leader of a process group of its own, for signals sent to it and its workers at
+    once, as a terminal's Ctrl-C is.
+    """
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MINATO_", "OLLAMA_"))}
     env.update(
@@ -71,11 +89,12 @@ def start_minato(ollama_url: str, log_path: Path, **settings: str) -> MinatoServ
     env.update({f"MINATO_{key.upper()}": value for key, value in settings.items()})
     log = log_path.open("wb")
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "minato", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
+        [sys.executable, "-m", "minato", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=log_path.parent,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=new_session,
     )
     log.close()
     url = f"http://127.0.0.1:{port}"

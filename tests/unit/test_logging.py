@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -326,6 +327,30 @@ async def test_the_traceback_of_a_real_aborted_stream_is_hidden(
     logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=caught.value)
 
     assert out.getvalue() == ""
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_traceback_of_a_request_the_server_cancelled_is_hidden() -> None:
+    """uvicorn cancels running requests at the end of the shutdown grace or on a second Ctrl-C, and logs
+    each at error level; the request line already says the request was aborted."""
+    out = io.StringIO()
+    configure_logging(Settings(log_format="json"), stream=out)
+
+    try:
+        raise asyncio.CancelledError("Task cancelled, timeout graceful shutdown exceeded")
+    except asyncio.CancelledError as exc:
+        logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=exc)
+        logging.getLogger("minato.elsewhere").error("cancelled where nothing expects it", exc_info=exc)
+    try:
+        raise RuntimeError("a real failure")
+    except RuntimeError as exc:
+        logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=exc)
+
+    logged = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(event["event"], event["exception"][0]["exc_type"]) for event in logged] == [
+        ("cancelled where nothing expects it", "CancelledError"),
+        ("Exception in ASGI application", "RuntimeError"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -245,6 +245,24 @@ async def test_an_over_long_query_string_is_a_414_before_anything_else(
     assert not route.called
 
 
+async def test_a_path_over_8_kib_is_a_414_and_a_long_query_is_not_a_long_path(
+    settings: Settings, ollama: respx.MockRouter
+) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+    roomy = msgspec.structs.replace(settings, max_message_chars=10_000)
+    app = create_app(roomy, transport=httpx.MockTransport(ollama.async_handler))
+    async with AsyncTestClient(app=app) as client:
+        long_path = await client.get("/" + "m" * 8192, params={"message": "hi"})
+        longest_path = await client.get("/" + "m" * 8191)
+        long_query = await client.get("/llama3.2", params={"message": "x" * 9000})
+
+    assert long_path.status_code == 414
+    assert long_path.json() == {"detail": "the request path is longer than 8192 bytes"}
+    assert longest_path.status_code == 422, "8,192 bytes with its slash: routed (and missing its message)"
+    assert long_query.status_code == 200
+    assert route.call_count == 1
+
+
 # -- backpressure ----------------------------------------------------------------------------
 
 

@@ -98,6 +98,19 @@ def test_an_unknown_variable_far_from_any_setting_is_still_an_error() -> None:
         Settings.from_env({"MINATO_ZZZ": "1"})
 
 
+def test_an_unknown_variable_is_not_given_a_suggestion_for_the_prefix_alone() -> None:
+    """Every name starts with MINATO_: that alone made MINATO_FROBNICATE "look like" MINATO_PORT."""
+    with pytest.raises(SettingsError, match=r"^MINATO_FROBNICATE is not a Minato setting$"):
+        Settings.from_env({"MINATO_FROBNICATE": "1"})
+
+
+def test_docker_composes_own_variables_are_left_alone() -> None:
+    """docker-compose.yml reads them from .env, and its env_file hands them to Minato's container too."""
+    settings = Settings.from_env({"MINATO_PUBLISH_ADDRESS": "0.0.0.0", "MINATO_PUBLISH_PORT": "8080"})
+
+    assert settings == Settings()
+
+
 def test_the_test_suites_own_variables_are_ignored() -> None:
     settings = Settings.from_env({"MINATO_LIVE_OLLAMA_URL": "http://gpu-box:11434", "MINATO_LIVE_MODEL": "x"})
 
@@ -208,7 +221,7 @@ def test_the_cli_flags_override_the_environment(
     monkeypatch.setenv("MINATO_API_KEYS", "a-key")  # 0.0.0.0 without keys is refused (see test_security)
 
     assert main(["serve", "--port", "9100", "--host", "0.0.0.0"]) == 0
-    host, port, workers, settings = served[0]
+    host, port, workers, settings, _ = served[0]
     assert (host, port, workers) == ("0.0.0.0", 9100, 1)
     assert isinstance(settings, Settings)
     assert settings.port == 9000
@@ -268,3 +281,7 @@ def test_serving_tells_every_worker_how_many_share_the_state(monkeypatch: pytest
     assert ran[0]["workers"] == 3
     assert os.environ["MINATO_WORKERS"] == "3"
     assert Settings.from_env().workers == 3
+
+
+def test_an_empty_default_keep_alive_is_unset_as_env_example_shows_it() -> None:
+    assert Settings.from_env({"MINATO_DEFAULT_KEEP_ALIVE": ""}).default_keep_alive is None
