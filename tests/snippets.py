@@ -30,6 +30,7 @@ from markdown_it import MarkdownIt
 __all__ = [
     "DOCS",
     "Directive",
+    "Kind",
     "Snippet",
     "SnippetError",
     "all_snippets",
@@ -103,7 +104,7 @@ def markdown_files(root: Path = REPO) -> list[Path]:
 
 
 def _kind(info: str, code: str) -> Kind | None:
-    language = info.split()[0].lower() if info.strip() else ""
+    language = info.split(maxsplit=1)[0].lower() if info.strip() else ""
     if language in _SHELLS and _CURL.search(code):
         return "sh"
     if language in _PYTHON and _PYTHON_CLIENT.search(code):
@@ -125,8 +126,7 @@ def _directive(text: str, where: str) -> Directive:
         pairs = tuple(tuple(pair.split("=", 1)) for pair in env[1].split())
         return Directive(env=tuple((name, value) for name, value in pairs))
     raise SnippetError(
-        f"{where}: unknown snippet directive {body!r} "
-        "(skip (REASON), expect STATUS or env NAME=VALUE ...)"
+        f"{where}: unknown snippet directive {body!r} (skip (REASON), expect STATUS or env NAME=VALUE ...)"
     )
 
 
@@ -188,7 +188,7 @@ def setup_models(readme: str) -> list[str]:
         raise SnippetError('README.md has no "## Set up" section')
     models = list(dict.fromkeys(_INSTALL.findall(match[1])))
     if not models:
-        raise SnippetError('README.md\'s "Set up" pulls no model (`curl -X POST \'localhost:8000/install/...\'`)')
+        raise SnippetError("README.md's \"Set up\" pulls no model (`curl -X POST 'localhost:8000/install/...'`)")
     return models
 
 
