@@ -128,7 +128,9 @@ WORKLOADS: Final[dict[str, tuple[Callable[[str], None], int, str]]] = {
     ),
     "stream": (_requests(3, lambda c: c.get(f"/stream/{LONG}", params={"message": "hi"})), 3000, "token"),
     "door_stream": (
-        _requests(3, lambda c: c.post("/api/chat", json={"model": LONG, "messages": [{"role": "user", "content": "hi"}]})),
+        _requests(
+            3, lambda c: c.post("/api/chat", json={"model": LONG, "messages": [{"role": "user", "content": "hi"}]})
+        ),
         3000,
         "token",
     ),

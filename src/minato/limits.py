@@ -90,28 +90,62 @@ class BodyTimeout:
 
 def _bounded(receive: Receive, seconds: float) -> Receive:
     """``receive`` whose body messages must all arrive within ``seconds`` of the first ask."""
-    deadline: float | None = None
-    complete = False
+    return _BoundedBody(receive, seconds).receive
 
-    async def bounded() -> ReceiveMessage:
-        nonlocal deadline, complete
-        if complete:  # the body is in: what follows is the disconnect a stream listens for
-            return await receive()
-        if deadline is None:
-            deadline = asyncio.get_running_loop().time() + seconds
+
+class _BoundedBody:
+    """One request's body deadline: one timer for the whole body, armed at the first ask and cancelled
+    once the body is in, so a small body (the usual case) costs one timer, not a timeout context per
+    read. When it fires during a read, the reading task is cancelled and the read raises the 408;
+    between two reads, the next read does."""
+
+    __slots__ = ("_complete", "_expired", "_reader", "_receive", "_seconds", "_timer")
+
+    def __init__(self, receive: Receive, seconds: float) -> None:
+        self._receive = receive
+        self._seconds = seconds
+        self._timer: asyncio.TimerHandle | None = None
+        self._reader: asyncio.Task[object] | None = None
+        self._complete = False
+        self._expired = False
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def _too_late(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"the request body did not arrive within {self._seconds:g} s (MINATO_BODY_TIMEOUT)",
+            headers={"Connection": "close"},
+        )
+
+    def _has_expired(self) -> bool:
+        return self._expired
+
+    async def receive(self) -> ReceiveMessage:
+        """The next message; a body message past the deadline raises the 408."""
+        if self._complete:  # the body is in: what follows is the disconnect a stream listens for
+            return await self._receive()
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + self._seconds, self._expire)
+        if self._has_expired():
+            raise self._too_late()
+        task = self._reader = asyncio.current_task()
         try:
-            async with asyncio.timeout_at(deadline):
-                message = await receive()
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request body did not arrive within {seconds:g} s (MINATO_BODY_TIMEOUT)",
-                headers={"Connection": "close"},
-            ) from None
+            message = await self._receive()
+        except asyncio.CancelledError:
+            if task is None or not self._has_expired():
+                raise
+            task.uncancel()  # the timer's own cancellation ends here, as the 408
+            raise self._too_late() from None
+        finally:
+            self._reader = None
         if message["type"] != "http.request" or not message.get("more_body", False):
-            complete = True
+            self._complete = True
+            self._timer.cancel()
         return message
-
-    return bounded
 
 
 def json_too_deep(raw: bytes) -> bool:
