@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 CLIENT_CLOSED_REQUEST: Final = 499
 #: The route label of every request that matched no route: the raw path would be an unbounded label.
 UNMATCHED_ROUTE: Final = "unmatched"
+#: How much of a path that matched no route its log line carries.
+LOGGED_PATH_CHARS: Final = 256
 REQUEST_ID_HEADER: Final = b"x-request-id"
 #: Scope state key: the server's own ``send``. The layers between it and a handler (this middleware,
 #: Litestar's error handling) only watch a response's start, so a stream writes its body chunks
@@ -178,7 +180,8 @@ class RequestLogMiddleware:
             logger.info(
                 "request",
                 method=scope["method"],
-                route=template or scope["path"],
+                # A path no route matched is the client's text, as long as it liked: a prefix is enough.
+                route=template or scope["path"][:LOGGED_PATH_CHARS],
                 model=record.model,
                 status=status or None,
                 outcome=outcome,

@@ -207,6 +207,13 @@ async def test_a_route_that_does_not_exist_is_logged_by_its_path(client: Client)
     assert requests_in(events)[0]["route"] == "/stream/"
 
 
+async def test_a_long_path_that_matched_no_route_is_logged_by_its_start_only(client: Client) -> None:
+    with captured() as events:
+        await client.get("/api/" + "x" * 8000)
+
+    assert requests_in(events)[0]["route"] == ("/api/" + "x" * 8000)[:256]
+
+
 async def test_the_request_id_does_not_leak_into_later_logs(client: Client) -> None:
     await client.get("/health", headers={"x-request-id": "abc-123"})
 
