@@ -17,8 +17,9 @@ from msgspec import UNSET, UnsetType
 
 from minato.caller import Caller
 from minato.errors import ErrorItem, InvalidInputError
+from minato.hints import unknown_name_sentence
 from minato.policy import Policy
-from minato.rendering import unknown_name_sentence, validation_sentence
+from minato.rendering import validation_sentence
 from minato.sessions import validate_session_id
 from minato.settings import Settings
 from minato.upstream.options import (
