@@ -10,7 +10,7 @@ What counts as a snippet (a fenced code block):
 - ``js`` (or ``javascript``, ``mjs``) that imports the ``ollama`` npm package.
 
 A block may say something about itself in one HTML comment on the line right above it (invisible
-once rendered; README "Development" documents it):
+once rendered; docs/contributing.md documents it):
 
 - ``<!-- snippet: skip (REASON) -->``: not run; the test accepts only the reasons it lists;
 - ``<!-- snippet: expect STATUS -->``: every request of the (curl) block answers STATUS;

@@ -57,7 +57,7 @@ ADMIN: Final = "readme-admin-key"
 KEYS: Final = {USER_KEY: USER, ADMIN_KEY: ADMIN, FINGERPRINT: digest_of(USER).hex()[:12]}
 #: The only reasons a block may give for not being run, and how many blocks may give each.
 ALLOWED_SKIPS: Final = {
-    "needs docker": 1,  # README "Scaling out": `docker compose` starts the deploy/ example
+    "needs docker": 1,  # docs/scaling.md: `docker compose` starts the deploy/ example
     "needs a pool of backends": 1,  # `?backend=gpu2:11434` names one backend of a pool
     "needs the internet": 1,  # `image_url` makes Minato download https://example.com/cat.jpg
 }

@@ -1,4 +1,4 @@
-"""The README and .env.example must describe every setting and every route the code has."""
+"""The docs pages and .env.example must describe every setting and every route the code has."""
 
 from __future__ import annotations
 
@@ -12,20 +12,23 @@ from minato.handlers import ROUTE_HANDLERS
 from minato.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+SETTINGS_PAGE = (ROOT / "docs" / "settings.md").read_text()
+#: Every docs page: a route's section and its curl example may be on any of them.
+DOCS = "\n".join(page.read_text() for page in sorted((ROOT / "docs").glob("*.md")))
 README = (ROOT / "README.md").read_text()
 ENV_EXAMPLE = (ROOT / ".env.example").read_text()
 
 
 @pytest.mark.parametrize("field", Settings.__struct_fields__)
-def test_every_setting_is_in_the_readme_table_and_env_example(field: str) -> None:
+def test_every_setting_is_in_the_settings_page_and_env_example(field: str) -> None:
     variable = f"MINATO_{field.upper()}"
 
-    assert re.search(rf"^\| `{variable}` \|", README, re.MULTILINE), f"{variable} missing from README"
+    assert re.search(rf"^\| `{variable}` \|", SETTINGS_PAGE, re.MULTILINE), f"{variable} missing from docs/settings.md"
     assert f"# {variable}=" in ENV_EXAMPLE, f"{variable} missing from .env.example"
 
 
-def test_the_readme_documents_no_setting_that_does_not_exist() -> None:
-    documented = set(re.findall(r"^\| `MINATO_([A-Z_]+)` \|", README, re.MULTILINE))
+def test_the_settings_page_documents_no_setting_that_does_not_exist() -> None:
+    documented = set(re.findall(r"^\| `MINATO_([A-Z_]+)` \|", SETTINGS_PAGE, re.MULTILINE))
 
     assert documented == {field.upper() for field in Settings.__struct_fields__}
 
@@ -40,10 +43,48 @@ def _routes() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("route", _routes())
-def test_every_route_has_a_readme_section_with_a_curl_example(route: tuple[str, str]) -> None:
+def test_every_route_has_a_docs_section_with_a_curl_example(route: tuple[str, str]) -> None:
     method, path = route
     shown = path.replace("{model_name:path}", "{model}").replace("{session_id:str}", "{session}")
 
     # Litestar normalises away a trailing slash; the seed API documents /models_list/ with one.
-    assert f"`{method} {shown}`" in README or f"`{method} {shown}/`" in README
-    assert re.search(rf"curl[^\n]*localhost:8000{re.escape(shown.split('{')[0])}", README)
+    assert f"`{method} {shown}`" in DOCS or f"`{method} {shown}/`" in DOCS
+    assert re.search(rf"curl[^\n]*localhost:8000{re.escape(shown.split('{')[0])}", DOCS)
+
+
+def test_the_readme_is_a_page_a_newcomer_reads_in_five_minutes() -> None:
+    """What Minato is, the two set-up commands, three examples, the SDKs, links: the rest is in docs/."""
+    assert len(README.splitlines()) <= 200
+    assert "docker compose up -d" in README
+    assert "make test" in README
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"docs/{page.name}" in README, f"the README links no {page.name}"
+
+
+def _anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings (code blocks left out)."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and (heading := re.match(r"#{1,6} (.*)", line)):
+            anchors.add(re.sub(r"[^\w\- ]", "", heading[1].strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_link_between_the_pages_leads_somewhere(page: Path) -> None:
+    """The README and docs/ link to each other's sections: each file and anchor a link names exists."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text())):
+            broken.append(target)
+    assert not broken, f"{page.name}: {broken}"
