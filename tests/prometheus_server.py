@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 import httpx
 import yaml  # type: ignore[import-untyped]
 
+from tests.processes import terminate
 from tests.redis_server import free_port
 
 __all__ = ["PrometheusMissingError", "PrometheusServer", "eventually", "scrape_config"]
@@ -120,14 +121,7 @@ class PrometheusServer:
     def stop(self) -> None:
         """SIGTERM, a bounded wait, then SIGKILL."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_GRACE_S)
+        terminate(process, STOP_GRACE_S)
 
     def __enter__(self) -> PrometheusServer:
         self.start()

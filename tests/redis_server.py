@@ -15,11 +15,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from tests.processes import terminate
+
 __all__ = ["RedisServer", "RedisServerMissingError", "free_port", "redis_server_binary"]
 
 DEBIAN_BINARY: Final = Path("/usr/bin/redis-server")
 START_TIMEOUT_S: Final = 10.0
-STOP_GRACE_S: Final = 5.0
 MISSING: Final = (
     "redis-server is not installed: the shared-state tests need Debian's redis-server "
     "(apt-get install redis-server; .ci/run installs it when missing)"
@@ -123,15 +124,7 @@ class RedisServer:
     def stop(self) -> None:
         """Stop the server: SIGTERM, a bounded wait, then SIGKILL. The port is free afterwards."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_GRACE_S)
+        terminate(process)
 
     def __enter__(self) -> RedisServer:
         self.start()
