@@ -18,7 +18,7 @@ from msgspec import UNSET, UnsetType
 from minato.caller import Caller
 from minato.errors import ErrorItem, InvalidInputError
 from minato.hints import unknown_name_sentence
-from minato.policy import Policy
+from minato.policy import Policy, plain_seconds
 from minato.rendering import validation_sentence
 from minato.sessions import validate_session_id
 from minato.settings import Settings
@@ -228,7 +228,7 @@ class GenerationFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
             source,
             session=self.session,
             system_prompt=self.system_prompt,
-            keep_alive=None if keep_alive is None else _number_text(keep_alive),
+            keep_alive=None if keep_alive is None else plain_seconds(keep_alive),
             format=self.format,
             think=self.think,
             given={name: getattr(self, name) for name in OPTIONS},
@@ -387,13 +387,6 @@ def _query_errors(values: dict[str, Any], query_type: type[GenerationFields], sh
             sentence = validation_sentence(message, shape.literals.get(key, ()))
             items.append(ErrorItem(loc=["query", key], msg=sentence, type="value_error"))
     return InvalidInputError(items or [ErrorItem(loc=["query"], msg="is not valid", type="value_error")])
-
-
-def _number_text(value: str | float) -> str:
-    """A JSON ``keep_alive`` as the query would carry it (``300``, ``-1``, ``"5m"``)."""
-    if isinstance(value, str):
-        return value
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 #: JSON Schema keywords msgspec writes for these fields, by the name Litestar's ``Schema`` gives them.

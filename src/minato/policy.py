@@ -78,10 +78,10 @@ def whole_number(name: str, value: Any) -> int | None:
 
 
 def plain_seconds(value: float | str) -> str:
-    """``keep_alive`` as a person writes it: ``0``, ``-1``, ``90``, ``1.5``, ``5m``."""
+    """``keep_alive`` as a person writes it, and as a query carries it: ``0``, ``-1``, ``90``, ``1.5``, ``5m``."""
     if isinstance(value, str):
         return value
-    return f"{value:g}" if not float(value).is_integer() else str(int(value))
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 class Policy:
