@@ -40,10 +40,11 @@ $(ASSET_PACKS): assets/package.json
 		echo "npm not found: the docs assets test needs it to fetch assets/package.json's packages"; \
 	fi
 
-assets: ## Copy the docs pages' files from the packages pinned in assets/package.json into src/minato/static/docs
+assets: ## Copy the docs pages' files from the packages pinned in assets/package.json into src/minato/web/pages/static/docs
 	python3 -m assets.vendor copy
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and the import contract (the layers)
+	$(UV) run lint-imports
 	$(UV) run ruff check src tests bench assets
 	$(UV) run ruff format --check src tests bench assets
 

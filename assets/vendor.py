@@ -1,7 +1,7 @@
 """Copy the files Minato's API docs pages need out of the pinned npm packages into the Python package.
 
 The pins are ``assets/package.json``; the copies, and ``manifest.json`` naming each one's package,
-version, tarball integrity and SHA-256, are committed under ``src/minato/static/docs``, so Minato needs
+version, tarball integrity and SHA-256, are committed under ``src/minato/web/pages/static/docs``, so Minato needs
 no build step and no internet to serve its docs. To update: change a version in ``assets/package.json``
 and run ``make assets`` (``python3 -m assets.vendor copy``); ``make install`` fetches the pinned
 tarballs (``fetch``), and ``tests/unit/test_docs_assets.py`` checks the copies are theirs, byte for byte.
@@ -124,7 +124,7 @@ def packaged_files(name: str, version: str) -> dict[str, bytes]:
 
 
 def copy() -> None:
-    """Replace ``src/minato/static/docs`` with the pinned packages' files, and write the manifest."""
+    """Replace ``src/minato/web/pages/static/docs`` with the pinned packages' files, and write the manifest."""
     fetch()
     packages: dict[str, Any] = {}
     if STATIC.exists():

@@ -491,7 +491,7 @@ SLOW: Final = Burst(count=1000, tokens=20, gap_s=0.050, rss_target_mb=TARGET_RSS
 # them up as fast as they arrive; a token every 3 s keeps this a test of holding streams (memory,
 # descriptors, caps) more than of relaying tokens, which the paced rows measure.
 MANY: Final = Burst(count=5000, tokens=6, gap_s=3.0, rss_target_mb=250.0, timeout_s=60.0, ramp_s=10.0)
-RESERVED_FDS: Final = 64  # Minato's own reserve (minato.httpserver.RESERVED_FILES)
+RESERVED_FDS: Final = 64  # Minato's own reserve (minato.server.httpserver.RESERVED_FILES)
 SETTLE_STEP_S: Final = 0.25
 SETTLE_IDLE: Final = 0.05  # of one core
 SETTLE_MAX_S: Final = 15.0

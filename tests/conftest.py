@@ -12,8 +12,8 @@ import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
 from minato.settings import Settings
+from minato.web.app import create_app
 from tests.payloads import INSTALLED, catalogue, not_found
 from tests.redis_server import RedisServer, RedisServerMissingError
 
@@ -101,12 +101,12 @@ async def fx_client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
 
 @pytest.fixture(name="served")
 def fx_served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
-    """Stand in for ``minato.cli.serve``: record each call's arguments and report success, serving nothing."""
+    """Stand in for ``minato.server.cli.serve``: record each call's arguments and report success, serving nothing."""
     calls: list[tuple[object, ...]] = []
 
     def serve(*args: object) -> int:
         calls.append(args)
         return 0
 
-    monkeypatch.setattr("minato.cli.serve", serve)
+    monkeypatch.setattr("minato.server.cli.serve", serve)
     return calls

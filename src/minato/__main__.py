@@ -2,6 +2,6 @@
 
 import sys
 
-from minato.cli import main
+from minato.server.cli import main
 
 sys.exit(main())

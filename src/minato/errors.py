@@ -1,5 +1,5 @@
 """Minato's error tree. A leaf: it imports nothing of Minato's, and knows no HTTP body shape
-(:mod:`minato.rendering` is the one place that turns these errors into responses).
+(:mod:`minato.web.rendering` is the one place that turns these errors into responses).
 
 ::
 

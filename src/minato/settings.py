@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from minato.errors import SettingsError
-from minato.upstream.options import check_option, keep_alive_seconds, parse_keep_alive
+from minato.ollama.options import check_option, keep_alive_seconds, parse_keep_alive
 
 PREFIX: Final = "MINATO_"
 #: Variables under the prefix that belong to the test suite, not to the service.

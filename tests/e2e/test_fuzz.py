@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, Phase, given
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.core.result import Ok
 
-from minato.rendering import Door, door_of
+from minato.web.rendering import Door, door_of
 from tests.e2e.conftest import Backend, MinatoServer
 
 pytestmark = pytest.mark.e2e

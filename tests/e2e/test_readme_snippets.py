@@ -31,7 +31,7 @@ from typing import Final
 
 import pytest
 
-from minato.keys import digest_of
+from minato.auth.keys import digest_of
 from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
 from tests.payloads import PNG_1PX
 from tests.snippets import (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,17 +19,12 @@ from litestar.openapi.spec import Parameter
 from litestar.testing import AsyncTestClient
 from msgspec import UnsetType
 
-from minato.app import create_app
-from minato.backpressure import Admission
+from minato.core.admission import Admission
+from minato.core.generation import Lease, Question
+from minato.core.sessions import SessionManager
 from minato.errors import OllamaTimeoutError, OllamaUnavailableError
-from minato.generation import Lease, Question
-from minato.params import GENERATION_QUERY_PARAMETERS
-from minato.sessions import MemoryStore, SessionManager
-from minato.settings import Settings
-from minato.state.local import LocalTurnLocks
-from minato.upstream import BackendStatus, ChunkStream, ModelFacts, OllamaClient, PullStream, RawResponse, Spread
-from minato.upstream.options import OPTIONS
-from minato.upstream.wire import (
+from minato.ollama.options import OPTIONS
+from minato.ollama.wire import (
     ChatChunk,
     ChatRequest,
     ChunkMessage,
@@ -37,6 +34,14 @@ from minato.upstream.wire import (
     TagsResponse,
     WireMessage,
 )
+from minato.settings import Settings
+from minato.state.memory import LocalTurnLocks
+from minato.state.sessions.store import MemoryStore
+from minato.upstream.client import ModelFacts, OllamaClient
+from minato.upstream.protocol import BackendStatus, Spread
+from minato.upstream.streams import ChunkStream, PullStream, RawResponse
+from minato.web.app import create_app
+from minato.web.params import GENERATION_QUERY_PARAMETERS
 from tests.conftest import OLLAMA_URL
 from tests.payloads import Pieces, chat_answer
 
@@ -147,7 +152,7 @@ async def test_the_runtime_is_torn_down_once_even_when_a_later_part_fails(
         raise OSError("the image fetcher cannot start")
 
     # The fetcher is the last part opened: the state and the upstream before it must be closed once.
-    monkeypatch.setattr("minato.runtime.ImageFetcher", broken_fetcher)
+    monkeypatch.setattr("minato.web.runtime.ImageFetcher", broken_fetcher)
     app = create_app(settings, upstream=lambda *_: fake)
 
     failed = False
@@ -282,31 +287,42 @@ def test_nothing_above_upstream_names_the_concrete_client() -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize(
-    ("package", "internal"),
-    [
-        pytest.param("upstream", {"client", "pool", "streams", "failures"}, id="upstream"),
-        pytest.param("sessions", {"store", "sqlite", "schema"}, id="sessions"),
-        pytest.param("state", {"local", "sqlite", "redis", "protocols"}, id="state"),
-    ],
-)
-def test_outside_a_package_its_implementation_comes_from_the_package(package: str, internal: set[str]) -> None:
-    """How a package is split into modules (the client, its stream readers and failure sentences; the
-    stores and the SQLite file) is its own business: the rest of Minato imports the package."""
-    hidden = {f"minato.{package}.{module}" for module in internal}
-    offenders = sorted(
-        f"{path.relative_to(SRC)}: {module}"
-        for path in SRC.rglob("*.py")
-        if path.parent.name != package
-        for module in _minato_imports(path) & hidden
+def test_the_layers_contract_holds() -> None:
+    """import-linter's contracts (pyproject.toml): each layer imports only the layers below it, type-only
+    imports included, and nothing below the web layer imports the web framework."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    done = subprocess.run(  # noqa: S603 - the venv's own lint-imports, fixed arguments
+        [str(lint), "--no-cache"], capture_output=True, text=True, check=False, cwd=SRC.parents[1]
     )
-    assert offenders == []
+    assert done.returncode == 0, done.stdout[-4000:]
+
+
+@pytest.mark.parametrize("init", sorted(SRC.rglob("__init__.py")), ids=lambda path: str(path.parent.relative_to(SRC)))
+def test_a_package_re_exports_nothing(init: Path) -> None:
+    """Where a name lives is where it is imported from: an ``__init__`` that re-exported its modules'
+    names made every import of the package load all of them (and the settings load the HTTP client)."""
+    tree = ast.parse(init.read_text())
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("minato")
+        for alias in node.names
+    }
+    exported = {
+        element.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(target, ast.Name) and target.id == "__all__" for target in node.targets)
+        for element in getattr(node.value, "elts", [])
+        if isinstance(element, ast.Constant)
+    }
+    assert exported & imported == set()
 
 
 def test_only_the_renderer_knows_the_error_body_shape() -> None:
     shape = '"detail"'
     knowing = sorted(str(path.relative_to(SRC)) for path in SRC.rglob("*.py") if shape in path.read_text())
-    assert knowing == ["rendering.py"]
+    assert knowing == ["web/rendering.py"]
 
 
 async def test_one_provider_per_runtime_field(app: Litestar) -> None:

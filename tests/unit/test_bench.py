@@ -32,12 +32,12 @@ def test_parse_leaves_out_a_thread_pool_worker_waiting_for_work() -> None:
 
 
 def test_owner_is_the_innermost_minato_file_with_the_libraries_it_calls() -> None:
-    stack = ("serve_http (minato/log.py:150)", "check (minato/security.py:166)", "compare (hmac.py:3)")
-    assert _owner(stack) == "minato/security.py"
+    stack = ("serve_http (minato/web/middleware.py:150)", "check (minato/web/auth.py:166)", "compare (hmac.py:3)")
+    assert _owner(stack) == "minato/web/auth.py"
 
 
 def test_owner_is_the_framework_when_it_sits_between_minato_and_the_sample() -> None:
-    stack = ("serve_http (minato/log.py:150)", "handle (litestar/routes/http.py:80)", "parse (msgspec.py:1)")
+    stack = ("serve_http (minato/web/middleware.py:150)", "handle (litestar/routes/http.py:80)", "parse (msgspec.py:1)")
     assert _owner(stack) == "litestar (around Minato's code)"
 
 
@@ -49,12 +49,12 @@ def test_owner_names_the_file_of_a_callback_outside_any_minato_frame() -> None:
 
 def test_summary_leaves_out_the_launch_frames_and_names_time_in_the_loop_itself() -> None:
     run = Run("whole answers", units=10, cpu_s=0.01)  # 1,000 µs per request
-    run.stacks = _parse(f"{ROOT} 1\n{ROOT};handle (minato/handlers/generate.py:40) 3\n")
+    run.stacks = _parse(f"{ROOT} 1\n{ROOT};handle (minato/web/api/generate.py:40) 3\n")
     summary = _summary(run)
-    assert "serve (minato/cli.py)" not in summary
+    assert "serve (minato/server/cli.py)" not in summary
     assert "<module>" not in summary
     assert re.search(r"25\.0 %\s+250\.0 µs/request  " + re.escape(EVENT_LOOP), summary)
-    assert re.search(r"75\.0 %\s+750\.0 µs/request  minato/handlers/generate.py", summary)
+    assert re.search(r"75\.0 %\s+750\.0 µs/request  minato/web/api/generate.py", summary)
 
 
 def test_summary_of_a_run_without_samples_says_why() -> None:

@@ -20,8 +20,8 @@ import respx
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from minato.app import create_app
 from minato.settings import Settings
+from minato.web.app import create_app
 from tests.payloads import chat_answer, chat_done, chat_token, ndjson
 
 pytestmark = pytest.mark.anyio

@@ -17,8 +17,8 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from minato.auth.keyring import Keyring, refuse_unsafe_start
 from minato.errors import SettingsError
-from minato.security import Keyring, refuse_unsafe_start
 from minato.settings import Settings
 
 ROOT: Final = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """The docs pages load only Minato's own files, and those are the pinned packages' files, byte for byte.
 
-The copies under ``src/minato/static/docs`` are committed; ``make install`` fetches the tarballs
+The copies under ``src/minato/web/pages/static/docs`` are committed; ``make install`` fetches the tarballs
 ``assets/package.json`` pins, so a copy edited by hand, a pin changed without ``make assets``, or a
 registry serving other bytes for the same version fails here.
 """
@@ -24,10 +24,10 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from assets import vendor
-from minato import docs
-from minato.app import create_app
-from minato.docs import SCALAR_CONFIGURATION, START, STATIC, start_path, vendored
 from minato.settings import Settings
+from minato.web.app import create_app
+from minato.web.pages import docs
+from minato.web.pages.docs import SCALAR_CONFIGURATION, START, STATIC, start_path, vendored
 
 pytestmark = pytest.mark.anyio
 

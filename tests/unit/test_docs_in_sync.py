@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from litestar.handlers import HTTPRouteHandler
 
-from minato.handlers import ROUTE_HANDLERS
 from minato.settings import Settings
+from minato.web.api import ROUTE_HANDLERS
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_PAGE = (ROOT / "docs" / "settings.md").read_text()

@@ -16,9 +16,9 @@ import zstandard
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
 from minato.errors import SettingsError
 from minato.settings import Settings
+from minato.web.app import create_app
 from tests.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson, streamed
 
 pytestmark = pytest.mark.anyio

@@ -19,12 +19,12 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
-from minato.app import create_app
 from minato.errors import OllamaUnavailableError, UpstreamError
-from minato.rendering import validation_sentence
+from minato.ollama.wire import ChatRequest, WireMessage
 from minato.settings import Settings
-from minato.upstream import OllamaClient
-from minato.upstream.wire import ChatRequest, WireMessage
+from minato.upstream.client import OllamaClient
+from minato.web.app import create_app
+from minato.web.rendering import validation_sentence
 from tests.conftest import OLLAMA_URL
 from tests.payloads import chat_token, ndjson
 

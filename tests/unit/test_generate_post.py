@@ -11,7 +11,7 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.params import GENERATION_QUERY_PARAMETERS, GenerationBody
+from minato.web.params import GENERATION_QUERY_PARAMETERS, GenerationBody
 from tests.payloads import PNG_1PX, chat_answer, chat_done, chat_token, ndjson, show, streamed
 
 pytestmark = pytest.mark.anyio

@@ -10,8 +10,8 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
 from minato.settings import Settings
+from minato.web.app import create_app
 from tests.conftest import OLLAMA_URL
 from tests.redis_server import RedisServer
 

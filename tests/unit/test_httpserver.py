@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from minato.httpserver import (
+from minato.server.httpserver import (
     PARSER_URL_LIMIT,
     BoundedHttpToolsProtocol,
     BoundLog,
@@ -20,8 +20,8 @@ from minato.httpserver import (
     automatic_connection_cap,
     raise_open_file_limit,
 )
-from minato.limits import MAX_PATH_BYTES, longest_request_target
 from minato.settings import Settings
+from minato.web.limits import MAX_PATH_BYTES, longest_request_target
 
 pytestmark = pytest.mark.anyio
 WINDOW = 0.01

@@ -26,9 +26,9 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
-from minato.app import create_app
-from minato.fetch import ImageFetcher, address_problem
+from minato.core.fetch import ImageFetcher, address_problem
 from minato.settings import Settings
+from minato.web.app import create_app
 from tests.payloads import JPEG_HEADER, PNG_1PX, chat_answer, chat_done, chat_token, ndjson, show
 
 pytestmark = pytest.mark.anyio

@@ -16,13 +16,14 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from minato.app import create_app
+from minato.auth.caller import Caller, Role
+from minato.auth.keyring import Keyring
+from minato.auth.keys import NamedKey, read_keys_file
 from minato.errors import SettingsError
-from minato.keys import NamedKey, read_keys_file
-from minato.quota import Standing
-from minato.security import Caller, Keyring, Role
 from minato.settings import Settings
-from minato.state.local import TokenQuota
+from minato.state.memory import TokenQuota
+from minato.state.quota import Standing
+from minato.web.app import create_app
 from tests.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson
 
 pytestmark = pytest.mark.anyio

@@ -12,8 +12,8 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
 from minato.settings import Settings
+from minato.web.app import create_app
 from tests.payloads import TAGS, chat_answer, chat_done, ndjson, not_found, show
 
 pytestmark = pytest.mark.anyio

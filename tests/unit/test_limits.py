@@ -1,4 +1,4 @@
-"""The body deadline of :class:`minato.limits.BodyTimeout`: from the first read, over every read, and
+"""The body deadline of :class:`minato.web.limits.BodyTimeout`: from the first read, over every read, and
 nothing once the body is in."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from litestar.types import ReceiveMessage
 
 from minato.errors import RequestTimeoutError
-from minato.limits import _bounded, _BoundedBody
+from minato.web.limits import _bounded, _BoundedBody
 
 pytestmark = pytest.mark.anyio
 

@@ -20,10 +20,10 @@ from litestar.exceptions import LitestarException
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
-from minato.app import create_app
 from minato.errors import StreamAbortedError
-from minato.log import configure_logging
+from minato.observability.logging import configure_logging
 from minato.settings import Settings
+from minato.web.app import create_app
 from tests.payloads import chat_answer, chat_done, chat_token, ndjson, not_found, streamed
 
 pytestmark = pytest.mark.anyio

@@ -15,11 +15,11 @@ from litestar.testing import AsyncTestClient
 from litestar.types import Message, Receive, Scope, Send
 from prometheus_client.parser import text_string_to_metric_families
 
-from minato.app import create_app
-from minato.log import RequestLogMiddleware
-from minato.metrics import Metrics
-from minato.record import record_of
+from minato.observability.metrics import Metrics
+from minato.observability.record import record_of
 from minato.settings import Settings
+from minato.web.app import create_app
+from minato.web.middleware import RequestLogMiddleware
 from tests.payloads import chat_answer, chat_done, chat_token, ndjson
 
 pytestmark = pytest.mark.anyio

@@ -18,10 +18,10 @@ from litestar.testing import AsyncTestClient
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
-from minato.app import create_app
-from minato.params import GENERATION_QUERY_PARAMETERS
+from minato.ollama.options import MAX_STOP_SEQUENCES, OPTIONS
 from minato.settings import Settings
-from minato.upstream.options import MAX_STOP_SEQUENCES, OPTIONS
+from minato.web.app import create_app
+from minato.web.params import GENERATION_QUERY_PARAMETERS
 from tests.payloads import chat_answer
 
 pytestmark = pytest.mark.anyio

@@ -11,10 +11,10 @@ from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from minato.errors import InvalidInputError
-from minato.handlers import ROUTE_HANDLERS
-from minato.params import MAX_MODEL_NAME, validate_model_name
-from minato.query import repeatable_parameters
-from minato.upstream.options import INT64_MAX, MAX_KEEP_ALIVE_SECONDS, parse_keep_alive
+from minato.ollama.options import INT64_MAX, MAX_KEEP_ALIVE_SECONDS, parse_keep_alive
+from minato.web.api import ROUTE_HANDLERS
+from minato.web.params import MAX_MODEL_NAME, validate_model_name
+from minato.web.query import repeatable_parameters
 from tests.payloads import chat_answer
 
 pytestmark = pytest.mark.anyio

@@ -16,9 +16,9 @@ from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from minato.app import create_app
-from minato.pages import PLAYGROUND_DIRECTORY
 from minato.settings import Settings
+from minato.web.app import create_app
+from minato.web.pages.playground import PLAYGROUND_DIRECTORY
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]

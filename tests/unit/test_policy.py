@@ -14,12 +14,12 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
+from minato.auth.keyring import Keyring
+from minato.core.policy import OptionRefusedError, whole_number
 from minato.errors import SettingsError
-from minato.limits import MAX_JSON_DEPTH, json_too_deep
-from minato.policy import OptionRefusedError, whole_number
-from minato.security import Keyring
 from minato.settings import Settings
+from minato.web.app import create_app
+from minato.web.limits import MAX_JSON_DEPTH, json_too_deep
 from tests.payloads import catalogue, chat_answer, show
 
 pytestmark = pytest.mark.anyio

@@ -18,12 +18,12 @@ from litestar.testing import AsyncTestClient
 from msgspec import UNSET
 from structlog.testing import capture_logs
 
-from minato.app import create_app
 from minato.errors import ModelNotFoundError, OllamaBusyError, UpstreamError
+from minato.ollama.wire import ChatRequest, WireMessage
 from minato.settings import Settings
-from minato.upstream import OllamaPool
 from minato.upstream.failures import says_model_missing
-from minato.upstream.wire import ChatRequest, WireMessage
+from minato.upstream.pool import OllamaPool
+from minato.web.app import create_app
 from tests.payloads import catalogue, chat_done, chat_token, ndjson, not_found, pull_progress, show
 
 pytestmark = pytest.mark.anyio

@@ -15,10 +15,10 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
-from minato.doors.relay import _Watch
-from minato.rendering import StreamDialect
 from minato.settings import Settings
+from minato.web.app import create_app
+from minato.web.doors.relay import _Watch
+from minato.web.rendering import StreamDialect
 from tests.payloads import chat_answer, chat_done, chat_token, ndjson, streamed
 
 pytestmark = pytest.mark.anyio

@@ -15,14 +15,14 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
+from minato.auth.caller import Caller, Role
 from minato.errors import SessionDamagedError, StateUnavailableError
-from minato.metrics import Metrics
-from minato.quota import Standing
-from minato.security import Caller, Role
-from minato.sessions.model import Bounds, Caps, StoredMessage
+from minato.observability.metrics import Metrics
 from minato.settings import Settings
 from minato.state.protocols import SharedState
+from minato.state.quota import Standing
 from minato.state.redis import open_redis_state
+from minato.state.sessions.model import Bounds, Caps, StoredMessage
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio

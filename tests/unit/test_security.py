@@ -16,15 +16,15 @@ import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
-from minato.backpressure import Admission
-from minato.cli import main
+from minato.auth.keyring import Keyring, refuse_unsafe_start
+from minato.core.admission import Admission
 from minato.errors import OverloadedError, SettingsError
-from minato.log import configure_logging
-from minato.security import Keyring, refuse_unsafe_start
+from minato.observability.logging import configure_logging
+from minato.ollama.names import canonical_model_name
+from minato.server.cli import main
 from minato.settings import Settings
-from minato.state.local import LocalRateLimiter
-from minato.upstream import canonical_model_name
+from minato.state.memory import LocalRateLimiter
+from minato.web.app import create_app
 from tests.payloads import TAGS, catalogue, chat_answer, show
 
 pytestmark = pytest.mark.anyio

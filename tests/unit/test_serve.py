@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from minato.cli import main
-from minato.envfile import load_env_file
+from minato.auth.keyring import Keyring
 from minato.errors import SettingsError
-from minato.security import Keyring
-from minato.serving import SecondInterrupt, describe_auth, describe_state, startup_fields
+from minato.server.cli import main
+from minato.server.envfile import load_env_file
+from minato.server.serving import SecondInterrupt, describe_auth, describe_state, startup_fields
 from minato.settings import Settings
 
 KEY = "a-key-from-the-file"

@@ -12,11 +12,12 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
-from minato.metrics import Metrics
-from minato.sessions import Caps, SqliteStore
-from minato.sessions import sqlite as sqlite_store
+from minato.observability.metrics import Metrics
 from minato.settings import Settings
-from minato.state import open_state
+from minato.state.homes import open_state
+from minato.state.sessions import sqlite as sqlite_store
+from minato.state.sessions.model import Caps
+from minato.state.sessions.sqlite import SqliteStore
 from tests.unit.test_session_caps import ROOMY, WIDE, A, B, C, _listing, _pair
 from tests.unit.test_session_store import DAMAGED, HEALTHY, _store_with_a_damaged_conversation
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import structlog
 
-from minato.metrics import Metrics
-from minato.sessions import Bounds, Caps, SqliteStore, StoredMessage
+from minato.observability.metrics import Metrics
 from minato.settings import Settings
-from minato.state import open_state
+from minato.state.homes import open_state
+from minato.state.sessions.model import Bounds, Caps, StoredMessage
+from minato.state.sessions.sqlite import SqliteStore
 from minato.state.sqlite import SqliteState
 
 pytestmark = pytest.mark.anyio

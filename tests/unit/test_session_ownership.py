@@ -15,9 +15,9 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
-from minato.sessions import SqliteStore
 from minato.settings import Settings
+from minato.state.sessions.sqlite import SqliteStore
+from minato.web.app import create_app
 from tests.payloads import chat_answer
 from tests.unit.test_session_store import DAMAGED, HEALTHY, ROOMY, _store_with_a_damaged_conversation
 

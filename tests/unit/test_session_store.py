@@ -11,12 +11,15 @@ import msgspec
 import pytest
 import structlog
 
+from minato.core.sessions import SessionManager
 from minato.errors import SessionDamagedError
-from minato.metrics import Metrics
-from minato.sessions import Bounds, Caps, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
+from minato.observability.metrics import Metrics
 from minato.settings import Settings
-from minato.state.local import LocalTurnLocks
+from minato.state.memory import LocalTurnLocks
 from minato.state.redis import open_redis_state
+from minato.state.sessions.model import Bounds, Caps, StoredMessage
+from minato.state.sessions.sqlite import SqliteStore
+from minato.state.sessions.store import MemoryStore, SessionStore
 
 pytestmark = pytest.mark.anyio
 #: Caps no test here reaches (the caps have tests of their own: test_session_caps.py).

@@ -14,10 +14,12 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.sessions import Bounds, Caps, MemoryStore, SessionManager, SessionStore, SqliteStore, StoredMessage
-from minato.sessions.model import trim_plan
+from minato.core.sessions import SessionManager
 from minato.settings import Settings
-from minato.state.local import LocalTurnLocks
+from minato.state.memory import LocalTurnLocks
+from minato.state.sessions.model import Bounds, Caps, StoredMessage, trim_plan
+from minato.state.sessions.sqlite import SqliteStore
+from minato.state.sessions.store import MemoryStore, SessionStore
 from tests.payloads import PNG_1PX, chat_answer, chat_done, chat_token, ndjson, show
 
 pytestmark = pytest.mark.anyio

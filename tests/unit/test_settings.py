@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from minato.cli import main, serve
 from minato.errors import SettingsError
+from minato.server.cli import main, serve
 from minato.settings import Settings
 
 
@@ -208,7 +208,7 @@ def test_the_cli_refuses_a_misspelt_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MINATO_OLAMA_URL", "http://h:1")
-    monkeypatch.setattr("minato.cli.serve", lambda *args: pytest.fail("must not serve"))
+    monkeypatch.setattr("minato.server.cli.serve", lambda *args: pytest.fail("must not serve"))
 
     assert main(["serve"]) == 2
     assert "MINATO_OLLAMA_URL" in capsys.readouterr().err
@@ -274,7 +274,7 @@ def test_serving_tells_every_worker_how_many_share_the_state(monkeypatch: pytest
     ran: list[dict[str, object]] = []
     monkeypatch.setenv("MINATO_WORKERS", "1")  # restored after the test
     monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: ran.append(kwargs))
-    monkeypatch.setattr("minato.httpserver.raise_open_file_limit", lambda: None)
+    monkeypatch.setattr("minato.server.httpserver.raise_open_file_limit", lambda: None)
 
     assert serve("127.0.0.1", 0, 3, Settings()) == 0
 

@@ -22,16 +22,19 @@ import respx
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
-from minato.app import create_app
+from minato.auth.caller import Caller, Role
+from minato.core.sessions import SessionManager
 from minato.errors import SettingsError, StateUnavailableError
-from minato.metrics import Metrics
-from minato.quota import Standing
-from minato.security import Caller, Role
-from minato.sessions import MemoryStore, SessionManager, SqliteStore
+from minato.observability.metrics import Metrics
 from minato.settings import Settings
-from minato.state import SharedState, open_state
-from minato.state.local import LocalAffinity, LocalRateLimiter, LocalTurnLocks, MemoryHealth, TokenQuota
+from minato.state.homes import open_state
+from minato.state.memory import LocalAffinity, LocalRateLimiter, LocalTurnLocks, MemoryHealth, TokenQuota
+from minato.state.protocols import SharedState
+from minato.state.quota import Standing
+from minato.state.sessions.sqlite import SqliteStore
+from minato.state.sessions.store import MemoryStore
 from minato.state.sqlite import UNAVAILABLE, SqliteState
+from minato.web.app import create_app
 from tests.payloads import chat_answer
 
 pytestmark = pytest.mark.anyio

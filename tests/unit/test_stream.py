@@ -13,9 +13,9 @@ from litestar import Litestar
 from litestar.exceptions import LitestarException
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
 from minato.errors import StreamAbortedError
 from minato.settings import Settings
+from minato.web.app import create_app
 from tests.payloads import catalogue, chat_done, chat_token, ndjson, not_found, streamed
 
 pytestmark = pytest.mark.anyio

@@ -19,9 +19,10 @@ from minato.errors import (
     UpstreamError,
     UpstreamRejectedError,
 )
+from minato.ollama.wire import ChatChunk, ChatRequest, WireMessage
 from minato.settings import Settings
-from minato.upstream import ChunkStream, OllamaClient
-from minato.upstream.wire import ChatChunk, ChatRequest, WireMessage
+from minato.upstream.client import OllamaClient
+from minato.upstream.streams import ChunkStream
 from tests.conftest import OLLAMA_URL
 from tests.payloads import (
     PULL_MANIFEST,

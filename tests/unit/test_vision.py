@@ -11,8 +11,8 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.app import create_app
 from minato.settings import Settings
+from minato.web.app import create_app
 from tests.conftest import OLLAMA_URL
 from tests.payloads import (
     BMP_HEADER,

@@ -2,7 +2,7 @@
 
 Three homes implement them alike:
 
-- :mod:`minato.state.local`: one process (a single worker): in memory, nothing to fail;
+- :mod:`minato.state.memory`: one process (a single worker): in memory, nothing to fail;
 - :mod:`minato.state.sqlite`: the workers of one machine, through the embedded SQLite file;
 - :mod:`minato.state.redis`: replicas on several machines, through Redis or Valkey.
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from minato.quota import Quota
-    from minato.sessions import SessionStore
+    from minato.state.quota import Quota
+    from minato.state.sessions.store import SessionStore
 
 
 class HeldTurn(Protocol):

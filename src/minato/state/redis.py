@@ -25,7 +25,7 @@ Keys, all under ``minato:`` so one Redis can serve other applications too (``<co
 ``minato:holders`` (sorted set of ``<oldest activity> <owner>``, score minus the owner's count; the time
     zero-padded so members sort as numbers), ``minato:holding`` (hash owner → its member there)
     The owner holding the most conversations first, ties by the oldest activity then the owner: whom
-    the store's cap takes from. Every write applies the caps (:class:`~minato.sessions.model.Caps`), so
+    the store's cap takes from. Every write applies the caps (:class:`~minato.state.sessions.model.Caps`), so
     making room is a few O(log n) steps, never a scan. ``minato:holders:built`` marks the index as built
     for conversations kept by a Minato from before it (the first sweep builds it, once).
 ``minato:images`` (sorted set of ``<seq> <size> <name>``, score the message's time), ``minato:image_bytes``
@@ -62,17 +62,17 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from minato.disconnect import cancel_and_wait
 from minato.errors import SessionDamagedError, StateUnavailableError
-from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing
-from minato.sessions.model import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
 from minato.state.protocols import HeldTurn, SharedState
+from minato.state.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing
+from minato.state.sessions.model import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
+from minato.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
-    from minato.metrics import Metrics
-    from minato.security import Caller
+    from minato.auth.caller import Caller
+    from minato.observability.metrics import Metrics
     from minato.settings import Settings
 
 T = TypeVar("T")
@@ -601,7 +601,7 @@ class RedisStore:
         caps: Caps,
         now: float,
     ) -> None:
-        """Add messages and trim them to ``bounds`` (:func:`~minato.sessions.model.trim_plan`), then make
+        """Add messages and trim them to ``bounds`` (:func:`~minato.state.sessions.model.trim_plan`), then make
         room within ``caps``, atomically: the plan is made on what the conversation holds, and written only
         if it still holds that."""
         write = secrets.token_hex(8)
@@ -772,7 +772,7 @@ class RedisTurnLocks:
 
 
 class RedisRateLimiter:
-    """The token bucket of :class:`~minato.security.RateLimiter`, one per key in Redis, for every replica."""
+    """The token bucket of :class:`~minato.web.auth.RateLimiter`, one per key in Redis, for every replica."""
 
     def __init__(self, link: _Link) -> None:
         self._link = link
@@ -787,7 +787,7 @@ class RedisRateLimiter:
 
 
 class RedisQuota:
-    """The token quota of :class:`~minato.quota.TokenQuota` (a rolling 24 h in minute buckets) in Redis."""
+    """The token quota of :class:`~minato.state.quota.TokenQuota` (a rolling 24 h in minute buckets) in Redis."""
 
     def __init__(self, link: _Link) -> None:
         self._link = link

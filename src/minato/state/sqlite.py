@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import structlog
 
 from minato.errors import StateUnavailableError
-from minato.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing, standing
-from minato.sessions.files import create_private
-from minato.state.local import LocalTurnLocks, take_one
+from minato.state.memory import LocalTurnLocks, take_one
 from minato.state.protocols import HeldTurn, SharedState
+from minato.state.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing, standing
+from minato.state.sessions.files import create_private
 
 if TYPE_CHECKING:
-    from minato.security import Caller
-    from minato.sessions import SessionStore
+    from minato.auth.caller import Caller
     from minato.settings import Settings
+    from minato.state.sessions.store import SessionStore
 
 T = TypeVar("T")
 logger = structlog.get_logger("minato.state")
@@ -278,7 +278,7 @@ class SqliteTurnLocks:
 
 
 class SqliteRateLimiter:
-    """The token bucket of :class:`~minato.state.local.LocalRateLimiter`, one row per key, read and
+    """The token bucket of :class:`~minato.state.memory.LocalRateLimiter`, one row per key, read and
     written back in one transaction so workers never both take the last request."""
 
     def __init__(self, database: _Database) -> None:
@@ -300,7 +300,7 @@ class SqliteRateLimiter:
 
 
 class SqliteQuota:
-    """The rolling 24 h of :class:`~minato.state.local.TokenQuota`: a row per key and minute."""
+    """The rolling 24 h of :class:`~minato.state.memory.TokenQuota`: a row per key and minute."""
 
     def __init__(self, database: _Database) -> None:
         self._database = database

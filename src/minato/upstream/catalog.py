@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import structlog
 
 from minato.errors import MinatoError, ModelNotFoundError
-from minato.upstream.names import canonical_model_name
+from minato.ollama.names import canonical_model_name
 
 if TYPE_CHECKING:
+    from minato.ollama.wire import TagsResponse
     from minato.upstream.protocol import Ollama
-    from minato.upstream.wire import TagsResponse
 
 logger = structlog.get_logger("minato.catalog")
 T = TypeVar("T")

@@ -16,11 +16,8 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from minato.errors import OllamaTimeoutError, UpstreamError
-from minato.upstream.failures import status_error, transport_error
-from minato.upstream.names import canonical_model_name
-from minato.upstream.streams import ChunkStream, PullStream, RawResponse
-from minato.upstream.transport import AiohttpTransport
-from minato.upstream.wire import (
+from minato.ollama.names import canonical_model_name
+from minato.ollama.wire import (
     ChatChunk,
     ChatRequest,
     ChunkMessage,
@@ -33,6 +30,9 @@ from minato.upstream.wire import (
     TagsResponse,
     VersionResponse,
 )
+from minato.upstream.failures import status_error, transport_error
+from minato.upstream.streams import ChunkStream, PullStream, RawResponse
+from minato.upstream.transport import AiohttpTransport
 
 if TYPE_CHECKING:  # only a type here: settings read Ollama's option table from this package
     from minato.settings import Settings

@@ -24,8 +24,8 @@ from minato.errors import (
     UpstreamError,
     UpstreamRejectedError,
 )
+from minato.ollama.wire import ErrorBody
 from minato.upstream.transport import connection_problem
-from minato.upstream.wire import ErrorBody
 
 _error_decoder: Final = msgspec.json.Decoder(ErrorBody)
 logger = structlog.get_logger("minato.upstream")

@@ -40,7 +40,6 @@ import msgspec
 import structlog
 from msgspec import UNSET, UnsetType
 
-from minato.disconnect import cancel_and_wait
 from minato.errors import (
     InvalidInputError,
     MinatoError,
@@ -49,12 +48,8 @@ from minato.errors import (
     OllamaConnectionLostError,
     OllamaUnavailableError,
 )
-from minato.upstream.client import ModelFacts, OllamaClient, default_transport
-from minato.upstream.failures import says_model_missing
-from minato.upstream.names import canonical_model_name
-from minato.upstream.protocol import BackendStatus, Spread
-from minato.upstream.streams import ChunkStream, PullProgressStream, PullStream, RawResponse
-from minato.upstream.wire import (
+from minato.ollama.names import canonical_model_name
+from minato.ollama.wire import (
     ChatChunk,
     ChatRequest,
     PsResponse,
@@ -63,11 +58,16 @@ from minato.upstream.wire import (
     TagModel,
     TagsResponse,
 )
+from minato.tasks import cancel_and_wait
+from minato.upstream.client import ModelFacts, OllamaClient, default_transport
+from minato.upstream.failures import says_model_missing
+from minato.upstream.protocol import BackendStatus, Spread
+from minato.upstream.streams import ChunkStream, PullProgressStream, PullStream, RawResponse
 
 if TYPE_CHECKING:
-    from minato.metrics import Metrics
+    from minato.observability.metrics import Metrics
     from minato.settings import Settings
-    from minato.state import Affinity
+    from minato.state.protocols import Affinity
 
 logger = structlog.get_logger("minato.pool")
 T = TypeVar("T")

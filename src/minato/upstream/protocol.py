@@ -15,9 +15,9 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 if TYPE_CHECKING:
+    from minato.ollama.wire import ChatChunk, ChatRequest, PsResponse, ShowResponse, TagsResponse
     from minato.upstream.client import ModelFacts
     from minato.upstream.streams import ChunkStream, PullProgressStream, RawResponse
-    from minato.upstream.wire import ChatChunk, ChatRequest, PsResponse, ShowResponse, TagsResponse
 
 
 class Spread(enum.Enum):

@@ -24,9 +24,9 @@ from minato.errors import (
     OllamaTimeoutError,
     UpstreamError,
 )
+from minato.ollama.wire import ChatChunk, PullProgress
 from minato.upstream.failures import log_library_error
 from minato.upstream.transport import AiohttpBody
-from minato.upstream.wire import ChatChunk, PullProgress
 
 T = TypeVar("T", ChatChunk, PullProgress)
 _MANIFEST_STATUS: Final = "pulling manifest"

@@ -1,0 +1,1 @@
+"""The use cases: admission, policy, generation, conversations, images. No web framework."""

@@ -1,0 +1,265 @@
+"""One home for a generation: admit it, open or continue its conversation, ask Ollama, relay, record, release.
+
+The order is the point:
+
+1. what needs no slot is checked first (the caller's ``num_ctx`` against the model's context);
+2. the conversation's turn is taken, then a generation slot (waiting for a turn never holds a slot);
+3. only then is a vision request's body read, so uploads queued behind a busy GPU wait in TCP
+   flow control instead of in Minato's memory;
+4. Ollama is asked, and the turn is recorded only when the answer completed;
+5. the turn and the slot are released exactly once, however the request ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
+
+import msgspec
+from litestar import Request
+from litestar.response import Stream
+from msgspec import UNSET
+
+from minato.auth.caller import Caller
+from minato.core.admission import Admission, Slot
+from minato.core.policy import Policy
+from minato.core.schemas import GenerateResponse, GenerationStats
+from minato.core.sessions import SessionManager, Turn
+from minato.observability.record import record_of
+from minato.ollama.names import canonical_model_name
+from minato.ollama.wire import ChatChunk, ChatRequest
+from minato.settings import Settings
+from minato.upstream.protocol import Ollama
+from minato.upstream.streams import ChunkStream
+from minato.web.auth import tokens_left
+from minato.web.disconnect import unless_disconnected
+from minato.web.params import GenerationOptions
+from minato.web.streaming import StreamFormat, stream_response
+
+
+class Question(NamedTuple):
+    """What the caller asks: a message and the images that go with it."""
+
+    message: str
+    images: list[str]
+
+
+#: Reads a question from the request body (vision); called only once the generation holds its slot.
+QuestionReader = Callable[[], Awaitable[Question]]
+
+
+class GenerationParts(NamedTuple):
+    """What every generation route gathers alike: the request, its model and the app's services."""
+
+    request: Request[Any, Any, Any]
+    upstream: Ollama
+    sessions: SessionManager
+    admission: Admission
+    settings: Settings
+    policy: Policy
+    caller: Caller
+    model: str
+
+
+class Generation(NamedTuple):
+    """Everything one generation needs: the parts its route gathered, its parameters and its question."""
+
+    parts: GenerationParts
+    params: GenerationOptions
+    question: Question | QuestionReader
+
+
+async def check_num_ctx(generation: Generation) -> None:
+    """Refuse a user key's ``num_ctx`` above the cap: a huge context makes Ollama reload the model for everyone."""
+    parts = generation.parts
+    await parts.policy.check_num_ctx(parts.caller, parts.upstream, parts.model, generation.params.num_ctx)
+
+
+class Lease:
+    """What a running generation holds: its conversation's turn (if any) and its slot.
+
+    The turn is committed at most once, and only by :meth:`commit`, i.e. once the answer completed;
+    the turn and the slot are released exactly once by :meth:`release`, whichever way the request
+    ends (done, error, disconnect, timeout, shutdown): every path calls it, later calls do nothing.
+    """
+
+    __slots__ = ("_committed", "_slot", "_turn", "model", "question")
+
+    def __init__(self, turn: Turn | None, slot: Slot | None, model: str) -> None:
+        self._turn = turn
+        self._slot = slot
+        self._committed = False
+        self.model = model
+        self.question: Question | None = None
+
+    @property
+    def turn(self) -> Turn | None:
+        """The conversation's turn, while it is held."""
+        return self._turn
+
+    def hold(self, slot: Slot) -> None:
+        """Take on the generation slot admission granted."""
+        self._slot = slot
+
+    async def commit(self, answer: str) -> None:
+        """Record the question and its completed answer in the conversation (once; nothing without one)."""
+        if self._committed or self._turn is None or self.question is None:
+            return
+        self._committed = True
+        await self._turn.commit(self.model, self.question.message, self.question.images, answer)
+
+    def release(self) -> None:
+        """Give back the slot, then the turn (idempotent)."""
+        slot, self._slot = self._slot, None
+        turn, self._turn = self._turn, None
+        if slot is not None:
+            slot.release()
+        if turn is not None:
+            turn.release()
+
+
+async def _admit(generation: Generation) -> Lease:
+    """Take the session's turn, then a generation slot; on any failure nothing stays taken.
+
+    Either wait ends early if the client disconnects, except while a body is still unread: watching
+    for the disconnect would consume it. Such a request holds only its queue place, which the queue
+    timeout bounds.
+    """
+    request, params, admission = generation.parts.request, generation.params, generation.parts.admission
+    watch = not callable(generation.question)
+    turn = None
+    if params.session is not None:
+        # A key only ever continues its own conversations: the same id under another key is another one.
+        begin = generation.parts.sessions.begin(generation.parts.caller.fingerprint, params.session)
+        turn = await unless_disconnected(request, begin) if watch else await begin
+    lease = Lease(turn, None, generation.parts.model)
+    try:
+        slot = await take_slot(request, admission, generation.parts.model, watch=watch)
+    except BaseException:
+        lease.release()
+        raise
+    lease.hold(slot)
+    return lease
+
+
+async def take_slot(request: Request[Any, Any, Any], admission: Admission, model: str, *, watch: bool = True) -> Slot:
+    """A generation slot for ``model``: at once when one is free, else after a bounded wait that a
+    disconnect ends (``watch``: only once the body was read, as watching consumes it)."""
+    key = canonical_model_name(model)
+    slot = admission.try_acquire(key)  # the usual case, without a watcher task
+    if slot is not None:
+        return slot
+    return await unless_disconnected(request, admission.acquire(key)) if watch else await admission.acquire(key)
+
+
+async def _question(generation: Generation) -> Question:
+    question = generation.question
+    return await question() if callable(question) else question
+
+
+async def _chat_request(generation: Generation, question: Question, turn: Turn | None) -> ChatRequest:
+    """The request for Ollama. A model without vision gets the history's text without its images:
+    Ollama refuses any image for such a model, which would break every later turn of a conversation
+    that once showed a picture to a vision model."""
+    history = turn.history() if turn is not None else []
+    if any(message.images for message in history) and "vision" not in await generation.parts.upstream.capabilities(
+        generation.parts.model
+    ):
+        history = [msgspec.structs.replace(message, images=[]) for message in history]
+    system_prompt = turn.system_prompt if turn is not None else None
+    params = generation.params.within(tokens_left(generation.parts.request.scope))
+    return params.chat_request(generation.parts.model, question.message, question.images, system_prompt, history)
+
+
+async def _opened(generation: Generation, lease: Lease) -> ChatRequest:
+    question = await _question(generation)
+    lease.question = question
+    return await _chat_request(generation, question, lease.turn)
+
+
+def _affinity(lease: Lease) -> str | None:
+    """What names the conversation to a pool of backends, so its turns stay where its model is warm."""
+    turn = lease.turn
+    return None if turn is None else f"{turn.owner}:{turn.session_id}"
+
+
+async def whole_answer(generation: Generation) -> GenerateResponse:
+    """Ask Ollama for a whole answer, record it in the session, shape it."""
+    await check_num_ctx(generation)
+    request, model = generation.parts.request, generation.parts.model
+    lease = await _admit(generation)
+    try:
+        chat = await _opened(generation, lease)
+        chunk = await unless_disconnected(request, generation.parts.upstream.chat(chat, affinity=_affinity(lease)))
+        await lease.commit(chunk.message.content)
+    finally:
+        lease.release()
+    record = record_of(request.scope)
+    stats = GenerationStats.from_chunk(chunk)
+    if record is not None:
+        record.note_answer(chunk.eval_count, stats.tokens_per_second)
+        record.backend = chunk.backend
+    return GenerateResponse(
+        response=chunk.message.content,
+        model=chunk.model or model,
+        done_reason=chunk.done_reason,
+        stats=stats,
+        thinking=chunk.message.thinking or UNSET,
+    )
+
+
+async def _recorded(stream: ChunkStream, lease: Lease) -> AsyncIterator[list[ChatChunk]]:
+    """Ollama's batches, recording the answer once it completed and releasing the lease at the end.
+
+    The commit comes before the last batch is handed on, so a client that leaves the moment it has
+    its ``done`` event cannot lose the turn.
+    """
+    answer: list[str] = []
+    try:
+        async for batch in stream.batches():
+            answer.extend([chunk.message.content for chunk in batch])
+            if batch and batch[-1].done:
+                await lease.commit("".join(answer))
+            yield batch
+    finally:
+        await stream.aclose()
+        lease.release()
+
+
+async def streamed_answer(generation: Generation) -> Stream:
+    """Prime Ollama's stream (so its status is known), then relay it; the session records the
+    exchange only if the stream completes. The slot and the turn are held until the stream ends."""
+    await check_num_ctx(generation)
+    request = generation.parts.request
+    fmt = StreamFormat.negotiate(request.headers.get("accept"))
+    lease = await _admit(generation)
+    try:
+        chat = await _opened(generation, lease)
+        stream = await unless_disconnected(
+            request, generation.parts.upstream.stream_chat(chat, affinity=_affinity(lease))
+        )
+    except BaseException:
+        lease.release()
+        raise
+    record = record_of(request.scope)
+    if record is not None:
+        record.backend = stream.backend
+
+    async def close() -> None:
+        # Also run when the client left while a write was suspended: Ollama stops at once.
+        await stream.aclose()
+        lease.release()
+
+    return stream_response(_recorded(stream, lease), fmt, generation.parts.model, record, close)
+
+
+__all__ = [
+    "Generation",
+    "Lease",
+    "Question",
+    "QuestionReader",
+    "check_num_ctx",
+    "streamed_answer",
+    "take_slot",
+    "whole_answer",
+]

@@ -1,0 +1,1 @@
+"""Facts about requests and where they go: the request record, metrics, logging set-up."""

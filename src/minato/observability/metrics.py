@@ -1,0 +1,147 @@
+"""Prometheus metrics: one registry per app, fed once per request from its record.
+
+Handlers never touch metrics: they write facts on the request's :class:`~minato.web.middleware.RequestRecord`
+(model, tokens, first-token time, upstream failure) and the outermost middleware turns each
+finished request into observations, so a metric can never be counted twice or forgotten on an
+error path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from minato.observability.record import RequestRecord
+
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+RATE_BUCKETS: Final = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 500, 1000)
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+#: Methods that get a label of their own; anything else a client invents is ``other``.
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+#: The ``key`` label of requests without a key (a keyless deployment).
+ANONYMOUS_KEY: Final = "anonymous"
+
+
+def _unlabelled(model: str | None) -> str:
+    return ""
+
+
+_Labelled = TypeVar("_Labelled", Counter, Histogram)
+
+
+class Metrics:
+    """Minato's metrics, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
+        #: Turns a requested model into a bounded label (the model catalog's, once the app runs).
+        self.model_label: Callable[[str | None], str] = _unlabelled
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "minato_requests", "HTTP requests answered.", ["route", "method", "status", "model"], registry=r
+        )
+        self.duration = Histogram(
+            "minato_request_duration_seconds",
+            "Time from request to the last byte of the response (whole streams included).",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "minato_time_to_first_token_seconds",
+            "Time from request to the first token written to the client (streams).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "minato_tokens_generated", "Tokens generated (Ollama's eval_count).", ["model"], registry=r
+        )
+        self.key_tokens = Counter(
+            "minato_key_tokens_generated",
+            "Tokens generated (Ollama's eval_count), by model and by the key's name.",
+            ["model", "key"],
+            registry=r,
+        )
+        self.tokens_per_second = Histogram(
+            "minato_tokens_per_second",
+            "Generation speed reported by Ollama.",
+            ["model"],
+            buckets=RATE_BUCKETS,
+            registry=r,
+        )
+        self.streams_in_flight = Gauge("minato_streams_in_flight", "Streams being relayed now.", registry=r)
+        self.upstream_errors = Counter(
+            "minato_upstream_errors", "Failures talking to Ollama, by kind.", ["kind"], registry=r
+        )
+        self.ollama_up = Gauge(
+            "minato_ollama_up", "1 if at least one backend answered its last probe, else 0.", registry=r
+        )
+        # Backends are the configured ones (MINATO_OLLAMA_URL): a bounded label set.
+        self.backend_up = Gauge(
+            "minato_backend_up",
+            "1 if the backend is in the pool (answered its last probe), else 0.",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_in_flight = Gauge(
+            "minato_backend_generations_in_flight", "Generations running on the backend now.", ["backend"], registry=r
+        )
+        self.backend_requests = Counter(
+            "minato_backend_requests", "Requests sent to the backend.", ["backend"], registry=r
+        )
+        self.backend_failovers = Counter(
+            "minato_backend_failovers",
+            "Requests that failed on the backend before their first byte and were sent to the next one.",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_probe = Histogram(
+            "minato_backend_probe_seconds",
+            "Time the backend took to answer its probe.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "minato_redis_up", "1 if the shared state (Redis) answered its last check, else 0.", registry=r
+        )
+        self.queue_depth = Gauge("minato_queue_depth", "Generations waiting for a slot.", registry=r)
+        self.rejections = Counter(
+            "minato_rejections", "Generations refused by backpressure, by reason.", ["reason"], registry=r
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float, record: RequestRecord) -> None:
+        """Account for one finished request; every label comes from a bounded set, never from the request."""
+        model = self.model_label(record.model)
+        self._child(self.requests, route, method if method in METHODS else "other", str(status), model).inc()
+        self._child(self.duration, route).observe(seconds)
+        if record.first_token is not None:
+            self._child(self.first_token, model).observe(record.first_token)
+        if record.tokens:
+            self._child(self.tokens, model).inc(record.tokens)
+            # Names and fingerprints of configured keys only: a bounded set.
+            key = record.caller.name if record.caller is not None else ANONYMOUS_KEY
+            self._child(self.key_tokens, model, key).inc(record.tokens)
+        if record.tokens_per_second:
+            self._child(self.tokens_per_second, model).observe(record.tokens_per_second)
+        if record.upstream_error is not None:
+            self._child(self.upstream_errors, record.upstream_error).inc()
+
+    def _child(self, metric: _Labelled, *labels: str) -> _Labelled:
+        """``metric.labels(*labels)``, remembered: prometheus_client checks and locks on every lookup,
+        which cost more per request than the increments. As bounded as the labels themselves."""
+        key = (metric, labels)
+        child: _Labelled | None = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,67 @@
+"""Which home the state lives in: :func:`open_state` picks the one the settings call for."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from minato.errors import SettingsError
+from minato.state.memory import local_state
+from minato.state.protocols import SharedState
+from minato.state.sessions.sqlite import SqliteStore
+from minato.state.sessions.store import MEMORY_URL, open_store
+from minato.state.sqlite import open_sqlite_state
+
+if TYPE_CHECKING:
+    from minato.observability.metrics import Metrics
+    from minato.settings import Settings
+
+
+def refuse_unshared_workers(settings: Settings, workers: int) -> str | None:
+    """Why ``workers`` processes must not serve with these settings (``None``: they may)."""
+    if workers <= 1 or settings.redis_url or settings.session_store != MEMORY_URL:
+        return None
+    return (
+        f"refusing to start {workers} workers with MINATO_SESSION_STORE=memory:// and no MINATO_REDIS_URL: each "
+        "worker would keep its own conversations, turns and rate limits, so a conversation would lose its "
+        "history and a key would get a limit per worker. Use a SQLite file (MINATO_SESSION_STORE=minato.db, "
+        "the default) or MINATO_REDIS_URL, or a single worker."
+    )
+
+
+@asynccontextmanager
+async def open_state(settings: Settings, metrics: Metrics) -> AsyncIterator[SharedState]:
+    """Open the state the settings call for, its store of conversations opened too; close it all when
+    the block ends.
+
+    ``MINATO_REDIS_URL`` set: Redis (replicas on several machines). Else, with more than one worker:
+    the SQLite file of the conversations (the workers of one machine). Else: this process's memory,
+    with the conversations in the store ``MINATO_SESSION_STORE`` names.
+    """
+    if settings.redis_url:
+        # Imported only here: redis-py is loaded only by a deployment that uses it.
+        from minato.state.redis import open_redis_state
+
+        async with open_redis_state(settings, metrics) as state:
+            yield state
+        return
+    refusal = refuse_unshared_workers(settings, settings.workers)
+    if refusal:
+        raise SettingsError(refusal)
+    store = open_store(settings.session_store)
+    await store.open()
+    try:
+        if settings.workers > 1 and isinstance(store, SqliteStore):
+            async with open_sqlite_state(store.path, store, settings) as state:
+                yield state
+        else:
+            yield local_state(store, settings)
+    finally:
+        await store.close()
+
+
+__all__ = [
+    "open_state",
+    "refuse_unshared_workers",
+]

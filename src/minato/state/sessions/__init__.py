@@ -1,0 +1,1 @@
+"""Server-side conversations: model, stores, and the rules that use them."""

@@ -1,0 +1,1 @@
+"""The pages Minato serves itself: the API docs and the playground, from files in the package."""
