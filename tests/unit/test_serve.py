@@ -354,11 +354,14 @@ async def test_a_second_ctrl_c_cuts_the_requests_instead_of_reaching_the_server(
 @pytest.mark.anyio
 async def test_without_a_server_handling_signals_the_defaults_stay() -> None:
     guarded = SecondInterrupt(_App())  # type: ignore[arg-type]
-    before = signal.getsignal(signal.SIGINT)
+    # Python's default, whatever the shell that started the tests set (nohup ignores SIGINT).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        guarded.chain_signal_handlers(asyncio.get_running_loop())
 
-    guarded.chain_signal_handlers(asyncio.get_running_loop())
-
-    assert signal.getsignal(signal.SIGINT) is before is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_a_relative_sqlite_store_is_shown_where_it_is() -> None:
