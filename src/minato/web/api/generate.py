@@ -25,7 +25,8 @@ from minato.web.api.common import (
     generation_parts,
     require_vision,
 )
-from minato.web.params import QUERY_OPT, GenerationBody, GenerationQuery, parse_query
+from minato.web.params import GenerationBody, GenerationQuery
+from minato.web.query import QUERY_OPT, parse_query
 from minato.web.streaming import answer_response
 
 STREAM_DESCRIPTION: Final = (

@@ -32,7 +32,8 @@ from minato.web.api.common import (
     require_vision,
 )
 from minato.web.api.generate import STREAM_DESCRIPTION, relayed
-from minato.web.params import QUERY_OPT, VisionQuery, parse_query
+from minato.web.params import VisionQuery
+from minato.web.query import QUERY_OPT, parse_query
 from minato.web.rendering import error_spec
 from minato.web.runtime import runtime_of
 
