@@ -173,10 +173,18 @@ async def _chat_request(generation: Generation, question: Question, turn: Turn |
     return params.chat_request(generation.parts.model, question.message, question.images, system_prompt, history)
 
 
-async def _opened(generation: Generation, lease: Lease) -> ChatRequest:
-    question = await _question(generation)
-    lease.question = question
-    return await _chat_request(generation, question, lease.turn)
+async def _admitted(generation: Generation) -> tuple[Lease, ChatRequest]:
+    """Check what needs no slot, take the turn and the slot, read the question: the lease and the
+    request for Ollama (on any failure nothing stays taken)."""
+    await check_num_ctx(generation)
+    lease = await _admit(generation)
+    try:
+        question = await _question(generation)
+        lease.question = question
+        return lease, await _chat_request(generation, question, lease.turn)
+    except BaseException:
+        lease.release()
+        raise
 
 
 def _affinity(lease: Lease) -> str | None:
@@ -187,11 +195,9 @@ def _affinity(lease: Lease) -> str | None:
 
 async def whole_answer(generation: Generation) -> GenerateResponse:
     """Ask Ollama for a whole answer, record it in the session, shape it; charge what it generated."""
-    await check_num_ctx(generation)
     parts = generation.parts
-    lease = await _admit(generation)
+    lease, chat = await _admitted(generation)
     try:
-        chat = await _opened(generation, lease)
         chunk = await parts.watch.until(parts.upstream.chat(chat, affinity=_affinity(lease)))
         await lease.commit(chunk.message.content)
         stats = GenerationStats.from_chunk(chunk)
@@ -254,11 +260,9 @@ class AnswerStream:
 
 async def streamed_answer(generation: Generation) -> AnswerStream:
     """Prime Ollama's stream (so its status is known before anything is written), ready to relay."""
-    await check_num_ctx(generation)
     parts = generation.parts
-    lease = await _admit(generation)
+    lease, chat = await _admitted(generation)
     try:
-        chat = await _opened(generation, lease)
         stream = await parts.watch.until(parts.upstream.stream_chat(chat, affinity=_affinity(lease)))
     except BaseException:
         lease.release()
