@@ -10,6 +10,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from minato.settings import Settings
 from minato.web.api import ROUTE_HANDLERS
+from tools.docs import COMMAND, GENERATED, field_docs, generated, settings_table
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_PAGE = (ROOT / "docs" / "settings.md").read_text()
@@ -31,6 +32,28 @@ def test_the_settings_page_documents_no_setting_that_does_not_exist() -> None:
     documented = set(re.findall(r"^\| `MINATO_([A-Z_]+)` \|", SETTINGS_PAGE, re.MULTILINE))
 
     assert documented == {field.upper() for field in Settings.__struct_fields__}
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_the_generated_docs_are_what_the_code_generates_now(name: str) -> None:
+    """docs/settings.md and .env.example are written from Settings: a changed field needs them written anew."""
+    assert generated(ROOT / name) == (ROOT / name).read_text(), f"{name} is stale: run `{COMMAND}`"
+
+
+def test_the_settings_table_reads_each_variables_type_default_and_words_from_the_struct() -> None:
+    rows = {row.split(" | ")[0]: row for row in settings_table().splitlines()}
+    docs = field_docs()
+
+    assert rows["| `MINATO_LOG_LEVEL`"] == (
+        f"| `MINATO_LOG_LEVEL` | `info` | `debug`, `info`, `warning` or `error` | {docs['log_level']} |"
+    )
+    assert rows["| `MINATO_PORT`"].startswith("| `MINATO_PORT` | `8000` | integer 0 to 65535 |")
+    assert rows["| `MINATO_WORKERS`"].startswith("| `MINATO_WORKERS` | `1` | integer ≥ 1 |")
+    assert rows["| `MINATO_BACKEND_COOLDOWN`"].startswith("| `MINATO_BACKEND_COOLDOWN` | `15` | number > 0 |")
+    assert rows["| `MINATO_OPEN_PROBES`"].startswith("| `MINATO_OPEN_PROBES` | `false` | `true` or `false` |")
+    assert rows["| `MINATO_DEFAULT_KEEP_ALIVE`"].startswith("| `MINATO_DEFAULT_KEEP_ALIVE` | unset | number or text |")
+    assert set(docs) == set(Settings.__struct_fields__)
+    assert all(docs.values())
 
 
 def _routes() -> list[tuple[str, str]]:
