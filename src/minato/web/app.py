@@ -150,7 +150,7 @@ def create_app(
     attach(app, slot)
     document_routes(app)
     bounded = BodyTimeout(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), settings.body_timeout)
-    app.asgi_handler = RequestLogMiddleware(bounded, metrics, slot)
+    app.asgi_handler = RequestLogMiddleware(bounded, metrics)
     return app
 
 

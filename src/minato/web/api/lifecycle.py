@@ -16,6 +16,7 @@ from litestar.params import Parameter
 
 from minato import __version__
 from minato.auth.caller import Caller
+from minato.core.options import resolve_keep_alive
 from minato.core.policy import Policy
 from minato.core.schemas import (
     DetailsView,
@@ -38,8 +39,8 @@ from minato.upstream.protocol import Ollama, OllamaDependency
 from minato.web.api.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
 from minato.web.api.models import pull_to_end, start_pull
 from minato.web.auth import ADMIN
-from minato.web.disconnect import unless_disconnected
-from minato.web.params import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive
+from minato.web.disconnect import watch_of
+from minato.web.params import KEEP_ALIVE_DESCRIPTION
 
 #: The lifecycle routes share a tag; the actions need an admin key and answer 200 (not 201 or 204).
 _post = partial(post, status_code=200, responses=ADMIN_RESPONSES, tags=["lifecycle"], opt={ADMIN: True})
@@ -89,9 +90,9 @@ async def load(
     if pull and not upstream.holders(model) and not await _installed(upstream, model):
         stream = await start_pull(request, upstream, model, backend)
         catalog.forget()
-        await unless_disconnected(request, pull_to_end(stream))
+        await watch_of(request.scope, request.receive).until(pull_to_end(stream))
     options = {"num_ctx": num_ctx} if num_ctx is not None else {}
-    chosen = await unless_disconnected(request, upstream.load(model, alive, options, backend))
+    chosen = await watch_of(request.scope, request.receive).until(upstream.load(model, alive, options, backend))
     wanted = canonical_model_name(model)
     entry = next(
         (

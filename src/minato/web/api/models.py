@@ -25,7 +25,7 @@ from minato.upstream.protocol import Ollama, OllamaDependency
 from minato.upstream.streams import PullProgressStream
 from minato.web.api.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
 from minato.web.auth import ADMIN
-from minato.web.disconnect import unless_disconnected
+from minato.web.disconnect import watch_of
 from minato.web.streaming import STREAM_HEADERS, StreamFormat
 
 logger = structlog.get_logger("minato.models")
@@ -66,7 +66,7 @@ async def start_pull(
     know is a 404 in Ollama's words with the model's name added (Ollama's own says only "pull model
     manifest: file does not exist")."""
     try:
-        return await unless_disconnected(request, upstream.pull(model, backend))
+        return await watch_of(request.scope, request.receive).until(upstream.pull(model, backend))
     except ModelNotFoundError as exc:
         if model in exc.detail:
             raise
@@ -119,7 +119,7 @@ async def install(
             headers=STREAM_HEADERS,
             background=BackgroundTask(pull.aclose),
         )
-    await unless_disconnected(request, pull_to_end(pull))
+    await watch_of(request.scope, request.receive).until(pull_to_end(pull))
     # Wrapped so each form keeps its own media type: a union return makes Litestar label both JSON.
     return Response(InstallResponse(status="success", model=model))
 
