@@ -9,7 +9,6 @@ remembered for :data:`MISSING_SECONDS`, so a flood of invented names costs Ollam
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import time
 from typing import TYPE_CHECKING, Final, TypeVar
@@ -18,6 +17,7 @@ import structlog
 
 from minato.errors import MinatoError, ModelNotFoundError
 from minato.ollama.names import canonical_model_name
+from minato.tasks import SingleFlight
 
 if TYPE_CHECKING:
     from minato.ollama.wire import TagsResponse
@@ -48,8 +48,8 @@ class ModelCatalog:
         self._shown: dict[str, str] = {}
         self._missing: dict[str, float] = {}
         self._listed_at: float | None = None
-        self._pending: asyncio.Future[bool] | None = None
-        self._shows: dict[str, asyncio.Future[bool | None]] = {}
+        self._lists: SingleFlight[None, bool] = SingleFlight("minato-catalog-list")
+        self._shows: SingleFlight[str, bool | None] = SingleFlight("minato-catalog-show")
         self._lookups = (0.0, 0)  # start of the current second, lookups made in it
 
     def record(self, tags: TagsResponse) -> None:
@@ -64,20 +64,15 @@ class ModelCatalog:
 
     async def refresh(self) -> bool:
         """Ask Ollama for its models; ``False`` when it cannot answer. Concurrent calls share one request."""
-        if self._pending is not None:
-            return await asyncio.shield(self._pending)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending = future
-        listed = False
+        return await self._lists.run(None, self._list)
+
+    async def _list(self) -> bool:
         try:
             self.record(await self.upstream.list_models())
-            listed = True
         except MinatoError as exc:
             logger.debug("model_list_unavailable", detail=exc.detail)
-        finally:
-            self._pending = None
-            future.set_result(listed)  # also when this caller was cancelled: the others must not hang
-        return listed
+            return False
+        return True
 
     async def knows(self, model: str) -> bool | None:
         """Whether Ollama has ``model``; ``None`` when Ollama cannot be asked (so nobody can tell)."""
@@ -97,31 +92,27 @@ class ModelCatalog:
         missing_since = self._missing.get(key)
         if missing_since is not None and now - missing_since < MISSING_SECONDS:
             return False
-        pending = self._shows.get(key)
-        if pending is not None:  # many requests for one unlisted model share one lookup
-            return await asyncio.shield(pending)
+        if self._shows.pending(key):  # many requests for one unlisted model share one lookup
+            return await self._shows.run(key, lambda: self._look_up(model, key, now))
         second, made = self._lookups
         if now - second >= 1.0:
             second, made = now, 0
         if made >= SHOW_LOOKUPS_PER_SECOND:
             return False  # a flood of invented names: no more lookups this second
         self._lookups = (second, made + 1)
-        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        self._shows[key] = future
-        known: bool | None = None
+        return await self._shows.run(key, lambda: self._look_up(model, key, now))
+
+    async def _look_up(self, model: str, key: str, now: float) -> bool | None:
         try:
             await self.upstream.facts(model)
-            known = True
-            _remember(self._shown, key, model)
         except ModelNotFoundError:
-            known = False
             _remember(self._missing, key, now)
+            return False
         except MinatoError as exc:
             logger.debug("model_lookup_unavailable", detail=exc.detail)
-        finally:
-            del self._shows[key]
-            future.set_result(known)  # also when this caller was cancelled: the others must not hang
-        return known
+            return None
+        _remember(self._shown, key, model)
+        return True
 
     def label(self, model: str | None) -> str:
         """The metric label of ``model``: its name as Ollama lists it, or ``other``; empty for no model."""

@@ -22,7 +22,7 @@ from minato.observability.metrics import Metrics
 from minato.settings import Settings
 from minato.state.protocols import Affinity, RateLimiter
 from minato.state.quota import Quota
-from minato.upstream.pool import OllamaPool
+from minato.upstream.pool.facade import OllamaPool
 from minato.upstream.protocol import Ollama
 from minato.web.api import HANDLER_DEPENDENCIES, ROUTE_HANDLERS
 from minato.web.api.common import before_handler
