@@ -29,7 +29,7 @@ from minato.observability.record import record_of
 from minato.ollama.names import canonical_model_name
 from minato.ollama.wire import ChatChunk, ChatRequest
 from minato.settings import Settings
-from minato.upstream.protocol import Ollama
+from minato.upstream.ports import Generator
 from minato.upstream.streams import ChunkStream
 from minato.web.auth import tokens_left
 from minato.web.disconnect import unless_disconnected
@@ -52,7 +52,7 @@ class GenerationParts(NamedTuple):
     """What every generation route gathers alike: the request, its model and the app's services."""
 
     request: Request[Any, Any, Any]
-    upstream: Ollama
+    upstream: Generator
     sessions: SessionManager
     admission: Admission
     settings: Settings

@@ -14,9 +14,10 @@ A pool of one backend routes nothing: that Ollama is always asked, so it says be
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
@@ -27,7 +28,10 @@ from minato.upstream.pool.failover import MissingModelError, attempt, until_clos
 from minato.upstream.pool.fanout import Fleet
 from minato.upstream.pool.inventory import MIN_REFRESH_SECONDS, Inventory
 from minato.upstream.pool.routing import Sticky, preferring, route
-from minato.upstream.protocol import Spread
+from minato.upstream.ports import Spread
+
+#: The metric label of every model Ollama does not have.
+OTHER: Final = "other"
 
 if TYPE_CHECKING:
     import httpx
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
     from minato.state.protocols import Affinity
     from minato.upstream.client import ModelFacts, OllamaClient
     from minato.upstream.pool.backend import Backend
-    from minato.upstream.protocol import BackendStatus
+    from minato.upstream.ports import BackendStatus
     from minato.upstream.streams import ChunkStream, PullProgressStream, RawResponse
 
 T = TypeVar("T")
@@ -83,6 +87,22 @@ class OllamaPool:
     def holders(self, model: str) -> list[str]:
         """The backends that have ``model`` installed, as last seen."""
         return self._inventory.holders(model)
+
+    async def knows(self, model: str) -> bool | None:
+        """Whether Ollama has ``model``; ``None`` when Ollama cannot be asked (so nobody can tell)."""
+        return await self._inventory.knows(model, self.facts)
+
+    def label(self, model: str | None) -> str:
+        """The metric label of ``model``: its name as Ollama lists it, or ``other``; empty for no model."""
+        if not model:
+            return ""
+        key = canonical_model_name(model)
+        inventory = self._inventory
+        return inventory.names.get(key) or inventory.shown.get(key) or OTHER
+
+    def similar(self, name: str, limit: int = 3) -> list[str]:
+        """Installed models whose names look like ``name`` (for a helpful 404)."""
+        return difflib.get_close_matches(name, list(self._inventory.names.values()), n=limit, cutoff=0.6)
 
     async def probe(self, *, inventory: bool = True) -> TagsResponse | None:
         """Refresh every backend (only its health without ``inventory``); the merged model list, or
@@ -226,7 +246,7 @@ class OllamaPool:
         generation: bool = False,
         spread: Spread = Spread.ONE,
     ) -> RawResponse:
-        """Relay a request to the backends ``spread`` names (see :class:`~minato.upstream.protocol.Spread`)."""
+        """Relay a request to the backends ``spread`` names (see :class:`~minato.upstream.ports.Spread`)."""
 
         def send(client: OllamaClient) -> Awaitable[RawResponse]:
             return client.forward(

@@ -174,24 +174,6 @@ class Fleet:
         self.inventory = inventory
         self._candidates = candidates
 
-    async def from_every(self, call: Callable[[OllamaClient], Awaitable[T]]) -> list[tuple[Backend, T]]:
-        """Ask every reachable backend; the answers of those that answered (a failure when none did)."""
-        targets = await self.inventory.reachable()
-        outcomes = await asyncio.gather(*(call(target.client) for target in targets), return_exceptions=True)
-        answers: list[tuple[Backend, T]] = []
-        failures: list[BaseException] = []
-        for target, outcome in zip(targets, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                failures.append(outcome)
-                if isinstance(outcome, MinatoError):
-                    self.inventory.failed(target, outcome)
-            else:
-                answers.append((target, outcome))
-        for failure in failures:
-            if not isinstance(failure, MinatoError) or not answers:
-                raise failure
-        return answers
-
     async def pull(self, model: str, backend: str | None = None) -> PullProgressStream:
         """Pull onto every reachable backend (or the named one); return once each found the manifest."""
         inventory = self.inventory
@@ -218,6 +200,7 @@ class Fleet:
                 raise failure
         for each in inventory.backends:
             each.client.forget(model)
+        inventory.changed()  # the model may be installed by the time anyone asks
         return FleetPull(streams, [(target, inventory.refresh_soon) for target in targets])
 
     async def load(
@@ -243,7 +226,8 @@ class Fleet:
         targets = await self.inventory.reachable_holders(model)
         await self._everywhere(targets, lambda client: client.delete(model))
         for target in targets:
-            target.installed.pop(canonical_model_name(model), None)
+            self.inventory.struck(target, canonical_model_name(model))
+        self.inventory.changed()
 
     async def _everywhere(
         self, targets: list[Backend], call: Callable[[OllamaClient], Coroutine[Any, Any, None]]
@@ -257,7 +241,7 @@ class Fleet:
 
     async def running(self) -> PsResponse:
         """Every backend's loaded models, each with its backend."""
-        answers = await self.from_every(lambda client: client.running())
+        answers = await self.inventory.from_every(lambda client: client.running())
         models = [
             msgspec.structs.replace(model, backend=backend.name) for backend, ps in answers for model in ps.models
         ]
@@ -267,10 +251,7 @@ class Fleet:
 
     async def list_models(self) -> TagsResponse:
         """Every backend's installed models, each once."""
-        answered = await self.from_every(lambda client: client.list_models())
-        for backend, tags in answered:
-            self.inventory.take(backend, tags, None)
-        return TagsResponse(models=self.inventory.merged_tags([backend for backend, _ in answered]))
+        return await self.inventory.list_all()
 
     async def forward_all(
         self, targets: list[Backend], send: Callable[[OllamaClient], Awaitable[RawResponse]], *, streamed: bool
@@ -282,6 +263,7 @@ class Fleet:
         outcomes = await asyncio.gather(*(send(target.client) for target in targets), return_exceptions=True)
         for target in targets:
             self.inventory.refresh_soon(target)
+        self.inventory.changed()  # a pull or a delete: what the backends have is changing
         answers: list[tuple[Backend, RawResponse]] = []
         failure: BaseException | None = None
         for target, outcome in zip(targets, outcomes, strict=True):
@@ -306,7 +288,7 @@ class Fleet:
         each model once, ``/api/ps`` (``loaded``) every loaded model with its ``backend``."""
         documents: list[tuple[Backend, dict[str, Any]]] = []
         first: RawResponse | None = None
-        for backend, answer in await self.from_every(send):
+        for backend, answer in await self.inventory.from_every(send):
             content = await answer.read()
             if answer.status != 200:
                 first = first or replayed(answer, content)

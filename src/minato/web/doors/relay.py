@@ -26,7 +26,7 @@ from minato.core.admission import Slot
 from minato.core.generation import take_slot
 from minato.errors import MinatoError
 from minato.observability.record import RequestRecord, record_of
-from minato.upstream.protocol import Spread
+from minato.upstream.ports import Spread
 from minato.upstream.streams import RawResponse
 from minato.web.disconnect import unless_disconnected
 from minato.web.rendering import StreamDialect, stream_error_frame
