@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 logger = structlog.get_logger("minato.pool")
 K = TypeVar("K")
-I = TypeVar("I")  # noqa: E741 (an item)
+Item = TypeVar("Item")
 T = TypeVar("T")
 _JSON: Final = "application/json; charset=utf-8"
 _NDJSON: Final = "application/x-ndjson"
@@ -37,12 +37,12 @@ _SUCCESS: Final = b'"status":"success"'
 _END: Final = object()
 
 
-async def fan_in(sources: list[tuple[K, AsyncIterator[I]]]) -> AsyncIterator[tuple[K, I]]:
+async def fan_in(sources: list[tuple[K, AsyncIterator[Item]]]) -> AsyncIterator[tuple[K, Item]]:
     """Every source's items as they come, each with its source's key; a source's failure raises here
     (and stops the others). Closing the result stops every source's reader."""
     queue: asyncio.Queue[tuple[K, Any]] = asyncio.Queue()
 
-    async def read(key: K, source: AsyncIterator[I]) -> None:
+    async def read(key: K, source: AsyncIterator[Item]) -> None:
         try:
             async for item in source:
                 await queue.put((key, item))
