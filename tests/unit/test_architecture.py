@@ -19,10 +19,12 @@ from litestar.openapi.spec import Parameter
 from litestar.testing import AsyncTestClient
 from msgspec import UnsetType
 
+from minato.auth.caller import Caller, Role
 from minato.core.admission import Admission
 from minato.core.generation import Lease, Question
+from minato.core.policy import Policy
 from minato.core.sessions import SessionManager
-from minato.errors import OllamaTimeoutError, OllamaUnavailableError
+from minato.errors import ForbiddenError, OllamaTimeoutError, OllamaUnavailableError
 from minato.ollama.options import OPTIONS
 from minato.ollama.wire import (
     ChatChunk,
@@ -38,7 +40,7 @@ from minato.settings import Settings
 from minato.state.memory import LocalTurnLocks
 from minato.state.sessions.store import MemoryStore
 from minato.upstream.client import ModelFacts, OllamaClient
-from minato.upstream.protocol import BackendStatus, Spread
+from minato.upstream.ports import BackendStatus, Spread
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse
 from minato.web.app import create_app
 from minato.web.params import GENERATION_QUERY_PARAMETERS
@@ -69,6 +71,15 @@ class FakeOllama:
 
     def holders(self, model: str) -> list[str]:
         return ["fake:0"]
+
+    async def knows(self, model: str) -> bool | None:
+        return True
+
+    def label(self, model: str | None) -> str:
+        return model or ""
+
+    def similar(self, name: str, limit: int = 3) -> list[str]:
+        return []
 
     async def chat(self, request: ChatRequest, *, affinity: str | None = None) -> ChatChunk:
         self.asked.append(request)
@@ -282,7 +293,9 @@ def test_nothing_above_upstream_names_the_concrete_client() -> None:
     offenders = [
         str(path.relative_to(SRC))
         for path in SRC.rglob("*.py")
-        if path.parent.name != "upstream" and path.name not in {"app.py"} and "OllamaClient" in path.read_text()
+        if path.relative_to(SRC).parts[0] != "upstream"
+        and path.name not in {"app.py"}
+        and "OllamaClient" in path.read_text()
     ]
     assert offenders == []
 
@@ -375,3 +388,29 @@ def test_the_documented_query_parameters_are_exactly_the_ones_understood(app: Li
 
     assert documented == GENERATION_QUERY_PARAMETERS
     assert set(OPTIONS) <= documented, "every Ollama option in the table is a documented query parameter"
+
+
+class ModelWithContext:
+    """Only what the policy asks of Ollama (the :class:`~minato.upstream.ports.Facts` port)."""
+
+    def __init__(self, context_length: int | None) -> None:
+        self.asked: list[str] = []
+        self.context_length = context_length
+
+    async def capabilities(self, model: str) -> frozenset[str]:
+        return (await self.facts(model)).capabilities
+
+    async def facts(self, model: str) -> ModelFacts:
+        self.asked.append(model)
+        return ModelFacts(frozenset({"completion"}), self.context_length)
+
+
+async def test_a_consumer_is_faked_by_the_one_port_it_needs(settings: Settings) -> None:
+    policy = Policy(settings)
+    user = Caller(fingerprint="f" * 12, role=Role.USER, name="user")
+    upstream = ModelWithContext(4096)
+
+    await policy.check_num_ctx(user, upstream, "m", 4096)
+    with pytest.raises(ForbiddenError, match="the model's context length"):
+        await policy.check_num_ctx(user, upstream, "m", 4097)
+    assert upstream.asked == ["m", "m"]

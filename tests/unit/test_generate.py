@@ -12,7 +12,7 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.upstream.catalog import MIN_REFRESH_SECONDS, SHOW_LOOKUPS_PER_SECOND
+from minato.upstream.pool.inventory import MIN_REFRESH_SECONDS, SHOW_LOOKUPS_PER_SECOND
 from tests.payloads import catalogue, chat_answer, not_found, show
 
 pytestmark = pytest.mark.anyio

@@ -30,7 +30,7 @@ from minato.observability.record import RequestRecord
 from minato.ollama.names import canonical_model_name
 from minato.ollama.wire import ChatChunk, ChatRequest
 from minato.settings import Settings
-from minato.upstream.protocol import Ollama
+from minato.upstream.ports import Generator
 from minato.upstream.streams import ChunkStream
 
 
@@ -54,7 +54,7 @@ class GenerationParts(NamedTuple):
     usage: Usage
     tokens_left: int | None
     """The tokens the caller's quota still allowed when the request began (``None``: no quota)."""
-    upstream: Ollama
+    upstream: Generator
     sessions: SessionManager
     admission: Admission
     settings: Settings

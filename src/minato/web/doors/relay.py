@@ -27,7 +27,7 @@ from minato.core.generation import take_slot
 from minato.core.usage import Usage
 from minato.errors import MinatoError
 from minato.observability.record import RequestRecord, record_of
-from minato.upstream.protocol import Spread
+from minato.upstream.ports import Spread
 from minato.upstream.streams import RawResponse
 from minato.web.auth import caller_of
 from minato.web.disconnect import watch_of
