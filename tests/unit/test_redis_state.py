@@ -19,10 +19,10 @@ from minato.auth.caller import Caller, Role
 from minato.errors import SessionDamagedError, StateUnavailableError
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
+from minato.state.conversations import Bounds, Caps, StoredMessage
 from minato.state.protocols import SharedState
-from minato.state.quota import Standing
-from minato.state.redis import open_redis_state
-from minato.state.sessions.model import Bounds, Caps, StoredMessage
+from minato.state.redis.home import open_redis_state
+from minato.state.windows import Standing
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -28,12 +28,12 @@ from minato.errors import SettingsError, StateUnavailableError
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
 from minato.state.homes import open_state
-from minato.state.memory import LocalAffinity, LocalRateLimiter, LocalTurnLocks, MemoryHealth, TokenQuota
+from minato.state.memory import LocalAffinity, LocalRateLimiter, LocalTurnLocks, MemoryHealth, MemoryStore, TokenQuota
 from minato.state.protocols import SharedState
-from minato.state.quota import Standing
-from minato.state.sessions.sqlite import SqliteStore
-from minato.state.sessions.store import MemoryStore
-from minato.state.sqlite import UNAVAILABLE, SqliteState
+from minato.state.sqlite.conversations import SqliteStore
+from minato.state.sqlite.home import SqliteState
+from minato.state.sqlite.tables import UNAVAILABLE
+from minato.state.windows import Standing
 from minato.web.app import create_app
 from tests.payloads import chat_answer
 
@@ -433,9 +433,9 @@ async def test_a_redis_url_opens_the_redis_home(monkeypatch: pytest.MonkeyPatch)
         opened.append((settings, metrics))
         yield fake
 
-    module = types.ModuleType("minato.state.redis")
+    module = types.ModuleType("minato.state.redis.home")
     module.open_redis_state = open_redis_state  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "minato.state.redis", module)
+    monkeypatch.setitem(sys.modules, "minato.state.redis.home", module)
     settings = Settings(redis_url="redis://127.0.0.1:1/0", session_store="memory://", workers=4)
     metrics = Metrics()
 

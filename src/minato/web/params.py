@@ -27,7 +27,7 @@ from minato.ollama.options import (
 )
 from minato.ollama.wire import ChatRequest, WireMessage
 from minato.settings import Settings
-from minato.state.sessions.model import validate_session_id
+from minato.state.conversations import validate_session_id
 from minato.web.hints import unknown_name_sentence
 from minato.web.rendering import validation_sentence
 

@@ -24,7 +24,7 @@ from minato.core.schemas import SessionListItem, SessionPage, SessionView, Syste
 from minato.core.sessions import SessionManager
 from minato.errors import AmbiguousSessionError, SessionNotFoundError
 from minato.settings import Settings
-from minato.state.sessions.model import Session, validate_session_id
+from minato.state.conversations import Session, validate_session_id
 from minato.web.params import check_text_length
 from minato.web.rendering import VALIDATION_RESPONSE, error_spec
 
