@@ -264,14 +264,7 @@ class MemoryStore:
         return sorted(owner for owner, sid in self._sessions if sid == session_id)
 
     async def append(
-        self,
-        owner: str,
-        session_id: str,
-        messages: list[StoredMessage],
-        bounds: Bounds,
-        *,
-        caps: Caps,
-        now: float,
+        self, owner: str, session_id: str, messages: list[StoredMessage], bounds: Bounds, *, caps: Caps, now: float
     ) -> None:
         """Add messages, then trim, then make room."""
         current = self._current(owner, session_id, now)

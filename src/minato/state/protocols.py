@@ -110,14 +110,7 @@ class SessionStore(Protocol):
         """Return the owners having a conversation with this id, sorted."""
 
     async def append(
-        self,
-        owner: str,
-        session_id: str,
-        messages: list[StoredMessage],
-        bounds: Bounds,
-        *,
-        caps: Caps,
-        now: float,
+        self, owner: str, session_id: str, messages: list[StoredMessage], bounds: Bounds, *, caps: Caps, now: float
     ) -> None:
         """Add messages to a conversation (creating it), trim it to its bounds, and keep the store
         within ``caps``."""

@@ -122,14 +122,7 @@ class RedisStore:
         return [name.decode()[len(session_id) + 1 :] for name in names]
 
     async def append(
-        self,
-        owner: str,
-        session_id: str,
-        messages: list[StoredMessage],
-        bounds: Bounds,
-        *,
-        caps: Caps,
-        now: float,
+        self, owner: str, session_id: str, messages: list[StoredMessage], bounds: Bounds, *, caps: Caps, now: float
     ) -> None:
         """Add messages and trim them to ``bounds`` (:func:`~minato.state.conversations.trim_plan`), then make
         room within ``caps``, atomically: the plan is made on what the conversation holds, and written only

@@ -84,6 +84,8 @@ class Link:
         self.metrics = metrics
         self.where = _where(settings.redis_url)
         self.sentence = f"the shared state (Redis at {self.where}) cannot be reached; try again shortly"
+        #: The ``lua/`` files of every script registered, each script's in order (for the tests that load them all).
+        self.scripts: list[tuple[str, ...]] = []
         self._up: bool | None = None
 
     async def run(self, call: Awaitable[T]) -> T:
@@ -103,6 +105,7 @@ class Link:
     def script(self, *names: str) -> AsyncScript:
         """The Lua script made of ``lua/<name>.lua`` files (see :func:`lua`), loaded again by itself into
         a Redis that restarted."""
+        self.scripts.append(names)
         return self.client.register_script(lua(*names))
 
     def _mark(self, up: bool, error: BaseException | None = None) -> None:

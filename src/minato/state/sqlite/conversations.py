@@ -123,14 +123,7 @@ class SqliteStore:
         return await self._run(work)
 
     async def append(
-        self,
-        owner: str,
-        session_id: str,
-        messages: list[StoredMessage],
-        bounds: Bounds,
-        *,
-        caps: Caps,
-        now: float,
+        self, owner: str, session_id: str, messages: list[StoredMessage], bounds: Bounds, *, caps: Caps, now: float
     ) -> None:
         """Add messages, trim and make room, in one transaction."""
 
