@@ -8,7 +8,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["ManualClock"]
 
@@ -21,7 +21,7 @@ class ManualClock:
 
     def __init__(self, now: float = 1_000_000.0) -> None:
         self.now = now
-        self._sleepers: list[tuple[float, asyncio.Future[None], asyncio.Task[object] | None]] = []
+        self._sleepers: list[tuple[float, asyncio.Future[None], asyncio.Task[Any] | None]] = []
         self._moved = asyncio.Event()
 
     def time(self) -> float:
@@ -38,11 +38,11 @@ class ManualClock:
         finally:
             self._sleepers = [entry for entry in self._sleepers if entry[1] is not woken]
 
-    def asleep(self, task: asyncio.Future[object]) -> bool:
+    def asleep(self, task: asyncio.Future[Any]) -> bool:
         """Whether ``task`` waits in :meth:`sleep` now."""
         return any(sleeper is task for _, _, sleeper in self._sleepers)
 
-    async def until_asleep(self, task: asyncio.Future[object]) -> None:
+    async def until_asleep(self, task: asyncio.Future[Any]) -> None:
         """Wait until ``task`` waits in :meth:`sleep` (or fail after :data:`PATIENCE` real seconds)."""
         await self._until(lambda: self.asleep(task) or task.done())
 
@@ -65,7 +65,7 @@ class ManualClock:
             await self._until(functools.partial(self._settled, tasks))
         self.now = end
 
-    def _settled(self, tasks: list[asyncio.Task[object]]) -> bool:
+    def _settled(self, tasks: list[asyncio.Task[Any]]) -> bool:
         return all(task.done() or self.asleep(task) for task in tasks)
 
     async def _until(self, settled: Callable[[], bool]) -> None:

@@ -34,6 +34,7 @@ from minato.state.protocols import SharedState
 from minato.state.sqlite.conversations import SqliteStore
 from minato.state.sqlite.home import SqliteState
 from minato.state.sqlite.tables import UNAVAILABLE
+from minato.state.sqlite.turns import SqliteLeaseStore
 from minato.state.windows import Standing
 from minato.web.app import create_app
 from tests.clocks import ManualClock
@@ -207,6 +208,22 @@ async def test_a_held_lease_is_renewed_past_its_life(tmp_path: Path) -> None:
         held.release()
         await clock.advance(1.0)
         (await asyncio.wait_for(waiting, timeout=2)).release()
+
+
+async def test_a_lease_taken_again_by_its_holder_stays_its_own(tmp_path: Path) -> None:
+    """A take sent again (its answer lost with a broken connection) must not lock its own holder out."""
+    clock = ManualClock()
+    async with _workers(tmp_path / "s.db", 1, clock=clock) as (one,):
+        store = SqliteLeaseStore(one._tables, 30.0)
+
+        assert await store.take(("o", "s"), "mine")
+        assert await store.take(("o", "s"), "mine"), "taken again by the same holding"
+        assert not await store.take(("o", "s"), "theirs")
+        clock.now += 31.0
+        assert await store.take(("o", "s"), "theirs"), "once expired, it is free for another"
+        assert not await store.extend(("o", "s"), "mine"), "and lost to its first holder"
+        await store.delete(("o", "s"), "mine")
+        assert _leases(tmp_path / "s.db") == [("o", "s", "theirs")], "a holding deletes only its own lease"
 
 
 async def test_a_release_by_a_holding_that_lost_its_lease_deletes_nothing(tmp_path: Path) -> None:
