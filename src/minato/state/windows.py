@@ -1,7 +1,7 @@
 """The arithmetic of the two limits every home keeps alike: a token bucket per key, and a key's tokens
 over a rolling 24 h. Pure functions of a given time, so every home runs the same algorithm on its own
 clock (Redis runs the very same steps in Lua, ``redis/lua/token_bucket.lua`` and ``quota_*.lua``, on
-Redis's clock; ``tests/unit/test_redis_lua.py`` checks they answer alike).
+Redis's clock; ``tests/e2e/test_redis_lua.py`` checks they answer alike).
 
 Token quotas count the tokens a key's generations produced (Ollama's ``eval_count``). The guard checks
 before every request of a key with a quota; a finished request is charged what it generated, so every
