@@ -37,8 +37,7 @@ from minato.ollama.wire import (
     WireMessage,
 )
 from minato.settings import Settings
-from minato.state.memory import LocalTurnLocks
-from minato.state.sessions.store import MemoryStore
+from minato.state.memory import LocalTurnLocks, MemoryStore
 from minato.upstream.client import ModelFacts, OllamaClient
 from minato.upstream.ports import BackendStatus, Spread
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse

@@ -22,7 +22,7 @@ from minato.auth.keys import NamedKey, read_keys_file
 from minato.errors import SettingsError
 from minato.settings import Settings
 from minato.state.memory import TokenQuota
-from minato.state.quota import Standing
+from minato.state.windows import Standing
 from minato.web.app import create_app
 from tests.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson
 

@@ -16,7 +16,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
-from minato.state.sessions.sqlite import SqliteStore
+from minato.state.sqlite.conversations import SqliteStore
 from minato.web.app import create_app
 from tests.payloads import chat_answer
 from tests.unit.test_session_store import DAMAGED, HEALTHY, ROOMY, _store_with_a_damaged_conversation
