@@ -14,8 +14,11 @@ from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.payloads import INSTALLED, catalogue, not_found
-from tests.redis_server import RedisServer, RedisServerMissingError
+from tests.support.payloads import INSTALLED, catalogue, not_found
+from tests.support.redis_server import RedisServer, RedisServerMissingError
+
+# The process fixtures (Minato and the stand-in as real servers) serve e2e, contract, load and browser tests.
+pytest_plugins = ["tests.support.servers"]
 
 OLLAMA_URL = "http://ollama.test:11434"
 

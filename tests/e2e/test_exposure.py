@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Backend, MinatoServer, start_minato, stop_minato
-from tests.payloads import PNG_1PX
+from tests.support.payloads import PNG_1PX
+from tests.support.servers import Backend, MinatoServer, start_minato, stop_minato
 
 pytestmark = pytest.mark.e2e
 

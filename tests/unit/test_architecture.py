@@ -43,7 +43,7 @@ from minato.upstream.streams import ChunkStream, PullStream, RawResponse
 from minato.web.app import create_app
 from minato.web.params import GENERATION_QUERY_PARAMETERS
 from tests.conftest import OLLAMA_URL
-from tests.payloads import Pieces, chat_answer
+from tests.support.payloads import Pieces, chat_answer
 
 pytestmark = pytest.mark.anyio
 SRC = Path(__file__).resolve().parents[2] / "src" / "minato"

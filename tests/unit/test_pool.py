@@ -24,7 +24,7 @@ from minato.settings import Settings
 from minato.upstream.failures import says_model_missing
 from minato.upstream.pool import OllamaPool
 from minato.web.app import create_app
-from tests.payloads import catalogue, chat_done, chat_token, ndjson, not_found, pull_progress, show
+from tests.support.payloads import catalogue, chat_done, chat_token, ndjson, not_found, pull_progress, show
 
 pytestmark = pytest.mark.anyio
 

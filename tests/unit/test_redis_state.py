@@ -23,7 +23,7 @@ from minato.state.protocols import SharedState
 from minato.state.quota import Standing
 from minato.state.redis import open_redis_state
 from minato.state.sessions.model import Bounds, Caps, StoredMessage
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 

@@ -35,7 +35,7 @@ from minato.state.sessions.sqlite import SqliteStore
 from minato.state.sessions.store import MemoryStore
 from minato.state.sqlite import UNAVAILABLE, SqliteState
 from minato.web.app import create_app
-from tests.payloads import chat_answer
+from tests.support.payloads import chat_answer
 
 pytestmark = pytest.mark.anyio
 QUOTA_CALLER = Caller(fingerprint="f00d", role=Role.USER, name="q", tokens_per_day=10)

@@ -1,0 +1,413 @@
+"""Generation parameters: ``keep_alive`` and model-name parsing, and every way the query string can be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import respx
+from litestar import Litestar
+from litestar.routes import HTTPRoute
+from litestar.testing import AsyncTestClient
+
+from minato.errors import InvalidInputError
+from minato.ollama.options import INT64_MAX, MAX_KEEP_ALIVE_SECONDS, parse_keep_alive
+from minato.web.api import ROUTE_HANDLERS
+from minato.web.params import MAX_MODEL_NAME, validate_model_name
+from minato.web.query import repeatable_parameters
+from tests.support.payloads import chat_answer
+
+pytestmark = pytest.mark.anyio
+Client = AsyncTestClient[Litestar]
+
+
+@pytest.mark.parametrize(
+    ("given", "parsed"),
+    [
+        pytest.param("300", 300, id="integer-seconds"),
+        pytest.param(" 300 ", 300, id="surrounding-space"),
+        pytest.param("2.5", 2.5, id="fractional-seconds"),
+        pytest.param("0", 0, id="zero-unloads"),
+        pytest.param("300.0", 300, id="integral-float-becomes-int"),
+        pytest.param("-1", -1, id="minus-one-forever"),
+        pytest.param("-3.5", -1, id="any-negative-forever"),
+        pytest.param("-86400", -1, id="large-negative-forever"),
+        pytest.param("5m", "5m", id="minutes"),
+        pytest.param("1h30m", "1h30m", id="compound"),
+        pytest.param("500ms", "500ms", id="milliseconds"),
+        pytest.param("1.5h", "1.5h", id="fractional-duration"),
+        pytest.param("10us", "10us", id="microseconds"),
+        pytest.param("-1m", "-1m", id="negative-duration"),
+        pytest.param("0s", "0s", id="zero-duration"),
+    ],
+)
+def test_keep_alive_becomes_a_number_or_a_go_duration(given: str, parsed: object) -> None:
+    result = parse_keep_alive(given)
+
+    assert result == parsed
+    assert type(result) is type(parsed)
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["300x", "abc", "", "5M", "1h 30m", "m", "nan", "inf", "-inf", "1e20", "0x10", "5m!"],
+)
+def test_keep_alive_rejects_what_ollama_would_refuse(given: str) -> None:
+    with pytest.raises(ValueError, match=r"seconds|duration"):
+        parse_keep_alive(given)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "llama3.2",
+        "llama3.2:1b",
+        "qwen3:0.6b-q4_K_M",
+        "library/qwen3:0.6b",
+        "jmorgan/llama-3_2:latest",
+        "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+        "registry.ollama.ai/library/llama3.2:latest",
+        "a" * MAX_MODEL_NAME,
+    ],
+)
+def test_valid_model_names_are_accepted_verbatim(name: str) -> None:
+    assert validate_model_name(name) == name
+
+
+def test_the_leading_slash_of_a_path_parameter_is_dropped() -> None:
+    assert validate_model_name("/llama3.2:1b") == "llama3.2:1b"
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        pytest.param("", "missing", id="empty"),
+        pytest.param("/", "missing", id="only-slash"),
+        pytest.param("llama 3", "value_error", id="space"),
+        pytest.param("..", "value_error", id="dot-dot"),
+        pytest.param("../etc/passwd", "value_error", id="parent-traversal"),
+        pytest.param("a/../b", "value_error", id="inner-traversal"),
+        pytest.param("a//b", "value_error", id="empty-segment"),
+        pytest.param("-rf", "value_error", id="leading-dash"),
+        pytest.param(".hidden", "value_error", id="leading-dot"),
+        pytest.param("llama3:", "value_error", id="empty-tag"),
+        pytest.param(":latest", "value_error", id="tag-only"),
+        pytest.param("a:b:c", "value_error", id="two-tags"),
+        pytest.param("llama3?x=1", "value_error", id="query-character"),
+        pytest.param("llama3\n", "value_error", id="newline"),
+        pytest.param("a" * (MAX_MODEL_NAME + 1), "value_error", id="too-long"),
+    ],
+)
+def test_invalid_model_names_are_a_422_on_the_path_parameter(raw: str, kind: str) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        validate_model_name(raw)
+
+    (item,) = caught.value.items
+    assert item.loc == ["path", "model_name"]
+    assert item.type == kind
+
+
+def test_a_registry_host_with_a_port_is_a_valid_model_name() -> None:
+    # Ollama's model.ParseName accepts "host:port/namespace/model:tag" (private registries).
+    assert validate_model_name("registry.local:5000/team/model:tag") == "registry.local:5000/team/model:tag"
+
+
+async def test_an_unknown_query_parameter_is_a_422_and_nothing_goes_upstream(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": "hi", "temprature": "0.5"})
+
+    assert response.status_code == 422
+    (item,) = response.json()["detail"]
+    assert item["loc"] == ["query", "temprature"]
+    assert item["type"] == "extra_forbidden"
+    assert "temperature" in item["msg"]
+    assert not route.called
+
+
+async def test_every_unknown_query_parameter_is_reported(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": "hi", "n_gpu": "5", "stream": "true"})
+
+    assert response.status_code == 422
+    assert [item["loc"] for item in response.json()["detail"]] == [["query", "n_gpu"], ["query", "stream"]]
+    assert not route.called
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("num_ctx", "0", id="num_ctx-zero"),
+        pytest.param("num_ctx", "2147483648", id="num_ctx-over-int32"),
+        pytest.param("num_keep", "-2", id="num_keep-below-minus-one"),
+        pytest.param("num_batch", "0", id="num_batch-zero"),
+        pytest.param("temperature", "-1", id="temperature-negative"),
+        pytest.param("temperature", "101", id="temperature-huge"),
+        pytest.param("temperature", "nan", id="temperature-nan"),
+        pytest.param("temperature", "inf", id="temperature-inf"),
+        pytest.param("seed", str(2**64), id="seed-over-int64"),
+        pytest.param("seed", "1.5", id="seed-fractional"),
+        pytest.param("num_ctx", "abc", id="num_ctx-not-a-number"),
+        pytest.param("numa", "maybe", id="numa-not-a-bool"),
+        pytest.param("low_vram", "2", id="low_vram-not-a-bool"),
+    ],
+)
+async def test_an_out_of_range_parameter_is_a_422_naming_it(
+    client: Client, ollama: respx.MockRouter, name: str, value: str
+) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": "hi", name: value})
+
+    assert response.status_code == 422
+    assert [item["loc"] for item in response.json()["detail"]] == [["query", name]]
+    assert not route.called
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "sent"),
+    [
+        pytest.param("num_keep", "-1", -1, id="num_keep-minus-one"),
+        pytest.param("temperature", "0", 0.0, id="temperature-zero"),
+        pytest.param("seed", "-5", -5, id="seed-negative"),
+        pytest.param("num_ctx", "2147483647", 2147483647, id="num_ctx-int32-max"),
+    ],
+)
+async def test_boundary_values_are_accepted_and_forwarded(
+    client: Client, ollama: respx.MockRouter, name: str, value: str, sent: object
+) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": "hi", name: value})
+
+    assert response.status_code == 200
+    assert json.loads(route.calls.last.request.content)["options"] == {name: sent}
+
+
+@pytest.mark.parametrize("message", ["", " ", "\t\n "])
+async def test_an_empty_or_blank_message_is_a_422(client: Client, ollama: respx.MockRouter, message: str) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": message})
+
+    assert response.status_code == 422
+    assert [item["loc"] for item in response.json()["detail"]] == [["query", "message"]]
+    assert not route.called
+
+
+@pytest.mark.parametrize("path", ["/llama3.2", "/stream/llama3.2"])
+async def test_a_message_over_the_limit_is_a_422(client: Client, ollama: respx.MockRouter, path: str) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get(path, params={"message": "x" * 1001})
+
+    assert response.status_code == 422
+    (item,) = response.json()["detail"]
+    assert item["loc"] == ["query", "message"]
+    assert item["type"] == "string_too_long"
+    assert "1000" in item["msg"]
+    assert not route.called
+
+
+async def test_a_message_at_the_limit_is_accepted(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": "x" * 1000})
+
+    assert response.status_code == 200
+    assert json.loads(route.calls.last.request.content)["messages"] == [{"role": "user", "content": "x" * 1000}]
+
+
+async def test_a_system_prompt_over_the_limit_is_a_422(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": "hi", "system_prompt": "s" * 1001})
+
+    assert response.status_code == 422
+    assert [item["loc"] for item in response.json()["detail"]] == [["query", "system_prompt"]]
+    assert not route.called
+
+
+@pytest.mark.parametrize("path", ["/llama3.2", "/stream/llama3.2"])
+async def test_a_missing_message_is_a_422_of_type_missing(client: Client, ollama: respx.MockRouter, path: str) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get(path)
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": [{"loc": ["query", "message"], "msg": "field required", "type": "missing"}]}
+    assert not route.called
+
+
+@pytest.mark.parametrize("keep_alive", ["300x", "abc", "nan", "1e20", ""])
+async def test_a_bad_keep_alive_is_a_422(client: Client, ollama: respx.MockRouter, keep_alive: str) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": "hi", "keep_alive": keep_alive})
+
+    assert response.status_code == 422
+    assert [item["loc"] for item in response.json()["detail"]] == [["query", "keep_alive"]]
+    assert not route.called
+
+
+@pytest.mark.parametrize("path", ["/-rf", "/llama%203", "/a:b:c", "/stream/-rf", "/" + "a" * (MAX_MODEL_NAME + 1)])
+async def test_an_invalid_model_name_is_a_422_on_the_path(client: Client, ollama: respx.MockRouter, path: str) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get(path, params={"message": "hi"})
+
+    assert response.status_code == 422
+    assert [item["loc"] for item in response.json()["detail"]] == [["path", "model_name"]]
+    assert not route.called
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "message=hi&seed=",
+        "message=hi&temperature=%20",
+        "message=hi&num_ctx=1e3",
+        "message=hi&keep_alive=a&keep_alive=b",
+        "message=hi&system_prompt=",
+        "message=hi&numa=",
+        "message=%FF%FE",
+        "temperature=1",
+        "message=hi&=x",
+    ],
+)
+async def test_malformed_query_strings_are_never_a_500(client: Client, ollama: respx.MockRouter, query: str) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get(f"/llama3.2?{query}")
+
+    assert response.status_code < 500
+    assert response.headers["content-type"].startswith("application/json")
+    if response.status_code == 422:
+        assert not route.called
+
+
+@pytest.mark.parametrize(
+    ("given", "fits"),
+    [
+        pytest.param("2562047h47m16.854775807s", True, id="int64-max-exactly"),
+        pytest.param("2562047h47m16.854775808s", False, id="one-nanosecond-over"),
+        pytest.param("-2562047h47m16.854775808s", True, id="int64-min-as-negative"),
+        pytest.param("9223372036854775807ns", True, id="max-in-nanoseconds"),
+        pytest.param("9223372036854775808ns", False, id="over-in-nanoseconds"),
+        pytest.param("99999999999999999h", False, id="the-reported-overflow"),
+        pytest.param("-99999999999999999h", False, id="negative-overflow-too"),
+        pytest.param("2562047h", True, id="just-under-in-hours"),
+        pytest.param("2562048h", False, id="just-over-in-hours"),
+        pytest.param("2562047h60m", False, id="over-only-once-summed"),
+        pytest.param("1.000000000000000000000000001h", True, id="long-fraction-loses-precision-like-go"),
+    ],
+)
+def test_keep_alive_durations_are_checked_against_gos_int64_nanoseconds(given: str, fits: bool) -> None:
+    if fits:
+        assert parse_keep_alive(given) == given
+    else:
+        with pytest.raises(ValueError, match="longer than the longest duration Ollama accepts"):
+            parse_keep_alive(given)
+
+
+def test_the_numeric_keep_alive_bound_stays_inside_gos_int64_nanoseconds() -> None:
+    assert MAX_KEEP_ALIVE_SECONDS * 1e9 < INT64_MAX
+    assert parse_keep_alive(str(int(MAX_KEEP_ALIVE_SECONDS))) == int(MAX_KEEP_ALIVE_SECONDS)
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        parse_keep_alive(str(int(MAX_KEEP_ALIVE_SECONDS) + 1))
+
+
+def test_only_ascii_digits_make_a_go_duration() -> None:
+    with pytest.raises(ValueError, match="duration such as 5m"):
+        parse_keep_alive("\u0663h")  # ARABIC-INDIC DIGIT THREE: a digit to Python, not to Go
+
+
+async def test_an_overflowing_keep_alive_is_a_422_and_never_reaches_ollama(
+    client: Client, ollama: respx.MockRouter
+) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2", params={"message": "hi", "keep_alive": "99999999999999999h"})
+
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": [
+            {
+                "loc": ["query", "keep_alive"],
+                "msg": "is longer than the longest duration Ollama accepts (about 2,562,047 h)",
+                "type": "value_error",
+            }
+        ]
+    }
+    assert not route.called
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "repeated"),
+    [
+        pytest.param("GET", "/llama3.2", "message=a&message=b", "message", id="generate-message"),
+        pytest.param("GET", "/llama3.2", "message=a&temperature=0.1&temperature=0.9", "temperature", id="option"),
+        pytest.param("GET", "/stream/llama3.2", "message=a&keep_alive=1m&keep_alive=2m", "keep_alive", id="stream"),
+        pytest.param("POST", "/vision/gemma3", "message=a&message=b", "message", id="vision"),
+        pytest.param("GET", "/chat", "limit=1&limit=2", "limit", id="chat"),
+        pytest.param("POST", "/load/llama3.2", "keep_alive=1m&keep_alive=2m", "keep_alive", id="load"),
+        pytest.param("POST", "/install/llama3.2", "stream=true&stream=false", "stream", id="install"),
+        pytest.param("GET", "/status/llama3.2", "x=1&x=2", "x", id="status-unknown-parameter"),
+        pytest.param("GET", "/models_list/", "x=1&x=2", "x", id="models-list"),
+        pytest.param("GET", "/llama3.2", "message=a&%6Dessage=b", "message", id="escaped-twin"),
+        pytest.param("GET", "/llama3.2", "message=a&temperature=0.1&temp%65rature=0.9", "temperature", id="escaped"),
+    ],
+)
+async def test_a_single_value_parameter_given_twice_is_a_422_on_every_route(
+    client: Client, ollama: respx.MockRouter, method: str, path: str, query: str, repeated: str
+) -> None:
+    anything = ollama.route(path__regex=r"^/api/(?!ps).*").respond(500)
+
+    response = await client.request(method, f"{path}?{query}")
+
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": [{"loc": ["query", repeated], "msg": "was given more than once", "type": "value_error"}]
+    }
+    assert not anything.called
+
+
+async def test_every_repeated_parameter_is_named(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2?message=a&seed=1&message=b&seed=2&top_k=3")
+
+    assert response.status_code == 422
+    assert [item["loc"] for item in response.json()["detail"]] == [["query", "message"], ["query", "seed"]]
+    assert not route.called
+
+
+async def test_stop_may_repeat(client: Client, ollama: respx.MockRouter) -> None:
+    route = ollama.post("/api/chat").respond(200, json=chat_answer())
+
+    response = await client.get("/llama3.2?message=a&stop=x&stop=y")
+
+    assert response.status_code == 200
+    assert json.loads(route.calls.last.request.content)["options"]["stop"] == ["x", "y"]
+
+
+def test_only_the_list_parameters_may_repeat(app: Litestar) -> None:
+    # The handlers the app registered (copies of ROUTE_HANDLERS, which stay untouched).
+    handlers = [handler for route in app.routes if isinstance(route, HTTPRoute) for handler in route.route_handlers]
+    repeatable = {
+        (method, path): set(repeatable_parameters(handler))
+        for handler in handlers
+        for path in handler.paths
+        for method in handler.http_methods
+    }
+
+    assert len(repeatable) >= len(ROUTE_HANDLERS)
+    assert {key: names for key, names in repeatable.items() if names} == {
+        ("GET", "/{model_name:path}"): {"stop"},
+        ("GET", "/stream/{model_name:path}"): {"stop"},
+        ("POST", "/vision/{model_name:path}"): {"stop", "image_url"},
+        ("POST", "/stream/vision/{model_name:path}"): {"stop", "image_url"},
+    }

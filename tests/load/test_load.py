@@ -1,0 +1,176 @@
+"""Hundreds of concurrent streams through Minato, two thirds of them abandoned part-way.
+
+A third of the clients hang up after the first token, a third after a random number of tokens, a
+third read to the end. Afterwards nothing may be left behind: no stream counted in flight, no request
+still open on the stand-in, no sockets piling up in Minato, and Minato answers as before.
+
+The streams read to the end ask the stand-in for ``standin/paced:20x100`` (20 tokens, 100 ms apart).
+The abandoned ones ask for ``standin/paced:1200x100``: two minutes at the stand-in's pace, far longer
+than any client takes to read its 15 tokens, so every hang-up reaches the stand-in before that
+stream could end, however loaded the machine. The counts are then exact (each abandoned stream
+cancelled, each full one completed, none left over), and they are read once they have settled, by
+polling the stand-in within a generous deadline, not at a fixed moment: a stream Minato never
+cancelled would still be running there and fail the wait. Nothing is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TypeVar
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.servers import Backend, MinatoServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.load]
+
+STREAMS: Final = 300
+TOKENS: Final = 20
+TOKEN_MS: Final = 100
+MODEL: Final = f"standin/paced:{TOKENS}x{TOKEN_MS}"
+#: What the abandoned streams ask for: one that outlasts any hang-up.
+LONG_MODEL: Final = f"standin/paced:1200x{TOKEN_MS}"
+#: Bounds on waits for an event (a read, a count settling), not budgets: far above what they take.
+READ_TIMEOUT_S: Final = 60.0
+SETTLE_S: Final = 60.0
+#: File descriptors Minato may hold beyond its starting count once the load is gone, on top of one
+#: keep-alive connection to Ollama per stream that ended normally (the pool keeps those for a while).
+FD_SLACK: Final = 20
+T = TypeVar("T")
+
+
+@dataclass
+class Outcome:
+    plan: str  # "first", "random" or "full"
+    stop_after: int  # tokens to read before hanging up (TOKENS + 1: never)
+    model: str = MODEL
+    status: int | None = None
+    tokens: int = 0
+    finished: bool = False  # the body ended on its own
+    error: str | None = None
+
+
+def _plans(rng: random.Random) -> list[Outcome]:
+    third = STREAMS // 3
+    plans = [Outcome("first", 1, LONG_MODEL) for _ in range(third)]
+    plans += [Outcome("random", rng.randint(2, TOKENS - 5), LONG_MODEL) for _ in range(third)]
+    plans += [Outcome("full", TOKENS + 1) for _ in range(STREAMS - 2 * third)]
+    rng.shuffle(plans)
+    return plans
+
+
+async def _one_stream(client: httpx.AsyncClient, outcome: Outcome, index: int) -> None:
+    params = {"message": f"load test stream {index}"}
+    try:
+        async with client.stream("GET", f"/stream/{outcome.model}", params=params) as response:
+            outcome.status = response.status_code
+            if response.status_code != 200:
+                await response.aread()
+                return
+            text = ""
+            async for chunk in response.aiter_text():
+                text += chunk
+                outcome.tokens = len(text.split())
+                if outcome.tokens >= outcome.stop_after:
+                    return  # leaving the block closes the connection mid-stream
+            outcome.finished = True
+    except httpx.HTTPError as exc:
+        outcome.error = f"{type(exc).__name__}: {exc}"
+
+
+async def _run_load(base_url: str, outcomes: list[Outcome]) -> None:
+    limits = httpx.Limits(max_connections=STREAMS + 20, max_keepalive_connections=STREAMS + 20)
+    timeout = httpx.Timeout(READ_TIMEOUT_S)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, trust_env=False) as client:
+        await asyncio.gather(*(_one_stream(client, outcome, i) for i, outcome in enumerate(outcomes)))
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _streams_in_flight(http: httpx.Client) -> float:
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    for family in text_string_to_metric_families(response.text):
+        if family.name == "minato_streams_in_flight":
+            return sum(sample.value for sample in family.samples)
+    raise AssertionError("/metrics has no minato_streams_in_flight gauge")
+
+
+def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, timeout: float = SETTLE_S) -> T:
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    assert done(value), f"{what}: still {value!r} after {timeout} s"
+    return value
+
+
+def _stream_events(standin: httpx.Client) -> dict[str, Counter[str]]:
+    """The stand-in's stream events so far, counted by model and kind."""
+    counts: dict[str, Counter[str]] = {MODEL: Counter(), LONG_MODEL: Counter()}
+    for event in standin.get("/_standin/events").json():
+        if event["model"] in counts and event.get("stream"):
+            counts[event["model"]][event["type"]] += 1
+    return counts
+
+
+@pytest.mark.timeout(300)
+def test_hundreds_of_streams_with_disconnects_leave_nothing_behind(
+    minato: MinatoServer, backend: Backend, standin: httpx.Client, http: httpx.Client
+) -> None:
+    assert backend.kind == "standin"
+    warm = http.get(f"/stream/{MODEL}", params={"message": "warm up"})
+    assert warm.status_code == 200
+    assert len(warm.text.split()) == TOKENS
+    pid = minato.process.pid
+    fds_before = _open_fds(pid)
+    standin.delete("/_standin/events")
+
+    outcomes = _plans(random.Random(20_260_301))
+    asyncio.run(_run_load(minato.url, outcomes))
+
+    statuses = Counter(o.status for o in outcomes)
+    assert statuses == {200: STREAMS}, f"statuses {statuses}; errors {[o.error for o in outcomes if o.error][:5]}"
+    errors = [o for o in outcomes if o.error]
+    assert not errors, f"{len(errors)} streams failed, e.g. {errors[:3]}"
+    full = [o for o in outcomes if o.plan == "full"]
+    assert all(o.finished and o.tokens == TOKENS for o in full), [o for o in full if o.tokens != TOKENS][:5]
+    abandoned = [o for o in outcomes if not o.finished]
+    assert len(abandoned) == 2 * (STREAMS // 3)
+    assert all(o.tokens >= o.stop_after for o in abandoned), "each hung up after its planned tokens"
+
+    _eventually(lambda: _streams_in_flight(http), lambda n: n == 0, "minato_streams_in_flight")
+    # Settled: every stream the stand-in started has ended there, each as the client's plan says.
+    expected = {
+        MODEL: Counter(stream_started=len(full), stream_completed=len(full)),
+        LONG_MODEL: Counter(stream_started=len(abandoned), stream_cancelled=len(abandoned)),
+    }
+    _eventually(lambda: _stream_events(standin), lambda counts: counts == expected, "the stand-in's stream events")
+    assert standin.get("/_standin/active").json() == {"streams": 0}
+
+    # Sockets: the client side is gone; Minato may keep one idle keep-alive connection to Ollama
+    # per stream that completed, and nothing for the abandoned ones.
+    limit = fds_before + len(full) + FD_SLACK
+    _eventually(lambda: _open_fds(pid), lambda n: n <= limit, f"Minato's open fds (before: {fds_before})")
+
+    assert http.get("/health").status_code == 200
+    after = http.get(f"/stream/{MODEL}", params={"message": "still there?"})
+    assert after.status_code == 200
+    assert len(after.text.split()) == TOKENS
+    answer = http.get(f"/{backend.model}", params={"message": "hi"})
+    assert answer.status_code == 200
+    assert answer.json()["response"]
+    log = Path(minato.log_path).read_text(errors="replace")
+    assert "Exception in ASGI application" not in log
