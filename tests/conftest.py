@@ -1,20 +1,15 @@
-"""Shared fixtures: settings, a respx router standing in for Ollama, the app and its client."""
+"""Fixtures every kind of test shares: the asyncio backend, clean logging, a scratch directory, a Redis of
+the test's own, settings, a recorded ``serve``; and the process fixtures of ``tests/support/servers.py``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import respx
 import structlog
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
-from minato.web.app import create_app
-from tests.support.payloads import INSTALLED, catalogue, not_found
 from tests.support.redis_server import RedisServer, RedisServerMissingError
 
 # The process fixtures (Minato and the stand-in as real servers) serve e2e, contract, load and browser tests.
@@ -73,33 +68,6 @@ def fx_settings() -> Settings:
         session_store="memory://",
         ollama_probe_interval=0,
     )
-
-
-@pytest.fixture(name="ollama")
-def fx_ollama() -> Iterator[respx.MockRouter]:
-    """A respx router answering for Ollama; tests add routes and inspect ``calls``."""
-    with respx.mock(base_url=OLLAMA_URL, assert_all_called=False, assert_all_mocked=True) as router:
-        # Nothing is loaded unless a test says otherwise (the model list asks /api/ps every time).
-        router.get("/api/ps", name="ps").respond(200, json={"models": []})
-        # The models the generation routes find installed (Minato checks a name against this list
-        # before it asks for an answer); a test that needs another list adds its own route.
-        router.get("/api/tags", name="tags").respond(200, json=catalogue(*INSTALLED))
-        # A name not in that list is asked of /api/show before it is called unknown.
-        router.post("/api/show", name="show").respond(404, json=not_found("unlisted"))
-        yield router
-
-
-@pytest.fixture(name="app")
-def fx_app(settings: Settings, ollama: respx.MockRouter) -> Litestar:
-    """Minato wired to the respx router through an httpx mock transport."""
-    return create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
-
-
-@pytest.fixture(name="client")
-async def fx_client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    """An async test client running the app's lifespan."""
-    async with AsyncTestClient(app=app) as client:
-        yield client
 
 
 @pytest.fixture(name="served")

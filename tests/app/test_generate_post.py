@@ -5,24 +5,16 @@ from __future__ import annotations
 import base64
 import json
 
-import msgspec
 import pytest
 import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.web.params import GENERATION_QUERY_PARAMETERS, GenerationBody
 from tests.support.payloads import PNG_1PX, chat_answer, chat_done, chat_token, ndjson, show, streamed
 
 pytestmark = pytest.mark.anyio
 
 Client = AsyncTestClient[Litestar]
-
-
-def test_the_body_takes_exactly_the_query_parameters_and_images() -> None:
-    fields = {field.name for field in msgspec.structs.fields(GenerationBody)}
-
-    assert fields == GENERATION_QUERY_PARAMETERS | {"images"}
 
 
 async def test_a_posted_message_and_parameters_reach_ollama_as_the_get_routes_send_them(

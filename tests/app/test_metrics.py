@@ -12,14 +12,11 @@ import respx
 import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import Message
 from prometheus_client.parser import text_string_to_metric_families
 
-from minato.observability.metrics import Metrics
-from minato.observability.record import record_of
 from minato.settings import Settings
 from minato.web.app import create_app
-from minato.web.middleware import RequestLogMiddleware
 from tests.support.payloads import chat_answer, chat_done, chat_token, ndjson
 
 pytestmark = pytest.mark.anyio
@@ -66,32 +63,6 @@ async def test_a_stream_observes_its_first_token_and_leaves_no_stream_in_flight(
     assert _value(samples, "minato_time_to_first_token_seconds_count", model="llama3.2:latest") == 1
     assert _value(samples, "minato_tokens_generated_total", model="llama3.2:latest") == 2
     assert _value(samples, "minato_streams_in_flight") == 0
-
-
-async def test_a_stream_is_in_flight_from_its_first_byte_until_it_ends() -> None:
-    metrics = Metrics()
-    seen: list[float | None] = []
-
-    async def streaming_app(scope: Scope, receive: Receive, send: Send) -> None:
-        record = record_of(scope)
-        assert record is not None
-        record.streaming = True
-        seen.append(metrics.registry.get_sample_value("minato_streams_in_flight"))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        seen.append(metrics.registry.get_sample_value("minato_streams_in_flight"))
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def receive() -> Message:
-        return {"type": "http.disconnect"}
-
-    async def send(_: Message) -> None:
-        pass
-
-    scope = {"type": "http", "method": "GET", "path": "/stream/m", "headers": [], "state": {}}
-    await RequestLogMiddleware(streaming_app, metrics)(scope, receive, send)  # type: ignore[arg-type]
-
-    assert seen == [0.0, 1.0]
-    assert metrics.registry.get_sample_value("minato_streams_in_flight") == 0.0
 
 
 async def test_upstream_failures_are_counted_by_kind(client: Client, ollama: respx.MockRouter) -> None:

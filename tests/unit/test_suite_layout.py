@@ -16,10 +16,10 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 LOAD_TESTS: Final = (
     ("tests.load.test_load", "test_hundreds_of_streams_with_disconnects_leave_nothing_behind"),
     (
-        "tests.contract.test_native_door",
+        "tests.load.test_native_door",
         "test_a_hundred_concurrent_native_chat_streams_some_abandoned_leave_nothing_behind",
     ),
-    ("tests.e2e.test_exposure", "test_uploads_queued_behind_a_busy_slot_wait_outside_minatos_memory"),
+    ("tests.load.test_exposure", "test_uploads_queued_behind_a_busy_slot_wait_outside_minatos_memory"),
 )
 #: Heavy (a Prometheus, two stand-ins, Redis) but functional: it stays in the main suite.
 FUNCTIONAL: Final = (
