@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -25,6 +24,7 @@ from langchain_ollama import ChatOllama
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import REPO, MinatoServer, start_minato, stop_minato
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -61,16 +61,6 @@ def door(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, timeout: float = SETTLE_S) -> T:
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = read()
-    assert done(value), f"{what}: still {value!r} after {timeout} s"
-    return value
 
 
 def _received(standin: httpx.Client) -> list[dict[str, Any]]:
@@ -484,8 +474,8 @@ def test_a_client_that_closes_a_native_chat_stream_stops_ollama(door: MinatoServ
         first = json.loads(next(response.iter_lines()))
         assert first["done"] is False
 
-    _eventually(lambda: [e["type"] for e in _events(standin, model)], lambda k: "stream_cancelled" in k, "events")
-    _eventually(lambda: standin.get("/_standin/active").json(), lambda a: a == {"streams": 0}, "stand-in streams")
+    eventually(lambda: [e["type"] for e in _events(standin, model)], lambda k: "stream_cancelled" in k, "events")
+    eventually(lambda: standin.get("/_standin/active").json(), lambda a: a == {"streams": 0}, "stand-in streams")
     assert "stream_completed" not in [event["type"] for event in _events(standin, model)]
 
 
@@ -496,6 +486,6 @@ def test_ollama_python_closing_a_chat_stream_stops_ollama(door: MinatoServer, st
         assert next(parts).message.content == "The"
         parts.close()  # what leaving a `for part in ...` loop early does once the iterator is dropped
 
-        _eventually(lambda: [e["type"] for e in _events(standin, model)], lambda k: "stream_cancelled" in k, "events")
+        eventually(lambda: [e["type"] for e in _events(standin, model)], lambda k: "stream_cancelled" in k, "events")
         assert client.list().models, "the client still works after the hang-up"
-    _eventually(lambda: standin.get("/_standin/active").json(), lambda a: a == {"streams": 0}, "stand-in streams")
+    eventually(lambda: standin.get("/_standin/active").json(), lambda a: a == {"streams": 0}, "stand-in streams")

@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
@@ -30,6 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import Backend, MinatoServer
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.load]
 
@@ -107,16 +106,6 @@ def _streams_in_flight(http: httpx.Client) -> float:
     raise AssertionError("/metrics has no minato_streams_in_flight gauge")
 
 
-def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, timeout: float = SETTLE_S) -> T:
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = read()
-    assert done(value), f"{what}: still {value!r} after {timeout} s"
-    return value
-
-
 def _stream_events(standin: httpx.Client) -> dict[str, Counter[str]]:
     """The stand-in's stream events so far, counted by model and kind."""
     counts: dict[str, Counter[str]] = {MODEL: Counter(), LONG_MODEL: Counter()}
@@ -151,19 +140,21 @@ def test_hundreds_of_streams_with_disconnects_leave_nothing_behind(
     assert len(abandoned) == 2 * (STREAMS // 3)
     assert all(o.tokens >= o.stop_after for o in abandoned), "each hung up after its planned tokens"
 
-    _eventually(lambda: _streams_in_flight(http), lambda n: n == 0, "minato_streams_in_flight")
+    eventually(lambda: _streams_in_flight(http), lambda n: n == 0, "minato_streams_in_flight", SETTLE_S)
     # Settled: every stream the stand-in started has ended there, each as the client's plan says.
     expected = {
         MODEL: Counter(stream_started=len(full), stream_completed=len(full)),
         LONG_MODEL: Counter(stream_started=len(abandoned), stream_cancelled=len(abandoned)),
     }
-    _eventually(lambda: _stream_events(standin), lambda counts: counts == expected, "the stand-in's stream events")
+    eventually(
+        lambda: _stream_events(standin), lambda counts: counts == expected, "the stand-in's stream events", SETTLE_S
+    )
     assert standin.get("/_standin/active").json() == {"streams": 0}
 
     # Sockets: the client side is gone; Minato may keep one idle keep-alive connection to Ollama
     # per stream that completed, and nothing for the abandoned ones.
     limit = fds_before + len(full) + FD_SLACK
-    _eventually(lambda: _open_fds(pid), lambda n: n <= limit, f"Minato's open fds (before: {fds_before})")
+    eventually(lambda: _open_fds(pid), lambda n: n <= limit, f"Minato's open fds (before: {fds_before})", SETTLE_S)
 
     assert http.get("/health").status_code == 200
     after = http.get(f"/stream/{MODEL}", params={"message": "still there?"})

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -20,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import MinatoServer, start_minato, stop_minato
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -47,16 +47,6 @@ def door(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, timeout: float = SETTLE_S) -> T:
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = read()
-    assert done(value), f"{what}: still {value!r} after {timeout} s"
-    return value
 
 
 def _events(standin: httpx.Client, model: str) -> list[dict[str, Any]]:
@@ -160,7 +150,7 @@ def test_a_hundred_concurrent_native_chat_streams_some_abandoned_leave_nothing_b
         Counter(stream_started=len(full), stream_completed=len(full)),
         Counter(stream_started=len(abandoned), stream_cancelled=len(abandoned)),
     ]
-    _eventually(
+    eventually(
         lambda: [Counter(event["type"] for event in _events(standin, model)) for model in (STREAM_MODEL, LONG_MODEL)],
         lambda counts: counts == expected,
         "the stand-in's stream events (full, abandoned)",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -21,7 +20,7 @@ import yaml  # type: ignore[import-untyped]
 from tests.support.processes import terminate
 from tests.support.redis_server import free_port
 
-__all__ = ["PrometheusMissingError", "PrometheusServer", "eventually", "scrape_config"]
+__all__ = ["PrometheusMissingError", "PrometheusServer", "scrape_config"]
 
 DEPLOYED: Final = Path(__file__).resolve().parents[2] / "deploy" / "prometheus.yml"
 DEBIAN_BINARY: Final = Path("/usr/bin/prometheus")
@@ -64,18 +63,6 @@ def scrape_config(target: str, credentials_file: Path, interval: str = "1s") -> 
     }
     intervals = {"scrape_interval": interval, "evaluation_interval": interval}
     return {**deployed, "global": {**deployed.get("global", {}), **intervals}, "scrape_configs": [local]}
-
-
-def eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, timeout: float) -> T:
-    """Poll ``read`` until ``done`` holds, for at most ``timeout`` seconds; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {value!r} after {timeout} s")
-        time.sleep(0.2)
-        value = read()
-    return value
 
 
 class PrometheusServer:
