@@ -57,17 +57,22 @@ def fx_redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture(name="settings")
-def fx_settings() -> Settings:
-    """Settings pointing at the mocked Ollama, with small limits that tests can reach."""
+def small_settings(ollama_url: str = OLLAMA_URL) -> Settings:
+    """Settings with small limits that tests can reach, pointing at ``ollama_url``."""
     return Settings(
-        ollama_url=OLLAMA_URL,
+        ollama_url=ollama_url,
         max_images=3,
         max_image_bytes=64 * 1024,
         max_message_chars=1000,
         session_store="memory://",
         ollama_probe_interval=0,
     )
+
+
+@pytest.fixture(name="settings")
+def fx_settings() -> Settings:
+    """Settings pointing at an Ollama nobody serves (app tests point them at theirs), with small limits."""
+    return small_settings()
 
 
 @pytest.fixture(name="served")

@@ -1,39 +1,49 @@
-"""The in-process app's fixtures: a stand-in for Ollama, Minato wired to it, and a client running its lifespan."""
+"""The in-process app's fixtures: the Ollama stand-in served on loopback in process, Minato
+pointed at it (through its production transport), and a client running the app's lifespan."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
+import msgspec
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.conftest import OLLAMA_URL
 from tests.support.payloads import INSTALLED, catalogue, not_found
+from tests.support.served_ollama import ServedOllama
 
 
 @pytest.fixture(name="ollama")
-def fx_ollama() -> Iterator[respx.MockRouter]:
-    """A respx router answering for Ollama; tests add routes and inspect ``calls``."""
-    with respx.mock(base_url=OLLAMA_URL, assert_all_called=False, assert_all_mocked=True) as router:
-        # Nothing is loaded unless a test says otherwise (the model list asks /api/ps every time).
-        router.get("/api/ps", name="ps").respond(200, json={"models": []})
-        # The models the generation routes find installed (Minato checks a name against this list
-        # before it asks for an answer); a test that needs another list adds its own route.
-        router.get("/api/tags", name="tags").respond(200, json=catalogue(*INSTALLED))
-        # A name not in that list is asked of /api/show before it is called unknown.
-        router.post("/api/show", name="show").respond(404, json=not_found("unlisted"))
-        yield router
+def fx_ollama() -> Iterator[ServedOllama]:
+    """The stand-in on a loopback port; tests add routes for their own answers and inspect ``calls``."""
+    served = ServedOllama()
+    # Nothing is loaded unless a test says otherwise (the model list asks /api/ps every time).
+    served.get("/api/ps", name="ps").respond(200, json={"models": []})
+    # The models the generation routes find installed (Minato checks a name against this list
+    # before it asks for an answer); a test that needs another list adds its own route.
+    served.get("/api/tags", name="tags").respond(200, json=catalogue(*INSTALLED))
+    # A name not in that list is asked of /api/show before it is called unknown.
+    served.post("/api/show", name="show").respond(404, json=not_found("unlisted"))
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture(name="settings")
+def fx_settings(settings: Settings, ollama: ServedOllama) -> Settings:
+    """The shared small settings, pointed at this test's Ollama."""
+    return msgspec.structs.replace(settings, ollama_url=ollama.url)
 
 
 @pytest.fixture(name="app")
-def fx_app(settings: Settings, ollama: respx.MockRouter) -> Litestar:
-    """Minato wired to the respx router through an httpx mock transport."""
-    return create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
+def fx_app(settings: Settings) -> Litestar:
+    """Minato as it runs in production, its Ollama the served stand-in."""
+    return create_app(settings)
 
 
 @pytest.fixture(name="client")

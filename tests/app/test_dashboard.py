@@ -13,16 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
 import msgspec
 import pytest
-import respx
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from minato.settings import Settings
 from minato.web.app import create_app
 from tests.support.payloads import chat_answer, chat_done, chat_token, ndjson
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 
@@ -84,10 +83,10 @@ def expressions() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(name="exposed")
-async def fx_exposed(settings: Settings, ollama: respx.MockRouter) -> dict[str, set[str]]:
+async def fx_exposed(settings: Settings, ollama: ServedOllama) -> dict[str, set[str]]:
     """Every series name Minato exposes, with its label names, once the labelled series exist."""
     configured = msgspec.structs.replace(settings, max_generations=1, max_queue=0)
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
     async with AsyncTestClient(app=app) as client:
         ollama.post("/api/chat").respond(200, json=chat_answer())

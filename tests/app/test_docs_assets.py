@@ -12,16 +12,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Final
 
-import httpx
 import msgspec
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
 from minato.web.pages.docs import START, STATIC, start_path, vendored
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 
@@ -58,11 +57,10 @@ def references(html: str) -> _References:
 
 
 @pytest.fixture(name="keyed")
-async def fx_keyed(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+async def fx_keyed(settings: Settings, ollama: ServedOllama) -> AsyncIterator[Client]:
     """Minato with keys configured: the pages and their files must still need none."""
     app = create_app(
         msgspec.structs.replace(settings, api_keys=("docs-assets-test-key-000000000001",)),
-        transport=httpx.MockTransport(ollama.async_handler),
     )
     async with AsyncTestClient(app=app) as client:
         yield client

@@ -10,6 +10,7 @@ import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.support.payloads import chat_answer, ndjson
 
 pytestmark = pytest.mark.anyio

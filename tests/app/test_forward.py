@@ -34,6 +34,7 @@ from minato.upstream.protocol import BackendStatus, Spread
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse
 from minato.web.app import create_app
 from minato.web.params import GENERATION_QUERY_PARAMETERS
+from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.conftest import OLLAMA_URL
 from tests.support.payloads import Pieces, chat_answer
 

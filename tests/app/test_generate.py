@@ -6,20 +6,19 @@ import asyncio
 import json
 from collections.abc import Callable
 
-import httpx
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.upstream.catalog import MIN_REFRESH_SECONDS, SHOW_LOOKUPS_PER_SECOND
 from tests.support.payloads import catalogue, chat_answer, not_found, show
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
 
 
-async def test_answer_carries_response_model_done_reason_and_stats(client: Client, ollama: respx.MockRouter) -> None:
+async def test_answer_carries_response_model_done_reason_and_stats(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer("The sky is blue."))
 
     response = await client.get("/llama3.2", params={"message": "Why is the sky blue?"})
@@ -34,9 +33,7 @@ async def test_answer_carries_response_model_done_reason_and_stats(client: Clien
     assert body["stats"]["tokens_per_second"] == pytest.approx(3 / 0.115959084, rel=1e-3)
 
 
-async def test_only_the_message_goes_upstream_when_no_parameter_is_set(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_only_the_message_goes_upstream_when_no_parameter_is_set(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     await client.get("/llama3.2", params={"message": "hi"})
@@ -48,9 +45,7 @@ async def test_only_the_message_goes_upstream_when_no_parameter_is_set(
     }
 
 
-async def test_every_seed_parameter_is_translated_into_ollamas_request(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_every_seed_parameter_is_translated_into_ollamas_request(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get(
@@ -100,7 +95,7 @@ async def test_every_seed_parameter_is_translated_into_ollamas_request(
     ],
 )
 async def test_keep_alive_reaches_ollama_in_a_form_it_accepts(
-    client: Client, ollama: respx.MockRouter, given: str, sent: object
+    client: Client, ollama: ServedOllama, given: str, sent: object
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -110,7 +105,7 @@ async def test_keep_alive_reaches_ollama_in_a_form_it_accepts(
     assert json.loads(route.calls.last.request.content)["keep_alive"] == sent
 
 
-async def test_integer_temperature_still_works_as_in_the_seed(client: Client, ollama: respx.MockRouter) -> None:
+async def test_integer_temperature_still_works_as_in_the_seed(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2", params={"message": "hi", "temperature": "1"})
@@ -124,7 +119,7 @@ async def test_integer_temperature_still_works_as_in_the_seed(client: Client, ol
     ["llama3.2:1b", "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M", "library/qwen3:0.6b"],
 )
 async def test_model_names_with_tags_and_slashes_reach_ollama_verbatim(
-    client: Client, ollama: respx.MockRouter, model: str
+    client: Client, ollama: ServedOllama, model: str
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer(model=model))
 
@@ -135,7 +130,7 @@ async def test_model_names_with_tags_and_slashes_reach_ollama_verbatim(
 
 
 async def test_a_model_ollama_does_not_list_is_a_404_before_anything_is_asked(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -149,7 +144,7 @@ async def test_a_model_ollama_does_not_list_is_a_404_before_anything_is_asked(
 
 
 async def test_a_listed_model_that_ollama_no_longer_has_is_a_404_with_ollamas_reason(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/api/chat").respond(404, json=not_found("llama3.2"))
 
@@ -168,7 +163,7 @@ async def test_a_listed_model_that_ollama_no_longer_has_is_a_404_with_ollamas_re
     ],
 )
 async def test_a_path_that_is_neither_a_route_nor_a_model_is_a_404_that_says_so(
-    client: Client, ollama: respx.MockRouter, path: str, hint: str | None
+    client: Client, ollama: ServedOllama, path: str, hint: str | None
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -184,7 +179,7 @@ async def test_a_path_that_is_neither_a_route_nor_a_model_is_a_404_that_says_so(
 
 @pytest.mark.parametrize("path", ["/API/version", "/stream/api/tags", "/stream/v1/models"])
 async def test_the_ollama_and_openai_prefixes_are_never_model_names(
-    client: Client, ollama: respx.MockRouter, path: str
+    client: Client, ollama: ServedOllama, path: str
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -209,7 +204,7 @@ def _openai_error(text: str) -> object:
     ],
 )
 async def test_a_path_no_door_serves_is_a_404_in_the_doors_shape(
-    client: Client, ollama: respx.MockRouter, path: str, body: Callable[[str], object]
+    client: Client, ollama: ServedOllama, path: str, body: Callable[[str], object]
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -221,7 +216,7 @@ async def test_a_path_no_door_serves_is_a_404_in_the_doors_shape(
 
 
 async def test_a_flood_of_invented_names_costs_ollama_a_few_calls_a_second(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     tags, show_route = ollama.routes["tags"], ollama.routes["show"]
 
@@ -233,7 +228,7 @@ async def test_a_flood_of_invented_names_costs_ollama_a_few_calls_a_second(
     assert show_route.call_count <= SHOW_LOOKUPS_PER_SECOND * 2
 
 
-async def test_many_requests_for_one_unlisted_model_share_one_lookup(client: Client, ollama: respx.MockRouter) -> None:
+async def test_many_requests_for_one_unlisted_model_share_one_lookup(client: Client, ollama: ServedOllama) -> None:
     show_route = ollama.post("/api/show", name="show").respond(200, json=show(["completion"]))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -244,7 +239,7 @@ async def test_many_requests_for_one_unlisted_model_share_one_lookup(client: Cli
     assert chat.call_count == 30
 
 
-async def test_a_model_show_knows_but_the_list_does_not_is_served(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_model_show_knows_but_the_list_does_not_is_served(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show", name="show").respond(200, json=show(["completion"]))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -255,7 +250,7 @@ async def test_a_model_show_knows_but_the_list_does_not_is_served(client: Client
 
 
 async def test_a_model_installed_behind_minatos_back_is_found_by_a_fresh_list(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
     assert (await client.get("/newcomer", params={"message": "hi"})).status_code == 404
@@ -269,21 +264,19 @@ async def test_a_model_installed_behind_minatos_back_is_found_by_a_fresh_list(
 
 
 async def test_when_ollama_cannot_list_its_models_the_generation_meets_the_honest_503(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
-    ollama.get("/api/tags", name="tags").mock(side_effect=httpx.ConnectError("refused"))
-    ollama.post("/api/chat").mock(side_effect=httpx.ConnectError("refused"))
+    ollama.down()
 
     response = await client.get("/llama3.2", params={"message": "hi"})
 
     assert response.status_code == 503
 
 
-async def test_ollama_down_is_a_503_naming_its_url(client: Client, ollama: respx.MockRouter) -> None:
-    route = ollama.post("/api/chat").mock(side_effect=httpx.ConnectError("All connection attempts failed"))
+async def test_ollama_down_is_a_503_naming_its_url(client: Client, ollama: ServedOllama) -> None:
+    ollama.down()
 
     response = await client.get("/llama3.2", params={"message": "hi"})
 
     assert response.status_code == 503
-    assert "http://ollama.test:11434" in response.json()["detail"]
-    assert route.called
+    assert f"Ollama is unreachable at {ollama.url}" in response.json()["detail"]

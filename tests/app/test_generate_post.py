@@ -6,11 +6,11 @@ import base64
 import json
 
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from tests.support.payloads import PNG_1PX, chat_answer, chat_done, chat_token, ndjson, show, streamed
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 
@@ -18,7 +18,7 @@ Client = AsyncTestClient[Litestar]
 
 
 async def test_a_posted_message_and_parameters_reach_ollama_as_the_get_routes_send_them(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer("Blue."))
     long_prompt = "why " * 200
@@ -45,7 +45,7 @@ async def test_a_posted_message_and_parameters_reach_ollama_as_the_get_routes_se
     }
 
 
-async def test_a_posted_stream_is_relayed_like_the_get_stream(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_posted_stream_is_relayed_like_the_get_stream(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").mock(
         return_value=streamed(ndjson(chat_token("Hel")), ndjson(chat_token("lo"), chat_done()))
     )
@@ -70,7 +70,7 @@ async def test_a_posted_stream_is_relayed_like_the_get_stream(client: Client, ol
     ],
 )
 async def test_a_bad_body_field_is_a_422_naming_it(
-    client: Client, ollama: respx.MockRouter, body: dict[str, object], loc: list[str], msg: str
+    client: Client, ollama: ServedOllama, body: dict[str, object], loc: list[str], msg: str
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -83,7 +83,7 @@ async def test_a_bad_body_field_is_a_422_naming_it(
     assert not route.called
 
 
-async def test_an_unknown_body_field_is_a_422_listing_the_known_ones(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_unknown_body_field_is_a_422_listing_the_known_ones(client: Client, ollama: ServedOllama) -> None:
     response = await client.post("/llama3.2", json={"message": "hi", "temprature": 0.2})
 
     assert response.status_code == 422
@@ -92,7 +92,7 @@ async def test_an_unknown_body_field_is_a_422_listing_the_known_ones(client: Cli
     assert "temperature" in item["msg"]
 
 
-async def test_query_parameters_on_a_post_are_refused_not_ignored(client: Client, ollama: respx.MockRouter) -> None:
+async def test_query_parameters_on_a_post_are_refused_not_ignored(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.post("/llama3.2?temperature=0.1", json={"message": "hi"})
@@ -102,7 +102,7 @@ async def test_query_parameters_on_a_post_are_refused_not_ignored(client: Client
     assert not route.called
 
 
-async def test_posted_images_reach_a_vision_model_as_base64(client: Client, ollama: respx.MockRouter) -> None:
+async def test_posted_images_reach_a_vision_model_as_base64(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show(["completion", "vision"]))
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     image = "data:image/png;base64," + base64.urlsafe_b64encode(PNG_1PX).decode().rstrip("=")
@@ -114,7 +114,7 @@ async def test_posted_images_reach_a_vision_model_as_base64(client: Client, olla
     assert sent["images"] == [base64.b64encode(PNG_1PX).decode()]
 
 
-async def test_posted_images_for_a_model_without_vision_are_a_400(client: Client, ollama: respx.MockRouter) -> None:
+async def test_posted_images_for_a_model_without_vision_are_a_400(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show(["completion"]))
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -125,9 +125,7 @@ async def test_posted_images_for_a_model_without_vision_are_a_400(client: Client
     assert not route.called
 
 
-async def test_a_posted_image_that_is_not_one_is_a_422_naming_its_index(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_a_posted_image_that_is_not_one_is_a_422_naming_its_index(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show(["completion", "vision"]))
 
     response = await client.post(
@@ -138,7 +136,7 @@ async def test_a_posted_image_that_is_not_one_is_a_422_naming_its_index(
     assert response.json()["detail"][0]["loc"] == ["body", "images", 1]
 
 
-async def test_too_many_posted_images_are_a_422(client: Client, ollama: respx.MockRouter) -> None:
+async def test_too_many_posted_images_are_a_422(client: Client, ollama: ServedOllama) -> None:
     response = await client.post("/llava", json={"message": "hi", "images": ["x"] * 4})
 
     assert response.status_code == 422

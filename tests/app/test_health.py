@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
+from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.conftest import OLLAMA_URL
 from tests.support.redis_server import RedisServer
 

@@ -18,7 +18,6 @@ from typing import TypedDict
 import httpx
 import msgspec
 import pytest
-import respx
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from litestar import Litestar
@@ -29,6 +28,7 @@ from minato.core.fetch import ImageFetcher
 from minato.settings import Settings
 from minato.web.app import create_app
 from tests.support.payloads import JPEG_HEADER, PNG_1PX, chat_answer, chat_done, chat_token, ndjson, show
+from tests.support.served_ollama import Route, ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -40,7 +40,7 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def sent_images(route: respx.Route) -> list[str]:
+def sent_images(route: Route) -> list[str]:
     body = json.loads(route.calls.last.request.content)
     images: list[str] = body["messages"][-1]["images"]
     return images
@@ -184,17 +184,17 @@ def fx_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture(name="chat")
-def fx_chat(ollama: respx.MockRouter) -> respx.Route:
+def fx_chat(ollama: ServedOllama) -> Route:
     """A vision-capable model that answers."""
     ollama.post("/api/show").respond(200, json=show(VISION))
     return ollama.post("/api/chat").respond(200, json=chat_answer("A single pixel.", model="gemma3"))
 
 
 @pytest.fixture(name="strict_client")
-async def fx_strict_client(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+async def fx_strict_client(settings: Settings, ollama: ServedOllama) -> AsyncIterator[Client]:
     """Minato with an empty allow-list: only public addresses may be fetched."""
     strict = msgspec.structs.replace(settings, image_fetch_allow=())
-    app = create_app(strict, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(strict)
     async with AsyncTestClient(app=app) as client:
         yield client
 
@@ -217,9 +217,7 @@ def fx_fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 # -- links that are fetched -----------------------------------------------------------------------
 
 
-async def test_a_linked_image_goes_upstream_as_padded_base64(
-    client: Client, chat: respx.Route, server: ImageServer
-) -> None:
+async def test_a_linked_image_goes_upstream_as_padded_base64(client: Client, chat: Route, server: ImageServer) -> None:
     response = await client.post(
         "/vision/gemma3", params={"message": "What is this?", "image_url": f"{server.base}/pixel.png"}
     )
@@ -232,9 +230,7 @@ async def test_a_linked_image_goes_upstream_as_padded_base64(
     assert server.hits == ["/pixel.png"]
 
 
-async def test_links_only_need_no_body_and_no_content_type(
-    client: Client, chat: respx.Route, server: ImageServer
-) -> None:
+async def test_links_only_need_no_body_and_no_content_type(client: Client, chat: Route, server: ImageServer) -> None:
     response = await client.post(
         "/vision/gemma3",
         params=[
@@ -249,7 +245,7 @@ async def test_links_only_need_no_body_and_no_content_type(
 
 
 async def test_a_link_can_be_a_form_field_and_comes_after_query_links(
-    client: Client, chat: respx.Route, server: ImageServer
+    client: Client, chat: Route, server: ImageServer
 ) -> None:
     response = await client.post(
         "/vision/gemma3",
@@ -261,9 +257,7 @@ async def test_a_link_can_be_a_form_field_and_comes_after_query_links(
     assert sent_images(chat) == [b64(PNG_1PX), b64(JPEG_HEADER)]
 
 
-async def test_the_streamed_route_takes_links_too(
-    client: Client, ollama: respx.MockRouter, server: ImageServer
-) -> None:
+async def test_the_streamed_route_takes_links_too(client: Client, ollama: ServedOllama, server: ImageServer) -> None:
     ollama.post("/api/show").respond(200, json=show(VISION))
     chat = ollama.post("/api/chat").respond(200, content=ndjson(chat_token("A "), chat_token("pixel."), chat_done()))
 
@@ -277,7 +271,7 @@ async def test_the_streamed_route_takes_links_too(
 
 
 async def test_images_reach_ollama_as_uploads_then_base64_then_links(
-    client: Client, chat: respx.Route, server: ImageServer
+    client: Client, chat: Route, server: ImageServer
 ) -> None:
     gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00" + b"\x00" * 16
 
@@ -292,7 +286,7 @@ async def test_images_reach_ollama_as_uploads_then_base64_then_links(
     assert sent_images(chat) == [b64(PNG_1PX), b64(gif), b64(JPEG_HEADER)]
 
 
-async def test_redirects_are_followed_up_to_the_limit(client: Client, chat: respx.Route, server: ImageServer) -> None:
+async def test_redirects_are_followed_up_to_the_limit(client: Client, chat: Route, server: ImageServer) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": f"{server.base}/hop/2"})
 
     assert response.status_code == 200
@@ -300,7 +294,7 @@ async def test_redirects_are_followed_up_to_the_limit(client: Client, chat: resp
     assert server.hits == ["/hop/2", "/hop/1", "/pixel.png"]
 
 
-async def test_one_redirect_too_many_is_a_422(client: Client, chat: respx.Route, server: ImageServer) -> None:
+async def test_one_redirect_too_many_is_a_422(client: Client, chat: Route, server: ImageServer) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": f"{server.base}/hop/4"})
 
     assert response.status_code == 422
@@ -312,7 +306,7 @@ async def test_one_redirect_too_many_is_a_422(client: Client, chat: respx.Route,
 
 
 async def test_a_redirect_from_an_allowed_host_to_loopback_is_refused(
-    client: Client, chat: respx.Route, server: ImageServer
+    client: Client, chat: Route, server: ImageServer
 ) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": f"{server.base}/to-loopback"})
 
@@ -324,7 +318,7 @@ async def test_a_redirect_from_an_allowed_host_to_loopback_is_refused(
     assert not chat.called
 
 
-async def test_a_redirect_to_another_scheme_is_refused(client: Client, chat: respx.Route, server: ImageServer) -> None:
+async def test_a_redirect_to_another_scheme_is_refused(client: Client, chat: Route, server: ImageServer) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": f"{server.base}/to-file"})
 
     assert response.status_code == 422
@@ -334,7 +328,7 @@ async def test_a_redirect_to_another_scheme_is_refused(client: Client, chat: res
 
 @pytest.mark.parametrize("path", ["/huge", "/huge-chunked"])
 async def test_a_body_over_the_image_limit_is_a_413(
-    client: Client, chat: respx.Route, server: ImageServer, path: str
+    client: Client, chat: Route, server: ImageServer, path: str
 ) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": f"{server.base}{path}"})
 
@@ -343,7 +337,7 @@ async def test_a_body_over_the_image_limit_is_a_413(
     assert not chat.called
 
 
-async def test_a_slow_body_times_out_as_a_422(client: Client, chat: respx.Route, server: ImageServer) -> None:
+async def test_a_slow_body_times_out_as_a_422(client: Client, chat: Route, server: ImageServer) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": f"{server.base}/slow"})
 
     assert response.status_code == 422
@@ -353,7 +347,7 @@ async def test_a_slow_body_times_out_as_a_422(client: Client, chat: respx.Route,
     assert not chat.called
 
 
-async def test_a_text_body_is_not_an_image(client: Client, chat: respx.Route, server: ImageServer) -> None:
+async def test_a_text_body_is_not_an_image(client: Client, chat: Route, server: ImageServer) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": f"{server.base}/text"})
 
     assert response.status_code == 422
@@ -362,7 +356,7 @@ async def test_a_text_body_is_not_an_image(client: Client, chat: respx.Route, se
 
 
 async def test_an_error_status_from_the_link_is_a_422_naming_it(
-    client: Client, chat: respx.Route, server: ImageServer
+    client: Client, chat: Route, server: ImageServer
 ) -> None:
     response = await client.post(
         "/vision/gemma3",
@@ -376,7 +370,7 @@ async def test_an_error_status_from_the_link_is_a_422_naming_it(
     assert not chat.called
 
 
-async def test_a_refused_form_link_points_at_the_body(client: Client, chat: respx.Route) -> None:
+async def test_a_refused_form_link_points_at_the_body(client: Client, chat: Route) -> None:
     response = await client.post(
         "/vision/gemma3", params={"message": "hi"}, **form(("image_url", "http://10.0.0.1/a.png"))
     )
@@ -387,13 +381,13 @@ async def test_a_refused_form_link_points_at_the_body(client: Client, chat: resp
 
 
 async def test_the_connection_goes_to_the_checked_address_without_a_second_lookup(
-    ollama: respx.MockRouter, chat: respx.Route, server: ImageServer, settings: Settings, fake_dns: dict[str, list[str]]
+    ollama: ServedOllama, chat: Route, server: ImageServer, settings: Settings, fake_dns: dict[str, list[str]]
 ) -> None:
     # "images.internal" exists only in the fake table, so the fetch can only succeed by connecting
     # to the address the check saw.
     fake_dns["images.internal"] = ["127.0.0.1"]
     allowed = msgspec.structs.replace(settings, image_fetch_allow=("Images.Internal",))
-    app = create_app(allowed, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(allowed)
 
     async with AsyncTestClient(app=app) as client:
         response = await client.post(
@@ -406,7 +400,7 @@ async def test_the_connection_goes_to_the_checked_address_without_a_second_looku
 
 
 async def test_fetch_logs_name_the_host_but_not_the_path_or_query(
-    client: Client, chat: respx.Route, server: ImageServer
+    client: Client, chat: Route, server: ImageServer
 ) -> None:
     with capture_logs() as logs:
         response = await client.post(
@@ -445,9 +439,7 @@ async def test_fetch_logs_name_the_host_but_not_the_path_or_query(
         ("http://2130706433/a.png", "loopback"),
     ],
 )
-async def test_links_to_non_public_addresses_are_refused(
-    client: Client, chat: respx.Route, url: str, reason: str
-) -> None:
+async def test_links_to_non_public_addresses_are_refused(client: Client, chat: Route, url: str, reason: str) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": url})
 
     assert response.status_code == 422
@@ -458,7 +450,7 @@ async def test_links_to_non_public_addresses_are_refused(
 
 
 async def test_a_name_that_resolves_to_loopback_is_refused_unless_allowed(
-    strict_client: Client, chat: respx.Route, server: ImageServer
+    strict_client: Client, chat: Route, server: ImageServer
 ) -> None:
     response = await strict_client.post(
         "/vision/gemma3", params={"message": "hi", "image_url": f"{server.base}/pixel.png"}
@@ -484,7 +476,7 @@ async def test_a_name_that_resolves_to_loopback_is_refused_unless_allowed(
     ],
 )
 async def test_links_that_are_not_plain_http_urls_are_refused(
-    client: Client, chat: respx.Route, server: ImageServer, url: str, reason: str
+    client: Client, chat: Route, server: ImageServer, url: str, reason: str
 ) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": url})
 
@@ -497,7 +489,7 @@ async def test_links_that_are_not_plain_http_urls_are_refused(
 
 
 async def test_every_resolved_address_must_be_public(
-    client: Client, chat: respx.Route, fake_dns: dict[str, list[str]]
+    client: Client, chat: Route, fake_dns: dict[str, list[str]]
 ) -> None:
     fake_dns["mixed.example"] = ["93.184.215.14", "10.0.0.1"]
 
@@ -512,7 +504,7 @@ async def test_every_resolved_address_must_be_public(
 
 
 async def test_uploads_and_links_count_together_toward_the_limit(
-    client: Client, chat: respx.Route, server: ImageServer
+    client: Client, chat: Route, server: ImageServer
 ) -> None:
     response = await client.post(
         "/vision/gemma3",
@@ -533,7 +525,7 @@ async def test_uploads_and_links_count_together_toward_the_limit(
 
 
 async def test_too_many_query_links_are_refused_before_the_body_is_read(
-    client: Client, chat: respx.Route, server: ImageServer
+    client: Client, chat: Route, server: ImageServer
 ) -> None:
     response = await client.post(
         "/vision/gemma3", params=[("message", "hi"), *[("image_url", f"{server.base}/pixel.png")] * 4]
@@ -545,7 +537,7 @@ async def test_too_many_query_links_are_refused_before_the_body_is_read(
     assert not chat.called
 
 
-async def test_base64_fields_count_too(client: Client, chat: respx.Route, server: ImageServer) -> None:
+async def test_base64_fields_count_too(client: Client, chat: Route, server: ImageServer) -> None:
     response = await client.post(
         "/vision/gemma3",
         params={"message": "hi", "image_url": f"{server.base}/pixel.png"},
@@ -558,7 +550,7 @@ async def test_base64_fields_count_too(client: Client, chat: respx.Route, server
 
 
 async def test_exactly_the_limit_across_all_three_kinds_is_accepted(
-    client: Client, chat: respx.Route, server: ImageServer
+    client: Client, chat: Route, server: ImageServer
 ) -> None:
     response = await client.post(
         "/vision/gemma3",
@@ -571,7 +563,7 @@ async def test_exactly_the_limit_across_all_three_kinds_is_accepted(
     assert sent_images(chat) == [b64(PNG_1PX), b64(JPEG_HEADER), b64(PNG_1PX)]
 
 
-async def test_image_url_is_a_known_parameter_but_a_typo_of_it_is_not(client: Client, chat: respx.Route) -> None:
+async def test_image_url_is_a_known_parameter_but_a_typo_of_it_is_not(client: Client, chat: Route) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_urls": "http://x/a.png"})
 
     assert response.status_code == 422
@@ -579,7 +571,7 @@ async def test_image_url_is_a_known_parameter_but_a_typo_of_it_is_not(client: Cl
     assert not chat.called
 
 
-async def test_image_url_is_still_unknown_on_text_routes(client: Client, ollama: respx.MockRouter) -> None:
+async def test_image_url_is_still_unknown_on_text_routes(client: Client, ollama: ServedOllama) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2", params={"message": "hi", "image_url": "http://x/a.png"})
@@ -589,9 +581,7 @@ async def test_image_url_is_still_unknown_on_text_routes(client: Client, ollama:
     assert not chat.called
 
 
-async def test_a_body_with_links_must_still_be_multipart(
-    client: Client, chat: respx.Route, server: ImageServer
-) -> None:
+async def test_a_body_with_links_must_still_be_multipart(client: Client, chat: Route, server: ImageServer) -> None:
     response = await client.post(
         "/vision/gemma3",
         params={"message": "hi", "image_url": f"{server.base}/pixel.png"},
@@ -606,7 +596,7 @@ async def test_a_body_with_links_must_still_be_multipart(
 
 
 async def test_a_body_without_content_type_next_to_links_is_refused(
-    client: Client, chat: respx.Route, server: ImageServer
+    client: Client, chat: Route, server: ImageServer
 ) -> None:
     response = await client.post(
         "/vision/gemma3", params={"message": "hi", "image_url": f"{server.base}/pixel.png"}, content=b"surprise"
@@ -618,7 +608,7 @@ async def test_a_body_without_content_type_next_to_links_is_refused(
 
 
 @pytest.mark.parametrize("url", ["", "   ", "http://x/" + "a" * 9000])
-async def test_an_empty_or_overlong_link_is_a_422(client: Client, chat: respx.Route, url: str) -> None:
+async def test_an_empty_or_overlong_link_is_a_422(client: Client, chat: Route, url: str) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "image_url": url})
 
     assert response.status_code == 422
@@ -627,7 +617,7 @@ async def test_an_empty_or_overlong_link_is_a_422(client: Client, chat: respx.Ro
 
 
 async def test_a_text_only_model_is_refused_before_any_link_is_fetched(
-    client: Client, ollama: respx.MockRouter, server: ImageServer
+    client: Client, ollama: ServedOllama, server: ImageServer
 ) -> None:
     ollama.post("/api/show").respond(200, json=show(["completion"]))
 
@@ -662,7 +652,7 @@ def wrapped(text: str, width: int = 8) -> str:
     ],
 )
 async def test_base64_fields_reach_ollama_as_standard_padded_base64(
-    client: Client, chat: respx.Route, field_value: str
+    client: Client, chat: Route, field_value: str
 ) -> None:
     response = await client.post("/vision/gemma3", **form(("message", "hi"), ("image_base64", field_value)))
 
@@ -670,7 +660,7 @@ async def test_base64_fields_reach_ollama_as_standard_padded_base64(
     assert sent_images(chat) == [b64(PNG_1PX)]
 
 
-async def test_url_safe_characters_are_translated(client: Client, chat: respx.Route) -> None:
+async def test_url_safe_characters_are_translated(client: Client, chat: Route) -> None:
     # Bytes chosen so the standard alphabet needs both "+" and "/".
     image = PNG_1PX + b"\xfb\xff\xbf"
     assert "+" in b64(image) or "/" in b64(image)
@@ -697,9 +687,7 @@ async def test_url_safe_characters_are_translated(client: Client, chat: respx.Ro
         pytest.param("   ", "is empty", id="blank"),
     ],
 )
-async def test_a_bad_base64_field_is_a_422_naming_it(
-    client: Client, chat: respx.Route, field_value: str, msg: str
-) -> None:
+async def test_a_bad_base64_field_is_a_422_naming_it(client: Client, chat: Route, field_value: str, msg: str) -> None:
     response = await client.post(
         "/vision/gemma3",
         **form(("message", "hi"), ("image_base64", b64(PNG_1PX)), ("image_base64", field_value)),
@@ -713,9 +701,7 @@ async def test_a_bad_base64_field_is_a_422_naming_it(
 
 
 @pytest.mark.parametrize("line_breaks", [False, True])
-async def test_a_base64_image_over_the_size_limit_is_a_413(
-    client: Client, chat: respx.Route, line_breaks: bool
-) -> None:
+async def test_a_base64_image_over_the_size_limit_is_a_413(client: Client, chat: Route, line_breaks: bool) -> None:
     text = b64(PNG_1PX + b"\x00" * LIMIT)
     response = await client.post(
         "/vision/gemma3",
@@ -727,7 +713,7 @@ async def test_a_base64_image_over_the_size_limit_is_a_413(
     assert not chat.called
 
 
-async def test_a_base64_image_exactly_at_the_limit_is_accepted(client: Client, chat: respx.Route) -> None:
+async def test_a_base64_image_exactly_at_the_limit_is_accepted(client: Client, chat: Route) -> None:
     exact = PNG_1PX + b"\x00" * (LIMIT - len(PNG_1PX))
 
     response = await client.post("/vision/gemma3", **form(("message", "hi"), ("image_base64", wrapped(b64(exact), 76))))
@@ -736,14 +722,14 @@ async def test_a_base64_image_exactly_at_the_limit_is_accepted(client: Client, c
     assert sent_images(chat) == [b64(exact)]
 
 
-async def test_a_huge_base64_field_is_stopped_while_it_streams_in(client: Client, chat: respx.Route) -> None:
+async def test_a_huge_base64_field_is_stopped_while_it_streams_in(client: Client, chat: Route) -> None:
     response = await client.post("/vision/gemma3", **form(("message", "hi"), ("image_base64", "A" * (LIMIT * 2))))
 
     assert response.status_code == 413
     assert not chat.called
 
 
-async def test_a_refused_image_host_is_named_without_aiohttps_words(client: Client, chat: respx.Route) -> None:
+async def test_a_refused_image_host_is_named_without_aiohttps_words(client: Client, chat: Route) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed when the block ends: connecting is refused

@@ -6,10 +6,8 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
-import respx
 import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -21,6 +19,7 @@ from minato.state.memory import TokenQuota
 from minato.state.quota import Standing
 from minato.web.app import create_app
 from tests.support.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -52,10 +51,10 @@ def _file(tmp_path: Path, text: str) -> str:
 
 
 @pytest.fixture(name="named")
-async def fx_named(settings: Settings, ollama: respx.MockRouter, tmp_path: Path) -> AsyncIterator[Client]:
+async def fx_named(settings: Settings, ollama: ServedOllama, tmp_path: Path) -> AsyncIterator[Client]:
     """Minato with the three named keys above and one unnamed user key."""
     configured = msgspec.structs.replace(settings, keys_file=_file(tmp_path, KEYS_FILE), api_keys=(UNNAMED,))
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         yield client
 
@@ -69,7 +68,7 @@ def _as(key: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("path", ["/gemma3", "/stream/gemma3", "/llama3.2:1b", "/stream/hf.co/org/repo:q4"])
 async def test_a_model_outside_the_keys_scope_is_a_403_before_ollama_is_asked(
-    named: Client, ollama: respx.MockRouter, path: str
+    named: Client, ollama: ServedOllama, path: str
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
     tags = ollama.get("/api/tags").respond(200, json=catalogue("gemma3:latest", "llama3.2:1b"))
@@ -83,7 +82,7 @@ async def test_a_model_outside_the_keys_scope_is_a_403_before_ollama_is_asked(
     assert not tags.called, "refused before the catalog is asked"
 
 
-async def test_a_model_inside_the_scope_is_answered_in_any_spelling(named: Client, ollama: respx.MockRouter) -> None:
+async def test_a_model_inside_the_scope_is_answered_in_any_spelling(named: Client, ollama: ServedOllama) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     for path in ("/QWEN3:0.6b", "/library/Llama3.2"):  # alice's quota (5 tokens) lets two answers start
@@ -91,7 +90,7 @@ async def test_a_model_inside_the_scope_is_answered_in_any_spelling(named: Clien
     assert chat.call_count == 2
 
 
-async def test_a_vision_request_outside_the_scope_is_a_403(named: Client, ollama: respx.MockRouter) -> None:
+async def test_a_vision_request_outside_the_scope_is_a_403(named: Client, ollama: ServedOllama) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await named.post("/vision/llava", params={"message": "what is it"}, headers=_as(ALICE))
@@ -112,7 +111,7 @@ async def test_a_vision_request_outside_the_scope_is_a_403(named: Client, ollama
     ],
 )
 async def test_lifecycle_routes_refuse_a_model_outside_the_scope_even_for_an_admin(
-    named: Client, ollama: respx.MockRouter, method: str, path: str, key: str
+    named: Client, ollama: ServedOllama, method: str, path: str, key: str
 ) -> None:
     response = await named.request(method, path, headers=_as(key))
 
@@ -121,7 +120,7 @@ async def test_lifecycle_routes_refuse_a_model_outside_the_scope_even_for_an_adm
     assert [call.request.url.path for call in ollama.calls] == []
 
 
-async def test_an_admin_keys_scope_lets_its_own_models_through(named: Client, ollama: respx.MockRouter) -> None:
+async def test_an_admin_keys_scope_lets_its_own_models_through(named: Client, ollama: ServedOllama) -> None:
     unload = ollama.post("/api/generate").respond(200, json={"model": "llama3.2:1b", "done": True})
 
     response = await named.post("/unload/llama3.2:1b", headers=_as(BOB))
@@ -130,7 +129,7 @@ async def test_an_admin_keys_scope_lets_its_own_models_through(named: Client, ol
     assert unload.called
 
 
-async def test_lists_show_only_the_keys_models(named: Client, ollama: respx.MockRouter) -> None:
+async def test_lists_show_only_the_keys_models(named: Client, ollama: ServedOllama) -> None:
     ollama.get("/api/tags").respond(
         200, json=catalogue("llama3.2:latest", "llama3.2:1b", "gemma3:latest", "qwen3:0.6b")
     )
@@ -153,7 +152,7 @@ async def test_lists_show_only_the_keys_models(named: Client, ollama: respx.Mock
 # -- rates and quotas --------------------------------------------------------------------------
 
 
-async def test_a_named_keys_own_rate_limit_applies_to_it_alone(named: Client, ollama: respx.MockRouter) -> None:
+async def test_a_named_keys_own_rate_limit_applies_to_it_alone(named: Client, ollama: ServedOllama) -> None:
     statuses = [(await named.get("/models_list/", headers=_as(CAROL))).status_code for _ in range(3)]
     unlimited = [(await named.get("/models_list/", headers=_as(UNNAMED))).status_code for _ in range(5)]
 
@@ -162,7 +161,7 @@ async def test_a_named_keys_own_rate_limit_applies_to_it_alone(named: Client, ol
 
 
 async def test_a_used_up_token_quota_is_a_429_with_retry_after_naming_the_quota(
-    named: Client, ollama: respx.MockRouter
+    named: Client, ollama: ServedOllama
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())  # eval_count 3; alice's quota is 5
 
@@ -179,7 +178,7 @@ async def test_a_used_up_token_quota_is_a_429_with_retry_after_naming_the_quota(
     assert others.status_code == 200
 
 
-async def test_a_streamed_answer_is_charged_to_the_quota_too(named: Client, ollama: respx.MockRouter) -> None:
+async def test_a_streamed_answer_is_charged_to_the_quota_too(named: Client, ollama: ServedOllama) -> None:
     body = ndjson(chat_token("Hi"), chat_done(eval_count=5))
     ollama.post("/api/chat").respond(200, content=body, headers={"Content-Type": "application/x-ndjson"})
 
@@ -206,9 +205,7 @@ async def test_a_failing_quota_refuses_rather_than_lets_through(settings: Settin
 # -- observability ---------------------------------------------------------------------------
 
 
-async def test_tokens_are_counted_by_key_name_and_no_key_is_ever_exposed(
-    named: Client, ollama: respx.MockRouter
-) -> None:
+async def test_tokens_are_counted_by_key_name_and_no_key_is_ever_exposed(named: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
 
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
@@ -232,7 +229,7 @@ async def test_tokens_are_counted_by_key_name_and_no_key_is_ever_exposed(
         assert secret not in repr(logs)
 
 
-async def test_without_keys_tokens_are_counted_as_anonymous(client: Client, ollama: respx.MockRouter) -> None:
+async def test_without_keys_tokens_are_counted_as_anonymous(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
 
     await client.get("/llama3.2", params={"message": "hi"})

@@ -14,6 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
+from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.support.payloads import TAGS, chat_answer, chat_done, ndjson, not_found, show
 
 pytestmark = pytest.mark.anyio

@@ -9,10 +9,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
-import respx
 import structlog
 from litestar import Litestar
 from litestar.exceptions import LitestarException
@@ -23,6 +21,7 @@ from minato.observability.logging import configure_logging
 from minato.settings import Settings
 from minato.web.app import create_app
 from tests.support.payloads import chat_answer, chat_done, chat_token, ndjson, not_found, streamed
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -43,7 +42,7 @@ def everything_logged(events: list[dict[str, Any]]) -> str:
     return " ".join(f"{key}={value!r}" for event in events for key, value in event.items())
 
 
-async def test_a_request_is_logged_once_with_its_facts(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_request_is_logged_once_with_its_facts(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     with captured() as events:
@@ -64,7 +63,7 @@ async def test_a_request_is_logged_once_with_its_facts(client: Client, ollama: r
     assert line["duration_ms"] >= 0
 
 
-async def test_a_stream_is_logged_once_with_its_token_count(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_stream_is_logged_once_with_its_token_count(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(
         200, content=ndjson(chat_token("a"), chat_token("b"), chat_done(eval_count=2))
     )
@@ -83,7 +82,7 @@ async def test_a_stream_is_logged_once_with_its_token_count(client: Client, olla
 
 
 async def test_an_upstream_failure_is_logged_with_the_status_the_client_got(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/api/chat").respond(404, json=not_found("nope"))
 
@@ -96,7 +95,7 @@ async def test_an_upstream_failure_is_logged_with_the_status_the_client_got(
     assert line["tokens"] is None
 
 
-async def test_an_aborted_plain_text_stream_is_logged_as_aborted(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_aborted_plain_text_stream_is_logged_as_aborted(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").mock(
         side_effect=lambda _: streamed(ndjson(chat_token("part")), ndjson({"error": "runner crashed"}))
     )
@@ -124,7 +123,7 @@ async def test_an_aborted_plain_text_stream_is_logged_as_aborted(client: Client,
     ],
 )
 async def test_neither_the_prompt_nor_the_query_string_is_ever_logged(
-    client: Client, ollama: respx.MockRouter, path: str, params: dict[str, str], headers: dict[str, str]
+    client: Client, ollama: ServedOllama, path: str, params: dict[str, str], headers: dict[str, str]
 ) -> None:
     ollama.post("/api/chat").mock(
         side_effect=lambda request: (
@@ -245,7 +244,7 @@ def fx_restore_logging() -> Iterator[None]:
 
 
 async def test_the_traceback_of_a_real_aborted_stream_is_hidden(
-    client: Client, ollama: respx.MockRouter, restore_logging: None
+    client: Client, ollama: ServedOllama, restore_logging: None
 ) -> None:
     ollama.post("/api/chat").mock(
         side_effect=lambda _: streamed(ndjson(chat_token("part")), ndjson({"error": "runner crashed"}))
@@ -275,7 +274,7 @@ async def test_the_traceback_of_a_real_aborted_stream_is_hidden(
 )
 async def test_a_refusal_and_a_client_error_are_logged_as_such(
     settings: Settings,
-    ollama: respx.MockRouter,
+    ollama: ServedOllama,
     path: str,
     headers: dict[str, str],
     status: int,
@@ -284,7 +283,7 @@ async def test_a_refusal_and_a_client_error_are_logged_as_such(
     ollama.post("/api/chat").respond(200, json=chat_answer())
     keyed = msgspec.structs.replace(settings, api_keys=("log-user-key",))
     method = "POST" if path.startswith("/load") else "GET"
-    async with AsyncTestClient(app=create_app(keyed, transport=httpx.MockTransport(ollama.async_handler))) as client:
+    async with AsyncTestClient(app=create_app(keyed)) as client:
         with captured() as events:
             response = await client.request(method, path, headers=headers or {"X-API-Key": "log-user-key"})
 
@@ -294,7 +293,7 @@ async def test_a_refusal_and_a_client_error_are_logged_as_such(
 
 
 async def test_a_native_stream_ending_with_ollamas_error_line_is_an_upstream_error(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     """The client gets Ollama's own error line (Open WebUI shows a cut answer); the operator must see it."""
     ollama.post("/api/chat").mock(

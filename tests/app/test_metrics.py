@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from minato.settings import Settings
 from minato.web.app import create_app
+from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.support.payloads import chat_answer, chat_done, chat_token, ndjson
 
 pytestmark = pytest.mark.anyio

@@ -7,11 +7,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final, NamedTuple
 
-import httpx
 import jsonschema  # type: ignore[import-untyped]
 import msgspec
 import pytest
-import respx
 import schemathesis
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -23,6 +21,7 @@ from minato.settings import Settings
 from minato.web.app import create_app
 from minato.web.params import GENERATION_QUERY_PARAMETERS
 from tests.support.payloads import chat_answer
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 
@@ -173,7 +172,7 @@ BOUNDED: Final = [name for name, spec in OPTIONS.items() if spec.ge is not None 
 
 @pytest.mark.parametrize("name", BOUNDED)
 async def test_the_server_refuses_a_value_past_each_documented_bound(
-    client: Client, ollama: respx.MockRouter, document: Document, name: str
+    client: Client, ollama: ServedOllama, document: Document, name: str
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
     documented = shape_of(query_parameters(document, "/{model_name}")[name]["schema"])
@@ -315,7 +314,7 @@ async def test_each_route_documents_the_errors_it_can_answer(document: Document,
 
 
 @pytest.fixture(name="keyed")
-async def fx_keyed(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+async def fx_keyed(settings: Settings, ollama: ServedOllama) -> AsyncIterator[Client]:
     """Minato with keys limited to three requests a minute, and small body and query limits."""
     keyed = msgspec.structs.replace(
         settings,
@@ -325,13 +324,13 @@ async def fx_keyed(settings: Settings, ollama: respx.MockRouter) -> AsyncIterato
         max_body_bytes=1024,
         max_query_chars=2048,
     )
-    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(keyed)
     async with AsyncTestClient(app=app) as client:
         yield client
 
 
 async def test_the_errors_minato_answers_are_documented_for_their_route_in_their_shape(
-    keyed: Client, ollama: respx.MockRouter
+    keyed: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     document: Document = (await keyed.get("/docs/openapi.json")).json()

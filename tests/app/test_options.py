@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import respx
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
@@ -14,13 +13,14 @@ from minato.web.api import ROUTE_HANDLERS
 from minato.web.params import MAX_MODEL_NAME
 from minato.web.query import repeatable_parameters
 from tests.support.payloads import chat_answer
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
 
 
 async def test_an_unknown_query_parameter_is_a_422_and_nothing_goes_upstream(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -34,7 +34,7 @@ async def test_an_unknown_query_parameter_is_a_422_and_nothing_goes_upstream(
     assert not route.called
 
 
-async def test_every_unknown_query_parameter_is_reported(client: Client, ollama: respx.MockRouter) -> None:
+async def test_every_unknown_query_parameter_is_reported(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2", params={"message": "hi", "n_gpu": "5", "stream": "true"})
@@ -63,7 +63,7 @@ async def test_every_unknown_query_parameter_is_reported(client: Client, ollama:
     ],
 )
 async def test_an_out_of_range_parameter_is_a_422_naming_it(
-    client: Client, ollama: respx.MockRouter, name: str, value: str
+    client: Client, ollama: ServedOllama, name: str, value: str
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -84,7 +84,7 @@ async def test_an_out_of_range_parameter_is_a_422_naming_it(
     ],
 )
 async def test_boundary_values_are_accepted_and_forwarded(
-    client: Client, ollama: respx.MockRouter, name: str, value: str, sent: object
+    client: Client, ollama: ServedOllama, name: str, value: str, sent: object
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -95,7 +95,7 @@ async def test_boundary_values_are_accepted_and_forwarded(
 
 
 @pytest.mark.parametrize("message", ["", " ", "\t\n "])
-async def test_an_empty_or_blank_message_is_a_422(client: Client, ollama: respx.MockRouter, message: str) -> None:
+async def test_an_empty_or_blank_message_is_a_422(client: Client, ollama: ServedOllama, message: str) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2", params={"message": message})
@@ -106,7 +106,7 @@ async def test_an_empty_or_blank_message_is_a_422(client: Client, ollama: respx.
 
 
 @pytest.mark.parametrize("path", ["/llama3.2", "/stream/llama3.2"])
-async def test_a_message_over_the_limit_is_a_422(client: Client, ollama: respx.MockRouter, path: str) -> None:
+async def test_a_message_over_the_limit_is_a_422(client: Client, ollama: ServedOllama, path: str) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get(path, params={"message": "x" * 1001})
@@ -119,7 +119,7 @@ async def test_a_message_over_the_limit_is_a_422(client: Client, ollama: respx.M
     assert not route.called
 
 
-async def test_a_message_at_the_limit_is_accepted(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_message_at_the_limit_is_accepted(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2", params={"message": "x" * 1000})
@@ -128,7 +128,7 @@ async def test_a_message_at_the_limit_is_accepted(client: Client, ollama: respx.
     assert json.loads(route.calls.last.request.content)["messages"] == [{"role": "user", "content": "x" * 1000}]
 
 
-async def test_a_system_prompt_over_the_limit_is_a_422(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_system_prompt_over_the_limit_is_a_422(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2", params={"message": "hi", "system_prompt": "s" * 1001})
@@ -139,7 +139,7 @@ async def test_a_system_prompt_over_the_limit_is_a_422(client: Client, ollama: r
 
 
 @pytest.mark.parametrize("path", ["/llama3.2", "/stream/llama3.2"])
-async def test_a_missing_message_is_a_422_of_type_missing(client: Client, ollama: respx.MockRouter, path: str) -> None:
+async def test_a_missing_message_is_a_422_of_type_missing(client: Client, ollama: ServedOllama, path: str) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get(path)
@@ -150,7 +150,7 @@ async def test_a_missing_message_is_a_422_of_type_missing(client: Client, ollama
 
 
 @pytest.mark.parametrize("keep_alive", ["300x", "abc", "nan", "1e20", ""])
-async def test_a_bad_keep_alive_is_a_422(client: Client, ollama: respx.MockRouter, keep_alive: str) -> None:
+async def test_a_bad_keep_alive_is_a_422(client: Client, ollama: ServedOllama, keep_alive: str) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2", params={"message": "hi", "keep_alive": keep_alive})
@@ -161,7 +161,7 @@ async def test_a_bad_keep_alive_is_a_422(client: Client, ollama: respx.MockRoute
 
 
 @pytest.mark.parametrize("path", ["/-rf", "/llama%203", "/a:b:c", "/stream/-rf", "/" + "a" * (MAX_MODEL_NAME + 1)])
-async def test_an_invalid_model_name_is_a_422_on_the_path(client: Client, ollama: respx.MockRouter, path: str) -> None:
+async def test_an_invalid_model_name_is_a_422_on_the_path(client: Client, ollama: ServedOllama, path: str) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get(path, params={"message": "hi"})
@@ -185,7 +185,7 @@ async def test_an_invalid_model_name_is_a_422_on_the_path(client: Client, ollama
         "message=hi&=x",
     ],
 )
-async def test_malformed_query_strings_are_never_a_500(client: Client, ollama: respx.MockRouter, query: str) -> None:
+async def test_malformed_query_strings_are_never_a_500(client: Client, ollama: ServedOllama, query: str) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get(f"/llama3.2?{query}")
@@ -197,7 +197,7 @@ async def test_malformed_query_strings_are_never_a_500(client: Client, ollama: r
 
 
 async def test_an_overflowing_keep_alive_is_a_422_and_never_reaches_ollama(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -233,7 +233,7 @@ async def test_an_overflowing_keep_alive_is_a_422_and_never_reaches_ollama(
     ],
 )
 async def test_a_single_value_parameter_given_twice_is_a_422_on_every_route(
-    client: Client, ollama: respx.MockRouter, method: str, path: str, query: str, repeated: str
+    client: Client, ollama: ServedOllama, method: str, path: str, query: str, repeated: str
 ) -> None:
     anything = ollama.route(path__regex=r"^/api/(?!ps).*").respond(500)
 
@@ -246,7 +246,7 @@ async def test_a_single_value_parameter_given_twice_is_a_422_on_every_route(
     assert not anything.called
 
 
-async def test_every_repeated_parameter_is_named(client: Client, ollama: respx.MockRouter) -> None:
+async def test_every_repeated_parameter_is_named(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2?message=a&seed=1&message=b&seed=2&top_k=3")
@@ -256,7 +256,7 @@ async def test_every_repeated_parameter_is_named(client: Client, ollama: respx.M
     assert not route.called
 
 
-async def test_stop_may_repeat(client: Client, ollama: respx.MockRouter) -> None:
+async def test_stop_may_repeat(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2?message=a&stop=x&stop=y")

@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-import respx
 from litestar import Litestar, MediaType, get
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from minato.settings import Settings
 from minato.web.app import create_app
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -31,9 +31,9 @@ FILES = {
 
 
 @pytest.fixture(name="keyed")
-async def fx_keyed(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+async def fx_keyed(settings: Settings, ollama: ServedOllama) -> AsyncIterator[Client]:
     app = create_app(
-        msgspec.structs.replace(settings, admin_keys=(ADMIN,)), transport=httpx.MockTransport(ollama.async_handler)
+        msgspec.structs.replace(settings, admin_keys=(ADMIN,)),
     )
     async with AsyncTestClient(app=app) as client:
         yield client
@@ -158,13 +158,13 @@ async def test_every_page_minato_serves_forbids_framing_and_runs_only_its_own_sc
     assert lacking == {}
 
 
-async def test_a_new_page_that_forgets_the_headers_is_found(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_a_new_page_that_forgets_the_headers_is_found(settings: Settings, ollama: ServedOllama) -> None:
     @get("/new-page", media_type=MediaType.HTML, sync_to_thread=False)
     def new_page() -> str:
         return "<p>a page someone adds later</p>"
 
     app = create_app(
-        msgspec.structs.replace(settings, admin_keys=(ADMIN,)), transport=httpx.MockTransport(ollama.async_handler)
+        msgspec.structs.replace(settings, admin_keys=(ADMIN,)),
     )
     app.register(new_page)
     async with AsyncTestClient(app=app) as client:

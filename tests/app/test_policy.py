@@ -7,10 +7,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -18,6 +16,7 @@ from minato.settings import Settings
 from minato.web.app import create_app
 from minato.web.limits import MAX_JSON_DEPTH
 from tests.support.payloads import catalogue, chat_answer, show
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -32,23 +31,23 @@ CLOUD_MODELS = ("gpt-oss:120b-cloud", "glm-4.6:cloud")
 INSTALLED = ("llama3.2:latest", "llava:7b", *CLOUD_MODELS)
 
 
-async def _client(settings: Settings, ollama: respx.MockRouter, **changes: Any) -> AsyncIterator[Client]:
+async def _client(settings: Settings, ollama: ServedOllama, **changes: Any) -> AsyncIterator[Client]:
     ollama.get("/api/tags", name="tags").respond(200, json=catalogue(*INSTALLED))
     ollama.post("/api/show", name="show").respond(200, json=show(["completion", "vision"]))
     configured = msgspec.structs.replace(settings, **changes)
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         yield client
 
 
 @pytest.fixture(name="keyless")
-async def fx_keyless(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+async def fx_keyless(settings: Settings, ollama: ServedOllama) -> AsyncIterator[Client]:
     async for client in _client(settings, ollama):
         yield client
 
 
 @pytest.fixture(name="keyed")
-async def fx_keyed(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+async def fx_keyed(settings: Settings, ollama: ServedOllama) -> AsyncIterator[Client]:
     """A user key (with a num_ctx cap of 8192), an admin key and a metrics key."""
     async for client in _client(
         settings, ollama, api_keys=(USER,), admin_keys=(ADMIN,), metrics_keys=(SCRAPER,), user_max_num_ctx=8192
@@ -96,7 +95,7 @@ def _ask(method: str, path: str, model: str) -> dict[str, Any]:
 @pytest.mark.parametrize(("method", "path"), MODEL_ROUTES)
 @pytest.mark.parametrize("who", ["keyless", "admin"])
 async def test_every_route_naming_a_model_refuses_a_cloud_model(
-    settings: Settings, ollama: respx.MockRouter, who: str, method: str, path: str, model: str
+    settings: Settings, ollama: ServedOllama, who: str, method: str, path: str, model: str
 ) -> None:
     ran = ollama.route(method__in=["POST", "DELETE"], path__regex=r"^/api/(chat|generate|pull|delete)$").respond(
         200, json=chat_answer()
@@ -112,7 +111,7 @@ async def test_every_route_naming_a_model_refuses_a_cloud_model(
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/{model}"), ("POST", "/load/{model}")])
 async def test_with_cloud_allowed_a_cloud_model_runs(
-    settings: Settings, ollama: respx.MockRouter, method: str, path: str
+    settings: Settings, ollama: ServedOllama, method: str, path: str
 ) -> None:
     ran = ollama.post(path__regex=r"^/api/(chat|generate)$").respond(200, json=chat_answer())
     async for client in _client(settings, ollama, allow_cloud=True):
@@ -128,7 +127,7 @@ async def test_with_cloud_allowed_a_cloud_model_runs(
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/api/embed"])
 @pytest.mark.parametrize("spelling", ["99999999.0", "1e8", "1E+8", "8193.0", "8.193e3"])
 async def test_a_user_key_cannot_pass_the_num_ctx_cap_by_spelling_it_as_a_float(
-    keyed: Client, ollama: respx.MockRouter, path: str, spelling: str
+    keyed: Client, ollama: ServedOllama, path: str, spelling: str
 ) -> None:
     route = ollama.post(path).respond(200, json=chat_answer())
     body = f'{{"model":"llama3.2","prompt":"hi","input":"hi","options":{{"num_ctx":{spelling}}}}}'.encode()
@@ -143,7 +142,7 @@ async def test_a_user_key_cannot_pass_the_num_ctx_cap_by_spelling_it_as_a_float(
 @pytest.mark.parametrize("spelling", ["4096.5", '"4096"', "true", "[4096]"])
 @pytest.mark.parametrize("headers", [AS_USER, AS_ADMIN], ids=["user", "admin"])
 async def test_a_num_ctx_that_is_not_a_whole_number_is_a_400_in_ollamas_shape(
-    keyed: Client, ollama: respx.MockRouter, spelling: str, headers: dict[str, str]
+    keyed: Client, ollama: ServedOllama, spelling: str, headers: dict[str, str]
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     body = f'{{"model":"llama3.2","messages":[],"options":{{"num_ctx":{spelling}}}}}'.encode()
@@ -157,7 +156,7 @@ async def test_a_num_ctx_that_is_not_a_whole_number_is_a_400_in_ollamas_shape(
 
 
 async def test_a_whole_number_written_as_a_float_within_the_cap_is_relayed_as_sent(
-    keyed: Client, ollama: respx.MockRouter
+    keyed: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     body = b'{"model":"llama3.2","messages":[],"options":{"num_ctx":4096.0}}'
@@ -181,7 +180,7 @@ async def test_a_whole_number_written_as_a_float_within_the_cap_is_relayed_as_se
     ids=["query-1e8", "query-float", "query-just-over", "query-fraction", "body-float", "body-fraction"],
 )
 async def test_minatos_own_routes_compare_num_ctx_as_a_number(
-    keyed: Client, ollama: respx.MockRouter, method: str, ask: dict[str, Any], status: int
+    keyed: Client, ollama: ServedOllama, method: str, ask: dict[str, Any], status: int
 ) -> None:
     """Whatever the spelling, the number it spells is what is capped; a fraction is refused."""
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
@@ -201,7 +200,7 @@ def _ps(*names: str) -> dict[str, Any]:
 
 
 async def test_server_info_shows_a_scoped_key_only_its_models_also_among_the_loaded(
-    settings: Settings, ollama: respx.MockRouter, tmp_path: Any
+    settings: Settings, ollama: ServedOllama, tmp_path: Any
 ) -> None:
     ollama.get("/api/version").respond(200, json={"version": "0.12.4"})
     ollama.get("/api/ps", name="ps").respond(200, json=_ps("llama3.2:latest", "llava:7b"))
@@ -219,7 +218,7 @@ async def test_server_info_shows_a_scoped_key_only_its_models_also_among_the_loa
     assert sorted(wide["ollama"]["backends"][0]["loaded"]) == ["llama3.2:latest", "llava:7b"]
 
 
-async def test_an_open_readiness_probe_names_no_model(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_an_open_readiness_probe_names_no_model(settings: Settings, ollama: ServedOllama) -> None:
     ollama.get("/api/version").respond(200, json={"version": "0.12.4"})
     ollama.get("/api/ps", name="ps").respond(200, json=_ps("llava:7b"))
     async for client in _client(settings, ollama, api_keys=(USER,), admin_keys=(ADMIN,), open_probes=True):
@@ -250,7 +249,7 @@ async def test_metrics_need_an_admin_or_a_metrics_key(keyed: Client, headers: di
     [("GET", "/llama3.2?message=hi"), ("GET", "/models_list/"), ("GET", "/ready"), ("POST", "/api/chat")],
 )
 async def test_a_metrics_key_opens_nothing_but_metrics(
-    keyed: Client, ollama: respx.MockRouter, method: str, path: str
+    keyed: Client, ollama: ServedOllama, method: str, path: str
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -262,7 +261,7 @@ async def test_a_metrics_key_opens_nothing_but_metrics(
 
 
 async def test_metrics_stay_open_without_keys_and_with_open_probes(
-    keyless: Client, settings: Settings, ollama: respx.MockRouter
+    keyless: Client, settings: Settings, ollama: ServedOllama
 ) -> None:
     assert (await keyless.get("/metrics")).status_code == 200
     async for client in _client(settings, ollama, api_keys=(USER,), open_probes=True):
@@ -279,7 +278,7 @@ def _nested(depth: int) -> bytes:
 @pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1_000, 100_000])
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/api/show", "/v1/chat/completions", "/v1/messages"])
 async def test_a_deeply_nested_door_body_is_a_400_in_the_doors_shape(
-    keyed: Client, ollama: respx.MockRouter, path: str, depth: int
+    keyed: Client, ollama: ServedOllama, path: str, depth: int
 ) -> None:
     route = ollama.post(path).respond(200, json={})
 
@@ -295,7 +294,7 @@ async def test_a_deeply_nested_door_body_is_a_400_in_the_doors_shape(
     ("method", "path"), [("POST", "/llama3.2"), ("POST", "/stream/llama3.2"), ("PUT", "/chat/c1/system_prompt")]
 )
 async def test_a_deeply_nested_body_on_minatos_routes_is_a_422_naming_the_limit(
-    keyed: Client, ollama: respx.MockRouter, method: str, path: str, depth: int
+    keyed: Client, ollama: ServedOllama, method: str, path: str, depth: int
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     body = b'{"message":"hi","system_prompt":"be brief","x":' + b"[" * depth + b"]" * depth + b"}"
@@ -309,7 +308,7 @@ async def test_a_deeply_nested_body_on_minatos_routes_is_a_422_naming_the_limit(
     assert not route.called
 
 
-async def test_a_body_nested_to_the_limit_is_decoded_as_usual(keyed: Client, ollama: respx.MockRouter) -> None:
+async def test_a_body_nested_to_the_limit_is_decoded_as_usual(keyed: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await keyed.post(
@@ -334,7 +333,7 @@ async def test_a_body_nested_to_the_limit_is_decoded_as_usual(keyed: Client, oll
     ],
 )
 async def test_a_refused_keep_alive_is_said_plainly(
-    keyed: Client, ollama: respx.MockRouter, keep_alive: str, words: str
+    keyed: Client, ollama: ServedOllama, keep_alive: str, words: str
 ) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
 

@@ -8,16 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
 from tests.support.payloads import chat_answer, chat_done, chat_token, ndjson, streamed
+from tests.support.served_ollama import Route, ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -29,17 +28,17 @@ AS_FREE = {"Authorization": f"Bearer {FREE}"}
 
 
 @pytest.fixture(name="quota")
-async def fx_quota(settings: Settings, ollama: respx.MockRouter, tmp_path: Path) -> AsyncIterator[Client]:
+async def fx_quota(settings: Settings, ollama: ServedOllama, tmp_path: Path) -> AsyncIterator[Client]:
     """A key with a quota of 30 tokens a day, and one without."""
     keys = tmp_path / "keys.toml"
     keys.write_text(f'[keys.metered]\nkey = "{METERED}"\ntokens_per_day = {QUOTA}\n\n[keys.free]\nkey = "{FREE}"\n')
     configured = msgspec.structs.replace(settings, keys_file=str(keys))
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         yield client
 
 
-def _sent(route: respx.Route) -> dict[str, Any]:
+def _sent(route: Route) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(route.calls.last.request.content)
     return body
 
@@ -49,7 +48,7 @@ def _sent(route: respx.Route) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("asked", "sent"), [(None, QUOTA), ("500", QUOTA), ("-1", QUOTA), ("10", 10)])
 async def test_an_answer_on_minatos_route_is_capped_at_the_quota_left(
-    quota: Client, ollama: respx.MockRouter, asked: str | None, sent: int
+    quota: Client, ollama: ServedOllama, asked: str | None, sent: int
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     params = {"message": "hi"} | ({"max_new_tokens": asked} if asked is not None else {})
@@ -61,7 +60,7 @@ async def test_an_answer_on_minatos_route_is_capped_at_the_quota_left(
 
 
 async def test_the_cap_follows_what_is_left_and_a_key_without_a_quota_is_not_capped(
-    quota: Client, ollama: respx.MockRouter
+    quota: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json={**chat_answer(), "eval_count": 25})
 
@@ -101,7 +100,7 @@ async def test_the_cap_follows_what_is_left_and_a_key_without_a_quota_is_not_cap
     ],
 )
 async def test_every_door_caps_the_answer_at_the_quota_left(
-    quota: Client, ollama: respx.MockRouter, path: str, body: dict[str, Any], field: tuple[str, ...]
+    quota: Client, ollama: ServedOllama, path: str, body: dict[str, Any], field: tuple[str, ...]
 ) -> None:
     route = ollama.post(path).respond(200, json={})
 
@@ -117,7 +116,7 @@ async def test_every_door_caps_the_answer_at_the_quota_left(
 
 
 async def test_an_answer_asking_less_than_is_left_and_an_embedding_travel_unchanged(
-    quota: Client, ollama: respx.MockRouter
+    quota: Client, ollama: ServedOllama
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json={})
     embed = ollama.post("/api/embed").respond(200, json={})
@@ -134,7 +133,7 @@ async def test_an_answer_asking_less_than_is_left_and_an_embedding_travel_unchan
 # -- every relayed token is charged --------------------------------------------------------------
 
 
-async def test_a_stream_cut_by_ollama_is_charged_what_it_relayed(quota: Client, ollama: respx.MockRouter) -> None:
+async def test_a_stream_cut_by_ollama_is_charged_what_it_relayed(quota: Client, ollama: ServedOllama) -> None:
     tokens = [chat_token(f"t{i} ") for i in range(12)]
     ollama.post("/api/chat").mock(return_value=streamed(ndjson(*tokens)))  # no done line: cut
 
@@ -149,9 +148,7 @@ async def test_a_stream_cut_by_ollama_is_charged_what_it_relayed(quota: Client, 
     assert _sent(route)["options"]["num_predict"] == QUOTA - 12, after.text
 
 
-async def test_a_door_stream_that_fails_midway_is_charged_what_it_relayed(
-    quota: Client, ollama: respx.MockRouter
-) -> None:
+async def test_a_door_stream_that_fails_midway_is_charged_what_it_relayed(quota: Client, ollama: ServedOllama) -> None:
     lines = ndjson(*[chat_token(f"t{i}") for i in range(9)], {"error": "the runner crashed"})
     ollama.post("/api/chat").mock(return_value=streamed(lines))
 
@@ -164,7 +161,7 @@ async def test_a_door_stream_that_fails_midway_is_charged_what_it_relayed(
     assert _sent(route)["options"]["num_predict"] == QUOTA - 9
 
 
-async def test_a_completed_stream_is_charged_ollamas_own_count(quota: Client, ollama: respx.MockRouter) -> None:
+async def test_a_completed_stream_is_charged_ollamas_own_count(quota: Client, ollama: ServedOllama) -> None:
     lines = ndjson(chat_token("a"), chat_token("b"), chat_done(eval_count=7))
     ollama.post("/api/chat").mock(return_value=streamed(lines))
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 
-import httpx
 import msgspec
 import pytest
-import respx
 import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -17,6 +15,7 @@ from minato.settings import Settings
 from minato.state.memory import LocalRateLimiter
 from minato.web.app import create_app
 from tests.support.payloads import TAGS, catalogue, chat_answer, show
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -25,10 +24,10 @@ ADMIN = "admin-key-456"
 
 
 @pytest.fixture(name="secured")
-async def fx_secured(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+async def fx_secured(settings: Settings, ollama: ServedOllama) -> AsyncIterator[Client]:
     """Minato with one user key and one admin key."""
     configured = msgspec.structs.replace(settings, api_keys=(USER,), admin_keys=(ADMIN,))
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         yield client
 
@@ -43,7 +42,7 @@ async def fx_secured(settings: Settings, ollama: respx.MockRouter) -> AsyncItera
     ],
 )
 async def test_a_valid_key_in_any_accepted_form_is_let_through(
-    secured: Client, ollama: respx.MockRouter, headers: dict[str, str]
+    secured: Client, ollama: ServedOllama, headers: dict[str, str]
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -64,7 +63,7 @@ async def test_a_valid_key_in_any_accepted_form_is_let_through(
     ],
 )
 async def test_a_missing_or_wrong_key_is_a_401_with_www_authenticate(
-    secured: Client, ollama: respx.MockRouter, headers: dict[str, str]
+    secured: Client, ollama: ServedOllama, headers: dict[str, str]
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -81,7 +80,7 @@ async def test_a_missing_or_wrong_key_is_a_401_with_www_authenticate(
     [("POST", "/install/llama3.2"), ("POST", "/load/llama3.2"), ("POST", "/unload/llama3.2"), ("DELETE", "/models/x")],
 )
 async def test_a_user_key_on_an_admin_route_is_a_403(
-    secured: Client, ollama: respx.MockRouter, method: str, path: str
+    secured: Client, ollama: ServedOllama, method: str, path: str
 ) -> None:
     response = await secured.request(method, path, headers={"Authorization": f"Key {USER}"})
 
@@ -90,7 +89,7 @@ async def test_a_user_key_on_an_admin_route_is_a_403(
     assert not [call for call in ollama.calls if call.request.url.path != "/api/ps"]
 
 
-async def test_an_admin_key_may_delete_a_model(secured: Client, ollama: respx.MockRouter) -> None:
+async def test_an_admin_key_may_delete_a_model(secured: Client, ollama: ServedOllama) -> None:
     route = ollama.delete("/api/delete").respond(200)
 
     response = await secured.delete("/models/old:1b", headers={"X-API-Key": ADMIN})
@@ -99,7 +98,7 @@ async def test_an_admin_key_may_delete_a_model(secured: Client, ollama: respx.Mo
     assert route.called
 
 
-async def test_health_and_docs_need_no_key_but_ready_and_metrics_do(secured: Client, ollama: respx.MockRouter) -> None:
+async def test_health_and_docs_need_no_key_but_ready_and_metrics_do(secured: Client, ollama: ServedOllama) -> None:
     ollama.get("/api/version").respond(200, json={"version": "1"})
 
     assert (await secured.get("/health")).status_code == 200
@@ -109,17 +108,17 @@ async def test_health_and_docs_need_no_key_but_ready_and_metrics_do(secured: Cli
     assert (await secured.get("/ready", headers={"X-API-Key": USER})).status_code == 200
 
 
-async def test_open_probes_serve_ready_and_metrics_without_a_key(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_open_probes_serve_ready_and_metrics_without_a_key(settings: Settings, ollama: ServedOllama) -> None:
     ollama.get("/api/version").respond(200, json={"version": "1"})
     configured = msgspec.structs.replace(settings, api_keys=(USER,), open_probes=True)
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         assert (await client.get("/ready")).status_code == 200
         assert (await client.get("/metrics")).status_code == 200
         assert (await client.get("/models_list/")).status_code == 401
 
 
-async def test_keys_never_reach_the_logs_only_a_fingerprint(secured: Client, ollama: respx.MockRouter) -> None:
+async def test_keys_never_reach_the_logs_only_a_fingerprint(secured: Client, ollama: ServedOllama) -> None:
     ollama.get("/api/tags").respond(200, json=TAGS)
 
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
@@ -130,12 +129,10 @@ async def test_keys_never_reach_the_logs_only_a_fingerprint(secured: Client, oll
     assert line["key"] == hashlib.sha256(USER.encode()).hexdigest()[:12]
 
 
-async def test_a_key_over_its_rate_limit_gets_a_429_with_retry_after(
-    settings: Settings, ollama: respx.MockRouter
-) -> None:
+async def test_a_key_over_its_rate_limit_gets_a_429_with_retry_after(settings: Settings, ollama: ServedOllama) -> None:
     ollama.get("/api/tags").respond(200, json=TAGS)
     configured = msgspec.structs.replace(settings, api_keys=(USER, "other"), rate_limit_per_minute=2)
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         statuses = [(await client.get("/models_list/", headers={"X-API-Key": USER})).status_code for _ in range(3)]
         limited = await client.get("/models_list/", headers={"X-API-Key": USER})
@@ -147,7 +144,7 @@ async def test_a_key_over_its_rate_limit_gets_a_429_with_retry_after(
 
 
 async def test_the_rate_limiter_fails_closed(
-    settings: Settings, ollama: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, ollama: ServedOllama, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     route = ollama.get("/api/tags").respond(200, json=TAGS)
 
@@ -156,7 +153,7 @@ async def test_the_rate_limiter_fails_closed(
 
     monkeypatch.setattr(LocalRateLimiter, "check", broken)
     configured = msgspec.structs.replace(settings, api_keys=(USER,), rate_limit_per_minute=100)
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/models_list/", headers={"X-API-Key": USER})
 
@@ -164,11 +161,9 @@ async def test_the_rate_limiter_fails_closed(
     assert not route.called
 
 
-async def test_cors_answers_preflights_only_for_configured_origins(
-    settings: Settings, ollama: respx.MockRouter
-) -> None:
+async def test_cors_answers_preflights_only_for_configured_origins(settings: Settings, ollama: ServedOllama) -> None:
     configured = msgspec.structs.replace(settings, cors_origins=("https://app.example",))
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     preflight = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
     async with AsyncTestClient(app=app) as client:
         allowed = await client.options("/llama3.2", headers={"Origin": "https://app.example", **preflight})
@@ -178,10 +173,10 @@ async def test_cors_answers_preflights_only_for_configured_origins(
     assert "access-control-allow-origin" not in refused.headers
 
 
-async def test_a_browser_sdks_preflight_to_a_door_is_answered(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_a_browser_sdks_preflight_to_a_door_is_answered(settings: Settings, ollama: ServedOllama) -> None:
     # Keys are configured: a preflight carries none, and must still be answered.
     configured = msgspec.structs.replace(settings, cors_origins=("https://app.example",), api_keys=(USER,))
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     asked = "authorization, content-type, x-stainless-os, x-stainless-retry-count, anthropic-version"
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked}
     async with AsyncTestClient(app=app) as client:
@@ -199,11 +194,11 @@ async def test_cors_is_off_by_default(client: Client) -> None:
 
 
 async def test_an_over_long_query_string_is_a_414_before_anything_else(
-    settings: Settings, ollama: respx.MockRouter
+    settings: Settings, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     limited = msgspec.structs.replace(settings, max_query_chars=1000)
-    app = create_app(limited, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(limited)
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/llama3.2", params={"message": "x" * 1000})
 
@@ -213,11 +208,11 @@ async def test_an_over_long_query_string_is_a_414_before_anything_else(
 
 
 async def test_a_path_over_8_kib_is_a_414_and_a_long_query_is_not_a_long_path(
-    settings: Settings, ollama: respx.MockRouter
+    settings: Settings, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     roomy = msgspec.structs.replace(settings, max_message_chars=10_000)
-    app = create_app(roomy, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(roomy)
     async with AsyncTestClient(app=app) as client:
         long_path = await client.get("/" + "m" * 8192, params={"message": "hi"})
         longest_path = await client.get("/" + "m" * 8191)
@@ -233,10 +228,10 @@ async def test_a_path_over_8_kib_is_a_414_and_a_long_query_is_not_a_long_path(
 # -- backpressure ----------------------------------------------------------------------------
 
 
-async def test_generations_give_their_slot_back_when_they_end(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_generations_give_their_slot_back_when_they_end(settings: Settings, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     configured = msgspec.structs.replace(settings, max_generations=1, max_queue=0)
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         # One slot and no queue: each request succeeds only if the one before gave its slot back.
         for path in ("/llama3.2", "/stream/llama3.2", "/llama3.2", "/stream/llama3.2"):
@@ -259,10 +254,10 @@ def _public_paths(app: Litestar) -> list[str]:
 
 
 async def test_the_exempt_routes_are_exactly_health_the_docs_and_the_playground(
-    settings: Settings, ollama: respx.MockRouter
+    settings: Settings, ollama: ServedOllama
 ) -> None:
     app = create_app(
-        msgspec.structs.replace(settings, api_keys=(USER,)), transport=httpx.MockTransport(ollama.async_handler)
+        msgspec.structs.replace(settings, api_keys=(USER,)),
     )
 
     assert _public_paths(app) == [
@@ -295,7 +290,7 @@ async def test_the_exempt_routes_are_exactly_health_the_docs_and_the_playground(
         "/stream/playground?message=hi",
     ],
 )
-async def test_look_alikes_of_exempt_paths_need_a_key(secured: Client, ollama: respx.MockRouter, path: str) -> None:
+async def test_look_alikes_of_exempt_paths_need_a_key(secured: Client, ollama: ServedOllama, path: str) -> None:
     # Every look-alike is also an installed model, so only the key check can stop it.
     looks = ("docsanything", "docs-x/llama3.2:1b", "docs1", "docs", "healthz", "llama3.2", "playgrounds", "playground")
     ollama.get("/api/tags", name="tags").respond(200, json=catalogue(*looks))
@@ -326,7 +321,7 @@ async def test_look_alikes_of_exempt_paths_need_a_key(secured: Client, ollama: r
     ],
 )
 async def test_a_user_keys_keep_alive_must_be_from_one_second_to_the_limit(
-    secured: Client, ollama: respx.MockRouter, keep_alive: str, allowed: bool
+    secured: Client, ollama: ServedOllama, keep_alive: str, allowed: bool
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -344,7 +339,7 @@ async def test_a_user_keys_keep_alive_must_be_from_one_second_to_the_limit(
 
 @pytest.mark.parametrize("keep_alive", ["0", "-1", "24h"])
 async def test_an_admin_key_may_unload_pin_or_keep_a_model_for_long(
-    secured: Client, ollama: respx.MockRouter, keep_alive: str
+    secured: Client, ollama: ServedOllama, keep_alive: str
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -356,10 +351,10 @@ async def test_an_admin_key_may_unload_pin_or_keep_a_model_for_long(
     assert chat.called
 
 
-async def test_the_user_keep_alive_limit_is_a_setting(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_the_user_keep_alive_limit_is_a_setting(settings: Settings, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     configured = msgspec.structs.replace(settings, api_keys=(USER,), user_max_keep_alive="10m")
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
 
     async with AsyncTestClient(app=app) as client:
         ok = await client.get("/llama3.2", params={"message": "hi", "keep_alive": "10m"}, headers={"X-API-Key": USER})
@@ -374,7 +369,7 @@ async def test_the_user_keep_alive_limit_is_a_setting(settings: Settings, ollama
     ("num_ctx", "allowed"), [("8192", True), ("131072", True), ("131073", False), ("2147483647", False)]
 )
 async def test_a_user_keys_num_ctx_is_bounded_by_the_models_own_context(
-    secured: Client, ollama: respx.MockRouter, num_ctx: str, allowed: bool
+    secured: Client, ollama: ServedOllama, num_ctx: str, allowed: bool
 ) -> None:
     ollama.post("/api/show").respond(200, json=show(["completion"]))  # llama.context_length: 131072
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
@@ -387,7 +382,7 @@ async def test_a_user_keys_num_ctx_is_bounded_by_the_models_own_context(
         assert "131072 (the model's context length)" in response.json()["detail"]
 
 
-async def test_an_admin_key_may_ask_for_any_num_ctx(secured: Client, ollama: respx.MockRouter) -> None:
+async def test_an_admin_key_may_ask_for_any_num_ctx(secured: Client, ollama: ServedOllama) -> None:
     show_route = ollama.post("/api/show").respond(200, json=show(["completion"]))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -400,11 +395,11 @@ async def test_an_admin_key_may_ask_for_any_num_ctx(secured: Client, ollama: res
     assert not show_route.called, "no lookup is needed for an admin key"
 
 
-async def test_the_user_num_ctx_cap_can_be_set_by_the_operator(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_the_user_num_ctx_cap_can_be_set_by_the_operator(settings: Settings, ollama: ServedOllama) -> None:
     show_route = ollama.post("/api/show").respond(200, json=show(["completion"]))
     ollama.post("/api/chat").respond(200, json=chat_answer())
     configured = msgspec.structs.replace(settings, api_keys=(USER,), user_max_num_ctx=4096)
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
 
     async with AsyncTestClient(app=app) as client:
         ok = await client.get("/llama3.2", params={"message": "hi", "num_ctx": "4096"}, headers={"X-API-Key": USER})

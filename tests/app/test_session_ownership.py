@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -19,6 +18,7 @@ from minato.settings import Settings
 from minato.state.sessions.sqlite import SqliteStore
 from minato.web.app import create_app
 from tests.support.payloads import chat_answer
+from tests.support.served_ollama import ServedOllama
 from tests.unit.test_session_store import DAMAGED, HEALTHY, ROOMY, _store_with_a_damaged_conversation
 
 pytestmark = pytest.mark.anyio
@@ -36,10 +36,10 @@ FP_1, FP_2, FP_ADMIN = _fingerprint("user-1"), _fingerprint("user-2"), _fingerpr
 
 
 @pytest.fixture(name="keyed")
-async def fx_keyed(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+async def fx_keyed(settings: Settings, ollama: ServedOllama) -> AsyncIterator[Client]:
     """Minato with two user keys and one admin key."""
     configured = msgspec.structs.replace(settings, api_keys=("user-1", "user-2"), admin_keys=("admin-1",))
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         yield client
 
@@ -50,7 +50,7 @@ async def _turn(client: Client, headers: dict[str, str], session: str, message: 
     return response
 
 
-async def test_another_keys_conversation_is_as_if_it_did_not_exist(keyed: Client, ollama: respx.MockRouter) -> None:
+async def test_another_keys_conversation_is_as_if_it_did_not_exist(keyed: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer("noted"))
     await keyed.put("/chat/abc/system_prompt", json={"system_prompt": "Secret prompt."}, headers=USER_1)
     await _turn(keyed, USER_1, "abc", "my secret is 42")
@@ -73,7 +73,7 @@ async def test_another_keys_conversation_is_as_if_it_did_not_exist(keyed: Client
     assert route.call_count == 1
 
 
-async def test_the_same_id_from_another_key_is_a_separate_conversation(keyed: Client, ollama: respx.MockRouter) -> None:
+async def test_the_same_id_from_another_key_is_a_separate_conversation(keyed: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer("ok"))
     await keyed.put("/chat/abc/system_prompt", json={"system_prompt": "Secret prompt."}, headers=USER_1)
     await _turn(keyed, USER_1, "abc", "my secret is 42")
@@ -89,7 +89,7 @@ async def test_the_same_id_from_another_key_is_a_separate_conversation(keyed: Cl
     assert (theirs["owner"], theirs["system_prompt"], len(theirs["messages"])) == (FP_2, None, 2)
 
 
-async def test_a_user_key_naming_another_owner_is_refused(keyed: Client, ollama: respx.MockRouter) -> None:
+async def test_a_user_key_naming_another_owner_is_refused(keyed: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     await _turn(keyed, USER_1, "abc", "hi")
 
@@ -100,9 +100,7 @@ async def test_a_user_key_naming_another_owner_is_refused(keyed: Client, ollama:
     assert (await keyed.get("/chat/abc", headers=USER_1)).status_code == 200, "the refused DELETE changed nothing"
 
 
-async def test_an_admin_lists_reads_and_deletes_every_keys_conversations(
-    keyed: Client, ollama: respx.MockRouter
-) -> None:
+async def test_an_admin_lists_reads_and_deletes_every_keys_conversations(keyed: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     await _turn(keyed, USER_1, "one", "hi")
     await _turn(keyed, USER_2, "two", "hello")
@@ -121,7 +119,7 @@ async def test_an_admin_lists_reads_and_deletes_every_keys_conversations(
     assert (await keyed.get("/chat/one", headers=USER_1)).status_code == 200
 
 
-async def test_an_admin_must_choose_between_owners_of_the_same_id(keyed: Client, ollama: respx.MockRouter) -> None:
+async def test_an_admin_must_choose_between_owners_of_the_same_id(keyed: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     await _turn(keyed, USER_1, "abc", "from one")
     await _turn(keyed, USER_2, "abc", "from two")
@@ -143,7 +141,7 @@ async def test_an_admin_must_choose_between_owners_of_the_same_id(keyed: Client,
 
 
 async def test_an_admins_own_conversation_wins_over_others_with_the_same_id(
-    keyed: Client, ollama: respx.MockRouter
+    keyed: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     await _turn(keyed, USER_1, "abc", "from one")
@@ -161,7 +159,7 @@ async def test_a_malformed_owner_is_a_422(keyed: Client, owner: str) -> None:
 
 
 async def test_without_keys_every_caller_shares_the_conversations_as_before(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer("ok"))
     await _turn(client, {}, "abc", "first")
@@ -178,13 +176,13 @@ async def test_without_keys_every_caller_shares_the_conversations_as_before(
 
 
 async def test_a_damaged_conversation_answers_409_and_deleting_it_starts_afresh(
-    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
+    settings: Settings, ollama: ServedOllama, tmp_path: Path
 ) -> None:
     path = tmp_path / "s.db"
     await _store_with_a_damaged_conversation(path)
     route = ollama.post("/api/chat").respond(200, json=chat_answer("fresh"))
     configured = msgspec.structs.replace(settings, session_store=str(path))
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         read = await client.get(f"/chat/{DAMAGED}")
         turn = await client.get("/llama3.2", params={"message": "hi", "session": DAMAGED})
@@ -210,7 +208,7 @@ async def test_a_damaged_conversation_answers_409_and_deleting_it_starts_afresh(
 
 
 async def test_conversations_from_before_keys_are_seen_by_admins_only(
-    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
+    settings: Settings, ollama: ServedOllama, tmp_path: Path
 ) -> None:
     path = tmp_path / "s.db"
     store = SqliteStore(path)
@@ -221,7 +219,7 @@ async def test_conversations_from_before_keys_are_seen_by_admins_only(
     configured = msgspec.structs.replace(
         settings, session_store=str(path), api_keys=("user-1",), admin_keys=("admin-1",)
     )
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         by_user = await client.get("/chat/old", headers=USER_1)
         user_listing = (await client.get("/chat", headers=USER_1)).json()

@@ -6,11 +6,11 @@ import json
 
 import httpx
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from tests.support.payloads import PNG_1PX, chat_answer, chat_done, chat_token, ndjson, show
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -19,7 +19,7 @@ Client = AsyncTestClient[Litestar]
 # -- through HTTP ---------------------------------------------------------------------------
 
 
-async def test_three_turns_send_the_whole_history_upstream_in_order(client: Client, ollama: respx.MockRouter) -> None:
+async def test_three_turns_send_the_whole_history_upstream_in_order(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat")
     route.side_effect = [
         httpx.Response(200, json=chat_answer("Hello Alice.")),
@@ -54,7 +54,7 @@ async def test_three_turns_send_the_whole_history_upstream_in_order(client: Clie
     assert view["totals"] == {"messages": 6, "turns": 3, "images": 0, "characters": 53}
 
 
-async def test_a_request_system_prompt_applies_to_that_request_only(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_request_system_prompt_applies_to_that_request_only(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer("ok"))
     await client.put("/chat/s/system_prompt", json={"system_prompt": "Session prompt."})
 
@@ -64,7 +64,7 @@ async def test_a_request_system_prompt_applies_to_that_request_only(client: Clie
     assert (await client.get("/chat/s")).json()["system_prompt"] == "Session prompt."
 
 
-async def test_a_completed_stream_is_recorded_and_a_failed_one_is_not(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_completed_stream_is_recorded_and_a_failed_one_is_not(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat")
     route.side_effect = [
         httpx.Response(200, content=ndjson(chat_token("Hel"), chat_token("lo"), chat_done())),
@@ -82,7 +82,7 @@ async def test_a_completed_stream_is_recorded_and_a_failed_one_is_not(client: Cl
     assert [m["content"] for m in messages] == ["one", "Hello"]
 
 
-async def test_an_upstream_failure_leaves_the_session_as_it_was(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_upstream_failure_leaves_the_session_as_it_was(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(404, json={"error": "model 'nope' not found"})
 
     response = await client.get("/nope", params={"message": "hi", "session": "s"})
@@ -91,9 +91,7 @@ async def test_an_upstream_failure_leaves_the_session_as_it_was(client: Client, 
     assert (await client.get("/chat/s")).status_code == 404
 
 
-async def test_images_of_a_session_turn_are_sent_again_with_follow_ups(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_images_of_a_session_turn_are_sent_again_with_follow_ups(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show(["completion", "vision"]))
     route = ollama.post("/api/chat").respond(200, json=chat_answer("A cat."))
     await client.post(
@@ -109,7 +107,7 @@ async def test_images_of_a_session_turn_are_sent_again_with_follow_ups(
 
 
 async def test_a_text_model_after_a_picture_gets_the_history_without_its_images(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     def capabilities(request: httpx.Request) -> httpx.Response:
         model = json.loads(request.content)["model"]
@@ -133,9 +131,7 @@ async def test_a_text_model_after_a_picture_gets_the_history_without_its_images(
     assert (await client.get("/chat/bob")).json()["messages"][0]["image_count"] == 1
 
 
-async def test_a_conversation_without_images_costs_no_capability_lookup(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_a_conversation_without_images_costs_no_capability_lookup(client: Client, ollama: ServedOllama) -> None:
     show_route = ollama.post("/api/show").respond(200, json=show(["completion"]))
     ollama.post("/api/chat").respond(200, json=chat_answer("Hi."))
     await client.get("/llama3.2", params={"message": "Hello", "session": "plain"})
@@ -147,7 +143,7 @@ async def test_a_conversation_without_images_costs_no_capability_lookup(
 
 @pytest.mark.parametrize("session", ["has space", "x" * 129, "slash/inside", ""])
 async def test_a_malformed_session_id_is_a_422_and_reaches_nobody(
-    client: Client, ollama: respx.MockRouter, session: str
+    client: Client, ollama: ServedOllama, session: str
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -175,7 +171,7 @@ async def test_a_bad_system_prompt_is_a_422(client: Client, body: dict[str, obje
     assert (await client.get("/chat/s")).status_code == 404
 
 
-async def test_clearing_a_session_forgets_messages_and_system_prompt(client: Client, ollama: respx.MockRouter) -> None:
+async def test_clearing_a_session_forgets_messages_and_system_prompt(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     await client.put("/chat/s/system_prompt", json={"system_prompt": "p"})
     await client.get("/llama3.2", params={"message": "hi", "session": "s"})
@@ -186,7 +182,7 @@ async def test_clearing_a_session_forgets_messages_and_system_prompt(client: Cli
     assert (await client.get("/chat")).json()["total"] == 0
 
 
-async def test_removing_the_system_prompt_keeps_the_messages(client: Client, ollama: respx.MockRouter) -> None:
+async def test_removing_the_system_prompt_keeps_the_messages(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     await client.put("/chat/s/system_prompt", json={"system_prompt": "p"})
     await client.get("/llama3.2", params={"message": "hi", "session": "s"})
@@ -198,7 +194,7 @@ async def test_removing_the_system_prompt_keeps_the_messages(client: Client, oll
     assert len(view["messages"]) == 2
 
 
-async def test_the_session_list_is_paginated(client: Client, ollama: respx.MockRouter) -> None:
+async def test_the_session_list_is_paginated(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     for n in range(3):
         await client.get("/llama3.2", params={"message": "hi", "session": f"s{n}"})

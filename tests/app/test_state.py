@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
-import respx
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
@@ -19,6 +17,7 @@ from minato.state.quota import Standing
 from minato.state.sqlite import UNAVAILABLE
 from minato.web.app import create_app
 from tests.support.payloads import chat_answer
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 
@@ -31,12 +30,10 @@ class _Unavailable:
         raise StateUnavailableError(UNAVAILABLE)
 
 
-async def test_a_limiter_that_cannot_answer_is_a_503_with_retry_after(
-    settings: Settings, ollama: respx.MockRouter
-) -> None:
+async def test_a_limiter_that_cannot_answer_is_a_503_with_retry_after(settings: Settings, ollama: ServedOllama) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
     keyed = msgspec.structs.replace(settings, api_keys=("k",), rate_limit_per_minute=10)
-    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), limiter=_Unavailable())
+    app = create_app(keyed, limiter=_Unavailable())
 
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "k"})
@@ -47,9 +44,7 @@ async def test_a_limiter_that_cannot_answer_is_a_503_with_retry_after(
     assert not chat.called
 
 
-async def test_a_quota_that_cannot_answer_is_a_503(
-    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
-) -> None:
+async def test_a_quota_that_cannot_answer_is_a_503(settings: Settings, ollama: ServedOllama, tmp_path: Path) -> None:
     class Unavailable(TokenQuota):
         async def check(self, caller: Caller) -> Standing:
             raise StateUnavailableError(UNAVAILABLE)
@@ -58,7 +53,7 @@ async def test_a_quota_that_cannot_answer_is_a_503(
     keys = tmp_path / "keys.toml"
     keys.write_text('[keys.quoted]\nkey = "a-key-with-a-quota"\ntokens_per_day = 5\n')
     keyed = msgspec.structs.replace(settings, keys_file=str(keys))
-    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), quota=Unavailable())
+    app = create_app(keyed, quota=Unavailable())
 
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "a-key-with-a-quota"})
@@ -69,7 +64,7 @@ async def test_a_quota_that_cannot_answer_is_a_503(
 
 
 async def test_a_quota_that_cannot_count_an_answer_logs_it_and_the_answer_stands(
-    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
+    settings: Settings, ollama: ServedOllama, tmp_path: Path
 ) -> None:
     class Uncounting(TokenQuota):
         async def charge(self, caller: Caller, tokens: int) -> None:
@@ -79,7 +74,7 @@ async def test_a_quota_that_cannot_count_an_answer_logs_it_and_the_answer_stands
     keys = tmp_path / "keys.toml"
     keys.write_text('[keys.quoted]\nkey = "a-key-with-a-quota"\ntokens_per_day = 5\n')
     keyed = msgspec.structs.replace(settings, keys_file=str(keys))
-    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), quota=Uncounting())
+    app = create_app(keyed, quota=Uncounting())
 
     with capture_logs() as logs:
         async with AsyncTestClient(app=app) as client:
@@ -92,14 +87,14 @@ async def test_a_quota_that_cannot_count_an_answer_logs_it_and_the_answer_stands
 
 
 async def test_a_turn_that_cannot_take_its_lease_is_a_503_and_never_reaches_ollama(
-    settings: Settings, ollama: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, ollama: ServedOllama, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def unavailable(self: LocalTurnLocks, owner: str, session_id: str) -> None:
         raise StateUnavailableError(UNAVAILABLE)
 
     monkeypatch.setattr(LocalTurnLocks, "acquire", unavailable)
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
-    app = create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(settings)
 
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/llama3.2", params={"message": "hi", "session": "s"})

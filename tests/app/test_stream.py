@@ -16,6 +16,7 @@ from litestar.testing import AsyncTestClient
 from minato.errors import StreamAbortedError
 from minato.settings import Settings
 from minato.web.app import create_app
+from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.support.payloads import catalogue, chat_done, chat_token, ndjson, not_found, streamed
 
 pytestmark = pytest.mark.anyio

@@ -23,6 +23,7 @@ from minato.ollama.wire import ChatChunk, ChatRequest, WireMessage
 from minato.settings import Settings
 from minato.upstream.client import OllamaClient
 from minato.upstream.streams import ChunkStream
+from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.conftest import OLLAMA_URL
 from tests.support.payloads import (
     PULL_MANIFEST,

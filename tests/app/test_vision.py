@@ -5,15 +5,12 @@ from __future__ import annotations
 import base64
 import json
 
-import httpx
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.conftest import OLLAMA_URL
 from tests.support.payloads import (
     BMP_HEADER,
     GIF_HEADER,
@@ -28,6 +25,7 @@ from tests.support.payloads import (
     not_found,
     show,
 )
+from tests.support.served_ollama import Route, ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -44,19 +42,19 @@ def png(name: str = "a.png") -> Upload:
     return ("images", (name, PNG_1PX, "image/png"))
 
 
-def sent(route: respx.Route) -> dict[str, object]:
+def sent(route: Route) -> dict[str, object]:
     body: dict[str, object] = json.loads(route.calls.last.request.content)
     return body
 
 
 @pytest.fixture(name="chat")
-def fx_chat(ollama: respx.MockRouter) -> respx.Route:
+def fx_chat(ollama: ServedOllama) -> Route:
     """A vision-capable model that answers."""
     ollama.post("/api/show").respond(200, json=show(VISION))
     return ollama.post("/api/chat").respond(200, json=chat_answer("A single pixel.", model="gemma3"))
 
 
-async def test_an_uploaded_image_goes_upstream_as_padded_base64(client: Client, chat: respx.Route) -> None:
+async def test_an_uploaded_image_goes_upstream_as_padded_base64(client: Client, chat: Route) -> None:
     response = await client.post("/vision/gemma3", params={"message": "What is this?"}, files=[png()])
 
     assert response.status_code == 200
@@ -70,14 +68,14 @@ async def test_an_uploaded_image_goes_upstream_as_padded_base64(client: Client, 
     assert b64(PNG_1PX).endswith("=")  # the 1-pixel PNG needs padding: proves it is kept
 
 
-async def test_the_message_can_be_a_form_field(client: Client, chat: respx.Route) -> None:
+async def test_the_message_can_be_a_form_field(client: Client, chat: Route) -> None:
     response = await client.post("/vision/gemma3", data={"message": "Describe it."}, files=[png()])
 
     assert response.status_code == 200
     assert sent(chat)["messages"] == [{"role": "user", "content": "Describe it.", "images": [b64(PNG_1PX)]}]
 
 
-async def test_generation_parameters_apply_to_vision_too(client: Client, chat: respx.Route) -> None:
+async def test_generation_parameters_apply_to_vision_too(client: Client, chat: Route) -> None:
     response = await client.post(
         "/vision/gemma3",
         params={"message": "hi", "system_prompt": "Be brief.", "temperature": "0", "keep_alive": "10m"},
@@ -94,7 +92,7 @@ async def test_generation_parameters_apply_to_vision_too(client: Client, chat: r
     assert body["keep_alive"] == "10m"
 
 
-async def test_a_message_in_both_places_is_a_422(client: Client, chat: respx.Route) -> None:
+async def test_a_message_in_both_places_is_a_422(client: Client, chat: Route) -> None:
     response = await client.post("/vision/gemma3", params={"message": "a"}, data={"message": "b"}, files=[png()])
 
     assert response.status_code == 422
@@ -102,7 +100,7 @@ async def test_a_message_in_both_places_is_a_422(client: Client, chat: respx.Rou
     assert not chat.called
 
 
-async def test_no_message_anywhere_is_a_422_missing(client: Client, chat: respx.Route) -> None:
+async def test_no_message_anywhere_is_a_422_missing(client: Client, chat: Route) -> None:
     response = await client.post("/vision/gemma3", files=[png()])
 
     assert response.status_code == 422
@@ -113,7 +111,7 @@ async def test_no_message_anywhere_is_a_422_missing(client: Client, chat: respx.
 
 
 @pytest.mark.parametrize("where", ["query", "body"])
-async def test_a_blank_message_is_a_422(client: Client, chat: respx.Route, where: str) -> None:
+async def test_a_blank_message_is_a_422(client: Client, chat: Route, where: str) -> None:
     if where == "query":
         response = await client.post("/vision/gemma3", params={"message": "  "}, files=[png()])
     else:
@@ -124,7 +122,7 @@ async def test_a_blank_message_is_a_422(client: Client, chat: respx.Route, where
     assert not chat.called
 
 
-async def test_two_images_are_sent_in_upload_order(client: Client, chat: respx.Route) -> None:
+async def test_two_images_are_sent_in_upload_order(client: Client, chat: Route) -> None:
     response = await client.post(
         "/vision/gemma3",
         params={"message": "Compare."},
@@ -148,7 +146,7 @@ async def test_two_images_are_sent_in_upload_order(client: Client, chat: respx.R
     ],
 )
 async def test_images_are_recognised_by_content_whatever_their_name_claims(
-    client: Client, chat: respx.Route, data: bytes
+    client: Client, chat: Route, data: bytes
 ) -> None:
     response = await client.post(
         "/vision/gemma3", params={"message": "hi"}, files=[("images", ("photo.txt", data, "text/plain"))]
@@ -158,7 +156,7 @@ async def test_images_are_recognised_by_content_whatever_their_name_claims(
     assert sent(chat)["messages"] == [{"role": "user", "content": "hi", "images": [b64(data)]}]
 
 
-async def test_a_text_file_named_png_is_a_422_on_that_image(client: Client, chat: respx.Route) -> None:
+async def test_a_text_file_named_png_is_a_422_on_that_image(client: Client, chat: Route) -> None:
     response = await client.post(
         "/vision/gemma3",
         params={"message": "hi"},
@@ -172,7 +170,7 @@ async def test_a_text_file_named_png_is_a_422_on_that_image(client: Client, chat
     assert not chat.called
 
 
-async def test_a_lone_text_file_is_images_index_zero(client: Client, chat: respx.Route) -> None:
+async def test_a_lone_text_file_is_images_index_zero(client: Client, chat: Route) -> None:
     response = await client.post(
         "/vision/gemma3", params={"message": "hi"}, files=[("images", ("x.png", b"hello", "image/png"))]
     )
@@ -182,7 +180,7 @@ async def test_a_lone_text_file_is_images_index_zero(client: Client, chat: respx
     assert not chat.called
 
 
-async def test_more_images_than_allowed_is_a_422(client: Client, chat: respx.Route) -> None:
+async def test_more_images_than_allowed_is_a_422(client: Client, chat: Route) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi"}, files=[png() for _ in range(4)])
 
     assert response.status_code == 422
@@ -192,14 +190,14 @@ async def test_more_images_than_allowed_is_a_422(client: Client, chat: respx.Rou
     assert not chat.called
 
 
-async def test_the_maximum_number_of_images_is_accepted(client: Client, chat: respx.Route) -> None:
+async def test_the_maximum_number_of_images_is_accepted(client: Client, chat: Route) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi"}, files=[png() for _ in range(3)])
 
     assert response.status_code == 200
     assert sent(chat)["messages"] == [{"role": "user", "content": "hi", "images": [b64(PNG_1PX)] * 3}]
 
 
-async def test_an_image_over_the_size_limit_is_a_413(client: Client, chat: respx.Route) -> None:
+async def test_an_image_over_the_size_limit_is_a_413(client: Client, chat: Route) -> None:
     big = PNG_1PX + b"\x00" * (64 * 1024)
 
     response = await client.post(
@@ -211,7 +209,7 @@ async def test_an_image_over_the_size_limit_is_a_413(client: Client, chat: respx
     assert not chat.called
 
 
-async def test_an_image_exactly_at_the_size_limit_is_accepted(client: Client, chat: respx.Route) -> None:
+async def test_an_image_exactly_at_the_size_limit_is_accepted(client: Client, chat: Route) -> None:
     exact = PNG_1PX + b"\x00" * (64 * 1024 - len(PNG_1PX))
 
     response = await client.post(
@@ -222,7 +220,7 @@ async def test_an_image_exactly_at_the_size_limit_is_accepted(client: Client, ch
     assert sent(chat)["messages"] == [{"role": "user", "content": "hi", "images": [b64(exact)]}]
 
 
-async def test_an_empty_image_part_is_a_422(client: Client, chat: respx.Route) -> None:
+async def test_an_empty_image_part_is_a_422(client: Client, chat: Route) -> None:
     response = await client.post(
         "/vision/gemma3", params={"message": "hi"}, files=[("images", ("empty.png", b"", "image/png"))]
     )
@@ -234,7 +232,7 @@ async def test_an_empty_image_part_is_a_422(client: Client, chat: respx.Route) -
     assert not chat.called
 
 
-async def test_a_form_without_an_image_is_a_422(client: Client, chat: respx.Route) -> None:
+async def test_a_form_without_an_image_is_a_422(client: Client, chat: Route) -> None:
     response = await client.post(
         "/vision/gemma3",
         headers={"content-type": "multipart/form-data; boundary=xyz"},
@@ -256,7 +254,7 @@ async def test_a_form_without_an_image_is_a_422(client: Client, chat: respx.Rout
     ],
 )
 async def test_a_body_that_is_not_multipart_is_a_422(
-    client: Client, chat: respx.Route, headers: dict[str, str], content: bytes
+    client: Client, chat: Route, headers: dict[str, str], content: bytes
 ) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi"}, headers=headers, content=content)
 
@@ -265,7 +263,7 @@ async def test_a_body_that_is_not_multipart_is_a_422(
     assert not chat.called
 
 
-async def test_a_malformed_multipart_body_is_a_422_not_a_500(client: Client, chat: respx.Route) -> None:
+async def test_a_malformed_multipart_body_is_a_422_not_a_500(client: Client, chat: Route) -> None:
     response = await client.post(
         "/vision/gemma3",
         params={"message": "hi"},
@@ -286,7 +284,7 @@ async def test_a_malformed_multipart_body_is_a_422_not_a_500(client: Client, cha
     ],
 )
 async def test_an_unknown_form_field_is_a_422(
-    client: Client, chat: respx.Route, data: dict[str, str], files: list[Upload], field: str
+    client: Client, chat: Route, data: dict[str, str], files: list[Upload], field: str
 ) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi"}, data=data, files=files)
 
@@ -297,7 +295,7 @@ async def test_an_unknown_form_field_is_a_422(
     assert not chat.called
 
 
-async def test_an_unknown_query_parameter_is_a_422(client: Client, chat: respx.Route) -> None:
+async def test_an_unknown_query_parameter_is_a_422(client: Client, chat: Route) -> None:
     response = await client.post("/vision/gemma3", params={"message": "hi", "temprature": "1"}, files=[png()])
 
     assert response.status_code == 422
@@ -305,9 +303,7 @@ async def test_an_unknown_query_parameter_is_a_422(client: Client, chat: respx.R
     assert not chat.called
 
 
-async def test_a_model_without_vision_is_a_400_naming_its_capabilities(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_a_model_without_vision_is_a_400_naming_its_capabilities(client: Client, ollama: ServedOllama) -> None:
     show_route = ollama.post("/api/show").respond(200, json=show(["completion", "tools"]))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -321,7 +317,7 @@ async def test_a_model_without_vision_is_a_400_naming_its_capabilities(
     assert not chat.called
 
 
-async def test_a_model_reporting_no_capabilities_says_so(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_model_reporting_no_capabilities_says_so(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show([]))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -333,7 +329,7 @@ async def test_a_model_reporting_no_capabilities_says_so(client: Client, ollama:
 
 
 async def test_an_unknown_model_is_a_404_before_its_capabilities_are_asked(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     show_route = ollama.post("/api/show").respond(404, json=not_found("nope:latest"))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
@@ -347,7 +343,7 @@ async def test_an_unknown_model_is_a_404_before_its_capabilities_are_asked(
 
 
 async def test_a_listed_model_that_show_does_not_know_is_a_404_with_ollamas_reason(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     ollama.get("/api/tags", name="tags").respond(200, json=catalogue("nope:latest"))
     show_route = ollama.post("/api/show").respond(404, json=not_found("nope:latest"))
@@ -361,7 +357,7 @@ async def test_a_listed_model_that_show_does_not_know_is_a_404_with_ollamas_reas
     assert not chat.called
 
 
-async def test_an_invalid_model_name_is_a_422_without_calling_ollama(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_invalid_model_name_is_a_422_without_calling_ollama(client: Client, ollama: ServedOllama) -> None:
     show_route = ollama.post("/api/show").respond(200, json=show(VISION))
 
     response = await client.post("/vision/-x", params={"message": "hi"}, files=[png()])
@@ -371,7 +367,7 @@ async def test_an_invalid_model_name_is_a_422_without_calling_ollama(client: Cli
     assert not show_route.called
 
 
-async def test_the_streamed_vision_route_relays_tokens(client: Client, ollama: respx.MockRouter) -> None:
+async def test_the_streamed_vision_route_relays_tokens(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show(VISION))
     chat = ollama.post("/api/chat").respond(200, content=ndjson(chat_token("A "), chat_token("pixel."), chat_done()))
 
@@ -387,7 +383,7 @@ async def test_the_streamed_vision_route_relays_tokens(client: Client, ollama: r
     }
 
 
-async def test_the_streamed_vision_route_speaks_ndjson(client: Client, ollama: respx.MockRouter) -> None:
+async def test_the_streamed_vision_route_speaks_ndjson(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show(VISION))
     ollama.post("/api/chat").respond(200, content=ndjson(chat_token("A"), chat_done()))
 
@@ -403,7 +399,7 @@ async def test_the_streamed_vision_route_speaks_ndjson(client: Client, ollama: r
     assert lines[1]["done"] is True
 
 
-async def test_capabilities_are_looked_up_once_for_two_requests(client: Client, ollama: respx.MockRouter) -> None:
+async def test_capabilities_are_looked_up_once_for_two_requests(client: Client, ollama: ServedOllama) -> None:
     show_route = ollama.post("/api/show").respond(200, json=show(VISION))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -416,12 +412,12 @@ async def test_capabilities_are_looked_up_once_for_two_requests(client: Client, 
     assert sent(chat)["model"] == "gemma3:latest"
 
 
-async def test_a_body_over_the_total_limit_is_a_json_413(ollama: respx.MockRouter) -> None:
+async def test_a_body_over_the_total_limit_is_a_json_413(ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show(VISION))
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
-    settings = Settings(ollama_url=OLLAMA_URL, max_body_bytes=1024, ollama_probe_interval=0)
+    settings = Settings(ollama_url=ollama.url, max_body_bytes=1024, ollama_probe_interval=0)
     big = PNG_1PX + b"\x00" * 2048
-    app = create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(settings)
 
     async with AsyncTestClient(app=app) as client:
         response = await client.post(

@@ -408,7 +408,7 @@ class StandIn:
         path = request.path
         if path.startswith("/_standin/"):
             return await self._introspect(request, path)
-        raw = await request.content.read() if request.body_exists else b""
+        raw = await request.read() if request.body_exists else b""
         if path.startswith(("/api/", "/v1/")):
             self.requests.append(
                 (
