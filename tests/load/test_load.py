@@ -4,13 +4,12 @@ A third of the clients hang up after the first token, a third after a random num
 third read to the end. Afterwards nothing may be left behind: no stream counted in flight, no request
 still open on the stand-in, no sockets piling up in Minato, and Minato answers as before.
 
-The streams read to the end ask the stand-in for ``standin/paced:20x100`` (20 tokens, 100 ms apart).
-The abandoned ones ask for ``standin/paced:1200x100``: two minutes at the stand-in's pace, far longer
-than any client takes to read its 15 tokens, so every hang-up reaches the stand-in before that
-stream could end, however loaded the machine. The counts are then exact (each abandoned stream
-cancelled, each full one completed, none left over), and they are read once they have settled, by
-polling the stand-in within a generous deadline, not at a fixed moment: a stream Minato never
-cancelled would still be running there and fail the wait. Nothing is timed.
+Every stream asks for ``standin/gated:20``, whose tokens the test releases: the gate first opens to
+``HANG_UP_BY`` tokens, every abandoning client hangs up at its planned token, and only once the
+stand-in has seen every one of those cancellations does the gate open to the end for the others. So a
+hang-up happens at a known token every time, whatever the machine's load; nothing is paced by the
+clock and nothing is timed. The test runs its own stand-in and its own Minato, so no other test's
+leftovers reach its counts.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import asyncio
 import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
@@ -27,19 +27,19 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import Backend, MinatoServer
+from tests.support.servers import MinatoServer, start_minato, stop_minato
+from tests.support.standin.process import StandInProcess
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.load]
 
 STREAMS: Final = 300
 TOKENS: Final = 20
-TOKEN_MS: Final = 100
-MODEL: Final = f"standin/paced:{TOKENS}x{TOKEN_MS}"
-#: What the abandoned streams ask for: one that outlasts any hang-up.
-LONG_MODEL: Final = f"standin/paced:1200x{TOKEN_MS}"
+MODEL: Final = f"standin/gated:{TOKENS}"
+#: The gate's first opening: every planned hang-up happens at or before this token.
+HANG_UP_BY: Final = TOKENS - 5
 #: Bounds on waits for an event (a read, a count settling), not budgets: far above what they take.
-READ_TIMEOUT_S: Final = 60.0
+READ_TIMEOUT_S: Final = 120.0
 SETTLE_S: Final = 60.0
 #: File descriptors Minato may hold beyond its starting count once the load is gone, on top of one
 #: keep-alive connection to Ollama per stream that ended normally (the pool keeps those for a while).
@@ -51,7 +51,6 @@ T = TypeVar("T")
 class Outcome:
     plan: str  # "first", "random" or "full"
     stop_after: int  # tokens to read before hanging up (TOKENS + 1: never)
-    model: str = MODEL
     status: int | None = None
     tokens: int = 0
     finished: bool = False  # the body ended on its own
@@ -60,8 +59,8 @@ class Outcome:
 
 def _plans(rng: random.Random) -> list[Outcome]:
     third = STREAMS // 3
-    plans = [Outcome("first", 1, LONG_MODEL) for _ in range(third)]
-    plans += [Outcome("random", rng.randint(2, TOKENS - 5), LONG_MODEL) for _ in range(third)]
+    plans = [Outcome("first", 1) for _ in range(third)]
+    plans += [Outcome("random", rng.randint(2, HANG_UP_BY)) for _ in range(third)]
     plans += [Outcome("full", TOKENS + 1) for _ in range(STREAMS - 2 * third)]
     rng.shuffle(plans)
     return plans
@@ -70,7 +69,7 @@ def _plans(rng: random.Random) -> list[Outcome]:
 async def _one_stream(client: httpx.AsyncClient, outcome: Outcome, index: int) -> None:
     params = {"message": f"load test stream {index}"}
     try:
-        async with client.stream("GET", f"/stream/{outcome.model}", params=params) as response:
+        async with client.stream("GET", f"/stream/{MODEL}", params=params) as response:
             outcome.status = response.status_code
             if response.status_code != 200:
                 await response.aread()
@@ -86,11 +85,29 @@ async def _one_stream(client: httpx.AsyncClient, outcome: Outcome, index: int) -
         outcome.error = f"{type(exc).__name__}: {exc}"
 
 
-async def _run_load(base_url: str, outcomes: list[Outcome]) -> None:
+async def _run_load(base_url: str, standin_url: str, outcomes: list[Outcome]) -> None:
+    """Start every stream, open the gate to ``HANG_UP_BY``, wait for each hang-up to reach the stand-in,
+    then open the gate to the end."""
     limits = httpx.Limits(max_connections=STREAMS + 20, max_keepalive_connections=STREAMS + 20)
     timeout = httpx.Timeout(READ_TIMEOUT_S)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, trust_env=False) as client:
-        await asyncio.gather(*(_one_stream(client, outcome, i) for i, outcome in enumerate(outcomes)))
+    abandoning = sum(1 for outcome in outcomes if outcome.stop_after <= TOKENS)
+    async with (
+        httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, trust_env=False) as client,
+        httpx.AsyncClient(base_url=standin_url, timeout=timeout, trust_env=False) as standin,
+    ):
+        streams = [asyncio.create_task(_one_stream(client, outcome, i)) for i, outcome in enumerate(outcomes)]
+        (await standin.post("/_standin/gate", json={"tokens": HANG_UP_BY})).raise_for_status()
+        deadline = asyncio.get_running_loop().time() + SETTLE_S
+        while (cancelled := await _cancelled(standin)) < abandoning:
+            assert asyncio.get_running_loop().time() < deadline, f"{cancelled} of {abandoning} hang-ups reached Ollama"
+            await asyncio.sleep(0.05)
+        (await standin.post("/_standin/gate", json={"tokens": TOKENS})).raise_for_status()
+        await asyncio.gather(*streams)
+
+
+async def _cancelled(standin: httpx.AsyncClient) -> int:
+    events = (await standin.get("/_standin/events")).json()
+    return sum(1 for event in events if event["model"] == MODEL and event["type"] == "stream_cancelled")
 
 
 def _open_fds(pid: int) -> int:
@@ -108,27 +125,48 @@ def _streams_in_flight(http: httpx.Client) -> float:
 
 def _stream_events(standin: httpx.Client) -> dict[str, Counter[str]]:
     """The stand-in's stream events so far, counted by model and kind."""
-    counts: dict[str, Counter[str]] = {MODEL: Counter(), LONG_MODEL: Counter()}
+    counts: dict[str, Counter[str]] = {MODEL: Counter()}
     for event in standin.get("/_standin/events").json():
         if event["model"] in counts and event.get("stream"):
             counts[event["model"]][event["type"]] += 1
     return counts
 
 
+@pytest.fixture(name="own")
+def fx_own(tmp_path: Path) -> Iterator[tuple[MinatoServer, httpx.Client, httpx.Client]]:
+    """A stand-in and a Minato of this test's own (no other test's streams or sockets in its counts),
+    with a client for each."""
+    standin_process = StandInProcess()
+    try:
+        minato = start_minato(standin_process.url, tmp_path / "minato.log")
+        try:
+            with (
+                httpx.Client(base_url=standin_process.url, timeout=READ_TIMEOUT_S, trust_env=False) as standin,
+                httpx.Client(base_url=minato.url, timeout=READ_TIMEOUT_S, trust_env=False) as http,
+            ):
+                yield minato, standin, http
+        finally:
+            stop_minato(minato)
+    finally:
+        standin_process.stop()
+
+
 @pytest.mark.timeout(300)
 def test_hundreds_of_streams_with_disconnects_leave_nothing_behind(
-    minato: MinatoServer, backend: Backend, standin: httpx.Client, http: httpx.Client
+    own: tuple[MinatoServer, httpx.Client, httpx.Client],
 ) -> None:
-    assert backend.kind == "standin"
+    minato, standin, http = own
+    standin.post("/_standin/gate", json={"tokens": TOKENS}).raise_for_status()
     warm = http.get(f"/stream/{MODEL}", params={"message": "warm up"})
     assert warm.status_code == 200
     assert len(warm.text.split()) == TOKENS
     pid = minato.process.pid
     fds_before = _open_fds(pid)
     standin.delete("/_standin/events")
+    standin.post("/_standin/gate", json={"tokens": 0}).raise_for_status()
 
     outcomes = _plans(random.Random(20_260_301))
-    asyncio.run(_run_load(minato.url, outcomes))
+    asyncio.run(_run_load(minato.url, str(standin.base_url), outcomes))
 
     statuses = Counter(o.status for o in outcomes)
     assert statuses == {200: STREAMS}, f"statuses {statuses}; errors {[o.error for o in outcomes if o.error][:5]}"
@@ -143,8 +181,7 @@ def test_hundreds_of_streams_with_disconnects_leave_nothing_behind(
     eventually(lambda: _streams_in_flight(http), lambda n: n == 0, "minato_streams_in_flight", SETTLE_S)
     # Settled: every stream the stand-in started has ended there, each as the client's plan says.
     expected = {
-        MODEL: Counter(stream_started=len(full), stream_completed=len(full)),
-        LONG_MODEL: Counter(stream_started=len(abandoned), stream_cancelled=len(abandoned)),
+        MODEL: Counter(stream_started=STREAMS, stream_completed=len(full), stream_cancelled=len(abandoned)),
     }
     eventually(
         lambda: _stream_events(standin), lambda counts: counts == expected, "the stand-in's stream events", SETTLE_S
@@ -160,8 +197,8 @@ def test_hundreds_of_streams_with_disconnects_leave_nothing_behind(
     after = http.get(f"/stream/{MODEL}", params={"message": "still there?"})
     assert after.status_code == 200
     assert len(after.text.split()) == TOKENS
-    answer = http.get(f"/{backend.model}", params={"message": "hi"})
+    answer = http.get(f"/{MODEL}", params={"message": "hi"})
     assert answer.status_code == 200
-    assert answer.json()["response"]
+    assert len(answer.json()["response"].split()) == TOKENS
     log = Path(minato.log_path).read_text(errors="replace")
     assert "Exception in ASGI application" not in log

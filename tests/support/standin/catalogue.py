@@ -135,7 +135,7 @@ class ModelSpec:
     template: str = _LLAMA_TEMPLATE
     stop: tuple[str, ...] = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
     license: str = "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT\nLlama 3.2 Version Release Date: 2024"
-    behaviour: str = "normal"  # normal | fail-midstream | fail-before | busy | hang
+    behaviour: str = "normal"  # normal | fail-midstream | fail-before | busy | hang | gated
     token_delay_ms: float = 0.0  # pause between tokens; a real small model is ~5 ms/token
     answer_tokens: int = 8
     digest: str = field(default="")
@@ -387,7 +387,8 @@ _dynamic_cache: dict[str, ModelSpec] = {}
 
 
 def dynamic_spec(name: ModelName) -> ModelSpec | None:
-    """``standin/tokens:<N>`` and ``standin/paced:<N>x<MS>``: installed, but not listed."""
+    """``standin/tokens:<N>``, ``standin/paced:<N>x<MS>`` and ``standin/gated:<N>`` (token n only once
+    the test has opened the gate past n: ``POST /_standin/gate``): installed, but not listed."""
     if name.host != DEFAULT_HOST or name.namespace.lower() != "standin":
         return None
     cached = _dynamic_cache.get(name.key)
@@ -404,6 +405,8 @@ def dynamic_spec(name: ModelName) -> ModelSpec | None:
             answer_tokens=int(m.group(1)),
             token_delay_ms=float(m.group(2)),
         )
+    elif model == "gated" and (m := _TOKENS_TAG.match(name.tag)):
+        spec = _llama(name.short, capabilities=("completion",), answer_tokens=int(m.group(1)), behaviour="gated")
     if spec is not None:
         if len(_dynamic_cache) > 4096:
             _dynamic_cache.clear()

@@ -279,6 +279,9 @@ class StandIn:
         self.events: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.active = 0
         self.busy = config.busy
+        #: How many tokens each ``standin/gated`` stream may emit so far; waiters wake when it moves.
+        self.gate = 0
+        self._gate_moved = asyncio.Event()
         # Only the default catalogue answers for the unlisted dynamic models: a stand-in started with
         # --models has exactly those installed, as a real Ollama would.
         self.dynamic = config.models is None
@@ -335,6 +338,7 @@ class StandIn:
         self.events.clear()
         self.blobs.clear()
         self.busy = self.config.busy
+        self._open_gate(0)
         now = time.time_ns()
         for i, (key, spec) in enumerate(self.start_installed.items()):
             # Distinct, stable modification times: the start order is the tags order.
@@ -469,6 +473,11 @@ class StandIn:
             if method == "POST":
                 self.reset()
                 return _json(200, {"reset": True})
+        elif path == "/_standin/gate":
+            if method == "GET":
+                return _json(200, {"tokens": self.gate})
+            if method == "POST":
+                return self._set_gate(await request.read())
         elif path == "/_standin/busy":
             if method == "GET":
                 return _json(200, {"busy": self.busy})
@@ -477,6 +486,21 @@ class StandIn:
         else:
             return _text(404, "404 page not found")
         return _text(405, "405 method not allowed")
+
+    def _open_gate(self, tokens: int) -> None:
+        """Let every ``standin/gated`` stream emit its tokens numbered below ``tokens`` (from 0)."""
+        self.gate = tokens
+        moved, self._gate_moved = self._gate_moved, asyncio.Event()
+        moved.set()
+
+    def _set_gate(self, raw: bytes) -> web.Response:
+        """``{"tokens": n}``: the gated streams may emit their first ``n`` tokens (a test's release)."""
+        try:
+            tokens = msgspec.json.decode(raw, type=dict[str, int])["tokens"]
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+            return _json(400, {"error": 'expected {"tokens": <int>}'})
+        self._open_gate(tokens)
+        return _json(200, {"tokens": self.gate})
 
     def _set_busy(self, raw: bytes) -> web.Response:
         """``{"busy": true}``: answer as an Ollama whose queue is full until ``{"busy": false}``."""
@@ -1047,7 +1071,10 @@ class StandIn:
         return obj
 
     async def _pace(self, gen: Gen, index: int, t0: float) -> None:
-        if gen.delay_s > 0:
+        if gen.spec.behaviour == "gated":
+            while index >= self.gate:
+                await self._gate_moved.wait()
+        elif gen.delay_s > 0:
             if index:
                 wait = t0 + index * gen.delay_s - time.monotonic()
                 if wait > 0:
