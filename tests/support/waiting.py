@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,3 +29,13 @@ def eventually(
         time.sleep(poll)
         value = read()
     return value
+
+
+async def settled(condition: Callable[[], bool], what: str, turns: int = 1000) -> None:
+    """Let the event loop run other tasks until ``condition`` holds: for state in this process (a waiter
+    queued, a lock taken), reached in a number of loop turns, whatever the machine's load."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{what}: not reached in {turns} turns of the event loop")

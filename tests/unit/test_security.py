@@ -17,6 +17,7 @@ from minato.observability.logging import configure_logging
 from minato.ollama.names import canonical_model_name
 from minato.server.cli import main
 from minato.settings import Settings
+from tests.support.waiting import settled
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +66,7 @@ async def test_a_waiter_gets_the_slot_released_by_another_and_no_more_run_than_a
     first = await admission.acquire("a")
     other_model = await admission.acquire("b")
     waiting = asyncio.ensure_future(admission.acquire("a"))
-    await asyncio.sleep(0.01)
+    await settled(lambda: len(admission._waiters) == 1, "the second acquire queued")
 
     assert not waiting.done(), "model a is at its own limit"
     first.release()
@@ -93,7 +94,7 @@ async def test_an_abandoned_wait_frees_its_place_in_the_queue() -> None:
     admission = Admission(total=1, per_model=0, queue=1, wait_seconds=5)
     held = await admission.acquire("m")
     waiting = asyncio.ensure_future(admission.acquire("m"))
-    await asyncio.sleep(0.01)
+    await settled(lambda: len(admission._waiters) == 1, "the wait queued")
 
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)

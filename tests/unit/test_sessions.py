@@ -16,6 +16,7 @@ from minato.state.memory import LocalTurnLocks
 from minato.state.sessions.model import Bounds, Caps, StoredMessage, trim_plan
 from minato.state.sessions.sqlite import SqliteStore
 from minato.state.sessions.store import MemoryStore, SessionStore
+from tests.support.waiting import settled
 
 pytestmark = pytest.mark.anyio
 #: Caps no test here reaches (the caps have tests of their own: test_session_caps.py).
@@ -144,7 +145,7 @@ async def test_turns_on_one_session_wait_for_each_other_and_other_sessions_do_no
         first = await manager.begin("", "a")
         second = asyncio.ensure_future(manager.begin("", "a"))
         other = await asyncio.wait_for(manager.begin("", "b"), timeout=1)
-        await asyncio.sleep(0.05)
+        await settled(lambda: turns._locks[("", "a")].users == 2, "the second turn waiting for the lock")
         assert not second.done(), "the second turn on a session waits for the first"
 
         await first.commit("m", "q", [], "answer")
@@ -191,7 +192,7 @@ async def test_a_change_outside_a_turn_waits_for_the_turn_in_progress() -> None:
                 await store.delete("", "s")
 
         clearing = asyncio.ensure_future(clear())
-        await asyncio.sleep(0.05)
+        await settled(lambda: turns._locks[("", "s")].users == 2, "the delete waiting for the lock")
         assert not clearing.done(), "the delete waits for the turn in progress"
         await turn.commit("m", "q", [], "answer")
         turn.release()
