@@ -6,21 +6,19 @@ from typing import Any
 
 import httpx
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
-from tests.conftest import OLLAMA_URL
 from tests.support.redis_server import RedisServer
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
 
 
-async def test_health_answers_without_calling_ollama(client: Client, ollama: respx.MockRouter) -> None:
+async def test_health_answers_without_calling_ollama(client: Client, ollama: ServedOllama) -> None:
     anything = ollama.route().respond(500)
 
     response = await client.get("/health")
@@ -30,7 +28,7 @@ async def test_health_answers_without_calling_ollama(client: Client, ollama: res
     assert not anything.called
 
 
-async def test_ready_reports_ollamas_version(client: Client, ollama: respx.MockRouter) -> None:
+async def test_ready_reports_ollamas_version(client: Client, ollama: ServedOllama) -> None:
     route = ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
 
     response = await client.get("/ready")
@@ -38,31 +36,28 @@ async def test_ready_reports_ollamas_version(client: Client, ollama: respx.MockR
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready",
-        "ollama_url": "http://ollama.test:11434",
+        "ollama_url": ollama.url,
         "ollama_version": "0.12.3",
-        "backends": [
-            {"name": "ollama.test:11434", "url": "http://ollama.test:11434", "state": "up", "version": "0.12.3"}
-        ],
+        "backends": [{"name": ollama.host, "url": ollama.url, "state": "up", "version": "0.12.3"}],
         "state": {"name": "memory", "status": "up"},
     }
     assert route.call_count == 1
 
 
-async def test_ready_is_a_503_naming_the_url_when_ollama_is_down(client: Client, ollama: respx.MockRouter) -> None:
-    route = ollama.get("/api/version").mock(side_effect=httpx.ConnectError("All connection attempts failed"))
+async def test_ready_is_a_503_naming_the_url_when_ollama_is_down(client: Client, ollama: ServedOllama) -> None:
+    ollama.down()
 
     response = await client.get("/ready")
 
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
-    assert body["ollama_url"] == "http://ollama.test:11434"
-    assert "http://ollama.test:11434" in body["reason"]
+    assert body["ollama_url"] == ollama.url
+    assert ollama.url in body["reason"]
     assert "ollama_version" not in body
-    assert route.called
 
 
-async def test_ready_is_a_503_when_the_url_is_not_ollama(client: Client, ollama: respx.MockRouter) -> None:
+async def test_ready_is_a_503_when_the_url_is_not_ollama(client: Client, ollama: ServedOllama) -> None:
     route = ollama.get("/api/version").respond(404, text="404 page not found")
 
     response = await client.get("/ready")
@@ -72,7 +67,7 @@ async def test_ready_is_a_503_when_the_url_is_not_ollama(client: Client, ollama:
     assert route.called
 
 
-async def test_head_health_answers_like_get_without_a_body(client: Client, ollama: respx.MockRouter) -> None:
+async def test_head_health_answers_like_get_without_a_body(client: Client, ollama: ServedOllama) -> None:
     anything = ollama.route().respond(500)
 
     got = await client.get("/health")
@@ -94,9 +89,11 @@ async def test_head_health_answers_like_get_without_a_body(client: Client, ollam
     ],
 )
 async def test_head_ready_answers_like_get_without_a_body(
-    client: Client, ollama: respx.MockRouter, version: httpx.Response | Exception, status: int
+    client: Client, ollama: ServedOllama, version: httpx.Response | Exception, status: int
 ) -> None:
     route = ollama.get("/api/version").mock(side_effect=[version, version])
+    if isinstance(version, httpx.ConnectError):
+        ollama.down()
 
     got = await client.get("/ready")
     response = await client.head("/ready")
@@ -105,16 +102,16 @@ async def test_head_ready_answers_like_get_without_a_body(
     assert response.content == b""
     assert response.headers["content-type"] == "application/json"
     assert response.headers["content-length"] == str(len(got.content))
-    assert route.call_count == 2
+    assert route.call_count == (0 if isinstance(version, httpx.ConnectError) else 2)
 
 
-async def test_head_probes_keep_their_guards(ollama: respx.MockRouter) -> None:
+async def test_head_probes_keep_their_guards(ollama: ServedOllama) -> None:
     ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
     settings = Settings(
-        ollama_url=OLLAMA_URL, api_keys=("user-key",), session_store="memory://", ollama_probe_interval=0
+        ollama_url=ollama.url, api_keys=("user-key",), session_store="memory://", ollama_probe_interval=0
     )
 
-    async with AsyncTestClient(app=create_app(settings, transport=httpx.MockTransport(ollama.async_handler))) as c:
+    async with AsyncTestClient(app=create_app(settings)) as c:
         health = await c.head("/health")
         ready = await c.head("/ready")
         ready_with_key = await c.head("/ready", headers={"X-API-Key": "user-key"})
@@ -125,12 +122,12 @@ async def test_head_probes_keep_their_guards(ollama: respx.MockRouter) -> None:
 
 
 async def test_ready_says_whether_the_shared_state_answers_and_is_a_503_while_it_does_not(
-    ollama: respx.MockRouter, redis_server: RedisServer
+    ollama: ServedOllama, redis_server: RedisServer
 ) -> None:
     ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
-    settings = Settings(ollama_url=OLLAMA_URL, redis_url=redis_server.url, redis_timeout=0.5, ollama_probe_interval=0)
+    settings = Settings(ollama_url=ollama.url, redis_url=redis_server.url, redis_timeout=0.5, ollama_probe_interval=0)
 
-    async with AsyncTestClient(app=create_app(settings, transport=httpx.MockTransport(ollama.async_handler))) as c:
+    async with AsyncTestClient(app=create_app(settings)) as c:
         up = await c.get("/ready")
         redis_server.stop()
         down = await c.get("/ready")
@@ -144,10 +141,10 @@ async def test_ready_says_whether_the_shared_state_answers_and_is_a_503_while_it
     assert (down.status_code, down_head.status_code) == (503, 503)
     assert down.json() == {
         "status": "unavailable",
-        "ollama_url": OLLAMA_URL,
+        "ollama_url": ollama.url,
         "ollama_version": "0.12.3",
         "reason": sentence,
-        "backends": [{"name": "ollama.test:11434", "url": OLLAMA_URL, "state": "up", "version": "0.12.3"}],
+        "backends": [{"name": ollama.host, "url": ollama.url, "state": "up", "version": "0.12.3"}],
         "state": {"name": "redis", "status": "down", "reason": sentence},
     }
     assert "minato_redis_up 0.0" in metrics
@@ -222,7 +219,7 @@ async def test_docs_serve_html(client: Client) -> None:
     assert "<title>Minato</title>" in response.text
 
 
-async def test_ready_is_a_503_when_the_shared_state_does_not_answer(client: Client, ollama: respx.MockRouter) -> None:
+async def test_ready_is_a_503_when_the_shared_state_does_not_answer(client: Client, ollama: ServedOllama) -> None:
     ollama.get("/api/version").respond(200, json={"version": "0.12.3"})
 
     class Down:

@@ -6,16 +6,14 @@ import datetime
 import json
 import re
 
-import httpx
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.support.payloads import TAGS, chat_answer, chat_done, ndjson, not_found, show
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -47,7 +45,7 @@ LOADED = {"model": "llama3.2", "created_at": "x", "response": "", "done": True, 
 
 
 async def test_load_sends_an_empty_generate_and_answers_with_the_running_status(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     generate = ollama.post("/api/generate").respond(200, json=LOADED)
     ollama["ps"].respond(200, json={"models": [_ps_entry("llama3.2:latest", FOREVER, 8192)]})
@@ -68,7 +66,7 @@ async def test_load_sends_an_empty_generate_and_answers_with_the_running_status(
     assert body["running"]["context_length"] == 8192
 
 
-async def test_loading_a_model_that_is_not_installed_is_a_404(client: Client, ollama: respx.MockRouter) -> None:
+async def test_loading_a_model_that_is_not_installed_is_a_404(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/generate").respond(404, json=not_found("ghost"))
     pull = ollama.post("/api/pull")
 
@@ -79,7 +77,7 @@ async def test_loading_a_model_that_is_not_installed_is_a_404(client: Client, ol
     assert not pull.called
 
 
-async def test_load_with_pull_pulls_a_missing_model_first(client: Client, ollama: respx.MockRouter) -> None:
+async def test_load_with_pull_pulls_a_missing_model_first(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(404, json=not_found("tiny:latest"))
     pull = ollama.post("/api/pull").respond(
         200,
@@ -96,7 +94,7 @@ async def test_load_with_pull_pulls_a_missing_model_first(client: Client, ollama
     assert 0 < response.json()["running"]["expires_in_seconds"] <= 1800
 
 
-async def test_load_with_pull_skips_the_pull_when_installed(client: Client, ollama: respx.MockRouter) -> None:
+async def test_load_with_pull_skips_the_pull_when_installed(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show(["completion"]))
     pull = ollama.post("/api/pull")
     ollama.post("/api/generate").respond(200, json=LOADED)
@@ -104,7 +102,7 @@ async def test_load_with_pull_skips_the_pull_when_installed(client: Client, olla
     response = await client.post("/load/llama3.2", params={"pull": "true"})
 
     assert response.status_code == 200
-    assert response.json() == {"model": "llama3.2", "loaded": False, "running": None, "backend": "ollama.test:11434"}
+    assert response.json() == {"model": "llama3.2", "loaded": False, "running": None, "backend": ollama.host}
     assert not pull.called
 
 
@@ -113,7 +111,7 @@ async def test_load_with_pull_skips_the_pull_when_installed(client: Client, olla
     [({"keep_alive": "soon"}, "keep_alive"), ({"num_ctx": "0"}, "num_ctx"), ({"pull": "maybe"}, "pull")],
 )
 async def test_load_rejects_bad_parameters(
-    client: Client, ollama: respx.MockRouter, query: dict[str, str], loc: str
+    client: Client, ollama: ServedOllama, query: dict[str, str], loc: str
 ) -> None:
     generate = ollama.post("/api/generate").respond(200, json=LOADED)
 
@@ -125,7 +123,7 @@ async def test_load_rejects_bad_parameters(
 
 
 async def test_unloading_sends_keep_alive_zero_and_is_fine_when_not_loaded(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     generate = ollama.post("/api/generate").respond(200, json={**LOADED, "done_reason": "unload"})
 
@@ -136,7 +134,7 @@ async def test_unloading_sends_keep_alive_zero_and_is_fine_when_not_loaded(
     assert json.loads(generate.calls.last.request.content) == {"model": "llama3.2", "stream": False, "keep_alive": 0}
 
 
-async def test_deleting_sends_the_name_in_a_delete_body(client: Client, ollama: respx.MockRouter) -> None:
+async def test_deleting_sends_the_name_in_a_delete_body(client: Client, ollama: ServedOllama) -> None:
     route = ollama.delete("/api/delete").respond(200)
 
     response = await client.delete("/models/llama3.2:1b")
@@ -146,7 +144,7 @@ async def test_deleting_sends_the_name_in_a_delete_body(client: Client, ollama: 
     assert json.loads(route.calls.last.request.content) == {"model": "llama3.2:1b"}
 
 
-async def test_deleting_a_missing_model_is_a_404(client: Client, ollama: respx.MockRouter) -> None:
+async def test_deleting_a_missing_model_is_a_404(client: Client, ollama: ServedOllama) -> None:
     ollama.delete("/api/delete").respond(404, json=not_found("ghost"))
 
     response = await client.delete("/models/ghost")
@@ -158,7 +156,7 @@ async def test_deleting_a_missing_model_is_a_404(client: Client, ollama: respx.M
 # -- what runs --------------------------------------------------------------------------------
 
 
-async def test_running_shows_forever_as_forever(client: Client, ollama: respx.MockRouter) -> None:
+async def test_running_shows_forever_as_forever(client: Client, ollama: ServedOllama) -> None:
     ollama["ps"].respond(200, json={"models": [_ps_entry("a:latest", FOREVER), _ps_entry("b:latest", _soon(10), 2048)]})
 
     response = await client.get("/running")
@@ -171,7 +169,7 @@ async def test_running_shows_forever_as_forever(client: Client, ollama: respx.Mo
     assert running[1]["size_vram"] == 5137025024
 
 
-async def test_status_of_a_loaded_vision_model_lists_its_capabilities(client: Client, ollama: respx.MockRouter) -> None:
+async def test_status_of_a_loaded_vision_model_lists_its_capabilities(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(200, json=show(["completion", "vision"]))
     ollama.get("/api/tags").respond(
         200, json={"models": [{**TAGS["models"][0], "name": "llava:7b", "model": "llava:7b"}]}
@@ -190,7 +188,7 @@ async def test_status_of_a_loaded_vision_model_lists_its_capabilities(client: Cl
     assert body["details"]["quantization_level"] == "Q4_K_M"
 
 
-async def test_status_of_an_unknown_model_says_not_installed(client: Client, ollama: respx.MockRouter) -> None:
+async def test_status_of_an_unknown_model_says_not_installed(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/show").respond(404, json=not_found("ghost:latest"))
     ollama.get("/api/tags").respond(200, json={"models": []})
 
@@ -200,7 +198,7 @@ async def test_status_of_an_unknown_model_says_not_installed(client: Client, oll
     assert response.json() == {"model": "ghost", "installed": False, "loaded": False}
 
 
-async def test_the_model_list_says_which_models_are_loaded(client: Client, ollama: respx.MockRouter) -> None:
+async def test_the_model_list_says_which_models_are_loaded(client: Client, ollama: ServedOllama) -> None:
     ollama.get("/api/tags").respond(200, json=TAGS)
     ollama["ps"].respond(200, json={"models": [_ps_entry("llama3.2:latest", _soon())]})
 
@@ -209,7 +207,7 @@ async def test_the_model_list_says_which_models_are_loaded(client: Client, ollam
     assert [m["loaded"] for m in response.json()["models_list"]] == [True]
 
 
-async def test_server_info_names_ollama_and_its_models(client: Client, ollama: respx.MockRouter) -> None:
+async def test_server_info_names_ollama_and_its_models(client: Client, ollama: ServedOllama) -> None:
     ollama.get("/api/version").respond(200, json={"version": "0.33.0-rc2"})
     ollama.get("/api/tags").respond(200, json=TAGS)
     ollama["ps"].respond(200, json={"models": [_ps_entry("llama3.2:latest", _soon())]})
@@ -218,13 +216,13 @@ async def test_server_info_names_ollama_and_its_models(client: Client, ollama: r
 
     assert body["service"] == "minato"
     assert body["ollama"] == {
-        "url": "http://ollama.test:11434",
+        "url": ollama.url,
         "reachable": True,
         "version": "0.33.0-rc2",
         "backends": [
             {
-                "name": "ollama.test:11434",
-                "url": "http://ollama.test:11434",
+                "name": ollama.host,
+                "url": ollama.url,
                 "state": "unknown",
                 "installed": 1,
                 "loaded": ["llama3.2:latest"],
@@ -235,23 +233,20 @@ async def test_server_info_names_ollama_and_its_models(client: Client, ollama: r
     assert body["running"] == ["llama3.2:latest"]
 
 
-async def test_server_info_says_why_ollama_is_unreachable(client: Client, ollama: respx.MockRouter) -> None:
-    ollama.get("/api/version").mock(side_effect=httpx.ConnectError("refused"))
-    ollama.get("/api/tags").mock(side_effect=httpx.ConnectError("refused"))
+async def test_server_info_says_why_ollama_is_unreachable(client: Client, ollama: ServedOllama) -> None:
+    ollama.down()
 
     response = await client.get("/")
 
     assert response.status_code == 200
     assert response.json()["ollama"]["reachable"] is False
-    assert "http://ollama.test:11434" in response.json()["ollama"]["reason"]
+    assert ollama.url in response.json()["ollama"]["reason"]
 
 
 # -- generation parameters beyond the seed ------------------------------------------------------
 
 
-async def test_every_new_parameter_reaches_ollama_under_its_ollama_name(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_every_new_parameter_reaches_ollama_under_its_ollama_name(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get(
@@ -303,7 +298,7 @@ async def test_every_new_parameter_reaches_ollama_under_its_ollama_name(
     ],
 )
 async def test_an_out_of_range_value_is_a_422_naming_the_parameter(
-    client: Client, ollama: respx.MockRouter, name: str, value: str
+    client: Client, ollama: ServedOllama, name: str, value: str
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
@@ -314,7 +309,7 @@ async def test_an_out_of_range_value_is_a_422_naming_the_parameter(
     assert not route.called
 
 
-async def test_too_many_stop_values_is_a_422(client: Client, ollama: respx.MockRouter) -> None:
+async def test_too_many_stop_values_is_a_422(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
 
     response = await client.get("/llama3.2", params=(("message", "hi"), *(("stop", f"s{n}") for n in range(17))))
@@ -324,16 +319,16 @@ async def test_too_many_stop_values_is_a_422(client: Client, ollama: respx.MockR
     assert not route.called
 
 
-async def test_server_wide_defaults_apply_and_a_request_value_wins(ollama: respx.MockRouter) -> None:
+async def test_server_wide_defaults_apply_and_a_request_value_wins(ollama: ServedOllama) -> None:
     settings = Settings(
-        ollama_url="http://ollama.test:11434",
+        ollama_url=ollama.url,
         session_store="memory://",
         default_options={"temperature": 0.2, "max_new_tokens": 128},
         default_keep_alive="30m",
         ollama_probe_interval=0,
     )
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
-    app = create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(settings)
     async with AsyncTestClient(app=app) as client:
         await client.get("/llama3.2", params={"message": "hi", "temperature": "0.9"})
 
@@ -343,7 +338,7 @@ async def test_server_wide_defaults_apply_and_a_request_value_wins(ollama: respx
 
 
 async def test_thinking_is_its_own_event_in_structured_streams_and_absent_from_text(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     body = ndjson(
         {"model": "qwen3", "message": {"role": "assistant", "content": "", "thinking": "Hmm."}, "done": False},
@@ -365,7 +360,7 @@ async def test_thinking_is_its_own_event_in_structured_streams_and_absent_from_t
     )
 
 
-async def test_a_whole_answer_carries_the_thinking(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_whole_answer_carries_the_thinking(client: Client, ollama: ServedOllama) -> None:
     answer = chat_answer("Yes.", model="qwen3")
     answer["message"]["thinking"] = "Hmm."
     ollama.post("/api/chat").respond(200, json=answer)

@@ -7,11 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.support.payloads import (
     PULL_MANIFEST,
     PULL_SUCCESS,
@@ -22,6 +20,7 @@ from tests.support.payloads import (
     show,
     streamed,
 )
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -48,7 +47,7 @@ FULL_PULL = (
 )
 
 
-async def test_install_waits_for_the_pull_and_answers_success(client: Client, ollama: respx.MockRouter) -> None:
+async def test_install_waits_for_the_pull_and_answers_success(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/pull").mock(side_effect=a_pull(*FULL_PULL))
 
     response = await client.post("/install/llama3.2:1b")
@@ -58,7 +57,7 @@ async def test_install_waits_for_the_pull_and_answers_success(client: Client, ol
     assert route.calls.last.request.content == b'{"model":"llama3.2:1b","stream":true}'
 
 
-async def test_install_accepts_namespaced_and_hugging_face_models(client: Client, ollama: respx.MockRouter) -> None:
+async def test_install_accepts_namespaced_and_hugging_face_models(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/pull").mock(side_effect=a_pull(*FULL_PULL))
     model = "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"
 
@@ -68,7 +67,7 @@ async def test_install_accepts_namespaced_and_hugging_face_models(client: Client
     assert json.loads(route.calls.last.request.content) == {"model": model, "stream": True}
 
 
-async def test_an_unknown_model_is_a_404_with_ollamas_reason(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_unknown_model_is_a_404_with_ollamas_reason(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/pull").mock(side_effect=a_pull(PULL_MANIFEST, PULL_UNKNOWN))
 
     response = await client.post("/install/no-such-model")
@@ -86,7 +85,7 @@ async def test_an_unknown_model_is_a_404_with_ollamas_reason(client: Client, oll
     ],
 )
 async def test_an_unknown_model_is_a_404_even_when_streaming(
-    client: Client, ollama: respx.MockRouter, params: dict[str, str], headers: dict[str, str]
+    client: Client, ollama: ServedOllama, params: dict[str, str], headers: dict[str, str]
 ) -> None:
     route = ollama.post("/api/pull").mock(side_effect=a_pull(PULL_MANIFEST, PULL_UNKNOWN))
 
@@ -105,7 +104,7 @@ async def test_an_unknown_model_is_a_404_even_when_streaming(
     ],
 )
 async def test_streamed_install_relays_progress_with_a_percentage(
-    client: Client, ollama: respx.MockRouter, params: dict[str, str], headers: dict[str, str]
+    client: Client, ollama: ServedOllama, params: dict[str, str], headers: dict[str, str]
 ) -> None:
     route = ollama.post("/api/pull").mock(side_effect=a_pull(*FULL_PULL))
 
@@ -115,7 +114,7 @@ async def test_streamed_install_relays_progress_with_a_percentage(
     assert response.headers["x-accel-buffering"] == "no"
     assert response.headers["cache-control"] == "no-cache"
     digest = "sha256:dde5aa3fc5ff"
-    backend = {"backend": "ollama.test:11434"}
+    backend = {"backend": ollama.host}
     assert lines_of(response.text) == [
         {"status": "pulling manifest", **backend},
         {"status": "pulling dde5aa3fc5ff", "digest": digest, "total": 200, "percent": 0.0, **backend},
@@ -143,7 +142,7 @@ async def test_streamed_install_relays_progress_with_a_percentage(
     ],
 )
 async def test_streamed_install_is_labelled_as_ndjson(
-    client: Client, ollama: respx.MockRouter, params: dict[str, str], headers: dict[str, str]
+    client: Client, ollama: ServedOllama, params: dict[str, str], headers: dict[str, str]
 ) -> None:
     route = ollama.post("/api/pull").mock(side_effect=a_pull(*FULL_PULL))
 
@@ -154,7 +153,7 @@ async def test_streamed_install_is_labelled_as_ndjson(
     assert response.headers["content-type"] == "application/x-ndjson"
 
 
-async def test_the_percentage_is_rounded_to_one_decimal(client: Client, ollama: respx.MockRouter) -> None:
+async def test_the_percentage_is_rounded_to_one_decimal(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/pull").mock(side_effect=a_pull(PULL_MANIFEST, pull_progress(total=3, completed=1), PULL_SUCCESS))
 
     response = await client.post("/install/llama3.2", params={"stream": "true"})
@@ -162,9 +161,7 @@ async def test_the_percentage_is_rounded_to_one_decimal(client: Client, ollama: 
     assert lines_of(response.text)[1]["percent"] == 33.3
 
 
-async def test_an_error_after_progress_ends_the_stream_with_an_error_line(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_an_error_after_progress_ends_the_stream_with_an_error_line(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/pull").mock(
         side_effect=a_pull(
             PULL_MANIFEST, pull_progress(total=200, completed=50), {"error": "write /models: no space left on device"}
@@ -180,9 +177,7 @@ async def test_an_error_after_progress_ends_the_stream_with_an_error_line(
     assert len(lines) == 3
 
 
-async def test_progress_arriving_together_with_an_error_is_still_relayed(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_progress_arriving_together_with_an_error_is_still_relayed(client: Client, ollama: ServedOllama) -> None:
     body = ndjson(PULL_MANIFEST, pull_progress(total=200, completed=50), {"error": "disk full"})
     ollama.post("/api/pull").respond(200, content=body)
 
@@ -190,20 +185,20 @@ async def test_progress_arriving_together_with_an_error_is_still_relayed(
 
     lines = lines_of(response.text)
     assert lines[:2] == [
-        {"status": "pulling manifest", "backend": "ollama.test:11434"},
+        {"status": "pulling manifest", "backend": ollama.host},
         {
             "status": "pulling dde5aa3fc5ff",
             "digest": "sha256:dde5aa3fc5ff",
             "total": 200,
             "completed": 50,
             "percent": 25.0,
-            "backend": "ollama.test:11434",
+            "backend": ollama.host,
         },
     ]
     assert lines[-1] == {"status": "error", "error": "pull failed: disk full"}
 
 
-async def test_an_error_after_progress_without_streaming_is_a_502(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_error_after_progress_without_streaming_is_a_502(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/pull").mock(
         side_effect=a_pull(PULL_MANIFEST, pull_progress(completed=50), {"error": "disk full"})
     )
@@ -215,7 +210,7 @@ async def test_an_error_after_progress_without_streaming_is_a_502(client: Client
     assert route.called
 
 
-async def test_install_forgets_cached_capabilities_of_the_model(client: Client, ollama: respx.MockRouter) -> None:
+async def test_install_forgets_cached_capabilities_of_the_model(client: Client, ollama: ServedOllama) -> None:
     show_route = ollama.post("/api/show").respond(200, json=show(["completion"]))
     ollama.post("/api/pull").mock(side_effect=a_pull(*FULL_PULL))
     png = ("images", ("a.png", bytes.fromhex("89504e470d0a1a0a00"), "image/png"))
@@ -228,7 +223,7 @@ async def test_install_forgets_cached_capabilities_of_the_model(client: Client, 
     assert show_route.call_count == 2
 
 
-async def test_install_with_an_invalid_name_never_reaches_ollama(client: Client, ollama: respx.MockRouter) -> None:
+async def test_install_with_an_invalid_name_never_reaches_ollama(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/pull").mock(side_effect=a_pull(*FULL_PULL))
 
     response = await client.post("/install/..%2Fetc")
@@ -238,17 +233,16 @@ async def test_install_with_an_invalid_name_never_reaches_ollama(client: Client,
     assert not route.called
 
 
-async def test_install_with_ollama_down_is_a_503(client: Client, ollama: respx.MockRouter) -> None:
-    route = ollama.post("/api/pull").mock(side_effect=httpx.ConnectError("refused"))
+async def test_install_with_ollama_down_is_a_503(client: Client, ollama: ServedOllama) -> None:
+    ollama.down()
 
     response = await client.post("/install/llama3.2")
 
     assert response.status_code == 503
-    assert "http://ollama.test:11434" in response.json()["detail"]
-    assert route.called
+    assert ollama.url in response.json()["detail"]
 
 
-async def test_models_list_flattens_ollamas_tags(client: Client, ollama: respx.MockRouter) -> None:
+async def test_models_list_flattens_ollamas_tags(client: Client, ollama: ServedOllama) -> None:
     route = ollama.get("/api/tags").respond(200, json=TAGS)
 
     response = await client.get("/models_list/")
@@ -268,7 +262,7 @@ async def test_models_list_flattens_ollamas_tags(client: Client, ollama: respx.M
                 "parameter_size": "3.2B",
                 "quantization_level": "Q4_K_M",
                 "loaded": False,
-                "backends": ["ollama.test:11434"],
+                "backends": [ollama.host],
                 "capabilities": ["completion", "tools"],
             }
         ]
@@ -281,7 +275,7 @@ EMBEDDER = {**TAGS["models"][0], "name": "nomic-embed-text:latest", "model": "no
 
 
 async def test_models_list_gives_each_models_capabilities_as_ollamas_list_has_them(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     ollama.get("/api/tags").respond(
         200, json={"models": [TAGS["models"][0], {**EMBEDDER, "capabilities": ["embedding"]}]}
@@ -298,7 +292,7 @@ async def test_models_list_gives_each_models_capabilities_as_ollamas_list_has_th
 
 
 async def test_an_ollama_that_does_not_list_capabilities_is_asked_once_per_model(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     older = [
         {key: value for key, value in entry.items() if key != "capabilities"} for entry in (TAGS["models"][0], EMBEDDER)
@@ -321,7 +315,7 @@ async def test_an_ollama_that_does_not_list_capabilities_is_asked_once_per_model
 
 
 async def test_a_model_ollama_cannot_describe_is_listed_with_no_capabilities(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     older = {key: value for key, value in TAGS["models"][0].items() if key != "capabilities"}
     ollama.get("/api/tags").respond(200, json={"models": [older]})
@@ -333,7 +327,7 @@ async def test_a_model_ollama_cannot_describe_is_listed_with_no_capabilities(
     assert response.json()["models_list"][0]["capabilities"] == []
 
 
-async def test_models_list_falls_back_to_family_and_model(client: Client, ollama: respx.MockRouter) -> None:
+async def test_models_list_falls_back_to_family_and_model(client: Client, ollama: ServedOllama) -> None:
     ollama.get("/api/tags").respond(
         200,
         json={
@@ -360,7 +354,7 @@ async def test_models_list_falls_back_to_family_and_model(client: Client, ollama
     assert second["family"] == ""
 
 
-async def test_an_empty_model_list_is_an_empty_list(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_empty_model_list_is_an_empty_list(client: Client, ollama: ServedOllama) -> None:
     route = ollama.get("/api/tags").respond(200, json={"models": []})
 
     response = await client.get("/models_list/")
@@ -370,11 +364,10 @@ async def test_an_empty_model_list_is_an_empty_list(client: Client, ollama: resp
     assert route.called
 
 
-async def test_models_list_with_ollama_down_is_a_503(client: Client, ollama: respx.MockRouter) -> None:
-    route = ollama.get("/api/tags").mock(side_effect=httpx.ConnectError("refused"))
+async def test_models_list_with_ollama_down_is_a_503(client: Client, ollama: ServedOllama) -> None:
+    ollama.down()
 
     response = await client.get("/models_list/")
 
     assert response.status_code == 503
-    assert "http://ollama.test:11434" in response.json()["detail"]
-    assert route.called
+    assert ollama.url in response.json()["detail"]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-import httpx
 import msgspec
 import pytest
-import respx
 from litestar import Litestar
 from litestar.exceptions import LitestarException
 from litestar.testing import AsyncTestClient
@@ -16,8 +14,8 @@ from litestar.testing import AsyncTestClient
 from minato.errors import StreamAbortedError
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.support.payloads import catalogue, chat_done, chat_token, ndjson, not_found, streamed
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -55,7 +53,7 @@ def sse_events(text: str) -> list[tuple[str, dict[str, object]]]:
 
 
 async def test_plain_text_is_the_concatenated_tokens_with_anti_buffering_headers(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("The sky", " is", " blue.")))
 
@@ -69,7 +67,7 @@ async def test_plain_text_is_the_concatenated_tokens_with_anti_buffering_headers
     assert json.loads(route.calls.last.request.content) == UPSTREAM_BODY
 
 
-async def test_parameters_reach_ollama_on_the_streamed_route_too(client: Client, ollama: respx.MockRouter) -> None:
+async def test_parameters_reach_ollama_on_the_streamed_route_too(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("ok")))
 
     response = await client.get(
@@ -87,9 +85,7 @@ async def test_parameters_reach_ollama_on_the_streamed_route_too(client: Client,
     }
 
 
-async def test_ndjson_is_one_token_line_each_then_a_done_line_with_stats(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_ndjson_is_one_token_line_each_then_a_done_line_with_stats(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("Hel", "lo", eval_count=7)))
 
     response = await client.get("/stream/llama3.2", params={"message": "hi"}, headers=NDJSON)
@@ -113,7 +109,7 @@ async def test_ndjson_is_one_token_line_each_then_a_done_line_with_stats(
 
 
 async def test_tokens_arriving_in_one_upstream_chunk_are_still_one_line_each(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/api/chat").respond(200, content=ndjson(chat_token("a"), chat_token("b"), chat_done()))
 
@@ -122,7 +118,7 @@ async def test_tokens_arriving_in_one_upstream_chunk_are_still_one_line_each(
     assert [json.loads(line) for line in response.text.splitlines()][:2] == [{"token": "a"}, {"token": "b"}]
 
 
-async def test_sse_is_token_events_then_a_done_event(client: Client, ollama: respx.MockRouter) -> None:
+async def test_sse_is_token_events_then_a_done_event(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("Hel", "lo")))
 
     response = await client.get("/stream/llama3.2", params={"message": "hi"}, headers=SSE)
@@ -138,7 +134,7 @@ async def test_sse_is_token_events_then_a_done_event(client: Client, ollama: res
     assert json.loads(route.calls.last.request.content) == UPSTREAM_BODY
 
 
-async def test_sse_wins_when_both_structured_formats_are_accepted(client: Client, ollama: respx.MockRouter) -> None:
+async def test_sse_wins_when_both_structured_formats_are_accepted(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("x")))
 
     response = await client.get(
@@ -148,9 +144,7 @@ async def test_sse_wins_when_both_structured_formats_are_accepted(client: Client
     assert sse_events(response.text)[0] == ("token", {"token": "x"})
 
 
-async def test_every_sse_event_has_an_id_and_the_last_one_marks_the_end(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_every_sse_event_has_an_id_and_the_last_one_marks_the_end(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("Hel", "lo")))
 
     response = await client.get("/stream/llama3.2", params={"message": "hi"}, headers=SSE)
@@ -163,7 +157,7 @@ async def test_every_sse_event_has_an_id_and_the_last_one_marks_the_end(
     assert re.fullmatch(r"[0-9a-f]{16}", stream)
 
 
-async def test_two_streams_never_share_event_ids(client: Client, ollama: respx.MockRouter) -> None:
+async def test_two_streams_never_share_event_ids(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("x")))
 
     first = await client.get("/stream/llama3.2", params={"message": "hi"}, headers=SSE)
@@ -174,7 +168,7 @@ async def test_two_streams_never_share_event_ids(client: Client, ollama: respx.M
 
 @pytest.mark.parametrize("last", ["0123456789abcdef-end", "0123456789abcdef-7"], ids=["after-done", "cut-off"])
 async def test_an_eventsource_reconnecting_to_a_minato_stream_gets_204_and_nothing_is_generated(
-    client: Client, ollama: respx.MockRouter, last: str
+    client: Client, ollama: ServedOllama, last: str
 ) -> None:
     chat = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("again")))
 
@@ -187,7 +181,7 @@ async def test_an_eventsource_reconnecting_to_a_minato_stream_gets_204_and_nothi
     assert not chat.called
 
 
-async def test_a_foreign_last_event_id_does_not_stop_a_stream(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_foreign_last_event_id_does_not_stop_a_stream(client: Client, ollama: ServedOllama) -> None:
     chat = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("x")))
 
     response = await client.get(
@@ -198,9 +192,9 @@ async def test_a_foreign_last_event_id_does_not_stop_a_stream(client: Client, ol
     assert chat.called
 
 
-async def test_a_reconnect_still_needs_a_key(ollama: respx.MockRouter, settings: Settings) -> None:
+async def test_a_reconnect_still_needs_a_key(ollama: ServedOllama, settings: Settings) -> None:
     app = create_app(
-        msgspec.structs.replace(settings, api_keys=("k",)), transport=httpx.MockTransport(ollama.async_handler)
+        msgspec.structs.replace(settings, api_keys=("k",)),
     )
     async with AsyncTestClient(app=app) as client:
         response = await client.get(
@@ -210,9 +204,7 @@ async def test_a_reconnect_still_needs_a_key(ollama: respx.MockRouter, settings:
     assert response.status_code == 401
 
 
-async def test_an_unknown_model_before_the_first_byte_is_a_404_not_a_200(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_an_unknown_model_before_the_first_byte_is_a_404_not_a_200(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(404, json=not_found("nope"))
     ollama.get("/api/tags", name="tags").respond(200, json=catalogue("nope:latest"))  # listed, then deleted
 
@@ -225,7 +217,7 @@ async def test_an_unknown_model_before_the_first_byte_is_a_404_not_a_200(
 
 
 async def test_a_model_ollama_does_not_list_is_a_404_on_a_stream_without_asking_for_it(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer("x")))
 
@@ -238,7 +230,7 @@ async def test_a_model_ollama_does_not_list_is_a_404_on_a_stream_without_asking_
 
 
 async def test_a_busy_ollama_before_the_first_byte_is_a_503_with_retry_after(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/api/chat").respond(503, json={"error": "server busy, please try again."})
 
@@ -250,7 +242,7 @@ async def test_a_busy_ollama_before_the_first_byte_is_a_503_with_retry_after(
     assert route.called
 
 
-async def test_an_error_line_before_any_token_is_a_502_not_a_200(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_error_line_before_any_token_is_a_502_not_a_200(client: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(ndjson({"error": "out of memory"})))
 
     response = await client.get("/stream/llama3.2", params={"message": "hi"})
@@ -260,17 +252,16 @@ async def test_an_error_line_before_any_token_is_a_502_not_a_200(client: Client,
     assert route.called
 
 
-async def test_ollama_down_is_a_503_before_the_stream_starts(client: Client, ollama: respx.MockRouter) -> None:
-    route = ollama.post("/api/chat").mock(side_effect=httpx.ConnectError("refused"))
+async def test_ollama_down_is_a_503_before_the_stream_starts(client: Client, ollama: ServedOllama) -> None:
+    ollama.down()
 
     response = await client.get("/stream/llama3.2", params={"message": "hi"})
 
     assert response.status_code == 503
-    assert "http://ollama.test:11434" in response.json()["detail"]
-    assert route.called
+    assert f"Ollama is unreachable at {ollama.url}" in response.json()["detail"]
 
 
-async def test_a_mid_stream_error_ends_ndjson_with_an_error_line(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_mid_stream_error_ends_ndjson_with_an_error_line(client: Client, ollama: ServedOllama) -> None:
     pieces = [ndjson(chat_token("one")), ndjson({"error": "runner crashed"})]
     route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*pieces))
 
@@ -285,7 +276,7 @@ async def test_a_mid_stream_error_ends_ndjson_with_an_error_line(client: Client,
     assert route.called
 
 
-async def test_a_mid_stream_error_ends_sse_with_an_error_event(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_mid_stream_error_ends_sse_with_an_error_event(client: Client, ollama: ServedOllama) -> None:
     pieces = [ndjson(chat_token("one")), ndjson(chat_token("two"), {"error": "runner crashed"})]
     ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*pieces))
 
@@ -299,9 +290,7 @@ async def test_a_mid_stream_error_ends_sse_with_an_error_event(client: Client, o
     ]
 
 
-async def test_a_stream_cut_before_done_ends_ndjson_with_an_error_line(
-    client: Client, ollama: respx.MockRouter
-) -> None:
+async def test_a_stream_cut_before_done_ends_ndjson_with_an_error_line(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").mock(side_effect=lambda _: streamed(ndjson(chat_token("one"))))
 
     response = await client.get("/stream/llama3.2", params={"message": "hi"}, headers=NDJSON)
@@ -312,7 +301,7 @@ async def test_a_stream_cut_before_done_ends_ndjson_with_an_error_line(
     assert "before it was done" in lines[-1]["error"]
 
 
-async def test_a_mid_stream_failure_aborts_the_plain_text_body(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_mid_stream_failure_aborts_the_plain_text_body(client: Client, ollama: ServedOllama) -> None:
     pieces = [ndjson(chat_token("partial answer")), ndjson({"error": "runner crashed"})]
     route = ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*pieces))
     received: list[bytes] = []
@@ -333,7 +322,7 @@ async def test_a_mid_stream_failure_aborts_the_plain_text_body(client: Client, o
 
 
 async def test_a_mid_stream_failure_never_presents_a_complete_plain_text_body(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     pieces = [ndjson(chat_token("partial")), ndjson({"error": "runner crashed"})]
     ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*pieces))
@@ -359,7 +348,7 @@ async def test_a_mid_stream_failure_never_presents_a_complete_plain_text_body(
     ],
 )
 async def test_unicode_and_newlines_survive_every_format(
-    client: Client, ollama: respx.MockRouter, headers: dict[str, str], decode: object
+    client: Client, ollama: ServedOllama, headers: dict[str, str], decode: object
 ) -> None:
     tokens = ["line one\n", "\n\nline three", " 日本語", " 🎉", ' "q" \\ ', "\r\nend", "data: x\n\n"]
     ollama.post("/api/chat").mock(side_effect=lambda _: streamed(*answer(*tokens)))
@@ -371,7 +360,7 @@ async def test_unicode_and_newlines_survive_every_format(
 
 
 async def test_a_multibyte_character_split_across_upstream_chunks_survives(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     body = b"".join(answer("caf\u00e9 \U0001f389"))
     cut = body.index("\u00e9".encode()) + 1

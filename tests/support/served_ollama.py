@@ -163,6 +163,11 @@ class ServedOllama:
         self._site: web.TCPSite
         self.url = ""
 
+    @property
+    def host(self) -> str:
+        """``host:port``, as Minato names a backend."""
+        return self.url.removeprefix("http://")
+
     # -- respx's vocabulary ------------------------------------------------------------------
 
     def route(
@@ -282,7 +287,7 @@ class ServedOllama:
 def _drop(request: web.BaseRequest) -> web.StreamResponse:
     """Close the connection without an answer: what Minato sees when Ollama dies mid-request."""
     if request.transport is not None:
-        request.transport.abort()
+        request.transport.close()  # a FIN, not a reset: the client sees "server disconnected" every time
     raise asyncio.CancelledError  # aiohttp ends the handler quietly; nothing is written
 
 
