@@ -11,15 +11,14 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-import respx
 import zstandard
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.support.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson, streamed
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 
@@ -31,15 +30,15 @@ AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def _client(settings: Settings, ollama: respx.MockRouter, **changes: Any) -> AsyncIterator[Client]:
+async def _client(settings: Settings, ollama: ServedOllama, **changes: Any) -> AsyncIterator[Client]:
     configured = msgspec.structs.replace(settings, api_keys=(USER,), admin_keys=(ADMIN,), **changes)
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         yield client
 
 
 @pytest.fixture(name="doors")
-async def fx_doors(settings: Settings, ollama: respx.MockRouter) -> AsyncIterator[Client]:
+async def fx_doors(settings: Settings, ollama: ServedOllama) -> AsyncIterator[Client]:
     """Minato with a user key and an admin key."""
     async for client in _client(settings, ollama):
         yield client
@@ -83,7 +82,7 @@ def _tokens_metric(text: str) -> float:
 
 
 async def test_a_native_chat_reaches_ollama_unchanged_and_without_the_clients_key(
-    doors: Client, ollama: respx.MockRouter
+    doors: Client, ollama: ServedOllama
 ) -> None:
     answer = json.dumps(chat_answer("Hello \u003cthere\u003e")).encode()
     route = ollama.post("/api/chat").respond(
@@ -103,11 +102,11 @@ async def test_a_native_chat_reaches_ollama_unchanged_and_without_the_clients_ke
     assert "authorization" not in upstream.headers
     assert "x-api-key" not in upstream.headers
     assert "cookie" not in upstream.headers
-    assert upstream.headers["host"] == "ollama.test:11434"
+    assert upstream.headers["host"] == ollama.host
 
 
 async def test_a_native_stream_is_relayed_chunk_by_chunk_and_its_tokens_counted(
-    doors: Client, ollama: respx.MockRouter
+    doors: Client, ollama: ServedOllama
 ) -> None:
     pieces = [ndjson(chat_token("Hel")), ndjson(chat_token("lo")), ndjson(chat_done(eval_count=5))]
     ollama.post("/api/chat").mock(return_value=streamed(*pieces))
@@ -123,7 +122,7 @@ async def test_a_native_stream_is_relayed_chunk_by_chunk_and_its_tokens_counted(
 
 
 async def test_a_native_stream_that_ollama_cuts_off_ends_with_an_error_line(
-    doors: Client, ollama: respx.MockRouter
+    doors: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/api/chat").mock(return_value=streamed(ndjson(chat_token("Hel"))))
 
@@ -135,7 +134,7 @@ async def test_a_native_stream_that_ollama_cuts_off_ends_with_an_error_line(
 
 
 async def test_an_ollama_error_line_in_a_native_stream_passes_through_alone(
-    doors: Client, ollama: respx.MockRouter
+    doors: Client, ollama: ServedOllama
 ) -> None:
     pieces = [ndjson(chat_token("Hel")), b'{"error":"model runner has unexpectedly stopped"}\n']
     ollama.post("/api/chat").mock(return_value=streamed(*pieces))
@@ -145,7 +144,7 @@ async def test_an_ollama_error_line_in_a_native_stream_passes_through_alone(
     assert response.content == b"".join(pieces)
 
 
-async def test_ollamas_error_status_and_body_are_the_answer(doors: Client, ollama: respx.MockRouter) -> None:
+async def test_ollamas_error_status_and_body_are_the_answer(doors: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(404, json={"error": "model 'nope' not found"})
 
     response = await doors.post("/api/chat", json={**CHAT, "model": "nope"}, headers=AS_USER)
@@ -154,7 +153,7 @@ async def test_ollamas_error_status_and_body_are_the_answer(doors: Client, ollam
     assert response.json() == {"error": "model 'nope' not found"}
 
 
-async def test_an_openai_stream_without_done_gets_an_error_frame(doors: Client, ollama: respx.MockRouter) -> None:
+async def test_an_openai_stream_without_done_gets_an_error_frame(doors: Client, ollama: ServedOllama) -> None:
     body = _sse((None, _openai_chunk("Hel")))
     ollama.post("/v1/chat/completions").mock(return_value=_event_stream(body))
 
@@ -167,9 +166,7 @@ async def test_an_openai_stream_without_done_gets_an_error_frame(doors: Client, 
     assert "before the answer was complete" in error["error"]["message"]
 
 
-async def test_usage_minato_asked_for_is_counted_and_kept_from_the_client(
-    doors: Client, ollama: respx.MockRouter
-) -> None:
+async def test_usage_minato_asked_for_is_counted_and_kept_from_the_client(doors: Client, ollama: ServedOllama) -> None:
     body = _sse((None, _openai_chunk("Hi")), (None, _openai_chunk(None, finish="stop")), (None, USAGE_FRAME))
     body += b"data: [DONE]\n\n"
     route = ollama.post("/v1/chat/completions").mock(return_value=_event_stream(body, body[:40], body[40:]))
@@ -186,7 +183,7 @@ async def test_usage_minato_asked_for_is_counted_and_kept_from_the_client(
 
 
 async def test_usage_the_client_asked_for_reaches_it_and_the_body_is_unchanged(
-    doors: Client, ollama: respx.MockRouter
+    doors: Client, ollama: ServedOllama
 ) -> None:
     body = _sse((None, _openai_chunk("Hi")), (None, USAGE_FRAME)) + b"data: [DONE]\n\n"
     route = ollama.post("/v1/chat/completions").mock(return_value=_event_stream(body))
@@ -199,7 +196,7 @@ async def test_usage_the_client_asked_for_reaches_it_and_the_body_is_unchanged(
 
 
 async def test_an_anthropic_stream_without_message_stop_gets_an_error_event(
-    doors: Client, ollama: respx.MockRouter
+    doors: Client, ollama: ServedOllama
 ) -> None:
     body = _sse(("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 3}}}))
     ollama.post("/v1/messages").mock(return_value=_event_stream(body))
@@ -211,7 +208,7 @@ async def test_an_anthropic_stream_without_message_stop_gets_an_error_event(
     assert json.loads(last[1].removeprefix("data: "))["error"]["type"] == "api_error"
 
 
-async def test_an_anthropic_answer_counts_its_output_tokens(doors: Client, ollama: respx.MockRouter) -> None:
+async def test_an_anthropic_answer_counts_its_output_tokens(doors: Client, ollama: ServedOllama) -> None:
     ollama.post("/v1/messages").respond(200, json={"type": "message", "usage": {"input_tokens": 3, "output_tokens": 9}})
 
     await doors.post("/v1/messages", json={**CHAT, "max_tokens": 10}, headers=AS_USER)
@@ -238,7 +235,7 @@ async def test_an_anthropic_answer_counts_its_output_tokens(doors: Client, ollam
     ],
 )
 async def test_a_bad_key_is_refused_in_the_doors_shape(
-    doors: Client, ollama: respx.MockRouter, path: str, shape: object
+    doors: Client, ollama: ServedOllama, path: str, shape: object
 ) -> None:
     route = ollama.post(path).respond(200, json={})
 
@@ -261,9 +258,7 @@ async def test_a_bad_key_is_refused_in_the_doors_shape(
         ("POST", "/api/blobs/sha256:" + "0" * 64),
     ],
 )
-async def test_model_management_needs_an_admin_key(
-    doors: Client, ollama: respx.MockRouter, method: str, path: str
-) -> None:
+async def test_model_management_needs_an_admin_key(doors: Client, ollama: ServedOllama, method: str, path: str) -> None:
     route = ollama.route(method=method, path=path).respond(200, json={"status": "success"})
 
     refused = await doors.request(method, path, json={"model": "llama3.2"}, headers=AS_USER)
@@ -287,7 +282,7 @@ async def test_model_management_needs_an_admin_key(
     ],
 )
 async def test_cloud_models_are_refused_for_every_key(
-    doors: Client, ollama: respx.MockRouter, path: str, body: dict[str, Any]
+    doors: Client, ollama: ServedOllama, path: str, body: dict[str, Any]
 ) -> None:
     route = ollama.post(path).respond(200, json={})
 
@@ -299,7 +294,7 @@ async def test_cloud_models_are_refused_for_every_key(
 
 
 async def test_anthropics_web_search_tool_spends_the_cloud_account_and_is_refused(
-    doors: Client, ollama: respx.MockRouter
+    doors: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.post("/v1/messages").respond(200, json={})
     body = {**CHAT, "max_tokens": 5, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
@@ -313,7 +308,7 @@ async def test_anthropics_web_search_tool_spends_the_cloud_account_and_is_refuse
 
 @pytest.mark.parametrize(("method", "path"), [("POST", "/api/me"), ("POST", "/api/signout"), ("GET", "/api/status")])
 async def test_account_routes_are_refused_unless_cloud_is_allowed_and_then_admin_only(
-    settings: Settings, ollama: respx.MockRouter, doors: Client, method: str, path: str
+    settings: Settings, ollama: ServedOllama, doors: Client, method: str, path: str
 ) -> None:
     route = ollama.route(method=method, path=path).respond(200, json={"name": "operator"})
 
@@ -330,7 +325,7 @@ async def test_account_routes_are_refused_unless_cloud_is_allowed_and_then_admin
 
 @pytest.mark.parametrize("keep_alive", [0, -1, "-1m", "48h"])
 async def test_a_user_key_cannot_unload_or_pin_a_model_through_the_native_door(
-    doors: Client, ollama: respx.MockRouter, keep_alive: object
+    doors: Client, ollama: ServedOllama, keep_alive: object
 ) -> None:
     route = ollama.post("/api/generate").respond(200, json={})
 
@@ -343,7 +338,7 @@ async def test_a_user_key_cannot_unload_or_pin_a_model_through_the_native_door(
     assert route.call_count == 1
 
 
-async def test_a_user_keys_num_ctx_is_capped_on_the_native_door(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_a_user_keys_num_ctx_is_capped_on_the_native_door(settings: Settings, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     async for client in _client(settings, ollama, user_max_num_ctx=8192):
         big = await client.post("/api/chat", json={**CHAT, "options": {"num_ctx": 65536}}, headers=AS_USER)
@@ -369,7 +364,7 @@ async def test_a_user_keys_num_ctx_is_capped_on_the_native_door(settings: Settin
     ],
 )
 async def test_a_body_minato_cannot_read_as_ollama_would_is_refused_not_forwarded(
-    doors: Client, ollama: respx.MockRouter, body: bytes
+    doors: Client, ollama: ServedOllama, body: bytes
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json=chat_answer())
     completions = ollama.post("/v1/chat/completions").respond(200, json={})
@@ -385,7 +380,7 @@ async def test_a_body_minato_cannot_read_as_ollama_would_is_refused_not_forwarde
     assert not completions.called
 
 
-async def test_a_nested_field_minato_reads_in_another_case_is_refused(doors: Client, ollama: respx.MockRouter) -> None:
+async def test_a_nested_field_minato_reads_in_another_case_is_refused(doors: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/v1/chat/completions").respond(200, json={})
     body = b'{"model":"llama3.2","stream":true,"stream_options":{"Include_Usage":false}}'
 
@@ -396,9 +391,7 @@ async def test_a_nested_field_minato_reads_in_another_case_is_refused(doors: Cli
     assert not route.called
 
 
-async def test_invalid_utf8_where_minato_does_not_read_is_left_to_ollama(
-    doors: Client, ollama: respx.MockRouter
-) -> None:
+async def test_invalid_utf8_where_minato_does_not_read_is_left_to_ollama(doors: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     body = b'{"model":"llama3.2","messages":[{"role":"user","content":"\xff"}]}'
 
@@ -408,7 +401,7 @@ async def test_invalid_utf8_where_minato_does_not_read_is_left_to_ollama(
     assert route.calls.last.request.content == body
 
 
-async def test_an_empty_body_gets_ollamas_own_answer(doors: Client, ollama: respx.MockRouter) -> None:
+async def test_an_empty_body_gets_ollamas_own_answer(doors: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(400, json={"error": "missing request body"})
 
     response = await doors.post("/api/chat", content=b"", headers=AS_USER)
@@ -417,7 +410,7 @@ async def test_an_empty_body_gets_ollamas_own_answer(doors: Client, ollama: resp
     assert response.json() == {"error": "missing request body"}
 
 
-async def test_a_zstd_body_is_decoded_before_it_is_read_and_forwarded(doors: Client, ollama: respx.MockRouter) -> None:
+async def test_a_zstd_body_is_decoded_before_it_is_read_and_forwarded(doors: Client, ollama: ServedOllama) -> None:
     route = ollama.post("/v1/responses").respond(200, json={"usage": {"output_tokens": 2}})
     plain = json.dumps({"model": "llama3.2", "input": "hi"}).encode()
 
@@ -432,7 +425,7 @@ async def test_a_zstd_body_is_decoded_before_it_is_read_and_forwarded(doors: Cli
     assert "content-encoding" not in route.calls.last.request.headers
 
 
-async def test_a_zstd_bomb_is_refused_with_a_413(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_a_zstd_bomb_is_refused_with_a_413(settings: Settings, ollama: ServedOllama) -> None:
     route = ollama.post("/v1/responses").respond(200, json={})
     bomb = zstandard.ZstdCompressor().compress(b'{"model":"llama3.2","input":"' + b"a" * 200_000 + b'"}')
     async for client in _client(settings, ollama, max_body_bytes=100_000):
@@ -446,7 +439,7 @@ async def test_a_zstd_bomb_is_refused_with_a_413(settings: Settings, ollama: res
 
 @pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
 async def test_a_body_in_an_unknown_or_broken_encoding_is_a_400(
-    doors: Client, ollama: respx.MockRouter, encoding: str
+    doors: Client, ollama: ServedOllama, encoding: str
 ) -> None:
     route = ollama.post("/api/chat").respond(200, json={})
 
@@ -460,11 +453,11 @@ async def test_a_body_in_an_unknown_or_broken_encoding_is_a_400(
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/embed", "/v1/chat/completions", "/v1/messages"])
 async def test_a_door_generation_needs_a_slot_and_a_full_queue_is_a_503_in_the_doors_shape(
-    settings: Settings, ollama: respx.MockRouter, path: str
+    settings: Settings, ollama: ServedOllama, path: str
 ) -> None:
     route = ollama.post(path).respond(200, json={})
     configured = msgspec.structs.replace(settings, api_keys=(USER,), max_generations=1, max_queue=0)
-    app = create_app(configured, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(configured)
     async with AsyncTestClient(app=app) as client:
         busy = app.state.runtime_slot.runtime.admission.try_acquire("llama3.2:latest")
         refused = await client.post(path, json={**CHAT, "input": "hi", "max_tokens": 5}, headers=AS_USER)
@@ -481,7 +474,7 @@ async def test_a_door_generation_needs_a_slot_and_a_full_queue_is_a_503_in_the_d
 # -- the operator's headers ----------------------------------------------------------------------
 
 
-async def test_the_operators_headers_reach_ollama_on_every_call(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_the_operators_headers_reach_ollama_on_every_call(settings: Settings, ollama: ServedOllama) -> None:
     route = ollama.post("/api/chat").respond(200, json=chat_answer())
     async for client in _client(settings, ollama, ollama_headers={"Authorization": "Bearer upstream-token"}):
         await client.post("/api/chat", json=CHAT, headers=AS_USER)
@@ -503,7 +496,7 @@ async def test_the_operators_headers_reach_ollama_on_every_call(settings: Settin
     ],
 )
 async def test_a_path_parameter_never_walks_the_forwarded_request_elsewhere(
-    doors: Client, ollama: respx.MockRouter, sent: str, forwarded: str
+    doors: Client, ollama: ServedOllama, sent: str, forwarded: str
 ) -> None:
     ps = ollama.get("/api/ps").respond(200, json={"models": []})
     model = ollama.route(method="GET", path__startswith="/v1/models/").respond(404, json={"error": {"message": "x"}})
@@ -516,7 +509,7 @@ async def test_a_path_parameter_never_walks_the_forwarded_request_elsewhere(
 
 
 async def test_a_blob_digest_is_forwarded_encoded_even_when_it_is_not_printable(
-    doors: Client, ollama: respx.MockRouter
+    doors: Client, ollama: ServedOllama
 ) -> None:
     blob = ollama.route(method="POST", path__startswith="/api/blobs/").respond(400, json={"error": "invalid digest"})
 
@@ -539,7 +532,7 @@ AS_SCOPED = {"Authorization": f"Bearer {SCOPED}"}
 
 
 @pytest.fixture(name="scoped")
-async def fx_scoped(settings: Settings, ollama: respx.MockRouter, tmp_path: Path) -> AsyncIterator[Client]:
+async def fx_scoped(settings: Settings, ollama: ServedOllama, tmp_path: Path) -> AsyncIterator[Client]:
     """Minato with one named key scoped to llama3.2 with a quota of 5 tokens a day."""
     keys = tmp_path / "keys.toml"
     keys.write_text(SCOPED_FILE)
@@ -562,7 +555,7 @@ async def fx_scoped(settings: Settings, ollama: respx.MockRouter, tmp_path: Path
     ],
 )
 async def test_a_model_outside_the_keys_scope_is_refused_on_every_door(
-    scoped: Client, ollama: respx.MockRouter, path: str, body: dict[str, Any]
+    scoped: Client, ollama: ServedOllama, path: str, body: dict[str, Any]
 ) -> None:
     route = ollama.post(path).respond(200, json={})
 
@@ -574,7 +567,7 @@ async def test_a_model_outside_the_keys_scope_is_refused_on_every_door(
 
 
 async def test_a_model_outside_the_scope_is_refused_by_the_model_route_too(
-    scoped: Client, ollama: respx.MockRouter
+    scoped: Client, ollama: ServedOllama
 ) -> None:
     route = ollama.get("/v1/models/qwen3:8b").respond(200, json={"id": "qwen3:8b"})
 
@@ -585,9 +578,7 @@ async def test_a_model_outside_the_scope_is_refused_by_the_model_route_too(
     assert not route.called
 
 
-async def test_the_model_lists_of_every_door_show_only_the_keys_models(
-    scoped: Client, ollama: respx.MockRouter
-) -> None:
+async def test_the_model_lists_of_every_door_show_only_the_keys_models(scoped: Client, ollama: ServedOllama) -> None:
     ollama.get("/api/tags").respond(200, json=catalogue("llama3.2:latest", "qwen3:8b", "llama3.2:1b"))
     ollama.get("/api/ps").respond(200, json={"models": [{"name": "qwen3:8b", "model": "qwen3:8b"}]})
     ollama.get("/v1/models").respond(
@@ -604,7 +595,7 @@ async def test_the_model_lists_of_every_door_show_only_the_keys_models(
 
 
 async def test_tokens_generated_through_a_door_are_charged_to_the_keys_quota(
-    scoped: Client, ollama: respx.MockRouter
+    scoped: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/v1/chat/completions").respond(200, json={"usage": {"completion_tokens": 6}})
 
@@ -621,7 +612,7 @@ async def test_tokens_generated_through_a_door_are_charged_to_the_keys_quota(
 
 
 async def test_a_door_stream_longer_than_the_request_timeout_ends_with_an_error_line(
-    settings: Settings, ollama: respx.MockRouter
+    settings: Settings, ollama: ServedOllama
 ) -> None:
     pieces = [ndjson(chat_token("Hel")), ndjson(chat_token("lo")), ndjson(chat_done())]
     ollama.post("/api/chat").mock(return_value=streamed(*pieces, pauses={1: 0.6}))

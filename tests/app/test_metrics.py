@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import httpx
 import msgspec
 import pytest
-import respx
 import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -17,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
 from tests.support.payloads import chat_answer, chat_done, chat_token, ndjson
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -39,7 +38,7 @@ def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-async def test_an_answer_counts_a_request_its_duration_and_its_tokens(client: Client, ollama: respx.MockRouter) -> None:
+async def test_an_answer_counts_a_request_its_duration_and_its_tokens(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
 
     await client.get("/llama3.2", params={"message": "hi"})
@@ -53,7 +52,7 @@ async def test_an_answer_counts_a_request_its_duration_and_its_tokens(client: Cl
 
 
 async def test_a_stream_observes_its_first_token_and_leaves_no_stream_in_flight(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/api/chat").respond(200, content=ndjson(chat_token("a"), chat_token("b"), chat_done(eval_count=2)))
 
@@ -66,8 +65,11 @@ async def test_a_stream_observes_its_first_token_and_leaves_no_stream_in_flight(
     assert _value(samples, "minato_streams_in_flight") == 0
 
 
-async def test_upstream_failures_are_counted_by_kind(client: Client, ollama: respx.MockRouter) -> None:
-    ollama.post("/api/chat").mock(side_effect=httpx.ConnectError("refused"))
+async def test_upstream_failures_are_counted_by_kind(client: Client, ollama: ServedOllama) -> None:
+    # Minato learns the model list first (it keeps it a while), then Ollama stops: the generations are refused.
+    ollama.post("/api/chat").respond(200, json=chat_answer())
+    assert (await client.get("/llama3.2", params={"message": "warm"})).status_code == 200
+    ollama.down()
 
     await client.get("/llama3.2", params={"message": "hi"})
     await client.get("/stream/llama3.2", params={"message": "hi"})
@@ -82,7 +84,7 @@ async def test_upstream_failures_are_counted_by_kind(client: Client, ollama: res
     )
 
 
-async def test_a_mid_stream_failure_is_counted(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_mid_stream_failure_is_counted(client: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, content=ndjson(chat_token("a"), {"error": "boom"}))
 
     await client.get("/stream/llama3.2", params={"message": "hi"}, headers={"Accept": "application/x-ndjson"})
@@ -91,7 +93,7 @@ async def test_a_mid_stream_failure_is_counted(client: Client, ollama: respx.Moc
     assert _value(samples, "minato_upstream_errors_total", kind="UpstreamError") == 1
 
 
-async def test_bad_input_is_counted_but_not_as_an_upstream_error(client: Client, ollama: respx.MockRouter) -> None:
+async def test_bad_input_is_counted_but_not_as_an_upstream_error(client: Client, ollama: ServedOllama) -> None:
     await client.get("/llama3.2", params={"message": ""})
     samples = await _samples(client)
 
@@ -102,7 +104,7 @@ async def test_bad_input_is_counted_but_not_as_an_upstream_error(client: Client,
 
 @pytest.mark.parametrize(("answer", "up"), [(httpx.Response(200, json={"version": "0.33.0"}), 1), (None, 0)])
 async def test_the_probe_reports_whether_ollama_answers(
-    settings: Settings, ollama: respx.MockRouter, answer: httpx.Response | None, up: float
+    settings: Settings, ollama: ServedOllama, answer: httpx.Response | None, up: float
 ) -> None:
     route = ollama.get("/api/version")
     if answer is None:
@@ -110,7 +112,7 @@ async def test_the_probe_reports_whether_ollama_answers(
     else:
         route.mock(return_value=answer)
     probing = msgspec.structs.replace(settings, ollama_probe_interval=30)
-    app = create_app(probing, transport=httpx.MockTransport(ollama.async_handler))
+    app = create_app(probing)
 
     async with AsyncTestClient(app=app) as client:
         for _ in range(50):
@@ -127,7 +129,7 @@ def _series(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: 
     return {dict(labels)[label] for metric, labels in samples if metric == name}
 
 
-async def test_labels_never_come_from_the_request(client: Client, ollama: respx.MockRouter) -> None:
+async def test_labels_never_come_from_the_request(client: Client, ollama: ServedOllama) -> None:
     """A hostile loop of invented paths, models and methods adds no label value of its own."""
     ollama.post("/api/chat").respond(404, json={"error": "model 'x' not found"})
     for index in range(200):
@@ -145,7 +147,7 @@ async def test_labels_never_come_from_the_request(client: Client, ollama: respx.
 
 
 async def test_a_model_is_labelled_by_the_name_ollama_lists_whatever_its_spelling(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     for spelling in (
@@ -163,9 +165,7 @@ async def test_a_model_is_labelled_by_the_name_ollama_lists_whatever_its_spellin
     assert _series(samples, "minato_tokens_generated_total", "model") == {"llama3.2:latest"}
 
 
-async def test_an_abandoned_stream_is_logged_and_counted_as_499_aborted(
-    app: Litestar, ollama: respx.MockRouter
-) -> None:
+async def test_an_abandoned_stream_is_logged_and_counted_as_499_aborted(app: Litestar, ollama: ServedOllama) -> None:
     upstream_closed = asyncio.Event()
 
     class Endless(httpx.AsyncByteStream):

@@ -177,10 +177,13 @@ class ServedOllama:
         method__in: Iterable[str] | None = None,
         path: str | None = None,
         path__regex: str | None = None,
+        path__startswith: str | None = None,
         name: str | None = None,
     ) -> Route:
         """A route for the pattern; one with the same pattern or name is replaced in place."""
         methods = frozenset([method]) if method else frozenset(method__in) if method__in else None
+        if path__startswith is not None:
+            path__regex = "^" + re.escape(path__startswith)
         regex = re.compile(path__regex) if path__regex else None
         route = Route(methods, path, regex, name)
         for index, existing in enumerate(self.routes):
@@ -267,7 +270,8 @@ class ServedOllama:
         body = await request.read() if request.body_exists else b""
         seen = httpx.Request(
             request.method,
-            str(request.url),
+            # The path as it came on the wire (percent-escapes kept), as respx recorded it.
+            f"http://{request.host}{request.raw_path}",
             headers=list(request.raw_headers),
             content=body,
         )
