@@ -11,15 +11,14 @@ import socket
 
 import httpx
 import pytest
-import respx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
-from tests.conftest import OLLAMA_URL
+from tests.conftest import OLLAMA_URL, small_settings
+from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -141,9 +140,10 @@ class Failing(httpx.AsyncBaseTransport):
     ],
 )
 async def test_transport_failures_are_told_in_minatos_words(
-    settings: Settings, failure: httpx.HTTPError, cause: BaseException | None, status: int, detail: str
+    failure: httpx.HTTPError, cause: BaseException | None, status: int, detail: str
 ) -> None:
-    app = create_app(settings, transport=Failing(failure, cause))
+    # Failures a loopback test cannot cause for real (DNS, a connect timeout, a reset), at the transport seam.
+    app = create_app(small_settings(), transport=Failing(failure, cause))
 
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/llama3.2", params={"message": "hi"})
@@ -170,7 +170,7 @@ async def test_transport_failures_are_told_in_minatos_words(
     ],
 )
 async def test_litestars_validation_is_told_in_minatos_words(
-    client: Client, ollama: respx.MockRouter, path: str, params: dict[str, str], loc: str, msg: str
+    client: Client, ollama: ServedOllama, path: str, params: dict[str, str], loc: str, msg: str
 ) -> None:
     chat = ollama.post("/api/chat").respond(200, json={})
 
@@ -223,7 +223,7 @@ async def test_a_bad_system_prompt_body_is_a_422_in_minatos_words(
 
 
 async def test_a_malformed_multipart_body_says_so_without_the_parsers_words(
-    client: Client, ollama: respx.MockRouter
+    client: Client, ollama: ServedOllama
 ) -> None:
     ollama.post("/api/show").respond(200, json={"capabilities": ["completion", "vision"]})
     chat = ollama.post("/api/chat").respond(200, json={})
@@ -242,7 +242,7 @@ async def test_a_malformed_multipart_body_says_so_without_the_parsers_words(
     assert not chat.called
 
 
-async def test_a_runner_error_relayed_verbatim_by_ollama_is_unwrapped(client: Client, ollama: respx.MockRouter) -> None:
+async def test_a_runner_error_relayed_verbatim_by_ollama_is_unwrapped(client: Client, ollama: ServedOllama) -> None:
     runner_body = json.dumps(
         {"error": {"code": 400, "message": "Multimodal data provided, but model does not support multimodal requests."}}
     )

@@ -279,10 +279,13 @@ class ServedOllama:
         if route is None:
             self.calls.append(Call(seen, None))
             return await self.standin.handle(request)
+        # Recorded before it is answered: a stalled request has been called too.
+        mine, everyone = len(route.calls), len(self.calls)
+        route.calls.append(Call(seen, None))
+        self.calls.append(Call(seen, None))
         answer = await route.answer(seen)
-        call = Call(seen, answer if isinstance(answer, httpx.Response) else None)
-        route.calls.append(call)
-        self.calls.append(call)
+        if isinstance(answer, httpx.Response):
+            route.calls[mine] = self.calls[everyone] = Call(seen, answer)
         if not isinstance(answer, httpx.Response):
             return _drop(request)
         return await _relay(request, answer)
