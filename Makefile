@@ -10,7 +10,7 @@ NODE_CLIENTS := tests/e2e/node
 # The pinned npm packages whose files the docs pages serve (assets/package.json, copied by assets/vendor.py).
 ASSET_PACKS := assets/.packages/.fetched
 
-.PHONY: help install assets lint fmt type test test-load check run bench up down logs clean
+.PHONY: help install assets docs lint fmt type test test-load check run bench up down logs clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -19,8 +19,8 @@ help: ## List the targets
 	python3 -m venv .tools
 	.tools/bin/pip install --quiet uv
 
-install: $(if $(findstring .tools/,$(UV)),.tools/bin/uv) $(NODE_CLIENTS)/node_modules/.package-lock.json $(ASSET_PACKS) ## Install Minato and its dev tools into .venv (from uv.lock), ollama-js, and the docs assets' pinned packages
-	$(UV) sync --locked
+install: $(if $(findstring .tools/,$(UV)),.tools/bin/uv) $(NODE_CLIENTS)/node_modules/.package-lock.json $(ASSET_PACKS) ## Install Minato and every dependency group into .venv (from uv.lock), ollama-js, and the docs assets' pinned packages
+	$(UV) sync --locked --all-groups
 
 # Runs only when node_modules is missing or older than the lock file. Without npm the ollama-js test
 # fails and says why; everything else still installs.
@@ -43,16 +43,19 @@ $(ASSET_PACKS): assets/package.json
 assets: ## Copy the docs pages' files from the packages pinned in assets/package.json into src/minato/web/pages/static/docs
 	python3 -m assets.vendor copy
 
+docs: install ## Rewrite the docs generated from the code: docs/settings.md and .env.example (from Settings)
+	$(UV) run python -m tools.docs
+
 lint: install ## ruff lint and format check, and the import contract (the layers)
 	$(UV) run lint-imports
-	$(UV) run ruff check src tests bench assets
-	$(UV) run ruff format --check src tests bench assets
+	$(UV) run ruff check src tests bench assets tools
+	$(UV) run ruff format --check src tests bench assets tools
 
 fmt: install ## Format and auto-fix
-	$(UV) run ruff format src tests bench assets
-	$(UV) run ruff check --fix src tests bench assets
+	$(UV) run ruff format src tests bench assets tools
+	$(UV) run ruff check --fix src tests bench assets tools
 
-type: install ## mypy --strict over src, tests, bench and assets
+type: install ## mypy --strict over src, tests, bench, assets and tools
 	$(UV) run mypy
 
 # The load and soak tests (marker `load`) run on their own: `make test` stays a functional suite

@@ -126,7 +126,7 @@ the paced, whole16 and concurrency parts' measurements, an unmeasured repeat of 
 `py-spy record` attached to Minato (and to the bare relay at 16 clients, and during conversation
 turns), and writes each run's top entries by own time, by total time and by owner (the innermost
 Minato source file on the stack, else Litestar or uvicorn), with CPU µs per request or token:
-the per-feature cost. py-spy is in the dev group (`make install`) and needs ptrace rights over
+the per-feature cost. py-spy is in the `bench` group (`make install`) and needs ptrace rights over
 Minato (root, or `kernel.yama.ptrace_scope` 0)."""
 
 HOW_TO_READ: Final = """\

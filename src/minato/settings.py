@@ -29,64 +29,70 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Everything Minato can be told from its environment (``MINATO_<FIELD>``)."""
+    """Everything Minato can be told from its environment (``MINATO_<FIELD>``).
+
+    Each field's docstring is its meaning in docs/settings.md and .env.example, which ``make docs`` writes
+    from this class (its links are relative to docs/).
+    """
 
     host: str = "127.0.0.1"
-    """Address the HTTP server binds to."""
+    """Address the HTTP server binds to (``0.0.0.0`` in the container image)."""
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     """TCP port the HTTP server listens on."""
     workers: PositiveInt = 1
-    """Server worker processes (each holds its own connection pool to Ollama). Several share their turn
-    locks, rate limits and quotas through the SQLite session store or Redis; with ``memory://`` and no
-    ``MINATO_REDIS_URL`` more than one is refused."""
+    """Server worker processes (each holds its own connection pool to Ollama). Several share their turn locks, rate
+    limits and quotas through the SQLite session store or Redis; with ``memory://`` and no ``MINATO_REDIS_URL`` more
+    than one is refused."""
     ollama_url: str = DEFAULT_OLLAMA_URL
-    """Ollama base URL, or several comma-separated (a pool of backends, each named ``host:port``). Falls
-    back to Ollama's own ``OLLAMA_HOST`` (``host:port`` shorthand too)."""
+    """Ollama's base URL, or several comma-separated: a pool of backends, each named ``host:port`` (see [Scaling
+    out](scaling.md)). When unset, Ollama's own ``OLLAMA_HOST`` is used, including its ``host:port`` and ``:port``
+    shorthands."""
     backend_parallel: PositiveInt = 4
-    """Generations of one model a backend that has it loaded takes before the next request for that model
-    spills to a backend where it is only installed (with a pool of backends)."""
+    """Generations of one model a backend that has it loaded takes before the next request for that model spills to a
+    backend where it is only installed (with a pool of backends)."""
     backend_failures: PositiveInt = 3
-    """Failures in a row (refused connection, connection error, Ollama's "server busy") after which a
-    backend is taken out of the pool for ``MINATO_BACKEND_COOLDOWN`` seconds."""
+    """Failures in a row (refused connection, connection error, Ollama's "server busy") after which a backend is taken
+    out of the pool for ``MINATO_BACKEND_COOLDOWN`` seconds."""
     backend_cooldown: PositiveFloat = 15.0
     """Seconds a failing backend stays out of the pool before the probe may bring it back."""
     redis_url: str = ""
-    """A Redis or Valkey URL (``redis://host:6379/0``, ``rediss://`` for TLS) that replicas share their
-    state in: conversations, turn leases, rate limits, token quotas, session-to-backend affinity. Empty:
-    the embedded store (``MINATO_SESSION_STORE``), shared by the workers of one machine."""
+    """A Redis or Valkey URL (``redis://host:6379/0``, ``rediss://`` for TLS) that replicas share their state in:
+    conversations, turn leases, rate limits, token quotas, session-to-backend affinity. Empty: the embedded store
+    (``MINATO_SESSION_STORE``), shared by the workers of one machine."""
     redis_timeout: PositiveFloat = 2.0
-    """Seconds a Redis call may take; beyond it (or with Redis unreachable) a request that needs Redis is
-    a 503 with ``Retry-After``."""
+    """Seconds a Redis call may take; beyond it (or with Redis unreachable) a request that needs Redis is a 503 with
+    ``Retry-After``."""
     turn_lease: PositiveFloat = 30.0
-    """Seconds a conversation's turn lease lives unless renewed; a running turn renews it every third of
-    that, so a lease whose holder died (a crashed replica) frees the conversation after this long."""
+    """Seconds a conversation's turn lease lives unless renewed; a running turn renews it every third of that, so a
+    lease whose holder died (a crashed replica) frees the conversation after this long."""
     ollama_headers: dict[str, str] = msgspec.field(default_factory=dict)
-    """Headers added to every request to Ollama, as a JSON object, for an Ollama behind its own auth,
-    e.g. ``{"Authorization": "Bearer <token>"}``; the client's own keys never reach Ollama."""
+    """Headers added to every request to Ollama, as a JSON object, for an Ollama behind its own auth, e.g.
+    ``{"Authorization": "Bearer <token>"}``; the client's own keys never reach Ollama."""
     allow_cloud: bool = False
     """Let keys use Ollama's cloud models (``:cloud``/``-cloud``) and, with an admin key, its account routes."""
     api_keys: tuple[str, ...] = ()
-    """Comma-separated user keys (plain, or ``sha256:<hex>`` of the key). Users may generate and read."""
+    """Comma-separated user keys (plain, or ``sha256:<hex>`` of the key): may generate and read."""
     api_keys_file: str = ""
     """File with one user key per line (plain or ``sha256:<hex>``; ``#`` starts a comment)."""
     admin_keys: tuple[str, ...] = ()
     """Comma-separated admin keys: may also install, delete, load and unload models."""
     metrics_keys: tuple[str, ...] = ()
-    """Comma-separated scrape keys (plain or ``sha256:<hex>``): they may read ``/metrics`` and nothing else
-    (``/metrics`` names every key and what it generated, so it needs an admin key or one of these)."""
+    """Comma-separated scrape keys (plain or ``sha256:<hex>``): they may read ``/metrics`` and nothing else.
+    ``/metrics`` names every key and what it generated, so it needs an admin key or one of these (see
+    [``GET /metrics``](observability.md#get-metrics--prometheus-metrics))."""
     keys_file: str = ""
-    """TOML file of named keys, each with its role, the models it may use, and its own request rate and
-    daily token quota."""
+    """TOML file of named keys, each with its role, the models it may use, and its own request rate and daily token
+    quota (see [Named keys, scopes and quotas](security.md#named-keys-scopes-and-quotas))."""
     auth: Literal["auto", "disabled"] = "auto"
-    """Without any key configured, ``auto`` serves only on a loopback address and refuses to start on
-    any other; ``disabled`` serves keyless on any address (only behind something that authenticates,
-    or on a port published to loopback). Configured keys are always required."""
+    """With no key configured, ``auto`` serves only on a loopback address and refuses to start on any other;
+    ``disabled`` serves keyless anywhere (compose sets it, publishing on 127.0.0.1). Configured keys are always
+    required."""
     open_probes: bool = False
     """Serve ``/ready`` and ``/metrics`` without a key (``/health`` never needs one)."""
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
-    """Requests per minute allowed per key (0: no limit); beyond it 429 with ``Retry-After``."""
+    """Requests per minute per key (0: no limit); beyond it 429 with ``Retry-After``."""
     cors_origins: tuple[str, ...] = ()
-    """Comma-separated origins allowed to call Minato from a browser (``*`` for any); empty: CORS off."""
+    """Comma-separated origins browsers may call Minato from (``*`` for any); empty: CORS off."""
     max_generations: PositiveInt = 1024
     """Generations (answers and streams) running at once; more wait in the queue."""
     max_generations_per_model: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -100,76 +106,82 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_query_chars: PositiveInt = 65_536
     """Longest accepted query string, in bytes as sent (414 beyond)."""
     header_timeout: PositiveFloat = 10.0
-    """Seconds a client connection may take to send a complete request head (request line and headers);
-    beyond it the connection gets a 408 and is closed."""
+    """Seconds a client connection may take to send a complete request head (request line and headers); beyond it the
+    connection gets a 408 and is closed."""
     max_client_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
-    """Open client connections one worker accepts (0: automatic, half the open-file limit); beyond it a
-    new connection gets a 503 and is closed at once. Connections to Ollama are ``MINATO_MAX_CONNECTIONS``."""
+    """Open client connections one worker accepts (0: automatic, half the open-file limit); beyond it a new connection
+    gets a 503 and is closed at once. Connections to Ollama are ``MINATO_MAX_CONNECTIONS``."""
     connect_timeout: PositiveFloat = 5.0
-    """Seconds to open a TCP connection to Ollama before answering 503."""
+    """Seconds to open a connection to Ollama before answering 503."""
     first_token_timeout: PositiveFloat = 300.0
-    """Seconds to wait for Ollama's first byte (covers a cold model load) before answering 504."""
+    """Seconds to wait for Ollama's first token (long enough for a cold model load) before answering 504."""
     idle_timeout: PositiveFloat = 120.0
     """Seconds a running stream may stay silent between two tokens before it is ended as failed."""
     request_timeout: PositiveFloat = 600.0
-    """Seconds a whole answer may take: a non-streamed one is a 504 beyond it, a stream is ended as failed."""
+    """Seconds a whole answer may take: beyond it a non-streamed answer is a 504 and a stream ends with an error event
+    (or an aborted plain-text body)."""
     control_timeout: PositiveFloat = 30.0
     """Seconds for Ollama's bookkeeping calls (model list, model details, version)."""
     max_connections: PositiveInt = 1024
-    """Upper bound on simultaneous connections to Ollama from one worker."""
+    """Most simultaneous connections to Ollama from one worker."""
     max_message_chars: PositiveInt = 32_000
-    """Longest accepted ``message`` / ``system_prompt``, in characters."""
+    """Longest accepted ``message`` / ``system_prompt``, in characters (422 beyond). In a query string the message is
+    URL-encoded (up to 12 bytes a character), so ``MINATO_MAX_QUERY_CHARS`` may bite first: a 414, like every request
+    line too long for Minato, never the HTTP server's plain-text 400."""
     max_image_bytes: PositiveInt = 20 * 1024 * 1024
-    """Largest accepted image upload, per image, in bytes."""
+    """Largest accepted image, in bytes (413 beyond)."""
     max_images: PositiveInt = 8
-    """Most images accepted in one vision request."""
+    """Most images in one vision request (422 beyond)."""
     max_body_bytes: PositiveInt = 200 * 1024 * 1024
-    """Largest accepted request body, in bytes."""
+    """Largest accepted request body, in bytes (413 beyond)."""
     body_timeout: PositiveFloat = 60.0
-    """Seconds any request may take to send its body, counted from when Minato first reads it (a vision
-    upload is read only once it holds a generation slot, so queued uploads wait outside Minato's
-    memory); beyond it 408 in the route's shape, and the connection is closed."""
+    """Seconds any request may take to send its body, counted from when Minato first reads it (a vision upload is read
+    only once it holds a generation slot, so queued uploads wait outside Minato's memory); beyond it 408 in the route's
+    shape, and the connection is closed."""
     image_fetch_timeout: PositiveFloat = 10.0
     """Seconds to download one ``image_url`` (connect, redirects and body together)."""
     image_fetch_allow: tuple[str, ...] = ()
-    """Comma-separated host names ``image_url`` may fetch from even when they resolve to private or
-    loopback addresses (e.g. an internal image store); all other non-public addresses are refused."""
+    """Comma-separated host names ``image_url`` may fetch from even when they resolve to private or loopback addresses
+    (e.g. an internal image store); every other non-public address is refused."""
     image_fetch_max_redirects: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
     """Redirects followed per ``image_url``; every hop is checked like the first."""
     capabilities_ttl: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     """Seconds a model's capabilities (from Ollama's ``/api/show``) are cached."""
     session_store: str = "minato.db"
-    """Where conversations are kept: a SQLite file path (created on first start) or ``memory://``."""
+    """Where conversations are kept: a SQLite file (created on first start, mode ``0600``, WAL mode; a directory Minato
+    has to create for it is ``0700``; ``/data/minato.db`` on the compose volume in the container) or ``memory://`` for
+    throwaway use."""
     session_max_messages: Annotated[int, msgspec.Meta(ge=2)] = 200
-    """Messages kept per conversation; the oldest user/assistant pairs are dropped first."""
+    """Messages kept per conversation; the oldest user/assistant pairs are dropped first (the system prompt never)."""
     session_ttl: PositiveFloat = 7 * 24 * 3600.0
-    """Seconds of inactivity after which a whole conversation is forgotten."""
+    """Seconds of inactivity (7 days) after which a whole conversation is forgotten."""
     max_sessions: PositiveInt = 10_000
-    """Conversations kept across all keys; beyond it the key holding the most loses its least recently
-    active ones (ties: the key whose least recently active conversation is the oldest)."""
+    """Conversations kept across all keys; beyond it the key holding the most loses its least recently active ones
+    (ties: the key whose least recently active conversation is the oldest), so a key that floods the store evicts only
+    its own."""
     max_sessions_per_key: PositiveInt = 1000
-    """Conversations one key may keep; a new one beyond it makes that key, and no other, lose its least
-    recently active ones. The keyless owner (everyone, when no keys are configured) is bound only by
-    ``MINATO_MAX_SESSIONS``."""
+    """Conversations one key may keep; a new one beyond it makes that key, and no other, lose its least recently active
+    ones. The keyless owner ``""`` (everyone, when no keys are configured) is bound only by ``MINATO_MAX_SESSIONS``."""
     session_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 32 * 1024 * 1024
-    """Image bytes (base64) kept per conversation for follow-up questions; older images go first."""
+    """Image bytes (base64) kept per conversation for follow-up questions; the oldest images are dropped first, their
+    text stays."""
     store_image_bytes: Annotated[int, msgspec.Meta(ge=0)] = 2 * 1024 * 1024 * 1024
-    """Image bytes (base64) kept across all conversations together; beyond it the oldest images in the
-    whole store are dropped first, their text stays."""
+    """Image bytes (base64) kept across all conversations together; beyond it the oldest images in the whole store are
+    dropped first, their text stays."""
     default_options: dict[str, Any] = msgspec.field(default_factory=dict)
-    """Server-wide generation defaults as a JSON object, e.g. ``{"temperature": 0.7, "max_new_tokens": 512}``
-    (names as in the query string); a request's own value wins."""
+    """Server-wide generation defaults, a JSON object with the query parameter names, e.g.
+    ``{"temperature": 0.7, "max_new_tokens": 512}``; validated at start-up; a request's own value wins."""
     default_keep_alive: float | str | None = None
-    """``keep_alive`` sent when a request has none (seconds or a duration); unset: Ollama's default."""
+    """``keep_alive`` sent when a request has none (seconds or a duration such as ``30m``); unset: Ollama's default."""
     user_max_keep_alive: float | str = "1h"
-    """Longest ``keep_alive`` a user key may ask for (seconds or a duration); a user key's ``keep_alive``
-    must be from 1 s up to this, and ``0`` (unload now), negative (forever) or longer values need an admin key."""
+    """Longest ``keep_alive`` a user key may ask for (seconds or a duration); a user key's ``keep_alive`` must be
+    from 1 s up to this, and ``0`` (unload now), negative (forever) or longer values need an admin key (403)."""
     user_max_num_ctx: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
-    """Largest ``num_ctx`` a user key may ask for (a larger one needs an admin key); 0: the model's own
-    context length (131072 when Ollama reports none)."""
+    """Largest ``num_ctx`` a user key may ask for (a larger one needs an admin key: 403); 0: the model's own context
+    length (131072 when Ollama reports none)."""
     ollama_probe_interval: Annotated[float, msgspec.Meta(ge=0)] = 5.0
-    """Seconds between probes of each backend: its health (``minato_ollama_up``, ``minato_backend_up``) and
-    its installed and loaded models (0: off; then only Minato's own actions refresh them)."""
+    """Seconds between probes of each backend: its health (``minato_ollama_up``, ``minato_backend_up``) and its
+    installed and loaded models (0: off; then only Minato's own actions refresh them)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest log level written."""
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -30,7 +30,7 @@ from minato.ollama.wire import (
 )
 from minato.settings import Settings
 from minato.upstream.client import ModelFacts, OllamaClient
-from minato.upstream.protocol import BackendStatus, Spread
+from minato.upstream.ports import BackendStatus, Spread
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse
 from minato.web.app import create_app
 from minato.web.params import GENERATION_QUERY_PARAMETERS
@@ -61,6 +61,15 @@ class FakeOllama:
 
     def holders(self, model: str) -> list[str]:
         return ["fake:0"]
+
+    async def knows(self, model: str) -> bool | None:
+        return True
+
+    def label(self, model: str | None) -> str:
+        return model or ""
+
+    def similar(self, name: str, limit: int = 3) -> list[str]:
+        return []
 
     async def chat(self, request: ChatRequest, *, affinity: str | None = None) -> ChatChunk:
         self.asked.append(request)

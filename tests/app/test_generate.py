@@ -10,7 +10,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from minato.upstream.catalog import MIN_REFRESH_SECONDS, SHOW_LOOKUPS_PER_SECOND
+from minato.upstream.pool.inventory import MIN_REFRESH_SECONDS, SHOW_LOOKUPS_PER_SECOND
 from tests.support.payloads import catalogue, chat_answer, not_found, show
 from tests.support.served_ollama import ServedOllama
 

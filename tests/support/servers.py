@@ -98,7 +98,7 @@ def launch_minato(
     )
     log.close()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # generous: a loaded 2-core machine starts Python slowly
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"minato exited with {process.returncode}:\n{log_path.read_text()}")

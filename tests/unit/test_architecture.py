@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from minato.auth.caller import Caller, Role
 from minato.core.admission import Admission
 from minato.core.generation import Lease, Question
+from minato.core.policy import Policy
 from minato.core.sessions import SessionManager
+from minato.errors import ForbiddenError
 from minato.settings import Settings
 from minato.state.memory import LocalTurnLocks
 from minato.state.sessions.store import MemoryStore
+from minato.upstream.client import ModelFacts
 
 pytestmark = pytest.mark.anyio
 SRC = Path(__file__).resolve().parents[2] / "src" / "minato"
@@ -40,7 +44,9 @@ def test_nothing_above_upstream_names_the_concrete_client() -> None:
     offenders = [
         str(path.relative_to(SRC))
         for path in SRC.rglob("*.py")
-        if path.parent.name != "upstream" and path.name not in {"app.py"} and "OllamaClient" in path.read_text()
+        if path.relative_to(SRC).parts[0] != "upstream"
+        and path.name not in {"app.py"}
+        and "OllamaClient" in path.read_text()
     ]
     assert offenders == []
 
@@ -106,3 +112,29 @@ async def test_a_lease_commits_at_most_once_and_releases_exactly_once(settings: 
             pass
     finally:
         await sessions.stop()
+
+
+class ModelWithContext:
+    """Only what the policy asks of Ollama (the :class:`~minato.upstream.ports.Facts` port)."""
+
+    def __init__(self, context_length: int | None) -> None:
+        self.asked: list[str] = []
+        self.context_length = context_length
+
+    async def capabilities(self, model: str) -> frozenset[str]:
+        return (await self.facts(model)).capabilities
+
+    async def facts(self, model: str) -> ModelFacts:
+        self.asked.append(model)
+        return ModelFacts(frozenset({"completion"}), self.context_length)
+
+
+async def test_a_consumer_is_faked_by_the_one_port_it_needs(settings: Settings) -> None:
+    policy = Policy(settings)
+    user = Caller(fingerprint="f" * 12, role=Role.USER, name="user")
+    upstream = ModelWithContext(4096)
+
+    await policy.check_num_ctx(user, upstream, "m", 4096)
+    with pytest.raises(ForbiddenError, match="the model's context length"):
+        await policy.check_num_ctx(user, upstream, "m", 4097)
+    assert upstream.asked == ["m", "m"]

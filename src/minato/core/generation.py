@@ -13,28 +13,25 @@ The order is the point:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
-from litestar import Request
-from litestar.response import Stream
 from msgspec import UNSET
 
 from minato.auth.caller import Caller
 from minato.core.admission import Admission, Slot
+from minato.core.options import GenerationOptions
 from minato.core.policy import Policy
 from minato.core.schemas import GenerateResponse, GenerationStats
 from minato.core.sessions import SessionManager, Turn
-from minato.observability.record import record_of
+from minato.core.usage import Usage
+from minato.core.watch import Watch
+from minato.observability.record import RequestRecord
 from minato.ollama.names import canonical_model_name
 from minato.ollama.wire import ChatChunk, ChatRequest
 from minato.settings import Settings
-from minato.upstream.protocol import Ollama
+from minato.upstream.ports import Generator
 from minato.upstream.streams import ChunkStream
-from minato.web.auth import tokens_left
-from minato.web.disconnect import unless_disconnected
-from minato.web.params import GenerationOptions
-from minato.web.streaming import StreamFormat, stream_response
 
 
 class Question(NamedTuple):
@@ -49,10 +46,15 @@ QuestionReader = Callable[[], Awaitable[Question]]
 
 
 class GenerationParts(NamedTuple):
-    """What every generation route gathers alike: the request, its model and the app's services."""
+    """What every generation route gathers alike: its request's watch, record and usage, its model and
+    the app's services."""
 
-    request: Request[Any, Any, Any]
-    upstream: Ollama
+    watch: Watch
+    record: RequestRecord | None
+    usage: Usage
+    tokens_left: int | None
+    """The tokens the caller's quota still allowed when the request began (``None``: no quota)."""
+    upstream: Generator
     sessions: SessionManager
     admission: Admission
     settings: Settings
@@ -125,16 +127,16 @@ async def _admit(generation: Generation) -> Lease:
     for the disconnect would consume it. Such a request holds only its queue place, which the queue
     timeout bounds.
     """
-    request, params, admission = generation.parts.request, generation.params, generation.parts.admission
-    watch = not callable(generation.question)
+    parts, params = generation.parts, generation.params
+    watch = None if callable(generation.question) else parts.watch
     turn = None
     if params.session is not None:
         # A key only ever continues its own conversations: the same id under another key is another one.
-        begin = generation.parts.sessions.begin(generation.parts.caller.fingerprint, params.session)
-        turn = await unless_disconnected(request, begin) if watch else await begin
-    lease = Lease(turn, None, generation.parts.model)
+        begin = parts.sessions.begin(parts.caller.fingerprint, params.session)
+        turn = await watch.until(begin) if watch is not None else await begin
+    lease = Lease(turn, None, parts.model)
     try:
-        slot = await take_slot(request, admission, generation.parts.model, watch=watch)
+        slot = await take_slot(parts.admission, parts.model, watch)
     except BaseException:
         lease.release()
         raise
@@ -142,14 +144,14 @@ async def _admit(generation: Generation) -> Lease:
     return lease
 
 
-async def take_slot(request: Request[Any, Any, Any], admission: Admission, model: str, *, watch: bool = True) -> Slot:
+async def take_slot(admission: Admission, model: str, watch: Watch | None) -> Slot:
     """A generation slot for ``model``: at once when one is free, else after a bounded wait that a
-    disconnect ends (``watch``: only once the body was read, as watching consumes it)."""
+    disconnect ends (``watch``: ``None`` while the body is unread, as watching would consume it)."""
     key = canonical_model_name(model)
-    slot = admission.try_acquire(key)  # the usual case, without a watcher task
+    slot = admission.try_acquire(key)  # the usual case, without watching
     if slot is not None:
         return slot
-    return await unless_disconnected(request, admission.acquire(key)) if watch else await admission.acquire(key)
+    return await watch.until(admission.acquire(key)) if watch is not None else await admission.acquire(key)
 
 
 async def _question(generation: Generation) -> Question:
@@ -167,14 +169,22 @@ async def _chat_request(generation: Generation, question: Question, turn: Turn |
     ):
         history = [msgspec.structs.replace(message, images=[]) for message in history]
     system_prompt = turn.system_prompt if turn is not None else None
-    params = generation.params.within(tokens_left(generation.parts.request.scope))
+    params = generation.params.within(generation.parts.tokens_left)
     return params.chat_request(generation.parts.model, question.message, question.images, system_prompt, history)
 
 
-async def _opened(generation: Generation, lease: Lease) -> ChatRequest:
-    question = await _question(generation)
-    lease.question = question
-    return await _chat_request(generation, question, lease.turn)
+async def _admitted(generation: Generation) -> tuple[Lease, ChatRequest]:
+    """Check what needs no slot, take the turn and the slot, read the question: the lease and the
+    request for Ollama (on any failure nothing stays taken)."""
+    await check_num_ctx(generation)
+    lease = await _admit(generation)
+    try:
+        question = await _question(generation)
+        lease.question = question
+        return lease, await _chat_request(generation, question, lease.turn)
+    except BaseException:
+        lease.release()
+        raise
 
 
 def _affinity(lease: Lease) -> str | None:
@@ -184,77 +194,88 @@ def _affinity(lease: Lease) -> str | None:
 
 
 async def whole_answer(generation: Generation) -> GenerateResponse:
-    """Ask Ollama for a whole answer, record it in the session, shape it."""
-    await check_num_ctx(generation)
-    request, model = generation.parts.request, generation.parts.model
-    lease = await _admit(generation)
+    """Ask Ollama for a whole answer, record it in the session, shape it; charge what it generated."""
+    parts = generation.parts
+    lease, chat = await _admitted(generation)
     try:
-        chat = await _opened(generation, lease)
-        chunk = await unless_disconnected(request, generation.parts.upstream.chat(chat, affinity=_affinity(lease)))
+        chunk = await parts.watch.until(parts.upstream.chat(chat, affinity=_affinity(lease)))
         await lease.commit(chunk.message.content)
+        stats = GenerationStats.from_chunk(chunk)
+        record = parts.record
+        if record is not None:
+            record.note_answer(chunk.eval_count, stats.tokens_per_second)
+            record.backend = chunk.backend
     finally:
         lease.release()
-    record = record_of(request.scope)
-    stats = GenerationStats.from_chunk(chunk)
-    if record is not None:
-        record.note_answer(chunk.eval_count, stats.tokens_per_second)
-        record.backend = chunk.backend
+        await parts.usage.charge()
     return GenerateResponse(
         response=chunk.message.content,
-        model=chunk.model or model,
+        model=chunk.model or parts.model,
         done_reason=chunk.done_reason,
         stats=stats,
         thinking=chunk.message.thinking or UNSET,
     )
 
 
-async def _recorded(stream: ChunkStream, lease: Lease) -> AsyncIterator[list[ChatChunk]]:
-    """Ollama's batches, recording the answer once it completed and releasing the lease at the end.
+class AnswerStream:
+    """A primed answer from Ollama, for the web layer to relay: its batches, then :meth:`close`.
 
-    The commit comes before the last batch is handed on, so a client that leaves the moment it has
-    its ``done`` event cannot lose the turn.
+    The session records the exchange only if the stream completes (the commit comes before the last
+    batch is handed on, so a client that leaves the moment it has its ``done`` event cannot lose the
+    turn). The slot and the turn are held until the stream ends, and what it relayed is charged then,
+    whichever way it ends: completed, broken off by Ollama (the batches end) or left by its client
+    (the web layer calls :meth:`close`). Either end may come first; the second does nothing more.
     """
-    answer: list[str] = []
-    try:
-        async for batch in stream.batches():
-            answer.extend([chunk.message.content for chunk in batch])
-            if batch and batch[-1].done:
-                await lease.commit("".join(answer))
-            yield batch
-    finally:
-        await stream.aclose()
-        lease.release()
+
+    __slots__ = ("_lease", "_stream", "_usage", "backend", "model")
+
+    def __init__(self, stream: ChunkStream, lease: Lease, usage: Usage, model: str) -> None:
+        self._stream = stream
+        self._lease = lease
+        self._usage = usage
+        self.model = model
+        self.backend = stream.backend
+
+    async def batches(self) -> AsyncIterator[list[ChatChunk]]:
+        """Ollama's batches as they arrive; the stream is closed when they end (or fail)."""
+        lease = self._lease
+        # Only a conversation keeps the answer's text: without one nothing would read it.
+        answer: list[str] | None = [] if lease.turn is not None else None
+        try:
+            async for batch in self._stream.batches():
+                if answer is not None:
+                    answer.extend([chunk.message.content for chunk in batch])
+                    if batch and batch[-1].done:
+                        await lease.commit("".join(answer))
+                yield batch
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close Ollama's stream (so Ollama stops at once), release the lease, charge what was relayed."""
+        await self._stream.aclose()
+        self._lease.release()
+        await self._usage.charge()
 
 
-async def streamed_answer(generation: Generation) -> Stream:
-    """Prime Ollama's stream (so its status is known), then relay it; the session records the
-    exchange only if the stream completes. The slot and the turn are held until the stream ends."""
-    await check_num_ctx(generation)
-    request = generation.parts.request
-    fmt = StreamFormat.negotiate(request.headers.get("accept"))
-    lease = await _admit(generation)
+async def streamed_answer(generation: Generation) -> AnswerStream:
+    """Prime Ollama's stream (so its status is known before anything is written), ready to relay."""
+    parts = generation.parts
+    lease, chat = await _admitted(generation)
     try:
-        chat = await _opened(generation, lease)
-        stream = await unless_disconnected(
-            request, generation.parts.upstream.stream_chat(chat, affinity=_affinity(lease))
-        )
+        stream = await parts.watch.until(parts.upstream.stream_chat(chat, affinity=_affinity(lease)))
     except BaseException:
         lease.release()
         raise
-    record = record_of(request.scope)
-    if record is not None:
-        record.backend = stream.backend
-
-    async def close() -> None:
-        # Also run when the client left while a write was suspended: Ollama stops at once.
-        await stream.aclose()
-        lease.release()
-
-    return stream_response(_recorded(stream, lease), fmt, generation.parts.model, record, close)
+    if parts.record is not None:
+        parts.record.backend = stream.backend
+    return AnswerStream(stream, lease, parts.usage, parts.model)
 
 
 __all__ = [
+    "AnswerStream",
     "Generation",
+    "GenerationParts",
     "Lease",
     "Question",
     "QuestionReader",

@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import structlog
-from litestar import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from minato.errors import ClientDisconnectedError, ErrorItem, InvalidInputError, PayloadTooLargeError
+from minato.errors import ErrorItem, InvalidInputError, PayloadTooLargeError
 from minato.settings import Settings
 
 logger = structlog.get_logger("minato.images")
@@ -239,37 +238,16 @@ def check_link(link: str, source: str, index: int) -> None:
         )
 
 
-async def body_chunks(request: Request[Any, Any, Any], settings: Settings) -> AsyncIterator[bytes]:
-    """The request body as it arrives, bounded by ``MINATO_MAX_BODY_BYTES``.
-
-    A client that disconnects half-way is a 499 (logged, never answered), not the server error
-    Litestar's own body stream raises for it.
-    """
-    received = 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnectedError("client disconnected while sending the body")
-        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]  # a disconnect was ruled out above
-        if chunk:
-            received += len(chunk)
-            if received > settings.max_body_bytes:
-                raise PayloadTooLargeError(
-                    f"the request body is larger than {settings.max_body_bytes} bytes (MINATO_MAX_BODY_BYTES)"
-                )
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
-
-async def read_vision_form(request: Request[Any, Any, Any], settings: Settings, query_links: int = 0) -> VisionForm:
-    """Parse a ``multipart/form-data`` body into images, links and text fields, or raise a 4xx.
+async def read_vision_form(
+    header: str | None, body: AsyncIterator[bytes], settings: Settings, query_links: int = 0
+) -> VisionForm:
+    """Parse a ``multipart/form-data`` body (its ``Content-Type`` ``header``, and its ``body`` as it
+    arrives) into images, links and text fields, or raise a 4xx.
 
     With ``query_links`` (links given in the query string) the body may be left out altogether.
     """
-    header = request.headers.get("content-type")
     if header is None and query_links:
-        async for chunk in body_chunks(request, settings):
+        async for chunk in body:
             if chunk:
                 break
         else:
@@ -286,7 +264,7 @@ async def read_vision_form(request: Request[Any, Any, Any], settings: Settings, 
     collector = _FormCollector(settings, query_links)
     try:
         parser = MultipartParser(boundary, collector.callbacks())
-        async for chunk in body_chunks(request, settings):
+        async for chunk in body:
             parser.write(chunk)
         parser.finalize()
     except (MultipartParseError, ValueError) as exc:

@@ -29,7 +29,7 @@ from minato.ollama.options import keep_alive_seconds
 from minato.settings import Settings
 
 if TYPE_CHECKING:
-    from minato.upstream.protocol import BackendStatus, Ollama
+    from minato.upstream.ports import BackendStatus, Facts
 
 #: The ``num_ctx`` cap for user keys when neither the operator nor the model names one.
 FALLBACK_USER_MAX_NUM_CTX: Final = 131_072
@@ -185,7 +185,7 @@ class Policy:
             f"{plain_seconds(limit)}; anything else needs an admin key"
         )
 
-    async def check_num_ctx(self, caller: Caller, upstream: Ollama, model: str, asked: int | None) -> None:
+    async def check_num_ctx(self, caller: Caller, upstream: Facts, model: str, asked: int | None) -> None:
         """Refuse a user key's ``num_ctx`` above ``MINATO_USER_MAX_NUM_CTX`` (or the model's context): a
         huge context makes Ollama reload the model, with that context, for everyone."""
         if asked is None or caller.is_admin:

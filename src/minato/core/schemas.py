@@ -11,7 +11,7 @@ from msgspec import UNSET, UnsetType
 
 from minato.ollama.wire import ChatChunk, ModelDetails, RunningModel
 from minato.state.sessions.model import Session
-from minato.upstream.protocol import BackendStatus
+from minato.upstream.ports import BackendStatus
 
 
 def families_of(details: ModelDetails) -> list[str]:

@@ -9,13 +9,16 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from minato import __version__
-from minato.auth.keyring import Keyring, refuse_unsafe_start
-from minato.errors import SettingsError
-from minato.server.envfile import EnvFile, load_env_file
-from minato.settings import Settings
-from minato.state.homes import refuse_unshared_workers
+
+if TYPE_CHECKING:
+    from minato.server.envfile import EnvFile
+    from minato.settings import Settings
+
+# Everything past argparse is imported once a command needs it: ``minato --version`` and ``--help``
+# load no settings, no state, no logging and no framework (tests/unit/test_cli_imports.py).
 
 #: The variable a settings error starts with (``MINATO_PORT: ...``), to say where its value came from.
 _NAMED: re.Pattern[str] = re.compile(r"([A-Z][A-Z0-9_]*)\b")
@@ -42,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``minato`` console script."""
     args = build_parser().parse_args(argv)
+    from minato.auth.keyring import Keyring, refuse_unsafe_start
+    from minato.errors import SettingsError
+    from minato.server.envfile import load_env_file
+    from minato.settings import Settings
+    from minato.state.homes import refuse_unshared_workers
+
     try:
         env_file = load_env_file(args.env_file, os.environ)
     except SettingsError as exc:
@@ -77,6 +86,7 @@ def serve(host: str, port: int, workers: int, settings: Settings, env_file: EnvF
     import structlog
     import uvicorn
 
+    from minato.auth.keyring import Keyring
     from minato.observability.logging import configure_logging
     from minato.server.httpserver import BoundedHttpToolsProtocol, raise_open_file_limit
     from minato.server.serving import startup_fields

@@ -30,6 +30,7 @@ from minato.ollama.wire import (
     TagsResponse,
     VersionResponse,
 )
+from minato.tasks import SingleFlight
 from minato.upstream.failures import status_error, transport_error
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse
 from minato.upstream.transport import AiohttpTransport
@@ -81,7 +82,7 @@ class OllamaClient:
         self._accept_json = {**extra, **_ACCEPT_JSON}
         self._extra_headers = extra
         self._capabilities: dict[str, tuple[float, ModelFacts]] = {}
-        self._capability_lookups: dict[str, asyncio.Future[ModelFacts]] = {}
+        self._lookups: SingleFlight[str, ModelFacts] = SingleFlight("minato-facts")
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -201,20 +202,10 @@ class OllamaClient:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
-        pending = self._capability_lookups.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ModelFacts] = asyncio.get_running_loop().create_future()
-        self._capability_lookups[key] = future
-        try:
-            facts = ModelFacts.of(await self.show(model))
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            del self._capability_lookups[key]
-        future.set_result(facts)
+        return await self._lookups.run(key, lambda: self._look_up(model, key, now))
+
+    async def _look_up(self, model: str, key: str, now: float) -> ModelFacts:
+        facts = ModelFacts.of(await self.show(model))
         self._capabilities[key] = (now + self.settings.capabilities_ttl, facts)
         return facts
 
@@ -263,7 +254,7 @@ class OllamaClient:
             raise OllamaTimeoutError(f"Ollama did not start answering within {budget:g} s") from None
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.base_url, self.settings.connect_timeout) from None
-        return RawResponse(response, self.base_url, self.settings.idle_timeout, whole_within)
+        return RawResponse.of(response, self.base_url, self.settings.idle_timeout, whole_within)
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -7,16 +7,16 @@ import asyncio
 from minato.errors import MinatoError
 from minato.observability.metrics import Metrics
 from minato.tasks import cancel_and_wait
-from minato.upstream.catalog import ModelCatalog
+from minato.upstream.ports import Status
 
 
 class OllamaProbe:
     """Keeps the backends' health and inventory current (``minato_ollama_up``, ``minato_backend_up``,
-    routing) and refreshes the model catalog, so metric labels follow models installed behind Minato's back."""
+    routing, and which names are models, so metric labels follow models installed behind Minato's back)."""
 
-    def __init__(self, metrics: Metrics, catalog: ModelCatalog, interval: float) -> None:
+    def __init__(self, metrics: Metrics, upstream: Status, interval: float) -> None:
         self.metrics = metrics
-        self.catalog = catalog
+        self.upstream = upstream
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -32,10 +32,8 @@ class OllamaProbe:
     async def _forever(self) -> None:
         while True:
             try:
-                tags = await self.catalog.upstream.probe()
+                tags = await self.upstream.probe()
             except MinatoError:
                 tags = None
             self.metrics.ollama_up.set(0 if tags is None else 1)
-            if tags is not None:
-                self.catalog.record(tags)
             await asyncio.sleep(self.interval)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import ClassVar, Final, Generic, Protocol, TypeVar
 
 import httpx
@@ -45,15 +45,20 @@ class _Body:
     _called: ClassVar[tuple[str, str]] = ("a stream", "the stream")
 
     def __init__(
-        self, response: httpx.Response, ollama_url: str, idle_timeout: float, total_timeout: float | None = None
+        self,
+        read_some: Callable[[], Awaitable[bytes]],
+        close: Callable[[], Awaitable[None]],
+        ollama_url: str,
+        idle_timeout: float,
+        total_timeout: float | None = None,
     ) -> None:
-        self.response = response
         self.ollama_url = ollama_url
         self.idle_timeout = idle_timeout
         self.total_timeout = total_timeout
         self._loop = asyncio.get_running_loop()
         self._deadline = None if total_timeout is None else self._loop.time() + total_timeout
-        self._read_some = _reader_of(response)
+        self._read_some = read_some
+        self._close = close
         # The watchdog (see _read): when the read in progress began, who to cancel, one timer.
         self._reading_since: float | None = None
         self._reader: asyncio.Task[object] | None = None
@@ -132,7 +137,7 @@ class _Body:
             self._closed = True
             if self.on_close is not None:
                 self.on_close()
-            await self.response.aclose()
+            await self._close()
 
 
 def _reader_of(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
@@ -141,25 +146,73 @@ def _reader_of(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
     body = response.stream
     if isinstance(body, AiohttpBody):
         return body.read_some
-    chunks = response.aiter_bytes()
+    return _reader_of_chunks(response.aiter_bytes())
 
+
+def _reader_of_chunks(chunks: AsyncIterator[bytes]) -> Callable[[], Awaitable[bytes]]:
     async def read_some() -> bytes:
         return await anext(chunks, b"")
 
     return read_some
 
 
+async def _once(content: bytes) -> AsyncGenerator[bytes, None]:
+    yield content
+
+
 class RawResponse(_Body):
-    """Ollama's answer to a forwarded request: status and headers now, the body as it arrives."""
+    """Ollama's answer to a forwarded request: status and headers now, the body as it arrives.
+
+    Built from what HTTP says (status, headers, the body's bytes as they come), so an answer Minato
+    makes itself (a pool's merged list or progress, a replayed body) needs no HTTP library's objects.
+    """
 
     _called = ("an answer", "the answer")
 
     def __init__(
-        self, response: httpx.Response, ollama_url: str, idle_timeout: float, total_timeout: float | None = None
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        read_some: Callable[[], Awaitable[bytes]],
+        close: Callable[[], Awaitable[None]],
+        ollama_url: str,
+        idle_timeout: float,
+        total_timeout: float | None = None,
     ) -> None:
-        super().__init__(response, ollama_url, idle_timeout, total_timeout)
-        self.status = response.status_code
-        self.headers = [(name.lower(), value) for name, value in response.headers.items()]
+        super().__init__(read_some, close, ollama_url, idle_timeout, total_timeout)
+        self.status = status
+        self.headers = headers
+
+    @classmethod
+    def of(
+        cls, response: httpx.Response, ollama_url: str, idle_timeout: float, total_timeout: float | None = None
+    ) -> RawResponse:
+        """Ollama's answer as the transport gave it."""
+        headers = [(name.lower(), value) for name, value in response.headers.items()]
+        return cls(
+            response.status_code,
+            headers,
+            _reader_of(response),
+            response.aclose,
+            ollama_url,
+            idle_timeout,
+            total_timeout,
+        )
+
+    @classmethod
+    def made(
+        cls,
+        status: int,
+        content_type: str,
+        body: AsyncGenerator[bytes, None] | bytes,
+        ollama_url: str,
+        idle_timeout: float,
+    ) -> RawResponse:
+        """An answer Minato made: ``body`` whole, or as an async generator (closed with the answer, which
+        stops whatever it reads)."""
+        chunks = _once(body) if isinstance(body, bytes) else body
+        headers = [("content-type", content_type)]
+        return cls(status, headers, _reader_of_chunks(chunks), chunks.aclose, ollama_url, idle_timeout)
 
     @property
     def content_type(self) -> str:
@@ -194,7 +247,8 @@ class _LineStream(_Body, abc.ABC, Generic[T]):
     def __init__(
         self, response: httpx.Response, ollama_url: str, idle_timeout: float, total_timeout: float | None = None
     ) -> None:
-        super().__init__(response, ollama_url, idle_timeout, total_timeout)
+        super().__init__(_reader_of(response), response.aclose, ollama_url, idle_timeout, total_timeout)
+        self.response = response
         self._buffer = b""
 
     async def prime(self, deadline: float, budget: float) -> None:

@@ -22,8 +22,8 @@ from minato.observability.metrics import Metrics
 from minato.settings import Settings
 from minato.state.protocols import Affinity, RateLimiter
 from minato.state.quota import Quota
-from minato.upstream.pool import OllamaPool
-from minato.upstream.protocol import Ollama
+from minato.upstream.pool.facade import OllamaPool
+from minato.upstream.ports import Upstream
 from minato.web.api import HANDLER_DEPENDENCIES, ROUTE_HANDLERS
 from minato.web.api.common import before_handler
 from minato.web.auth import PUBLIC, Guard, make_caller_provider, make_guard
@@ -150,12 +150,12 @@ def create_app(
     attach(app, slot)
     document_routes(app)
     bounded = BodyTimeout(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), settings.body_timeout)
-    app.asgi_handler = RequestLogMiddleware(bounded, metrics, slot)
+    app.asgi_handler = RequestLogMiddleware(bounded, metrics)
     return app
 
 
 def _real_client(transport: httpx.AsyncBaseTransport | None) -> UpstreamFactory:
-    def build(settings: Settings, metrics: Metrics, affinity: Affinity | None) -> Ollama:
+    def build(settings: Settings, metrics: Metrics, affinity: Affinity | None) -> Upstream:
         return OllamaPool(settings, metrics, affinity, transport=transport)
 
     return build

@@ -17,9 +17,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from minato.observability.record import RECORD_KEY, RequestRecord
 
 if TYPE_CHECKING:
-    from minato.auth.caller import Caller
     from minato.observability.metrics import Metrics
-    from minato.web.runtime import RuntimeSlot
 
 #: nginx's status for a request whose client closed the connection before the answer was complete.
 CLIENT_CLOSED_REQUEST: Final = 499
@@ -45,10 +43,9 @@ class RequestLogMiddleware:
     stream's duration covers the whole stream.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, slot: RuntimeSlot | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
         self.metrics = metrics
-        self.slot = slot  # whose runtime's quota is charged what a key's answer generated
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -109,17 +106,7 @@ class RequestLogMiddleware:
                 if in_flight:
                     metrics.streams_in_flight.dec()
                 metrics.observe(template or UNMATCHED_ROUTE, scope["method"], status, seconds, record)
-            if self.slot is not None and record.caller is not None and record.tokens:
-                await self._charge(self.slot, record.caller, record.tokens)
             structlog.contextvars.unbind_contextvars("request_id", "key")
-
-    @staticmethod
-    async def _charge(slot: RuntimeSlot, caller: Caller, tokens: int) -> None:
-        """Charge a finished answer's tokens to its key's quota, here so that every answer is charged once."""
-        try:
-            await slot.runtime.quota.charge(caller, tokens)
-        except Exception:  # the answer has been sent; a quota that cannot count (or is gone) must not fail it
-            logger.exception("token_quota_charge_failed", tokens=tokens)
 
 
 #: Statuses that refuse a caller (no key, a key that may not, a limit reached): not the client's mistake

@@ -29,7 +29,8 @@ from litestar.routes import HTTPRoute
 from minato.web.api.common import GENERATION_OPT, RECONNECTABLE_OPT, REQUEST_BODY_OPT
 from minato.web.auth import ADMIN, PROBE, PUBLIC
 from minato.web.limits import MAX_PATH_BYTES
-from minato.web.params import QUERY_OPT, query_parameters
+from minato.web.openapi_msgspec import query_parameters
+from minato.web.query import QUERY_OPT
 from minato.web.rendering import VALIDATION_RESPONSE, Door, door_error_spec, door_of, error_spec
 from minato.web.streaming import StreamFormat
 
@@ -246,7 +247,7 @@ def _merged(general: dict[int, ResponseSpec], own: Mapping[int, ResponseSpec]) -
 def _complete(operation: Operation, route: _Route, success: str, documented: set[str]) -> None:
     query_type = route.opt.get(QUERY_OPT)
     if query_type is not None:  # read by the route itself (params.parse_query): Litestar saw none of it
-        operation.parameters = [*(operation.parameters or []), *query_parameters(query_type)]
+        operation.parameters = [*(operation.parameters or []), *query_parameters(query_type, query_type.required)]
     if not route.reads_json:
         # Litestar's guess: the body of some dependency this route does not use.
         operation.request_body = route.opt.get(REQUEST_BODY_OPT) or _door_body(route)

@@ -92,19 +92,81 @@ _ANTHROPIC_TYPES: Final = {
 }
 
 
-def door_error_body(door: Door, status_code: int, message: str) -> bytes:
-    """The body of an error answered at ``door`` (any door but Minato's own)."""
+# -- the shapes: each is encoded on the wire and described in the OpenAPI document from the same Struct --
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    """Body of every non-validation error."""
+
+    detail: str
+
+
+class ValidationDetail(msgspec.Struct, frozen=True):
+    """Body of a 422: which parameters were wrong, and why."""
+
+    detail: list[ErrorItem]
+
+
+class OllamaErrorBody(msgspec.Struct, frozen=True):
+    """Body of an error under ``/api/``, as Ollama answers it."""
+
+    error: str
+
+
+class OpenAIError(msgspec.Struct, frozen=True):
+    """What went wrong, as OpenAI describes it."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(msgspec.Struct, frozen=True):
+    """Body of an error under ``/v1/``, as OpenAI answers it."""
+
+    error: OpenAIError
+
+
+class AnthropicError(msgspec.Struct, frozen=True):
+    """What went wrong, as Anthropic describes it."""
+
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(msgspec.Struct, frozen=True):
+    """Body of an error at ``/v1/messages``, as Anthropic answers it."""
+
+    type: Literal["error"]
+    error: AnthropicError
+
+
+class OpenAIStreamError(msgspec.Struct, frozen=True):
+    """The ``error`` event of a ``/v1/responses`` stream: OpenAI's error, typed as an event."""
+
+    type: Literal["error"]
+    error: OpenAIError
+
+
+def door_error(door: Door, status_code: int, message: str) -> msgspec.Struct:
+    """The body of an error answered at ``door``, in its shape."""
     if door is Door.OLLAMA:
-        return _encode({"error": message})
+        return OllamaErrorBody(message)
     if door is Door.ANTHROPIC:
-        kind = _ANTHROPIC_TYPES.get(status_code, "api_error")
-        return _encode({"type": "error", "error": {"type": kind, "message": message}})
-    return _encode(_openai_error(status_code, message))
+        return AnthropicErrorBody("error", AnthropicError(_ANTHROPIC_TYPES.get(status_code, "api_error"), message))
+    if door is Door.OPENAI:
+        return OpenAIErrorBody(_openai_error(status_code, message))
+    return ErrorDetail(message)
 
 
-def _openai_error(status_code: int, message: str) -> dict[str, Any]:
-    kind = _OPENAI_TYPES.get(status_code, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+def door_error_body(door: Door, status_code: int, message: str) -> bytes:
+    """The encoded body of an error answered at ``door``."""
+    return _encode(door_error(door, status_code, message))
+
+
+def _openai_error(status_code: int, message: str) -> OpenAIError:
+    return OpenAIError(message, _OPENAI_TYPES.get(status_code, "api_error"), None, None)
 
 
 class StreamDialect(enum.Enum):
@@ -119,41 +181,30 @@ class StreamDialect(enum.Enum):
 def stream_error_frame(dialect: StreamDialect, message: str) -> bytes:
     """The last frame of a stream that broke: one its dialect's SDKs raise on, never a quiet end."""
     if dialect is StreamDialect.NDJSON:
-        return _encode({"error": message}) + b"\n"
+        return _encode(OllamaErrorBody(message)) + b"\n"
     if dialect is StreamDialect.OPENAI:
-        return b"data: " + _encode(_openai_error(500, message)) + b"\n\n"
+        return b"data: " + _encode(OpenAIErrorBody(_openai_error(500, message))) + b"\n\n"
     if dialect is StreamDialect.RESPONSES:
-        payload = {"type": "error", **_openai_error(500, message)}
-        return b"event: error\ndata: " + _encode(payload) + b"\n\n"
-    payload = {"type": "error", "error": {"type": "api_error", "message": message}}
-    return b"event: error\ndata: " + _encode(payload) + b"\n\n"
+        return b"event: error\ndata: " + _encode(OpenAIStreamError("error", _openai_error(500, message))) + b"\n\n"
+    return b"event: error\ndata: " + _encode(door_error(Door.ANTHROPIC, 500, message)) + b"\n\n"
 
 
 def error_response(
-    status_code: int, detail: Any, headers: dict[str, str] | None = None, *, path: str = "/"
+    status_code: int, detail: str, headers: dict[str, str] | None = None, *, path: str = "/"
 ) -> Response[Any]:
     """Build the JSON error response every failure path uses, in the shape of the path's door."""
-    door = door_of(path)
-    if door is not Door.MINATO:
-        return Response(
-            content=door_error_body(door, status_code, str(detail)),
-            status_code=status_code,
-            headers=headers,
-            media_type="application/json",
-        )
-    return Response(
-        content={"detail": detail},
-        status_code=status_code,
-        headers=headers,
-        media_type="application/json",
-    )
+    return _json_response(status_code, door_error(door_of(path), status_code, detail), headers)
+
+
+def _json_response(status_code: int, body: msgspec.Struct, headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(content=_encode(body), status_code=status_code, headers=headers, media_type="application/json")
 
 
 def _items_response(status_code: int, items: list[ErrorItem], path: str) -> Response[Any]:
     """A validation error: the seed API's list on Minato's own routes, one sentence at a door."""
     if door_of(path) is not Door.MINATO:
         return error_response(status_code, InvalidInputError(items).detail, path=path)
-    return error_response(status_code, msgspec.to_builtins(items), path=path)
+    return _json_response(status_code, ValidationDetail(items))
 
 
 def _minato_error(request: Request[Any, Any, Any], exc: MinatoError) -> Response[Any]:
@@ -313,22 +364,10 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
 
 def error_body(detail: str) -> bytes:
     """The body of an error answered below the application (the query-string and connection bounds)."""
-    return _encode({"detail": detail})
+    return _encode(ErrorDetail(detail))
 
 
 # -- the shapes, as the OpenAPI document describes them ------------------------------------------------
-
-
-class ErrorDetail(msgspec.Struct, frozen=True):
-    """Body of every non-validation error."""
-
-    detail: str
-
-
-class ValidationDetail(msgspec.Struct, frozen=True):
-    """Body of a 422: which parameters were wrong, and why."""
-
-    detail: list[ErrorItem]
 
 
 def error_spec(description: str) -> ResponseSpec:
@@ -341,41 +380,6 @@ VALIDATION_RESPONSE: Final = ResponseSpec(
     description="A parameter is missing or invalid.",
     generate_examples=False,
 )
-
-
-class OllamaErrorBody(msgspec.Struct, frozen=True):
-    """Body of an error under ``/api/``, as Ollama answers it."""
-
-    error: str
-
-
-class OpenAIError(msgspec.Struct, frozen=True):
-    """What went wrong, as OpenAI describes it."""
-
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class OpenAIErrorBody(msgspec.Struct, frozen=True):
-    """Body of an error under ``/v1/``, as OpenAI answers it."""
-
-    error: OpenAIError
-
-
-class AnthropicError(msgspec.Struct, frozen=True):
-    """What went wrong, as Anthropic describes it."""
-
-    type: str
-    message: str
-
-
-class AnthropicErrorBody(msgspec.Struct, frozen=True):
-    """Body of an error at ``/v1/messages``, as Anthropic answers it."""
-
-    type: Literal["error"]
-    error: AnthropicError
 
 
 _DOOR_BODIES: Final[dict[Door, type[msgspec.Struct]]] = {

@@ -25,13 +25,12 @@ from minato.settings import Settings
 from minato.state.homes import open_state
 from minato.state.protocols import Affinity, RateLimiter, SharedState
 from minato.state.quota import Quota
-from minato.upstream.catalog import ModelCatalog
+from minato.upstream.ports import Catalog, Upstream
 from minato.upstream.probe import OllamaProbe
-from minato.upstream.protocol import Ollama
 
 #: Builds the interface to Ollama (the pool of backends, or a test's fake) from the settings, the
 #: metrics it reports to, and where conversations' backend affinity is kept.
-UpstreamFactory = Callable[[Settings, Metrics, Affinity | None], Ollama]
+UpstreamFactory = Callable[[Settings, Metrics, Affinity | None], Upstream]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +46,8 @@ class Runtime:
     """Where the state behind the guarantees lives (see :func:`minato.state.open_state`)."""
     limiter: RateLimiter
     quota: Quota
-    upstream: Ollama
-    catalog: ModelCatalog
+    upstream: Upstream
+    catalog: Catalog
     sessions: SessionManager
     fetcher: ImageFetcher
 
@@ -113,9 +112,8 @@ async def started(
         state = await stack.enter_async_context(open_state(settings, metrics))
         upstream = upstream_factory(settings, metrics, state.affinity)
         stack.push_async_callback(upstream.aclose)
-        catalog = ModelCatalog(upstream)
-        metrics.model_label = catalog.label
-        probe = OllamaProbe(metrics, catalog, settings.ollama_probe_interval)
+        metrics.model_label = upstream.label
+        probe = OllamaProbe(metrics, upstream, settings.ollama_probe_interval)
         probe.start()
         stack.push_async_callback(probe.stop)
         sessions = SessionManager(state.store, state.turns, settings)
@@ -132,7 +130,7 @@ async def started(
             limiter=state.limiter if limiter is None else limiter,
             quota=state.quota if quota is None else quota,
             upstream=upstream,
-            catalog=catalog,
+            catalog=upstream,
             sessions=sessions,
             fetcher=fetcher,
         )

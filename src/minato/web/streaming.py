@@ -6,7 +6,6 @@ write, whatever number of tokens it holds. Nothing is buffered, slept on or batc
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import re
 import secrets
@@ -21,10 +20,12 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Scope, Send
 
+from minato.core.generation import AnswerStream
 from minato.core.schemas import GenerationStats, StreamDone, StreamError
-from minato.errors import MinatoError, StreamAbortedError
+from minato.errors import ClientDisconnectedError, MinatoError, StreamAbortedError
 from minato.observability.record import RequestRecord, record_of
 from minato.ollama.wire import ChatChunk
+from minato.web.disconnect import watch_of
 from minato.web.middleware import BODY_SEND_KEY
 
 logger = structlog.get_logger("minato.stream")
@@ -199,13 +200,19 @@ def stream_response(
     )
 
 
-class _RelayASGIResponse(ASGIStreamingResponse):
-    """Litestar's streaming response with the same semantics on two plain asyncio tasks.
+def answer_response(answer: AnswerStream, accept: str | None, record: RequestRecord | None) -> Stream:
+    """Relay a generation's primed answer in the format ``accept`` asks for."""
+    fmt = StreamFormat.negotiate(accept)
+    return stream_response(answer.batches(), fmt, answer.model, record, answer.close)
 
-    Litestar runs the body and the disconnect listener in an anyio task group; spawning it cost
-    about a seventh of Minato's CPU per streamed request (py-spy, docs/benchmarks.md). Here the
-    body is written by one task while another waits for ``http.disconnect``; whichever ends
-    first cancels the other, and a failure of the body propagates as before.
+
+class _RelayASGIResponse(ASGIStreamingResponse):
+    """Litestar's streaming response with the same semantics without a task of its own.
+
+    Litestar runs the body and a disconnect listener in an anyio task group; spawning it cost about
+    a seventh of Minato's CPU per streamed request (py-spy, docs/benchmarks.md). Here the request's
+    task writes the body under the request's one watch (:mod:`minato.web.disconnect`), which
+    cancels the write if the client leaves; a failure of the body propagates as before.
     """
 
     __slots__ = ()
@@ -213,35 +220,14 @@ class _RelayASGIResponse(ASGIStreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.start_response(send=send)
         body_send: Send = scope.get("state", {}).get(BODY_SEND_KEY, send)
-        if await self._relay_body(body_send, receive):
+        try:
+            await watch_of(scope, receive).until(self._stream(body_send))
+        except ClientDisconnectedError:
             # The client left mid-stream: its request is logged and counted as such, not as a success.
             record = record_of(scope)
             if record is not None:
                 record.client_gone = True
         await self.after_response()
-
-    async def _relay_body(self, send: Send, receive: Receive) -> bool:
-        """Write the body until it ends or the client disconnects; return whether it disconnected first."""
-        loop = asyncio.get_running_loop()
-        writing = loop.create_task(self._stream(send))
-        listening = loop.create_task(self._until_disconnect(receive))
-        gone = False
-        try:
-            await asyncio.wait((writing, listening), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            listening.cancel()
-            if not writing.done():
-                gone = True
-                writing.cancel()
-                await asyncio.wait((writing,))  # let the relay unwind: it closes the upstream
-        if not writing.cancelled():
-            writing.result()  # re-raise a failed body (an aborted plain-text stream)
-        return gone
-
-    @staticmethod
-    async def _until_disconnect(receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
 
 
 class RelayStream(Stream):

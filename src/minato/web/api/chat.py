@@ -20,12 +20,12 @@ from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, Parameter
 
 from minato.auth.caller import Caller, Role
+from minato.core.options import check_text_length
 from minato.core.schemas import SessionListItem, SessionPage, SessionView, SystemPromptBody, iso_time
 from minato.core.sessions import SessionManager
 from minato.errors import AmbiguousSessionError, SessionNotFoundError
 from minato.settings import Settings
 from minato.state.sessions.model import Session, validate_session_id
-from minato.web.params import check_text_length
 from minato.web.rendering import VALIDATION_RESPONSE, error_spec
 
 SessionId = Annotated[str, Parameter(description="The conversation id (1-128 letters, digits, `_-.:`).")]

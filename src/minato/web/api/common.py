@@ -12,9 +12,11 @@ from litestar.params import Parameter
 
 from minato.auth.caller import ANONYMOUS
 from minato.core.generation import GenerationParts
+from minato.core.usage import Usage
 from minato.errors import CapabilityError, ErrorItem, InvalidInputError, ModelNotFoundError
 from minato.observability.record import RequestRecord, record_of
-from minato.web.auth import caller_of
+from minato.web.auth import caller_of, tokens_left
+from minato.web.disconnect import watch_of
 from minato.web.limits import MAX_JSON_DEPTH, json_too_deep
 from minato.web.params import validate_model_name
 from minato.web.query import reject_repeated_parameters
@@ -80,10 +82,21 @@ def generation_parts(request: Request[Any, Any, Any], model_name: str) -> Genera
     """
     runtime = runtime_of(request)
     model = validate_model_name(model_name)
-    note_model(request, model)
-    caller = caller_of(request.scope) or ANONYMOUS
+    record = note_model(request, model)
+    scope = request.scope
+    guarded = caller_of(scope)
     return GenerationParts(
-        request, runtime.upstream, runtime.sessions, runtime.admission, runtime.settings, runtime.policy, caller, model
+        watch_of(scope, request.receive),
+        record,
+        Usage(runtime.quota, guarded, record),
+        tokens_left(scope),
+        runtime.upstream,
+        runtime.sessions,
+        runtime.admission,
+        runtime.settings,
+        runtime.policy,
+        guarded or ANONYMOUS,
+        model,
     )
 
 

@@ -13,8 +13,10 @@ from litestar.response import Stream
 
 from minato.core.generation import Generation, Question, streamed_answer, whole_answer
 from minato.core.images import decode_base64_image, too_many_images
+from minato.core.options import check_text_length
 from minato.core.schemas import GenerateResponse
 from minato.errors import InvalidInputError
+from minato.observability.record import record_of
 from minato.web.api.common import (
     GENERATION_OPT,
     GENERATION_RESPONSES,
@@ -23,7 +25,9 @@ from minato.web.api.common import (
     generation_parts,
     require_vision,
 )
-from minato.web.params import QUERY_OPT, GenerationBody, GenerationQuery, check_text_length, parse_query
+from minato.web.params import GenerationBody, GenerationQuery
+from minato.web.query import QUERY_OPT, parse_query
+from minato.web.streaming import answer_response
 
 STREAM_DESCRIPTION: Final = (
     "Chunked `text/plain` tokens, written as Ollama yields them. With `Accept: text/event-stream`: "
@@ -39,6 +43,11 @@ _get = partial(
     tags=["generate"],
 )
 _post = partial(post, status_code=200, responses=GENERATION_RESPONSES, tags=["generate"])
+
+
+async def relayed(request: Request[Any, Any, Any], generation: Generation) -> Stream:
+    """A streamed generation, primed, as the response relaying it in the format the client accepts."""
+    return answer_response(await streamed_answer(generation), request.headers.get("accept"), record_of(request.scope))
 
 
 def text_generation(request: Request[Any, Any, Any], model_name: str) -> Generation:
@@ -72,7 +81,7 @@ async def generate(request: Request[Any, Any, Any], model_name: ModelName) -> Ge
 )
 async def generate_stream(request: Request[Any, Any, Any], model_name: ModelName) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
-    return await streamed_answer(text_generation(request, model_name))
+    return await relayed(request, text_generation(request, model_name))
 
 
 POST_DESCRIPTION: Final = (
@@ -126,4 +135,4 @@ async def generate_stream_post(
     request: Request[Any, Any, Any], model_name: ModelName, data: JSONBody[GenerationBody]
 ) -> Stream:
     """Relay the answer token by token; the status is decided before the first token is sent."""
-    return await streamed_answer(await posted_generation(request, model_name, data))
+    return await relayed(request, await posted_generation(request, model_name, data))

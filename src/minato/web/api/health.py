@@ -19,7 +19,7 @@ from msgspec import UNSET
 from minato.core.schemas import HealthReport, ReadinessReport, StateReport
 from minato.observability.metrics import CONTENT_TYPE, Metrics
 from minato.state.protocols import StateHealth
-from minato.upstream.protocol import Ollama, OllamaDependency
+from minato.upstream.ports import Status, StatusDependency
 from minato.web.auth import METRICS, PROBE, PUBLIC, caller_of
 from minato.web.runtime import runtime_of
 
@@ -52,7 +52,7 @@ async def health() -> HealthReport:
     },
 )
 async def ready(
-    request: Request[Any, Any, Any], upstream: NamedDependency[OllamaDependency]
+    request: Request[Any, Any, Any], upstream: NamedDependency[StatusDependency]
 ) -> Response[ReadinessReport]:
     """Report whether Ollama answers, with its version, and whether the shared state does."""
     report, status = await _readiness_for(request, upstream)
@@ -72,12 +72,12 @@ async def health_head() -> Response[None]:
     description="200 when Ollama and the shared state answer, 503 otherwise; no body.",
     opt={PROBE: True},
 )
-async def ready_head(request: Request[Any, Any, Any], upstream: NamedDependency[OllamaDependency]) -> Response[None]:
+async def ready_head(request: Request[Any, Any, Any], upstream: NamedDependency[StatusDependency]) -> Response[None]:
     """Answer like ``GET /ready`` without the body."""
     return _bodiless(*await _readiness_for(request, upstream))
 
 
-async def _readiness_for(request: Request[Any, Any, Any], upstream: Ollama) -> tuple[ReadinessReport, int]:
+async def _readiness_for(request: Request[Any, Any, Any], upstream: Status) -> tuple[ReadinessReport, int]:
     """The readiness report as this caller may see it (its backends' loaded models within its key's scope)."""
     runtime = runtime_of(request)
     report, status = await _readiness(upstream, runtime.state.health)
@@ -85,7 +85,7 @@ async def _readiness_for(request: Request[Any, Any, Any], upstream: Ollama) -> t
     return msgspec.structs.replace(report, backends=runtime.policy.visible_backends(viewer, report.backends)), status
 
 
-async def _readiness(upstream: Ollama, health: StateHealth) -> tuple[ReadinessReport, int]:
+async def _readiness(upstream: Status, health: StateHealth) -> tuple[ReadinessReport, int]:
     # Asked now, not taken from the last probe: a load balancer acts on this answer.
     _, trouble = await asyncio.gather(upstream.probe(inventory=False), health.ping())
     backends = upstream.backends()

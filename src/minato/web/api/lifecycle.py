@@ -16,6 +16,7 @@ from litestar.params import Parameter
 
 from minato import __version__
 from minato.auth.caller import Caller
+from minato.core.options import resolve_keep_alive
 from minato.core.policy import Policy
 from minato.core.schemas import (
     DetailsView,
@@ -33,13 +34,12 @@ from minato.ollama.names import canonical_model_name
 from minato.ollama.options import INT32_MAX
 from minato.ollama.wire import RunningModel, ShowResponse
 from minato.settings import Settings
-from minato.upstream.catalog import ModelCatalog
-from minato.upstream.protocol import Ollama, OllamaDependency
+from minato.upstream.ports import FleetDependency, Models, ModelsDependency, OverviewDependency
 from minato.web.api.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
 from minato.web.api.models import pull_to_end, start_pull
 from minato.web.auth import ADMIN
-from minato.web.disconnect import unless_disconnected
-from minato.web.params import KEEP_ALIVE_DESCRIPTION, resolve_keep_alive
+from minato.web.disconnect import watch_of
+from minato.web.params import KEEP_ALIVE_DESCRIPTION
 
 #: The lifecycle routes share a tag; the actions need an admin key and answer 200 (not 201 or 204).
 _post = partial(post, status_code=200, responses=ADMIN_RESPONSES, tags=["lifecycle"], opt={ADMIN: True})
@@ -47,7 +47,7 @@ _delete = partial(delete, status_code=200, responses=ADMIN_RESPONSES, tags=["lif
 _get = partial(get, responses=UPSTREAM_RESPONSES, tags=["lifecycle"])
 
 
-async def _show_if_installed(upstream: Ollama, model: str) -> ShowResponse | None:
+async def _show_if_installed(upstream: Models, model: str) -> ShowResponse | None:
     try:
         return await upstream.show(model)
     except ModelNotFoundError:
@@ -72,8 +72,7 @@ def _find(running: list[RunningModel], model: str) -> RunningModel | None:
 async def load(
     request: Request[Any, Any, Any],
     model: NamedDependency[str],
-    upstream: NamedDependency[OllamaDependency],
-    catalog: NamedDependency[ModelCatalog],
+    upstream: NamedDependency[FleetDependency],
     settings: NamedDependency[Settings],
     keep_alive: Annotated[str | None, Parameter(description=KEEP_ALIVE_DESCRIPTION)] = None,
     num_ctx: Annotated[
@@ -88,10 +87,9 @@ async def load(
     alive = resolve_keep_alive(keep_alive, settings)
     if pull and not upstream.holders(model) and not await _installed(upstream, model):
         stream = await start_pull(request, upstream, model, backend)
-        catalog.forget()
-        await unless_disconnected(request, pull_to_end(stream))
+        await watch_of(request.scope, request.receive).until(pull_to_end(stream))
     options = {"num_ctx": num_ctx} if num_ctx is not None else {}
-    chosen = await unless_disconnected(request, upstream.load(model, alive, options, backend))
+    chosen = await watch_of(request.scope, request.receive).until(upstream.load(model, alive, options, backend))
     wanted = canonical_model_name(model)
     entry = next(
         (
@@ -106,7 +104,7 @@ async def load(
     )
 
 
-async def _installed(upstream: Ollama, model: str) -> bool:
+async def _installed(upstream: Models, model: str) -> bool:
     return await _show_if_installed(upstream, model) is not None
 
 
@@ -119,7 +117,7 @@ async def _installed(upstream: Ollama, model: str) -> bool:
         "has it. Fine if it was not loaded."
     ),
 )
-async def unload(model: NamedDependency[str], upstream: NamedDependency[OllamaDependency]) -> ModelAction:
+async def unload(model: NamedDependency[str], upstream: NamedDependency[FleetDependency]) -> ModelAction:
     """Unload a model (idempotent)."""
     await upstream.unload(model)
     return ModelAction(status="unloaded", model=model)
@@ -131,12 +129,9 @@ async def unload(model: NamedDependency[str], upstream: NamedDependency[OllamaDe
     summary="Delete a model from disk",
     description="Removes the model from every backend that has it; 404 when none has.",
 )
-async def delete_model(
-    model: NamedDependency[str], upstream: NamedDependency[OllamaDependency], catalog: NamedDependency[ModelCatalog]
-) -> ModelAction:
+async def delete_model(model: NamedDependency[str], upstream: NamedDependency[FleetDependency]) -> ModelAction:
     """Delete an installed model (404 if there is none)."""
     await upstream.delete(model)
-    catalog.forget()
     return ModelAction(status="deleted", model=model)
 
 
@@ -147,7 +142,7 @@ async def delete_model(
     description="Every loaded model, with the backend it is loaded on. A key limited to some models sees only those.",
 )
 async def running(
-    upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller], policy: NamedDependency[Policy]
+    upstream: NamedDependency[ModelsDependency], caller: NamedDependency[Caller], policy: NamedDependency[Policy]
 ) -> RunningList:
     """List loaded models the caller's key may use, with their memory use, context length and expiry."""
     models = (await upstream.running()).models
@@ -160,7 +155,7 @@ async def running(
     summary="One model's status",
     description="Installed? Loaded? Until when? Size, details, capabilities and context length.",
 )
-async def status(model: NamedDependency[str], upstream: NamedDependency[OllamaDependency]) -> ModelStatus:
+async def status(model: NamedDependency[str], upstream: NamedDependency[ModelsDependency]) -> ModelStatus:
     """Report what Ollama knows about one model; an unknown model is reported as not installed."""
     shown, ps, tags = await asyncio.gather(
         _show_if_installed(upstream, model), upstream.running(), upstream.list_models()
@@ -186,7 +181,7 @@ async def status(model: NamedDependency[str], upstream: NamedDependency[OllamaDe
 
 @get("/", operation_id="ServerInfo", summary="Service and Ollama information", tags=["health"])
 async def server_info(
-    upstream: NamedDependency[OllamaDependency], caller: NamedDependency[Caller], policy: NamedDependency[Policy]
+    upstream: NamedDependency[OverviewDependency], caller: NamedDependency[Caller], policy: NamedDependency[Policy]
 ) -> ServerInfo:
     """Name and version of this service; Ollama's URL and version (or why it is unreachable), and every
     backend of the pool; the models the caller's key may use (in the backends' lists too)."""

@@ -20,12 +20,11 @@ from minato.core.schemas import InstallProgress, InstallResponse, ModelsList, Mo
 from minato.errors import MinatoError, ModelNotFoundError
 from minato.ollama.names import canonical_model_name
 from minato.ollama.wire import PullProgress, TagModel
-from minato.upstream.catalog import ModelCatalog
-from minato.upstream.protocol import Ollama, OllamaDependency
+from minato.upstream.ports import Facts, Fleet, FleetDependency, ListingDependency
 from minato.upstream.streams import PullProgressStream
 from minato.web.api.common import ADMIN_RESPONSES, UPSTREAM_RESPONSES
 from minato.web.auth import ADMIN
-from minato.web.disconnect import unless_disconnected
+from minato.web.disconnect import watch_of
 from minato.web.streaming import STREAM_HEADERS, StreamFormat
 
 logger = structlog.get_logger("minato.models")
@@ -60,13 +59,13 @@ async def _relay_progress(stream: PullProgressStream, model: str) -> AsyncIterat
 
 
 async def start_pull(
-    request: Request[Any, Any, Any], upstream: Ollama, model: str, backend: str | None
+    request: Request[Any, Any, Any], upstream: Fleet, model: str, backend: str | None
 ) -> PullProgressStream:
     """Start pulling ``model`` (onto ``backend``, or every reachable one); a model the registry does not
     know is a 404 in Ollama's words with the model's name added (Ollama's own says only "pull model
     manifest: file does not exist")."""
     try:
-        return await unless_disconnected(request, upstream.pull(model, backend))
+        return await watch_of(request.scope, request.receive).until(upstream.pull(model, backend))
     except ModelNotFoundError as exc:
         if model in exc.detail:
             raise
@@ -102,8 +101,7 @@ async def pull_to_end(stream: PullProgressStream) -> None:
 async def install(
     request: Request[Any, Any, Any],
     model: NamedDependency[str],
-    upstream: NamedDependency[OllamaDependency],
-    catalog: NamedDependency[ModelCatalog],
+    upstream: NamedDependency[FleetDependency],
     stream: Annotated[bool, Parameter(description="Relay progress as NDJSON instead of waiting.")] = False,
     backend: Annotated[
         str | None, Parameter(description="Pull onto this backend only (`host:port`, as `/ready` names it).")
@@ -111,7 +109,6 @@ async def install(
 ) -> Response[InstallResponse] | Stream:
     """Pull a model, waiting for it or relaying progress."""
     pull = await start_pull(request, upstream, model, backend)
-    catalog.forget()  # the model may be installed by the time anyone asks
     if stream or NDJSON in request.headers.get("accept", ""):
         return Stream(
             _relay_progress(pull, model),
@@ -119,7 +116,7 @@ async def install(
             headers=STREAM_HEADERS,
             background=BackgroundTask(pull.aclose),
         )
-    await unless_disconnected(request, pull_to_end(pull))
+    await watch_of(request.scope, request.receive).until(pull_to_end(pull))
     # Wrapped so each form keeps its own media type: a union return makes Litestar label both JSON.
     return Response(InstallResponse(status="success", model=model))
 
@@ -128,7 +125,7 @@ async def install(
 CAPABILITY_LOOKUPS: Final = 8
 
 
-async def capabilities_of(upstream: OllamaDependency, models: list[TagModel]) -> list[list[str]]:
+async def capabilities_of(upstream: Facts, models: list[TagModel]) -> list[list[str]]:
     """Each model's capabilities, sorted: as ``/api/tags`` lists them (Ollama 0.30 and later), else as
     ``/api/show`` says (the client's cache, kept ``MINATO_CAPABILITIES_TTL`` seconds, so a list costs
     Ollama a few calls once, not one per model each time); empty when Ollama could not say."""
@@ -180,14 +177,12 @@ def summarize(model: TagModel, loaded: bool, backends: list[str], capabilities: 
     tags=["models"],
 )
 async def models_list(
-    upstream: NamedDependency[OllamaDependency],
-    catalog: NamedDependency[ModelCatalog],
+    upstream: NamedDependency[ListingDependency],
     caller: NamedDependency[Caller],
     policy: NamedDependency[Policy],
 ) -> ModelsList:
     """Return the installed models the caller's key may use."""
     tags, ps = await asyncio.gather(upstream.list_models(), upstream.running())
-    catalog.record(tags)
     loaded = {canonical_model_name(m.name or m.model) for m in ps.models}
     allowed = [m for m in tags.models if policy.may_see(caller, m.name or m.model)]
     return ModelsList(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any, Final
 
@@ -16,10 +17,12 @@ from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, 
 from litestar.response import Stream
 
 from minato.core.fetch import ImageFetcher
-from minato.core.generation import Generation, Question, streamed_answer, whole_answer
+from minato.core.generation import Generation, Question, whole_answer
 from minato.core.images import BASE64_FIELD, IMAGE_FIELD, URL_FIELD, check_link, read_vision_form, too_many_images
+from minato.core.options import check_text_length
 from minato.core.schemas import GenerateResponse
-from minato.errors import InvalidInputError
+from minato.errors import ClientDisconnectedError, InvalidInputError, PayloadTooLargeError
+from minato.settings import Settings
 from minato.web.api.common import (
     GENERATION_OPT,
     GENERATION_RESPONSES,
@@ -28,9 +31,9 @@ from minato.web.api.common import (
     generation_parts,
     require_vision,
 )
-from minato.web.api.generate import STREAM_DESCRIPTION
-from minato.web.disconnect import unless_disconnected
-from minato.web.params import QUERY_OPT, VisionQuery, check_text_length, parse_query
+from minato.web.api.generate import STREAM_DESCRIPTION, relayed
+from minato.web.params import VisionQuery
+from minato.web.query import QUERY_OPT, parse_query
 from minato.web.rendering import error_spec
 from minato.web.runtime import runtime_of
 
@@ -112,6 +115,29 @@ async def _fetch_all(fetcher: ImageFetcher, links: list[tuple[str, str, int]]) -
     return [base64.b64encode(task.result()).decode("ascii") for task in tasks]
 
 
+async def body_chunks(request: Request[Any, Any, Any], settings: Settings) -> AsyncIterator[bytes]:
+    """The request body as it arrives, bounded by ``MINATO_MAX_BODY_BYTES``.
+
+    A client that disconnects half-way is a 499 (logged, never answered), not the server error
+    Litestar's own body stream raises for it.
+    """
+    received = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError("client disconnected while sending the body")
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]  # a disconnect was ruled out above
+        if chunk:
+            received += len(chunk)
+            if received > settings.max_body_bytes:
+                raise PayloadTooLargeError(
+                    f"the request body is larger than {settings.max_body_bytes} bytes (MINATO_MAX_BODY_BYTES)"
+                )
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
 async def vision_generation(request: Request[Any, Any, Any], model_name: str) -> Generation:
     """The generation both vision routes run: what needs no body is checked, and the body is left to be
     read once the generation holds its slot."""
@@ -132,7 +158,10 @@ async def vision_generation(request: Request[Any, Any, Any], model_name: str) ->
         check_text_length("message", message, settings)
 
     async def read_question() -> Question:
-        form = await read_vision_form(request, settings, len(query_links))  # bounded by BodyTimeout
+        body = body_chunks(request, settings)
+        form = await read_vision_form(
+            request.headers.get("content-type"), body, settings, len(query_links)
+        )  # bounded by BodyTimeout
         form_message = form.fields.get("message")
         if message is not None and form_message is not None:
             raise InvalidInputError.single("body", "message", "send message in the query or the form, not both")
@@ -142,7 +171,7 @@ async def vision_generation(request: Request[Any, Any, Any], model_name: str) ->
         check_text_length("message", text, settings, source="query" if message is not None else "body")
         links = [(link, "query", index) for index, link in enumerate(query_links)]
         links += [(link, "body", index) for index, link in enumerate(form.links)]
-        fetched = await unless_disconnected(request, _fetch_all(fetcher, links)) if links else []
+        fetched = await parts.watch.until(_fetch_all(fetcher, links)) if links else []
         return Question(text, form.base64_images() + fetched)
 
     return Generation(parts, params, read_question)
@@ -167,4 +196,4 @@ async def vision(request: Request[Any, Any, Any], model_name: ModelName) -> Gene
 )
 async def vision_stream(request: Request[Any, Any, Any], model_name: ModelName) -> Stream:
     """Relay the answer about the images token by token."""
-    return await streamed_answer(await vision_generation(request, model_name))
+    return await relayed(request, await vision_generation(request, model_name))

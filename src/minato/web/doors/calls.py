@@ -15,7 +15,7 @@ from litestar import Request, Response
 from minato.auth.caller import Caller
 from minato.core.policy import whole_number
 from minato.ollama.options import parse_keep_alive
-from minato.upstream.protocol import Spread
+from minato.upstream.ports import Spread
 from minato.web.auth import tokens_left
 from minato.web.doors.body import BodyRefusedError, DoorBody, check_nested_names, read_body
 from minato.web.doors.relay import Relay, relay

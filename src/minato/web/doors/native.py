@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from minato.auth.caller import Caller
-from minato.upstream.protocol import Spread
+from minato.upstream.ports import Spread
 from minato.web.auth import ADMIN
 from minato.web.doors import calls
 from minato.web.rendering import StreamDialect

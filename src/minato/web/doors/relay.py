@@ -24,11 +24,13 @@ from litestar.background_tasks import BackgroundTask
 
 from minato.core.admission import Slot
 from minato.core.generation import take_slot
+from minato.core.usage import Usage
 from minato.errors import MinatoError
 from minato.observability.record import RequestRecord, record_of
-from minato.upstream.protocol import Spread
+from minato.upstream.ports import Spread
 from minato.upstream.streams import RawResponse
-from minato.web.disconnect import unless_disconnected
+from minato.web.auth import caller_of
+from minato.web.disconnect import watch_of
 from minato.web.rendering import StreamDialect, stream_error_frame
 from minato.web.runtime import Runtime
 from minato.web.streaming import STREAM_HEADERS, RelayStream
@@ -257,18 +259,21 @@ _TERMINATORS: Final = {
 
 async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) -> Response[Any]:
     """Forward ``call`` to Ollama and answer with what Ollama answers."""
-    record = record_of(request.scope)
+    scope = request.scope
+    record = record_of(scope)
     if record is not None and call.model:
         record.model = call.model
-    slot = await take_slot(request, runtime.admission, call.model) if call.model else None
+    watch = watch_of(scope, request.receive)
+    usage = Usage(runtime.quota, caller_of(scope), record)
+    slot = await take_slot(runtime.admission, call.model, watch) if call.model else None
     try:
-        answer = await unless_disconnected(request, _forward(runtime, call))
+        answer = await watch.until(_forward(runtime, call))
         if record is not None:
             record.backend = answer.backend
         if answer.content_type.startswith(_STREAMED_TYPES):
-            return _streamed(answer, call, record, slot)
+            return _streamed(answer, call, record, slot, usage)
         try:
-            body = await unless_disconnected(request, answer.read())
+            body = await watch.until(answer.read())
         finally:
             await answer.aclose()
     except BaseException:
@@ -281,6 +286,7 @@ async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) 
         counts = _counts_of(body, call.dialect)
         if counts is not None and counts.tokens():
             record.note_answer(counts.tokens(), _per_second(counts.eval_count, counts.eval_duration))
+            await usage.charge()
     # Only the content type travels back: length, encoding and dates are Minato's server's to set.
     return Response(body, status_code=answer.status, media_type=answer.content_type or None)
 
@@ -307,14 +313,42 @@ def _per_second(tokens: int, nanoseconds: int) -> float:
     return tokens / (nanoseconds / 1e9) if tokens and nanoseconds > 0 else 0.0
 
 
-def _streamed(answer: RawResponse, call: Relay, record: RequestRecord | None, slot: Slot | None) -> Response[Any]:
-    watch = _Watch(call.dialect, call.strip_usage, generation=call.model is not None)
+class _Ending:
+    """How a relayed stream ends, once, whichever end comes first (its last chunk, or its response's
+    background task when the client left mid-write): Ollama's answer closed (so Ollama stops at
+    once), the slot released, the tokens the watch counted noted and charged."""
 
-    async def close() -> None:
-        # Also runs when the client left while a write was suspended: Ollama stops at once.
-        await answer.aclose()
-        if slot is not None:
-            slot.release()
+    __slots__ = ("_answer", "_ended", "_record", "_slot", "_usage", "_watch")
+
+    def __init__(
+        self, answer: RawResponse, slot: Slot | None, usage: Usage, record: RequestRecord | None, watch: _Watch
+    ) -> None:
+        self._answer = answer
+        self._slot = slot
+        self._usage = usage
+        self._record = record
+        self._watch = watch
+        self._ended = False
+
+    async def end(self) -> None:
+        """End the stream (the first call only)."""
+        if self._ended:
+            return
+        self._ended = True
+        await self._answer.aclose()
+        if self._slot is not None:
+            self._slot.release()
+        watch, record = self._watch, self._record
+        if record is not None and watch.counted:
+            record.note_answer(watch.counted, _per_second(watch.tokens, watch.eval_duration))
+        await self._usage.charge()
+
+
+def _streamed(
+    answer: RawResponse, call: Relay, record: RequestRecord | None, slot: Slot | None, usage: Usage
+) -> Response[Any]:
+    watch = _Watch(call.dialect, call.strip_usage, generation=call.model is not None)
+    close = _Ending(answer, slot, usage, record, watch).end
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -345,8 +379,6 @@ def _streamed(answer: RawResponse, call: Relay, record: RequestRecord | None, sl
             yield stream_error_frame(call.dialect, exc.detail)
         finally:
             await close()
-            if record is not None and watch.counted:
-                record.note_answer(watch.counted, _per_second(watch.tokens, watch.eval_duration))
 
     if record is not None:
         record.streaming = True

@@ -1,0 +1,1 @@
+"""Contributor tools: ``python -m tools.docs`` writes the docs generated from the code (``make docs``)."""
