@@ -19,7 +19,7 @@ from minato.ollama.wire import ChatRequest, WireMessage
 from minato.settings import Settings
 from minato.upstream.failures import says_model_missing
 from minato.upstream.pool.facade import OllamaPool
-from tests.support.payloads import catalogue, chat_done, chat_token, ndjson, not_found, pull_progress, show
+from tests.support.payloads import catalogue, chat_done, chat_token, ndjson, not_found, show
 
 pytestmark = pytest.mark.anyio
 
