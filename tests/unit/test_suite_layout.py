@@ -57,3 +57,19 @@ def test_ci_runs_the_main_suite_then_the_load_tests() -> None:
     commands = [line.split()[:2] for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("make")]
 
     assert commands == [["make", "lint"], ["make", "test"], ["make", "test-load"]]
+
+
+def test_every_load_test_lives_in_tests_load_and_every_test_there_is_one() -> None:
+    load = ROOT / "tests" / "load"
+    for path in sorted(load.glob("test_*.py")):
+        module = f"tests.load.{path.stem}"
+        tests = [name for name in vars(importlib.import_module(module)) if name.startswith("test_")]
+        assert tests, module
+        for name in tests:
+            assert "load" in _marks(module, name), f"{module}::{name} is in tests/load without the load marker"
+    elsewhere = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").rglob("test_*.py")
+        if load not in path.parents and re.search(r"mark\.load\b", path.read_text())
+    ]
+    assert elsewhere == [], "a load test outside tests/load"
