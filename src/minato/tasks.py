@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -35,6 +35,17 @@ class Background:
         """Hold ``task`` until it ends."""
         self._tasks.add(task)
         task.add_done_callback(self._reap)
+
+    def start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as a task of its own, held until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.keep(task)
+        return task
+
+    async def wait(self, seconds: float | None = None) -> None:
+        """Let the tasks still running end, for up to ``seconds`` (``None``: as long as they take)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=seconds)
 
     def _reap(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

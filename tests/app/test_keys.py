@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from minato.auth.caller import Caller
 from minato.settings import Settings
 from minato.state.memory import TokenQuota
-from minato.state.quota import Standing
+from minato.state.windows import Standing
 from minato.web.app import create_app
 from tests.support.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson
 from tests.support.served_ollama import ServedOllama

@@ -15,7 +15,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
-from minato.state.sessions.sqlite import SqliteStore
+from minato.state.sqlite.conversations import SqliteStore
 from minato.web.app import create_app
 from tests.support.payloads import chat_answer
 from tests.support.served_ollama import ServedOllama

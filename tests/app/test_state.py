@@ -13,8 +13,8 @@ from minato.auth.caller import Caller
 from minato.errors import StateUnavailableError
 from minato.settings import Settings
 from minato.state.memory import LocalTurnLocks, TokenQuota
-from minato.state.quota import Standing
-from minato.state.sqlite import UNAVAILABLE
+from minato.state.sqlite.tables import UNAVAILABLE
+from minato.state.windows import Standing
 from minato.web.app import create_app
 from tests.support.payloads import chat_answer
 from tests.support.served_ollama import ServedOllama

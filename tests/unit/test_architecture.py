@@ -16,8 +16,7 @@ from minato.core.policy import Policy
 from minato.core.sessions import SessionManager
 from minato.errors import ForbiddenError
 from minato.settings import Settings
-from minato.state.memory import LocalTurnLocks
-from minato.state.sessions.store import MemoryStore
+from minato.state.memory import LocalTurnLocks, MemoryStore
 from minato.upstream.client import ModelFacts
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ from minato.auth.keys import NamedKey, read_keys_file
 from minato.errors import SettingsError
 from minato.settings import Settings
 from minato.state.memory import TokenQuota
-from minato.state.quota import Standing
+from minato.state.windows import Standing
 
 pytestmark = pytest.mark.anyio
 ALICE = "alice-secret-key-1"

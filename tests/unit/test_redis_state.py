@@ -19,10 +19,10 @@ from minato.auth.caller import Caller, Role
 from minato.errors import SessionDamagedError, StateUnavailableError
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
+from minato.state.conversations import Bounds, Caps, StoredMessage
 from minato.state.protocols import SharedState
-from minato.state.quota import Standing
-from minato.state.redis import open_redis_state
-from minato.state.sessions.model import Bounds, Caps, StoredMessage
+from minato.state.redis.home import open_redis_state
+from minato.state.windows import Standing
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -78,6 +78,22 @@ async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
     while not await check():
         assert time.monotonic() < deadline, "the condition never came true"
         await asyncio.sleep(0.02)
+
+
+async def _scripts_run(raw: Redis) -> int:
+    """How many scripts Redis has run so far (a turn's every attempt at a lease is one)."""
+    stats = await raw.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+
+async def _polled(raw: Redis, times: int) -> None:
+    """Wait until Redis has run ``times`` more scripts (a waiting turn's attempts at its lease)."""
+    start = await _scripts_run(raw)
+
+    async def enough() -> bool:
+        return await _scripts_run(raw) >= start + times
+
+    await _eventually(enough)
 
 
 # --- conversations ---------------------------------------------------------------------------------------
@@ -311,13 +327,15 @@ async def test_a_conversation_whose_record_cannot_be_read_is_damaged_and_can_be_
 # --- turns -----------------------------------------------------------------------------------------------
 
 
-async def test_one_turn_at_a_time_across_two_replicas_and_the_next_gets_it_on_release(redis_url: str) -> None:
+async def test_one_turn_at_a_time_across_two_replicas_and_the_next_gets_it_on_release(
+    redis_url: str, raw: Redis
+) -> None:
     async with _replica(redis_url) as one, _replica(redis_url) as two:
         first = await one.turns.acquire("", "s")
         waiting = asyncio.create_task(two.turns.acquire("", "s"))
         elsewhere = await two.turns.acquire("", "other")  # other conversations never wait
         another_owner = await two.turns.acquire("aaaaaaaaaaaa", "s")
-        await asyncio.sleep(0.3)
+        await _polled(raw, 5)  # the waiter tried again and again
         assert not waiting.done(), "the second replica waits while the first holds the turn"
 
         first.release()
@@ -328,11 +346,21 @@ async def test_one_turn_at_a_time_across_two_replicas_and_the_next_gets_it_on_re
         another_owner.release()
 
 
-async def test_a_held_turn_is_renewed_past_its_lease(redis_url: str) -> None:
+async def test_a_held_turn_is_renewed_past_its_lease(redis_url: str, raw: Redis) -> None:
     async with _replica(redis_url, turn_lease=0.3) as one, _replica(redis_url, turn_lease=0.3) as two:
         held = await one.turns.acquire("", "s")
+        token = await raw.get("minato:turn::s")
         waiting = asyncio.create_task(two.turns.acquire("", "s"))
-        await asyncio.sleep(1.0)  # three leases
+        renewals, left = 0, 300
+
+        async def renewed_for_three_leases() -> bool:  # Redis's clock runs the leases: watch them on it
+            nonlocal renewals, left
+            now = await raw.pttl("minato:turn::s")
+            assert await raw.get("minato:turn::s") == token, "the lease never lapsed nor changed hands"
+            renewals, left = renewals + (now > left), now
+            return renewals >= 9
+
+        await _eventually(renewed_for_three_leases)
         assert not waiting.done(), "the running turn kept its lease"
         held.release()
         (await asyncio.wait_for(waiting, PATIENCE)).release()
@@ -397,7 +425,7 @@ async def test_a_cancelled_wait_for_a_turn_leaves_nothing_held(redis_url: str, r
     async with _replica(redis_url) as one, _replica(redis_url) as two:
         held = await one.turns.acquire("", "s")
         waiting = asyncio.create_task(two.turns.acquire("", "s"))
-        await asyncio.sleep(0.1)
+        await _polled(raw, 2)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting

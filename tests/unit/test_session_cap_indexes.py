@@ -14,10 +14,10 @@ from redis.asyncio import Redis
 
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
+from minato.state.conversations import Caps
 from minato.state.homes import open_state
-from minato.state.sessions import sqlite as sqlite_store
-from minato.state.sessions.model import Caps
-from minato.state.sessions.sqlite import SqliteStore
+from minato.state.sqlite import conversations as sqlite_store
+from minato.state.sqlite.conversations import SqliteStore
 from tests.unit.test_session_caps import ROOMY, WIDE, A, B, C, _listing, _pair
 from tests.unit.test_session_store import DAMAGED, HEALTHY, _store_with_a_damaged_conversation
 

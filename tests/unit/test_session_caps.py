@@ -17,9 +17,9 @@ import pytest
 from minato.core.sessions import SessionManager
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
+from minato.state.conversations import Bounds, Caps, StoredMessage
 from minato.state.homes import open_state
-from minato.state.sessions.model import Bounds, Caps, StoredMessage
-from minato.state.sessions.store import SessionStore
+from minato.state.protocols import SessionStore
 
 pytestmark = pytest.mark.anyio
 
@@ -221,7 +221,7 @@ async def test_a_conversation_the_caps_evict_takes_its_images_with_it(home: Home
 
 
 class Model:
-    """The rules of :class:`~minato.state.sessions.model.Caps`, as plainly as they can be written."""
+    """The rules of :class:`~minato.state.conversations.Caps`, as plainly as they can be written."""
 
     def __init__(self) -> None:
         self.active: dict[tuple[str, str], float] = {}

@@ -14,10 +14,10 @@ import structlog
 
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
+from minato.state.conversations import Bounds, Caps, StoredMessage
 from minato.state.homes import open_state
-from minato.state.sessions.model import Bounds, Caps, StoredMessage
-from minato.state.sessions.sqlite import SqliteStore
-from minato.state.sqlite import SqliteState
+from minato.state.sqlite.conversations import SqliteStore
+from minato.state.sqlite.home import SqliteState
 
 pytestmark = pytest.mark.anyio
 

@@ -15,11 +15,11 @@ from minato.core.sessions import SessionManager
 from minato.errors import SessionDamagedError
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
-from minato.state.memory import LocalTurnLocks
-from minato.state.redis import open_redis_state
-from minato.state.sessions.model import Bounds, Caps, StoredMessage
-from minato.state.sessions.sqlite import SqliteStore
-from minato.state.sessions.store import MemoryStore, SessionStore
+from minato.state.conversations import Bounds, Caps, StoredMessage
+from minato.state.memory import LocalTurnLocks, MemoryStore
+from minato.state.protocols import SessionStore
+from minato.state.redis.home import open_redis_state
+from minato.state.sqlite.conversations import SqliteStore
 
 pytestmark = pytest.mark.anyio
 #: Caps no test here reaches (the caps have tests of their own: test_session_caps.py).

@@ -12,10 +12,10 @@ import pytest
 
 from minato.core.sessions import SessionManager
 from minato.settings import Settings
-from minato.state.memory import LocalTurnLocks
-from minato.state.sessions.model import Bounds, Caps, StoredMessage, trim_plan
-from minato.state.sessions.sqlite import SqliteStore
-from minato.state.sessions.store import MemoryStore, SessionStore
+from minato.state.conversations import Bounds, Caps, StoredMessage, trim_plan
+from minato.state.memory import LocalTurnLocks, MemoryStore
+from minato.state.protocols import SessionStore
+from minato.state.sqlite.conversations import SqliteStore
 from tests.support.waiting import settled
 
 pytestmark = pytest.mark.anyio

@@ -14,6 +14,7 @@ import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,12 +24,14 @@ from minato.errors import SettingsError, StateUnavailableError
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
 from minato.state.homes import open_state
-from minato.state.memory import LocalAffinity, LocalRateLimiter, LocalTurnLocks, MemoryHealth, TokenQuota
+from minato.state.memory import LocalAffinity, LocalRateLimiter, LocalTurnLocks, MemoryHealth, MemoryStore, TokenQuota
 from minato.state.protocols import SharedState
-from minato.state.quota import Standing
-from minato.state.sessions.sqlite import SqliteStore
-from minato.state.sessions.store import MemoryStore
-from minato.state.sqlite import UNAVAILABLE, SqliteState
+from minato.state.sqlite.conversations import SqliteStore
+from minato.state.sqlite.home import SqliteState
+from minato.state.sqlite.tables import UNAVAILABLE
+from minato.state.sqlite.turns import SqliteLeaseStore
+from minato.state.windows import Standing
+from tests.clocks import ManualClock
 
 pytestmark = pytest.mark.anyio
 QUOTA_CALLER = Caller(fingerprint="f00d", role=Role.USER, name="q", tokens_per_day=10)
@@ -37,19 +40,27 @@ QUOTA_CALLER = Caller(fingerprint="f00d", role=Role.USER, name="q", tokens_per_d
 # -- one process ------------------------------------------------------------------------------
 
 
+async def _waiting_for(turns: LocalTurnLocks, key: tuple[str, str], users: int) -> None:
+    """Wait until ``users`` turns hold or wait for the conversation ``key`` (a bounded wait)."""
+    deadline = time.monotonic() + 5
+    while (entry := turns._locks.get(key)) is None or entry.users < users:
+        assert time.monotonic() < deadline, "the turn never queued"
+        await asyncio.sleep(0.001)
+
+
 async def test_local_turns_run_one_at_a_time_per_conversation_and_leave_nothing_behind() -> None:
     turns = LocalTurnLocks()
     first = await turns.acquire("", "a")
     second = asyncio.ensure_future(turns.acquire("", "a"))
     other = await asyncio.wait_for(turns.acquire("", "b"), timeout=1)
-    await asyncio.sleep(0.05)
+    await _waiting_for(turns, ("", "a"), 2)
     assert not second.done(), "the second turn on a conversation waits for the first"
 
     first.release()
     first.release()  # idempotent: it must not release the second turn's holding
     waited = await asyncio.wait_for(second, timeout=1)
     third = asyncio.ensure_future(turns.acquire("", "a"))
-    await asyncio.sleep(0.05)
+    await _waiting_for(turns, ("", "a"), 2)
     assert not third.done(), "a second release of the first holding released nothing"
 
     waited.release()
@@ -62,7 +73,7 @@ async def test_a_cancelled_wait_for_a_local_turn_holds_nothing() -> None:
     turns = LocalTurnLocks()
     held = await turns.acquire("", "a")
     waiting = asyncio.ensure_future(turns.acquire("", "a"))
-    await asyncio.sleep(0.01)
+    await _waiting_for(turns, ("", "a"), 2)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -110,10 +121,12 @@ async def test_memory_health_always_answers() -> None:
 
 @asynccontextmanager
 async def _workers(
-    path: Path, count: int = 2, *, busy_timeout: float = 5.0, **overrides: float
+    path: Path, count: int = 2, *, busy_timeout: float = 5.0, clock: ManualClock | None = None, **overrides: float
 ) -> AsyncIterator[list[SqliteState]]:
+    """``count`` workers sharing the file at ``path``; with ``clock``, their time is the test's to move."""
     settings = Settings(session_store=str(path), workers=2, **overrides)  # type: ignore[arg-type]
-    states = [SqliteState(path, settings, busy_timeout=busy_timeout) for _ in range(count)]
+    timing: dict[str, Any] = {} if clock is None else {"clock": clock.time, "sleep": clock.sleep}
+    states = [SqliteState(path, settings, busy_timeout=busy_timeout, **timing) for _ in range(count)]
     for state in states:
         await state.open()
     try:
@@ -128,20 +141,28 @@ def _leases(path: Path) -> list[tuple[str, str, str]]:
         return db.execute("SELECT owner, session_id, token FROM state_leases ORDER BY session_id").fetchall()
 
 
+async def _queued(state: SqliteState, key: tuple[str, str], users: int) -> None:
+    """Wait until ``users`` turns of this worker hold or wait for the conversation ``key``."""
+    await _waiting_for(state.turns._local, key, users)
+
+
 async def _settled(state: SqliteState) -> None:
     """Wait until the leases ``state`` is giving back are given back."""
-    await asyncio.gather(*state.turns._pending)
+    await state.turns._pending.wait(None)
 
 
 async def test_one_lease_at_a_time_across_two_workers(tmp_path: Path) -> None:
-    async with _workers(tmp_path / "s.db") as (one, two):
+    clock = ManualClock()
+    async with _workers(tmp_path / "s.db", clock=clock) as (one, two):
         held = await one.turns.acquire("o", "s")
         waiting = asyncio.ensure_future(two.turns.acquire("o", "s"))
         elsewhere = await asyncio.wait_for(two.turns.acquire("o", "other"), timeout=2)
-        await asyncio.sleep(0.2)
+        await clock.until_asleep(waiting)
+        await clock.advance(10 * Settings().turn_lease)  # the waiter polls on and on; the holder renews
         assert not waiting.done(), "the other worker waits for the lease"
 
         held.release()
+        await clock.advance(1.0)  # its next poll
         taken = await asyncio.wait_for(waiting, timeout=2)
         taken.release()
         elsewhere.release()
@@ -152,13 +173,16 @@ async def test_one_lease_at_a_time_across_two_workers(tmp_path: Path) -> None:
 
 async def test_a_dead_holders_lease_expires_by_itself(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    async with _workers(path, 1) as (survivor,):
+    clock = ManualClock()
+    async with _workers(path, 1, clock=clock) as (survivor,):
         with sqlite3.connect(path) as db:  # a worker that took the lease, then died
-            db.execute("INSERT INTO state_leases VALUES ('o', 's', 'dead', ?)", (time.time() + 0.5,))
+            db.execute("INSERT INTO state_leases VALUES ('o', 's', 'dead', ?)", (clock.now + 0.5,))
         waiting = asyncio.ensure_future(survivor.turns.acquire("o", "s"))
-        await asyncio.sleep(0.1)
+        await clock.until_asleep(waiting)
+        await clock.advance(0.45)
         assert not waiting.done(), "the lease is still alive"
 
+        await clock.advance(0.2)
         taken = await asyncio.wait_for(waiting, timeout=5)
 
         assert [token for _, _, token in _leases(path)] != ["dead"]
@@ -166,14 +190,33 @@ async def test_a_dead_holders_lease_expires_by_itself(tmp_path: Path) -> None:
 
 
 async def test_a_held_lease_is_renewed_past_its_life(tmp_path: Path) -> None:
-    async with _workers(tmp_path / "s.db", turn_lease=0.3) as (one, two):
+    clock = ManualClock()
+    async with _workers(tmp_path / "s.db", clock=clock, turn_lease=0.3) as (one, two):
         held = await one.turns.acquire("o", "s")
         waiting = asyncio.ensure_future(two.turns.acquire("o", "s"))
-        await asyncio.sleep(1.0)  # more than three lease lives
+        await clock.until_asleep(waiting)
+        await clock.advance(10 * 0.3)  # ten lease lives: each renewal ran, and each poll after it
         assert not waiting.done(), "the renewed lease still holds the conversation"
 
         held.release()
+        await clock.advance(1.0)
         (await asyncio.wait_for(waiting, timeout=2)).release()
+
+
+async def test_a_lease_taken_again_by_its_holder_stays_its_own(tmp_path: Path) -> None:
+    """A take sent again (its answer lost with a broken connection) must not lock its own holder out."""
+    clock = ManualClock()
+    async with _workers(tmp_path / "s.db", 1, clock=clock) as (one,):
+        store = SqliteLeaseStore(one._tables, 30.0)
+
+        assert await store.take(("o", "s"), "mine")
+        assert await store.take(("o", "s"), "mine"), "taken again by the same holding"
+        assert not await store.take(("o", "s"), "theirs")
+        clock.now += 31.0
+        assert await store.take(("o", "s"), "theirs"), "once expired, it is free for another"
+        assert not await store.extend(("o", "s"), "mine"), "and lost to its first holder"
+        await store.delete(("o", "s"), "mine")
+        assert _leases(tmp_path / "s.db") == [("o", "s", "theirs")], "a holding deletes only its own lease"
 
 
 async def test_a_release_by_a_holding_that_lost_its_lease_deletes_nothing(tmp_path: Path) -> None:
@@ -190,10 +233,11 @@ async def test_a_release_by_a_holding_that_lost_its_lease_deletes_nothing(tmp_pa
 
 
 async def test_a_cancelled_wait_for_a_lease_holds_nothing(tmp_path: Path) -> None:
-    async with _workers(tmp_path / "s.db") as (one, two):
+    clock = ManualClock()
+    async with _workers(tmp_path / "s.db", clock=clock) as (one, two):
         held = await one.turns.acquire("o", "s")
         waiting = asyncio.ensure_future(two.turns.acquire("o", "s"))
-        await asyncio.sleep(0.05)
+        await clock.until_asleep(waiting)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -254,14 +298,15 @@ async def test_concurrent_turns_in_two_workers_each_see_every_earlier_turn(tmp_p
 
 async def test_a_workers_own_next_turn_starts_once_its_lease_is_given_back(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    async with _workers(path, 1) as (one,):
+    clock = ManualClock()
+    async with _workers(path, 1, clock=clock) as (one,):
         held = await one.turns.acquire("o", "s")
         following = asyncio.ensure_future(one.turns.acquire("o", "s"))
-        await asyncio.sleep(0.05)
-        assert not following.done()
+        await _queued(one, ("o", "s"), 2)
+        assert not following.done(), "it waits for this worker's own turn"
 
         held.release()
-        taken = await asyncio.wait_for(following, timeout=2)
+        taken = await asyncio.wait_for(following, timeout=2)  # the clock never moved: no poll, no wait
 
         assert len(_leases(path)) == 1, "the next turn holds its own lease"
         taken.release()
@@ -297,14 +342,15 @@ async def test_the_token_quota_is_shared_by_the_workers(tmp_path: Path) -> None:
 
 
 async def test_affinity_is_shared_by_the_workers_and_expires(tmp_path: Path) -> None:
-    async with _workers(tmp_path / "s.db", session_ttl=0.3) as (one, two):
+    clock = ManualClock()
+    async with _workers(tmp_path / "s.db", clock=clock, session_ttl=0.3) as (one, two):
         await one.affinity.put("o/s", "h1:11434")
         await two.affinity.put("o/t", "h2:11434")
 
         assert await two.affinity.get("o/s") == "h1:11434"
         assert await one.affinity.get("o/t") == "h2:11434"
         assert await one.affinity.get("o/unknown") is None
-        await asyncio.sleep(0.4)
+        await clock.advance(0.4)
         assert await two.affinity.get("o/s") is None
 
 
@@ -426,9 +472,9 @@ async def test_a_redis_url_opens_the_redis_home(monkeypatch: pytest.MonkeyPatch)
         opened.append((settings, metrics))
         yield fake
 
-    module = types.ModuleType("minato.state.redis")
+    module = types.ModuleType("minato.state.redis.home")
     module.open_redis_state = open_redis_state  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "minato.state.redis", module)
+    monkeypatch.setitem(sys.modules, "minato.state.redis.home", module)
     settings = Settings(redis_url="redis://127.0.0.1:1/0", session_store="memory://", workers=4)
     metrics = Metrics()
 

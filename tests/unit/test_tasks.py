@@ -8,7 +8,7 @@ import functools
 import pytest
 from structlog.testing import capture_logs
 
-from minato.tasks import Background, SingleFlight
+from minato.tasks import Background, SingleFlight, cancel_and_wait
 
 pytestmark = pytest.mark.anyio
 
@@ -85,3 +85,48 @@ async def test_a_background_task_is_held_its_failure_logged_and_aclose_stops_the
     assert [(log["event"], log["task"]) for log in logs] == [("test_task_failed", "failing")]
     await background.aclose()
     assert waiting.cancelled()
+
+
+async def test_a_started_task_is_held_until_it_is_done_then_let_go() -> None:
+    background = Background("test_task_failed")
+    go = asyncio.Event()
+
+    async def work() -> None:
+        await go.wait()
+
+    task = background.start(work())
+    assert background._tasks == {task}, "held while it runs: the loop keeps only a weak reference"
+
+    go.set()
+    await background.wait(None)
+    assert background._tasks == set()
+
+
+async def test_waiting_for_the_background_ends_at_its_timeout_and_leaves_the_tasks_running() -> None:
+    background = Background("test_task_failed")
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    task = background.start(forever())
+
+    await background.wait(0)
+
+    assert not task.done()
+    await background.aclose()
+    assert task.cancelled()
+
+
+async def test_cancel_and_wait_stops_a_task_and_accepts_none() -> None:
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.get_running_loop().create_task(forever())
+    await started.wait()
+    await cancel_and_wait(task)
+    await cancel_and_wait(None)
+
+    assert task.cancelled()

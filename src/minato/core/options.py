@@ -19,7 +19,7 @@ from minato.errors import InvalidInputError
 from minato.ollama.options import OPTIONS, check_stop, parse_keep_alive
 from minato.ollama.wire import ChatRequest, WireMessage
 from minato.settings import Settings
-from minato.state.sessions.model import validate_session_id
+from minato.state.conversations import validate_session_id
 
 
 class GenerationOptions(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from minato.ollama.wire import ChatChunk, ModelDetails, RunningModel
-from minato.state.sessions.model import Session
+from minato.state.conversations import Session
 from minato.upstream.ports import BackendStatus
 
 

@@ -12,8 +12,8 @@ import structlog
 
 from minato.ollama.wire import WireMessage
 from minato.settings import Settings
-from minato.state.sessions.model import Bounds, Caps, Session, SessionSummary, StoredMessage
-from minato.state.sessions.store import SessionStore
+from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage
+from minato.state.protocols import SessionStore
 from minato.tasks import cancel_and_wait
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import structlog
 
 from minato.auth.caller import Caller
 from minato.observability.record import RequestRecord
-from minato.state.quota import Quota
+from minato.state.protocols import Quota
 
 logger = structlog.get_logger("minato.usage")
 

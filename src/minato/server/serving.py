@@ -26,7 +26,7 @@ from litestar.types import (
 from minato import __version__
 from minato.auth.keyring import Keyring
 from minato.settings import Settings
-from minato.state.sessions.store import MEMORY_URL
+from minato.state.homes import MEMORY_URL
 from minato.web.app import create_app
 
 logger = structlog.get_logger("minato.serve")
@@ -149,7 +149,7 @@ def describe_state(settings: Settings) -> str:
         return _describe_redis(settings.redis_url)
     if settings.session_store == MEMORY_URL:
         return "memory"
-    # As minato.state.sessions.open_store reads the setting.
+    # As minato.state.homes.open_store reads the setting.
     return f"sqlite {Path(settings.session_store.removeprefix('sqlite://')).resolve()}"
 
 

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from minato.errors import SettingsError
-from minato.state.memory import local_state
-from minato.state.protocols import SharedState
-from minato.state.sessions.sqlite import SqliteStore
-from minato.state.sessions.store import MEMORY_URL, open_store
-from minato.state.sqlite import open_sqlite_state
+from minato.state.memory import MemoryStore, local_state
+from minato.state.protocols import SessionStore, SharedState
+from minato.state.sqlite.conversations import SqliteStore
+from minato.state.sqlite.home import open_sqlite_state
 
 if TYPE_CHECKING:
     from minato.observability.metrics import Metrics
     from minato.settings import Settings
+
+MEMORY_URL: Final = "memory://"
+
+
+def open_store(url: str) -> SessionStore:
+    """Return the store a ``MINATO_SESSION_STORE`` value names."""
+    if url == MEMORY_URL:
+        return MemoryStore()
+    return SqliteStore(Path(url.removeprefix("sqlite://")))
 
 
 def refuse_unshared_workers(settings: Settings, workers: int) -> str | None:
@@ -41,7 +50,7 @@ async def open_state(settings: Settings, metrics: Metrics) -> AsyncIterator[Shar
     """
     if settings.redis_url:
         # Imported only here: redis-py is loaded only by a deployment that uses it.
-        from minato.state.redis import open_redis_state
+        from minato.state.redis.home import open_redis_state
 
         async with open_redis_state(settings, metrics) as state:
             yield state
@@ -62,6 +71,8 @@ async def open_state(settings: Settings, metrics: Metrics) -> AsyncIterator[Shar
 
 
 __all__ = [
+    "MEMORY_URL",
     "open_state",
+    "open_store",
     "refuse_unshared_workers",
 ]

@@ -1,24 +1,26 @@
 """The state of one process (a single worker): in memory, nothing to fail, nothing shared.
 
 Turns wait on an :class:`asyncio.Lock` per conversation, the rate limiter and the quota are dicts:
-a request pays no more than a dict look-up and, when it waits, the lock's own await.
+a request pays no more than a dict look-up and, when it waits, the lock's own await. Conversations
+are in a dict too (:class:`MemoryStore`), or in the SQLite file a single process may keep them in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from minato.state.protocols import SharedState
-from minato.state.quota import BUCKET_SECONDS, WINDOW_MINUTES, Standing, standing
+import msgspec
+
+from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
+from minato.state.protocols import SessionStore, SharedState
+from minato.state.windows import QuotaWindow, Standing, take_one
 
 if TYPE_CHECKING:
     from minato.auth.caller import Caller
     from minato.settings import Settings
-    from minato.state.sessions.store import SessionStore
 
 #: Rate-limited keys kept before idle ones are forgotten (keys with a rate are configured keys: a
 #: bounded set; this bounds it whatever asks).
@@ -78,16 +80,6 @@ class LocalTurnLocks:
             del self._locks[key]
 
 
-def take_one(tokens: float, last: float, now: float, per_minute: int) -> tuple[float, float]:
-    """Refill a bucket holding ``tokens`` at ``last`` up to ``now`` and take one request from it: return
-    what it holds then, and 0 or (nothing taken) the seconds until one request is there."""
-    rate = per_minute / 60.0
-    tokens = min(float(per_minute), tokens + max(0.0, now - last) * rate)
-    if tokens >= 1.0:
-        return tokens - 1.0, 0.0
-    return tokens, (1.0 - tokens) / rate
-
-
 class LocalRateLimiter:
     """A token bucket per key in a dict, refilled continuously at the rate each check names."""
 
@@ -105,20 +97,6 @@ class LocalRateLimiter:
         return wait
 
 
-class _Ledger:
-    """One key's tokens: ``[minute, tokens]`` buckets, oldest first, and their sum."""
-
-    __slots__ = ("buckets", "total")
-
-    def __init__(self) -> None:
-        self.buckets: deque[list[int]] = deque()
-        self.total = 0
-
-    def expire(self, minute: int) -> None:
-        while self.buckets and self.buckets[0][0] + WINDOW_MINUTES < minute:
-            self.total -= self.buckets.popleft()[1]
-
-
 class TokenQuota:
     """The quota of one process: per key, its tokens in one bucket per minute of the last 24 h.
 
@@ -128,30 +106,21 @@ class TokenQuota:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._ledgers: dict[str, _Ledger] = {}
+        self._windows: dict[str, QuotaWindow] = {}
 
     async def check(self, caller: Caller) -> Standing:
         """Where the key stands against its quota."""
         limit = caller.tokens_per_day
-        ledger = self._ledgers.get(caller.fingerprint)
-        if not limit or ledger is None:
+        window = self._windows.get(caller.fingerprint)
+        if not limit or window is None:
             return Standing(0.0, limit)
-        now = self._clock()
-        ledger.expire(int(now // BUCKET_SECONDS))
-        return standing(ledger.buckets, ledger.total, limit, now)
+        return window.standing(self._clock(), limit)
 
     async def charge(self, caller: Caller, tokens: int) -> None:
         """Count ``tokens`` for a key with a quota (keys without one are not tracked)."""
         if not caller.tokens_per_day or tokens <= 0:
             return
-        minute = int(self._clock() // BUCKET_SECONDS)
-        ledger = self._ledgers.setdefault(caller.fingerprint, _Ledger())
-        ledger.expire(minute)
-        if ledger.buckets and ledger.buckets[-1][0] == minute:
-            ledger.buckets[-1][1] += tokens
-        else:
-            ledger.buckets.append([minute, tokens])
-        ledger.total += tokens
+        self._windows.setdefault(caller.fingerprint, QuotaWindow()).charge(self._clock(), tokens)
 
 
 class LocalAffinity:
@@ -207,12 +176,167 @@ def local_state(store: SessionStore, settings: Settings) -> SharedState:
     )
 
 
+def _image_bytes(session: Session | None) -> int:
+    return sum(m.image_bytes for m in session.messages) if session else 0
+
+
+class MemoryStore:
+    """Conversations in a dict: fast, and gone with the process.
+
+    Making room scans one owner's conversations, and the owners tied for holding the most: fine for
+    a store that lives as long as its process (and its caps) do.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._held: dict[str, set[str]] = {}  # owner -> the ids of its conversations
+        self._image_bytes = 0  # kept up to date so the store-wide budget costs nothing per turn
+
+    async def open(self) -> None:
+        """Nothing to prepare."""
+
+    async def close(self) -> None:
+        """Forget everything."""
+        self._sessions.clear()
+        self._held.clear()
+        self._image_bytes = 0
+
+    def _put(self, key: tuple[str, str], session: Session | None) -> None:
+        self._image_bytes += _image_bytes(session) - _image_bytes(self._sessions.get(key))
+        owner, session_id = key
+        if session is None:
+            if self._sessions.pop(key, None) is not None:
+                held = self._held[owner]
+                held.discard(session_id)
+                if not held:
+                    del self._held[owner]
+        else:
+            self._sessions[key] = session
+            self._held.setdefault(owner, set()).add(session_id)
+
+    def _least_recent(self, owner: str, keep: tuple[str, str] | None) -> tuple[str, str] | None:
+        """The owner's least recently active conversation other than ``keep`` (ties: the greatest id)."""
+        keys = [(owner, session_id) for session_id in self._held.get(owner, ()) if (owner, session_id) != keep]
+        return max(keys, key=lambda k: (-self._sessions[k].last_active, k[1]), default=None)
+
+    def _oldest_activity(self, owner: str) -> float:
+        return min(self._sessions[owner, session_id].last_active for session_id in self._held[owner])
+
+    def _biggest_holders_least_recent(self, keep: tuple[str, str] | None) -> tuple[str, str] | None:
+        """The least recently active conversation (other than ``keep``) of the owner holding the most."""
+        most = max(len(held) for held in self._held.values())
+        tied = [owner for owner, held in self._held.items() if len(held) == most]
+        for owner in sorted(tied, key=lambda o: (self._oldest_activity(o), o)):
+            victim = self._least_recent(owner, keep)
+            if victim is not None:
+                return victim
+        return None  # only ``keep`` is left to take, which cannot be over a cap of at least one
+
+    def _make_room(self, owners: list[str], caps: Caps, keep: tuple[str, str] | None) -> int:
+        """Bring ``owners`` within the per-key cap, then the store within its cap; return how many went."""
+        dropped = 0
+        for owner in owners:
+            while owner and len(self._held.get(owner, ())) > caps.max_per_key:
+                victim = self._least_recent(owner, keep)
+                if victim is None:
+                    break
+                self._put(victim, None)
+                dropped += 1
+        while len(self._sessions) > caps.max_sessions:
+            victim = self._biggest_holders_least_recent(keep)
+            if victim is None:
+                break
+            self._put(victim, None)
+            dropped += 1
+        return dropped
+
+    def _current(self, owner: str, session_id: str, now: float) -> Session:
+        return self._sessions.get((owner, session_id)) or Session(
+            owner=owner, id=session_id, system_prompt=None, messages=[], created_at=now, last_active=now
+        )
+
+    async def get(self, owner: str, session_id: str) -> Session | None:
+        """Return a conversation, or ``None``."""
+        return self._sessions.get((owner, session_id))
+
+    async def owners_of(self, session_id: str) -> list[str]:
+        """Return the owners having a conversation with this id."""
+        return sorted(owner for owner, sid in self._sessions if sid == session_id)
+
+    async def append(
+        self, owner: str, session_id: str, messages: list[StoredMessage], bounds: Bounds, *, caps: Caps, now: float
+    ) -> None:
+        """Add messages, then trim, then make room."""
+        current = self._current(owner, session_id, now)
+        combined = [*current.messages, *messages]
+        drop, strip = trim_plan([m.image_bytes for m in combined], bounds)
+        kept = combined[drop:]
+        kept[:strip] = [msgspec.structs.replace(message, images=[]) for message in kept[:strip]]
+        self._put((owner, session_id), msgspec.structs.replace(current, messages=kept, last_active=now))
+        self._make_room([owner], caps, keep=(owner, session_id))
+
+    async def set_system_prompt(
+        self, owner: str, session_id: str, prompt: str | None, *, caps: Caps, now: float
+    ) -> None:
+        """Set or remove the system prompt, then make room."""
+        current = self._current(owner, session_id, now)
+        self._put((owner, session_id), msgspec.structs.replace(current, system_prompt=prompt, last_active=now))
+        self._make_room([owner], caps, keep=(owner, session_id))
+
+    async def delete(self, owner: str, session_id: str) -> None:
+        """Forget a conversation."""
+        self._put((owner, session_id), None)
+
+    async def list(self, owner: str | None, offset: int, limit: int) -> tuple[list[SessionSummary], int]:
+        """Return a page of conversations."""
+        chosen = [s for s in self._sessions.values() if owner is None or s.owner == owner]
+        chosen.sort(key=lambda s: (-s.last_active, s.id, s.owner))
+        page = [
+            SessionSummary(owner=s.owner, id=s.id, message_count=len(s.messages), last_active=s.last_active)
+            for s in chosen[offset : offset + limit]
+        ]
+        return page, len(chosen)
+
+    async def expire(self, idle_before: float, caps: Caps) -> int:
+        """Drop idle conversations, then those beyond the caps."""
+        idle = [key for key, s in self._sessions.items() if s.last_active < idle_before]
+        for key in idle:
+            self._put(key, None)
+        over = sorted(owner for owner, held in self._held.items() if len(held) > caps.max_per_key)
+        return len(idle) + self._make_room(over, caps, keep=None)
+
+    async def enforce_image_budget(self, budget: int) -> int:
+        """Strip the oldest images of the whole store until it is within ``budget``."""
+        if self._image_bytes <= budget:
+            return 0
+        held = sorted(
+            (message.at, key, index)
+            for key, session in self._sessions.items()
+            for index, message in enumerate(session.messages)
+            if message.images
+        )
+        stripped: dict[tuple[str, str], set[int]] = {}
+        excess = self._image_bytes - budget
+        for _, key, index in held:
+            if excess <= 0:
+                break
+            excess -= self._sessions[key].messages[index].image_bytes
+            stripped.setdefault(key, set()).add(index)
+        for key, indexes in stripped.items():
+            session = self._sessions[key]
+            messages = [
+                msgspec.structs.replace(m, images=[]) if i in indexes else m for i, m in enumerate(session.messages)
+            ]
+            self._put(key, msgspec.structs.replace(session, messages=messages))
+        return sum(len(indexes) for indexes in stripped.values())
+
+
 __all__ = [
     "LocalAffinity",
     "LocalRateLimiter",
     "LocalTurnLocks",
     "MemoryHealth",
+    "MemoryStore",
     "TokenQuota",
     "local_state",
-    "take_one",
 ]

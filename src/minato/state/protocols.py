@@ -6,6 +6,9 @@ Three homes implement them alike:
 - :mod:`minato.state.sqlite`: the workers of one machine, through the embedded SQLite file;
 - :mod:`minato.state.redis`: replicas on several machines, through Redis or Valkey.
 
+What they share is written once: the lease orchestration (:mod:`minato.state.leases`) and the
+arithmetic of the limits (:mod:`minato.state.windows`).
+
 Every method fails closed: when its home cannot answer it raises
 :class:`~minato.errors.StateUnavailableError` (a 503 with ``Retry-After``), never lets a request past a
 limit or runs a turn without its lease.
@@ -16,8 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from minato.state.quota import Quota
-    from minato.state.sessions.store import SessionStore
+    from minato.auth.caller import Caller
+    from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage
+    from minato.state.windows import Standing
 
 
 class HeldTurn(Protocol):
@@ -47,6 +51,20 @@ class RateLimiter(Protocol):
         ...
 
 
+class Quota(Protocol):
+    """A token quota per key over a rolling 24 h (:mod:`minato.state.windows`): what the guard checks
+    before a request and what a finished request is charged."""
+
+    async def check(self, caller: Caller) -> Standing:
+        """Where ``caller`` stands. Raises :class:`~minato.errors.StateUnavailableError` when its home
+        cannot answer."""
+        ...
+
+    async def charge(self, caller: Caller, tokens: int) -> None:
+        """Count ``tokens`` generated for ``caller`` now."""
+        ...
+
+
 class Affinity(Protocol):
     """Which backend a conversation last used, so its next turn goes there (its model is warm)."""
 
@@ -72,6 +90,53 @@ class StateHealth(Protocol):
         ...
 
 
+class SessionStore(Protocol):
+    """Persistence of conversations. Every method is safe to call from the event loop.
+
+    Conversations are addressed by ``(owner, session_id)``; ``owner`` is a key fingerprint, or
+    ``""`` for keyless deployments.
+    """
+
+    async def open(self) -> None:
+        """Prepare the store (create files, schema, migrate; report damage)."""
+
+    async def close(self) -> None:
+        """Release the store's resources."""
+
+    async def get(self, owner: str, session_id: str) -> Session | None:
+        """Return a conversation, or ``None``; raise :class:`SessionDamagedError` if it cannot be read."""
+
+    async def owners_of(self, session_id: str) -> list[str]:
+        """Return the owners having a conversation with this id, sorted."""
+
+    async def append(
+        self, owner: str, session_id: str, messages: list[StoredMessage], bounds: Bounds, *, caps: Caps, now: float
+    ) -> None:
+        """Add messages to a conversation (creating it), trim it to its bounds, and keep the store
+        within ``caps``."""
+
+    async def set_system_prompt(
+        self, owner: str, session_id: str, prompt: str | None, *, caps: Caps, now: float
+    ) -> None:
+        """Set or (with ``None``) remove a conversation's system prompt, creating it if needed, and
+        keep the store within ``caps``."""
+
+    async def delete(self, owner: str, session_id: str) -> None:
+        """Forget a conversation (idempotent); succeeds even if its messages are damaged."""
+
+    async def list(self, owner: str | None, offset: int, limit: int) -> tuple[list[SessionSummary], int]:
+        """Return a page of one owner's conversations (``None``: every owner's), most recently
+        active first, and their total count."""
+
+    async def expire(self, idle_before: float, caps: Caps) -> int:
+        """Drop conversations idle since before ``idle_before``, then those beyond ``caps`` (every
+        owner's, then the store's); return how many were dropped."""
+
+    async def enforce_image_budget(self, budget: int) -> int:
+        """Drop the oldest images of the whole store (their text stays) until at most ``budget``
+        bytes are kept; return how many messages lost their images."""
+
+
 class SharedState(NamedTuple):
     """The state one runtime uses, all from one home (see :func:`minato.state.open_state`)."""
 
@@ -83,4 +148,13 @@ class SharedState(NamedTuple):
     health: StateHealth
 
 
-__all__ = ["Affinity", "HeldTurn", "RateLimiter", "SharedState", "StateHealth", "TurnLocks"]
+__all__ = [
+    "Affinity",
+    "HeldTurn",
+    "Quota",
+    "RateLimiter",
+    "SessionStore",
+    "SharedState",
+    "StateHealth",
+    "TurnLocks",
+]

@@ -20,8 +20,7 @@ from minato.core.policy import Policy
 from minato.observability.logging import configure_logging
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
-from minato.state.protocols import Affinity, RateLimiter
-from minato.state.quota import Quota
+from minato.state.protocols import Affinity, Quota, RateLimiter
 from minato.upstream.pool.facade import OllamaPool
 from minato.upstream.ports import Upstream
 from minato.web.api import HANDLER_DEPENDENCIES, ROUTE_HANDLERS

@@ -25,7 +25,7 @@ from minato.core.policy import Policy, RouteNeeds
 from minato.errors import StateUnavailableError
 from minato.observability.record import record_of
 from minato.settings import Settings
-from minato.state.quota import Standing
+from minato.state.windows import Standing
 
 if TYPE_CHECKING:
     from minato.web.runtime import RuntimeSlot
@@ -121,7 +121,7 @@ def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot, policy: 
                     "window) is used up",
                     headers={"Retry-After": _seconds(standing.wait or 60.0)},
                 )
-            # What this request's answer may generate at most (see minato.state.quota: the bound on overshoot).
+            # What this request's answer may generate at most (see minato.state.windows: the bound on overshoot).
             connection.scope["state"][TOKENS_LEFT_KEY] = standing.left
 
     return guard

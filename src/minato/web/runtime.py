@@ -23,8 +23,7 @@ from minato.core.sessions import SessionManager
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
 from minato.state.homes import open_state
-from minato.state.protocols import Affinity, RateLimiter, SharedState
-from minato.state.quota import Quota
+from minato.state.protocols import Affinity, Quota, RateLimiter, SharedState
 from minato.upstream.ports import Catalog, Upstream
 from minato.upstream.probe import OllamaProbe
 

@@ -25,7 +25,7 @@ from minato.core.schemas import SessionListItem, SessionPage, SessionView, Syste
 from minato.core.sessions import SessionManager
 from minato.errors import AmbiguousSessionError, SessionNotFoundError
 from minato.settings import Settings
-from minato.state.sessions.model import Session, validate_session_id
+from minato.state.conversations import Session, validate_session_id
 from minato.web.rendering import VALIDATION_RESPONSE, error_spec
 
 SessionId = Annotated[str, Parameter(description="The conversation id (1-128 letters, digits, `_-.:`).")]

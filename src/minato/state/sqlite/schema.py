@@ -16,7 +16,7 @@ from typing import Final, TypeAlias
 import msgspec
 import structlog
 
-from minato.state.sessions.model import StoredMessage
+from minato.state.conversations import StoredMessage
 
 logger = structlog.get_logger("minato.sessions")
 

@@ -1,17 +1,14 @@
 """Conversations in an embedded SQLite database: the store's queries, on a thread of its own.
 
-Apart from :mod:`minato.state.sessions.store` (the interface and the in-memory store) because all of
-this is SQLite's: a dedicated thread, transactions, and writes that get past damaged pages. What
-the file is made of, and how damage is recognised, is :mod:`minato.state.sessions.schema`'s.
+Transactions, and writes that get past damaged pages. What the file is made of, and how damage is
+recognised, is :mod:`minato.state.sqlite.schema`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -19,9 +16,10 @@ import msgspec
 import structlog
 
 from minato.errors import SessionDamagedError
-from minato.state.sessions.files import prepare_store_file
-from minato.state.sessions.model import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
-from minato.state.sessions.schema import (
+from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
+from minato.state.sqlite.database import Database
+from minato.state.sqlite.files import prepare_store_file
+from minato.state.sqlite.schema import (
     INSERT_MESSAGE,
     SELECT_MESSAGES,
     is_damage,
@@ -43,7 +41,7 @@ _IMAGES_OLDEST_FIRST: Final = (
     "WHERE m.image_bytes > 0 ORDER BY m.at"
 )
 _STRIP_IMAGES: Final = "UPDATE messages SET images = NULL, image_bytes = 0 WHERE sid = ? AND seq = ?"
-# Making room (see :class:`~minato.state.sessions.model.Caps`); ``sid != ?`` spares the conversation written.
+# Making room (see :class:`~minato.state.conversations.Caps`); ``sid != ?`` spares the conversation written.
 _LEAST_RECENT_OF: Final = (
     "SELECT sid, id FROM sessions WHERE owner = ? AND sid != ? ORDER BY last_active, id DESC LIMIT ?"
 )
@@ -65,23 +63,12 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minato-sqlite")
-        self._db: sqlite3.Connection | None = None
+        self._database = Database(path, "minato-sqlite", prepare_store_file, functools.partial(_prepare, path=path))
 
     async def _run(self, work: Callable[[sqlite3.Connection], T], *, transaction: bool = True) -> T:
         """Run ``work`` on the store's thread: in one transaction, or (``transaction=False``)
         managing its own."""
-
-        def call() -> T:
-            db = self._db
-            if db is None:
-                raise RuntimeError("session store used before open()")
-            if not transaction:
-                return work(db)
-            with db:  # one transaction: commit on success, roll back on error
-                return work(db)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return await self._database.run(functools.partial(_in_transaction, work) if transaction else work)
 
     async def _run_on(
         self, owner: str, session_id: str, work: Callable[[sqlite3.Connection], T], *, transaction: bool = True
@@ -98,30 +85,11 @@ class SqliteStore:
     async def open(self) -> None:
         """Create the database file and schema on first start, migrate an older schema, and
         report damaged pages."""
-
-        def connect() -> sqlite3.Connection:
-            prepare_store_file(self.path)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.execute("PRAGMA busy_timeout=5000")
-                prepare_schema(db, self.path)
-                report_damage(db, self.path)
-            except BaseException:
-                db.close()
-                raise
-            db.isolation_level = "DEFERRED"
-            return db
-
-        self._db = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        await self._database.open()
 
     async def close(self) -> None:
         """Close the database and its thread."""
-        if self._db is not None:
-            db, self._db = self._db, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
-        self._executor.shutdown(wait=True)
+        await self._database.close()
 
     async def get(self, owner: str, session_id: str) -> Session | None:
         """Return a conversation, or ``None``."""
@@ -155,14 +123,7 @@ class SqliteStore:
         return await self._run(work)
 
     async def append(
-        self,
-        owner: str,
-        session_id: str,
-        messages: list[StoredMessage],
-        bounds: Bounds,
-        *,
-        caps: Caps,
-        now: float,
+        self, owner: str, session_id: str, messages: list[StoredMessage], bounds: Bounds, *, caps: Caps, now: float
     ) -> None:
         """Add messages, trim and make room, in one transaction."""
 
@@ -266,6 +227,20 @@ class SqliteStore:
             return _for_each(db, _STRIP_IMAGES, chosen, damaged)
 
         return await self._run(work, transaction=False)
+
+
+def _prepare(db: sqlite3.Connection, *, path: Path) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=5000")
+    prepare_schema(db, path)
+    report_damage(db, path)
+    db.isolation_level = "DEFERRED"
+
+
+def _in_transaction(work: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
+    with db:  # one transaction: commit on success, roll back on error
+        return work(db)
 
 
 def _for_each(db: sqlite3.Connection, sql: str, rows: list[R], damaged: Callable[[R, str], None]) -> int:

@@ -1,0 +1,2 @@
+-- ARGV: prefix, owner, id
+drop(ARGV[2], ARGV[3])

@@ -1,1 +1,0 @@
-"""Server-side conversations: model, stores, and the rules that use them."""

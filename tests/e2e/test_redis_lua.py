@@ -1,0 +1,102 @@
+"""Minato's Lua scripts against a real ``redis-server``: every ``lua/*.lua`` file is used and compiles, and
+the limits' scripts answer exactly as :mod:`minato.state.windows` (the arithmetic of the memory and
+SQLite homes) for the same sequence of times and costs: one algorithm in every home."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from importlib.resources import files
+
+import pytest
+from redis.asyncio import Redis
+
+from minato.observability.metrics import Metrics
+from minato.settings import Settings
+from minato.state.redis.conversations import RedisStore
+from minato.state.redis.limits import RATE_BUCKET_TTL_MS, RedisQuota, RedisRateLimiter
+from minato.state.redis.link import Link, lua
+from minato.state.redis.turns import redis_turns
+from minato.state.windows import BUCKET_SECONDS, WINDOW_MINUTES, QuotaWindow, Standing, take_one
+
+pytestmark = pytest.mark.anyio
+
+DAY = WINDOW_MINUTES * BUCKET_SECONDS
+
+
+@pytest.fixture(name="client")
+async def fx_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+async def test_every_script_file_is_used_and_compiles(client: Redis, redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, session_store="memory://")
+    link = Link(client, settings, Metrics())
+    RedisStore(link, settings)
+    redis_turns(link, settings)
+    RedisRateLimiter(link)
+    RedisQuota(link)
+
+    shipped = {path.name for path in files("minato.state.redis").joinpath("lua").iterdir()}
+    used = {f"{name}.lua" for names in link.scripts for name in names}
+    assert shipped == used, "every script file is loaded by a primitive, and every one it loads is shipped"
+    for names in link.scripts:
+        digest = await client.script_load(lua(*names))
+        assert await client.script_exists(digest) == [True], names
+
+
+def _times(seed: int, count: int) -> list[float]:
+    """Increasing times: small steps, steps across minutes, a day to the second (the window's edge), and
+    jumps past the window."""
+    rng = random.Random(seed)
+    now, times = 1_700_000_000.0 + rng.random(), []
+    for _ in range(count):
+        steps = [0.0, rng.random(), rng.uniform(1, 90), rng.uniform(600, 7200), float(DAY), rng.uniform(DAY / 3, DAY)]
+        now += rng.choice(steps)
+        times.append(now)
+    return times
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_the_token_bucket_script_answers_as_take_one(client: Redis, seed: int) -> None:
+    script = client.register_script(lua("clock", "token_bucket"))
+    rng = random.Random(seed)
+    per_minute = rng.choice([1, 3, 60, 1000])
+    state: tuple[float, float] | None = None
+    for now in _times(seed, 300):
+        tokens, last = state if state is not None else (float(per_minute), now)
+        tokens, expected = take_one(tokens, last, now, per_minute)
+        state = (tokens, now)
+
+        answer = await script(keys=[f"t:bucket:{seed}"], args=[per_minute, RATE_BUCKET_TTL_MS, _number(now)])
+
+        assert float(answer) == expected, f"at {now!r}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_the_quota_scripts_answer_as_the_quota_window(client: Redis, seed: int) -> None:
+    check = client.register_script(lua("clock", "quota_check"))
+    charge = client.register_script(lua("clock", "quota_charge"))
+    rng = random.Random(seed)
+    window, key, limit = QuotaWindow(), f"t:quota:{seed}", rng.choice([100, 5_000, 50_000])
+    answers = []
+    for now in _times(seed, 300):
+        if rng.random() < 0.6:
+            cost = rng.randint(1, limit // 3)
+            window.charge(now, cost)
+            await charge(keys=[key], args=[cost, BUCKET_SECONDS, WINDOW_MINUTES, _number(now)])
+            continue
+        expected = window.standing(now, limit)
+
+        wait, total = await check(keys=[key], args=[limit, BUCKET_SECONDS, WINDOW_MINUTES, _number(now)])
+
+        assert Standing(float(wait), max(0, limit - int(total))) == expected, f"at {now!r}"
+        answers.append(expected)
+    assert any(answer.wait for answer in answers), "the sequence went over the quota at times"
+    assert any(not answer.wait for answer in answers), "and was under it at others"
