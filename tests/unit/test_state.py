@@ -31,7 +31,7 @@ from minato.state.sqlite.home import SqliteState
 from minato.state.sqlite.tables import UNAVAILABLE
 from minato.state.sqlite.turns import SqliteLeaseStore
 from minato.state.windows import Standing
-from tests.clocks import ManualClock
+from tests.support.clocks import ManualClock
 
 pytestmark = pytest.mark.anyio
 QUOTA_CALLER = Caller(fingerprint="f00d", role=Role.USER, name="q", tokens_per_day=10)
