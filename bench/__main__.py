@@ -31,7 +31,7 @@ from bench.scenarios import (
     relay_rows,
     whole16_rows,
 )
-from tests.standin.process import run_standin
+from tests.support.standin.process import run_standin
 
 PARTS: Final = {
     "core": "one Minato, one backend: 1 and 32 clients, the long relay, the front doors",

@@ -31,7 +31,7 @@ from typing import Final
 
 import httpx
 
-from tests.standin.process import run_standin
+from tests.support.standin.process import run_standin
 
 MODEL: Final = "llama3.2:1b"
 LONG: Final = "standin/tokens:1000"

@@ -1,7 +1,7 @@
 """The processes under test: Minato as a real ``python -m minato serve``, the references, /proc readings.
 
-The stand-in comes from :mod:`tests.standin.process`; Minato is started the way
-``tests/e2e/conftest.py`` starts it, with its log going to a file (as it would to a container's
+The stand-in comes from :mod:`tests.support.standin.process`; Minato is started the way
+``tests/support/servers.py`` starts it, with its log going to a file (as it would to a container's
 log pipe) rather than to the benchmark's terminal. The two references it is compared with are
 Debian's nginx (:func:`run_nginx`) and the bare Litestar relay of :mod:`bench.bare_relay`
 (:func:`run_bare_relay`), each on its own free loopback port.

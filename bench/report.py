@@ -109,7 +109,7 @@ make bench                                        # full run, 6-8 minutes
 .venv/bin/python -m bench --markdown docs/benchmarks.md   # also rewrite this page
 ```
 
-The benchmark starts the Ollama stand-in (`tests/standin`) and Minato (`python -m minato serve`,
+The benchmark starts the Ollama stand-in (`tests/support/standin`) and Minato (`python -m minato serve`,
 one worker, `MINATO_LOG_LEVEL=warning` unless a row says otherwise) as real processes on loopback,
 and drives both with its own load generator (`bench/load.py`: uvloop, a raw asyncio protocol and
 httptools, keep-alive connections), so every time is measured outside Minato. Two references run

@@ -43,8 +43,8 @@ from bench.load import (
 from bench.processes import NGINX, Server, cpu_seconds, rss_bytes, run_bare_relay, run_minato, run_nginx
 from bench.profile import Profiler
 from bench.report import Row, Unit
-from tests.redis_server import RedisServer, RedisServerMissingError
-from tests.standin.process import StandInProcess
+from tests.support.redis_server import RedisServer, RedisServerMissingError
+from tests.support.standin.process import StandInProcess
 
 __all__ = [
     "Plan",

@@ -1,21 +1,19 @@
-"""Shared fixtures: settings, a respx router standing in for Ollama, the app and its client."""
+"""Fixtures every kind of test shares: the asyncio backend, clean logging, a scratch directory, a Redis of
+the test's own, settings, a recorded ``serve``; and the process fixtures of ``tests/support/servers.py``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import respx
 import structlog
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
-from minato.web.app import create_app
-from tests.payloads import INSTALLED, catalogue, not_found
-from tests.redis_server import RedisServer, RedisServerMissingError
+from tests.support.redis_server import RedisServer, RedisServerMissingError
+
+# The process fixtures (Minato and the stand-in as real servers) serve e2e, contract, load and browser tests.
+pytest_plugins = ["tests.support.servers"]
 
 OLLAMA_URL = "http://ollama.test:11434"
 
@@ -59,11 +57,10 @@ def fx_redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture(name="settings")
-def fx_settings() -> Settings:
-    """Settings pointing at the mocked Ollama, with small limits that tests can reach."""
+def small_settings(ollama_url: str = OLLAMA_URL) -> Settings:
+    """Settings with small limits that tests can reach, pointing at ``ollama_url``."""
     return Settings(
-        ollama_url=OLLAMA_URL,
+        ollama_url=ollama_url,
         max_images=3,
         max_image_bytes=64 * 1024,
         max_message_chars=1000,
@@ -72,31 +69,10 @@ def fx_settings() -> Settings:
     )
 
 
-@pytest.fixture(name="ollama")
-def fx_ollama() -> Iterator[respx.MockRouter]:
-    """A respx router answering for Ollama; tests add routes and inspect ``calls``."""
-    with respx.mock(base_url=OLLAMA_URL, assert_all_called=False, assert_all_mocked=True) as router:
-        # Nothing is loaded unless a test says otherwise (the model list asks /api/ps every time).
-        router.get("/api/ps", name="ps").respond(200, json={"models": []})
-        # The models the generation routes find installed (Minato checks a name against this list
-        # before it asks for an answer); a test that needs another list adds its own route.
-        router.get("/api/tags", name="tags").respond(200, json=catalogue(*INSTALLED))
-        # A name not in that list is asked of /api/show before it is called unknown.
-        router.post("/api/show", name="show").respond(404, json=not_found("unlisted"))
-        yield router
-
-
-@pytest.fixture(name="app")
-def fx_app(settings: Settings, ollama: respx.MockRouter) -> Litestar:
-    """Minato wired to the respx router through an httpx mock transport."""
-    return create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
-
-
-@pytest.fixture(name="client")
-async def fx_client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    """An async test client running the app's lifespan."""
-    async with AsyncTestClient(app=app) as client:
-        yield client
+@pytest.fixture(name="settings")
+def fx_settings() -> Settings:
+    """Settings pointing at an Ollama nobody serves (app tests point them at theirs), with small limits."""
+    return small_settings()
 
 
 @pytest.fixture(name="served")

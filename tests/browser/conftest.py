@@ -1,6 +1,6 @@
 """Browser fixtures: Debian's Chromium, driven by Playwright, on pages Minato serves as a real process.
 
-Minato runs in front of the Ollama stand-in (``tests/e2e/conftest.py`` starts both). Every page
+Minato runs in front of the Ollama stand-in (``tests/support/servers.py`` starts both). Every page
 is watched: a request to any origin but Minato's is refused and recorded, and so are console errors
 and uncaught exceptions; a test fails on either unless it says which console errors it expects.
 Each test leaves a screenshot in the artifacts directory (``MINATO_BROWSER_ARTIFACTS``, else
@@ -24,8 +24,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Playwright, Route, sync_playwright
 
-from tests.e2e.conftest import REPO, MinatoServer, start_minato, stop_minato
-from tests.standin.process import StandInProcess
+from tests.support.servers import REPO, MinatoServer, start_minato, stop_minato
+from tests.support.standin.process import StandInProcess
 
 CHROMIUM: Final = Path("/usr/bin/chromium")
 CHROMIUM_MISSING: Final = (

@@ -22,9 +22,9 @@ from tests.browser.conftest import (
     Browsing,
     update_readme_screenshot,
 )
-from tests.e2e.conftest import MinatoServer
-from tests.payloads import PNG_1PX
-from tests.standin.process import StandInProcess
+from tests.support.payloads import PNG_1PX
+from tests.support.servers import MinatoServer
+from tests.support.standin.process import StandInProcess
 
 pytestmark = pytest.mark.browser
 ANSWER = ".turn.assistant .text"

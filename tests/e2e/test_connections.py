@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import pytest
 
-from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
+from tests.support.servers import MinatoServer, start_minato, stop_minato
 
 pytestmark = pytest.mark.e2e
 

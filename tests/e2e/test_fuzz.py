@@ -35,7 +35,7 @@ from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.core.result import Ok
 
 from minato.web.rendering import Door, door_of
-from tests.e2e.conftest import Backend, MinatoServer
+from tests.support.servers import Backend, MinatoServer
 
 pytestmark = pytest.mark.e2e
 

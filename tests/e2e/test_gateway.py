@@ -10,8 +10,8 @@ import httpx
 import msgspec
 import pytest
 
-from tests.e2e.conftest import Backend, MinatoServer, start_minato, stop_minato
-from tests.payloads import PNG_1PX
+from tests.support.payloads import PNG_1PX
+from tests.support.servers import Backend, MinatoServer, start_minato, stop_minato
 
 pytestmark = pytest.mark.e2e
 
@@ -267,7 +267,7 @@ def test_a_model_that_does_not_answer_in_time_is_a_504(
 
 
 def test_ollama_down_is_a_503_naming_its_url_and_ready_says_so(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from tests.e2e.conftest import free_port
+    from tests.support.servers import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     server = start_minato(dead, tmp_path_factory.mktemp("down") / "minato.log")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
+from tests.support.servers import MinatoServer, start_minato, stop_minato
 
 pytestmark = pytest.mark.e2e
 

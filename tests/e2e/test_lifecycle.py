@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.conftest import Backend
+from tests.support.servers import Backend
 
 pytestmark = pytest.mark.e2e
 

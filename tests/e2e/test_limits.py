@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import Backend, start_minato, stop_minato
+from tests.support.servers import Backend, start_minato, stop_minato
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import MinatoServer
+from tests.support.servers import MinatoServer
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
-from tests.standin.process import StandInProcess
+from tests.support.servers import MinatoServer, start_minato, stop_minato
+from tests.support.standin.process import StandInProcess
 
 pytestmark = pytest.mark.e2e
 

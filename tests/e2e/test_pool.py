@@ -13,8 +13,8 @@ import httpx
 import msgspec
 import pytest
 
-from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
-from tests.standin.process import StandInProcess
+from tests.support.servers import MinatoServer, start_minato, stop_minato
+from tests.support.standin.process import StandInProcess
 
 StandIns = Callable[..., StandInProcess]
 PACED = "standin/paced:12x40"

@@ -33,12 +33,13 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import prometheus_server
-from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
-from tests.media_type import MediaType, parse_media_type
-from tests.prometheus_server import PrometheusMissingError, PrometheusServer, eventually, scrape_config
-from tests.standin.process import StandInProcess
-from tests.unit.test_dashboard import dashboard, expressions
+from tests.app.test_dashboard import dashboard, expressions
+from tests.support import prometheus_server
+from tests.support.media_type import MediaType, parse_media_type
+from tests.support.prometheus_server import PrometheusMissingError, PrometheusServer, scrape_config
+from tests.support.servers import MinatoServer, start_minato, stop_minato
+from tests.support.standin.process import StandInProcess
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,6 @@
 """Every curl and client snippet of README.md and docs/*.md, run against Minato as a real process.
 
-The snippets are read from the markdown when the tests are collected (``tests/snippets.py``): no
+The snippets are read from the markdown when the tests are collected (``tests/support/snippets.py``): no
 snippet is copied here, and one added to the docs becomes a test case of its own, named by its file
 and line. Each page is run top to bottom as a reader would follow it, against its own Ollama
 stand-in holding only the models README's "Set up" pulls, behind two Minatos: one without keys (the
@@ -32,9 +32,9 @@ from typing import Final
 import pytest
 
 from minato.auth.keys import digest_of
-from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
-from tests.payloads import PNG_1PX
-from tests.snippets import (
+from tests.support.payloads import PNG_1PX
+from tests.support.servers import MinatoServer, start_minato, stop_minato
+from tests.support.snippets import (
     ADMIN_KEY,
     FINGERPRINT,
     REPO,
@@ -48,7 +48,7 @@ from tests.snippets import (
     setup_models,
     uses_keys,
 )
-from tests.standin.process import StandInProcess
+from tests.support.standin.process import StandInProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import MinatoServer, start_minato, stop_minato
-from tests.redis_server import RedisServer, RedisServerMissingError
+from tests.support.redis_server import RedisServer, RedisServerMissingError
+from tests.support.servers import MinatoServer, start_minato, stop_minato
 
 pytestmark = pytest.mark.e2e
 MODEL = "llama3.2:1b"

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import MinatoServer, launch_minato, start_minato, stop_minato
+from tests.support.servers import MinatoServer, launch_minato, start_minato, stop_minato
 
 pytestmark = pytest.mark.e2e
 

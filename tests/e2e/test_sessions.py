@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Backend, MinatoServer, start_minato, stop_minato
+from tests.support.servers import Backend, MinatoServer, start_minato, stop_minato
 from tests.unit.test_session_store import DAMAGED, HEALTHY, _store_with_a_damaged_conversation, _v1_database
 
 pytestmark = pytest.mark.e2e

@@ -1,49 +1,24 @@
-"""Every message a client reads is Minato's own sentence; the library's wording goes to the log.
-
-The failures are real where that is cheap: a refused port on loopback through the aiohttp transport,
-a chunked body cut short by a real server, Litestar's own validation. Elsewhere respx raises them.
-"""
+"""Error sentences without the app: a cut chunked stream, a refused port through the client, msgspec's
+messages, each in Minato's words."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
-import respx
 from aiohttp import web
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
 from minato.errors import OllamaUnavailableError, UpstreamError
 from minato.ollama.wire import ChatRequest, WireMessage
 from minato.settings import Settings
 from minato.upstream.client import OllamaClient
-from minato.web.app import create_app
 from minato.web.rendering import validation_sentence
-from tests.conftest import OLLAMA_URL
-from tests.payloads import chat_token, ndjson
+from tests.support.payloads import chat_token, ndjson
 
 pytestmark = pytest.mark.anyio
-Client = AsyncTestClient[Litestar]
-LIBRARY_WORDS = (
-    "ssl:default",
-    "Connect call failed",
-    "Expected `",
-    "TransferEncodingError",
-    "aiohttp",
-    "httpx",
-    "msgspec",
-)
-
-
-def assert_no_library_words(text: str) -> None:
-    for words in LIBRARY_WORDS:
-        assert words not in text
 
 
 def closed_loopback_port() -> int:
@@ -55,113 +30,6 @@ def closed_loopback_port() -> int:
 
 def hello() -> ChatRequest:
     return ChatRequest(model="llama3.2", messages=[WireMessage(role="user", content="hi")], stream=True)
-
-
-async def test_a_refused_port_on_loopback_is_named_and_aiohttps_text_is_only_logged() -> None:
-    url = f"http://127.0.0.1:{closed_loopback_port()}"
-    settings = Settings(ollama_url=url, session_store="memory://", ollama_probe_interval=0)
-    app = create_app(settings)  # the real aiohttp transport
-
-    with capture_logs() as events:
-        async with AsyncTestClient(app=app) as client:
-            response = await client.get("/llama3.2", params={"message": "hi"})
-
-    assert response.status_code == 503
-    assert response.json() == {"detail": f"Ollama is unreachable at {url}: the connection was refused"}
-    assert_no_library_words(response.text)
-    # One line per failed call: the model list the catalog asked for, then the chat itself.
-    logged = [event for event in events if event["event"] == "ollama_connection_failed"]
-    assert logged
-    assert all("Cannot connect to host" in event["error"] and event["ollama_url"] == url for event in logged)
-
-
-async def test_ready_gives_the_same_sentence_for_a_refused_port() -> None:
-    url = f"http://127.0.0.1:{closed_loopback_port()}"
-    app = create_app(Settings(ollama_url=url, session_store="memory://", ollama_probe_interval=0))
-
-    async with AsyncTestClient(app=app) as client:
-        response = await client.get("/ready")
-
-    assert response.status_code == 503
-    assert response.json()["reason"] == f"Ollama is unreachable at {url}: the connection was refused"
-
-
-class Failing(httpx.AsyncBaseTransport):
-    """A transport that fails every call the way the aiohttp one does: an httpx error caused by the real one."""
-
-    def __init__(self, failure: httpx.HTTPError, cause: BaseException | None) -> None:
-        self.failure = failure
-        self.cause = cause
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        raise self.failure from self.cause
-
-
-@pytest.mark.parametrize(
-    ("failure", "cause", "status", "detail"),
-    [
-        pytest.param(
-            httpx.ConnectTimeout("Connection timeout to host http://ollama.test:11434/api/chat"),
-            None,
-            503,
-            f"Ollama is unreachable at {OLLAMA_URL}: no connection within 5 s (MINATO_CONNECT_TIMEOUT)",
-            id="connect-timeout",
-        ),
-        pytest.param(
-            httpx.ConnectError("Cannot connect to host ollama.test:11434 ssl:default [Name or service not known]"),
-            socket.gaierror(-2, "Name or service not known"),
-            503,
-            f"Ollama is unreachable at {OLLAMA_URL}: cannot resolve host ollama.test",
-            id="dns",
-        ),
-        pytest.param(
-            httpx.ConnectError("Cannot connect to host ollama.test:11434 ssl:default [Connect call failed]"),
-            ConnectionRefusedError(111, "Connect call failed ('10.0.0.1', 11434)"),
-            503,
-            f"Ollama is unreachable at {OLLAMA_URL}: the connection was refused",
-            id="refused",
-        ),
-        pytest.param(
-            httpx.ConnectError("All connection attempts failed"),
-            None,
-            503,
-            f"Ollama is unreachable at {OLLAMA_URL}: the connection failed",
-            id="unknown-cause",
-        ),
-        pytest.param(
-            httpx.ReadTimeout("Timeout on reading data from socket"),
-            None,
-            504,
-            f"Ollama at {OLLAMA_URL} did not answer in time",
-            id="read-timeout",
-        ),
-        pytest.param(
-            httpx.RemoteProtocolError("Server disconnected"),
-            None,
-            502,
-            f"Ollama at {OLLAMA_URL} closed the connection before answering",
-            id="dropped",
-        ),
-        pytest.param(
-            httpx.ReadError("[Errno 104] Connection reset by peer"),
-            ConnectionResetError(104, "Connection reset by peer"),
-            502,
-            f"the connection to Ollama at {OLLAMA_URL} failed: the connection was reset",
-            id="reset",
-        ),
-    ],
-)
-async def test_transport_failures_are_told_in_minatos_words(
-    settings: Settings, failure: httpx.HTTPError, cause: BaseException | None, status: int, detail: str
-) -> None:
-    app = create_app(settings, transport=Failing(failure, cause))
-
-    async with AsyncTestClient(app=app) as client:
-        response = await client.get("/llama3.2", params={"message": "hi"})
-
-    assert response.status_code == status
-    assert response.json() == {"detail": detail}
-    assert_no_library_words(response.text)
 
 
 @pytest.fixture(name="truncating_ollama")
@@ -219,75 +87,6 @@ async def test_a_refused_connection_through_the_client_names_the_url() -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "params", "loc", "msg"),
-    [
-        pytest.param("/llama3.2", {"num_ctx": "x"}, "num_ctx", "must be an integer", id="int"),
-        pytest.param("/llama3.2", {"temperature": "abc"}, "temperature", "must be a number", id="float"),
-        pytest.param("/llama3.2", {"think": "maybe"}, "think", "must be true or false", id="bool"),
-        pytest.param("/llama3.2", {"top_p": "-1"}, "top_p", "must be at least 0", id="ge"),
-        pytest.param("/llama3.2", {"temperature": "101"}, "temperature", "must be at most 100", id="le"),
-        pytest.param("/llama3.2", {"seed": "1" * 30}, "seed", "must be at most 9223372036854775807", id="huge-int"),
-        pytest.param("/llama3.2", {"temperature": "1e400"}, "temperature", "is out of range", id="overflow"),
-        pytest.param("/llama3.2", {"system_prompt": ""}, "system_prompt", "must not be empty", id="min-length"),
-        pytest.param("/llama3.2", {"format": "xml"}, "format", "must be one of: json", id="literal"),
-        pytest.param("/chat", {"limit": "x"}, "limit", "must be an integer", id="chat-limit"),
-        pytest.param("/chat", {"offset": "-1"}, "offset", "must be at least 0", id="chat-offset"),
-    ],
-)
-async def test_litestars_validation_is_told_in_minatos_words(
-    client: Client, ollama: respx.MockRouter, path: str, params: dict[str, str], loc: str, msg: str
-) -> None:
-    chat = ollama.post("/api/chat").respond(200, json={})
-
-    response = await client.get(path, params={"message": "hi", **params} if path != "/chat" else params)
-
-    assert response.status_code == 422
-    assert response.json() == {"detail": [{"loc": ["query", loc], "msg": msg, "type": "value_error"}]}
-    assert_no_library_words(response.text)
-    assert not chat.called
-
-
-@pytest.mark.parametrize(
-    ("body", "detail"),
-    [
-        pytest.param(
-            b"{}", [{"loc": ["body", "system_prompt"], "msg": "field required", "type": "missing"}], id="missing"
-        ),
-        pytest.param(
-            b'{"system_prompt": 3}',
-            [{"loc": ["body", "system_prompt"], "msg": "must be a string", "type": "value_error"}],
-            id="wrong-type",
-        ),
-        pytest.param(
-            b'{"system_prompt": null}',
-            [{"loc": ["body", "system_prompt"], "msg": "must be a string", "type": "value_error"}],
-            id="null",
-        ),
-        pytest.param(
-            b'{"system_prompt": "x", "prompt": "y"}',
-            [{"loc": ["body", "prompt"], "msg": "unknown field (known: system_prompt)", "type": "extra_forbidden"}],
-            id="unknown-field",
-        ),
-        pytest.param(b"[]", [{"loc": ["body"], "msg": "must be a JSON object", "type": "value_error"}], id="array"),
-        pytest.param(b"not json", [{"loc": ["body"], "msg": "is not valid JSON", "type": "json_invalid"}], id="junk"),
-        pytest.param(
-            b'{"system_prompt": "x"', [{"loc": ["body"], "msg": "is not valid JSON", "type": "json_invalid"}], id="cut"
-        ),
-        pytest.param(b"", [{"loc": ["body"], "msg": "a JSON body is required", "type": "missing"}], id="empty"),
-    ],
-)
-async def test_a_bad_system_prompt_body_is_a_422_in_minatos_words(
-    client: Client, body: bytes, detail: list[dict[str, object]]
-) -> None:
-    response = await client.put("/chat/s/system_prompt", content=body, headers={"content-type": "application/json"})
-
-    assert response.status_code == 422
-    assert response.json() == {"detail": detail}
-    assert_no_library_words(response.text)
-    assert (await client.get("/chat/s")).status_code == 404
-
-
-@pytest.mark.parametrize(
     ("message", "allowed", "sentence"),
     [
         ("Expected `int | null`, got `str`", (), "must be an integer"),
@@ -311,64 +110,3 @@ async def test_a_bad_system_prompt_body_is_a_422_in_minatos_words(
 )
 def test_msgspec_messages_become_minato_sentences(message: str, allowed: tuple[str, ...], sentence: str) -> None:
     assert validation_sentence(message, allowed) == sentence
-
-
-async def test_a_malformed_multipart_body_says_so_without_the_parsers_words(
-    client: Client, ollama: respx.MockRouter
-) -> None:
-    ollama.post("/api/show").respond(200, json={"capabilities": ["completion", "vision"]})
-    chat = ollama.post("/api/chat").respond(200, json={})
-
-    response = await client.post(
-        "/vision/gemma3",
-        params={"message": "hi"},
-        headers={"content-type": "multipart/form-data; boundary=xyz"},
-        content=b"--xyz\r\nContent-Disposition form-data\r\n\r\n\x89PNG\r\n--xyz--\r\n",
-    )
-
-    assert response.status_code == 422
-    (item,) = response.json()["detail"]
-    assert item["loc"] == ["body", "form"]
-    assert item["msg"] == "is not a well-formed multipart/form-data body (check the boundary and part headers)"
-    assert not chat.called
-
-
-async def test_a_runner_error_relayed_verbatim_by_ollama_is_unwrapped(client: Client, ollama: respx.MockRouter) -> None:
-    runner_body = json.dumps(
-        {"error": {"code": 400, "message": "Multimodal data provided, but model does not support multimodal requests."}}
-    )
-    ollama.post("/api/chat").respond(400, json={"error": runner_body})
-
-    response = await client.get("/llama3.2", params={"message": "hi"})
-
-    assert response.status_code == 400
-    assert response.json() == {"detail": "Multimodal data provided, but model does not support multimodal requests."}
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "ask", "name", "hint"),
-    [
-        ("GET", "/llama3.2", {"params": {"message": "hi", "max_tokens": "5"}}, "max_tokens", "max_new_tokens"),
-        ("GET", "/llama3.2", {"params": {"message": "hi", "num_predict": "5"}}, "num_predict", "max_new_tokens"),
-        ("GET", "/llama3.2", {"params": {"message": "hi", "stream": "true"}}, "stream", "/stream/"),
-        ("GET", "/llama3.2", {"params": {"prompt": "hi"}}, "prompt", "Minato calls it message"),
-        ("POST", "/llama3.2", {"json": {"message": "hi", "max_tokens": 5}}, "max_tokens", "max_new_tokens"),
-        ("POST", "/llama3.2", {"json": {"message": "hi", "stream": True}}, "stream", "/stream/"),
-    ],
-)
-async def test_another_apis_name_on_minatos_routes_points_to_minatos(
-    client: Client, method: str, path: str, ask: dict[str, object], name: str, hint: str
-) -> None:
-    response = await client.request(method, path, **ask)  # type: ignore[arg-type]
-
-    assert response.status_code == 422
-    (item,) = [item for item in response.json()["detail"] if item["loc"][-1] == name]
-    assert hint in item["msg"]
-    assert item["msg"].startswith(("unknown parameter", "unknown field"))
-
-
-async def test_a_hint_is_given_only_where_the_route_takes_what_it_points_to(client: Client) -> None:
-    response = await client.put("/chat/c1/system_prompt", json={"system_prompt": "be brief", "prompt": "x"})
-
-    assert response.status_code == 422
-    assert response.json()["detail"][0]["msg"] == "unknown field (known: system_prompt)"

@@ -1,20 +1,12 @@
-"""``/metrics`` answers with a ``Content-Type`` a strict reader takes: Prometheus 3 reads it with Go's
-``mime.ParseMediaType`` and fails the whole scrape on a parameter sent twice.
-
-The reader (``tests/media_type.py``) is tested first, on what Go and RFC 9110 refuse, so that its
-verdict on Minato's header means something.
-"""
+"""The strict media-type reader the ``/metrics`` tests use (Go's ``mime.ParseMediaType`` rules)."""
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 import pytest
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from tests.media_type import MediaType, MediaTypeError, parse_media_type
+from tests.support.media_type import MediaType, MediaTypeError, parse_media_type
 
 pytestmark = pytest.mark.anyio
 
@@ -63,21 +55,3 @@ def test_the_strict_reader_takes_well_formed_media_types(value: str, expected: M
 def test_the_strict_reader_refuses_what_go_or_rfc_9110_refuses(value: str, why: str) -> None:
     with pytest.raises(MediaTypeError, match=why):
         parse_media_type(value)
-
-
-async def test_metrics_sends_one_charset(client: AsyncTestClient[Litestar]) -> None:
-    response = await client.get("/metrics")
-
-    assert response.status_code == 200
-    assert response.headers.get_list("content-type") == [CONTENT_TYPE_LATEST]
-    assert parse_media_type(response.headers["content-type"]) == MediaType(
-        "text/plain", {"version": "1.0.0", "charset": "utf-8"}
-    )
-    assert response.text.startswith("# HELP ")
-
-
-async def test_the_openapi_document_names_the_media_type_metrics_sends(client: AsyncTestClient[Litestar]) -> None:
-    document: dict[str, Any] = (await client.get("/docs/openapi.json")).json()
-    sent = (await client.get("/metrics")).headers["content-type"]
-
-    assert list(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [sent]

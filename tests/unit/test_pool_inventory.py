@@ -11,7 +11,7 @@ import respx
 
 from minato.settings import Settings
 from minato.upstream.pool.facade import OllamaPool
-from tests.payloads import catalogue, ndjson, not_found, pull_progress
+from tests.support.payloads import catalogue, ndjson, not_found, pull_progress
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from minato.state.conversations import Bounds, Caps, StoredMessage
 from minato.state.protocols import SharedState
 from minato.state.redis.home import open_redis_state
 from minato.state.windows import Standing
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 

@@ -1,10 +1,11 @@
-"""How the docs' snippets are found (``tests/snippets.py``): what is one, what its directive says, what is rewritten."""
+"""How the docs' snippets are found (``tests/support/snippets.py``): what is one, what its directive says, what is
+rewritten."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.snippets import (
+from tests.support.snippets import (
     REPO,
     Directive,
     SnippetError,

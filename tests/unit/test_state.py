@@ -16,12 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-import msgspec
 import pytest
-import respx
-from litestar.testing import AsyncTestClient
-from structlog.testing import capture_logs
 
 from minato.auth.caller import Caller, Role
 from minato.core.sessions import SessionManager
@@ -36,9 +31,7 @@ from minato.state.sqlite.home import SqliteState
 from minato.state.sqlite.tables import UNAVAILABLE
 from minato.state.sqlite.turns import SqliteLeaseStore
 from minato.state.windows import Standing
-from minato.web.app import create_app
-from tests.clocks import ManualClock
-from tests.payloads import chat_answer
+from tests.support.clocks import ManualClock
 
 pytestmark = pytest.mark.anyio
 QUOTA_CALLER = Caller(fingerprint="f00d", role=Role.USER, name="q", tokens_per_day=10)
@@ -489,92 +482,3 @@ async def test_a_redis_url_opens_the_redis_home(monkeypatch: pytest.MonkeyPatch)
         assert state is fake
 
     assert opened == [(settings, metrics)]
-
-
-# -- failing closed, through HTTP -----------------------------------------------------------
-
-
-class _Unavailable:
-    async def check(self, key: str, per_minute: int) -> float:
-        raise StateUnavailableError(UNAVAILABLE)
-
-
-async def test_a_limiter_that_cannot_answer_is_a_503_with_retry_after(
-    settings: Settings, ollama: respx.MockRouter
-) -> None:
-    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
-    keyed = msgspec.structs.replace(settings, api_keys=("k",), rate_limit_per_minute=10)
-    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), limiter=_Unavailable())
-
-    async with AsyncTestClient(app=app) as client:
-        response = await client.get("/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "k"})
-
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "5"
-    assert response.json()["detail"] == UNAVAILABLE
-    assert not chat.called
-
-
-async def test_a_quota_that_cannot_answer_is_a_503(
-    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
-) -> None:
-    class Unavailable(TokenQuota):
-        async def check(self, caller: Caller) -> Standing:
-            raise StateUnavailableError(UNAVAILABLE)
-
-    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
-    keys = tmp_path / "keys.toml"
-    keys.write_text('[keys.quoted]\nkey = "a-key-with-a-quota"\ntokens_per_day = 5\n')
-    keyed = msgspec.structs.replace(settings, keys_file=str(keys))
-    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), quota=Unavailable())
-
-    async with AsyncTestClient(app=app) as client:
-        response = await client.get("/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "a-key-with-a-quota"})
-
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "5"
-    assert not chat.called
-
-
-async def test_a_quota_that_cannot_count_an_answer_logs_it_and_the_answer_stands(
-    settings: Settings, ollama: respx.MockRouter, tmp_path: Path
-) -> None:
-    class Uncounting(TokenQuota):
-        async def charge(self, caller: Caller, tokens: int) -> None:
-            raise StateUnavailableError(UNAVAILABLE)
-
-    ollama.post("/api/chat").respond(200, json=chat_answer())
-    keys = tmp_path / "keys.toml"
-    keys.write_text('[keys.quoted]\nkey = "a-key-with-a-quota"\ntokens_per_day = 5\n')
-    keyed = msgspec.structs.replace(settings, keys_file=str(keys))
-    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), quota=Uncounting())
-
-    with capture_logs() as logs:
-        async with AsyncTestClient(app=app) as client:
-            response = await client.get(
-                "/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "a-key-with-a-quota"}
-            )
-
-    assert response.status_code == 200
-    assert [log["tokens"] for log in logs if log["event"] == "token_quota_charge_failed"] == [3]
-
-
-async def test_a_turn_that_cannot_take_its_lease_is_a_503_and_never_reaches_ollama(
-    settings: Settings, ollama: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def unavailable(self: LocalTurnLocks, owner: str, session_id: str) -> None:
-        raise StateUnavailableError(UNAVAILABLE)
-
-    monkeypatch.setattr(LocalTurnLocks, "acquire", unavailable)
-    chat = ollama.post("/api/chat").respond(200, json=chat_answer())
-    app = create_app(settings, transport=httpx.MockTransport(ollama.async_handler))
-
-    async with AsyncTestClient(app=app) as client:
-        response = await client.get("/llama3.2", params={"message": "hi", "session": "s"})
-        without = await client.get("/llama3.2", params={"message": "hi"})
-
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "5"
-    assert response.json()["detail"] == UNAVAILABLE
-    assert without.status_code == 200, "a request without a conversation takes no turn"
-    assert chat.call_count == 1

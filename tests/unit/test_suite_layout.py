@@ -14,9 +14,12 @@ from typing import Final
 ROOT: Final = Path(__file__).resolve().parents[2]
 #: The tests that drive hundreds of connections or measure Minato under load, by module.
 LOAD_TESTS: Final = (
-    ("tests.e2e.test_load", "test_hundreds_of_streams_with_disconnects_leave_nothing_behind"),
-    ("tests.e2e.test_native_door", "test_a_hundred_concurrent_native_chat_streams_some_abandoned_leave_nothing_behind"),
-    ("tests.e2e.test_exposure", "test_uploads_queued_behind_a_busy_slot_wait_outside_minatos_memory"),
+    ("tests.load.test_load", "test_hundreds_of_streams_with_disconnects_leave_nothing_behind"),
+    (
+        "tests.load.test_native_door",
+        "test_a_hundred_concurrent_native_chat_streams_some_abandoned_leave_nothing_behind",
+    ),
+    ("tests.load.test_exposure", "test_uploads_queued_behind_a_busy_slot_wait_outside_minatos_memory"),
 )
 #: Heavy (a Prometheus, two stand-ins, Redis) but functional: it stays in the main suite.
 FUNCTIONAL: Final = (
@@ -54,3 +57,19 @@ def test_ci_runs_the_main_suite_then_the_load_tests() -> None:
     commands = [line.split()[:2] for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("make")]
 
     assert commands == [["make", "lint"], ["make", "test"], ["make", "test-load"]]
+
+
+def test_every_load_test_lives_in_tests_load_and_every_test_there_is_one() -> None:
+    load = ROOT / "tests" / "load"
+    for path in sorted(load.glob("test_*.py")):
+        module = f"tests.load.{path.stem}"
+        tests = [name for name in vars(importlib.import_module(module)) if name.startswith("test_")]
+        assert tests, module
+        for name in tests:
+            assert "load" in _marks(module, name), f"{module}::{name} is in tests/load without the load marker"
+    elsewhere = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").rglob("test_*.py")
+        if load not in path.parents and re.search(r"mark\.load\b", path.read_text())
+    ]
+    assert elsewhere == [], "a load test outside tests/load"
