@@ -23,6 +23,7 @@ from minato.ollama.wire import ChatRequest, WireMessage
 from minato.settings import Settings
 from minato.upstream.failures import says_model_missing
 from minato.upstream.pool.facade import OllamaPool
+from minato.upstream.ports import Forward
 from minato.web.app import create_app
 from tests.payloads import catalogue, chat_done, chat_token, ndjson, not_found, pull_progress, show
 
@@ -548,7 +549,7 @@ def _missing(body: bytes) -> httpx.Response:
 
 async def _forwarded(pool: OllamaPool, path: str) -> tuple[int, bytes, str, str]:
     answer = await pool.forward(
-        "POST", path, b'{"model":"llama3.2"}', content_type="application/json", model=LLAMA, generation=True
+        Forward("POST", path, b'{"model":"llama3.2"}', content_type="application/json"), model=LLAMA, generation=True
     )
     return answer.status, await answer.read(), answer.content_type, answer.backend
 

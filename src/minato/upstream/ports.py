@@ -10,7 +10,7 @@ on the fleet. Every failure is a :mod:`minato.errors` exception, never a library
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -34,6 +34,19 @@ class Spread(enum.Enum):
     """Every reachable backend (a pull), their progress lines merged."""
     HOLDERS = "holders"
     """Every backend that has the model (a delete)."""
+
+
+class Forward(NamedTuple):
+    """A request relayed to Ollama as bytes: what one backend is sent, whichever backend that is."""
+
+    method: str
+    path: str
+    body: bytes | None
+    content_type: str | None = None
+    headers_within: float | None = None
+    """Seconds Ollama has to send its status and headers (by default ``MINATO_FIRST_TOKEN_TIMEOUT``)."""
+    whole_within: float | None = None
+    """Seconds the whole body may take (``None``: no bound beyond the idle timeout between chunks)."""
 
 
 class BackendStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -81,20 +94,9 @@ class Relay(Protocol):
     """A door's request relayed as bytes."""
 
     async def forward(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        *,
-        content_type: str | None = None,
-        headers_within: float | None = None,
-        whole_within: float | None = None,
-        model: str | None = None,
-        generation: bool = False,
-        spread: Spread = Spread.ONE,
+        self, request: Forward, *, model: str | None = None, generation: bool = False, spread: Spread = Spread.ONE
     ) -> RawResponse:
-        """Relay a request as bytes: status and headers first (within ``headers_within`` seconds, by default
-        ``MINATO_FIRST_TOKEN_TIMEOUT``), then the body as it arrives (all of it within ``whole_within``).
+        """Relay ``request``: status and headers first, then the body as it arrives (see :class:`Forward`).
         ``model`` routes it; a ``generation`` counts as one in flight on its backend until closed."""
 
 

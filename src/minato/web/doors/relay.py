@@ -27,7 +27,7 @@ from minato.core.generation import take_slot
 from minato.core.usage import Usage
 from minato.errors import MinatoError
 from minato.observability.record import RequestRecord, record_of
-from minato.upstream.ports import Spread
+from minato.upstream.ports import Forward, Spread
 from minato.upstream.streams import RawResponse
 from minato.web.auth import caller_of
 from minato.web.disconnect import watch_of
@@ -295,7 +295,7 @@ async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
     settings = runtime.settings
     # A whole answer's headers come only once it is complete: wait as long as a whole answer may take.
     wait = settings.first_token_timeout if call.streamed else settings.request_timeout
-    return await runtime.upstream.forward(
+    request = Forward(
         call.method,
         call.path,
         call.body,
@@ -303,6 +303,9 @@ async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
         headers_within=wait,
         # A generation is bounded as on Minato's own routes; a pull or a blob upload may take longer.
         whole_within=settings.request_timeout if call.model else None,
+    )
+    return await runtime.upstream.forward(
+        request,
         model=call.model or call.route_by,
         generation=call.model is not None,
         spread=call.spread,
