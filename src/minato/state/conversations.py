@@ -41,7 +41,9 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     system_prompt: str | None
     messages: list[StoredMessage]
     created_at: float
+    """Unix time it was created."""
     last_active: float
+    """Unix time its last turn was recorded."""
 
 
 class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +53,7 @@ class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     message_count: int
     last_active: float
+    """Unix time its last turn was recorded."""
 
 
 class Bounds(msgspec.Struct, frozen=True, kw_only=True):
