@@ -10,7 +10,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from minato.ollama.wire import ChatChunk, ModelDetails, RunningModel
-from minato.state.conversations import Session
+from minato.state.conversations import Session, SessionAddress
 from minato.upstream.ports import BackendStatus
 
 
@@ -316,17 +316,18 @@ class SessionTotals(msgspec.Struct, frozen=True, kw_only=True):
     """Counts over a conversation."""
 
     messages: int
+    """Messages kept (questions and answers)."""
     turns: int
+    """Questions asked (the user's messages)."""
     images: int
+    """Images sent with its questions, their bytes kept or not."""
     characters: int
+    """Characters of text over every message."""
 
 
-class SessionView(msgspec.Struct, frozen=True, kw_only=True):
+class SessionView(SessionAddress, frozen=True, kw_only=True):
     """A whole conversation."""
 
-    owner: str
-    """Fingerprint of the key it belongs to (empty: keyless, or from before keys owned conversations)."""
-    id: str
     system_prompt: str | None
     messages: list[MessageView]
     totals: SessionTotals
@@ -360,12 +361,9 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class SessionListItem(msgspec.Struct, frozen=True, kw_only=True):
+class SessionListItem(SessionAddress, frozen=True, kw_only=True):
     """A conversation in a listing."""
 
-    owner: str
-    """Fingerprint of the key it belongs to (empty: keyless)."""
-    id: str
     message_count: int
     """Messages it holds (questions and answers)."""
     last_active: str
