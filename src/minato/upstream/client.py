@@ -231,14 +231,16 @@ class OllamaClient:
         ``MINATO_REQUEST_TIMEOUT``; a pull has no such bound). Only Ollama's URL, the content type and
         ``MINATO_OLLAMA_HEADERS`` travel: nothing of the client's request (keys, cookies, ``Host``) reaches Ollama.
         """
-        method, path, body, content_type, headers_within, whole_within = request
+        path, content_type, headers_within = request.path, request.content_type, request.headers_within
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self.base_url + path)
         headers = {**self._extra_headers, "accept": "*/*"}
         if content_type is not None:
             headers["content-type"] = content_type
-        sent = httpx.Request(method, url, content=body, headers=headers, extensions={"timeout": self._timeouts})
+        sent = httpx.Request(
+            request.method, url, content=request.body, headers=headers, extensions={"timeout": self._timeouts}
+        )
         budget = self.settings.first_token_timeout if headers_within is None else headers_within
         try:
             async with asyncio.timeout(budget):
@@ -247,7 +249,7 @@ class OllamaClient:
             raise OllamaTimeoutError(f"Ollama did not start answering within {budget:g} s") from None
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.base_url, self.settings.connect_timeout) from None
-        return RawResponse.of(response, self.base_url, self.settings.idle_timeout, whole_within)
+        return RawResponse.of(response, self.base_url, self.settings.idle_timeout, request.whole_within)
 
     # -- plumbing ---------------------------------------------------------------------------
 
