@@ -30,7 +30,7 @@ from minato.ollama.wire import (
 )
 from minato.settings import Settings
 from minato.upstream.client import ModelFacts, OllamaClient
-from minato.upstream.ports import BackendStatus, Spread
+from minato.upstream.ports import BackendStatus, Forward, Spread
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse
 from minato.web.app import create_app
 from minato.web.params import GENERATION_QUERY_PARAMETERS
@@ -114,17 +114,7 @@ class FakeOllama:
         return "fake"
 
     async def forward(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        *,
-        content_type: str | None = None,
-        headers_within: float | None = None,
-        whole_within: float | None = None,
-        model: str | None = None,
-        generation: bool = False,
-        spread: Spread = Spread.ONE,
+        self, request: Forward, *, model: str | None = None, generation: bool = False, spread: Spread = Spread.ONE
     ) -> RawResponse:
         raise NotImplementedError
 
@@ -201,7 +191,7 @@ async def test_forward_relays_bytes_status_and_headers_as_ollama_sends_them(olla
     )
     client = _client(ollama)
     try:
-        answer = await client.forward("POST", "/api/chat", body, content_type="application/json")
+        answer = await client.forward(Forward("POST", "/api/chat", body, content_type="application/json"))
         data = await answer.read()
     finally:
         await client.aclose()
@@ -222,7 +212,7 @@ async def test_forward_yields_each_chunk_the_moment_it_arrives(ollama: respx.Moc
     )
     client = _client(ollama)
     try:
-        answer = await client.forward("POST", "/api/generate", b"{}")
+        answer = await client.forward(Forward("POST", "/api/generate", b"{}"))
         chunks = [chunk async for chunk in answer.chunks()]
     finally:
         await client.aclose()
@@ -240,11 +230,11 @@ async def test_forward_bounds_silence_and_names_a_refused_ollama(ollama: respx.M
     ollama.post("/api/show").mock(side_effect=httpx.ConnectError("refused"))
     client = _client(ollama, idle_timeout=0.05)
     try:
-        answer = await client.forward("POST", "/api/chat", b"{}")
+        answer = await client.forward(Forward("POST", "/api/chat", b"{}"))
         with pytest.raises(OllamaTimeoutError, match=r"silent for 0\.05 s"):
             await answer.read()
         with pytest.raises(OllamaUnavailableError, match=r"unreachable at http://ollama\.test:11434"):
-            await client.forward("POST", "/api/show", b"{}")
+            await client.forward(Forward("POST", "/api/show", b"{}"))
     finally:
         await client.aclose()
 

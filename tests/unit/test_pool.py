@@ -19,6 +19,7 @@ from minato.ollama.wire import ChatRequest, WireMessage
 from minato.settings import Settings
 from minato.upstream.failures import says_model_missing
 from minato.upstream.pool.facade import OllamaPool
+from minato.upstream.ports import Forward
 from tests.support.payloads import catalogue, chat_done, chat_token, ndjson, not_found, show
 
 pytestmark = pytest.mark.anyio
@@ -525,7 +526,7 @@ def _missing(body: bytes) -> httpx.Response:
 
 async def _forwarded(pool: OllamaPool, path: str) -> tuple[int, bytes, str, str]:
     answer = await pool.forward(
-        "POST", path, b'{"model":"llama3.2"}', content_type="application/json", model=LLAMA, generation=True
+        Forward("POST", path, b'{"model":"llama3.2"}', content_type="application/json"), model=LLAMA, generation=True
     )
     return answer.status, await answer.read(), answer.content_type, answer.backend
 

@@ -10,7 +10,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from minato.ollama.wire import ChatChunk, ModelDetails, RunningModel
-from minato.state.conversations import Session
+from minato.state.conversations import Session, SessionAddress
 from minato.upstream.ports import BackendStatus
 
 
@@ -23,12 +23,19 @@ class GenerationStats(msgspec.Struct, frozen=True, kw_only=True):
     """Ollama's counters for one answer; durations are in nanoseconds, as Ollama reports them."""
 
     eval_count: int = 0
+    """Tokens generated."""
     prompt_eval_count: int = 0
+    """Tokens of the prompt Ollama evaluated."""
     total_duration: int = 0
+    """The whole request, on Ollama's side (the model's load included)."""
     load_duration: int = 0
+    """Loading the model (near zero when it was loaded already)."""
     prompt_eval_duration: int = 0
+    """Evaluating the prompt."""
     eval_duration: int = 0
+    """Generating the answer."""
     tokens_per_second: float = 0.0
+    """``eval_count`` over ``eval_duration``, rounded to two decimals."""
 
     @classmethod
     def from_chunk(cls, chunk: ChatChunk) -> GenerationStats:
@@ -309,22 +316,25 @@ class SessionTotals(msgspec.Struct, frozen=True, kw_only=True):
     """Counts over a conversation."""
 
     messages: int
+    """Messages kept (questions and answers)."""
     turns: int
+    """Questions asked (the user's messages)."""
     images: int
+    """Images sent with its questions, their bytes kept or not."""
     characters: int
+    """Characters of text over every message."""
 
 
-class SessionView(msgspec.Struct, frozen=True, kw_only=True):
+class SessionView(SessionAddress, frozen=True, kw_only=True):
     """A whole conversation."""
 
-    owner: str
-    """Fingerprint of the key it belongs to (empty: keyless, or from before keys owned conversations)."""
-    id: str
     system_prompt: str | None
     messages: list[MessageView]
     totals: SessionTotals
     created_at: str
+    """When its first turn was recorded (ISO 8601, UTC)."""
     last_active: str
+    """When its last turn was recorded (ISO 8601, UTC)."""
 
     @classmethod
     def of(cls, session: Session) -> SessionView:
@@ -351,13 +361,13 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class SessionListItem(msgspec.Struct, frozen=True, kw_only=True):
+class SessionListItem(SessionAddress, frozen=True, kw_only=True):
     """A conversation in a listing."""
 
-    owner: str
-    id: str
     message_count: int
+    """Messages it holds (questions and answers)."""
     last_active: str
+    """When its last turn was recorded (ISO 8601, UTC)."""
 
 
 class SessionPage(msgspec.Struct, frozen=True, kw_only=True):

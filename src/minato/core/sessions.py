@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -24,6 +25,7 @@ logger = structlog.get_logger("minato.sessions")
 EXPIRY_INTERVAL_SECONDS: Final = 60.0
 
 
+@dataclass(slots=True, eq=False)
 class Turn:
     """One exchange in progress on a session; holds the session's turn until released.
 
@@ -31,14 +33,11 @@ class Turn:
     abandoned or failed answer leaves the session exactly as it was.
     """
 
-    def __init__(
-        self, manager: SessionManager, owner: str, session_id: str, session: Session | None, held: HeldTurn
-    ) -> None:
-        self.manager = manager
-        self.owner = owner
-        self.session_id = session_id
-        self.session = session
-        self._held = held
+    manager: SessionManager
+    owner: str
+    session_id: str
+    session: Session | None
+    _held: HeldTurn
 
     @property
     def system_prompt(self) -> str | None:

@@ -31,6 +31,7 @@ def _unlabelled(model: str | None) -> str:
 
 
 _Labelled = TypeVar("_Labelled", Counter, Histogram)
+_Series = TypeVar("_Series", Counter, Gauge, Histogram)
 
 
 class Metrics:
@@ -82,31 +83,28 @@ class Metrics:
         self.ollama_up = Gauge(
             "minato_ollama_up", "1 if at least one backend answered its last probe, else 0.", registry=r
         )
+
         # Backends are the configured ones (MINATO_OLLAMA_URL): a bounded label set.
-        self.backend_up = Gauge(
-            "minato_backend_up",
-            "1 if the backend is in the pool (answered its last probe), else 0.",
-            ["backend"],
-            registry=r,
+        def per_backend(kind: type[_Series], name: str, documentation: str, **options: Any) -> _Series:
+            return kind(name, documentation, ["backend"], registry=r, **options)
+
+        self.backend_up = per_backend(
+            Gauge, "minato_backend_up", "1 if the backend is in the pool (answered its last probe), else 0."
         )
-        self.backend_in_flight = Gauge(
-            "minato_backend_generations_in_flight", "Generations running on the backend now.", ["backend"], registry=r
+        self.backend_in_flight = per_backend(
+            Gauge, "minato_backend_generations_in_flight", "Generations running on the backend now."
         )
-        self.backend_requests = Counter(
-            "minato_backend_requests", "Requests sent to the backend.", ["backend"], registry=r
-        )
-        self.backend_failovers = Counter(
+        self.backend_requests = per_backend(Counter, "minato_backend_requests", "Requests sent to the backend.")
+        self.backend_failovers = per_backend(
+            Counter,
             "minato_backend_failovers",
             "Requests that failed on the backend before their first byte and were sent to the next one.",
-            ["backend"],
-            registry=r,
         )
-        self.backend_probe = Histogram(
+        self.backend_probe = per_backend(
+            Histogram,
             "minato_backend_probe_seconds",
             "Time the backend took to answer its probe.",
-            ["backend"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
         self.redis_up = Gauge(
             "minato_redis_up", "1 if the shared state (Redis) answered its last check, else 0.", registry=r

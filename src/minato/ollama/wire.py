@@ -69,9 +69,13 @@ class PullProgress(msgspec.Struct, omit_defaults=True):
     """One NDJSON line of ``/api/pull``."""
 
     status: str = ""
+    """What Ollama is doing (``pulling manifest``, ``pulling <digest>``, ``success``...)."""
     digest: str = ""
+    """The layer being downloaded, while one is."""
     total: int = 0
+    """That layer's size in bytes."""
     completed: int = 0
+    """Its bytes downloaded so far."""
     error: str = ""
     backend: str = ""
     """Which backend of a pool the line is about (set by Minato, never sent by Ollama)."""

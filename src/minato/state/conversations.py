@@ -32,25 +32,31 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
         return sum(len(image) for image in self.images)
 
 
-class Session(msgspec.Struct, frozen=True, kw_only=True):
-    """A whole conversation."""
+class SessionAddress(msgspec.Struct, frozen=True, kw_only=True):
+    """What names a conversation: the first fields of every shape it is kept, listed or shown in."""
 
     owner: str
     """Fingerprint of the key that created it (``""``: keyless, or kept from before keys owned them)."""
     id: str
+
+
+class Session(SessionAddress, frozen=True, kw_only=True):
+    """A whole conversation."""
+
     system_prompt: str | None
     messages: list[StoredMessage]
     created_at: float
+    """Unix time it was created."""
     last_active: float
+    """Unix time its last turn was recorded."""
 
 
-class SessionSummary(msgspec.Struct, frozen=True, kw_only=True):
+class SessionSummary(SessionAddress, frozen=True, kw_only=True):
     """A conversation in a listing."""
 
-    owner: str
-    id: str
     message_count: int
     last_active: float
+    """Unix time its last turn was recorded."""
 
 
 class Bounds(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,6 +32,7 @@ from minato.ollama.wire import (
 )
 from minato.tasks import SingleFlight
 from minato.upstream.failures import status_error, transport_error
+from minato.upstream.ports import Forward
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse
 from minato.upstream.transport import AiohttpTransport
 
@@ -220,17 +221,8 @@ class OllamaClient:
 
     # -- relaying --------------------------------------------------------------------------
 
-    async def forward(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        *,
-        content_type: str | None = None,
-        headers_within: float | None = None,
-        whole_within: float | None = None,
-    ) -> RawResponse:
-        """Send ``body`` to Ollama's ``path`` as it is and return the answer as it arrives.
+    async def forward(self, request: Forward) -> RawResponse:
+        """Send ``request.body`` to Ollama's ``request.path`` as it is and return the answer as it arrives.
 
         The status and headers are known when this returns (within ``headers_within`` seconds,
         by default ``MINATO_FIRST_TOKEN_TIMEOUT``, which covers a cold model load); the body is then
@@ -239,22 +231,25 @@ class OllamaClient:
         ``MINATO_REQUEST_TIMEOUT``; a pull has no such bound). Only Ollama's URL, the content type and
         ``MINATO_OLLAMA_HEADERS`` travel: nothing of the client's request (keys, cookies, ``Host``) reaches Ollama.
         """
+        path, content_type, headers_within = request.path, request.content_type, request.headers_within
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self.base_url + path)
         headers = {**self._extra_headers, "accept": "*/*"}
         if content_type is not None:
             headers["content-type"] = content_type
-        request = httpx.Request(method, url, content=body, headers=headers, extensions={"timeout": self._timeouts})
+        sent = httpx.Request(
+            request.method, url, content=request.body, headers=headers, extensions={"timeout": self._timeouts}
+        )
         budget = self.settings.first_token_timeout if headers_within is None else headers_within
         try:
             async with asyncio.timeout(budget):
-                response = await self._transport.handle_async_request(request)
+                response = await self._transport.handle_async_request(sent)
         except TimeoutError:
             raise OllamaTimeoutError(f"Ollama did not start answering within {budget:g} s") from None
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.base_url, self.settings.connect_timeout) from None
-        return RawResponse.of(response, self.base_url, self.settings.idle_timeout, whole_within)
+        return RawResponse.of(response, self.base_url, self.settings.idle_timeout, request.whole_within)
 
     # -- plumbing ---------------------------------------------------------------------------
 

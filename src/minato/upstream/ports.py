@@ -36,6 +36,23 @@ class Spread(enum.Enum):
     """Every backend that has the model (a delete)."""
 
 
+class Forward(msgspec.Struct, frozen=True, gc=False):
+    """A request relayed to Ollama as bytes: what one backend is sent, whichever backend that is.
+
+    Built once per relayed request (a Struct costs a quarter of a NamedTuple to make; it holds no
+    containers, so the garbage collector need not track it).
+    """
+
+    method: str
+    path: str
+    body: bytes | None
+    content_type: str | None = None
+    headers_within: float | None = None
+    """Seconds Ollama has to send its status and headers (by default ``MINATO_FIRST_TOKEN_TIMEOUT``)."""
+    whole_within: float | None = None
+    """Seconds the whole body may take (``None``: no bound beyond the idle timeout between chunks)."""
+
+
 class BackendStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One backend of the pool, as ``/ready`` and ``GET /`` show it."""
 
@@ -81,20 +98,9 @@ class Relay(Protocol):
     """A door's request relayed as bytes."""
 
     async def forward(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        *,
-        content_type: str | None = None,
-        headers_within: float | None = None,
-        whole_within: float | None = None,
-        model: str | None = None,
-        generation: bool = False,
-        spread: Spread = Spread.ONE,
+        self, request: Forward, *, model: str | None = None, generation: bool = False, spread: Spread = Spread.ONE
     ) -> RawResponse:
-        """Relay a request as bytes: status and headers first (within ``headers_within`` seconds, by default
-        ``MINATO_FIRST_TOKEN_TIMEOUT``), then the body as it arrives (all of it within ``whole_within``).
+        """Relay ``request``: status and headers first, then the body as it arrives (see :class:`Forward`).
         ``model`` routes it; a ``generation`` counts as one in flight on its backend until closed."""
 
 

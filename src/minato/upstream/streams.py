@@ -169,35 +169,20 @@ class RawResponse(_Body):
 
     _called = ("an answer", "the answer")
 
-    def __init__(
-        self,
-        status: int,
-        headers: list[tuple[str, str]],
-        read_some: Callable[[], Awaitable[bytes]],
-        close: Callable[[], Awaitable[None]],
-        ollama_url: str,
-        idle_timeout: float,
-        total_timeout: float | None = None,
-    ) -> None:
-        super().__init__(read_some, close, ollama_url, idle_timeout, total_timeout)
-        self.status = status
-        self.headers = headers
+    # Set by the two ways an answer comes to be (:meth:`of`, :meth:`made`), right after its body.
+    status: int
+    headers: list[tuple[str, str]]
+    """Names in lower case."""
 
     @classmethod
     def of(
         cls, response: httpx.Response, ollama_url: str, idle_timeout: float, total_timeout: float | None = None
     ) -> RawResponse:
         """Ollama's answer as the transport gave it."""
-        headers = [(name.lower(), value) for name, value in response.headers.items()]
-        return cls(
-            response.status_code,
-            headers,
-            _reader_of(response),
-            response.aclose,
-            ollama_url,
-            idle_timeout,
-            total_timeout,
-        )
+        answer = cls(_reader_of(response), response.aclose, ollama_url, idle_timeout, total_timeout)
+        answer.status = response.status_code
+        answer.headers = [(name.lower(), value) for name, value in response.headers.items()]
+        return answer
 
     @classmethod
     def made(
@@ -211,8 +196,10 @@ class RawResponse(_Body):
         """An answer Minato made: ``body`` whole, or as an async generator (closed with the answer, which
         stops whatever it reads)."""
         chunks = _once(body) if isinstance(body, bytes) else body
-        headers = [("content-type", content_type)]
-        return cls(status, headers, _reader_of_chunks(chunks), chunks.aclose, ollama_url, idle_timeout)
+        answer = cls(_reader_of_chunks(chunks), chunks.aclose, ollama_url, idle_timeout)
+        answer.status = status
+        answer.headers = [("content-type", content_type)]
+        return answer
 
     @property
     def content_type(self) -> str:

@@ -28,7 +28,7 @@ from minato.upstream.pool.failover import MissingModelError, attempt, until_clos
 from minato.upstream.pool.fanout import Fleet
 from minato.upstream.pool.inventory import MIN_REFRESH_SECONDS, Inventory
 from minato.upstream.pool.routing import Sticky, preferring, route
-from minato.upstream.ports import Spread
+from minato.upstream.ports import Forward, Spread
 
 #: The metric label of every model Ollama does not have.
 OTHER: Final = "other"
@@ -234,29 +234,12 @@ class OllamaPool:
     # -- relaying --------------------------------------------------------------------------------
 
     async def forward(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        *,
-        content_type: str | None = None,
-        headers_within: float | None = None,
-        whole_within: float | None = None,
-        model: str | None = None,
-        generation: bool = False,
-        spread: Spread = Spread.ONE,
+        self, request: Forward, *, model: str | None = None, generation: bool = False, spread: Spread = Spread.ONE
     ) -> RawResponse:
         """Relay a request to the backends ``spread`` names (see :class:`~minato.upstream.ports.Spread`)."""
 
         def send(client: OllamaClient) -> Awaitable[RawResponse]:
-            return client.forward(
-                method,
-                path,
-                body,
-                content_type=content_type,
-                headers_within=headers_within,
-                whole_within=whole_within,
-            )
+            return client.forward(request)
 
         if spread is Spread.ONE or self._single:
             candidates = await self._candidates(model)

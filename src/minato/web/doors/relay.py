@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -27,7 +28,7 @@ from minato.core.generation import take_slot
 from minato.core.usage import Usage
 from minato.errors import MinatoError
 from minato.observability.record import RequestRecord, record_of
-from minato.upstream.ports import Spread
+from minato.upstream.ports import Forward, Spread
 from minato.upstream.streams import RawResponse
 from minato.web.auth import caller_of
 from minato.web.disconnect import watch_of
@@ -295,7 +296,7 @@ async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
     settings = runtime.settings
     # A whole answer's headers come only once it is complete: wait as long as a whole answer may take.
     wait = settings.first_token_timeout if call.streamed else settings.request_timeout
-    return await runtime.upstream.forward(
+    request = Forward(
         call.method,
         call.path,
         call.body,
@@ -303,6 +304,9 @@ async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
         headers_within=wait,
         # A generation is bounded as on Minato's own routes; a pull or a blob upload may take longer.
         whole_within=settings.request_timeout if call.model else None,
+    )
+    return await runtime.upstream.forward(
+        request,
         model=call.model or call.route_by,
         generation=call.model is not None,
         spread=call.spread,
@@ -313,35 +317,31 @@ def _per_second(tokens: int, nanoseconds: int) -> float:
     return tokens / (nanoseconds / 1e9) if tokens and nanoseconds > 0 else 0.0
 
 
+@dataclass(slots=True, eq=False)
 class _Ending:
     """How a relayed stream ends, once, whichever end comes first (its last chunk, or its response's
     background task when the client left mid-write): Ollama's answer closed (so Ollama stops at
     once), the slot released, the tokens the watch counted noted and charged."""
 
-    __slots__ = ("_answer", "_ended", "_record", "_slot", "_usage", "_watch")
-
-    def __init__(
-        self, answer: RawResponse, slot: Slot | None, usage: Usage, record: RequestRecord | None, watch: _Watch
-    ) -> None:
-        self._answer = answer
-        self._slot = slot
-        self._usage = usage
-        self._record = record
-        self._watch = watch
-        self._ended = False
+    answer: RawResponse
+    slot: Slot | None
+    usage: Usage
+    record: RequestRecord | None
+    watch: _Watch
+    ended: bool = field(default=False, init=False)
 
     async def end(self) -> None:
         """End the stream (the first call only)."""
-        if self._ended:
+        if self.ended:
             return
-        self._ended = True
-        await self._answer.aclose()
-        if self._slot is not None:
-            self._slot.release()
-        watch, record = self._watch, self._record
+        self.ended = True
+        await self.answer.aclose()
+        if self.slot is not None:
+            self.slot.release()
+        watch, record = self.watch, self.record
         if record is not None and watch.counted:
             record.note_answer(watch.counted, _per_second(watch.tokens, watch.eval_duration))
-        await self._usage.charge()
+        await self.usage.charge()
 
 
 def _streamed(
