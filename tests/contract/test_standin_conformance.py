@@ -389,6 +389,14 @@ async def test_data_url_image_is_illegal_base64_at_byte_4(http: httpx.AsyncClien
     assert ok.status_code == 200
 
 
+async def test_a_body_over_a_mebibyte_is_read_whole_as_ollama_does(http: httpx.AsyncClient) -> None:
+    """Ollama sets no limit on a request body: several megabytes of images are an ordinary question."""
+    image = base64.b64encode(base64.b64decode(PNG_1PX) + b"\x00" * (3 * 1024 * 1024)).decode()
+    r = await http.post("/api/generate", json={"model": "llava:7b", "prompt": "?", "images": [image], "stream": False})
+    assert r.status_code == 200, r.text
+    assert r.json()["done"] is True
+
+
 NO_MULTIMODAL = (
     '{"error":{"code":400,"message":"Multimodal data provided, but model does not support multimodal '
     'requests.","type":"invalid_request_error"}}'

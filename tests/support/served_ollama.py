@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import httpx
 from aiohttp import web
 
-from tests.support.standin.server import Config, StandIn
+from tests.support.standin.server import Config, StandIn, body_of
 
 START_TIMEOUT_S = 10.0
 
@@ -267,7 +267,7 @@ class ServedOllama:
         return hold
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await request.read() if request.body_exists else b""
+        body = await body_of(request)
         seen = httpx.Request(
             request.method,
             # The path as it came on the wire (percent-escapes kept), as respx recorded it.

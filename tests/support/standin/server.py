@@ -120,6 +120,18 @@ _CONTEXT_HEAD: Final = (128006, 9125, 128007)
 Handler = Callable[[web.BaseRequest, bytes], Awaitable[web.StreamResponse]]
 
 
+_BODY_KEY = "standin.body"
+
+
+async def body_of(request: web.BaseRequest) -> bytes:
+    """The whole request body, read once (a second call returns the same bytes), however large:
+    Ollama sets no limit on a request body, and aiohttp's ``read()`` refuses more than 1 MiB."""
+    if _BODY_KEY not in request:
+        request[_BODY_KEY] = await request.content.read() if request.body_exists else b""
+    body: bytes = request[_BODY_KEY]
+    return body
+
+
 def _token(i: int) -> str:
     return _TOKENS[i] if i < len(_TOKENS) else _TOKENS_CYCLED[i % len(_WORDS)]
 
@@ -412,7 +424,7 @@ class StandIn:
         path = request.path
         if path.startswith("/_standin/"):
             return await self._introspect(request, path)
-        raw = await request.read() if request.body_exists else b""
+        raw = await body_of(request)
         if path.startswith(("/api/", "/v1/")):
             self.requests.append(
                 (
@@ -477,12 +489,12 @@ class StandIn:
             if method == "GET":
                 return _json(200, {"tokens": self.gate})
             if method == "POST":
-                return self._set_gate(await request.read())
+                return self._set_gate(await body_of(request))
         elif path == "/_standin/busy":
             if method == "GET":
                 return _json(200, {"busy": self.busy})
             if method == "POST":
-                return self._set_busy(await request.read())
+                return self._set_busy(await body_of(request))
         else:
             return _text(404, "404 page not found")
         return _text(405, "405 method not allowed")
