@@ -18,36 +18,13 @@ from minato.settings import Settings
 from minato.state.memory import TokenQuota
 from minato.state.windows import Standing
 from minato.web.app import create_app
+from tests.support.keyfiles import ALICE, BOB, CAROL, KEYS_FILE, _file
 from tests.support.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson
 from tests.support.served_ollama import ServedOllama
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
-ALICE = "alice-secret-key-1"
-BOB = "bob-secret-key-2"
-CAROL = "carol-secret-key-3"
 UNNAMED = "unnamed-secret-key-4"
-KEYS_FILE = f"""
-[keys.alice]
-key = "{ALICE}"
-models = ["qwen3:*", "Llama3.2"]
-tokens_per_day = 5
-
-[keys.bob]
-key = "sha256:{hashlib.sha256(BOB.encode()).hexdigest()}"
-role = "admin"
-models = ["llama3.2*"]
-
-[keys.carol]
-key = "{CAROL}"
-requests_per_minute = 2
-"""
-
-
-def _file(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "keys.toml"
-    path.write_text(text)
-    return str(path)
 
 
 @pytest.fixture(name="named")

@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -20,6 +19,7 @@ from structlog.testing import capture_logs
 from minato.observability.logging import configure_logging
 from minato.settings import Settings
 from minato.web.app import create_app
+from tests.support.logs import fx_restore_logging  # noqa: F401 - fixtures, found by name
 from tests.support.payloads import chat_answer, chat_done, chat_token, ndjson, not_found, streamed
 from tests.support.served_ollama import ServedOllama
 
@@ -218,29 +218,6 @@ async def test_the_request_id_does_not_leak_into_later_logs(client: Client) -> N
         structlog.get_logger("test").info("after")
 
     assert "request_id" not in events[0]
-
-
-@pytest.fixture(name="restore_logging")
-def fx_restore_logging() -> Iterator[None]:
-    """Put back the stdlib logging state ``configure_logging`` rewires."""
-    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore"]
-    saved = {
-        name: (
-            logging.getLogger(name).handlers[:],
-            logging.getLogger(name).level,
-            logging.getLogger(name).propagate,
-            logging.getLogger(name).disabled,
-        )
-        for name in names
-    }
-    yield
-    structlog.reset_defaults()
-    for name, (handlers, level, propagate, disabled) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
-        logger.disabled = disabled
 
 
 async def test_the_traceback_of_a_real_aborted_stream_is_hidden(

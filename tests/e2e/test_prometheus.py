@@ -33,8 +33,8 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.app.test_dashboard import dashboard, expressions
 from tests.support import prometheus_server
+from tests.support.dashboard import dashboard, expressions
 from tests.support.media_type import MediaType, parse_media_type
 from tests.support.prometheus_server import PrometheusMissingError, PrometheusServer, scrape_config
 from tests.support.servers import MinatoServer, start_minato, stop_minato

@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -14,31 +13,9 @@ import structlog
 from minato.errors import StreamAbortedError
 from minato.observability.logging import configure_logging
 from minato.settings import Settings
+from tests.support.logs import fx_restore_logging  # noqa: F401 - fixtures, found by name
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(name="restore_logging")
-def fx_restore_logging() -> Iterator[None]:
-    """Put back the stdlib logging state ``configure_logging`` rewires."""
-    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore"]
-    saved = {
-        name: (
-            logging.getLogger(name).handlers[:],
-            logging.getLogger(name).level,
-            logging.getLogger(name).propagate,
-            logging.getLogger(name).disabled,
-        )
-        for name in names
-    }
-    yield
-    structlog.reset_defaults()
-    for name, (handlers, level, propagate, disabled) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
-        logger.disabled = disabled
 
 
 @pytest.mark.usefixtures("restore_logging")
