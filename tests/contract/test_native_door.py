@@ -15,21 +15,26 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import httpx
 import ollama
 import pytest
 from langchain_ollama import ChatOllama
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import REPO, MinatoServer, start_minato, stop_minato
+from tests.support.native_door import (
+    ADMIN,
+    USER,
+    _bearer,
+    _events,
+    _tokens_generated,
+    fx_door,  # noqa: F401 - a fixture, found by name
+)
+from tests.support.servers import REPO, MinatoServer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-USER: Final = "native-door-user-key"
-ADMIN: Final = "native-door-admin-key"
 MODEL: Final = "llama3.2:1b"
 ANSWER: Final = "The sky is blue because of Rayleigh scattering."
 #: What a stand-in model answers, one token per streamed line.
@@ -39,38 +44,12 @@ TOKENS: Final = ["The", " sky", " is", " blue", " because", " of", " Rayleigh", 
 MESSAGES: Final = [{"role": "user", "content": "Grüße ☃ <b>&</b>: why is the sky blue?"}]
 OPTIONS: Final = {"temperature": 1e-07, "seed": 42}
 NODE_DIR: Final = REPO / "tests" / "e2e" / "node"
-SETTLE_S: Final = 10.0
-
-T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def door(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinatoServer]:
-    """Minato with one user key and one admin key, in front of the stand-in; no periodic probe, so
-    every request the stand-in records came from a client's call."""
-    server = start_minato(
-        standin_url,
-        tmp_path_factory.mktemp("native-door") / "door.log",
-        api_keys=USER,
-        admin_keys=ADMIN,
-        ollama_probe_interval="0",
-    )
-    yield server
-    stop_minato(server)
-
-
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def _received(standin: httpx.Client) -> list[dict[str, Any]]:
     """Every ``/api/*`` request that reached the stand-in since the test began."""
     records: list[dict[str, Any]] = standin.get("/_standin/requests").json()
     return records
-
-
-def _events(standin: httpx.Client, model: str) -> list[dict[str, Any]]:
-    return [event for event in standin.get("/_standin/events").json() if event["model"] == model]
 
 
 def _assert_no_client_key_reached_ollama(records: list[dict[str, Any]]) -> None:
@@ -99,17 +78,6 @@ def _assert_relayed_unchanged(standin: httpx.Client, sent: list[httpx.Request]) 
     _assert_no_client_key_reached_ollama(records)
     for request in sent:
         assert USER in (request.headers.get("authorization", "") + request.headers.get("x-api-key", "")), "no key sent"
-
-
-def _tokens_generated(door: MinatoServer) -> float:
-    exposition = httpx.get(f"{door.url}/metrics", headers=_bearer(ADMIN), timeout=10)
-    assert exposition.status_code == 200
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(exposition.text)
-        for sample in family.samples
-        if sample.name == "minato_tokens_generated_total"
-    )
 
 
 # -- ollama-python ------------------------------------------------------------------------------

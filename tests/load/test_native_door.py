@@ -1,75 +1,27 @@
-"""Ollama's own clients through Minato's native door (``/api/*``), Minato running as a real server.
-
-ollama-python (sync and async), LangChain's ChatOllama, ollama-js under Node and the calls Open
-WebUI makes at start-up talk to Minato as they would to Ollama, with a key. What reached the
-stand-in is checked too: the body each client sent, unchanged, and none of the client's keys.
-"""
+"""Ollama's native door under load: a hundred concurrent chat streams, some abandoned, leave nothing behind."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import MinatoServer, start_minato, stop_minato
+from tests.support.native_door import (
+    USER,
+    _bearer,
+    _events,
+    _tokens_generated,
+    fx_door,  # noqa: F401 - a fixture, found by name
+)
+from tests.support.servers import MinatoServer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
-
-USER: Final = "native-door-user-key"
-ADMIN: Final = "native-door-admin-key"
-SETTLE_S: Final = 10.0
-
-T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def door(standin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinatoServer]:
-    """Minato with one user key and one admin key, in front of the stand-in; no periodic probe, so
-    every request the stand-in records came from a client's call."""
-    server = start_minato(
-        standin_url,
-        tmp_path_factory.mktemp("native-door") / "door.log",
-        api_keys=USER,
-        admin_keys=ADMIN,
-        ollama_probe_interval="0",
-    )
-    yield server
-    stop_minato(server)
-
-
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def _events(standin: httpx.Client, model: str) -> list[dict[str, Any]]:
-    return [event for event in standin.get("/_standin/events").json() if event["model"] == model]
-
-
-def _tokens_generated(door: MinatoServer) -> float:
-    exposition = httpx.get(f"{door.url}/metrics", headers=_bearer(ADMIN), timeout=10)
-    assert exposition.status_code == 200
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(exposition.text)
-        for sample in family.samples
-        if sample.name == "minato_tokens_generated_total"
-    )
-
-
-# -- ollama-python ------------------------------------------------------------------------------
-
-
-#: relay.py's ``_Counted`` reads ``response`` as the OpenAI Responses API's ``{"usage": ...}`` object, so
-#: a generate answer, whose ``response`` is the text, fails to decode and its ``eval_count`` is lost.
-
 
 # -- disconnects ------------------------------------------------------------------------------------
 

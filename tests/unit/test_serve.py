@@ -23,18 +23,10 @@ from minato.server.cli import main
 from minato.server.envfile import load_env_file
 from minato.server.serving import SecondInterrupt, describe_auth, describe_state, startup_fields
 from minato.settings import Settings
+from tests.support.environment import fx_clean_environment  # noqa: F401 - fixtures, found by name
 
 KEY = "a-key-from-the-file"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(name="monkeypatch")
-def fx_clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """``monkeypatch`` with every ``MINATO_*`` variable and ``OLLAMA_HOST`` removed from the process."""
-    for key in list(os.environ):
-        if key.startswith("MINATO_") or key == "OLLAMA_HOST":
-            monkeypatch.delenv(key)
-    return monkeypatch
 
 
 @pytest.fixture(autouse=True)

@@ -9,15 +9,7 @@ import pytest
 from minato.errors import SettingsError
 from minato.server.cli import main, serve
 from minato.settings import Settings
-
-
-@pytest.fixture(name="monkeypatch")
-def fx_clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """``monkeypatch`` with every ``MINATO_*`` variable and ``OLLAMA_HOST`` removed from the process."""
-    for key in list(os.environ):
-        if key.startswith("MINATO_") or key == "OLLAMA_HOST":
-            monkeypatch.delenv(key)
-    return monkeypatch
+from tests.support.environment import fx_clean_environment  # noqa: F401 - fixtures, found by name
 
 
 def test_defaults_apply_when_nothing_is_set() -> None:
