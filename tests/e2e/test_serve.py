@@ -17,9 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import MinatoServer, launch_minato, start_minato, stop_minato
+from tests.support.servers import MinatoServer, both_workers_answered, launch_minato, start_minato, stop_minato
 
 pytestmark = pytest.mark.e2e
 
@@ -117,23 +116,6 @@ def test_every_worker_has_the_dotenvs_settings(standin_url: str, directory: Path
     assert both, "one worker answered every request: the test shows nothing about the other"
     assert served == 200
     assert events(server, "starting")[0]["workers"] == 2
-
-
-def both_workers_answered(server: MinatoServer, route: str, total: int) -> bool:
-    """Whether each worker answered some of ``route``'s ``total`` requests: one of them (its own
-    ``/metrics``, on a connection of its own) counts more than none and less than all."""
-    for _ in range(40):
-        with httpx.Client(timeout=10) as client:
-            text = client.get(f"{server.url}/metrics").text
-        counted = sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "minato_requests_total" and sample.labels["route"] == route
-        )
-        if 0 < counted < total:
-            return True
-    return False
 
 
 def test_the_real_environment_wins_over_the_dotenv(standin_url: str, directory: Path) -> None:

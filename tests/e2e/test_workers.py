@@ -14,9 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import MinatoServer, start_minato, stop_minato
+from tests.support.servers import MinatoServer, both_workers_answered, start_minato, stop_minato
 
 pytestmark = pytest.mark.e2e
 MODEL = "llama3.2:1b"
@@ -63,23 +62,6 @@ def _get(url: str, **params: str) -> httpx.Response:
         return client.get(url, params=params, headers={"X-API-Key": key})
 
 
-def _both_served(server: MinatoServer, route: str, total: int) -> bool:
-    """Whether each worker answered some of the ``total`` requests of ``route``: one of them (its own
-    ``/metrics``) counts more than none and less than all."""
-    for _ in range(40):
-        with httpx.Client(timeout=10) as client:
-            text = client.get(f"{server.url}/metrics").text
-        counted = sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "minato_requests_total" and sample.labels["route"] == route
-        )
-        if 0 < counted < total:
-            return True
-    return False
-
-
 def test_both_workers_started_on_one_sqlite_file(workers: MinatoServer) -> None:
     checked = [line for line in workers.log_lines() if '"session_store_checked"' in line]
 
@@ -114,7 +96,7 @@ def test_ten_concurrent_turns_on_one_conversation_each_see_every_earlier_turn(
         "each turn carried all the turns before it, and no two the same"
     )
     assert len(conversation["messages"]) == 20
-    assert _both_served(workers, "/{model_name}", 10), "both workers took turns"
+    assert both_workers_answered(workers, "/{model_name}", 10), "both workers took turns"
 
 
 def test_a_rate_limit_admits_its_rate_across_both_workers(workers: MinatoServer) -> None:
@@ -123,4 +105,4 @@ def test_a_rate_limit_admits_its_rate_across_both_workers(workers: MinatoServer)
 
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [200] * RATE + [429] * (2 * RATE), f"{RATE} a minute for the key, not {RATE} per worker"
-    assert _both_served(workers, "/models_list", 3 * RATE), "both workers answered the key"
+    assert both_workers_answered(workers, "/models_list", 3 * RATE), "both workers answered the key"

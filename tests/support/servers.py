@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.standin.process import StandInProcess, run_standin
 
@@ -198,3 +199,20 @@ def http(minato: MinatoServer) -> Iterator[httpx.Client]:
     """A plain HTTP client for Minato."""
     with httpx.Client(base_url=minato.url, timeout=30) as client:
         yield client
+
+
+def both_workers_answered(server: MinatoServer, route: str, total: int) -> bool:
+    """Whether each worker answered some of ``route``'s ``total`` requests: one of them (its own
+    ``/metrics``, on a connection of its own) counts more than none and less than all."""
+    for _ in range(40):
+        with httpx.Client(timeout=10) as client:
+            text = client.get(f"{server.url}/metrics").text
+        counted = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "minato_requests_total" and sample.labels["route"] == route
+        )
+        if 0 < counted < total:
+            return True
+    return False
