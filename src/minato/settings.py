@@ -101,6 +101,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Generations allowed to wait for a slot; beyond it 503 with ``Retry-After``."""
     queue_timeout: PositiveFloat = 60.0
     """Seconds a generation may wait for a slot before it is refused with 503."""
+    key_max_concurrent: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Generations one key may run at once, for every key the keys file gives no ``max_concurrent`` (0: no bound);
+    more wait their key's turn in the queue. Holds across workers and replicas (see
+    [Fair sharing](scaling.md#fair-sharing-between-keys))."""
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     """Seconds running streams may take to finish after SIGTERM before they are closed."""
     max_query_chars: PositiveInt = 65_536

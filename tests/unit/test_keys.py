@@ -32,6 +32,8 @@ def test_a_good_keys_file_is_read_with_defaults_and_canonical_patterns(tmp_path:
             models=("qwen3:*", "llama3.2:latest"),
             requests_per_minute=None,
             tokens_per_day=5,
+            max_concurrent=None,
+            weight=1,
         ),
         NamedKey(
             name="bob",
@@ -40,6 +42,8 @@ def test_a_good_keys_file_is_read_with_defaults_and_canonical_patterns(tmp_path:
             models=("llama3.2*",),
             requests_per_minute=None,
             tokens_per_day=0,
+            max_concurrent=None,
+            weight=1,
         ),
         NamedKey(
             name="carol",
@@ -48,6 +52,8 @@ def test_a_good_keys_file_is_read_with_defaults_and_canonical_patterns(tmp_path:
             models=None,
             requests_per_minute=2,
             tokens_per_day=0,
+            max_concurrent=None,
+            weight=1,
         ),
     ]
 
@@ -177,3 +183,30 @@ async def test_keys_without_a_quota_are_never_tracked() -> None:
     await quota.charge(unlimited, 1_000_000)
 
     assert await quota.check(dataclasses.replace(unlimited, tokens_per_day=1)) == Standing(0.0, 1)
+
+
+def test_a_keys_max_concurrent_and_weight_are_read_and_the_setting_is_the_default(tmp_path: Path) -> None:
+    text = f'''
+[keys.alice]
+key = "{ALICE}"
+max_concurrent = 2
+weight = 3
+[keys.bob]
+key = "{BOB}"
+'''
+    keyring = Keyring.from_settings(Settings(keys_file=_file(tmp_path, text), api_keys=(CAROL,), key_max_concurrent=4))
+
+    alice, bob, carol = keyring.identify(ALICE), keyring.identify(BOB), keyring.identify(CAROL)
+    assert alice is not None
+    assert (alice.max_concurrent, alice.weight) == (2, 3)
+    assert bob is not None
+    assert (bob.max_concurrent, bob.weight) == (4, 1)
+    assert carol is not None
+    assert (carol.max_concurrent, carol.weight) == (4, 1)
+
+
+@pytest.mark.parametrize(("field", "value"), [("weight", "0"), ("weight", "1001"), ("max_concurrent", "-1")])
+def test_a_bad_weight_or_max_concurrent_is_refused_naming_the_field(tmp_path: Path, field: str, value: str) -> None:
+    text = f'[keys.alice]\nkey = "{ALICE}"\n{field} = {value}\n'
+    with pytest.raises(SettingsError, match=rf"keys\.alice\.{field}"):
+        read_keys_file(_file(tmp_path, text))

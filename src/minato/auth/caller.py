@@ -38,6 +38,10 @@ class Caller:
     """0: no limit."""
     tokens_per_day: int = 0
     """Generated tokens per rolling 24 h; 0: no quota."""
+    max_concurrent: int = 0
+    """Generations it may run at once, across every process (0: no bound); more wait their key's turn."""
+    weight: int = 1
+    """Its share of the turns when several keys wait for a generation slot."""
 
     @property
     def is_admin(self) -> bool:

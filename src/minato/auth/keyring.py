@@ -21,6 +21,8 @@ class Keyring:
     """The configured keys, as digests, each with the caller it identifies."""
 
     callers: list[tuple[bytes, Caller]] = field(default_factory=list)
+    _bound: int = 0
+    """``MINATO_KEY_MAX_CONCURRENT``: the bound of every key that names none of its own."""
 
     @property
     def enabled(self) -> bool:
@@ -32,6 +34,7 @@ class Keyring:
         """Read the keys from the settings and the keys files; raise :class:`SettingsError` on bad entries."""
         keyring = cls()
         rate = settings.rate_limit_per_minute
+        keyring._bound = settings.key_max_concurrent
         keyring._add(settings.api_keys, Role.USER, "MINATO_API_KEYS", rate)
         keyring._add(settings.admin_keys, Role.ADMIN, "MINATO_ADMIN_KEYS", rate)
         scrapers = len(keyring.callers)
@@ -61,6 +64,10 @@ class Keyring:
                     models=named.models,
                     requests_per_minute=rate if named.requests_per_minute is None else named.requests_per_minute,
                     tokens_per_day=named.tokens_per_day,
+                    max_concurrent=settings.key_max_concurrent
+                    if named.max_concurrent is None
+                    else named.max_concurrent,
+                    weight=named.weight,
                 )
                 keyring.callers.append((named.digest, caller))
         return keyring
@@ -76,7 +83,11 @@ class Keyring:
                 raise SettingsError(f"{variable}: {exc}") from None
             fingerprint = digest.hex()[:12]
             caller = Caller(
-                fingerprint=fingerprint, role=role, name=fingerprint, requests_per_minute=requests_per_minute
+                fingerprint=fingerprint,
+                role=role,
+                name=fingerprint,
+                requests_per_minute=requests_per_minute,
+                max_concurrent=self._bound if role is not Role.METRICS else 0,
             )
             self.callers.append((digest, caller))
 

@@ -8,6 +8,8 @@ The keys file is TOML, one table per key::
     models = ["qwen2.5:*"]          # glob patterns on canonical model names; default: every model
     requests_per_minute = 60        # default: MINATO_RATE_LIMIT_PER_MINUTE (0: unlimited)
     tokens_per_day = 200000         # generated tokens per rolling 24 h; default: unlimited
+    max_concurrent = 2              # generations running at once; default: MINATO_KEY_MAX_CONCURRENT (0: none)
+    weight = 1                      # its share of the turns when keys wait for a slot; default: 1
 
 Every mistake stops start-up with a message naming the table and the field, never the key.
 """
@@ -56,6 +58,8 @@ class _Entry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     models: list[str] | None = None
     requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None
     tokens_per_day: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_concurrent: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,10 @@ class NamedKey:
     """``None``: ``MINATO_RATE_LIMIT_PER_MINUTE``; 0: unlimited."""
     tokens_per_day: int
     """0: unlimited."""
+    max_concurrent: int | None
+    """Generations running at once; ``None``: ``MINATO_KEY_MAX_CONCURRENT``; 0: no bound."""
+    weight: int
+    """Its share of the turns when keys wait for a slot (1 to 1000)."""
 
 
 def read_keys_file(path: str) -> list[NamedKey]:
@@ -123,6 +131,8 @@ def _checked(name: str, table: Any) -> NamedKey:
         models=None if entry.models is None else _patterns(where, entry.models),
         requests_per_minute=entry.requests_per_minute,
         tokens_per_day=entry.tokens_per_day,
+        max_concurrent=entry.max_concurrent,
+        weight=entry.weight,
     )
 
 

@@ -21,7 +21,11 @@ class RequestRecord:
         "client_gone",
         "first_token",
         "model",
+        "ollama_seconds",
+        "prompt_tokens",
+        "queue_seconds",
         "request_id",
+        "sent",
         "started",
         "streaming",
         "tokens",
@@ -38,6 +42,15 @@ class RequestRecord:
         self.caller: Caller | None = None
         """Whose key the request carried (none without keys); its name labels the token metrics."""
         self.tokens: int | None = None
+        """Tokens generated (Ollama's ``eval_count``, or those relayed so far)."""
+        self.prompt_tokens: int | None = None
+        """Tokens of the prompt (Ollama's ``prompt_eval_count``), once Ollama said it."""
+        self.queue_seconds = 0.0
+        """Seconds the request waited for a generation slot (``Server-Timing: queue``)."""
+        self.sent: float | None = None
+        """``perf_counter()`` when the request left for Ollama (``Server-Timing: minato`` is the time before)."""
+        self.ollama_seconds: float | None = None
+        """Seconds Ollama took for a whole answer (``Server-Timing: ollama``)."""
         self.tokens_per_second: float | None = None
         self.first_token: float | None = None
         """Seconds from the request to the first token written (streams)."""

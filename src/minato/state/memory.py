@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from minato.state.concurrency import LocalKeyConcurrency
 from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
 from minato.state.protocols import SessionStore, SharedState
 from minato.state.windows import QuotaWindow, Standing, take_one
@@ -173,6 +174,7 @@ def local_state(store: SessionStore, settings: Settings) -> SharedState:
         quota=TokenQuota(),
         affinity=LocalAffinity(settings.max_sessions, settings.session_ttl),
         health=MemoryHealth(),
+        concurrency=LocalKeyConcurrency(),
     )
 
 

@@ -65,6 +65,20 @@ class Quota(Protocol):
         ...
 
 
+class KeyConcurrency(Protocol):
+    """A bound per key on the generations it runs at once, across every process sharing the home."""
+
+    async def acquire(self, key: str, limit: int) -> HeldTurn:
+        """Wait until ``key`` runs fewer than ``limit`` generations (its requests in this process in
+        arrival order), then hold one place until released. Cancellable while it waits (nothing stays
+        held); raises :class:`~minato.errors.StateUnavailableError`."""
+        ...
+
+    async def running(self, key: str) -> int:
+        """How many places ``key`` holds now, across the processes sharing the home."""
+        ...
+
+
 class Affinity(Protocol):
     """Which backend a conversation last used, so its next turn goes there (its model is warm)."""
 
@@ -146,11 +160,13 @@ class SharedState(NamedTuple):
     quota: Quota
     affinity: Affinity
     health: StateHealth
+    concurrency: KeyConcurrency
 
 
 __all__ = [
     "Affinity",
     "HeldTurn",
+    "KeyConcurrency",
     "Quota",
     "RateLimiter",
     "SessionStore",

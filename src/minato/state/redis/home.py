@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from minato.state.concurrency import LocalKeyConcurrency
 from minato.state.protocols import SharedState
 from minato.state.redis.conversations import RedisStore
 from minato.state.redis.limits import RedisAffinity, RedisHealth, RedisQuota, RedisRateLimiter
@@ -39,6 +40,7 @@ async def open_redis_state(settings: Settings, metrics: Metrics) -> AsyncIterato
             quota=RedisQuota(link),
             affinity=RedisAffinity(link, settings),
             health=health,
+            concurrency=LocalKeyConcurrency(),
         )
     finally:
         await cancel_and_wait(watching)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from minato.state.concurrency import LocalKeyConcurrency
 from minato.state.protocols import SharedState
 from minato.state.sqlite.limits import SqliteAffinity, SqliteHealth, SqliteQuota, SqliteRateLimiter
 from minato.state.sqlite.tables import BUSY_TIMEOUT_SECONDS, Tables
@@ -59,6 +60,7 @@ class SqliteState:
             quota=self.quota,
             affinity=self.affinity,
             health=self.health,
+            concurrency=LocalKeyConcurrency(),
         )
 
 
