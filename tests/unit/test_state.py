@@ -23,6 +23,7 @@ from minato.core.sessions import SessionManager
 from minato.errors import SettingsError, StateUnavailableError
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
+from minato.state.concurrency import LocalKeyConcurrency
 from minato.state.homes import open_state
 from minato.state.memory import LocalAffinity, LocalRateLimiter, LocalTurnLocks, MemoryHealth, MemoryStore, TokenQuota
 from minato.state.protocols import SharedState
@@ -465,6 +466,7 @@ async def test_a_redis_url_opens_the_redis_home(monkeypatch: pytest.MonkeyPatch)
         quota=TokenQuota(),
         affinity=LocalAffinity(1, 1),
         health=MemoryHealth(),
+        concurrency=LocalKeyConcurrency(),
     )
 
     @asynccontextmanager
