@@ -174,10 +174,10 @@ async def test_a_full_queue_refuses_at_once_whoever_asks() -> None:
     with pytest.raises(OverloadedError, match="too many generations waiting"):
         await admission.acquire("m", C)
 
-    assert metrics.rejections.labels("queue_full")._value.get() == 1
-    assert metrics.queue_depth._value.get() == 2
+    assert metrics.registry.get_sample_value("minato_rejections_total", {"reason": "queue_full"}) == 1
+    assert metrics.registry.get_sample_value("minato_queue_depth") == 2
     assert await drain(served, running) == ["a1", "b1"]
-    assert metrics.queue_depth._value.get() == 0
+    assert metrics.registry.get_sample_value("minato_queue_depth") == 0
 
 
 async def test_a_wait_that_times_out_is_a_503_and_leaves_the_order_intact() -> None:
@@ -318,12 +318,12 @@ async def test_the_waiting_gauge_and_the_wait_histogram_follow_the_queue() -> No
     waiting = asyncio.ensure_future(admission.acquire("m", B, record))
     served.tasks.append(waiting)
     await settled(lambda: admission.waiting == 1, "bob waits")
-    assert metrics.waiting_of("bob")._value.get() == 1
+    assert metrics.registry.get_sample_value("minato_queue_waiting", {"key": "bob"}) == 1
 
     running.release()
     slot = await asyncio.wait_for(waiting, 5)
 
-    assert metrics.waiting_of("bob")._value.get() == 0
+    assert metrics.registry.get_sample_value("minato_queue_waiting", {"key": "bob"}) == 0
     assert record.queue_seconds > 0
     assert metrics.registry.get_sample_value("minato_queue_wait_seconds_count", {"model": "m"}) == 1
     slot.release()

@@ -108,6 +108,11 @@ class Admission:
         """Waiters that wait for a place of their key, in arrival order."""
         self._slots: dict[Slot, None] = {}
         self._seq = 0
+        self._by_key: Counter[str] = Counter()
+        """Generations waiting, by the key's name: read by ``minato_queue_waiting`` when it is scraped."""
+        if metrics is not None:
+            # Read when scraped, not set at every move of the queue: a waiter costs no metric lock.
+            metrics.queue_depth.set_function(lambda: self.waiting)
 
     def _fits(self, model: str) -> bool:
         return self.running < self.total and (not self.per_model or self._by_model[model] < self.per_model)
@@ -144,8 +149,14 @@ class Admission:
         place: HeldTurn | None = None
         try:
             async with asyncio.timeout(self.wait_seconds):
-                place = await self._place(waiter)
-                await self._turn(waiter)
+                if self._limit(caller):
+                    place = await self._place(waiter)
+                if self._fair.size or not self._fits(model):
+                    waiter.future = asyncio.get_running_loop().create_future()
+                    self._fair.push(waiter)
+                    await waiter.future
+                else:  # nobody waits for a slot and its model has room (it waited for its key's place)
+                    self._take(model)
         except BaseException as exc:
             self._abandon(waiter)
             if place is not None:
@@ -165,23 +176,13 @@ class Admission:
 
     async def _place(self, waiter: Waiter) -> HeldTurn | None:
         """Hold a place of the waiter's key first, when its key has a bound (it counts as waiting meanwhile)."""
-        limit = self._limit(waiter.caller)
-        if not limit or self.concurrency is None:
+        if self.concurrency is None:
             return None
         self._placing[waiter] = None
         try:
-            return await self.concurrency.acquire(waiter.caller.fingerprint, limit)
+            return await self.concurrency.acquire(waiter.caller.fingerprint, self._limit(waiter.caller))
         finally:
             del self._placing[waiter]
-
-    async def _turn(self, waiter: Waiter) -> None:
-        """Wait for the waiter's turn; at once when nobody is in the fair queue and its model has room."""
-        if not self._fair.size and self._fits(waiter.model):
-            self._take(waiter.model)
-            return
-        waiter.future = asyncio.get_running_loop().create_future()
-        self._fair.push(waiter)
-        await waiter.future
 
     def _abandon(self, waiter: Waiter) -> None:
         future = waiter.future
@@ -196,15 +197,16 @@ class Admission:
 
     def _enter(self, waiter: Waiter) -> None:
         self.waiting += 1
-        if self.metrics is not None:
-            self.metrics.queue_depth.set(self.waiting)
-            self.metrics.waiting_of(waiter.caller.name).inc()
+        name = waiter.caller.name
+        if name not in self._by_key and self.metrics is not None:
+            by_key = self._by_key
+            self.metrics.waiting_of(name).set_function(lambda: by_key[name])
+        self._by_key[name] += 1
 
     def _leave(self, waiter: Waiter) -> None:
         self.waiting -= 1
+        self._by_key[waiter.caller.name] -= 1  # the names stay: as bounded as the keys
         if self.metrics is not None:
-            self.metrics.queue_depth.set(self.waiting)
-            self.metrics.waiting_of(waiter.caller.name).dec()
             self.metrics.observe_queue_wait(waiter.model, time.perf_counter() - waiter.since)
 
     def _release(self, slot: Slot) -> None:

@@ -53,8 +53,19 @@ class _Flow:
         self.stride = STRIDE // max(weight, 1)
         self.waiters: deque[Waiter] = deque()
 
-    def order(self) -> tuple[int, int]:
-        return self.start, self.waiters[0].seq
+
+def _turn_order(item: tuple[str, _Flow]) -> tuple[int, int]:
+    flow = item[1]
+    return flow.start, flow.waiters[0].seq
+
+
+def _first_fitting(flow: _Flow, fits: Callable[[str], bool]) -> Waiter | None:
+    """The key's first waiter still waiting whose model has room."""
+    for waiter in flow.waiters:
+        future = waiter.future
+        if future is not None and not future.done() and fits(waiter.model):
+            return waiter
+    return None
 
 
 class FairQueue:
@@ -97,13 +108,19 @@ class FairQueue:
         """The waiter to serve now: of the key whose turn it is among those with a waiter that ``fits``
         (its model has room), that key's first such waiter; ``None`` when none fits."""
         flows = self._flows
-        candidates = flows.items() if len(flows) == 1 else sorted(flows.items(), key=lambda item: item[1].order())
+        if len(flows) > 1:
+            # Most often the key whose turn it is has a waiter that fits: try it before sorting them all.
+            key, flow = min(flows.items(), key=_turn_order)
+            waiter = _first_fitting(flow, fits)
+            if waiter is not None:
+                self._serve(key, flow, waiter)
+                return waiter
+        candidates = flows.items() if len(flows) == 1 else sorted(flows.items(), key=_turn_order)
         for key, flow in candidates:
-            for waiter in flow.waiters:
-                future = waiter.future
-                if future is not None and not future.done() and fits(waiter.model):
-                    self._serve(key, flow, waiter)
-                    return waiter
+            waiter = _first_fitting(flow, fits)
+            if waiter is not None:
+                self._serve(key, flow, waiter)
+                return waiter
         return None
 
     def _serve(self, key: str, flow: _Flow, waiter: Waiter) -> None:
