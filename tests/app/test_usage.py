@@ -107,6 +107,48 @@ async def test_a_stream_is_counted_with_its_prompt_and_one_left_early_with_what_
     assert body["tokens"] == {"prompt": 26, "completion": 7 + 4, "total": 37}
 
 
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [
+        ("/v1/messages", {"content": [], "usage": {"input_tokens": 9, "output_tokens": 4}}),
+        ("/v1/responses", {"output": [], "usage": {"input_tokens": 9, "output_tokens": 4}}),
+        ("/api/embed", {"embeddings": [[0.1]], "prompt_eval_count": 9}),
+        ("/v1/embeddings", {"data": [], "usage": {"prompt_tokens": 9, "total_tokens": 9}}),
+    ],
+    ids=["anthropic", "responses", "native-embed", "openai-embed"],
+)
+async def test_every_door_counts_its_dialects_token_counts(
+    keyed: Client, ollama: ServedOllama, path: str, answer: dict[str, Any]
+) -> None:
+    ollama.post(path).respond(200, json=answer)
+
+    sent = await keyed.post(path, json={"model": "llama3.2", "input": "hi", "messages": []}, headers=_as(BOB))
+
+    assert sent.status_code == 200, sent.text
+    body = await _usage(keyed, BOB)
+    completion = 0 if "embed" in path else 4
+    assert body["requests"] == 1
+    assert body["tokens"] == {"prompt": 9, "completion": completion, "total": 9 + completion}
+
+
+async def test_an_openai_stream_counts_its_usage_frame(keyed: Client, ollama: ServedOllama) -> None:
+    frames = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    ollama.post("/v1/chat/completions").respond(200, content=frames, headers={"content-type": "text/event-stream"})
+
+    sent = await keyed.post(
+        "/v1/chat/completions", json={"model": "llama3.2", "messages": [], "stream": True}, headers=_as(BOB)
+    )
+
+    assert sent.status_code == 200
+    assert b'"usage"' not in sent.content, "the usage frame Minato asked for is not the client's"
+    assert (await _usage(keyed, BOB))["tokens"] == {"prompt": 12, "completion": 1, "total": 13}
+
+
 async def test_a_request_ollama_refused_counts_nothing(keyed: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(400, json={"error": "invalid options"})
 
@@ -122,7 +164,8 @@ async def test_a_key_without_a_name_is_reported_under_its_fingerprint(keyed: Cli
 
     body = await _usage(keyed, PLAIN)
 
-    assert len(body["key"]) == 12 and body["key"] != PLAIN
+    assert len(body["key"]) == 12
+    assert body["key"] != PLAIN
     assert body["requests"] == 1
     assert (await _usage(keyed, ROOT, key=body["key"]))["requests"] == 1
 
@@ -137,13 +180,13 @@ async def test_an_admin_sees_any_key_and_every_key(keyed: Client, ollama: Served
     assert (alice["key"], alice["requests"], alice["quota"]["tokens_per_day"]) == ("alice", 1, 1000)
     assert listing.status_code == 200
     keys = {entry["key"]: entry for entry in listing.json()["keys"]}
-    assert set(keys) == {"alice", "bob", "root", alice_fingerprint(keys)}
+    assert set(keys) == {"alice", "bob", "root", plain_fingerprint(keys)}
     assert keys["alice"]["requests"] == 1
-    assert keys["bob"]["requests"] == 0 and keys["bob"]["by_model"] == {}, "a key with no usage is listed with zeros"
+    assert (keys["bob"]["requests"], keys["bob"]["by_model"]) == (0, {}), "a key with no usage is listed with zeros"
     assert keys["root"]["role"] == "admin"
 
 
-def alice_fingerprint(keys: dict[str, Any]) -> str:
+def plain_fingerprint(keys: dict[str, Any]) -> str:
     """The plain key's name: the one that is no keys-file name."""
     [fingerprint] = set(keys) - {"alice", "bob", "root"}
     return fingerprint

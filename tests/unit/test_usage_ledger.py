@@ -205,6 +205,16 @@ async def test_a_single_worker_on_a_sqlite_store_keeps_its_usage_in_the_file(tmp
     assert found == {"alice": {"m": Tally(1, 2, 3)}}
 
 
+async def test_two_workers_on_a_sqlite_store_share_their_usage(tmp_path: Path) -> None:
+    settings = Settings(session_store=str(tmp_path / "minato.db"), workers=2)
+    async with open_state(settings, Metrics()) as one, open_state(settings, Metrics()) as two:
+        one.usage.count("alice", "m", 2, 3)
+        await one.usage.close()  # what the worker counted, written (as every second)
+        seen_by_two = await two.usage.totals({"alice"})
+
+    assert seen_by_two == {"alice": {"m": Tally(1, 2, 3)}}
+
+
 async def test_memory_conversations_keep_usage_in_memory() -> None:
     async with open_state(Settings(session_store="memory://"), Metrics()) as state:
         assert isinstance(state.usage, MemoryUsage)

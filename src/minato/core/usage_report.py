@@ -8,8 +8,8 @@ state home); the standings are those the guard itself checks, read without takin
 from __future__ import annotations
 
 import math
-from functools import reduce
 from collections.abc import Callable, Sequence
+from functools import reduce
 from typing import Final, NamedTuple
 
 import msgspec
