@@ -291,3 +291,35 @@ async def test_a_redis_that_is_away_fails_a_read_and_keeps_the_counts(redis_serv
 
     assert found == {"alice": {"m": Tally(1, 1, 1)}}
     assert metrics.registry.get_sample_value("minato_usage_write_failures_total") == 1
+
+
+class SlowSink(FlakySink):
+    """A sink whose writes wait until the test lets them finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def add(self, batch: Batch) -> None:
+        self.writing.set()
+        await self.finish.wait()
+        await super().add(batch)
+
+
+async def test_closing_while_the_writer_writes_lets_the_write_finish_and_counts_it_once() -> None:
+    sink = SlowSink()
+    ledger = WriteBehind(sink, interval=0.01)
+    ledger.count("alice", "m", 1, 1)
+    async with asyncio.timeout(10):
+        await sink.writing.wait()
+    ledger.count("alice", "m", 2, 2)  # counted while the first batch is being written
+
+    closing = asyncio.create_task(ledger.close())
+    await asyncio.sleep(0)  # close() now waits for the write in flight
+    sink.finish.set()
+    async with asyncio.timeout(10):
+        await closing
+
+    assert sink.kept == {"alice": {"m": Tally(2, 3, 3)}}
+    assert sink.writes == 2

@@ -133,7 +133,10 @@ class WriteBehind:
         """Stop the writer and write what is left."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
-            writer.cancel()
+            # Never cancelled mid-write (its batch would be lost, or, written after all, counted twice):
+            # with the lock held it sleeps, or waits for the lock.
+            async with self._lock:
+                writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
         await self.flush()
