@@ -199,11 +199,13 @@ async def whole_answer(generation: Generation) -> GenerateResponse:
     lease, chat = await _admitted(generation)
     try:
         chunk = await parts.watch.until(parts.upstream.chat(chat, affinity=_affinity(lease)))
+        parts.usage.began()
         await lease.commit(chunk.message.content)
         stats = GenerationStats.from_chunk(chunk)
         record = parts.record
         if record is not None:
             record.note_answer(chunk.eval_count, stats.tokens_per_second)
+            record.prompt_tokens = chunk.prompt_eval_count
             record.backend = chunk.backend
     finally:
         lease.release()
@@ -269,6 +271,7 @@ async def streamed_answer(generation: Generation) -> AnswerStream:
         raise
     if parts.record is not None:
         parts.record.backend = stream.backend
+    parts.usage.began()
     return AnswerStream(stream, lease, parts.usage, parts.model)
 
 

@@ -117,6 +117,7 @@ def create_app(
         dependencies={
             **slot.providers(),
             "caller": Provide(make_caller_provider(keyring), sync_to_thread=False),
+            "keyring": Provide(lambda: keyring, sync_to_thread=False),
             **HANDLER_DEPENDENCIES,
         },
         exception_handlers=EXCEPTION_HANDLERS,
