@@ -117,7 +117,11 @@ def test_a_request_that_waited_for_the_slot_says_so_in_its_queue_timing(
         first.start()
         try:
             eventually(
-                lambda: [event for event in standin.get("/_standin/events").json() if event["model"].startswith("standin/gated")],
+                lambda: [
+                    event
+                    for event in standin.get("/_standin/events").json()
+                    if event["model"].startswith("standin/gated")
+                ],
                 bool,
                 "the gated answer reached the stand-in",
             )

@@ -74,6 +74,8 @@ def duration(seconds: float) -> str:
         return "0s"
     if millis < 1000:
         return f"{millis}ms"
+    if millis < 60_000 and not millis % 1000:  # the usual reset of a request rate: whole seconds
+        return f"{millis // 1000}s"
     hours, millis = divmod(millis, 3_600_000)
     minutes, millis = divmod(millis, 60_000)
     whole, fraction = divmod(millis, 1000)
@@ -89,18 +91,21 @@ def rate_limit_headers(
     """The ``x-ratelimit`` headers for ``caller``, from where its bucket and its quota stood (each
     ``None`` when the guard did not ask: the key has no such limit). ``generated``: the tokens the whole
     answer generated (0 for a stream's head, or a refusal)."""
-    headers: list[tuple[bytes, bytes]] = []
-    if rate is not None and caller.requests_per_minute:
-        headers += (
+    headers: list[tuple[bytes, bytes]] = (
+        [
             (_LIMIT_REQUESTS, b"%d" % caller.requests_per_minute),
             (_REMAINING_REQUESTS, b"%d" % rate.remaining),
             (_RESET_REQUESTS, duration(rate.reset).encode()),
-        )
+        ]
+        if rate is not None and caller.requests_per_minute
+        else []
+    )
     if quota is not None and caller.tokens_per_day:
-        resets = max(quota.resets, _CHARGED_RESETS) if generated > 0 else quota.resets
+        left = quota.left - generated if generated > 0 else quota.left
+        resets = quota.resets if generated <= 0 or quota.resets > _CHARGED_RESETS else _CHARGED_RESETS
         headers += (
             (_LIMIT_TOKENS, b"%d" % caller.tokens_per_day),
-            (_REMAINING_TOKENS, b"%d" % max(0, quota.left - generated)),
+            (_REMAINING_TOKENS, b"%d" % (left if left > 0 else 0)),
             (_RESET_TOKENS, duration(resets).encode()),
         )
     return headers
