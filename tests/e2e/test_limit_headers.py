@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -65,7 +64,8 @@ def test_openai_python_reads_the_limits_and_they_count_down(server: MinatoServer
         second = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages)
 
     used = first.parse().usage
-    assert used is not None and used.completion_tokens > 0
+    assert used is not None
+    assert used.completion_tokens > 0
     assert first.headers["x-ratelimit-limit-requests"] == str(RATE)
     assert first.headers["x-ratelimit-limit-tokens"] == str(QUOTA)
     assert int(second.headers["x-ratelimit-remaining-requests"]) < int(first.headers["x-ratelimit-remaining-requests"])
