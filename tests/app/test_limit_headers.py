@@ -246,3 +246,10 @@ async def test_cors_lets_a_browser_read_the_new_headers(
 
     exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
     assert {*RATE_LIMIT_HEADERS, "server-timing", "retry-after"} <= exposed
+
+
+async def test_a_stranger_learns_no_keys_limits(limited: Client) -> None:
+    refused = await limited.get("/llama3.2", params={"message": "hi"}, headers={"Authorization": "Bearer wrong"})
+
+    assert refused.status_code == 401
+    assert not any(name in refused.headers for name in RATE_LIMIT_HEADERS)
