@@ -14,6 +14,7 @@ relay, like a generation of Minato's own API, and a whole answer is bounded by
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
@@ -226,7 +227,7 @@ async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) 
     usage = Usage(runtime.quota, runtime.state.usage, caller_of(scope), record, call.model)
     slot = await take_slot(runtime.admission, call.model, watch) if call.model else None
     try:
-        answer = await watch.until(_forward(runtime, call))
+        answer = await watch.until(_forward(runtime, call, record))
         if record is not None:
             record.backend = answer.backend
         if answer.status < 300:
@@ -237,25 +238,32 @@ async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) 
             body = await watch.until(answer.read())
         finally:
             await answer.aclose()
+        if record is not None and record.sent is not None:
+            record.ollama_seconds = time.perf_counter() - record.sent
     except BaseException:
         if slot is not None:
             slot.release()
         raise
     if slot is not None:
         slot.release()
-    if record is not None and call.model and answer.status < 300:
-        counts = counts_of(body, call.dialect)
-        if counts is not None:
-            record.prompt_tokens = counts.prompt()
-            if counts.tokens():
-                record.note_answer(counts.tokens(), per_second(counts.eval_count, counts.eval_duration))
     if call.model and answer.status < 300:
+        _note_counts(record, body, call.dialect)
         await usage.charge()
     # Only the content type travels back: length, encoding and dates are Minato's server's to set.
     return Response(body, status_code=answer.status, media_type=answer.content_type or None)
 
 
-async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
+def _note_counts(record: RequestRecord | None, body: bytes, dialect: StreamDialect) -> None:
+    """Note Ollama's own counts of a whole answer on its record (what usage and the quota are charged)."""
+    counts = counts_of(body, dialect) if record is not None else None
+    if record is None or counts is None:
+        return
+    record.prompt_tokens = counts.prompt()
+    if counts.tokens():
+        record.note_answer(counts.tokens(), per_second(counts.eval_count, counts.eval_duration))
+
+
+async def _forward(runtime: Runtime, call: Relay, record: RequestRecord | None) -> RawResponse:
     settings = runtime.settings
     # A whole answer's headers come only once it is complete: wait as long as a whole answer may take.
     wait = settings.first_token_timeout if call.streamed else settings.request_timeout
@@ -268,6 +276,8 @@ async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
         # A generation is bounded as on Minato's own routes; a pull or a blob upload may take longer.
         whole_within=settings.request_timeout if call.model else None,
     )
+    if record is not None:
+        record.sent = time.perf_counter()
     return await runtime.upstream.forward(
         request,
         model=call.model or call.route_by,
