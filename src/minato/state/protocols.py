@@ -16,12 +16,14 @@ limit or runs a turn without its lease.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from minato.auth.caller import Caller
     from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage
-    from minato.state.windows import Standing
+    from minato.state.usage import Totals
+    from minato.state.windows import Bucket, Standing
 
 
 class HeldTurn(Protocol):
@@ -45,9 +47,13 @@ class TurnLocks(Protocol):
 class RateLimiter(Protocol):
     """A token bucket per key, ``per_minute`` deep, refilled continuously at ``per_minute`` a minute."""
 
-    async def check(self, key: str, per_minute: int) -> float:
-        """Take one request from ``key``'s bucket: return 0, or the seconds until one is there (nothing
-        taken). Raises :class:`~minato.errors.StateUnavailableError`."""
+    async def check(self, key: str, per_minute: int) -> Bucket:
+        """Take one request from ``key``'s bucket: where it stands then (``wait`` 0, or the seconds until
+        one is there, nothing taken). Raises :class:`~minato.errors.StateUnavailableError`."""
+        ...
+
+    async def peek(self, key: str, per_minute: int) -> Bucket:
+        """Where ``key``'s bucket stands, nothing taken. Raises :class:`~minato.errors.StateUnavailableError`."""
         ...
 
 
@@ -76,6 +82,25 @@ class KeyConcurrency(Protocol):
 
     async def running(self, key: str) -> int:
         """How many places ``key`` holds now, across the processes sharing the home."""
+        ...
+
+
+class UsageLedger(Protocol):
+    """What each key used over the rolling 24 h, per model (:mod:`minato.state.usage`), the same on every
+    process sharing the home."""
+
+    def count(self, key: str, model: str, prompt: int, completion: int) -> None:
+        """Count one request of the key named ``key`` on ``model`` now. Never waits, never raises: a home
+        that cannot write keeps the count for later (a usage ledger must not fail an answer Ollama gave)."""
+        ...
+
+    async def totals(self, keys: Collection[str]) -> Totals:
+        """The tallies of the keys named ``keys``, by model. Raises
+        :class:`~minato.errors.StateUnavailableError` when its home cannot answer."""
+        ...
+
+    async def close(self) -> None:
+        """Write what is counted and not written yet (the state is closing)."""
         ...
 
 
@@ -161,6 +186,7 @@ class SharedState(NamedTuple):
     affinity: Affinity
     health: StateHealth
     concurrency: KeyConcurrency
+    usage: UsageLedger
 
 
 __all__ = [
@@ -173,4 +199,5 @@ __all__ = [
     "SharedState",
     "StateHealth",
     "TurnLocks",
+    "UsageLedger",
 ]
