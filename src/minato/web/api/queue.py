@@ -12,6 +12,7 @@ from minato.auth.caller import Caller
 from minato.core.admission import Admission
 from minato.core.policy import Policy
 from minato.core.queue_report import QueueReport, queue_report
+from minato.web.rendering import error_spec
 
 
 @get(
@@ -24,7 +25,8 @@ from minato.core.queue_report import QueueReport, queue_report
         "An admin key sees every key's, or one key's with `key`; a user key only its own (its positions "
         "are still among everyone's). Each worker and replica has its own queue."
     ),
-    tags=["health"],
+    tags=["usage"],
+    responses={403: error_spec("A metrics key asked, or a user key named another key with `key=`.")},
 )
 async def queue(
     admission: NamedDependency[Admission],
