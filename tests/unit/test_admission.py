@@ -272,6 +272,25 @@ async def test_a_key_waiting_for_its_place_counts_against_the_queue_and_its_time
     assert await concurrency.running(bounded.fingerprint) == 0, "the timed-out wait holds no place"
 
 
+async def test_without_a_queue_a_bounded_key_runs_while_it_has_room_and_is_refused_at_its_bound() -> None:
+    bounded = key("bounded", max_concurrent=1)
+    concurrency = LocalKeyConcurrency()
+    admission = Admission(total=4, per_model=0, queue=0, wait_seconds=30, concurrency=concurrency)
+
+    first = await admission.acquire("m", bounded)
+    with pytest.raises(OverloadedError, match="too many generations waiting"):
+        await admission.acquire("m", bounded)
+    other = await admission.acquire("m", B)
+
+    assert admission.running == 2
+    first.release()
+    again = await admission.acquire("m", bounded)
+    again.release()
+    other.release()
+    assert admission.running == admission.waiting == 0
+    assert await concurrency.running(bounded.fingerprint) == 0
+
+
 async def test_the_keyless_caller_is_bound_by_the_default_key_bound() -> None:
     concurrency = LocalKeyConcurrency()
     admission = Admission(

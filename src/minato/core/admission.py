@@ -106,6 +106,8 @@ class Admission:
         self._fair = FairQueue()
         self._placing: dict[Waiter, None] = {}
         """Waiters that wait for a place of their key, in arrival order."""
+        self._placed: Counter[str] = Counter()
+        """By key: this process's requests holding a place of their key, or waiting for one."""
         self._slots: dict[Slot, None] = {}
         self._seq = 0
         self._by_key: Counter[str] = Counter()
@@ -140,7 +142,9 @@ class Admission:
         slot = self.try_acquire(model, caller, record)
         if slot is not None:
             return slot
-        if self.waiting >= self.queue:
+        concurrency = self.concurrency
+        limit = self._limit(caller) if concurrency is not None else 0
+        if self.waiting >= self.queue and not self._runs_at_once(model, caller.fingerprint, limit):
             self._reject("queue_full")
             raise OverloadedError(f"too many generations waiting ({self.queue}); try again shortly")
         self._seq += 1
@@ -149,8 +153,8 @@ class Admission:
         place: HeldTurn | None = None
         try:
             async with asyncio.timeout(self.wait_seconds):
-                if self._limit(caller):
-                    place = await self._place(waiter)
+                if limit and concurrency is not None:
+                    place = await self._place(waiter, concurrency, limit)
                 if self._fair.size or not self._fits(model):
                     waiter.future = asyncio.get_running_loop().create_future()
                     self._fair.push(waiter)
@@ -159,6 +163,8 @@ class Admission:
                     self._take(model)
         except BaseException as exc:
             self._abandon(waiter)
+            if limit:
+                self._placed[caller.fingerprint] -= 1
             if place is not None:
                 place.release()
             if isinstance(exc, TimeoutError):
@@ -174,13 +180,18 @@ class Admission:
         self._slots[slot] = None
         return slot
 
-    async def _place(self, waiter: Waiter) -> HeldTurn | None:
-        """Hold a place of the waiter's key first, when its key has a bound (it counts as waiting meanwhile)."""
-        if self.concurrency is None:
-            return None
+    def _runs_at_once(self, model: str, key: str, limit: int) -> bool:
+        """Whether a request of a key with a bound, which takes the queue's path to hold its key's place,
+        would run at once: a slot is free and, as far as this process knows, its key has room. Such a
+        request is not refused for a full queue (at most ``limit`` of a key pass this way)."""
+        return bool(limit) and not self._fair.size and self._fits(model) and self._placed[key] < limit
+
+    async def _place(self, waiter: Waiter, concurrency: KeyConcurrency, limit: int) -> HeldTurn:
+        """Hold a place of the waiter's key (it counts as waiting meanwhile)."""
+        self._placed[waiter.caller.fingerprint] += 1
         self._placing[waiter] = None
         try:
-            return await self.concurrency.acquire(waiter.caller.fingerprint, self._limit(waiter.caller))
+            return await concurrency.acquire(waiter.caller.fingerprint, limit)
         finally:
             del self._placing[waiter]
 
@@ -211,6 +222,8 @@ class Admission:
 
     def _release(self, slot: Slot) -> None:
         del self._slots[slot]
+        if slot.place is not None:
+            self._placed[slot.caller.fingerprint] -= 1
         self._free(slot.model)
 
     def _free(self, model: str) -> None:
