@@ -4,33 +4,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
-from minato.auth.caller import ANONYMOUS, Caller, Role
+from minato.auth.caller import ANONYMOUS, Caller
 from minato.core.admission import Admission, Slot
-from minato.core.fairqueue import FairQueue, Waiter
 from minato.errors import OverloadedError
 from minato.observability.metrics import Metrics
 from minato.observability.record import RequestRecord
 from minato.state.concurrency import LocalKeyConcurrency
+from tests.support.callers import A, B, C, key
 from tests.support.waiting import settled
 
 pytestmark = pytest.mark.anyio
-
-
-def key(name: str, *, weight: int = 1, max_concurrent: int = 0) -> Caller:
-    return Caller(
-        fingerprint=name.encode().hex().ljust(12, "0")[:12],
-        role=Role.USER,
-        name=name,
-        weight=weight,
-        max_concurrent=max_concurrent,
-    )
-
-
-A, B, C = key("alice"), key("bob"), key("carol")
 
 
 class Served:
@@ -364,82 +350,3 @@ async def test_the_snapshot_lists_the_waiting_in_the_order_they_will_be_served()
     assert [(r.caller.name, r.backend) for r in now_running] == [("alice", "gpu1:11434")]
     assert [(w.caller.name, w.position) for w in waiting] == [("alice", 1), ("bob", 2), ("alice", 3)]
     assert await drain(served, running) == ["a1", "b1", "a2"]
-
-
-class Tags:
-    """A fair queue driven directly: push requests, pop them in the order it serves them."""
-
-    def __init__(self) -> None:
-        self.queue = FairQueue()
-        self.loop = asyncio.new_event_loop()
-        self.seq = 0
-
-    def push(self, caller: Caller) -> None:
-        self.seq += 1
-        waiter = Waiter("m", caller, None, 0.0, self.seq)
-        waiter.future = self.loop.create_future()
-        self.queue.push(waiter)
-
-    def pop(self) -> str:
-        waiter = self.queue.pop_next(lambda _: True)
-        assert waiter is not None
-        return waiter.caller.name[0]
-
-
-@pytest.fixture
-def tags() -> Iterator[Tags]:
-    driven = Tags()
-    yield driven
-    driven.loop.close()
-
-
-def test_a_key_that_left_and_came_back_gets_no_extra_turn(tags: Tags) -> None:
-    for caller in (A, A, A, B):
-        tags.push(caller)
-    assert [tags.pop(), tags.pop()] == ["a", "b"]
-    # bob had his turn and left; coming straight back, he is behind alice's waiting request.
-    tags.push(B)
-
-    assert "".join(tags.pop() for _ in range(3)) == "aba"
-    assert tags.queue.size == 0
-
-
-def test_idle_time_banks_no_credit(tags: Tags) -> None:
-    for _ in range(6):
-        tags.push(A)
-    for _ in range(4):
-        assert tags.pop() == "a"
-    # bob waited for nothing while alice was served alone: he starts at the clock (the tag of alice's
-    # last turn), so he gets the next turn and then his share, not a backlog of the four he missed.
-    for _ in range(3):
-        tags.push(B)
-
-    assert "".join(tags.pop() for _ in range(5)) == "babab"
-
-
-def test_the_order_reported_is_the_order_served(tags: Tags) -> None:
-    heavy = key("heavy", weight=3)
-    for caller in (heavy, heavy, heavy, heavy, B, B, C):
-        tags.push(caller)
-    reported = [w.caller.name[0] for w in tags.queue.in_order()]
-
-    assert reported == [tags.pop() for _ in range(7)]
-    assert reported == ["h", "b", "c", "h", "h", "h", "b"]
-
-
-async def test_the_in_process_key_bound_survives_a_cancel_racing_a_give_back() -> None:
-    bound = LocalKeyConcurrency()
-    held = await bound.acquire("k", 1)
-    first = asyncio.ensure_future(bound.acquire("k", 1))
-    second = asyncio.ensure_future(bound.acquire("k", 1))
-    await settled(lambda: len(bound._waiting.get("k", ())) == 2, "both wait")
-
-    first.cancel()  # its future is cancelled now, but it cleans up only when it next runs...
-    held.release()  # ...and the give-back passes over it, to the second
-    await asyncio.gather(first, return_exceptions=True)
-    place = await asyncio.wait_for(second, 5)
-
-    assert await bound.running("k") == 1
-    place.release()
-    assert await bound.running("k") == 0
-    assert not bound._waiting
