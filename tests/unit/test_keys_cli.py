@@ -58,7 +58,8 @@ def test_add_prints_only_the_key_and_the_file_keeps_only_its_digest(
     key = out.strip()
     assert code == 0
     assert out == key + "\n", "stdout holds the key and nothing else"
-    assert key.startswith(KEY_PREFIX) and len(key) >= len(KEY_PREFIX) + 40
+    assert key.startswith(KEY_PREFIX)
+    assert len(key) >= len(KEY_PREFIX) + 40
     text = keys.read_text()
     assert key not in text
     assert f'key = "sha256:{_digest(key)}"' in text
@@ -152,7 +153,8 @@ def test_a_file_the_keys_check_refuses_is_not_written(keys: Path, capsys: pytest
     code, out, err = keys_add(capsys, "alice", "--file", str(keys))
 
     assert (code, out) == (2, "")
-    assert "keys.ops" in err and "colour" in err
+    assert "keys.ops" in err
+    assert "colour" in err
     assert keys.read_bytes() == before
     assert [p.name for p in keys.parent.iterdir()] == [keys.name]
 
