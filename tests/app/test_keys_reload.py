@@ -37,6 +37,20 @@ async def until(check: Callable[[], object], what: str) -> None:
         await asyncio.sleep(0.02)
 
 
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def edit_unseen(path: Path, old: str, new: str) -> None:
+    """Edit ``path`` in place to the same size, and put its modification time back: a change that
+    its ``stat`` does not show (as an editor may make within one timestamp tick)."""
+    seen = path.stat()
+    text = path.read_text()
+    assert len(old) == len(new)
+    path.write_text(text.replace(old, new))
+    os.utime(path, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+
+
 @pytest.fixture(name="keys")
 def fx_keys(tmp_path: Path) -> Path:
     path = tmp_path / "keys.toml"
@@ -80,7 +94,7 @@ async def test_a_key_revoked_on_disk_gets_401_and_a_new_one_works(client: Client
 
 
 async def test_a_file_edited_into_garbage_keeps_the_old_keys(app: Litestar, client: Client, keys: Path) -> None:
-    keys.write_text("[keys.alice\nkey = ")
+    write(keys, "[keys.alice\nkey = ")
 
     outcome = await watch_of(app).reload("test")
 
@@ -97,7 +111,7 @@ async def test_a_file_emptied_keeps_the_file_keys_only_if_none_would_be_left(
     ollama.post("/api/chat").respond(200, json=chat_answer())
     app = create_app(msgspec.structs.replace(settings, keys_file=str(keys)))
     async with AsyncTestClient(app=app) as client:
-        keys.write_text("")
+        write(keys, "")
         outcome = await watch_of(app).reload("test")
 
         assert outcome.refused is not None
@@ -107,10 +121,7 @@ async def test_a_file_emptied_keeps_the_file_keys_only_if_none_would_be_left(
 
 async def test_sighup_reloads_even_what_the_watch_cannot_see(app: Litestar, client: Client, keys: Path) -> None:
     """The key changes in place, same size, same modification time: only the SIGHUP path reads it."""
-    seen = keys.stat()
-    text = keys.read_text()
-    keys.write_text(text.replace(f'key = "{CAROL}"', f'key = "{CAROL[:-1]}X"'))
-    os.utime(keys, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+    edit_unseen(keys, f'key = "{CAROL}"', f'key = "{CAROL[:-1]}X"')
     assert not watch_of(app).keyring.changed()
 
     watch_of(app).ask()

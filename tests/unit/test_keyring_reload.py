@@ -75,7 +75,8 @@ def test_a_file_edited_into_garbage_keeps_the_keys_in_force(settings: Settings, 
     assert "MINATO_KEYS_FILE" in outcome.refused
     assert keyring.callers == before
     assert keyring.identify(BOB) is not None
-    assert ALICE not in outcome.refused and BOB not in outcome.refused
+    assert ALICE not in outcome.refused
+    assert BOB not in outcome.refused
 
 
 def test_a_missing_file_keeps_the_keys_in_force(settings: Settings, keys: Path) -> None:
