@@ -235,13 +235,17 @@ def test_the_default_file_may_come_from_the_dotenv(
 ) -> None:
     (tmp_path / ".env").write_text(f"MINATO_KEYS_FILE={keys}\n")
     monkeypatch.chdir(tmp_path)
+    # The command loads the .env into the process environment, as minato serve does: a copy, put back after.
+    monkeypatch.setattr(os, "environ", dict(os.environ))
 
     assert main(["keys", "revoke", "ci"]) == 0
     assert [named.name for named in read_keys_file(str(keys))] == ["ops"]
 
 
-def test_without_a_keys_file_the_command_says_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    os.chdir(tmp_path)  # no ./.env here
+def test_without_a_keys_file_the_command_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./.env here
 
     code, out, err = keys_add(capsys, "alice")
 
