@@ -137,7 +137,7 @@ def stream_in_background(server: MinatoServer, key: str) -> tuple[threading.Even
     return first, ended, thread
 
 
-def test_sighup_reloads_every_worker_at_once_without_restarting_them(
+def test_every_worker_follows_sighup_at_once_and_the_file_by_itself_without_a_restart(
     standin_factory: Callable[..., StandInProcess], keys: Path
 ) -> None:
     standin = standin_factory()
@@ -173,10 +173,20 @@ def test_sighup_reloads_every_worker_at_once_without_restarting_them(
         admin = generate(server, ops)
         httpx.post(f"{standin.url}/_standin/gate", json={"tokens": 4}, timeout=30).raise_for_status()
         reader.join(DEADLINE)
+
+        dave = new_key(keys, "dave")  # and each worker sees the change on disk by itself
+        eventually(
+            lambda: [event for event in events(server, "keys_reloaded") if event["added_names"] == ["dave"]],
+            lambda reloaded: len(reloaded) == 2,
+            "both workers read the new key",
+            DEADLINE,
+        )
+        added = [generate(server, dave) for _ in range(WORKER_REQUESTS)]
     finally:
         stop_minato(server)
 
     assert refused == [401] * WORKER_REQUESTS
+    assert added == [200] * WORKER_REQUESTS
     assert both, "one worker answered every request: the test shows nothing about the other"
     assert admin == 200
     assert len(ended) == 2, f"the stream in flight was cut: {ended}"
