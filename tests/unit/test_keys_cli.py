@@ -251,3 +251,19 @@ def test_without_a_keys_file_the_command_says_so(
 
     assert (code, out) == (2, "")
     assert "MINATO_KEYS_FILE" in err
+
+
+@pytest.mark.parametrize(
+    "option", [("--requests-per-minute", "-1"), ("--weight", "0"), ("--weight", "1001"), ("--role", "root")]
+)
+def test_a_limit_out_of_range_is_refused_before_the_file_is_touched(
+    keys: Path, capsys: pytest.CaptureFixture[str], option: tuple[str, str]
+) -> None:
+    before = keys.read_bytes()
+
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "add", "alice", "--file", str(keys), *option])
+
+    assert exited.value.code == 2
+    assert capsys.readouterr().out == ""
+    assert keys.read_bytes() == before
