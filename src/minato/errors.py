@@ -13,6 +13,7 @@
     ├── ClientDisconnectedError      499  the client left before its answer was ready (logged, never sent)
     ├── ModelNotFoundError           404  Ollama does not know the model
     ├── SessionNotFoundError         404  no conversation with that id
+    ├── KeyNotFoundError             404  an admin named a key no keys file or list configures
     ├── AmbiguousSessionError        409  an admin named an id several keys have, without owner=
     ├── SessionDamagedError          409  the store's pages holding a conversation are damaged
     ├── OverloadedError              503  Minato's own generation queue is full (with Retry-After)
@@ -134,6 +135,10 @@ class ModelNotFoundError(MinatoError, status=404):
 
 class SessionNotFoundError(MinatoError, status=404):
     """No conversation has that id (or it expired)."""
+
+
+class KeyNotFoundError(MinatoError, status=404):
+    """No configured key has that name."""
 
 
 class AmbiguousSessionError(MinatoError, status=409):

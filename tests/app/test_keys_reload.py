@@ -164,6 +164,7 @@ async def test_get_keys_lists_the_keys_in_force_for_an_admin(client: Client) -> 
         "tokens_per_day": 5,
         "max_concurrent": 0,
         "weight": 1,
+        "usage_today": {"requests": 0, "tokens": {"prompt": 0, "completion": 0, "total": 0}},
     }
     assert listed["bob"]["role"] == "admin"
     assert listed["carol"]["requests_per_minute"] == 2
@@ -185,3 +186,20 @@ async def test_get_keys_follows_a_reload(app: Litestar, client: Client, keys: Pa
 
     [erin] = [key for key in response.json() if key["name"] == "erin"]
     assert (erin["models"], erin["weight"], erin["role"]) == (["qwen3:*"], 4, "user")
+
+
+async def test_get_keys_shows_each_keys_usage_over_the_last_24_h(client: Client) -> None:
+    assert await status(client, CAROL) == 200
+
+    async def counted() -> bool:
+        listed = (await client.get("/keys", headers={"X-API-Key": BOB})).json()
+        return [key["usage_today"]["requests"] for key in listed if key["name"] == "carol"] == [1]
+
+    await until(counted, "carol's request counted")
+    listed = (await client.get("/keys", headers={"X-API-Key": BOB})).json()
+    usage = {key["name"]: key["usage_today"] for key in listed}
+    assert usage["carol"]["tokens"]["completion"] > 0
+    assert (
+        usage["carol"]["tokens"]["total"] == usage["carol"]["tokens"]["prompt"] + usage["carol"]["tokens"]["completion"]
+    )
+    assert usage["alice"]["requests"] == 0

@@ -1,6 +1,7 @@
 """Minato's Lua scripts against a real ``redis-server``: every ``lua/*.lua`` file is used and compiles, and
 the limits' scripts answer exactly as :mod:`minato.state.windows` (the arithmetic of the memory and
-SQLite homes) for the same sequence of times and costs: one algorithm in every home."""
+SQLite homes) for the same sequence of times and costs, and the usage scripts as the memory ledger: one
+algorithm in every home."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from minato.state.redis.conversations import RedisStore
 from minato.state.redis.limits import RATE_BUCKET_TTL_MS, RedisQuota, RedisRateLimiter
 from minato.state.redis.link import Link, lua
 from minato.state.redis.turns import redis_turns
+from minato.state.redis.usage import RedisUsage
+from minato.state.usage import MemoryUsage, Tally
 from minato.state.windows import BUCKET_SECONDS, WINDOW_MINUTES, QuotaWindow, Standing, peek, take_one
 
 pytestmark = pytest.mark.anyio
@@ -42,6 +45,7 @@ async def test_every_script_file_is_used_and_compiles(client: Redis, redis_url: 
     redis_turns(link, settings)
     RedisRateLimiter(link)
     RedisQuota(link)
+    RedisUsage(link)
 
     shipped = {path.name for path in files("minato.state.redis").joinpath("lua").iterdir()}
     used = {f"{name}.lua" for names in link.scripts for name in names}
@@ -103,3 +107,32 @@ async def test_the_quota_scripts_answer_as_the_quota_window(client: Redis, seed:
         answers.append(expected)
     assert any(answer.wait for answer in answers), "the sequence went over the quota at times"
     assert any(not answer.wait for answer in answers), "and was under it at others"
+
+
+@pytest.mark.parametrize("seed", range(2))
+async def test_the_usage_scripts_answer_as_the_memory_ledger(client: Redis, redis_url: str, seed: int) -> None:
+    link = Link(client, Settings(redis_url=redis_url, session_store="memory://"), Metrics())
+    rng = random.Random(seed)
+    clock = [0.0]
+    memory = MemoryUsage(lambda: clock[0])
+    keys, models = [f"k{seed}", f"k{seed}:x"], ["llama3.2:1b", "hf.co/o/r:q4"]
+    answers = []
+    for now in _times(seed, 200):
+        clock[0] = now
+        at = RedisUsage(link, now=_number(now))
+        if rng.random() < 0.7:
+            key, model, prompt, completion = (
+                rng.choice(keys),
+                rng.choice(models),
+                rng.randint(0, 50),
+                rng.randint(0, 50),
+            )
+            memory.count(key, model, prompt, completion)
+            await at.add({(key, model): Tally(1, prompt, completion)})
+            continue
+        expected = await memory.totals(keys)
+
+        assert await at.totals(keys) == expected, f"at {now!r}"
+        answers.append(expected)
+    assert any(answers), "some reads found usage"
+    assert not all(answers), "and some found the window empty"

@@ -31,6 +31,7 @@ from minato.state.sqlite.conversations import SqliteStore
 from minato.state.sqlite.home import SqliteState
 from minato.state.sqlite.tables import UNAVAILABLE
 from minato.state.sqlite.turns import SqliteLeaseStore
+from minato.state.usage import MemoryUsage
 from minato.state.windows import Standing
 from tests.support.clocks import ManualClock
 
@@ -467,6 +468,7 @@ async def test_a_redis_url_opens_the_redis_home(monkeypatch: pytest.MonkeyPatch)
         affinity=LocalAffinity(1, 1),
         health=MemoryHealth(),
         concurrency=LocalKeyConcurrency(),
+        usage=MemoryUsage(),
     )
 
     @asynccontextmanager

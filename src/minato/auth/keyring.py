@@ -113,6 +113,18 @@ class Keyring:
                 found = caller
         return found
 
+    def callers_by_name(self) -> dict[str, Caller]:
+        """Every key that may generate, by its name (a fingerprint for a key without one), in the order
+        configured; a key given both as a user and as an admin key is its admin caller."""
+        named: dict[str, Caller] = {}
+        for _, caller in self.callers:
+            if caller.role is Role.METRICS:
+                continue
+            known = named.get(caller.name)
+            if known is None or caller.role > known.role:
+                named[caller.name] = caller
+        return named
+
 
 def read_callers(settings: Settings) -> list[tuple[bytes, Caller]]:
     """Every configured key with its caller: the settings' lists, then the keys files; raise

@@ -36,7 +36,7 @@ class KeyNameTakenError(SettingsError):
     """The keys file already has a key of that name."""
 
 
-class KeyNotFoundError(SettingsError):
+class UnknownKeyNameError(SettingsError):
     """The keys file has no key of that name."""
 
 
@@ -91,13 +91,13 @@ def revoke_key(path: str, name: str) -> None:
     """Remove the key named ``name`` from the keys file at ``path``.
 
     Raises:
-        KeyNotFoundError: the file has no key of that name.
+        UnknownKeyNameError: the file has no key of that name.
         SettingsError: the file cannot be read or written, or would not pass the keys file's checks.
     """
     document = _read(path)
     tables = _keys_table(document)
     if name not in tables:
-        raise KeyNotFoundError(f"the keys file {path} has no key named '{name}'")
+        raise UnknownKeyNameError(f"the keys file {path} has no key named '{name}'")
     _keep_trailing_comments(tables, name)
     del tables[name]
     _replace(path, tomlkit.dumps(document))
@@ -178,4 +178,4 @@ def _replace(path: str, text: str) -> None:
             os.close(directory_descriptor)
 
 
-__all__ = ["KEY_PREFIX", "KeyNameTakenError", "KeyNotFoundError", "NewKey", "add_key", "revoke_key"]
+__all__ = ["KEY_PREFIX", "KeyNameTakenError", "NewKey", "UnknownKeyNameError", "add_key", "revoke_key"]

@@ -12,6 +12,7 @@ The order is the point:
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
 
@@ -197,13 +198,20 @@ async def whole_answer(generation: Generation) -> GenerateResponse:
     """Ask Ollama for a whole answer, record it in the session, shape it; charge what it generated."""
     parts = generation.parts
     lease, chat = await _admitted(generation)
+    record = parts.record
     try:
+        sent = time.perf_counter()
+        if record is not None:
+            record.sent = sent
         chunk = await parts.watch.until(parts.upstream.chat(chat, affinity=_affinity(lease)))
+        parts.usage.began()
+        if record is not None:
+            record.ollama_seconds = time.perf_counter() - sent
         await lease.commit(chunk.message.content)
         stats = GenerationStats.from_chunk(chunk)
-        record = parts.record
         if record is not None:
             record.note_answer(chunk.eval_count, stats.tokens_per_second)
+            record.prompt_tokens = chunk.prompt_eval_count
             record.backend = chunk.backend
     finally:
         lease.release()
@@ -262,6 +270,8 @@ async def streamed_answer(generation: Generation) -> AnswerStream:
     """Prime Ollama's stream (so its status is known before anything is written), ready to relay."""
     parts = generation.parts
     lease, chat = await _admitted(generation)
+    if parts.record is not None:
+        parts.record.sent = time.perf_counter()
     try:
         stream = await parts.watch.until(parts.upstream.stream_chat(chat, affinity=_affinity(lease)))
     except BaseException:
@@ -269,6 +279,7 @@ async def streamed_answer(generation: Generation) -> AnswerStream:
         raise
     if parts.record is not None:
         parts.record.backend = stream.backend
+    parts.usage.began()
     return AnswerStream(stream, lease, parts.usage, parts.model)
 
 

@@ -125,6 +125,16 @@ class Policy:
         if not caller.is_admin:
             raise ForbiddenError("Ollama's account routes need an admin key")
 
+    def check_usage_of(self, caller: Caller, name: str | None) -> None:
+        """A 403 unless ``caller`` may see the usage of the key named ``name`` (``None``: its own): a key
+        sees its own, an admin key every key's. A user key naming another key is refused whether that key
+        exists or not, so its answer reveals no key's name; a metrics key sees none."""
+        if caller.role is Role.METRICS:
+            raise ForbiddenError("this key may only read /metrics (a MINATO_METRICS_KEYS key)")
+        if name is None or name == caller.name or caller.is_admin:
+            return
+        raise ForbiddenError("a user key may see only its own usage")
+
     # -- models ----------------------------------------------------------------------------------
 
     def check_model(self, caller: Caller, model: str) -> None:

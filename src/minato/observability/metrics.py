@@ -109,6 +109,11 @@ class Metrics:
         self.redis_up = Gauge(
             "minato_redis_up", "1 if the shared state (Redis) answered its last check, else 0.", registry=r
         )
+        self.usage_unwritten = Counter(
+            "minato_usage_write_failures",
+            "Writes of the usage ledger that failed (the counts are kept and written with the next).",
+            registry=r,
+        )
         self.queue_depth = Gauge("minato_queue_depth", "Generations waiting for a slot.", registry=r)
         self.rejections = Counter(
             "minato_rejections", "Generations refused by backpressure, by reason.", ["reason"], registry=r

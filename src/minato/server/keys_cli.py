@@ -60,7 +60,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Do one ``minato keys`` command; return the exit status."""
     from minato.auth.keys import KEYS_FILE_VARIABLE
-    from minato.auth.keys_edit import KeyNameTakenError, KeyNotFoundError
+    from minato.auth.keys_edit import KeyNameTakenError, UnknownKeyNameError
     from minato.errors import SettingsError
     from minato.server.envfile import load_env_file
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if not path:
             raise SettingsError(f"no keys file: set {KEYS_FILE_VARIABLE} (or pass --file PATH)")
         return _do(args, path)
-    except KeyNotFoundError as exc:
+    except UnknownKeyNameError as exc:
         print(f"minato: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
     except (KeyNameTakenError, SettingsError) as exc:

@@ -12,6 +12,7 @@ from minato.state.memory import MemoryStore, local_state
 from minato.state.protocols import SessionStore, SharedState
 from minato.state.sqlite.conversations import SqliteStore
 from minato.state.sqlite.home import open_sqlite_state
+from minato.state.sqlite.usage import open_sqlite_usage
 
 if TYPE_CHECKING:
     from minato.observability.metrics import Metrics
@@ -46,7 +47,9 @@ async def open_state(settings: Settings, metrics: Metrics) -> AsyncIterator[Shar
 
     ``MINATO_REDIS_URL`` set: Redis (replicas on several machines). Else, with more than one worker:
     the SQLite file of the conversations (the workers of one machine). Else: this process's memory,
-    with the conversations in the store ``MINATO_SESSION_STORE`` names.
+    with the conversations in the store ``MINATO_SESSION_STORE`` names. The usage ledger is kept in that
+    store's SQLite file even by a single worker (it must survive a restart); only with
+    ``MINATO_SESSION_STORE=memory://`` is it in memory.
     """
     if settings.redis_url:
         # Imported only here: redis-py is loaded only by a deployment that uses it.
@@ -61,9 +64,13 @@ async def open_state(settings: Settings, metrics: Metrics) -> AsyncIterator[Shar
     store = open_store(settings.session_store)
     await store.open()
     try:
-        if settings.workers > 1 and isinstance(store, SqliteStore):
-            async with open_sqlite_state(store.path, store, settings) as state:
-                yield state
+        if isinstance(store, SqliteStore):
+            async with open_sqlite_usage(store.path, failed=metrics.usage_unwritten.inc) as usage:
+                if settings.workers > 1:
+                    async with open_sqlite_state(store.path, store, settings, usage) as state:
+                        yield state
+                else:
+                    yield local_state(store, settings, usage)
         else:
             yield local_state(store, settings)
     finally:

@@ -16,7 +16,8 @@ import msgspec
 
 from minato.state.concurrency import LocalKeyConcurrency
 from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
-from minato.state.protocols import SessionStore, SharedState
+from minato.state.protocols import SessionStore, SharedState, UsageLedger
+from minato.state.usage import MemoryUsage
 from minato.state.windows import Bucket, QuotaWindow, Standing, bucket, peek, take_one
 
 if TYPE_CHECKING:
@@ -171,8 +172,9 @@ class MemoryHealth:
         return None
 
 
-def local_state(store: SessionStore, settings: Settings) -> SharedState:
-    """The state of one process around ``store`` (an opened store of conversations)."""
+def local_state(store: SessionStore, settings: Settings, usage: UsageLedger | None = None) -> SharedState:
+    """The state of one process around ``store`` (an opened store of conversations), with ``usage`` (the
+    SQLite file's, when the conversations are kept in one; else this process's memory)."""
     return SharedState(
         store=store,
         turns=LocalTurnLocks(),
@@ -181,6 +183,7 @@ def local_state(store: SessionStore, settings: Settings) -> SharedState:
         affinity=LocalAffinity(settings.max_sessions, settings.session_ttl),
         health=MemoryHealth(),
         concurrency=LocalKeyConcurrency(),
+        usage=MemoryUsage() if usage is None else usage,
     )
 
 

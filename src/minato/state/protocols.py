@@ -16,11 +16,13 @@ limit or runs a turn without its lease.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from minato.auth.caller import Caller
     from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage
+    from minato.state.usage import Totals
     from minato.state.windows import Bucket, Standing
 
 
@@ -80,6 +82,25 @@ class KeyConcurrency(Protocol):
 
     async def running(self, key: str) -> int:
         """How many places ``key`` holds now, across the processes sharing the home."""
+        ...
+
+
+class UsageLedger(Protocol):
+    """What each key used over the rolling 24 h, per model (:mod:`minato.state.usage`), the same on every
+    process sharing the home."""
+
+    def count(self, key: str, model: str, prompt: int, completion: int) -> None:
+        """Count one request of the key named ``key`` on ``model`` now. Never waits, never raises: a home
+        that cannot write keeps the count for later (a usage ledger must not fail an answer Ollama gave)."""
+        ...
+
+    async def totals(self, keys: Collection[str]) -> Totals:
+        """The tallies of the keys named ``keys``, by model. Raises
+        :class:`~minato.errors.StateUnavailableError` when its home cannot answer."""
+        ...
+
+    async def close(self) -> None:
+        """Write what is counted and not written yet (the state is closing)."""
         ...
 
 
@@ -165,6 +186,7 @@ class SharedState(NamedTuple):
     affinity: Affinity
     health: StateHealth
     concurrency: KeyConcurrency
+    usage: UsageLedger
 
 
 __all__ = [
@@ -177,4 +199,5 @@ __all__ = [
     "SharedState",
     "StateHealth",
     "TurnLocks",
+    "UsageLedger",
 ]

@@ -28,6 +28,7 @@ from minato.web.api.common import before_handler
 from minato.web.auth import PUBLIC, Guard, make_caller_provider, make_guard
 from minato.web.doors import DOOR_HANDLERS
 from minato.web.keywatch import KeyWatch
+from minato.web.limit_headers import RATE_LIMIT_HEADERS, SERVER_TIMING, LimitHeaders
 from minato.web.limits import BodyTimeout, QueryLengthLimit
 from minato.web.middleware import RequestLogMiddleware
 from minato.web.openapi import document_routes
@@ -155,7 +156,8 @@ def create_app(
     attach(app, slot)
     app.state.keywatch = keywatch  # minato serve's SIGHUP handler asks it (minato.server.serving)
     document_routes(app)
-    bounded = BodyTimeout(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), settings.body_timeout)
+    limited = LimitHeaders(app.asgi_handler)
+    bounded = BodyTimeout(QueryLengthLimit(limited, settings.max_query_chars), settings.body_timeout)
     app.asgi_handler = RequestLogMiddleware(bounded, metrics)
     return app
 
@@ -202,6 +204,7 @@ def _cors(settings: Settings) -> CORSConfig | None:
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=[*_CORS_HEADERS],
-        expose_headers=["X-Request-ID", "Retry-After"],
+        # A browser's script reads only the headers listed here: the limits and timings too.
+        expose_headers=["X-Request-ID", "Retry-After", *RATE_LIMIT_HEADERS, SERVER_TIMING],
         max_age=600,
     )

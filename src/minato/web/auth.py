@@ -25,7 +25,7 @@ from minato.core.policy import Policy, RouteNeeds
 from minato.errors import StateUnavailableError
 from minato.observability.record import record_of
 from minato.settings import Settings
-from minato.state.windows import Standing
+from minato.state.windows import Bucket, Standing
 
 if TYPE_CHECKING:
     from minato.web.runtime import RuntimeSlot
@@ -44,6 +44,10 @@ METRICS: Final = "metrics"
 CALLER_STATE_KEY: Final = "minato.caller"
 #: Where the guard leaves the tokens a key with a quota may still generate.
 TOKENS_LEFT_KEY: Final = "minato.tokens_left"
+#: Where the guard leaves where the key's request bucket and token quota stood (a Bucket, a Standing;
+#: absent: the key has no such limit), for the rate-limit headers (minato.web.limit_headers).
+RATE_STATE_KEY: Final = "minato.rate"
+QUOTA_STATE_KEY: Final = "minato.quota"
 WWW_AUTHENTICATE: Final = 'Key realm="minato", Bearer realm="minato"'
 _SCHEMES: Final = ("key", "bearer")
 
@@ -95,27 +99,20 @@ def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot, policy: 
         if record is not None:
             record.caller = caller
         policy.check_route(caller, _needs(opt))
+        state = connection.scope["state"]
+        # Both limits are asked before either refuses, so a 429 reports both (minato.web.limit_headers
+        # renders what the guard leaves in the scope's state; nothing is asked twice).
+        rate = standing = None
         if caller.requests_per_minute:
-            try:
-                wait = (await slot.runtime.limiter.check(caller.fingerprint, caller.requests_per_minute)).wait
-            except StateUnavailableError:  # the shared state cannot answer: a 503, as for a turn
-                raise
-            except Exception:  # the limiter fails closed: no answer is a refusal
-                logger.exception("rate_limiter_failed")
-                wait = 60.0
-            if wait:
-                raise TooManyRequestsException(
-                    f"more than {caller.requests_per_minute} requests per minute for this key",
-                    headers={"Retry-After": _seconds(wait)},
-                )
+            rate = state[RATE_STATE_KEY] = await _rate(slot, caller)
         if caller.tokens_per_day:
-            try:
-                standing = await slot.runtime.quota.check(caller)
-            except StateUnavailableError:
-                raise
-            except Exception:  # as the limiter: no answer is a refusal
-                logger.exception("token_quota_failed")
-                standing = Standing(60.0, 0)
+            standing = state[QUOTA_STATE_KEY] = await _standing(slot, caller)
+        if rate is not None and rate.wait:
+            raise TooManyRequestsException(
+                f"more than {caller.requests_per_minute} requests per minute for this key",
+                headers={"Retry-After": _seconds(rate.wait)},
+            )
+        if standing is not None:
             if standing.wait or not standing.left:
                 raise TooManyRequestsException(
                     f"this key's quota of {caller.tokens_per_day} generated tokens per day (a rolling 24 h "
@@ -123,9 +120,31 @@ def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot, policy: 
                     headers={"Retry-After": _seconds(standing.wait or 60.0)},
                 )
             # What this request's answer may generate at most (see minato.state.windows: the bound on overshoot).
-            connection.scope["state"][TOKENS_LEFT_KEY] = standing.left
+            state[TOKENS_LEFT_KEY] = standing.left
 
     return guard
+
+
+async def _rate(slot: RuntimeSlot, caller: Caller) -> Bucket:
+    """Take one request from the key's bucket."""
+    try:
+        return await slot.runtime.limiter.check(caller.fingerprint, caller.requests_per_minute)
+    except StateUnavailableError:  # the shared state cannot answer: a 503, as for a turn
+        raise
+    except Exception:  # the limiter fails closed: no answer is a refusal
+        logger.exception("rate_limiter_failed")
+        return Bucket(60.0, 0, 60.0)
+
+
+async def _standing(slot: RuntimeSlot, caller: Caller) -> Standing:
+    """Where the key stands against its token quota."""
+    try:
+        return await slot.runtime.quota.check(caller)
+    except StateUnavailableError:
+        raise
+    except Exception:  # as the limiter: no answer is a refusal
+        logger.exception("token_quota_failed")
+        return Standing(60.0, 0)
 
 
 def _seconds(wait: float) -> str:
@@ -169,6 +188,8 @@ __all__ = [
     "CALLER_STATE_KEY",
     "PROBE",
     "PUBLIC",
+    "QUOTA_STATE_KEY",
+    "RATE_STATE_KEY",
     "Guard",
     "caller_of",
     "make_caller_provider",

@@ -144,6 +144,7 @@ def _done(last: ChatChunk, fmt: StreamFormat, encoder: _Encoder, model: str, rec
     stats = GenerationStats.from_chunk(last)
     if record is not None:
         record.note_answer(last.eval_count, stats.tokens_per_second)
+        record.prompt_tokens = last.prompt_eval_count
     if fmt is StreamFormat.TEXT:
         return b""
     return encoder.final(StreamDone(model=model, done_reason=last.done_reason, stats=stats), "done")

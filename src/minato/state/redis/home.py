@@ -13,6 +13,8 @@ from minato.state.redis.conversations import RedisStore
 from minato.state.redis.limits import RedisAffinity, RedisHealth, RedisQuota, RedisRateLimiter
 from minato.state.redis.link import Link, connect
 from minato.state.redis.turns import redis_turns
+from minato.state.redis.usage import RedisUsage
+from minato.state.usage import WriteBehind
 from minato.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ async def open_redis_state(settings: Settings, metrics: Metrics) -> AsyncIterato
     link = Link(client, settings, metrics)
     turns = redis_turns(link, settings)
     health = RedisHealth(link)
+    usage = WriteBehind(RedisUsage(link), failed=metrics.usage_unwritten.inc)
     watching = asyncio.get_running_loop().create_task(health.watch(), name="minato-redis-health")
     try:
         yield SharedState(
@@ -41,8 +44,10 @@ async def open_redis_state(settings: Settings, metrics: Metrics) -> AsyncIterato
             affinity=RedisAffinity(link, settings),
             health=health,
             concurrency=LocalKeyConcurrency(),
+            usage=usage,
         )
     finally:
+        await usage.close()
         await cancel_and_wait(watching)
         await turns.close()
         await client.aclose()

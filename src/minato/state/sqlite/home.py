@@ -17,7 +17,7 @@ from minato.state.sqlite.turns import sqlite_turns
 if TYPE_CHECKING:
     from minato.settings import Settings
     from minato.state.leases import Sleep
-    from minato.state.protocols import SessionStore
+    from minato.state.protocols import SessionStore, UsageLedger
 
 
 class SqliteState:
@@ -51,8 +51,8 @@ class SqliteState:
         await self.turns.close()
         await self._tables.close()
 
-    def shared(self, store: SessionStore) -> SharedState:
-        """Everything a runtime uses: this state, and ``store`` for the conversations."""
+    def shared(self, store: SessionStore, usage: UsageLedger) -> SharedState:
+        """Everything a runtime uses: this state, ``store`` for the conversations and ``usage``."""
         return SharedState(
             store=store,
             turns=self.turns,
@@ -61,16 +61,20 @@ class SqliteState:
             affinity=self.affinity,
             health=self.health,
             concurrency=LocalKeyConcurrency(),
+            usage=usage,
         )
 
 
 @asynccontextmanager
-async def open_sqlite_state(path: Path, store: SessionStore, settings: Settings) -> AsyncIterator[SharedState]:
-    """The workers' shared state in the file at ``path``, with ``store`` (an opened store of that file)."""
+async def open_sqlite_state(
+    path: Path, store: SessionStore, settings: Settings, usage: UsageLedger
+) -> AsyncIterator[SharedState]:
+    """The workers' shared state in the file at ``path``, with ``store`` (an opened store of that file)
+    and ``usage`` (the usage ledger of that file)."""
     state = SqliteState(path, settings)
     await state.open()
     try:
-        yield state.shared(store)
+        yield state.shared(store, usage)
     finally:
         await state.close()
 

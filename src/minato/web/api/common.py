@@ -88,7 +88,7 @@ def generation_parts(request: Request[Any, Any, Any], model_name: str) -> Genera
     return GenerationParts(
         watch_of(scope, request.receive),
         record,
-        Usage(runtime.quota, guarded, record),
+        Usage(runtime.quota, runtime.state.usage, guarded, record, model),
         tokens_left(scope),
         runtime.upstream,
         runtime.sessions,

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from minato.auth.caller import Caller
 from minato.web.doors import calls
 from minato.web.doors.body import check_nested_names
+from minato.web.doors.native import GENERATION_ROUTE
 from minato.web.rendering import StreamDialect
 from minato.web.runtime import runtime_of
 
@@ -18,6 +19,7 @@ _TYPE: Final = frozenset({"type"})
 
 @post(
     "/v1/messages",
+    opt=GENERATION_ROUTE,
     operation_id="AnthropicMessages",
     summary="Anthropic: messages",
     description=(

@@ -16,6 +16,7 @@ from minato.auth.caller import Caller
 from minato.upstream.ports import Spread
 from minato.web.auth import ADMIN
 from minato.web.doors import calls
+from minato.web.limit_headers import GENERATES
 from minato.web.rendering import StreamDialect
 from minato.web.runtime import runtime_of
 
@@ -23,6 +24,8 @@ TAGS: Final = ["ollama"]
 #: A path segment Minato passes on as it is (Ollama's route reads it).
 PathText = FromPath[str]
 _ADMIN: Final = {ADMIN: True}
+#: The ``opt`` of a door's route that takes a generation slot (its answers carry the limit headers).
+GENERATION_ROUTE: Final = {GENERATES: True}
 _SAME: Final = "Relayed to Ollama's route of the same name; the answer is Ollama's, byte for byte."
 
 
@@ -30,7 +33,12 @@ def _doc(summary: str, more: str = "") -> dict[str, Any]:
     return {"summary": summary, "description": f"{more} {_SAME}".strip(), "tags": TAGS}
 
 
-@post("/api/generate", operation_id="OllamaGenerate", **_doc("Ollama: generate", "Takes a generation slot."))
+def _slot_doc(summary: str) -> dict[str, Any]:
+    """A generation's description and ``opt``: it takes a generation slot."""
+    return {**_doc(summary, "Takes a generation slot."), "opt": GENERATION_ROUTE}
+
+
+@post("/api/generate", operation_id="OllamaGenerate", **_slot_doc("Ollama: generate"))
 async def api_generate(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """Ollama's ``/api/generate``."""
     return await calls.generation(
@@ -38,7 +46,7 @@ async def api_generate(request: Request[Any, Any, Any], caller: NamedDependency[
     )
 
 
-@post("/api/chat", operation_id="OllamaChat", **_doc("Ollama: chat", "Takes a generation slot."))
+@post("/api/chat", operation_id="OllamaChat", **_slot_doc("Ollama: chat"))
 async def api_chat(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """Ollama's ``/api/chat``."""
     return await calls.generation(
@@ -46,13 +54,13 @@ async def api_chat(request: Request[Any, Any, Any], caller: NamedDependency[Call
     )
 
 
-@post("/api/embed", operation_id="OllamaEmbed", **_doc("Ollama: embeddings", "Takes a generation slot."))
+@post("/api/embed", operation_id="OllamaEmbed", **_slot_doc("Ollama: embeddings"))
 async def api_embed(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """Ollama's ``/api/embed``."""
     return await calls.generation(request, caller, StreamDialect.NDJSON, stream_default=False, native=True)
 
 
-@post("/api/embeddings", operation_id="OllamaEmbeddings", **_doc("Ollama: embeddings (legacy)"))
+@post("/api/embeddings", operation_id="OllamaEmbeddings", **_slot_doc("Ollama: embeddings (legacy)"))
 async def api_embeddings(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """Ollama's legacy ``/api/embeddings``."""
     return await calls.generation(request, caller, StreamDialect.NDJSON, stream_default=False, native=True)

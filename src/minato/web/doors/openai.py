@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 
 from minato.auth.caller import Caller
 from minato.web.doors import calls
-from minato.web.doors.native import PathText
+from minato.web.doors.native import GENERATION_ROUTE, PathText
 from minato.web.rendering import StreamDialect
 from minato.web.runtime import runtime_of
 
@@ -18,11 +18,15 @@ _SAME: Final = "Relayed to Ollama's OpenAI-compatible route of the same name."
 _CUT: Final = "A stream that Ollama ends without `data: [DONE]` gets an error frame, which the SDKs raise on."
 
 
-def _doc(summary: str, more: str = "") -> dict[str, Any]:
-    return {"summary": summary, "description": f"{_SAME} {more}".strip(), "tags": TAGS}
+def _doc(summary: str, more: str = "", opt: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"summary": summary, "description": f"{_SAME} {more}".strip(), "tags": TAGS, "opt": opt}
 
 
-@post("/v1/chat/completions", operation_id="OpenAIChatCompletions", **_doc("OpenAI: chat completions", _CUT))
+@post(
+    "/v1/chat/completions",
+    operation_id="OpenAIChatCompletions",
+    **_doc("OpenAI: chat completions", _CUT, GENERATION_ROUTE),
+)
 async def chat_completions(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/chat/completions``."""
     return await calls.generation(
@@ -30,7 +34,7 @@ async def chat_completions(request: Request[Any, Any, Any], caller: NamedDepende
     )
 
 
-@post("/v1/completions", operation_id="OpenAICompletions", **_doc("OpenAI: text completions", _CUT))
+@post("/v1/completions", operation_id="OpenAICompletions", **_doc("OpenAI: text completions", _CUT, GENERATION_ROUTE))
 async def completions(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/completions``."""
     return await calls.generation(
@@ -41,7 +45,7 @@ async def completions(request: Request[Any, Any, Any], caller: NamedDependency[C
 @post(
     "/v1/responses",
     operation_id="OpenAIResponses",
-    **_doc("OpenAI: responses", "Zstd-compressed bodies (Codex) are accepted."),
+    **_doc("OpenAI: responses", "Zstd-compressed bodies (Codex) are accepted.", GENERATION_ROUTE),
 )
 async def responses(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/responses``."""
@@ -50,7 +54,7 @@ async def responses(request: Request[Any, Any, Any], caller: NamedDependency[Cal
     )
 
 
-@post("/v1/embeddings", operation_id="OpenAIEmbeddings", **_doc("OpenAI: embeddings"))
+@post("/v1/embeddings", operation_id="OpenAIEmbeddings", **_doc("OpenAI: embeddings", opt=GENERATION_ROUTE))
 async def embeddings(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
     """OpenAI's ``/v1/embeddings``."""
     return await calls.generation(request, caller, StreamDialect.OPENAI, stream_default=False)

@@ -14,11 +14,11 @@ relay, like a generation of Minato's own API, and a whole answer is bounded by
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
-import msgspec
 import structlog
 from litestar import Request, Response
 from litestar.background_tasks import BackgroundTask
@@ -32,6 +32,7 @@ from minato.upstream.ports import Forward, Spread
 from minato.upstream.streams import RawResponse
 from minato.web.auth import caller_of
 from minato.web.disconnect import watch_of
+from minato.web.doors.counts import counts_of, per_second
 from minato.web.rendering import StreamDialect, stream_error_frame
 from minato.web.runtime import Runtime
 from minato.web.streaming import STREAM_HEADERS, RelayStream
@@ -60,54 +61,6 @@ class Relay(NamedTuple):
     """Which backends of a pool it goes to."""
 
 
-class _Counts(msgspec.Struct):
-    completion_tokens: int = 0
-    output_tokens: int = 0
-
-
-class _Response(msgspec.Struct):
-    usage: _Counts | None = None
-
-
-class _Counted(msgspec.Struct):
-    """The token counts an answer or a frame may carry.
-
-    Ollama's own answers carry ``eval_count`` (and ``response`` is then generate's text); the OpenAI
-    and Anthropic ones carry ``usage``, the Responses API's inside ``response``: one decoder each,
-    since the same field name holds a string in one dialect and an object in another.
-    """
-
-    eval_count: int = 0
-    eval_duration: int = 0
-    usage: _Counts | None = None
-    response: _Response | None = None
-
-    def tokens(self) -> int:
-        if self.eval_count:
-            return self.eval_count
-        usage = self.usage or (self.response.usage if self.response is not None else None)
-        return (usage.completion_tokens or usage.output_tokens) if usage is not None else 0
-
-
-class _NativeCounted(msgspec.Struct):
-    eval_count: int = 0
-    eval_duration: int = 0
-
-
-_NATIVE_DECODE: Final = msgspec.json.Decoder(_NativeCounted).decode
-_DOOR_DECODE: Final = msgspec.json.Decoder(_Counted).decode
-
-
-def _counts_of(data: bytes, dialect: StreamDialect) -> _Counted | None:
-    try:
-        if dialect is StreamDialect.NDJSON:
-            native = _NATIVE_DECODE(data)
-            return _Counted(eval_count=native.eval_count, eval_duration=native.eval_duration)
-        return _DOOR_DECODE(data)
-    except msgspec.DecodeError:
-        return None
-
-
 #: What marks a frame carrying one generated token, by dialect: such frames are counted as they pass, so
 #: a stream the client leaves (or that breaks) is charged what it relayed; Ollama's own count, when the
 #: stream ends with it, replaces theirs.
@@ -131,6 +84,7 @@ class _Watch:
         "ended",
         "eval_duration",
         "failure",
+        "prompt",
         "relayed",
         "tokens",
     )
@@ -150,6 +104,8 @@ class _Watch:
         self.relayed = 0
         """Frames carrying a token that passed so far."""
         self.eval_duration = 0
+        self.prompt: int | None = None
+        """Ollama's count of the prompt's tokens, once a frame carried it."""
 
     @property
     def counted(self) -> int:
@@ -184,9 +140,10 @@ class _Watch:
             done = data.find(b'"done":true', last, end)
             if done >= 0:
                 self.ended = True
-                counts = _counts_of(self._frame_at(data, done), self._dialect)
+                counts = counts_of(self._frame_at(data, done), self._dialect)
                 if counts is not None:
                     self.tokens, self.eval_duration = counts.eval_count, counts.eval_duration
+                    self.prompt = counts.prompt_eval_count
             elif self._ends(data, last, end):
                 self.ended = True
                 self._note_failure(data, last, end)
@@ -195,9 +152,11 @@ class _Watch:
         if at >= 0:
             frame = self._frame_at(data, at)
             data_at = frame.find(b"data: ")
-            counts = _counts_of(frame[data_at + 6 :], self._dialect) if data_at >= 0 else None
+            counts = counts_of(frame[data_at + 6 :], self._dialect) if data_at >= 0 else None
             if counts is not None and counts.tokens():
                 self.tokens = counts.tokens()
+            if counts is not None and counts.prompt():
+                self.prompt = counts.prompt()
         if self._ends(data, last, end):
             self.ended = True
             self._note_failure(data, last, end)
@@ -265,34 +224,46 @@ async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) 
     if record is not None and call.model:
         record.model = call.model
     watch = watch_of(scope, request.receive)
-    usage = Usage(runtime.quota, caller_of(scope), record)
+    usage = Usage(runtime.quota, runtime.state.usage, caller_of(scope), record, call.model)
     slot = await take_slot(runtime.admission, call.model, watch) if call.model else None
     try:
-        answer = await watch.until(_forward(runtime, call))
+        answer = await watch.until(_forward(runtime, call, record))
         if record is not None:
             record.backend = answer.backend
+        if answer.status < 300:
+            usage.began()
         if answer.content_type.startswith(_STREAMED_TYPES):
             return _streamed(answer, call, record, slot, usage)
         try:
             body = await watch.until(answer.read())
         finally:
             await answer.aclose()
+        if record is not None and record.sent is not None:
+            record.ollama_seconds = time.perf_counter() - record.sent
     except BaseException:
         if slot is not None:
             slot.release()
         raise
     if slot is not None:
         slot.release()
-    if record is not None and call.model and answer.status < 300:
-        counts = _counts_of(body, call.dialect)
-        if counts is not None and counts.tokens():
-            record.note_answer(counts.tokens(), _per_second(counts.eval_count, counts.eval_duration))
-            await usage.charge()
+    if call.model and answer.status < 300:
+        _note_counts(record, body, call.dialect)
+        await usage.charge()
     # Only the content type travels back: length, encoding and dates are Minato's server's to set.
     return Response(body, status_code=answer.status, media_type=answer.content_type or None)
 
 
-async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
+def _note_counts(record: RequestRecord | None, body: bytes, dialect: StreamDialect) -> None:
+    """Note Ollama's own counts of a whole answer on its record (what usage and the quota are charged)."""
+    counts = counts_of(body, dialect) if record is not None else None
+    if record is None or counts is None:
+        return
+    record.prompt_tokens = counts.prompt()
+    if counts.tokens():
+        record.note_answer(counts.tokens(), per_second(counts.eval_count, counts.eval_duration))
+
+
+async def _forward(runtime: Runtime, call: Relay, record: RequestRecord | None) -> RawResponse:
     settings = runtime.settings
     # A whole answer's headers come only once it is complete: wait as long as a whole answer may take.
     wait = settings.first_token_timeout if call.streamed else settings.request_timeout
@@ -305,16 +276,14 @@ async def _forward(runtime: Runtime, call: Relay) -> RawResponse:
         # A generation is bounded as on Minato's own routes; a pull or a blob upload may take longer.
         whole_within=settings.request_timeout if call.model else None,
     )
+    if record is not None:
+        record.sent = time.perf_counter()
     return await runtime.upstream.forward(
         request,
         model=call.model or call.route_by,
         generation=call.model is not None,
         spread=call.spread,
     )
-
-
-def _per_second(tokens: int, nanoseconds: int) -> float:
-    return tokens / (nanoseconds / 1e9) if tokens and nanoseconds > 0 else 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -340,7 +309,9 @@ class _Ending:
             self.slot.release()
         watch, record = self.watch, self.record
         if record is not None and watch.counted:
-            record.note_answer(watch.counted, _per_second(watch.tokens, watch.eval_duration))
+            record.note_answer(watch.counted, per_second(watch.tokens, watch.eval_duration))
+        if record is not None and watch.prompt is not None:
+            record.prompt_tokens = watch.prompt
         await self.usage.charge()
 
 

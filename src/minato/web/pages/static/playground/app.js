@@ -401,6 +401,7 @@ async function send() {
     refreshSessions();
     refreshModels(); // an answer loads its model
     refreshRunning();
+    document.dispatchEvent(new Event('minato:refresh')); // the usage panel (usage.js)
   }
 }
 
@@ -620,6 +621,7 @@ function refreshAll() {
   refreshSessions();
   refreshRunning();
   refreshBackends();
+  document.dispatchEvent(new Event('minato:refresh'));
 }
 
 restoreParams();
