@@ -118,6 +118,12 @@ class Metrics:
         self.rejections = Counter(
             "minato_rejections", "Generations refused by backpressure, by reason.", ["reason"], registry=r
         )
+        self.keys_reloads = Counter(
+            "minato_keys_reloads",
+            "Reloads of the keys files: ok (the new keys are in force) or refused (the old ones stay).",
+            ["result"],
+            registry=r,
+        )
 
     def observe(self, route: str, method: str, status: int, seconds: float, record: RequestRecord) -> None:
         """Account for one finished request; every label comes from a bounded set, never from the request."""
