@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import uvicorn
 
 from minato.errors import SettingsError
 from minato.server.cli import main, serve
@@ -263,14 +264,14 @@ def test_the_cli_serves_several_workers_that_share_their_state(
 
 
 def test_serving_tells_every_worker_how_many_share_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    ran: list[dict[str, object]] = []
+    ran: list[uvicorn.Config] = []
     monkeypatch.setenv("MINATO_WORKERS", "1")  # restored after the test
-    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: ran.append(kwargs))
+    monkeypatch.setattr("minato.server.serving.run", ran.append)
     monkeypatch.setattr("minato.server.httpserver.raise_open_file_limit", lambda: None)
 
     assert serve("127.0.0.1", 0, 3, Settings()) == 0
 
-    assert ran[0]["workers"] == 3
+    assert ran[0].workers == 3
     assert os.environ["MINATO_WORKERS"] == "3"
     assert Settings.from_env().workers == 3
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,81 +16,90 @@ from minato.auth.keys import KEYS_FILE_VARIABLE, digest_of, read_keys_file
 from minato.errors import SettingsError
 from minato.settings import Settings
 
+#: What a keys file looked like when it was last read: ``(st_mtime_ns, st_size, st_ino)``, or ``None``
+#: when it could not be seen. An editor that saves in place changes the first two; one that renames a
+#: new file over the old one (as ``minato keys`` does) changes the inode.
+Stamp = tuple[int, int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What a reload did: the names it added, removed and changed, or why the keys in force stayed."""
+
+    refused: str | None = None
+    """Why the keys in force stay as they were (never a key); ``None``: the new keys are in force."""
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    keys: int = 0
+    """The keys in force afterwards."""
+
 
 @dataclass
 class Keyring:
-    """The configured keys, as digests, each with the caller it identifies."""
+    """The configured keys, as digests, each with the caller it identifies.
+
+    :meth:`reload` reads the keys files again and swaps :attr:`callers` in one assignment: a request
+    that has been identified keeps its :class:`Caller`, and :meth:`identify` reads the list once.
+    """
 
     callers: list[tuple[bytes, Caller]] = field(default_factory=list)
-    _bound: int = 0
-    """``MINATO_KEY_MAX_CONCURRENT``: the bound of every key that names none of its own."""
+    settings: Settings | None = None
+    """Where the keys came from (``None``: a keyring built by hand, which has nothing to reload)."""
+    _seen: tuple[Stamp, ...] = ()
 
     @property
     def enabled(self) -> bool:
         """Whether any key is configured (and so every request needs one)."""
         return bool(self.callers)
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The keys files it reads again when they change (``MINATO_KEYS_FILE``, ``MINATO_API_KEYS_FILE``)."""
+        if self.settings is None:
+            return ()
+        return tuple(path for path in (self.settings.keys_file, self.settings.api_keys_file) if path)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Keyring:
         """Read the keys from the settings and the keys files; raise :class:`SettingsError` on bad entries."""
-        keyring = cls()
-        rate = settings.rate_limit_per_minute
-        keyring._bound = settings.key_max_concurrent
-        keyring._add(settings.api_keys, Role.USER, "MINATO_API_KEYS", rate)
-        keyring._add(settings.admin_keys, Role.ADMIN, "MINATO_ADMIN_KEYS", rate)
-        scrapers = len(keyring.callers)
-        keyring._add(settings.metrics_keys, Role.METRICS, "MINATO_METRICS_KEYS", 0)
-        others = {digest for digest, _ in keyring.callers[:scrapers]}
-        if any(digest in others for digest, _ in keyring.callers[scrapers:]):
-            # The higher role would win, and that key could no longer read /metrics.
-            raise SettingsError("MINATO_METRICS_KEYS: a metrics key must not also be a user or admin key")
-        if settings.api_keys_file:
-            try:
-                lines = Path(settings.api_keys_file).read_text().splitlines()
-            except OSError as exc:
-                raise SettingsError(f"MINATO_API_KEYS_FILE: cannot read {settings.api_keys_file}: {exc}") from None
-            keyring._add([line.split("#", 1)[0] for line in lines], Role.USER, "MINATO_API_KEYS_FILE", rate)
-        if settings.keys_file:
-            unnamed = {digest for digest, _ in keyring.callers}
-            for named in read_keys_file(settings.keys_file):
-                if named.digest in unnamed:  # which scope and limits would apply is anyone's guess
-                    raise SettingsError(
-                        f"{KEYS_FILE_VARIABLE}: keys.{named.name}.key: also configured without a name "
-                        "(MINATO_API_KEYS, MINATO_ADMIN_KEYS or MINATO_API_KEYS_FILE)"
-                    )
-                caller = Caller(
-                    fingerprint=named.digest.hex()[:12],
-                    role=Role.ADMIN if named.admin else Role.USER,
-                    name=named.name,
-                    models=named.models,
-                    requests_per_minute=rate if named.requests_per_minute is None else named.requests_per_minute,
-                    tokens_per_day=named.tokens_per_day,
-                    max_concurrent=settings.key_max_concurrent
-                    if named.max_concurrent is None
-                    else named.max_concurrent,
-                    weight=named.weight,
-                )
-                keyring.callers.append((named.digest, caller))
+        keyring = cls(settings=settings)
+        keyring._seen = keyring.stamps()  # before reading: a change made meanwhile is seen by the next look
+        keyring.callers = read_callers(settings)
         return keyring
 
-    def _add(self, entries: Iterable[str], role: Role, variable: str, requests_per_minute: int) -> None:
-        for raw in entries:
-            entry = raw.strip()
-            if not entry:
-                continue
-            try:
-                digest = digest_of(entry)
-            except ValueError as exc:
-                raise SettingsError(f"{variable}: {exc}") from None
-            fingerprint = digest.hex()[:12]
-            caller = Caller(
-                fingerprint=fingerprint,
-                role=role,
-                name=fingerprint,
-                requests_per_minute=requests_per_minute,
-                max_concurrent=self._bound if role is not Role.METRICS else 0,
+    def stamps(self) -> tuple[Stamp, ...]:
+        """What each keys file looks like on disk now (a ``stat`` each: cheap enough to ask every second)."""
+        return tuple(_stamp(path) for path in self.files)
+
+    def changed(self) -> bool:
+        """Whether a keys file changed on disk since it was last read (or last failed to be)."""
+        return bool(self.files) and self.stamps() != self._seen
+
+    def reload(self) -> Reload:
+        """Read the keys again and put them in force, unless they do not parse or would leave no key
+        where keys were in force (a keyed Minato never opens up): then the keys in force stay."""
+        if self.settings is None:
+            return Reload(keys=len(self.callers))
+        self._seen = self.stamps()  # a file that fails is not read (nor its failure logged) again until it changes
+        try:
+            callers = read_callers(self.settings)
+        except SettingsError as exc:
+            return Reload(refused=str(exc), keys=len(self.callers))
+        if self.callers and not callers:
+            return Reload(
+                refused="the keys files hold no key: the keys in force stay (remove keys one by one, or restart)",
+                keys=len(self.callers),
             )
-            self.callers.append((digest, caller))
+        old = {caller.name: (digest, caller) for digest, caller in self.callers}
+        new = {caller.name: (digest, caller) for digest, caller in callers}
+        self.callers = callers
+        return Reload(
+            added=tuple(sorted(new.keys() - old.keys())),
+            removed=tuple(sorted(old.keys() - new.keys())),
+            changed=tuple(sorted(name for name in new.keys() & old.keys() if new[name] != old[name])),
+            keys=len(callers),
+        )
 
     def identify(self, presented: str) -> Caller | None:
         """Return the caller owning ``presented``, checking every key so timing reveals nothing.
@@ -98,7 +108,7 @@ class Keyring:
         """
         digest = hashlib.sha256(presented.encode()).digest()
         found: Caller | None = None
-        for known, caller in self.callers:
+        for known, caller in self.callers:  # one read of the list: a reload swaps it whole
             if hmac.compare_digest(known, digest) and (found is None or caller.role > found.role):
                 found = caller
         return found
@@ -114,6 +124,80 @@ class Keyring:
             if known is None or caller.role > known.role:
                 named[caller.name] = caller
         return named
+
+
+def read_callers(settings: Settings) -> list[tuple[bytes, Caller]]:
+    """Every configured key with its caller: the settings' lists, then the keys files; raise
+    :class:`SettingsError` on bad entries (naming the variable, the table and the field, never a key)."""
+    rate = settings.rate_limit_per_minute
+    bound = settings.key_max_concurrent
+    callers = _plain(settings.api_keys, Role.USER, "MINATO_API_KEYS", rate, bound)
+    callers += _plain(settings.admin_keys, Role.ADMIN, "MINATO_ADMIN_KEYS", rate, bound)
+    others = {digest for digest, _ in callers}
+    scrapers = _plain(settings.metrics_keys, Role.METRICS, "MINATO_METRICS_KEYS", 0, 0)
+    if any(digest in others for digest, _ in scrapers):
+        # The higher role would win, and that key could no longer read /metrics.
+        raise SettingsError("MINATO_METRICS_KEYS: a metrics key must not also be a user or admin key")
+    callers += scrapers
+    if settings.api_keys_file:
+        try:
+            lines = Path(settings.api_keys_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"MINATO_API_KEYS_FILE: cannot read {settings.api_keys_file}: {exc}") from None
+        callers += _plain([line.split("#", 1)[0] for line in lines], Role.USER, "MINATO_API_KEYS_FILE", rate, bound)
+    if settings.keys_file:
+        unnamed = {digest for digest, _ in callers}
+        for named in read_keys_file(settings.keys_file):
+            if named.digest in unnamed:  # which scope and limits would apply is anyone's guess
+                raise SettingsError(
+                    f"{KEYS_FILE_VARIABLE}: keys.{named.name}.key: also configured without a name "
+                    "(MINATO_API_KEYS, MINATO_ADMIN_KEYS or MINATO_API_KEYS_FILE)"
+                )
+            caller = Caller(
+                fingerprint=named.digest.hex()[:12],
+                role=Role.ADMIN if named.admin else Role.USER,
+                name=named.name,
+                models=named.models,
+                requests_per_minute=rate if named.requests_per_minute is None else named.requests_per_minute,
+                tokens_per_day=named.tokens_per_day,
+                max_concurrent=bound if named.max_concurrent is None else named.max_concurrent,
+                weight=named.weight,
+            )
+            callers.append((named.digest, caller))
+    return callers
+
+
+def _plain(
+    entries: Iterable[str], role: Role, variable: str, requests_per_minute: int, bound: int
+) -> list[tuple[bytes, Caller]]:
+    """The keys of a plain list, named by their fingerprints."""
+    callers = []
+    for raw in entries:
+        entry = raw.strip()
+        if not entry:
+            continue
+        try:
+            digest = digest_of(entry)
+        except ValueError as exc:
+            raise SettingsError(f"{variable}: {exc}") from None
+        fingerprint = digest.hex()[:12]
+        caller = Caller(
+            fingerprint=fingerprint,
+            role=role,
+            name=fingerprint,
+            requests_per_minute=requests_per_minute,
+            max_concurrent=bound,
+        )
+        callers.append((digest, caller))
+    return callers
+
+
+def _stamp(path: str) -> Stamp:
+    try:
+        seen = os.stat(path)
+    except OSError:
+        return None
+    return (seen.st_mtime_ns, seen.st_size, seen.st_ino)
 
 
 def refuse_unsafe_start(settings: Settings, host: str, keyring: Keyring) -> str | None:
@@ -136,4 +220,4 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-__all__ = ["Keyring", "refuse_unsafe_start"]
+__all__ = ["Keyring", "Reload", "Stamp", "read_callers", "refuse_unsafe_start"]

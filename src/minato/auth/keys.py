@@ -81,6 +81,43 @@ class NamedKey:
     """Its share of the turns when keys wait for a slot (1 to 1000)."""
 
 
+class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A key as ``minato keys list`` and ``GET /keys`` show it: never its secret, nor its digest."""
+
+    name: str
+    """The keys file's name for it; a plain key's (``MINATO_API_KEYS``...) fingerprint."""
+    role: str
+    """``user``, ``admin`` or ``metrics``."""
+    models: list[str] | None
+    """Glob patterns on canonical model names; ``null``: every model."""
+    requests_per_minute: int | None
+    """0: unlimited; ``null`` (in the file): ``MINATO_RATE_LIMIT_PER_MINUTE``."""
+    tokens_per_day: int
+    """Generated tokens per rolling 24 h; 0: unlimited."""
+    max_concurrent: int | None
+    """Generations running at once; 0: no bound; ``null`` (in the file): ``MINATO_KEY_MAX_CONCURRENT``."""
+    weight: int
+    """Its share of the turns when keys wait for a slot."""
+
+    @classmethod
+    def of(cls, key: NamedKey) -> KeyInfo:
+        """A key as the file has it (``null``: the deployment's default applies)."""
+        return cls(
+            name=key.name,
+            role="admin" if key.admin else "user",
+            models=None if key.models is None else list(key.models),
+            requests_per_minute=key.requests_per_minute,
+            tokens_per_day=key.tokens_per_day,
+            max_concurrent=key.max_concurrent,
+            weight=key.weight,
+        )
+
+
+def is_key_name(name: str) -> bool:
+    """Whether ``name`` may name a key: it labels log lines and metrics, so it must be safe in both."""
+    return _SAFE_NAME.fullmatch(name) is not None
+
+
 def read_keys_file(path: str) -> list[NamedKey]:
     """Read and check the keys file; raise :class:`SettingsError` naming the table and field at fault."""
     try:
@@ -109,7 +146,7 @@ def read_keys_file(path: str) -> list[NamedKey]:
 
 def _checked(name: str, table: Any) -> NamedKey:
     where = f"{KEYS_FILE_VARIABLE}: keys.{name}"
-    if not _SAFE_NAME.fullmatch(name):
+    if not is_key_name(name):
         raise SettingsError(f"{where}: a key's name must be 1 to 64 letters, digits, '_', '.' or '-'")
     try:
         entry = msgspec.convert(table, type=_Entry)
@@ -153,4 +190,4 @@ def _patterns(where: str, models: list[str]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-__all__ = ["KEYS_FILE_VARIABLE", "NamedKey", "digest_of", "read_keys_file"]
+__all__ = ["KEYS_FILE_VARIABLE", "ROLES", "KeyInfo", "NamedKey", "digest_of", "is_key_name", "read_keys_file"]

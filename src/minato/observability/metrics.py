@@ -130,6 +130,12 @@ class Metrics:
             "minato_queue_waiting", "Generations waiting for a slot, by the key's name.", ["key"], registry=r
         )
         self._waiting: dict[str, Gauge] = {}
+        self.keys_reloads = Counter(
+            "minato_keys_reloads",
+            "Reloads of the keys files: ok (the new keys are in force) or refused (the old ones stay).",
+            ["result"],
+            registry=r,
+        )
 
     def observe(self, route: str, method: str, status: int, seconds: float, record: RequestRecord) -> None:
         """Account for one finished request; every label comes from a bounded set, never from the request."""

@@ -1,4 +1,5 @@
-"""Command line: ``minato serve [--host] [--port] [--workers] [--env-file]`` (also ``python -m minato``)."""
+"""Command line: ``minato serve [--host] [--port] [--workers] [--env-file]`` and ``minato keys
+add|list|revoke`` (:mod:`minato.server.keys_cli`) (also ``python -m minato``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from minato import __version__
+from minato.server.keys_cli import add_commands as add_keys_commands
+from minato.server.keys_cli import run as run_keys_command
 
 if TYPE_CHECKING:
     from minato.server.envfile import EnvFile
@@ -39,12 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="read settings from this file (default: ./.env when there is one); the environment wins over it",
     )
+    add_keys_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``minato`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        return run_keys_command(args)
     from minato.auth.keyring import Keyring, refuse_unsafe_start
     from minato.errors import SettingsError
     from minato.server.envfile import load_env_file
@@ -89,7 +95,7 @@ def serve(host: str, port: int, workers: int, settings: Settings, env_file: EnvF
     from minato.auth.keyring import Keyring
     from minato.observability.logging import configure_logging
     from minato.server.httpserver import BoundedHttpToolsProtocol, raise_open_file_limit
-    from minato.server.serving import startup_fields
+    from minato.server.serving import run, startup_fields
 
     # This process's lines (and uvicorn's: with --workers, its "running on" line is written here).
     configure_logging(settings)
@@ -111,7 +117,7 @@ def serve(host: str, port: int, workers: int, settings: Settings, env_file: EnvF
     raise_open_file_limit()
     # Each worker reads its settings from the environment: tell it how many share the state.
     os.environ["MINATO_WORKERS"] = str(workers)
-    uvicorn.run(
+    config = uvicorn.Config(
         "minato.server.serving:create_served_app",
         factory=True,
         host=host,
@@ -125,6 +131,7 @@ def serve(host: str, port: int, workers: int, settings: Settings, env_file: EnvF
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),  # 0: close at once; never None (forever)
         server_header=False,
     )
+    run(config)
     return 0
 
 

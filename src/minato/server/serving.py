@@ -1,17 +1,23 @@
-"""What ``minato serve`` adds around the app: its start-up line, and a second Ctrl-C that cuts the
-running requests without cutting the app's shutdown short."""
+"""What ``minato serve`` adds around the app: its start-up line, a second Ctrl-C that cuts the
+running requests without cutting the app's shutdown short, and ``SIGHUP``, which reloads the keys
+files in every process without restarting any."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import structlog
+import uvicorn
 from litestar import Litestar
 from litestar.types import (
     LifeSpanReceive,
@@ -22,12 +28,15 @@ from litestar.types import (
     Scope,
     Send,
 )
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from minato import __version__
 from minato.auth.keyring import Keyring
 from minato.settings import Settings
 from minato.state.homes import MEMORY_URL
 from minato.web.app import create_app
+from minato.web.keywatch import KeyWatch
 
 logger = structlog.get_logger("minato.serve")
 
@@ -36,7 +45,45 @@ REDIS_DEFAULT_PORT: Final = 6379
 
 def create_served_app() -> SecondInterrupt:
     """The app each server process runs (the ``uvicorn`` factory of ``minato serve``)."""
-    return SecondInterrupt(create_app())
+    if threading.current_thread() is threading.main_thread():
+        # Until the app listens for it, a SIGHUP must not end the process (its default): the keys
+        # are being read anyway.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    app = create_app()
+    keywatch: KeyWatch = app.state.keywatch
+    return SecondInterrupt(app, on_sighup=keywatch.ask)
+
+
+def run(config: uvicorn.Config) -> None:
+    """``uvicorn.run``, with a supervisor of several workers that passes ``SIGHUP`` on to them.
+
+    uvicorn's supervisor answers ``SIGHUP`` by replacing every worker, which would cut the streams
+    they relay past the shutdown grace and forget what each holds in memory (its queue, a memory state
+    home's conversations). Minato's workers each reload their keys on ``SIGHUP`` instead (as a single
+    process does), so the supervisor sends it to each of them.
+    """
+    if config.workers > 1:
+        sock = config.bind_socket()
+        with contextlib.suppress(KeyboardInterrupt):
+            KeysReloadingSupervisor(config, sockets=[sock]).run()
+        return
+    config.load_app()
+    server = uvicorn.Server(config=config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+class KeysReloadingSupervisor(Multiprocess):
+    """uvicorn's supervisor of worker processes, but ``SIGHUP`` reloads the keys of every worker."""
+
+    def handle_hup(self) -> None:
+        logger.info("sighup_passed_on", workers=len(self.processes), reason="reload the keys files")
+        for process in self.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # a worker that just died is being replaced
+                    os.kill(process.pid, signal.SIGHUP)
 
 
 class SecondInterrupt:
@@ -54,8 +101,10 @@ class SecondInterrupt:
     back after it stops, so they are chained to here for that time only.
     """
 
-    def __init__(self, app: Litestar) -> None:
+    def __init__(self, app: Litestar, on_sighup: Callable[[], None] | None = None) -> None:
         self.app = app
+        self.on_sighup = on_sighup
+        """What a ``SIGHUP`` does once the app has started (reload the keys files)."""
         self.requests: set[asyncio.Task[Any]] = set()
         self.stopping = False
         """A SIGINT or SIGTERM has come: the server is shutting down."""
@@ -82,9 +131,15 @@ class SecondInterrupt:
         async def watch(message: LifeSpanSendMessage) -> None:
             if message["type"] == "lifespan.startup.complete":
                 self.chain_signal_handlers(asyncio.get_running_loop())
+                self.listen_for_sighup(asyncio.get_running_loop())
             await send(message)
 
         return watch
+
+    def listen_for_sighup(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Let ``SIGHUP`` do :attr:`on_sighup` (reload the keys files: see :mod:`minato.web.keywatch`)."""
+        if self.on_sighup is not None and threading.current_thread() is threading.main_thread():
+            loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
 
     def chain_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         """Put :meth:`on_signal` in front of the server's SIGINT and SIGTERM handlers, if it has its own."""

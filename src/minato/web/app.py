@@ -27,6 +27,7 @@ from minato.web.api import HANDLER_DEPENDENCIES, ROUTE_HANDLERS
 from minato.web.api.common import before_handler
 from minato.web.auth import PUBLIC, Guard, make_caller_provider, make_guard
 from minato.web.doors import DOOR_HANDLERS
+from minato.web.keywatch import KeyWatch
 from minato.web.limit_headers import RATE_LIMIT_HEADERS, SERVER_TIMING, LimitHeaders
 from minato.web.limits import BodyTimeout, QueryLengthLimit
 from minato.web.middleware import RequestLogMiddleware
@@ -102,11 +103,12 @@ def create_app(
     )
     build = upstream if upstream is not None else _real_client(transport)
     slot = RuntimeSlot()
+    keywatch = KeyWatch(keyring, policy, metrics)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         running = started(settings, metrics, admission, build, policy=policy, limiter=limiter, quota=quota)
-        async with running as runtime, slot.holding(runtime):
+        async with running as runtime, slot.holding(runtime), keywatch.watching():
             if served:
                 settle_garbage_collector()
             yield
@@ -123,7 +125,10 @@ def create_app(
             **HANDLER_DEPENDENCIES,
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        before_request=_before_request(make_guard(settings, keyring, slot, policy) if keyring.enabled else None),
+        # A keyless deployment with a keys file gets the guard too: a reload may give it a key.
+        before_request=_before_request(
+            make_guard(settings, keyring, slot, policy) if keyring.enabled or keyring.files else None
+        ),
         cors_config=_cors(settings),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -150,6 +155,7 @@ def create_app(
     # Outermost layer, around Litestar's own error handling, so routing errors and streams that
     # fail after their first byte are logged with the status the client actually got.
     attach(app, slot)
+    app.state.keywatch = keywatch  # minato serve's SIGHUP handler asks it (minato.server.serving)
     document_routes(app)
     limited = LimitHeaders(app.asgi_handler)
     bounded = BodyTimeout(QueryLengthLimit(limited, settings.max_query_chars), settings.body_timeout)

@@ -77,11 +77,12 @@ def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot, policy: 
     """Build the check every route runs before its handler: the key, its role, its rate and its token
     quota (kept by the running runtime's limiter and quota, found in ``slot``). The app's
     ``before_request`` hook calls it first."""
-    required = keyring.enabled  # configured keys are always enforced; MINATO_AUTH only governs having none
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         opt = handler.opt
-        if not required or opt.get(PUBLIC) or (opt.get(PROBE) and settings.open_probes):
+        # Configured keys are always enforced (MINATO_AUTH only governs having none). Asked per request:
+        # a reload may give a keyless deployment its first key, and never takes a keyed one's last.
+        if not keyring.enabled or opt.get(PUBLIC) or (opt.get(PROBE) and settings.open_probes):
             return
         presented = presented_key(connection)
         caller = keyring.identify(presented) if presented else None
@@ -164,7 +165,7 @@ def tokens_left(scope: Scope) -> int | None:
 
 def make_caller_provider(keyring: Keyring) -> Any:
     """Build the provider of the ``caller`` dependency: who sent this request."""
-    if not keyring.enabled:
+    if not keyring.enabled and not keyring.files:  # keyless for good: no file can give it a key
 
         def anonymous() -> Caller:
             return ANONYMOUS
@@ -173,6 +174,8 @@ def make_caller_provider(keyring: Keyring) -> Any:
 
     def identified(request: Request[Any, Any, Any]) -> Caller:
         caller: Caller | None = request.scope["state"].get(CALLER_STATE_KEY)
+        if caller is None and not keyring.enabled:  # a deployment without keys (yet: see the guard)
+            return ANONYMOUS
         if caller is None:  # a public route asked who is calling: nobody it may trust
             raise NotAuthorizedException("a valid API key is required", headers={"WWW-Authenticate": WWW_AUTHENTICATE})
         return caller

@@ -22,6 +22,7 @@ from minato.web.api.generate import (
     generate_stream_post,
 )
 from minato.web.api.health import health, health_head, metrics_endpoint, ready, ready_head
+from minato.web.api.keys import list_keys
 from minato.web.api.lifecycle import delete_model, load, running, server_info, status, unload
 from minato.web.api.models import install, models_list
 from minato.web.api.queue import queue
@@ -54,6 +55,7 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
     ready_head,
     metrics_endpoint,
     queue,
+    list_keys,
     usage,
     usage_of_keys,
 ]
