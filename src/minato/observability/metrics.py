@@ -118,6 +118,18 @@ class Metrics:
         self.rejections = Counter(
             "minato_rejections", "Generations refused by backpressure, by reason.", ["reason"], registry=r
         )
+        self.queue_wait = Histogram(
+            "minato_queue_wait_seconds",
+            "Time generations that found no free slot waited in the queue (granted or refused), by model.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Key names come from the keys file (or fingerprints of configured keys): a bounded set.
+        self.queue_waiting = Gauge(
+            "minato_queue_waiting", "Generations waiting for a slot, by the key's name.", ["key"], registry=r
+        )
+        self._waiting: dict[str, Gauge] = {}
         self.keys_reloads = Counter(
             "minato_keys_reloads",
             "Reloads of the keys files: ok (the new keys are in force) or refused (the old ones stay).",
@@ -150,6 +162,17 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def waiting_of(self, key: str) -> Gauge:
+        """The ``minato_queue_waiting`` series of the key named ``key``."""
+        series = self._waiting.get(key)
+        if series is None:
+            series = self._waiting[key] = self.queue_waiting.labels(key)
+        return series
+
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        """Account for a generation that waited ``seconds`` for a slot on ``model``."""
+        self._child(self.queue_wait, self.model_label(model)).observe(seconds)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

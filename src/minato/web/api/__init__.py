@@ -25,6 +25,7 @@ from minato.web.api.health import health, health_head, metrics_endpoint, ready, 
 from minato.web.api.keys import list_keys
 from minato.web.api.lifecycle import delete_model, load, running, server_info, status, unload
 from minato.web.api.models import install, models_list
+from minato.web.api.queue import queue
 from minato.web.api.usage import usage, usage_of_keys
 from minato.web.api.vision import vision, vision_stream
 
@@ -53,6 +54,7 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
     ready,
     ready_head,
     metrics_endpoint,
+    queue,
     list_keys,
     usage,
     usage_of_keys,
