@@ -36,6 +36,8 @@ LAST_POLL_SECONDS: Final = 0.1
 Sleep = Callable[[float], Awaitable[None]]
 K = TypeVar("K")
 K_contra = TypeVar("K_contra", contravariant=True)
+#: What the logs say of a lease (``<what>_lost``, ...): lost while held, not renewed, not given back.
+_EVENTS: Final = ("lost", "not_renewed", "not_released")
 
 
 class LeaseStore(Protocol[K_contra]):
@@ -80,10 +82,10 @@ class _Held(Generic[K]):
 class LeaseHolder(Generic[K]):
     """The leases of ``store`` this process holds: polled for, renewed, given back.
 
-    ``what`` names them in the logs (``<what>_lost``, ``<what>_not_renewed``, ``<what>_not_released``) and
-    ``about`` gives a log line's fields for a lease's key. ``sleep`` is what the waits between polls and
-    renewals await (tests pass a clock of their own); :meth:`close` waits up to ``closing`` seconds
-    (``None``: as long as it takes) for the leases being given back.
+    ``what`` names them in the logs (``<what>_lost``, ``<what>_not_renewed``, ``<what>_not_released``,
+    ``<what>_task_failed``) and ``about`` gives a log line's fields for a lease's key. ``sleep`` is what the
+    waits between polls and renewals await (tests pass a clock of their own); :meth:`close` waits up to
+    ``closing`` seconds (``None``: as long as it takes) for the leases being given back.
     """
 
     def __init__(
@@ -97,9 +99,9 @@ class LeaseHolder(Generic[K]):
         closing: float | None = None,
     ) -> None:
         self._store = store
-        self._lease = lease
-        self._what = what
+        self._lost, self._not_renewed, self._not_released = (f"{what}_{event}" for event in _EVENTS)
         self._about = about
+        self._lease = lease
         self._sleep = sleep
         self._closing = closing
         # Tasks held here until done: renewals (each its holding's to cancel), and leases being given back.
@@ -142,11 +144,11 @@ class LeaseHolder(Generic[K]):
             try:
                 held = await self._store.extend(key, token)
             except StateUnavailableError:  # the lease lives on until it expires: try again
-                logger.warning(f"{self._what}_not_renewed", **self._about(key), lease=self._lease)
+                logger.warning(self._not_renewed, **self._about(key), lease=self._lease)
                 continue
             if not held:
                 # It expired before this renewal (a stalled process): its bound may be exceeded meanwhile.
-                logger.error(f"{self._what}_lost", **self._about(key), lease=self._lease)
+                logger.error(self._lost, **self._about(key), lease=self._lease)
                 return
 
     async def _give_back(self, key: K, token: str, local: HeldTurn) -> None:
@@ -159,7 +161,7 @@ class LeaseHolder(Generic[K]):
         try:
             await self._store.delete(key, token)
         except StateUnavailableError:  # the lease expires by itself
-            logger.warning(f"{self._what}_not_released", **self._about(key), lease=self._lease)
+            logger.warning(self._not_released, **self._about(key), lease=self._lease)
 
 
 def _conversation(key: tuple[str, str]) -> dict[str, str]:

@@ -55,15 +55,7 @@ class SqliteState:
 
     def shared(self, store: SessionStore) -> SharedState:
         """Everything a runtime uses: this state, and ``store`` for the conversations."""
-        return SharedState(
-            store=store,
-            turns=self.turns,
-            limiter=self.limiter,
-            quota=self.quota,
-            affinity=self.affinity,
-            health=self.health,
-            concurrency=self.concurrency,
-        )
+        return SharedState(store, self.turns, self.limiter, self.quota, self.affinity, self.health, self.concurrency)
 
 
 @asynccontextmanager
