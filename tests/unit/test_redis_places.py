@@ -149,6 +149,22 @@ async def test_a_held_place_is_renewed_past_its_lease(redis_url: str, raw: Redis
         await _gone(raw)
 
 
+async def test_a_place_found_lost_while_renewing_is_logged(redis_url: str, raw: Redis) -> None:
+    async with _replica(redis_url, turn_lease=0.3) as state:
+        with structlog.testing.capture_logs() as logs:
+            held = await state.concurrency.acquire("k", 1)
+            await raw.delete(PLACES)  # as if it had expired, a stalled replica's
+
+            async def logged() -> bool:
+                return any(e["event"] == "key_place_lost" for e in logs)
+
+            await _eventually(logged)
+            held.release()
+
+    lost = next(e for e in logs if e["event"] == "key_place_lost")
+    assert (lost["log_level"], lost["key"]) == ("error", "k")
+
+
 async def test_a_cancelled_wait_for_a_place_leaves_nothing_held(redis_url: str, raw: Redis) -> None:
     async with _replica(redis_url) as one, _replica(redis_url) as two:
         held = await one.concurrency.acquire("k", 1)
