@@ -66,7 +66,7 @@ async def test_a_waiter_gets_the_slot_released_by_another_and_no_more_run_than_a
     first = await admission.acquire("a")
     other_model = await admission.acquire("b")
     waiting = asyncio.ensure_future(admission.acquire("a"))
-    await settled(lambda: len(admission._waiters) == 1, "the second acquire queued")
+    await settled(lambda: admission.waiting == 1, "the second acquire queued")
 
     assert not waiting.done(), "model a is at its own limit"
     first.release()
@@ -94,7 +94,7 @@ async def test_an_abandoned_wait_frees_its_place_in_the_queue() -> None:
     admission = Admission(total=1, per_model=0, queue=1, wait_seconds=5)
     held = await admission.acquire("m")
     waiting = asyncio.ensure_future(admission.acquire("m"))
-    await settled(lambda: len(admission._waiters) == 1, "the wait queued")
+    await settled(lambda: admission.waiting == 1, "the wait queued")
 
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)

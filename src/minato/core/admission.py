@@ -1,52 +1,113 @@
-"""Backpressure: a bound on generations running at once, overall and per model, with a bounded queue.
+"""Backpressure: a bound on generations running at once (overall, per model, per key), with a bounded
+queue served fairly across keys.
 
 Beyond the queue a request is refused at once with 503 and ``Retry-After``, so load never piles up
-without limit; a request that waits too long is refused the same way. Waiters are served in
-arrival order, each as soon as both its model and the whole service have room.
+without limit; a request that waits too long is refused the same way. The next free slot goes to
+the key whose turn it is (:mod:`minato.core.fairqueue`: weighted, first come first served within one
+key). A key with a ``max_concurrent`` bound first holds one of its key's places (the state home's
+:class:`~minato.state.protocols.KeyConcurrency`, across processes), then waits for a slot: it never
+holds a slot while its key is at its bound, and while it waits for the place it counts as waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
-from typing import TYPE_CHECKING
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, NamedTuple
 
+from minato.auth.caller import ANONYMOUS, Caller
+from minato.core.fairqueue import FairQueue, Waiter
 from minato.errors import OverloadedError
 
 if TYPE_CHECKING:
     from minato.observability.metrics import Metrics
+    from minato.observability.record import RequestRecord
+    from minato.state.protocols import HeldTurn, KeyConcurrency
 
 
 class Slot:
-    """Permission to run one generation; release it exactly once (extra releases are ignored)."""
+    """Permission to run one generation; release it exactly once (extra releases are ignored).
+    Releasing it gives back the slot and, if it holds one, its key's place."""
 
-    __slots__ = ("_admission", "model")
+    __slots__ = ("_admission", "caller", "model", "place", "record", "since")
 
-    def __init__(self, admission: Admission, model: str) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        model: str,
+        caller: Caller,
+        record: RequestRecord | None,
+        since: float,
+        place: HeldTurn | None = None,
+    ) -> None:
         self._admission: Admission | None = admission
         self.model = model
+        self.caller = caller
+        self.record = record
+        self.since = since
+        """``perf_counter()`` when it began to run."""
+        self.place = place
 
     def release(self) -> None:
-        """Give the slot back."""
+        """Give the slot back (to the key whose turn it is), then the key's place."""
         if self._admission is not None:
             admission, self._admission = self._admission, None
-            admission._release(self.model)
+            admission._release(self)
+            if self.place is not None:
+                self.place.release()
+
+
+class Running(NamedTuple):
+    """A generation holding a slot, as :meth:`Admission.snapshot` reports it."""
+
+    model: str
+    caller: Caller
+    backend: str
+    seconds: float
+
+
+class Waiting(NamedTuple):
+    """A generation waiting, with its place in the order it would be served (1: next)."""
+
+    model: str
+    caller: Caller
+    position: int
+    seconds: float
 
 
 class Admission:
-    """Counts running generations and queues the ones that must wait."""
+    """Counts running generations and queues the ones that must wait, in fair turns across keys."""
 
     def __init__(
-        self, total: int, per_model: int, queue: int, wait_seconds: float, metrics: Metrics | None = None
+        self,
+        total: int,
+        per_model: int,
+        queue: int,
+        wait_seconds: float,
+        metrics: Metrics | None = None,
+        *,
+        key_max_concurrent: int = 0,
+        concurrency: KeyConcurrency | None = None,
     ) -> None:
         self.total = total
         self.per_model = per_model
         self.queue = queue
         self.wait_seconds = wait_seconds
         self.metrics = metrics
+        self.key_max_concurrent = key_max_concurrent
+        """The bound of the keyless caller (configured keys carry their own, defaults applied)."""
+        self.concurrency = concurrency
+        """Where the keys' places are held (the state home's; the runtime sets it once it opened the home)."""
         self.running = 0
+        self.waiting = 0
+        """Generations waiting: for a slot, or for a place of their key."""
         self._by_model: Counter[str] = Counter()
-        self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
+        self._fair = FairQueue()
+        self._placing: dict[Waiter, None] = {}
+        """Waiters that wait for a place of their key, in arrival order."""
+        self._slots: dict[Slot, None] = {}
+        self._seq = 0
 
     def _fits(self, model: str) -> bool:
         return self.running < self.total and (not self.per_model or self._by_model[model] < self.per_model)
@@ -55,66 +116,134 @@ class Admission:
         self.running += 1
         self._by_model[model] += 1
 
-    def try_acquire(self, model: str) -> Slot | None:
-        """Take a slot if one is free right now (and nobody is queued before us); else ``None``."""
-        if not self._waiters and self._fits(model):
+    def _limit(self, caller: Caller) -> int:
+        return caller.max_concurrent or (0 if caller.fingerprint else self.key_max_concurrent)
+
+    def try_acquire(self, model: str, caller: Caller = ANONYMOUS, record: RequestRecord | None = None) -> Slot | None:
+        """Take a slot if one is free right now, nobody waits for one and the key has no bound to check;
+        else ``None``. (A request waiting for its key's place does not hold the others back.)"""
+        if not self._fair.size and self._fits(model) and not self._limit(caller):
             self._take(model)
-            return Slot(self, model)
+            slot = Slot(self, model, caller, record, record.started if record is not None else time.perf_counter())
+            self._slots[slot] = None
+            return slot
         return None
 
-    async def acquire(self, model: str) -> Slot:
-        """Wait (bounded) for room to run a generation on ``model``."""
-        slot = self.try_acquire(model)
+    async def acquire(self, model: str, caller: Caller = ANONYMOUS, record: RequestRecord | None = None) -> Slot:
+        """Wait (bounded) for room to run a generation on ``model`` for ``caller``; ``record`` learns how
+        long it waited (``queue_seconds``)."""
+        slot = self.try_acquire(model, caller, record)
         if slot is not None:
             return slot
-        if len(self._waiters) >= self.queue:
+        if self.waiting >= self.queue:
             self._reject("queue_full")
             raise OverloadedError(f"too many generations waiting ({self.queue}); try again shortly")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (model, waiter)
-        self._waiters.append(entry)
-        self._report_queue()
+        self._seq += 1
+        waiter = Waiter(model, caller, record, time.perf_counter(), self._seq)
+        self._enter(waiter)
+        place: HeldTurn | None = None
         try:
             async with asyncio.timeout(self.wait_seconds):
-                await waiter
-        except TimeoutError:
-            self._abandon(entry)
-            self._reject("queue_timeout")
-            raise OverloadedError(f"no generation slot within {self.wait_seconds:g} s; try again shortly") from None
-        except BaseException:
-            self._abandon(entry)
+                place = await self._place(waiter)
+                await self._turn(waiter)
+        except BaseException as exc:
+            self._abandon(waiter)
+            if place is not None:
+                place.release()
+            if isinstance(exc, TimeoutError):
+                self._reject("queue_timeout")
+                raise OverloadedError(f"no generation slot within {self.wait_seconds:g} s; try again shortly") from None
             raise
-        return Slot(self, model)
+        finally:
+            self._leave(waiter)
+        now = time.perf_counter()
+        if record is not None:
+            record.queue_seconds = now - waiter.since
+        slot = Slot(self, model, caller, record, now, place)
+        self._slots[slot] = None
+        return slot
 
-    def _abandon(self, entry: tuple[str, asyncio.Future[None]]) -> None:
-        model, waiter = entry
-        if waiter.done() and not waiter.cancelled():
-            self._release(model)  # granted in the very instant it was given up: hand it straight back
+    async def _place(self, waiter: Waiter) -> HeldTurn | None:
+        """Hold a place of the waiter's key first, when its key has a bound (it counts as waiting meanwhile)."""
+        limit = self._limit(waiter.caller)
+        if not limit or self.concurrency is None:
+            return None
+        self._placing[waiter] = None
+        try:
+            return await self.concurrency.acquire(waiter.caller.fingerprint, limit)
+        finally:
+            del self._placing[waiter]
+
+    async def _turn(self, waiter: Waiter) -> None:
+        """Wait for the waiter's turn; at once when nobody is in the fair queue and its model has room."""
+        if not self._fair.size and self._fits(waiter.model):
+            self._take(waiter.model)
+            return
+        waiter.future = asyncio.get_running_loop().create_future()
+        self._fair.push(waiter)
+        await waiter.future
+
+    def _abandon(self, waiter: Waiter) -> None:
+        future = waiter.future
+        if future is None:
+            return  # it never waited for a slot (it gave up while waiting for its key's place)
+        if future.done() and not future.cancelled():
+            # Granted in the very instant it was given up: hand the slot straight on.
+            self._free(waiter.model)
         else:
-            waiter.cancel()
-            self._waiters.remove(entry)
-            self._report_queue()
+            future.cancel()
+            self._fair.remove(waiter)
 
-    def _release(self, model: str) -> None:
+    def _enter(self, waiter: Waiter) -> None:
+        self.waiting += 1
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.waiting)
+            self.metrics.waiting_of(waiter.caller.name).inc()
+
+    def _leave(self, waiter: Waiter) -> None:
+        self.waiting -= 1
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.waiting)
+            self.metrics.waiting_of(waiter.caller.name).dec()
+            self.metrics.observe_queue_wait(waiter.model, time.perf_counter() - waiter.since)
+
+    def _release(self, slot: Slot) -> None:
+        del self._slots[slot]
+        self._free(slot.model)
+
+    def _free(self, model: str) -> None:
         self.running -= 1
         self._by_model[model] -= 1
         if not self._by_model[model]:
             del self._by_model[model]
-        # Wake waiters in arrival order, as many as now fit (others keep their place).
-        for entry in list(self._waiters):
-            waiting_model, waiter = entry
-            if waiter.done():
-                continue
-            if self._fits(waiting_model):
-                self._take(waiting_model)
-                self._waiters.remove(entry)
-                waiter.set_result(None)
-        self._report_queue()
+        # Serve the keys in turn, as many as now fit (the others keep their place).
+        fair = self._fair
+        while fair.size and self.running < self.total:
+            waiter = fair.pop_next(self._fits)
+            if waiter is None:
+                break
+            self._take(waiter.model)
+            if waiter.future is not None:  # always: only waiters with a future are in the fair queue
+                waiter.future.set_result(None)
 
-    def _report_queue(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.set(len(self._waiters))
+    def snapshot(self) -> tuple[list[Running], list[Waiting]]:
+        """What runs and what waits in this process now; the waiting in the order they would be served
+        (those still waiting for a place of their key last, in arrival order)."""
+        now = time.perf_counter()
+        running = [
+            Running(slot.model, slot.caller, slot.record.backend if slot.record is not None else "", now - slot.since)
+            for slot in self._slots
+        ]
+        order = [*self._fair.in_order(), *self._placing]
+        waiting = [
+            Waiting(waiter.model, waiter.caller, position, now - waiter.since)
+            for position, waiter in enumerate(order, 1)
+        ]
+        return running, waiting
 
     def _reject(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.rejections.labels(reason).inc()
+
+
+__all__ = ["Admission", "Running", "Slot", "Waiting"]

@@ -136,7 +136,7 @@ async def _admit(generation: Generation) -> Lease:
         turn = await watch.until(begin) if watch is not None else await begin
     lease = Lease(turn, None, parts.model)
     try:
-        slot = await take_slot(parts.admission, parts.model, watch)
+        slot = await take_slot(parts.admission, parts.model, watch, parts.caller, parts.record)
     except BaseException:
         lease.release()
         raise
@@ -144,14 +144,18 @@ async def _admit(generation: Generation) -> Lease:
     return lease
 
 
-async def take_slot(admission: Admission, model: str, watch: Watch | None) -> Slot:
-    """A generation slot for ``model``: at once when one is free, else after a bounded wait that a
-    disconnect ends (``watch``: ``None`` while the body is unread, as watching would consume it)."""
+async def take_slot(
+    admission: Admission, model: str, watch: Watch | None, caller: Caller, record: RequestRecord | None
+) -> Slot:
+    """A generation slot for ``model``, in ``caller``'s key's turn: at once when one is free, else after a
+    bounded wait that a disconnect ends (``watch``: ``None`` while the body is unread, as watching would
+    consume it). ``record.queue_seconds`` says how long it waited (left at 0 when it did not)."""
     key = canonical_model_name(model)
-    slot = admission.try_acquire(key)  # the usual case, without watching
+    slot = admission.try_acquire(key, caller, record)  # the usual case, without watching
     if slot is not None:
         return slot
-    return await watch.until(admission.acquire(key)) if watch is not None else await admission.acquire(key)
+    waiting = admission.acquire(key, caller, record)
+    return await watch.until(waiting) if watch is not None else await waiting
 
 
 async def _question(generation: Generation) -> Question:

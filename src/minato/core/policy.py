@@ -125,6 +125,18 @@ class Policy:
         if not caller.is_admin:
             raise ForbiddenError("Ollama's account routes need an admin key")
 
+    def queue_scope(self, caller: Caller, key: str | None) -> Caller | None:
+        """Whose generations ``caller`` may see in the queue report: every key's (``None``), or only
+        its own (itself). An admin may narrow it to the key named ``key`` (done by the report); a user
+        key naming another key, and a metrics key, get a 403."""
+        if caller.role is Role.METRICS:
+            raise ForbiddenError("this key may only read /metrics (a MINATO_METRICS_KEYS key)")
+        if caller.is_admin:
+            return None
+        if key is not None and key != caller.name:
+            raise ForbiddenError("a user key sees only its own generations in the queue")
+        return caller
+
     # -- models ----------------------------------------------------------------------------------
 
     def check_model(self, caller: Caller, model: str) -> None:

@@ -113,6 +113,18 @@ class Metrics:
         self.rejections = Counter(
             "minato_rejections", "Generations refused by backpressure, by reason.", ["reason"], registry=r
         )
+        self.queue_wait = Histogram(
+            "minato_queue_wait_seconds",
+            "Time generations that found no free slot waited in the queue (granted or refused), by model.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Key names come from the keys file (or fingerprints of configured keys): a bounded set.
+        self.queue_waiting = Gauge(
+            "minato_queue_waiting", "Generations waiting for a slot, by the key's name.", ["key"], registry=r
+        )
+        self._waiting: dict[str, Gauge] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float, record: RequestRecord) -> None:
         """Account for one finished request; every label comes from a bounded set, never from the request."""
@@ -139,6 +151,17 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def waiting_of(self, key: str) -> Gauge:
+        """The ``minato_queue_waiting`` series of the key named ``key``."""
+        series = self._waiting.get(key)
+        if series is None:
+            series = self._waiting[key] = self.queue_waiting.labels(key)
+        return series
+
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        """Account for a generation that waited ``seconds`` for a slot on ``model``."""
+        self._child(self.queue_wait, self.model_label(model)).observe(seconds)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

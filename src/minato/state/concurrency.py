@@ -78,10 +78,14 @@ class LocalKeyConcurrency:
 
     def _forget(self, key: str, waiter: asyncio.Future[None]) -> None:
         waiting = self._waiting.get(key)
-        if waiting is not None:
+        if waiting is None:
+            return
+        # Cancelling the task cancels its future at once, but this runs only when the task resumes:
+        # a give_back in between may already have dropped the cancelled future from the line.
+        if waiter in waiting:
             waiting.remove(waiter)
-            if not waiting:
-                del self._waiting[key]
+        if not waiting:
+            del self._waiting[key]
 
 
 __all__ = ["LocalKeyConcurrency"]

@@ -97,6 +97,7 @@ def create_app(
         settings.max_queue,
         settings.queue_timeout,
         metrics,
+        key_max_concurrent=settings.key_max_concurrent,
     )
     build = upstream if upstream is not None else _real_client(transport)
     slot = RuntimeSlot()

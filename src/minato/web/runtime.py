@@ -109,6 +109,7 @@ async def started(
     """
     async with AsyncExitStack() as stack:
         state = await stack.enter_async_context(open_state(settings, metrics))
+        admission.concurrency = state.concurrency  # the keys' places are held where the other limits are
         upstream = upstream_factory(settings, metrics, state.affinity)
         stack.push_async_callback(upstream.aclose)
         metrics.model_label = upstream.label

@@ -24,6 +24,7 @@ from minato.web.api.generate import (
 from minato.web.api.health import health, health_head, metrics_endpoint, ready, ready_head
 from minato.web.api.lifecycle import delete_model, load, running, server_info, status, unload
 from minato.web.api.models import install, models_list
+from minato.web.api.queue import queue
 from minato.web.api.vision import vision, vision_stream
 
 ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
@@ -51,6 +52,7 @@ ROUTE_HANDLERS: Final[list[ControllerRouterHandler]] = [
     ready,
     ready_head,
     metrics_endpoint,
+    queue,
 ]
 
 #: By the name a handler (or another dependency) asks for; Litestar resolves only those a route uses.

@@ -23,6 +23,7 @@ import structlog
 from litestar import Request, Response
 from litestar.background_tasks import BackgroundTask
 
+from minato.auth.caller import ANONYMOUS
 from minato.core.admission import Slot
 from minato.core.generation import take_slot
 from minato.core.usage import Usage
@@ -265,8 +266,9 @@ async def relay(request: Request[Any, Any, Any], runtime: Runtime, call: Relay) 
     if record is not None and call.model:
         record.model = call.model
     watch = watch_of(scope, request.receive)
-    usage = Usage(runtime.quota, caller_of(scope), record)
-    slot = await take_slot(runtime.admission, call.model, watch) if call.model else None
+    caller = caller_of(scope)
+    usage = Usage(runtime.quota, caller, record)
+    slot = await take_slot(runtime.admission, call.model, watch, caller or ANONYMOUS, record) if call.model else None
     try:
         answer = await watch.until(_forward(runtime, call))
         if record is not None:
