@@ -29,6 +29,7 @@ from minato.ollama.wire import (
     WireMessage,
 )
 from minato.settings import Settings
+from minato.state.windows import Bucket
 from minato.upstream.client import ModelFacts, OllamaClient
 from minato.upstream.ports import BackendStatus, Forward, Spread
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse
@@ -159,8 +160,11 @@ async def test_the_runtime_is_torn_down_once_even_when_a_later_part_fails(
 
 async def test_an_injected_rate_limiter_is_the_one_the_guard_asks(settings: Settings, ollama: respx.MockRouter) -> None:
     class Refusing:
-        async def check(self, key: str, per_minute: int) -> float:
-            return 42.0
+        async def check(self, key: str, per_minute: int) -> Bucket:
+            return Bucket(42.0, 0, 60.0)
+
+        async def peek(self, key: str, per_minute: int) -> Bucket:
+            return Bucket(42.0, 0, 60.0)
 
     ollama.post("/api/chat").respond(200, json=chat_answer())
     keyed = msgspec.structs.replace(settings, api_keys=("k",), rate_limit_per_minute=1000)

@@ -14,7 +14,7 @@ from minato.errors import StateUnavailableError
 from minato.settings import Settings
 from minato.state.memory import LocalTurnLocks, TokenQuota
 from minato.state.sqlite.tables import UNAVAILABLE
-from minato.state.windows import Standing
+from minato.state.windows import Bucket, Standing
 from minato.web.app import create_app
 from tests.support.payloads import chat_answer
 from tests.support.served_ollama import ServedOllama
@@ -26,7 +26,10 @@ pytestmark = pytest.mark.anyio
 
 
 class _Unavailable:
-    async def check(self, key: str, per_minute: int) -> float:
+    async def check(self, key: str, per_minute: int) -> Bucket:
+        raise StateUnavailableError(UNAVAILABLE)
+
+    async def peek(self, key: str, per_minute: int) -> Bucket:
         raise StateUnavailableError(UNAVAILABLE)
 
 

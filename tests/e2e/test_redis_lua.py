@@ -24,7 +24,7 @@ from minato.state.redis.places import RedisPlaceStore
 from minato.state.redis.turns import redis_turns
 from minato.state.sqlite.places import SqlitePlaceStore
 from minato.state.sqlite.tables import Tables
-from minato.state.windows import BUCKET_SECONDS, WINDOW_MINUTES, QuotaWindow, Standing, take_one
+from minato.state.windows import BUCKET_SECONDS, WINDOW_MINUTES, QuotaWindow, Standing, peek, take_one
 
 pytestmark = pytest.mark.anyio
 
@@ -78,13 +78,16 @@ async def test_the_token_bucket_script_answers_as_take_one(client: Redis, seed: 
     per_minute = rng.choice([1, 3, 60, 1000])
     state: tuple[float, float] | None = None
     for now in _times(seed, 300):
-        tokens, last = state if state is not None else (float(per_minute), now)
-        tokens, expected = take_one(tokens, last, now, per_minute)
+        tokens_before, last = state if state is not None else (float(per_minute), now)
+        tokens, expected = take_one(tokens_before, last, now, per_minute)
         state = (tokens, now)
 
+        if rng.random() < 0.2:  # a peek answers as windows.peek and changes nothing
+            looked = await script(keys=[f"t:bucket:{seed}"], args=[per_minute, RATE_BUCKET_TTL_MS, _number(now), "1"])
+            assert float(looked[0]) == peek(tokens_before, last, now, per_minute).wait, f"at {now!r}"
         answer = await script(keys=[f"t:bucket:{seed}"], args=[per_minute, RATE_BUCKET_TTL_MS, _number(now)])
 
-        assert float(answer) == expected, f"at {now!r}"
+        assert (float(answer[0]), float(answer[1])) == (expected, tokens), f"at {now!r}"
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -102,9 +105,9 @@ async def test_the_quota_scripts_answer_as_the_quota_window(client: Redis, seed:
             continue
         expected = window.standing(now, limit)
 
-        wait, total = await check(keys=[key], args=[limit, BUCKET_SECONDS, WINDOW_MINUTES, _number(now)])
+        wait, total, resets = await check(keys=[key], args=[limit, BUCKET_SECONDS, WINDOW_MINUTES, _number(now)])
 
-        assert Standing(float(wait), max(0, limit - int(total))) == expected, f"at {now!r}"
+        assert Standing(float(wait), max(0, limit - int(total)), float(resets)) == expected, f"at {now!r}"
         answers.append(expected)
     assert any(answer.wait for answer in answers), "the sequence went over the quota at times"
     assert any(not answer.wait for answer in answers), "and was under it at others"

@@ -442,20 +442,26 @@ async def test_a_cancelled_wait_for_a_turn_leaves_nothing_held(redis_url: str, r
 
 async def test_a_rate_limit_is_one_bucket_across_replicas(redis_url: str) -> None:
     async with _replica(redis_url) as one, _replica(redis_url) as two:
-        waits = [await (one if n % 2 else two).limiter.check("aaaaaaaaaaaa", 3) for n in range(6)]
-        elsewhere = await one.limiter.check("bbbbbbbbbbbb", 3)
+        waits = [(await (one if n % 2 else two).limiter.check("aaaaaaaaaaaa", 3)).wait for n in range(6)]
+        elsewhere = (await one.limiter.check("bbbbbbbbbbbb", 3)).wait
+        peeked = await two.limiter.peek("aaaaaaaaaaaa", 3)
 
     assert waits[:3] == [0, 0, 0]
     assert all(0 < wait <= 20 for wait in waits[3:]), waits  # one request comes back every 20 s
     assert elsewhere == 0
+    assert peeked.remaining == 0
+    assert 0 < peeked.wait <= 20
+    assert 40 < peeked.reset <= 60, "the bucket of 3 is empty: full again in up to a minute"
 
 
 async def test_a_refused_request_takes_nothing_from_the_bucket(state: SharedState) -> None:
-    assert await state.limiter.check("k", 60) == 0
+    taken = await state.limiter.check("k", 60)
+    assert taken.wait == 0
+    assert taken.remaining == 59
     for _ in range(59):
         await state.limiter.check("k", 60)
-    first = await state.limiter.check("k", 60)
-    second = await state.limiter.check("k", 60)
+    first = (await state.limiter.check("k", 60)).wait
+    second = (await state.limiter.check("k", 60)).wait
 
     assert 0 < second <= first <= 1, "a request comes back every second, refusals do not push it further"
 
@@ -475,10 +481,11 @@ async def test_a_token_quota_is_shared_across_replicas(redis_url: str) -> None:
         others = await two.quota.check(_caller("bbbbbbbbbbbb", 100))
         unlimited = await two.quota.check(_caller("aaaaaaaaaaaa", 0))
 
-    assert under == Standing(0.0, 40)
+    assert under[:2] == (0.0, 40)
+    assert 23 * 3600 < under.resets <= 24 * 3600 + 120, "every token counted leaves the window a day later"
     assert 23 * 3600 < over.wait <= 24 * 3600 + 120, "the first tokens expire a day (and at most a minute) later"
     assert over.left == 0
-    assert others == Standing(0.0, 100)
+    assert others == Standing(0.0, 100, 0.0)
     assert unlimited.wait == 0
 
 
@@ -550,7 +557,7 @@ async def test_with_redis_stopped_every_member_fails_closed_and_after_a_restart_
             result = await call()
             if name.endswith("acquire"):
                 result.release()  # type: ignore[attr-defined]
-        assert await state.limiter.check("fresh", 3) == 0
+        assert (await state.limiter.check("fresh", 3)).wait == 0
 
     async with _replica(url) as hidden:
         redis_server.stop()

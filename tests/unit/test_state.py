@@ -87,11 +87,11 @@ async def test_a_cancelled_wait_for_a_local_turn_holds_nothing() -> None:
 async def test_the_local_rate_limiter_admits_a_bucket_then_says_how_long_to_wait() -> None:
     limiter = LocalRateLimiter()
 
-    waits = [await limiter.check("k", 2) for _ in range(3)]
+    waits = [(await limiter.check("k", 2)).wait for _ in range(3)]
 
     assert waits[:2] == [0.0, 0.0]
     assert 0 < waits[2] <= 30.0, "one request comes back every 30 s at 2 a minute"
-    assert await limiter.check("other", 2) == 0.0, "buckets are per key"
+    assert (await limiter.check("other", 2)).wait == 0.0, "buckets are per key"
 
 
 async def test_local_affinity_forgets_after_the_ttl_and_beyond_its_bound() -> None:
@@ -315,31 +315,31 @@ async def test_a_workers_own_next_turn_starts_once_its_lease_is_given_back(tmp_p
 
 async def test_the_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> None:
     async with _workers(tmp_path / "s.db") as (one, two):
-        waits = [await (one if n % 2 else two).limiter.check("k", 3) for n in range(8)]
+        waits = [(await (one if n % 2 else two).limiter.check("k", 3)).wait for n in range(8)]
 
         assert waits.count(0.0) == 3, "3 a minute across both workers, not 3 each"
         assert all(0 < wait <= 20.0 for wait in waits if wait)
-        assert await one.limiter.check("other", 3) == 0.0
+        assert (await one.limiter.check("other", 3)).wait == 0.0
 
 
 async def test_the_token_quota_is_shared_by_the_workers(tmp_path: Path) -> None:
     async with _workers(tmp_path / "s.db") as (one, two):
         await one.quota.charge(QUOTA_CALLER, 6)
-        assert await two.quota.check(QUOTA_CALLER) == Standing(0.0, QUOTA_CALLER.tokens_per_day - 6)
+        assert (await two.quota.check(QUOTA_CALLER))[:2] == (0.0, QUOTA_CALLER.tokens_per_day - 6)
         await two.quota.charge(QUOTA_CALLER, 4)
 
-        wait, left = await one.quota.check(QUOTA_CALLER)
+        wait, left, _ = await one.quota.check(QUOTA_CALLER)
 
         assert 24 * 3600 - 60 <= wait <= 24 * 3600 + 60
         assert left == 0
         assert (await two.quota.check(QUOTA_CALLER)).wait > 0
         other = Caller(fingerprint="beef", role=Role.USER, name="o", tokens_per_day=10)
-        assert await two.quota.check(other) == Standing(0.0, 10)
+        assert await two.quota.check(other) == Standing(0.0, 10, 0.0)
         unlimited = Caller(fingerprint="cafe", role=Role.USER, name="u")
         await one.quota.charge(unlimited, 1_000)
         assert await one.quota.check(
             Caller(fingerprint="cafe", role=Role.USER, name="u", tokens_per_day=1)
-        ) == Standing(0.0, 1)
+        ) == Standing(0.0, 1, 0.0)
 
 
 async def test_affinity_is_shared_by_the_workers_and_expires(tmp_path: Path) -> None:
@@ -377,7 +377,7 @@ async def test_a_locked_database_fails_closed(tmp_path: Path) -> None:
         assert refused.value.headers["Retry-After"] == "5"
         assert "locked" not in refused.value.detail, "Minato's words, not SQLite's"
         assert one.turns._local._locks == {}, "a turn that could not take its lease holds nothing"
-        assert await one.limiter.check("k", 3) == 0.0, "it answers again once the lock is gone"
+        assert (await one.limiter.check("k", 3)).wait == 0.0, "it answers again once the lock is gone"
 
 
 async def test_a_broken_database_fails_closed(tmp_path: Path) -> None:
@@ -445,8 +445,8 @@ async def test_several_workers_share_their_state_in_the_conversations_file(tmp_p
     async with open_state(settings, Metrics()) as state, open_state(settings, Metrics()) as other:
         assert state.health.name == "sqlite"
         assert await state.health.ping() is None
-        assert await state.limiter.check("k", 1) == 0.0
-        assert await other.limiter.check("k", 1) > 0, "the second worker sees the first one's request"
+        assert (await state.limiter.check("k", 1)).wait == 0.0
+        assert (await other.limiter.check("k", 1)).wait > 0, "the second worker sees the first one's request"
         assert isinstance(state.store, SqliteStore)
         assert state.store.path == path
 

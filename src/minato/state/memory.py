@@ -17,7 +17,7 @@ import msgspec
 from minato.state.concurrency import LocalKeyConcurrency
 from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage, trim_plan
 from minato.state.protocols import SessionStore, SharedState
-from minato.state.windows import QuotaWindow, Standing, take_one
+from minato.state.windows import Bucket, QuotaWindow, Standing, bucket, peek, take_one
 
 if TYPE_CHECKING:
     from minato.auth.caller import Caller
@@ -87,15 +87,21 @@ class LocalRateLimiter:
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    async def check(self, key: str, per_minute: int) -> float:
-        """Take one request from ``key``'s bucket (``per_minute`` deep); return 0, or the seconds to wait."""
+    async def check(self, key: str, per_minute: int) -> Bucket:
+        """Take one request from ``key``'s bucket (``per_minute`` deep): where it stands then."""
         now = time.monotonic()
         tokens, last = self._buckets.get(key, (float(per_minute), now))
         tokens, wait = take_one(tokens, last, now, per_minute)
         self._buckets[key] = (tokens, now)
         if wait and len(self._buckets) > _MAX_BUCKETS:  # forget idle keys rather than grow without bound
             self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60.0}
-        return wait
+        return bucket(tokens, wait, per_minute)
+
+    async def peek(self, key: str, per_minute: int) -> Bucket:
+        """Where ``key``'s bucket stands, nothing taken."""
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key, (float(per_minute), now))
+        return peek(tokens, last, now, per_minute)
 
 
 class TokenQuota:

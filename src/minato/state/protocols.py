@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 if TYPE_CHECKING:
     from minato.auth.caller import Caller
     from minato.state.conversations import Bounds, Caps, Session, SessionSummary, StoredMessage
-    from minato.state.windows import Standing
+    from minato.state.windows import Bucket, Standing
 
 
 class HeldTurn(Protocol):
@@ -45,9 +45,13 @@ class TurnLocks(Protocol):
 class RateLimiter(Protocol):
     """A token bucket per key, ``per_minute`` deep, refilled continuously at ``per_minute`` a minute."""
 
-    async def check(self, key: str, per_minute: int) -> float:
-        """Take one request from ``key``'s bucket: return 0, or the seconds until one is there (nothing
-        taken). Raises :class:`~minato.errors.StateUnavailableError`."""
+    async def check(self, key: str, per_minute: int) -> Bucket:
+        """Take one request from ``key``'s bucket: where it stands then (``wait`` 0, or the seconds until
+        one is there, nothing taken). Raises :class:`~minato.errors.StateUnavailableError`."""
+        ...
+
+    async def peek(self, key: str, per_minute: int) -> Bucket:
+        """Where ``key``'s bucket stands, nothing taken. Raises :class:`~minato.errors.StateUnavailableError`."""
         ...
 
 

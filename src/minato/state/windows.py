@@ -35,11 +35,42 @@ def take_one(tokens: float, last: float, now: float, per_minute: int) -> tuple[f
 
     The bucket is ``per_minute`` deep and refills continuously at ``per_minute`` a minute; a key not seen
     yet starts full (``tokens = per_minute``, ``last = now``)."""
-    rate = per_minute / 60.0
-    tokens = min(float(per_minute), tokens + max(0.0, now - last) * rate)
+    tokens = refill(tokens, last, now, per_minute)
     if tokens >= 1.0:
         return tokens - 1.0, 0.0
-    return tokens, (1.0 - tokens) / rate
+    return tokens, _until_one(tokens, per_minute)
+
+
+def _until_one(tokens: float, per_minute: int) -> float:
+    # The same operations as token_bucket.lua, so Redis answers to the last bit alike.
+    return max(0.0, 1.0 - tokens) / (per_minute / 60.0)
+
+
+class Bucket(NamedTuple):
+    """Where a key's token bucket stands after a check (what the rate-limit headers report)."""
+
+    wait: float
+    """0 when the request was taken; else the seconds until one is there (nothing taken)."""
+    remaining: int
+    """Whole requests left in the bucket."""
+    reset: float
+    """Seconds until the bucket is full again."""
+
+
+def bucket(tokens: float, wait: float, per_minute: int) -> Bucket:
+    """The :class:`Bucket` a key's bucket holding ``tokens`` stands at (``wait`` as :func:`take_one` said)."""
+    return Bucket(wait, math.floor(tokens), max(0.0, (per_minute - tokens) / (per_minute / 60.0)))
+
+
+def refill(tokens: float, last: float, now: float, per_minute: int) -> float:
+    """What a bucket holding ``tokens`` at ``last`` holds at ``now`` (nothing taken)."""
+    return min(float(per_minute), tokens + max(0.0, now - last) * (per_minute / 60.0))
+
+
+def peek(tokens: float, last: float, now: float, per_minute: int) -> Bucket:
+    """Where a bucket holding ``tokens`` at ``last`` stands at ``now``, nothing taken."""
+    tokens = refill(tokens, last, now, per_minute)
+    return bucket(tokens, _until_one(tokens, per_minute), per_minute)
 
 
 class Standing(NamedTuple):
@@ -49,6 +80,8 @@ class Standing(NamedTuple):
     """0 while it may go on, else the seconds until enough of its tokens expire."""
     left: int
     """Tokens it may still generate in the window (0 once over; the quota itself for a key not seen yet)."""
+    resets: float = 0.0
+    """Seconds until every token counted now has left the window (0: none counted)."""
 
 
 def minute_of(now: float) -> int:
@@ -66,11 +99,17 @@ def standing(buckets: Sequence[Sequence[int]], total: int, limit: int, now: floa
     """Where a key with ``limit`` stands, given its live ``(minute, tokens)`` buckets, oldest first, and
     their ``total``: while under ``limit``, no wait; else the seconds until the expiry of its oldest
     buckets brings it under."""
+    resets = expiry(buckets[-1][0], now) if buckets else 0.0
     if total < limit:
-        return Standing(0.0, limit - total)
+        return Standing(0.0, limit - total, resets)
     freed = accumulate(tokens for _, tokens in buckets)
     index = next(i for i, tokens in enumerate(freed) if total - tokens < limit)
-    return Standing((buckets[index][0] + WINDOW_MINUTES + 1) * BUCKET_SECONDS - now, 0)
+    return Standing(expiry(buckets[index][0], now), 0, resets)
+
+
+def expiry(minute: int, now: float) -> float:
+    """Seconds from ``now`` until the tokens of bucket ``minute`` leave the window."""
+    return (minute + WINDOW_MINUTES + 1) * BUCKET_SECONDS - now
 
 
 class QuotaWindow:
@@ -107,10 +146,15 @@ class QuotaWindow:
 __all__ = [
     "BUCKET_SECONDS",
     "WINDOW_MINUTES",
+    "Bucket",
     "QuotaWindow",
     "Standing",
+    "bucket",
+    "expiry",
     "minute_of",
     "oldest_live",
+    "peek",
+    "refill",
     "standing",
     "take_one",
 ]

@@ -96,7 +96,7 @@ def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot, policy: 
         policy.check_route(caller, _needs(opt))
         if caller.requests_per_minute:
             try:
-                wait = await slot.runtime.limiter.check(caller.fingerprint, caller.requests_per_minute)
+                wait = (await slot.runtime.limiter.check(caller.fingerprint, caller.requests_per_minute)).wait
             except StateUnavailableError:  # the shared state cannot answer: a 503, as for a turn
                 raise
             except Exception:  # the limiter fails closed: no answer is a refusal

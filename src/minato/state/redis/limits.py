@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from minato.errors import StateUnavailableError
 from minato.state.redis.link import PREFIX
-from minato.state.windows import BUCKET_SECONDS, WINDOW_MINUTES, Standing
+from minato.state.windows import BUCKET_SECONDS, WINDOW_MINUTES, Bucket, Standing, bucket
 
 if TYPE_CHECKING:
     from minato.auth.caller import Caller
@@ -39,12 +39,18 @@ class RedisRateLimiter:
         self._link = link
         self._bucket = link.script("clock", "token_bucket")
 
-    async def check(self, key: str, per_minute: int) -> float:
-        """Take one request from ``key``'s bucket: return 0, or the seconds until one is there."""
-        wait: bytes = await self._link.run(
-            self._bucket(keys=[f"{PREFIX}rate:{key}"], args=[per_minute, RATE_BUCKET_TTL_MS])
-        )
-        return float(wait)
+    async def check(self, key: str, per_minute: int) -> Bucket:
+        """Take one request from ``key``'s bucket: where it stands then."""
+        return await self._run(key, per_minute, [])
+
+    async def peek(self, key: str, per_minute: int) -> Bucket:
+        """Where ``key``'s bucket stands, nothing taken (nor written)."""
+        return await self._run(key, per_minute, ["", "1"])
+
+    async def _run(self, key: str, per_minute: int, more: list[str]) -> Bucket:
+        args: list[str | int] = [per_minute, RATE_BUCKET_TTL_MS, *more]
+        wait, tokens = await self._link.run(self._bucket(keys=[f"{PREFIX}rate:{key}"], args=args))
+        return bucket(float(tokens), float(wait), per_minute)
 
 
 class RedisQuota:
@@ -61,8 +67,8 @@ class RedisQuota:
         if not limit:
             return Standing(0.0, 0)
         args = [limit, BUCKET_SECONDS, WINDOW_MINUTES]
-        wait, total = await self._link.run(self._check(keys=[f"{PREFIX}quota:{caller.fingerprint}"], args=args))
-        return Standing(float(wait), max(0, limit - int(total)))
+        wait, total, resets = await self._link.run(self._check(keys=[f"{PREFIX}quota:{caller.fingerprint}"], args=args))
+        return Standing(float(wait), max(0, limit - int(total)), float(resets))
 
     async def charge(self, caller: Caller, tokens: int) -> None:
         """Count ``tokens`` for a key with a quota (keys without one are not tracked)."""

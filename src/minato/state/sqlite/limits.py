@@ -10,7 +10,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Final
 
 from minato.errors import StateUnavailableError
-from minato.state.windows import Standing, minute_of, oldest_live, standing, take_one
+from minato.state.windows import Bucket, Standing, bucket, minute_of, oldest_live, peek, standing, take_one
 
 if TYPE_CHECKING:
     from minato.auth.caller import Caller
@@ -26,20 +26,35 @@ class SqliteRateLimiter:
     def __init__(self, tables: Tables) -> None:
         self._tables = tables
 
-    async def check(self, key: str, per_minute: int) -> float:
-        """Take one request from ``key``'s bucket; return 0, or the seconds until one is there."""
+    async def check(self, key: str, per_minute: int) -> Bucket:
+        """Take one request from ``key``'s bucket: where it stands then."""
         clock = self._tables.clock
 
-        def take(db: sqlite3.Connection) -> float:
+        def take(db: sqlite3.Connection) -> Bucket:
             now = clock()
-            row = db.execute("SELECT tokens, last FROM state_buckets WHERE key = ?", (key,)).fetchone()
-            tokens, last = row if row is not None else (float(per_minute), now)
+            tokens, last = _row(db, key, per_minute, now)
             tokens, wait = take_one(tokens, last, now, per_minute)
             # Rows are only made for keys with a rate (configured keys): a bounded table.
             db.execute("INSERT OR REPLACE INTO state_buckets VALUES (?, ?, ?)", (key, tokens, now))
-            return wait
+            return bucket(tokens, wait, per_minute)
 
         return await self._tables.write(take)
+
+    async def peek(self, key: str, per_minute: int) -> Bucket:
+        """Where ``key``'s bucket stands, nothing taken."""
+        clock = self._tables.clock
+
+        def look(db: sqlite3.Connection) -> Bucket:
+            now = clock()
+            return peek(*_row(db, key, per_minute, now), now, per_minute)
+
+        return await self._tables.read(look)
+
+
+def _row(db: sqlite3.Connection, key: str, per_minute: int, now: float) -> tuple[float, float]:
+    """A key's bucket: what it held, and when; a key not seen yet is full."""
+    row = db.execute("SELECT tokens, last FROM state_buckets WHERE key = ?", (key,)).fetchone()
+    return (float(row[0]), float(row[1])) if row is not None else (float(per_minute), now)
 
 
 class SqliteQuota:
