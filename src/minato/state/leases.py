@@ -147,7 +147,7 @@ class LeaseHolder(Generic[K]):
                 logger.warning(self._not_renewed, **self._about(key), lease=self._lease)
                 continue
             if not held:
-                # It expired before this renewal (a stalled process): its bound may be exceeded meanwhile.
+                # It expired before this renewal (a stalled process): another holder may run alongside this one.
                 logger.error(self._lost, **self._about(key), lease=self._lease)
                 return
 
