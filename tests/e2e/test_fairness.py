@@ -137,6 +137,7 @@ def test_a_key_that_comes_later_gets_its_turns_among_the_earlier_keys_requests(b
 
         queue = fair.queue()
         mine = fair.client.get("/queue", headers={"X-API-Key": KEYS["b"]}).json()
+        used = fair.client.get("/usage", headers={"X-API-Key": KEYS["b"]}).json()
         order = fair.open_gate()
 
     assert [(r["key"], r["model"]) for r in queue["running"]] == [("a", MODEL)]
@@ -144,6 +145,7 @@ def test_a_key_that_comes_later_gets_its_turns_among_the_earlier_keys_requests(b
     assert queue["totals"] == {"running": 1, "waiting": 7}
     assert [(w["key"], w["position"]) for w in mine["waiting"]] == [("b", 2), ("b", 4)]
     assert mine["running"] == []
+    assert used["concurrency"]["waiting"] == 2, "/usage counts the key's requests waiting"
     # b1 no later than the second request after a1 (running when b came), b2 no later than the fourth.
     assert order.index("b1") - order.index("a1") <= 2
     assert order.index("b2") - order.index("a1") <= 4

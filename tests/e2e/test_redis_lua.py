@@ -1,24 +1,30 @@
-"""Minato's Lua scripts against a real ``redis-server``: every ``lua/*.lua`` file is used and compiles, and
-the limits' scripts answer exactly as :mod:`minato.state.windows` (the arithmetic of the memory and
-SQLite homes) for the same sequence of times and costs, and the usage scripts as the memory ledger: one
-algorithm in every home."""
+"""Minato's Lua scripts against a real ``redis-server``: every ``lua/*.lua`` file is used and compiles, the
+limits' scripts answer exactly as :mod:`minato.state.windows` (the arithmetic of the memory and SQLite
+homes) for the same sequence of times and costs, the usage scripts as the memory ledger, and a key's
+places exactly as the SQLite home's for the same sequence of times and calls: one algorithm in every home."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import AsyncIterator
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
+from minato.state.places import KeyBound
 from minato.state.redis.conversations import RedisStore
 from minato.state.redis.limits import RATE_BUCKET_TTL_MS, RedisQuota, RedisRateLimiter
 from minato.state.redis.link import Link, lua
+from minato.state.redis.places import RedisPlaceStore
 from minato.state.redis.turns import redis_turns
 from minato.state.redis.usage import RedisUsage
+from minato.state.sqlite.places import SqlitePlaceStore
+from minato.state.sqlite.tables import Tables
 from minato.state.usage import MemoryUsage, Tally
 from minato.state.windows import BUCKET_SECONDS, WINDOW_MINUTES, QuotaWindow, Standing, peek, take_one
 
@@ -46,6 +52,7 @@ async def test_every_script_file_is_used_and_compiles(client: Redis, redis_url: 
     RedisRateLimiter(link)
     RedisQuota(link)
     RedisUsage(link)
+    RedisPlaceStore(link, settings.turn_lease)
 
     shipped = {path.name for path in files("minato.state.redis").joinpath("lua").iterdir()}
     used = {f"{name}.lua" for names in link.scripts for name in names}
@@ -136,3 +143,44 @@ async def test_the_usage_scripts_answer_as_the_memory_ledger(client: Redis, redi
         answers.append(expected)
     assert any(answers), "some reads found usage"
     assert not all(answers), "and some found the window empty"
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_the_place_scripts_answer_as_the_sqlite_places(client: Redis, tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    # Leases far longer than the test runs: the set's own expiry (on Redis's real clock) never comes.
+    lease, limit = rng.choice([30.0, 60.0, 90.5]), rng.choice([1, 2, 3])
+    now = 1_700_000_000.0 + rng.random()
+    tables = Tables(tmp_path / "s.db", 5.0, lambda: now)
+    await tables.open()
+    sqlite = SqlitePlaceStore(tables, lease)
+    take = client.register_script(lua("clock", "place_take"))
+    renew = client.register_script(lua("clock", "place_renew"))
+    count = client.register_script(lua("clock", "place_count"))
+    key, places, lease_ms = KeyBound(f"k{seed}", limit), [f"t:places:{seed}"], math.ceil(lease * 1000)
+    answers: dict[str, list[object]] = {"take": [], "renew": [], "count": []}
+    try:
+        for step in range(400):
+            steps = [0.0, rng.uniform(0, lease / 10), rng.uniform(0, lease / 4), lease / 3, lease, 2 * lease]
+            now += rng.choice(steps)
+            token, call = f"h{rng.randrange(6)}", rng.choice(["take", "take", "take", "renew", "delete", "count"])
+            if call == "take":
+                expected: object = await sqlite.take(key, token)
+                answer: object = bool(await take(keys=places, args=[token, limit, lease_ms, _number(now)]))
+            elif call == "renew":
+                expected = await sqlite.extend(key, token)
+                answer = bool(await renew(keys=places, args=[token, lease_ms, _number(now)]))
+            elif call == "delete":
+                await sqlite.delete(key, token)
+                await client.zrem(places[0], token)
+                continue
+            else:
+                expected = await sqlite.running(key.key)
+                answer = await count(keys=places, args=[_number(now)])
+            assert answer == expected, f"step {step}: {call} {token} at {now!r}"
+            answers[call].append(answer)
+    finally:
+        await tables.close()
+    assert {True, False} <= set(answers["take"]), "takes found room, and found none"
+    assert {True, False} <= set(answers["renew"]), "renewals found their place, and found it gone"
+    assert {0, limit} <= set(answers["count"]), "the key was at its bound at times, and idle at others"

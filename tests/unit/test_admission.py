@@ -230,6 +230,8 @@ async def test_a_key_at_its_bound_waits_while_another_key_runs_beside_it() -> No
     assert admission.running == 2
     report = admission.snapshot()
     assert [w.caller.name for w in report[1]] == ["bounded"], "it counts as waiting"
+    assert admission.waiting_of("bounded") == 1, "and /usage reports it waiting"
+    assert admission.waiting_of(B.name) == 0
 
     first.release()
     await settled(second.done, "the second request goes once the first is done")

@@ -514,6 +514,8 @@ def _every_member(state: SharedState) -> dict[str, Callable[[], Awaitable[object
         "expire": lambda: state.store.expire(0, Caps(max_sessions=10, max_per_key=10)),
         "enforce_image_budget": lambda: state.store.enforce_image_budget(0),
         "acquire": lambda: state.turns.acquire("", "s"),
+        "concurrency.acquire": lambda: state.concurrency.acquire("k", 1),
+        "concurrency.running": lambda: state.concurrency.running("k"),
         "limiter": lambda: state.limiter.check("k", 3),
         "quota.check": lambda: state.quota.check(alice),
         "quota.charge": lambda: state.quota.charge(alice, 5),
@@ -553,7 +555,7 @@ async def test_with_redis_stopped_every_member_fails_closed_and_after_a_restart_
         assert metrics.registry.get_sample_value("minato_redis_up") == 1
         for name, call in _every_member(state).items():
             result = await call()
-            if name == "acquire":
+            if name.endswith("acquire"):
                 result.release()  # type: ignore[attr-defined]
         assert (await state.limiter.check("fresh", 3)).wait == 0
 
@@ -576,6 +578,8 @@ async def test_a_redis_that_stopped_answering_fails_closed_within_its_timeout(re
                 await asyncio.wait_for(state.store.get("", "s"), PATIENCE)
             with pytest.raises(StateUnavailableError):
                 await asyncio.wait_for(state.turns.acquire("", "s"), PATIENCE)
+            with pytest.raises(StateUnavailableError):
+                await asyncio.wait_for(state.concurrency.acquire("k", 1), PATIENCE)
             assert await asyncio.wait_for(state.health.ping(), PATIENCE) is not None
         finally:
             os.kill(pid, signal.SIGCONT)
@@ -608,7 +612,7 @@ async def test_a_redis_restarted_while_nothing_talked_to_it_answers_the_very_nex
 
         for name, call in _every_member(state).items():
             result = await call()
-            if name == "acquire":
+            if name.endswith("acquire"):
                 result.release()  # type: ignore[attr-defined]
         sessions = await asyncio.gather(*(state.store.get("", f"s{n}") for n in range(4)))
 

@@ -241,6 +241,10 @@ class Admission:
             if waiter.future is not None:  # always: only waiters with a future are in the fair queue
                 waiter.future.set_result(None)
 
+    def waiting_of(self, name: str) -> int:
+        """How many generations of the key named ``name`` wait in this process now."""
+        return self._by_key.get(name, 0)
+
     def snapshot(self) -> tuple[list[Running], list[Waiting]]:
         """What runs and what waits in this process now; the waiting in the order they would be served
         (those still waiting for a place of their key last, in arrival order)."""

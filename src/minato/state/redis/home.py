@@ -7,11 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from minato.state.concurrency import LocalKeyConcurrency
 from minato.state.protocols import SharedState
 from minato.state.redis.conversations import RedisStore
 from minato.state.redis.limits import RedisAffinity, RedisHealth, RedisQuota, RedisRateLimiter
 from minato.state.redis.link import Link, connect
+from minato.state.redis.places import redis_places
 from minato.state.redis.turns import redis_turns
 from minato.state.redis.usage import RedisUsage
 from minato.state.usage import WriteBehind
@@ -32,6 +32,7 @@ async def open_redis_state(settings: Settings, metrics: Metrics) -> AsyncIterato
     client = connect(settings)
     link = Link(client, settings, metrics)
     turns = redis_turns(link, settings)
+    places = redis_places(link, settings)
     health = RedisHealth(link)
     usage = WriteBehind(RedisUsage(link), failed=metrics.usage_unwritten.inc)
     watching = asyncio.get_running_loop().create_task(health.watch(), name="minato-redis-health")
@@ -43,13 +44,14 @@ async def open_redis_state(settings: Settings, metrics: Metrics) -> AsyncIterato
             quota=RedisQuota(link),
             affinity=RedisAffinity(link, settings),
             health=health,
-            concurrency=LocalKeyConcurrency(),
+            concurrency=places,
             usage=usage,
         )
     finally:
         await usage.close()
         await cancel_and_wait(watching)
         await turns.close()
+        await places.close()
         await client.aclose()
 
 

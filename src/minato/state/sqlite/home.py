@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from minato.state.concurrency import LocalKeyConcurrency
 from minato.state.protocols import SharedState
 from minato.state.sqlite.limits import SqliteAffinity, SqliteHealth, SqliteQuota, SqliteRateLimiter
+from minato.state.sqlite.places import sqlite_places
 from minato.state.sqlite.tables import BUSY_TIMEOUT_SECONDS, Tables
 from minato.state.sqlite.turns import sqlite_turns
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class SqliteState:
-    """The state of the workers sharing one SQLite file: turn leases, rate limits, quotas, affinity.
+    """The state of the workers sharing one SQLite file: turn leases, keys' places, rate limits, quotas, affinity.
 
     ``clock`` (the wall clock, which every worker of the machine shares) and ``sleep`` are for tests.
     """
@@ -37,6 +37,7 @@ class SqliteState:
     ) -> None:
         self._tables = Tables(path, busy_timeout, clock)
         self.turns = sqlite_turns(self._tables, settings.turn_lease, sleep)
+        self.concurrency = sqlite_places(self._tables, settings.turn_lease, sleep)
         self.limiter = SqliteRateLimiter(self._tables)
         self.quota = SqliteQuota(self._tables)
         self.affinity = SqliteAffinity(self._tables, settings.max_sessions, settings.session_ttl)
@@ -47,8 +48,9 @@ class SqliteState:
         await self._tables.open()
 
     async def close(self) -> None:
-        """Finish giving leases back, then close the connection."""
+        """Finish giving leases and places back, then close the connection."""
         await self.turns.close()
+        await self.concurrency.close()
         await self._tables.close()
 
     def shared(self, store: SessionStore, usage: UsageLedger) -> SharedState:
@@ -60,7 +62,7 @@ class SqliteState:
             quota=self.quota,
             affinity=self.affinity,
             health=self.health,
-            concurrency=LocalKeyConcurrency(),
+            concurrency=self.concurrency,
             usage=usage,
         )
 

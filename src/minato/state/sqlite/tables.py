@@ -1,7 +1,8 @@
 """The tables the workers of one machine share in the SQLite file, and the connection that reaches them.
 
 The conversations' file (``MINATO_SESSION_STORE``) also holds a conversation's turn lease, each
-key's token bucket and quota minutes, and session-to-backend affinity, in tables of their own
+key's places (:mod:`minato.state.sqlite.places`), token bucket and quota minutes, and session-to-backend
+affinity, in tables of their own
 (``state_*``: the conversations' schema and its migrations never see them). They are reached through
 a connection of their own (:class:`~minato.state.sqlite.database.Database`). Commits are
 ``synchronous=NORMAL``: a lease or a counter need not survive a power cut (a lease expires anyway);
@@ -35,6 +36,8 @@ UNAVAILABLE: Final = "the shared state in the embedded store cannot answer; try 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS state_leases (owner TEXT NOT NULL, session_id TEXT NOT NULL, "
     "token TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (owner, session_id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS state_places (key TEXT NOT NULL, token TEXT NOT NULL, "
+    "expires_at REAL NOT NULL, PRIMARY KEY (key, token)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS state_buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, "
     "last REAL NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS state_quota (key TEXT NOT NULL, minute INTEGER NOT NULL, "
@@ -55,7 +58,7 @@ class Tables:
         self._database = Database(path, "minato-state", create_private, setup)
 
     async def open(self) -> None:
-        """Connect, and create the state's tables if they are missing; drop leases long expired."""
+        """Connect, and create the state's tables if they are missing; drop leases and places expired."""
         try:
             await self._database.open()
         except sqlite3.Error as exc:
@@ -87,6 +90,7 @@ def _prepare(db: sqlite3.Connection, *, busy_timeout: float, now: Callable[[], f
         for statement in _SCHEMA:
             db.execute(statement)
         db.execute("DELETE FROM state_leases WHERE expires_at < ?", (now(),))
+        db.execute("DELETE FROM state_places WHERE expires_at <= ?", (now(),))
 
     immediately(db, create)
 

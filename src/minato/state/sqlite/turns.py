@@ -58,7 +58,7 @@ class SqliteLeaseStore:
 
 def sqlite_turns(tables: Tables, lease: float, sleep: Sleep | None = None) -> Leases:
     """One turn at a time per conversation, across the workers sharing the file."""
-    store: LeaseStore = SqliteLeaseStore(tables, lease)
+    store: LeaseStore[tuple[str, str]] = SqliteLeaseStore(tables, lease)
     return Leases(store, lease) if sleep is None else Leases(store, lease, sleep=sleep)
 
 

@@ -44,12 +44,10 @@ _get = partial(get, tags=["usage"])
 def _sources(request: Request[Any, Any, Any]) -> UsageSources:
     runtime = runtime_of(request)
     state = runtime.state
-    return UsageSources(state.usage, runtime.quota, runtime.limiter, state.concurrency, _waiting)
-
-
-def _waiting(caller: Caller) -> int:
-    """A key's generations waiting in this process's queue (the queue does not tell them apart by key)."""
-    return 0
+    admission = runtime.admission
+    return UsageSources(
+        state.usage, runtime.quota, runtime.limiter, state.concurrency, lambda caller: admission.waiting_of(caller.name)
+    )
 
 
 def _everyone(keyring: Keyring) -> dict[str, Caller]:
