@@ -19,7 +19,7 @@ class RunningGeneration(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     """The name of the key it runs for (``anonymous`` without keys)."""
     backend: str
-    """The backend it went to (``host:port``); empty until it is routed."""
+    """The backend it went to (``host:port``); empty until Ollama's answer begins (it is learnt from the answer)."""
     seconds: float
     """Seconds since it took its slot."""
 
