@@ -120,7 +120,8 @@ _CONTEXT_HEAD: Final = (128006, 9125, 128007)
 Handler = Callable[[web.BaseRequest, bytes], Awaitable[web.StreamResponse]]
 
 
-_BODY_KEY = "standin.body"
+#: A typed key: aiohttp warns about a plain string (NotAppKeyWarning), which the suite turns into an error.
+_BODY_KEY: Final = web.RequestKey("standin.body", bytes)
 
 
 async def body_of(request: web.BaseRequest) -> bytes:
@@ -128,8 +129,7 @@ async def body_of(request: web.BaseRequest) -> bytes:
     Ollama sets no limit on a request body, and aiohttp's ``read()`` refuses more than 1 MiB."""
     if _BODY_KEY not in request:
         request[_BODY_KEY] = await request.content.read() if request.body_exists else b""
-    body: bytes = request[_BODY_KEY]
-    return body
+    return request[_BODY_KEY]
 
 
 def _token(i: int) -> str:
