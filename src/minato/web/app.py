@@ -28,7 +28,7 @@ from minato.web.api.common import before_handler
 from minato.web.auth import PUBLIC, Guard, make_caller_provider, make_guard
 from minato.web.doors import DOOR_HANDLERS
 from minato.web.keywatch import KeyWatch
-from minato.web.limit_headers import RATE_LIMIT_HEADERS, SERVER_TIMING, LimitHeaders
+from minato.web.limit_headers import RATE_LIMIT_HEADERS, SERVER_TIMING, add_limit_headers
 from minato.web.limits import BodyTimeout, QueryLengthLimit
 from minato.web.middleware import RequestLogMiddleware
 from minato.web.openapi import document_routes
@@ -157,9 +157,8 @@ def create_app(
     attach(app, slot)
     app.state.keywatch = keywatch  # minato serve's SIGHUP handler asks it (minato.server.serving)
     document_routes(app)
-    limited = LimitHeaders(app.asgi_handler)
-    bounded = BodyTimeout(QueryLengthLimit(limited, settings.max_query_chars), settings.body_timeout)
-    app.asgi_handler = RequestLogMiddleware(bounded, metrics)
+    bounded = BodyTimeout(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), settings.body_timeout)
+    app.asgi_handler = RequestLogMiddleware(bounded, metrics, on_head=add_limit_headers)
     return app
 
 

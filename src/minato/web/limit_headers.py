@@ -1,7 +1,8 @@
 """The headers every generation response carries: the calling key's limits as OpenAI reports them
 (``x-ratelimit-*``), and where the time went (``Server-Timing``).
 
-They are rendered in one place, this ASGI layer, for Minato's own generation routes and every door
+They are rendered in one place (:func:`add_limit_headers`, called on each response head by the request
+log's ``send``), for Minato's own generation routes and every door
 alike, from what the request already knows: the guard (:mod:`minato.web.auth`) leaves where the key's
 request bucket and token quota stood in the scope's state, and the request's record
 (:class:`~minato.observability.record.RequestRecord`) holds its timings. Nothing is asked of the shared
@@ -29,9 +30,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
-from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
+from litestar.types import HTTPResponseStartEvent, Scope
 
 from minato.observability.record import RECORD_KEY
 from minato.state.windows import BUCKET_SECONDS, WINDOW_MINUTES
@@ -123,28 +123,11 @@ def server_timing(record: RequestRecord, clock: Callable[[], float] = time.perf_
     return b"queue;dur=%.1f, minato;dur=%.1f, ollama;dur=%.1f" % (queue * 1000, own * 1000, ollama * 1000)
 
 
-class LimitHeaders:
-    """Adds the headers to the head of every generation response (and the limits to every 429 the
-    guard raised). It wraps ``send`` only to look at the head: a stream's body chunks go to the
-    server's own ``send`` without passing here (see :data:`minato.web.middleware.BODY_SEND_KEY`)."""
+def add_limit_headers(scope: Scope, message: HTTPResponseStartEvent) -> None:
+    """Add the headers to the head of a generation response (and the limits to a 429 the guard raised).
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                _add_headers(scope, message)
-            await send(message)
-
-        await self.app(scope, receive, send_with_limits)
-
-
-def _add_headers(scope: Scope, message: HTTPResponseStartEvent) -> None:
+    The request log's ``send`` calls it on every response head (its ``on_head``). A stream's body
+    chunks do not pass here (see :data:`minato.web.middleware.BODY_SEND_KEY`)."""
     handler: BaseRouteHandler | None = scope.get("route_handler")
     if handler is None:  # no route matched: nothing was generated, nothing was limited
         return
@@ -169,7 +152,7 @@ __all__ = [
     "GENERATES",
     "RATE_LIMIT_HEADERS",
     "SERVER_TIMING",
-    "LimitHeaders",
+    "add_limit_headers",
     "duration",
     "rate_limit_headers",
     "server_timing",

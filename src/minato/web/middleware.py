@@ -8,11 +8,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import structlog
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseStartEvent, HTTPScope, Message, Receive, Scope, Send
 
 from minato.observability.record import RECORD_KEY, RequestRecord
 
@@ -34,6 +35,9 @@ _VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 logger = structlog.get_logger("minato.access")
 
+#: Sees a response head (and may add headers) before it leaves.
+OnHead = Callable[[Scope, HTTPResponseStartEvent], None]
+
 
 class RequestLogMiddleware:
     """Outermost ASGI layer: request id in and out, one log line per request.
@@ -41,11 +45,16 @@ class RequestLogMiddleware:
     It wraps the whole Litestar handler stack (routing errors included) so the line carries the
     status the client really got, and it only writes the line once the body has been sent, so a
     stream's duration covers the whole stream.
+
+    ``on_head`` sees every response head before it leaves (the app adds the limit and timing headers
+    there: :func:`minato.web.limit_headers.add_limit_headers`); one wrapper of ``send`` for both, as a
+    layer of its own would cost an ASGI hop per request.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, on_head: OnHead | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.on_head = on_head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -66,12 +75,15 @@ class RequestLogMiddleware:
         header = (REQUEST_ID_HEADER, request_id.encode())
 
         metrics = self.metrics
+        on_head = self.on_head
         in_flight = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, in_flight
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if on_head is not None:
+                    on_head(scope, message)
                 message["headers"] = [*message.get("headers", ()), header]
                 if record.streaming and metrics is not None:
                     metrics.streams_in_flight.inc()
