@@ -1,7 +1,7 @@
 """Who may call Minato: API keys with two roles, model scopes, per-key rate limits and token quotas
 (kept by the shared state, :mod:`minato.state`), and the safe-by-default rule.
 
-Keys are kept only as SHA-256 digests and compared in constant time against every configured key;
+Keys are kept only as SHA-256 digests, and a presented key is looked up by its digest;
 logs and metrics carry the key's name (from the keys file) or a short fingerprint of its digest,
 never a key.
 """
