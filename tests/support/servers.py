@@ -201,6 +201,21 @@ def http(minato: MinatoServer) -> Iterator[httpx.Client]:
         yield client
 
 
+def answers_from_both_workers(
+    server: MinatoServer, send: Callable[[], int], route: str, batch: int, batches: int = 5
+) -> tuple[list[int], bool]:
+    """Send ``batch`` requests at a time (each on a connection of its own, by ``send``, which returns the
+    status) until each of the two workers answered some of them, ``batches`` at most: the statuses, and
+    whether both did. Which worker accepts a connection is the kernel's choice, and on a busy machine
+    one may take a whole batch; a bounded number of batches makes both answering all but certain."""
+    statuses: list[int] = []
+    for _ in range(batches):
+        statuses += [send() for _ in range(batch)]
+        if both_workers_answered(server, route, len(statuses)):
+            return statuses, True
+    return statuses, False
+
+
 def both_workers_answered(server: MinatoServer, route: str, total: int) -> bool:
     """Whether each worker answered some of ``route``'s ``total`` requests: one of them (its own
     ``/metrics``, on a connection of its own) counts more than none and less than all."""
