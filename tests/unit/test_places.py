@@ -24,6 +24,7 @@ from minato.state.protocols import HeldTurn
 from minato.state.sqlite.home import SqliteState
 from minato.state.sqlite.places import SqlitePlaceStore
 from tests.support.clocks import ManualClock
+from tests.support.holding import cancel_while_holding
 from tests.unit.test_state import _workers
 
 pytestmark = pytest.mark.anyio
@@ -244,21 +245,7 @@ async def test_a_place_taken_though_its_answer_was_lost_is_given_back(
 async def test_a_place_is_given_back_even_when_its_request_is_cancelled(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with _workers(path, 1) as (one,):
-        started = asyncio.Event()
-
-        async def request() -> None:
-            held = await one.concurrency.acquire("k", 1)
-            try:
-                started.set()
-                await asyncio.sleep(30)
-            finally:
-                held.release()
-
-        running = asyncio.ensure_future(request())
-        await asyncio.wait_for(started.wait(), PATIENCE)
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
+        await cancel_while_holding(lambda: one.concurrency.acquire("k", 1), PATIENCE)
         await _settled(one)
 
         assert _places(path) == []

@@ -17,6 +17,7 @@ from minato.errors import StateUnavailableError
 from minato.state.places import SharedKeyConcurrency
 from minato.state.protocols import HeldTurn, SharedState
 from minato.state.redis.link import PREFIX
+from tests.support.holding import cancel_while_holding
 from tests.support.redis_server import RedisServer
 from tests.unit.test_redis_state import PATIENCE, _eventually, _polled, _replica
 
@@ -185,21 +186,7 @@ async def test_a_cancelled_wait_for_a_place_leaves_nothing_held(redis_url: str, 
 
 async def test_a_cancelled_request_still_gives_its_place_back(redis_url: str, raw: Redis) -> None:
     async with _replica(redis_url) as one, _replica(redis_url) as two:
-        holding = asyncio.Event()
-
-        async def request() -> None:
-            held = await one.concurrency.acquire("k", 1)
-            try:
-                holding.set()
-                await asyncio.sleep(3600)
-            finally:
-                held.release()
-
-        task = asyncio.create_task(request())
-        await holding.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_while_holding(lambda: one.concurrency.acquire("k", 1), PATIENCE)
 
         (await asyncio.wait_for(two.concurrency.acquire("k", 1), PATIENCE)).release()  # the lease is 30 s
         await _gone(raw)

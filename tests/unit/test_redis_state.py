@@ -23,6 +23,7 @@ from minato.state.conversations import Bounds, Caps, StoredMessage
 from minato.state.protocols import SharedState
 from minato.state.redis.home import open_redis_state
 from minato.state.windows import Standing
+from tests.support.holding import cancel_while_holding
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -402,21 +403,7 @@ async def test_a_lease_found_lost_while_renewing_is_logged(redis_url: str, raw: 
 
 async def test_a_cancelled_request_still_releases_its_turn(redis_url: str) -> None:
     async with _replica(redis_url) as one, _replica(redis_url) as two:
-        holding = asyncio.Event()
-
-        async def request() -> None:
-            held = await one.turns.acquire("", "s")
-            try:
-                holding.set()
-                await asyncio.sleep(3600)
-            finally:
-                held.release()
-
-        task = asyncio.create_task(request())
-        await holding.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_while_holding(lambda: one.turns.acquire("", "s"), PATIENCE)
 
         (await asyncio.wait_for(two.turns.acquire("", "s"), PATIENCE)).release()  # the lease is 30 s
 

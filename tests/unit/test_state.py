@@ -34,6 +34,7 @@ from minato.state.sqlite.turns import SqliteLeaseStore
 from minato.state.usage import MemoryUsage
 from minato.state.windows import Standing
 from tests.support.clocks import ManualClock
+from tests.support.holding import cancel_while_holding
 
 pytestmark = pytest.mark.anyio
 QUOTA_CALLER = Caller(fingerprint="f00d", role=Role.USER, name="q", tokens_per_day=10)
@@ -255,21 +256,7 @@ async def test_a_cancelled_wait_for_a_lease_holds_nothing(tmp_path: Path) -> Non
 async def test_a_lease_is_given_back_even_when_its_request_is_cancelled(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with _workers(path, 1) as (one,):
-        started = asyncio.Event()
-
-        async def request() -> None:
-            held = await one.turns.acquire("o", "s")
-            try:
-                started.set()
-                await asyncio.sleep(30)
-            finally:
-                held.release()
-
-        running = asyncio.ensure_future(request())
-        await asyncio.wait_for(started.wait(), timeout=2)
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
+        await cancel_while_holding(lambda: one.turns.acquire("o", "s"), 2)
         await _settled(one)
 
         assert _leases(path) == []
