@@ -209,11 +209,11 @@ async def whole_answer(generation: Generation) -> GenerateResponse:
             record.sent = sent
         chunk = await parts.watch.until(parts.upstream.chat(chat, affinity=_affinity(lease)))
         parts.usage.began()
-        if record is not None:
-            record.ollama_seconds = time.perf_counter() - sent
+        ollama_seconds = time.perf_counter() - sent
         await lease.commit(chunk.message.content)
         stats = GenerationStats.from_chunk(chunk)
         if record is not None:
+            record.ollama_seconds = ollama_seconds
             record.note_answer(chunk.eval_count, stats.tokens_per_second)
             record.prompt_tokens = chunk.prompt_eval_count
             record.backend = chunk.backend
