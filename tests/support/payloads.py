@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -154,6 +155,35 @@ class Pieces(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+class Held(httpx.AsyncByteStream):
+    """A response body whose ``first`` pieces are sent at once and the ``rest`` only after :meth:`release`.
+
+    On a socket, pieces written back to back may arrive in one read; holding the rest back until the
+    test has seen what Minato made of the first part keeps a boundary the test depends on.
+    """
+
+    def __init__(self, first: tuple[bytes, ...], rest: tuple[bytes, ...]) -> None:
+        self.first, self.rest = first, rest
+        self._released = threading.Event()
+        self._wake: Callable[[], object] | None = None
+
+    def release(self) -> None:
+        """Send the rest (callable from any thread: the server serving it runs on its own)."""
+        self._released.set()
+        if self._wake is not None:
+            self._wake()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.first:
+            yield piece
+        go, loop = asyncio.Event(), asyncio.get_running_loop()
+        self._wake = lambda: loop.call_soon_threadsafe(go.set)
+        if not self._released.is_set():  # released before the wake-up was in place: go on
+            await go.wait()
+        for piece in self.rest:
+            yield piece
 
 
 def split_every(data: bytes, sizes: tuple[int, ...]) -> list[bytes]:
