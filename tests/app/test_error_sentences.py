@@ -42,10 +42,10 @@ def assert_no_library_words(text: str) -> None:
         assert words not in text
 
 
-async def test_a_refused_port_on_loopback_is_named_and_aiohttps_text_is_only_logged() -> None:
+async def test_a_refused_port_on_loopback_is_named_and_the_sockets_text_is_only_logged() -> None:
     url = refused_url()
     settings = Settings(ollama_url=url, session_store="memory://", ollama_probe_interval=0)
-    app = create_app(settings)  # the real aiohttp transport
+    app = create_app(settings)  # the real engine
 
     with capture_logs() as events:
         async with AsyncTestClient(app=app) as client:
@@ -57,7 +57,7 @@ async def test_a_refused_port_on_loopback_is_named_and_aiohttps_text_is_only_log
     # One line per failed call: the model list the catalog asked for, then the chat itself.
     logged = [event for event in events if event["event"] == "ollama_connection_failed"]
     assert logged
-    assert all("Cannot connect to host" in event["error"] and event["ollama_url"] == url for event in logged)
+    assert all("Connect call failed" in event["error"] and event["ollama_url"] == url for event in logged)
 
 
 async def test_ready_gives_the_same_sentence_for_a_refused_port() -> None:
