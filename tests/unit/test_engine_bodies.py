@@ -10,7 +10,7 @@ import pytest
 
 from minato.errors import MinatoError, OllamaConnectionLostError, OllamaTimeoutError
 from minato.upstream.engine.connections import Connections
-from minato.upstream.engine.exchange import Exchange
+from minato.upstream.engine.exchange import PULL_HIGH_WATER, Exchange
 from tests.support.wire_server import CHUNKED_HEAD, Peer, WireServer, answer
 
 pytestmark = pytest.mark.anyio
@@ -319,3 +319,22 @@ async def test_close_after_the_end_keeps_the_connection(connections: Connections
     exchange.close()
     assert len(connections.lane(server.origin).idle) == 1
     assert not peer.ended.is_set()
+
+
+async def test_a_pulled_body_nobody_reads_stops_the_socket_being_read(
+    connections: Connections, server: WireServer
+) -> None:
+    exchange, peer = await opened(connections, server)
+    piece = b"y" * 65536
+    while not peer.write_paused.is_set():  # nobody reads: the engine stops reading past its high water
+        peer.chunk(piece)
+        await asyncio.sleep(0)
+    held = exchange._buffered
+    assert held <= PULL_HIGH_WATER + 256 * 1024  # one socket read past the high water at most; the rest waits
+
+    while not peer.write_resumed.is_set():  # reading resumes once the reader takes what is buffered
+        assert await exchange.read_some()
+    peer.last_chunk()
+    while await exchange.read_some():
+        pass
+    assert exchange._complete
