@@ -62,7 +62,7 @@ class Fleet:
         self.served[label].down()
 
     def reset(self) -> None:
-        """Forget every backend's calls (respx's ``router.reset()``)."""
+        """Forget every backend's calls (a mock router's ``reset()``)."""
         for served in self.served.values():
             served.reset()
 
