@@ -16,21 +16,14 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from bench.common import FULL, QUICK, Plan
+from bench.concurrency import concurrency_rows
+from bench.core import answer_rows, door_rows, relay_rows
+from bench.pool import pool_rows
 from bench.processes import Server, machine_info, raise_fd_limit, run_minato
 from bench.profile import Profiler
+from bench.references import paced_rows, whole16_rows
 from bench.report import Row, render_text, write_markdown
-from bench.scenarios import (
-    FULL,
-    QUICK,
-    Plan,
-    answer_rows,
-    concurrency_rows,
-    door_rows,
-    paced_rows,
-    pool_rows,
-    relay_rows,
-    whole16_rows,
-)
 from tests.support.standin.process import run_standin
 
 PARTS: Final = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bench.concurrency import peak_streaming
 from bench.load import Result
 from bench.processes import NGINX_CONF
 from bench.profile import EVENT_LOOP, Run, _owner, _parse, _summary
-from bench.scenarios import _peak_streaming
 
 ROOT = "<module> (minato/__main__.py:4);run (uvicorn/main.py:580);Runner.run (asyncio/runners.py:118)"
 
@@ -63,9 +63,9 @@ def test_summary_of_a_run_without_samples_says_why() -> None:
 
 def test_peak_streaming_counts_streams_between_first_token_and_end() -> None:
     overlapping = [_result(0.0, 2.0), _result(1.0, 3.0), _result(1.5, 2.5)]
-    assert _peak_streaming(overlapping) == 3
+    assert peak_streaming(overlapping) == 3
     one_after_another = [_result(0.0, 1.0), _result(1.0, 2.0), _result(2.0, 3.0)]
-    assert _peak_streaming(one_after_another) == 1
+    assert peak_streaming(one_after_another) == 1
 
 
 def test_nginx_config_writes_only_inside_its_own_directory(tmp_path: Path) -> None:

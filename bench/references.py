@@ -1,0 +1,258 @@
+"""The references: paced tokens through nginx, the floor relay, the bare relay and Minato; whole answers
+at 16 clients against the floor and the bare relay."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
+
+from bench.common import (
+    MS,
+    SHORT_MODEL,
+    TARGET_P99_RATIO,
+    TURNS_PER_SESSION,
+    Plan,
+    Tally,
+    checked,
+    closed_loop,
+    log,
+)
+from bench.concurrency import Burst
+from bench.load import (
+    Pool,
+    burst,
+    chat_request,
+    get_request,
+    percentile,
+)
+from bench.pool import conversation_turns
+from bench.processes import NGINX, cpu_seconds, run_bare_relay, run_minato, run_nginx
+from bench.profile import Profiler
+from bench.report import Row
+
+__all__ = ["paced_rows", "whole16_rows"]
+
+# -- the references: nginx and the bare relay (issue #13) --------------------------------------------
+
+PACED: Final = Burst(count=200, tokens=100, gap_s=0.020, rss_target_mb=math.inf, timeout_s=60.0)
+TARGET_NGINX_RATIO: Final = 1.5
+NGINX_LABEL: Final = "nginx POST /api/chat"
+BARE_STREAM: Final = "bare relay GET /stream"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One server and route taking part in a comparison; ``server`` ``None`` is the stand-in itself."""
+
+    label: str
+    port: int
+    pid: int | None
+    route: str  # "stream" (GET /stream/{model}) or "chat" (POST /api/chat)
+    minato: bool = False
+
+    def request(self, model: str) -> bytes:
+        if self.route == "stream":
+            return get_request(self.port, f"/stream/{model}?message=hi")
+        return chat_request(self.port, model, stream=True)
+
+
+async def _paced_round(subject: Subject, tally: Tally) -> None:
+    cpu_before = cpu_seconds(subject.pid) if subject.pid else 0.0
+    part = await burst(subject.port, subject.request(PACED.model), PACED.count, PACED.timeout_s)
+    tally.add(part, cpu_seconds(subject.pid) - cpu_before if subject.pid else 0.0)
+
+
+def _paced_table(scenario: str, subjects: list[Subject], tallies: dict[str, Tally]) -> list[Row]:
+    def per_token(label: str) -> float:
+        tally = tallies.get(label)
+        count = tally.sample.count if tally else 0
+        return tally.cpu_s / (count * PACED.tokens) * 1e6 if tally and count else math.nan
+
+    measured = [s for s in subjects if s.pid is not None]
+    rows = [Row(scenario, f"{s.label}: CPU per relayed token", per_token(s.label), "µs") for s in measured]
+    nginx = per_token(NGINX_LABEL)
+    for subject in measured:
+        if subject.label == NGINX_LABEL:
+            continue
+        ratio = per_token(subject.label) / nginx
+        rows.append(
+            Row(
+                scenario,
+                f"{subject.label}: CPU per token / nginx's",
+                ratio,
+                "ratio",
+                target=f"≤ {TARGET_NGINX_RATIO:g}x" if subject.minato else "",
+                passed=ratio <= TARGET_NGINX_RATIO if subject.minato and not math.isnan(ratio) else None,
+            )
+        )
+    d99 = percentile(tallies["direct"].sample.totals(), 0.99)
+    for subject in measured:
+        m99 = percentile(tallies[subject.label].sample.totals(), 0.99)
+        rows.append(
+            Row(
+                scenario,
+                f"{subject.label}: p99 completion",
+                m99,
+                "s",
+                d99,
+                target=f"≤ {TARGET_P99_RATIO:g}x direct" if subject.minato else "",
+                passed=m99 <= TARGET_P99_RATIO * d99 if subject.minato else None,
+            )
+        )
+    for subject in subjects:
+        errors = tallies[subject.label].sample.errors
+        if subject.minato or errors:  # the references' errors only when there are some
+            rows.append(
+                Row(
+                    scenario,
+                    f"{subject.label}: errors",
+                    errors,
+                    "count",
+                    target="0" if subject.minato else "",
+                    passed=errors == 0 if subject.minato else None,
+                )
+            )
+    return rows
+
+
+async def paced_rows(standin_url: str, plan: Plan, profiler: Profiler | None) -> list[Row]:
+    """200 streams of 100 tokens paced 20 ms apart, direct and through nginx, the bare relay and Minato.
+
+    Each server's CPU (all its processes) per relayed token; Minato's two stream routes against
+    nginx's, and their p99 completion against direct. The subjects take turns, in rotating order,
+    :attr:`Plan.paced_rounds` times; each turn is one burst of all 200 streams.
+    """
+    standin_port = urlsplit(standin_url).port
+    assert standin_port is not None
+    scenario = (
+        f"paced tokens: {PACED.count} streams x {PACED.tokens} tokens, {PACED.gap_s * 1000:.0f} ms apart"
+        f" (ideal {PACED.ideal_s:g} s)"
+    )
+    with contextlib.ExitStack() as stack:
+        subjects = [Subject("direct", standin_port, None, "chat")]
+        try:
+            nginx = stack.enter_context(run_nginx(standin_port))
+            subjects.append(Subject(NGINX_LABEL, nginx.port, nginx.pid, "chat"))
+        except FileNotFoundError:
+            log(f"{scenario}: no nginx at {NGINX}; its rows read n/a")
+        relay = stack.enter_context(run_bare_relay(standin_url))
+        minato = stack.enter_context(run_minato(standin_url, "warning"))
+        subjects += [
+            Subject(BARE_STREAM, relay.port, relay.pid, "stream"),
+            Subject("bare relay POST /api/chat", relay.port, relay.pid, "chat"),
+            Subject("Minato GET /stream", minato.port, minato.pid, "stream", minato=True),
+            Subject("Minato POST /api/chat", minato.port, minato.pid, "chat", minato=True),
+        ]
+        for subject in subjects:  # first-call costs (imports, pools) outside the measured turns
+            checked(await burst(subject.port, subject.request(SHORT_MODEL), 20, PACED.timeout_s), subject.port)
+        tallies = {subject.label: Tally() for subject in subjects}
+        for round_ in range(plan.paced_rounds):
+            shift = round_ % len(subjects)
+            for subject in subjects[shift:] + subjects[:shift]:
+                log(f"{scenario}: round {round_ + 1} of {plan.paced_rounds}, {subject.label}")
+                await _paced_round(subject, tallies[subject.label])
+        if profiler is not None:
+            for subject in subjects:
+                if subject.minato:
+                    log(f"{scenario}: profiling {subject.label}")
+                    async with profiler.record(f"{scenario}: {subject.label}", minato.pid) as run:
+                        part = await burst(subject.port, subject.request(PACED.model), PACED.count, PACED.timeout_s)
+                    run.units, run.unit = part.count * PACED.tokens, "token"
+    rows = _paced_table(scenario, subjects, tallies)
+    if not any(s.label == NGINX_LABEL for s in subjects):
+        rows.insert(0, Row(scenario, f"{NGINX_LABEL}: CPU per relayed token", math.nan, "µs", missing=f"no {NGINX}"))
+    return rows
+
+
+WHOLE_CLIENTS: Final = 16
+BENCH_KEY: Final = "minato-bench-key"  # a user key of the benchmark's own Minato, on loopback only
+HIGH_RATE: Final = 1_000_000_000  # per minute: the limit is checked on every request and never reached
+TARGET_BARE_RATIO: Final = 0.9
+DEFAULT_FEATURES: Final = {"MINATO_API_KEYS": BENCH_KEY, "MINATO_RATE_LIMIT_PER_MINUTE": str(HIGH_RATE)}
+AUTH: Final = {"Authorization": f"Bearer {BENCH_KEY}"}
+_REQUEST_LINE: Final = re.compile(rb'"event": ?"request"')
+
+
+async def whole16_rows(standin_url: str, plan: Plan, profiler: Profiler | None) -> list[Row]:
+    """Whole answers at 16 clients: Minato with its default features on against the bare relay.
+
+    Minato logs at info (one request line each), keeps its metrics, requires a key (sent by the
+    load generator) and checks a rate limit set too high to refuse anything. The two take
+    :attr:`Plan.whole_rounds` turns of :attr:`Plan.whole_leg_s` each, alternating which goes first.
+    """
+    standin_port = urlsplit(standin_url).port
+    assert standin_port is not None
+    scenario = f"whole answer (20 tok), {WHOLE_CLIENTS} clients: Minato's default features vs the bare relay"
+    log(f"{scenario}: direct")
+    direct_raw = chat_request(standin_port, SHORT_MODEL, stream=False)
+    direct = await closed_loop(standin_port, direct_raw, WHOLE_CLIENTS, 2 * plan.whole_leg_s, plan, None)
+    with contextlib.ExitStack() as stack:
+        minato = stack.enter_context(run_minato(standin_url, "info", DEFAULT_FEATURES))
+        relay = stack.enter_context(run_bare_relay(standin_url))
+        target = f"/{SHORT_MODEL}?message=hi"
+        legs = {
+            "Minato": (minato, get_request(minato.port, target, AUTH)),
+            "bare relay": (relay, get_request(relay.port, target)),
+        }
+        pools = {name: await Pool.open(server.port, WHOLE_CLIENTS) for name, (server, _) in legs.items()}
+        tallies = {name: Tally() for name in legs}
+        try:
+            for name, (_, raw) in legs.items():
+                await pools[name].warm(raw, per_client=20, max_seconds=plan.warm_s)
+            lines_before = len(_REQUEST_LINE.findall(minato.log_path.read_bytes()))
+            for round_ in range(plan.whole_rounds):
+                for name in list(legs) if round_ % 2 == 0 else list(legs)[::-1]:
+                    server, raw = legs[name]
+                    log(f"{scenario}: round {round_ + 1} of {plan.whole_rounds}, {name}")
+                    cpu_before = cpu_seconds(server.pid)
+                    part = await pools[name].run(raw, plan.whole_leg_s, plan.max_requests)
+                    tallies[name].add(checked(part, server.port), cpu_seconds(server.pid) - cpu_before)
+            log_lines = len(_REQUEST_LINE.findall(minato.log_path.read_bytes())) - lines_before
+            if profiler is not None:
+                for name, (server, raw) in legs.items():
+                    log(f"{scenario}: profiling {name}")
+                    # New connections: the measured ones may have outlived uvicorn's keep-alive timeout.
+                    profiled = await Pool.open(server.port, WHOLE_CLIENTS)
+                    try:
+                        async with profiler.record(f"{scenario}: {name} GET /{{model}}", server.pid) as run:
+                            run.units = (await profiled.run(raw, plan.profile_s, plan.max_requests)).count
+                    finally:
+                        profiled.close()
+                log(f"{scenario}: profiling Minato, conversation turns")
+                turns = f"conversation turn (20 tok, {TURNS_PER_SESSION}-turn sessions), 1 client"
+                async with profiler.record(f"{turns}, Minato's default features", minato.pid) as run:
+                    run.units = (
+                        await conversation_turns(minato, "profile", plan.profile_s, plan.max_requests, AUTH)
+                    ).count
+        finally:
+            for pool in pools.values():
+                pool.close()
+    m, b = tallies["Minato"], tallies["bare relay"]
+    ratio = m.sample.rate / b.sample.rate
+    d_rate, d_p50 = direct.sample.rate, percentile(direct.sample.totals(), 0.5) * MS
+    rows = [
+        Row(scenario, "Minato requests/s", m.sample.rate, "req/s", d_rate),
+        Row(scenario, "bare relay requests/s", b.sample.rate, "req/s", d_rate),
+        Row(
+            scenario,
+            "Minato / bare relay requests/s",
+            ratio,
+            "ratio",
+            target=f"≥ {TARGET_BARE_RATIO:g}x",
+            passed=ratio >= TARGET_BARE_RATIO,
+        ),
+        Row(scenario, "Minato CPU per request", m.cpu_s / m.sample.count * 1e6, "µs"),
+        Row(scenario, "bare relay CPU per request", b.cpu_s / b.sample.count * 1e6, "µs"),
+        Row(scenario, "Minato p50 latency", percentile(m.sample.totals(), 0.5) * MS, "ms", d_p50),
+        Row(scenario, "bare relay p50 latency", percentile(b.sample.totals(), 0.5) * MS, "ms", d_p50),
+        # Proof that the request log was on: one line per answer (0 would mean the level was not info).
+        Row(scenario, "Minato request log lines per request", log_lines / m.sample.count, "ratio"),
+    ]
+    errors = m.sample.errors + b.sample.errors
+    if errors:
+        rows.append(Row(scenario, "errors (Minato + bare relay)", errors, "count", target="0", passed=False))
+    return rows
