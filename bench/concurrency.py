@@ -78,7 +78,7 @@ SLOW: Final = Burst(count=1000, tokens=20, gap_s=0.050, rss_target_mb=TARGET_RSS
 # lasts 15 s, so all 5,000 are relaying together from the 10th second to the 15th if Minato sets
 # them up as fast as they arrive; a token every 3 s keeps this a test of holding streams (memory,
 # descriptors, caps) more than of relaying tokens, which the paced rows measure.
-MANY: Final = Burst(count=5000, tokens=6, gap_s=3.0, rss_target_mb=250.0, timeout_s=60.0, ramp_s=10.0)
+MANY: Final = Burst(count=5000, tokens=6, gap_s=3.0, rss_target_mb=TARGET_RSS_MB, timeout_s=60.0, ramp_s=10.0)
 RESERVED_FDS: Final = 64  # Minato's own reserve (minato.server.httpserver.RESERVED_FILES)
 
 
@@ -165,20 +165,23 @@ async def concurrency_rows(plan: Plan, profiler: Profiler | None) -> list[Row]:
     """1,000 slow streams (p99 against direct), then 5,000 at once (errors, RSS) on one Minato worker.
 
     They have their own stand-in, so no other row meets one that has just closed thousands of
-    connections. The Minato is told to admit them all (:func:`concurrency_settings`); the open-file
-    limit, raised to the hard one before any process started, must hold two sockets per stream.
+    connections. Each burst has a Minato of its own, started for it: the 5,000 streams' RSS is that of
+    a fresh process, not of one the 1,000 streams left grown. Each Minato is told to admit them all
+    (:func:`concurrency_settings`); the open-file limit, raised to the hard one before any process
+    started, must hold two sockets per stream.
     """
     many = replace(MANY, count=plan.many_streams)
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.ExitStack() as stack:
         standin = standin_process(stack)
-        minato = stack.enter_context(run_minato(standin.url, "warning", concurrency_settings(many.count)))
-        rows = await _burst_rows(standin, minato, SLOW, concurrency_held=False)
+        with run_minato(standin.url, "warning", concurrency_settings(SLOW.count)) as minato:
+            rows = await _burst_rows(standin, minato, SLOW, concurrency_held=False)
         if soft < _fds_needed(many.count):
             why = f"open-file limit {soft:,}, {_fds_needed(many.count):,} needed: raise ulimit -n"
             metrics: list[tuple[str, Unit]] = [("errors", "count"), ("Minato peak RSS", "MB")]
             return rows + unmeasured(many.scenario, metrics, why)
         await settle(standin.pid)
+        minato = stack.enter_context(run_minato(standin.url, "warning", concurrency_settings(many.count)))
         rows += await _burst_rows(standin, minato, many, concurrency_held=True)
         if profiler is not None:
             await settle(standin.pid)
