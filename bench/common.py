@@ -101,7 +101,9 @@ class Plan:
     whole_rounds: int  # turns of Minato and the bare relay in the 16-client whole-answer rows
     whole_leg_s: float  # one such turn
     many_streams: int  # the concurrency row's streams at once
-    profile_s: float  # each profiled run of a closed-loop load (--profile)
+    profile_s: float  # each profiled run of a closed-loop load (--profile, and the per-feature part's profile)
+    feature_rounds: int  # turns of each variant of the per-feature A/B runs
+    feature_leg_s: float  # one such turn
 
 
 FULL: Final = Plan(
@@ -121,6 +123,8 @@ FULL: Final = Plan(
     whole_leg_s=2.0,
     many_streams=5000,
     profile_s=10.0,
+    feature_rounds=8,
+    feature_leg_s=1.0,
 )
 QUICK: Final = Plan(
     latency_s=1.5,
@@ -139,6 +143,8 @@ QUICK: Final = Plan(
     whole_leg_s=1.5,
     many_streams=5000,
     profile_s=5.0,
+    feature_rounds=3,
+    feature_leg_s=0.5,
 )
 
 
