@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import statistics
 import tempfile
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -31,7 +30,7 @@ from bench.common import (
     median_of_pairs,
     standin_process,
 )
-from bench.load import REQUEST_TIMEOUT_S, Connection, Pool, Sample, connect_many, get_request
+from bench.load import REQUEST_TIMEOUT_S, Connection, Pool, Sample, get_request
 from bench.processes import Server, cpu_seconds, run_minato
 from bench.profile import Profiler
 from bench.report import Row
@@ -103,11 +102,27 @@ async def _session_leg(port: int, conns: list[Connection], seconds: float, round
     return sample
 
 
+async def _measured(server: Server, variant: Variant, round_: int, plan: Plan) -> tuple[float, int]:
+    """One turn on connections of its own (idle ones would outlive the server's keep-alive timeout while
+    the other variants take theirs): Minato's CPU µs per request, and the errors."""
+    pool = await Pool.open(server.port, CLIENTS)
+    try:
+        cpu_before = cpu_seconds(server.pid)
+        if variant.session:
+            sample = await _session_leg(server.port, pool.connections, plan.feature_leg_s, round_, plan)
+        else:
+            raw = get_request(server.port, f"/{SHORT_MODEL}?message=hi", variant.headers)
+            sample = await pool.run(raw, plan.feature_leg_s, plan.max_requests)
+        spent = cpu_seconds(server.pid) - cpu_before
+    finally:
+        pool.close()
+    return (spent / sample.count * 1e6 if sample.count else float("nan")), sample.errors
+
+
 @dataclass
 class _Leg:
     variant: Variant
     server: Server
-    run: Callable[[int], Awaitable[Sample]]  # one measured turn, given the round
     cpu_us: list[float] = field(default_factory=list)
     errors: int = 0
 
@@ -144,46 +159,21 @@ async def feature_rows(plan: Plan) -> list[Row]:
         spares = ",".join(standin_process(stack, "--models", SHORT_MODEL).url for _ in range(2))
         servers: dict[str, Server] = {}
         legs: list[_Leg] = []
-        pools: list[Pool] = []
         for variant in VARIANTS:
-            if variant.session:
-                server = servers["baseline"]
-                conns = await connect_many(server.port, CLIENTS)
-                pools.append(Pool(conns))
-
-                def run_session(
-                    round_: int, port: int = server.port, conns: list[Connection] = conns
-                ) -> Awaitable[Sample]:
-                    return _session_leg(port, conns, plan.feature_leg_s, round_, plan)
-
-                legs.append(_Leg(variant, server, run_session))
-                continue
-            url = loaded.url if variant.backends == 1 else f"{loaded.url},{spares}"
-            server = stack.enter_context(run_minato(url, variant.level, {**PARALLEL, **variant.settings}))
-            servers[variant.name] = server
-            pool = await Pool.open(server.port, CLIENTS)
-            pools.append(pool)
-            raw = get_request(server.port, f"/{SHORT_MODEL}?message=hi", variant.headers)
-
-            def run_plain(_: int, pool: Pool = pool, raw: bytes = raw) -> Awaitable[Sample]:
-                return pool.run(raw, plan.feature_leg_s, plan.max_requests)
-
-            legs.append(_Leg(variant, server, run_plain))
-        try:
-            for leg in legs:  # first-call costs outside the measured turns
-                await leg.run(-1)
-            for round_ in range(plan.feature_rounds):
-                shift = round_ % len(legs)
-                log(f"{scenario}: round {round_ + 1} of {plan.feature_rounds}")
-                for leg in legs[shift:] + legs[:shift]:
-                    cpu_before = cpu_seconds(leg.server.pid)
-                    sample = await leg.run(round_)
-                    spent = cpu_seconds(leg.server.pid) - cpu_before
-                    leg.cpu_us.append(spent / sample.count * 1e6 if sample.count else float("nan"))
-                    leg.errors += sample.errors
-        finally:
-            for pool in pools:
-                pool.close()
+            if not variant.session:
+                url = loaded.url if variant.backends == 1 else f"{loaded.url},{spares}"
+                settings = {**PARALLEL, **variant.settings}
+                servers[variant.name] = stack.enter_context(run_minato(url, variant.level, settings))
+            legs.append(_Leg(variant, servers["baseline"] if variant.session else servers[variant.name]))
+        for leg in legs:  # first-call costs outside the measured turns
+            await _measured(leg.server, leg.variant, -1, plan)
+        for round_ in range(plan.feature_rounds):
+            shift = round_ % len(legs)
+            log(f"{scenario}: round {round_ + 1} of {plan.feature_rounds}")
+            for leg in legs[shift:] + legs[:shift]:
+                cpu_us, errors = await _measured(leg.server, leg.variant, round_, plan)
+                leg.cpu_us.append(cpu_us)
+                leg.errors += errors
         log("per-feature cost: profiling the baseline")
         profiled = await _profiled(servers["baseline"], plan)
     return [*_ab_rows(scenario, legs), *profiled]

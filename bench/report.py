@@ -129,7 +129,7 @@ relay), `pool` (backends, failover, Redis), `slowreader` (one client reading a 1
 10x slower than the stand-in writes it), `features` (each feature's CPU per request), `concurrency`
 (1,000 slow streams, then 5,000). `--profile PATH` adds, after each of
 the paced, whole16 and concurrency parts' measurements, an unmeasured repeat of its load with
-`py-spy record` attached to Minato (and to the bare relay at 16 clients, and during conversation
+`py-spy record` attached to Minato (and to the floor and bare relays at 16 clients, and during conversation
 turns), and writes each run's top entries by own time, by total time and by owner (the innermost
 Minato source file on the stack, else Litestar or uvicorn), with CPU µs per request or token:
 the per-feature cost. py-spy is in the `bench` group (`make install`) and needs ptrace rights over
@@ -150,8 +150,8 @@ HOW_TO_READ: Final = """\
 - Load generator, stand-in and Minato share the machine's cores, so absolute figures move with
   the machine; the ratios to the direct run, and to nginx and the bare relay, are the part that
   carries over.
-- In the rows of nginx and the bare relay the **Minato** column holds *their* figure (the metric
-  says whose)."""
+- In the rows of nginx, the floor relay and the bare relay the **Minato** column holds *their*
+  figure (the metric says whose)."""
 
 HOW_REFERENCES: Final = """\
 - *paced tokens*: 200 connections, then one streamed request on each at once for

@@ -3,7 +3,6 @@ and the verdicts of issue #23's rows."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
@@ -156,7 +155,7 @@ def test_slow_reader_holds_minato_to_its_growth_and_to_the_pause_reaching_ollama
 
 def test_a_feature_costs_the_median_of_its_rounds_over_its_reference() -> None:
     def leg(variant: Variant, cpu_us: list[float]) -> _Leg:
-        return _Leg(variant, Server(1, 1, Path()), lambda _: asyncio.sleep(0, Sample()), cpu_us)
+        return _Leg(variant, Server(1, 1, Path()), cpu_us)
 
     legs = [
         leg(VARIANTS[0], [100.0, 110.0, 90.0]),
