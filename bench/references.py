@@ -224,28 +224,33 @@ async def whole16_rows(standin_url: str, plan: Plan, profiler: Profiler | None) 
             "floor relay": (floor, get_request(floor.port, target)),
             "bare relay": (relay, get_request(relay.port, target)),
         }
-        pools = {name: await Pool.open(server.port, WHOLE_CLIENTS) for name, (server, _) in legs.items()}
         tallies = {name: Tally() for name in legs}
         names = list(legs)
-        try:
-            for name, (_, raw) in legs.items():
-                await pools[name].warm(raw, per_client=20, max_seconds=plan.warm_s)
-            lines_before = len(REQUEST_LINE.findall(minato.log_path.read_bytes()))
-            for round_ in range(plan.whole_rounds):
-                shift = round_ % len(names)
-                for name in names[shift:] + names[:shift]:
-                    server, raw = legs[name]
-                    log(f"{scenario}: round {round_ + 1} of {plan.whole_rounds}, {name}")
-                    cpu_before = cpu_seconds(server.pid)
-                    part = await pools[name].run(raw, plan.whole_leg_s, plan.max_requests)
-                    tallies[name].add(checked(part, server.port), cpu_seconds(server.pid) - cpu_before)
-            log_lines = len(REQUEST_LINE.findall(minato.log_path.read_bytes())) - lines_before
-            if profiler is not None:
-                await _profile_whole(profiler, plan, scenario, legs)
-        finally:
-            for pool in pools.values():
-                pool.close()
+        for server, raw in legs.values():
+            await _leg(server, raw, plan, plan.warm_s, Tally())  # first-call costs outside the measured turns
+        lines_before = len(REQUEST_LINE.findall(minato.log_path.read_bytes()))
+        for round_ in range(plan.whole_rounds):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                server, raw = legs[name]
+                log(f"{scenario}: round {round_ + 1} of {plan.whole_rounds}, {name}")
+                await _leg(server, raw, plan, plan.whole_leg_s, tallies[name])
+        log_lines = len(REQUEST_LINE.findall(minato.log_path.read_bytes())) - lines_before
+        if profiler is not None:
+            await _profile_whole(profiler, plan, scenario, legs)
     return _whole16_table(scenario, tallies, direct.sample, log_lines)
+
+
+async def _leg(server: Server, raw: bytes, plan: Plan, seconds: float, tally: Tally) -> None:
+    """One turn on connections of its own: idle ones would outlive the server's keep-alive timeout (5 s)
+    while the others take their turns. They are open before the CPU count starts."""
+    pool = await Pool.open(server.port, WHOLE_CLIENTS)
+    try:
+        cpu_before = cpu_seconds(server.pid)
+        part = await pool.run(raw, seconds, plan.max_requests)
+        tally.add(checked(part, server.port), cpu_seconds(server.pid) - cpu_before)
+    finally:
+        pool.close()
 
 
 async def _profile_whole(profiler: Profiler, plan: Plan, scenario: str, legs: dict[str, tuple[Server, bytes]]) -> None:
