@@ -187,9 +187,10 @@ HOW_REFERENCES: Final = """\
   warning) at a tenth of that rate (the client stops reading its socket until its budget allows
   more, so the kernel's buffers fill as behind a slow network; at most 60 s). Minato's *RSS growth*
   (peak during the read, polled every 20 ms, less the RSS just before it) is held below 2 MB, and the
-  pause must reach Ollama: the stand-in counts the writes of its streams that waited for the reader
-  and for how long (`GET /_standin/writes`; a write that returned after more than 1 ms waited for its
-  send buffer to drain), held above 0 s. The floor relay's rows are the reference (no verdict).
+  pause must reach Ollama: every 50 ms during the read the benchmark asks the stand-in for the bytes
+  its stream's socket could not send yet (`GET /_standin/streams`, `write_buffered`: above 0 once the
+  kernel's send buffer is full), whose peak is held above 0, next to the share of looks that found
+  its send buffer full. The floor relay's rows are the reference (no verdict).
 - *per-feature cost* (`features`): three stand-ins of their own with the model installed, one with it
   loaded. Minatos differing by one feature each: a baseline (log level warning, no key, no limit, one
   backend), a second baseline (the *control*: the measurement's noise), a key (`MINATO_API_KEYS`,

@@ -4,9 +4,10 @@ The answer (about 10 MB of NDJSON) is asked on the native door, ``POST /api/chat
 client's bytes are Ollama's. The client reads at a tenth of the rate it reads the same answer from
 the stand-in directly (it stops reading its socket until its budget allows more, so the kernel's
 buffers fill as they would behind a slow network). A relay that keeps flow control lets its buffer
-towards the client fill, stops reading Ollama, and Ollama's writes wait: the stand-in counts the
-writes of its streams that waited and for how long (``GET /_standin/writes``). A relay that reads
-Ollama regardless holds the answer in memory instead: its RSS grows by up to the answer's size.
+towards the client fill, stops reading Ollama, and Ollama's send buffer fills: the stand-in shows
+each stream's bytes its socket could not send yet (``GET /_standin/streams``, polled during the
+read). A relay that reads Ollama regardless holds the answer in memory instead: its RSS grows by up
+to the answer's size, and the stand-in's socket never fills.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SLOWDOWN: Final = 10.0
 MAX_READ_S: Final = 60.0  # a machine so slow that the direct read takes over 6 s reads faster than 1/10
 TIMEOUT_S: Final = 3 * MAX_READ_S
 TARGET_GROWTH_MB: Final = 2.0
+WATCH_S: Final = 0.05  # how often the stand-in's streams are looked at during the read
 
 
 class _Reader(asyncio.Protocol):
@@ -109,25 +111,45 @@ async def read_at(port: int, raw: bytes, rate: float | None, timeout_s: float = 
 
 @dataclass(frozen=True)
 class _Seen:
-    """One subject's slow read: the read, its RSS before and at the peak, what the stand-in's writes did."""
+    """One subject's slow read: the read, its RSS before and at the peak, and what the stand-in's socket
+    could not send: the largest amount seen, and the share of looks that found some."""
 
     read: SlowRead | None
     rss_before: int
     rss_peak: int
-    writes: dict[str, float]
+    unsent_peak: int
+    full_share: float
+
+
+async def _watch(standin: httpx.AsyncClient, stop: asyncio.Event) -> tuple[int, float]:
+    """Look at the stand-in's streams every :data:`WATCH_S` until ``stop``: (most unsent bytes, share of
+    looks with some)."""
+    looks = full = peak = 0
+    while not stop.is_set():
+        streams = (await standin.get("/_standin/streams")).json()
+        unsent = max((stream["write_buffered"] for stream in streams), default=0)
+        looks, full, peak = looks + 1, full + (unsent > 0), max(peak, unsent)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WATCH_S)
+    return peak, full / looks if looks else 0.0
 
 
 async def _slow_read(standin: httpx.AsyncClient, server: Server, rate: float) -> _Seen:
     # First-call costs (imports, the pool's first connection) outside the measured read.
     await read_at(server.port, chat_request(server.port, SHORT_MODEL, stream=True), None)
-    (await standin.delete("/_standin/writes")).raise_for_status()
     before = rss_bytes(server.pid)
     read: SlowRead | None = None
-    async with peak_rss(server.pid) as peak:
-        with contextlib.suppress(ConnectionError, TimeoutError, httptools.HttpParserError):
-            read = await read_at(server.port, chat_request(server.port, MODEL, stream=True, path=NATIVE_CHAT), rate)
-    writes = (await standin.get("/_standin/writes")).json()
-    return _Seen(read, before, peak[0], writes)
+    stop = asyncio.Event()
+    watching = asyncio.create_task(_watch(standin, stop))
+    try:
+        async with peak_rss(server.pid) as peak:
+            with contextlib.suppress(ConnectionError, TimeoutError, httptools.HttpParserError):
+                raw = chat_request(server.port, MODEL, stream=True, path=NATIVE_CHAT)
+                read = await read_at(server.port, raw, rate)
+    finally:
+        stop.set()
+        unsent, share = await watching
+    return _Seen(read, before, peak[0], unsent, share)
 
 
 def _rows(scenario: str, name: str, seen: _Seen, direct: SlowRead, *, held: bool) -> list[Row]:
@@ -145,15 +167,15 @@ def _rows(scenario: str, name: str, seen: _Seen, direct: SlowRead, *, held: bool
             target=f"< {TARGET_GROWTH_MB:g} MB" if held else "",
             passed=growth < TARGET_GROWTH_MB if held else None,
         ),
-        Row(scenario, f"{name}: the stand-in's writes that waited for it", seen.writes["blocked"], "count"),
         Row(
             scenario,
-            f"{name}: time the stand-in's writes waited (its send buffer full)",
-            seen.writes["blocked_s"],
-            "s",
+            f"{name}: the stand-in's unsent bytes, most seen (its send buffer full)",
+            seen.unsent_peak / MB,
+            "MB",
             target="> 0: the pause reached Ollama" if held else "",
-            passed=seen.writes["blocked_s"] > 0 if held else None,
+            passed=seen.unsent_peak > 0 if held else None,
         ),
+        Row(scenario, f"{name}: share of the read the stand-in's send buffer was full", seen.full_share, "ratio"),
     ]
     if not complete:
         rows.append(Row(scenario, f"{name}: answer incomplete", 1, "count", target="0", passed=False if held else None))

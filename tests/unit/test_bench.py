@@ -138,15 +138,15 @@ def test_whole16_holds_minato_to_the_floor_and_the_bare_relay() -> None:
 
 def test_slow_reader_holds_minato_to_its_growth_and_to_the_pause_reaching_ollama() -> None:
     direct = SlowRead(200, 10 * MB, 1.0)
-    paused = _Seen(SlowRead(200, 10 * MB, 10.0), 80 * MB, 81 * MB, {"blocked": 5, "blocked_s": 2.0})
+    paused = _Seen(SlowRead(200, 10 * MB, 10.0), 80 * MB, 81 * MB, 200_000, 0.8)
     verdicts = {
         row.metric: row.passed for row in _rows("s", "Minato", paused, direct, held=True) if row.passed is not None
     }
     assert set(verdicts.values()) == {True}
-    buffered = _Seen(SlowRead(200, 10 * MB, 10.0), 80 * MB, 92 * MB, {"blocked": 0, "blocked_s": 0.0})
+    buffered = _Seen(SlowRead(200, 10 * MB, 10.0), 80 * MB, 92 * MB, 0, 0.0)
     failed = [row.metric for row in _rows("s", "Minato", buffered, direct, held=True) if row.passed is False]
     assert len(failed) == 2
-    cut = _Seen(None, 80 * MB, 80 * MB, {"blocked": 1, "blocked_s": 1.0})
+    cut = _Seen(None, 80 * MB, 80 * MB, 100_000, 0.5)
     assert [row.metric for row in _rows("s", "Minato", cut, direct, held=True) if row.passed is False] == [
         "Minato: answer incomplete"
     ]
