@@ -17,7 +17,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import msgspec
@@ -259,27 +259,6 @@ class Loaded:
 
 
 @dataclass(slots=True)
-class Writes:
-    """How the clients of native streams read: whether the stand-in's writes had to wait for them.
-
-    A client that reads slower than the stand-in writes fills the socket's send buffer, then the
-    transport's, and a write waits until the client drains it (``waiting``: writes waiting now;
-    ``blocked``, ``blocked_s``: all that waited, and for how long). ``GET /_standin/writes`` shows them,
-    ``DELETE`` clears them.
-    """
-
-    streams: int = 0
-    writes: int = 0
-    waiting: int = 0  # writes waiting for a client to read right now
-    blocked: int = 0  # writes that waited for the client to read
-    blocked_s: float = 0.0
-
-
-#: A write that returns later than this waited for the client (one that did not is a few µs).
-WRITE_WAITED_S: Final = 0.001
-
-
-@dataclass(slots=True)
 class Gen:
     """One generate/chat request after validation."""
 
@@ -340,7 +319,6 @@ class StandIn:
         # --models has exactly those installed, as a real Ollama would.
         self.dynamic = config.models is None
         self.start_installed, self.start_loaded = start_models(config)
-        self.writes = Writes()
         self.hostname = socket.gethostname().lower()
         self.guard = config.host_guard and self._bound_to_loopback(config.host)
         self.routes: dict[str, dict[str, Handler]] = {
@@ -520,12 +498,6 @@ class StandIn:
                 return _json(200, list(self.events))
             if method == "DELETE":
                 self.events.clear()
-                return _json(200, {"cleared": True})
-        elif path == "/_standin/writes":
-            if method == "GET":
-                return _json(200, asdict(self.writes))
-            if method == "DELETE":
-                self.writes = Writes()
                 return _json(200, {"cleared": True})
         elif path == "/_standin/active":
             if method == "GET":
@@ -1203,8 +1175,6 @@ class StandIn:
         resp.enable_chunked_encoding()
         gen_start = time.monotonic_ns()
         t0 = time.monotonic()
-        writes = self.writes
-        writes.streams += 1
         try:
             await resp.prepare(request)
             for i, (is_think, text) in enumerate(self._pieces(gen)):
@@ -1214,17 +1184,7 @@ class StandIn:
                 token = _TOKEN_JSON.get(text) or dumps(text)
                 stamp = utc_rfc3339().encode()
                 mid = think_mid if is_think else content_mid
-                before = time.monotonic()
-                writes.waiting += 1
-                try:
-                    await resp.write(head + stamp + mid + token + tail)
-                finally:
-                    writes.waiting -= 1
-                waited = time.monotonic() - before
-                writes.writes += 1
-                if waited > WRITE_WAITED_S:
-                    writes.blocked += 1
-                    writes.blocked_s += waited
+                await resp.write(head + stamp + mid + token + tail)
                 sent += 1
                 live.sent = sent
                 if not is_think:
