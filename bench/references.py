@@ -125,7 +125,7 @@ def _paced_table(scenario: str, subjects: list[Subject], tallies: dict[str, Tall
         if subject.pid is not None and subject.pid not in seen:
             seen.add(subject.pid)
             peak_mb = max(tallies[s.label].peak_rss for s in measured if s.pid == subject.pid) / MB
-            rows.append(Row(scenario, f"{subject.label.split(' ', 1)[0]}: peak RSS", peak_mb, "MB"))
+            rows.append(Row(scenario, f"{subject.label.rsplit(' ', 2)[0]}: peak RSS", peak_mb, "MB"))
     for subject in subjects:
         errors = tallies[subject.label].sample.errors
         if subject.minato or errors:  # the references' errors only when there are some
