@@ -14,7 +14,7 @@ from bench.features import VARIANTS, Variant, _ab_rows, _Leg
 from bench.load import Result, Sample
 from bench.processes import NGINX_CONF, Server
 from bench.profile import EVENT_LOOP, Run, _owner, _parse, _summary
-from bench.references import Subject, _whole16_table
+from bench.references import NGINX_LABEL, Subject, _paced_table, _whole16_table
 from bench.slow_reader import SlowRead, _rows, _Seen
 
 ROOT = "<module> (minato/__main__.py:4);run (uvicorn/main.py:580);Runner.run (asyncio/runners.py:118)"
@@ -168,3 +168,33 @@ def test_a_feature_costs_the_median_of_its_rounds_over_its_reference() -> None:
         "key: µs per request over baseline": 10.0,
         "rate limit: µs per request over key": 5.0,
     }
+
+
+def test_paced_rows_hold_minato_to_nginx_and_direct_and_show_each_servers_peak_rss() -> None:
+    def tally(cpu_s: float, finished: float, rss_mb: int) -> Tally:
+        done = Tally(peak_rss=rss_mb * MB)
+        done.add(Sample(results=[_result(0.1, finished)] * 100, elapsed=finished), cpu_s)  # 10,000 tokens
+        return done
+
+    subjects = [
+        Subject("direct", 1, None, "chat"),
+        Subject(NGINX_LABEL, 2, 20, "chat"),
+        Subject("floor relay GET /stream", 3, 30, "stream"),
+        Subject("Minato GET /stream", 4, 40, "stream", minato=True),
+        Subject("Minato POST /api/chat", 4, 40, "chat", minato=True),
+    ]
+    tallies = {
+        "direct": tally(0.0, 2.0, 0),
+        NGINX_LABEL: tally(0.2, 2.0, 7),  # 20 µs a token
+        "floor relay GET /stream": tally(0.5, 2.0, 30),
+        "Minato GET /stream": tally(0.23, 2.1, 80),  # 1.15x nginx, p99 1.05x direct
+        "Minato POST /api/chat": tally(0.3, 2.4, 90),  # 1.5x nginx, p99 1.2x direct
+    }
+    rows = {row.metric: row for row in _paced_table("s", subjects, tallies)}
+    assert rows["Minato GET /stream: CPU per token / nginx's"].passed is True
+    assert rows["Minato GET /stream: p99 completion"].passed is True
+    assert rows["Minato POST /api/chat: CPU per token / nginx's"].passed is False
+    assert rows["Minato POST /api/chat: p99 completion"].passed is False
+    assert rows["floor relay GET /stream: CPU per token / nginx's"].passed is None
+    peaks = {metric: row.minato for metric, row in rows.items() if metric.endswith("peak RSS")}
+    assert peaks == {"nginx: peak RSS": 7, "floor relay: peak RSS": 30, "Minato: peak RSS": 90}
