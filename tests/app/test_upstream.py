@@ -304,7 +304,9 @@ async def test_a_connect_timeout_is_unavailable_not_a_timeout() -> None:
 
 
 async def test_a_read_timeout_is_a_gateway_timeout(ollama: ServedOllama) -> None:
-    ollama.post("/api/chat").mock(side_effect=ollama.stall())  # connected, asked, and never answered
+    # Ollama answers 200 and then never a byte of the body (never released): reading it times out.
+    silent = Held((), ())
+    ollama.post("/api/chat").mock(side_effect=lambda _: httpx.Response(200, stream=silent))
     client = make_client(ollama, first_token_timeout=0.05)
     try:
         with pytest.raises(OllamaTimeoutError) as caught:
@@ -313,6 +315,9 @@ async def test_a_read_timeout_is_a_gateway_timeout(ollama: ServedOllama) -> None
         await client.aclose()
 
     assert caught.value.status_code == 504
+    assert caught.value.detail == "Ollama did not send a first token within 0.05 s", (
+        "the headers came; the body did not"
+    )
 
 
 async def test_a_dropped_connection_is_a_bad_gateway(upstream: OllamaClient, ollama: ServedOllama) -> None:
