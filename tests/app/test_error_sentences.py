@@ -73,6 +73,8 @@ async def test_ready_gives_the_same_sentence_for_a_refused_port() -> None:
 
 #: Where a case's Ollama is, given the served one: each failure is caused for real, on loopback or by an
 #: address that fails before anything is sent.
+#: A first-token deadline that never decides a case: the failure under test comes first, however busy the machine.
+LATER = 60.0
 Place = Callable[[ServedOllama, contextlib.ExitStack[bool | None]], str]
 
 
@@ -92,48 +94,60 @@ def _stalling(ollama: ServedOllama, _: contextlib.ExitStack[bool | None]) -> str
 
 
 @pytest.mark.parametrize(
-    ("place", "status", "detail"),
+    ("place", "status", "detail", "first_token"),
     [
         pytest.param(
             lambda _, stack: stack.enter_context(unanswered_url()),
             503,
             "Ollama is unreachable at {url}: no connection within 0.1 s (MINATO_CONNECT_TIMEOUT)",
+            LATER,
             id="connect-timeout",
         ),
         pytest.param(
             lambda *_: UNRESOLVABLE_URL,
             503,
             "Ollama is unreachable at {url}: cannot resolve host ollama.invalid",
+            LATER,
             id="dns",
         ),
         pytest.param(
-            lambda *_: refused_url(), 503, "Ollama is unreachable at {url}: the connection was refused", id="refused"
+            lambda *_: refused_url(),
+            503,
+            "Ollama is unreachable at {url}: the connection was refused",
+            LATER,
+            id="refused",
         ),
         pytest.param(
-            lambda *_: UNROUTABLE_URL, 503, "Ollama is unreachable at {url}: the connection failed", id="unknown-cause"
+            lambda *_: UNROUTABLE_URL,
+            503,
+            "Ollama is unreachable at {url}: the connection failed",
+            LATER,
+            id="unknown-cause",
         ),
         pytest.param(
             lambda ollama, _: ollama.tls_url,
             503,
             "Ollama is unreachable at {url}: the TLS handshake failed",
+            LATER,
             id="tls-handshake",
         ),
-        pytest.param(_stalling, 504, "Ollama did not start answering within 0.3 s", id="read-timeout"),
-        pytest.param(_dropping, 502, "Ollama at {url} closed the connection before answering", id="dropped"),
+        pytest.param(_stalling, 504, "Ollama did not start answering within 0.3 s", 0.3, id="read-timeout"),
+        pytest.param(_dropping, 502, "Ollama at {url} closed the connection before answering", LATER, id="dropped"),
         pytest.param(
             _resetting,
             502,
             "the connection to Ollama at {url} failed: the connection was reset",
+            LATER,
             id="reset",
         ),
     ],
 )
 async def test_transport_failures_are_told_in_minatos_words(
-    ollama: ServedOllama, place: Place, status: int, detail: str
+    ollama: ServedOllama, place: Place, status: int, detail: str, first_token: float
 ) -> None:
     with contextlib.ExitStack() as stack:
         url = place(ollama, stack)
-        settings = msgspec.structs.replace(small_settings(url), connect_timeout=0.1, first_token_timeout=0.3)
+        settings = msgspec.structs.replace(small_settings(url), connect_timeout=0.1, first_token_timeout=first_token)
         app = create_app(settings)  # the real transport, failing on the wire
 
         with capture_logs():

@@ -304,7 +304,9 @@ async def test_a_connect_timeout_is_unavailable_not_a_timeout() -> None:
 
 
 async def test_a_read_timeout_is_a_gateway_timeout(ollama: ServedOllama) -> None:
-    ollama.post("/api/chat").mock(side_effect=ollama.stall())  # connected, asked, and never answered
+    # Ollama answers 200 and then never a byte of the body (never released): reading it times out.
+    silent = Held((), ())
+    ollama.post("/api/chat").mock(side_effect=lambda _: httpx.Response(200, stream=silent))
     client = make_client(ollama, first_token_timeout=0.05)
     try:
         with pytest.raises(OllamaTimeoutError) as caught:
@@ -313,6 +315,9 @@ async def test_a_read_timeout_is_a_gateway_timeout(ollama: ServedOllama) -> None
         await client.aclose()
 
     assert caught.value.status_code == 504
+    assert caught.value.detail == "Ollama did not send a first token within 0.05 s", (
+        "the headers came; the body did not"
+    )
 
 
 async def test_a_dropped_connection_is_a_bad_gateway(upstream: OllamaClient, ollama: ServedOllama) -> None:
@@ -479,9 +484,10 @@ async def test_silence_mid_stream_is_a_gateway_timeout(ollama: ServedOllama) -> 
 
 
 async def test_a_stream_longer_than_the_request_timeout_is_ended(ollama: ServedOllama) -> None:
-    pieces = [ndjson(chat_token(str(n))) for n in range(6)]
+    # A token every 0.05 s for 5 s: however slowly a busy machine runs it, the end comes long after the deadline.
+    pieces = [ndjson(chat_token(str(n))) for n in range(100)]
     ollama.post("/api/chat").mock(
-        side_effect=lambda _: streamed(*pieces, ndjson(chat_done()), pauses=dict.fromkeys(range(1, 7), 0.05))
+        side_effect=lambda _: streamed(*pieces, ndjson(chat_done()), pauses=dict.fromkeys(range(1, 101), 0.05))
     )
     client = make_client(ollama, idle_timeout=10, request_timeout=0.12)
     try:
@@ -493,7 +499,7 @@ async def test_a_stream_longer_than_the_request_timeout_is_ended(ollama: ServedO
     finally:
         await client.aclose()
 
-    assert 1 <= len(tokens) < 6, "tokens kept flowing, yet the whole stream was cut at its deadline"
+    assert 1 <= len(tokens) < 100, "tokens kept flowing, yet the whole stream was cut at its deadline"
 
 
 async def test_a_stream_that_breaks_mid_way_is_a_bad_gateway(upstream: OllamaClient, ollama: ServedOllama) -> None:

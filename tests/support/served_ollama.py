@@ -9,10 +9,9 @@ A request no route matches is answered by the real stand-in (:mod:`tests.support
 A failure a test asks for happens on the wire: an exception as the answer (``side_effect=httpx.
 ConnectError(...)``, a body stream that raises) drops the connection, so Minato sees what it would see
 from a crashed Ollama (a ``ConnectionResetError`` resets it instead of closing it);
-:meth:`ServedOllama.stall` holds a request until the client gives up; :meth:`ServedOllama.down` makes the
-port refuse connections until :meth:`ServedOllama.up`; :attr:`ServedOllama.tls_url` names it over TLS, which
-it does not speak. The failures no server gives are
-addresses: :mod:`tests.support.wire_failures`.
+:meth:`ServedOllama.stall` holds a request until the client gives up; :meth:`ServedOllama.down` makes
+the port refuse connections; :attr:`ServedOllama.tls_url` names it over TLS, which it does not speak.
+The failures no server gives are addresses: :mod:`tests.support.wire_failures`.
 """
 
 from __future__ import annotations
@@ -171,7 +170,6 @@ class ServedOllama:
         self._done: asyncio.Event
         self._server: web.Server
         self._site: web.TCPSite
-        self._runner: web.ServerRunner
         self.port = 0
         self.url = ""
 
@@ -251,18 +249,9 @@ class ServedOllama:
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(self._go_down(), self._loop).result(START_TIMEOUT_S)
 
-    def up(self) -> None:
-        """Listen again on the same port, after :meth:`down`."""
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._go_up(), self._loop).result(START_TIMEOUT_S)
-
     async def _go_down(self) -> None:
         await self._site.stop()
         await self._server.shutdown(0.5)
-
-    async def _go_up(self) -> None:
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await self._site.start()
 
     def _serve(self, ready: threading.Event) -> None:
         asyncio.run(self._main(ready))
@@ -274,7 +263,7 @@ class ServedOllama:
         server = web.Server(self._handle, handler_cancellation=True, access_log=None, auto_decompress=False)
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
-        self._server, self._runner = server, runner
+        self._server = server
         self._site = web.TCPSite(runner, "127.0.0.1", 0)
         try:
             await self._site.start()
