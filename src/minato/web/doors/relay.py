@@ -34,9 +34,10 @@ from minato.upstream.streams import RawResponse
 from minato.web.auth import caller_of
 from minato.web.disconnect import watch_of
 from minato.web.doors.counts import counts_of, per_second
+from minato.web.relaying import RelayStream
 from minato.web.rendering import StreamDialect, stream_error_frame
 from minato.web.runtime import Runtime
-from minato.web.streaming import STREAM_HEADERS, RelayStream
+from minato.web.streaming import STREAM_HEADERS
 
 logger = structlog.get_logger("minato.doors")
 
