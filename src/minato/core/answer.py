@@ -69,8 +69,7 @@ class AnswerStream:
     @property
     def source(self) -> Source | None:
         """Ollama's body, for a relay from its data callback (``None``: read it with :meth:`batches`)."""
-        source: Source | None = getattr(self._stream, "source", None)  # the relay engine's, once it is merged
-        return source
+        return self._stream.source
 
     # The synchronous pieces.
 
@@ -86,8 +85,7 @@ class AnswerStream:
 
     def primed(self) -> list[ChatChunk]:
         """The batch priming read (the first of a direct relay), taking over the bytes it read past it."""
-        take_rest = getattr(self._stream, "take_rest", None)  # the relay engine's, once it is merged
-        self._carry = take_rest() if take_rest is not None else b""
+        self._carry = self._stream.take_rest()
         return self._checked(self._stream.first)
 
     def feed(self, chunk: bytes) -> list[ChatChunk]:

@@ -29,7 +29,6 @@ from minato.core.usage import Usage
 from minato.errors import ClientDisconnectedError, MinatoError
 from minato.observability.record import RequestRecord, record_of
 from minato.upstream.ports import Forward, Spread
-from minato.upstream.sink import Source
 from minato.upstream.streams import RawResponse
 from minato.web.auth import caller_of
 from minato.web.disconnect import watch_of
@@ -232,7 +231,7 @@ def _streamed(
         finally:
             await close()
 
-    source: Source | None = getattr(answer, "source", None)  # the relay engine's, once it is merged
+    source = answer.source
 
     async def direct(lane: Lane) -> bytes:
         if source is None:  # pragma: no cover - only offered for an answer with a source
