@@ -41,7 +41,7 @@ async def test_several_waits_of_a_request_share_one_watcher() -> None:
     assert connection.calls == 1  # one watcher, started by the first wait, still listening
     connection.gone.set()  # the response is complete: the server says so, and the watcher ends
     await connection.told.wait()
-    assert watch.gone
+    assert watch.left
 
 
 async def test_a_disconnect_ends_the_wait_in_progress_and_cancels_its_work() -> None:
@@ -67,7 +67,7 @@ async def test_a_disconnect_ends_the_wait_in_progress_and_cancels_its_work() -> 
         await watch.until(ollama())
     await disconnecting
     assert cancelled.is_set()
-    assert watch.gone
+    assert watch.left
     current = asyncio.current_task()
     assert current is not None
     assert current.cancelling() == 0  # the watch's own cancellation ended with the wait
@@ -108,7 +108,7 @@ async def test_a_cancellation_that_is_not_the_watchs_stays_a_cancellation() -> N
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not watch.gone
+    assert not watch.left
     connection.gone.set()
 
 
