@@ -280,6 +280,25 @@ class Gen:
     start_ns: int = field(default_factory=time.monotonic_ns)
 
 
+@dataclass(eq=False)
+class LiveStream:
+    """A stream being written (``GET /_standin/streams``): how far it got, and what its socket could not
+    send yet. A client that stops reading makes a proxy that honours flow control stop reading too;
+    then the kernel's buffers fill, this process's own send buffer grows and the stream stops."""
+
+    path: str
+    model: str
+    transport: asyncio.BaseTransport | None
+    sent: int = 0
+
+    def report(self) -> dict[str, Any]:
+        transport = self.transport
+        buffered = 0
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            buffered = transport.get_write_buffer_size()
+        return {"path": self.path, "model": self.model, "tokens_sent": self.sent, "write_buffered": buffered}
+
+
 class StandIn:
     """State plus request dispatch. Create one, then serve ``self.handle`` with aiohttp."""
 
@@ -290,6 +309,8 @@ class StandIn:
         self.requests: deque[tuple[str, str, str, Any, bytes, float]] = deque(maxlen=10_000)
         self.events: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.active = 0
+        #: The streams being written now (the stand-in's own view of flow control).
+        self.live: set[LiveStream] = set()
         self.busy = config.busy
         #: How many tokens each ``standin/gated`` stream may emit so far; waiters wake when it moves.
         self.gate = 0
@@ -481,6 +502,9 @@ class StandIn:
         elif path == "/_standin/active":
             if method == "GET":
                 return _json(200, {"streams": self.active})
+        elif path == "/_standin/streams":
+            if method == "GET":
+                return _json(200, [live.report() for live in self.live])
         elif path == "/_standin/reset":
             if method == "POST":
                 self.reset()
@@ -1123,6 +1147,16 @@ class StandIn:
         return _json(200, final)
 
     async def _run_stream(self, request: web.BaseRequest, gen: Gen, load_ns: int) -> web.StreamResponse:
+        live = LiveStream(gen.path, gen.model, request.transport)
+        self.live.add(live)
+        try:
+            return await self._write_stream(request, gen, load_ns, live)
+        finally:
+            self.live.discard(live)
+
+    async def _write_stream(
+        self, request: web.BaseRequest, gen: Gen, load_ns: int, live: LiveStream
+    ) -> web.StreamResponse:
         self._event("stream_started", gen.path, gen.model, 0, stream=True)
         model_json = dumps(gen.model)
         if gen.chat:
@@ -1152,6 +1186,7 @@ class StandIn:
                 mid = think_mid if is_think else content_mid
                 await resp.write(head + stamp + mid + token + tail)
                 sent += 1
+                live.sent = sent
                 if not is_think:
                     content_count += 1
             if gen.tool_calls:
@@ -1194,6 +1229,17 @@ class StandIn:
     async def _run_stream_compat(
         self, request: web.BaseRequest, gen: Gen, load_ns: int, writer: Writer
     ) -> web.StreamResponse:
+        """The native stream through a front door's writer (see :meth:`_write_stream_compat`)."""
+        live = LiveStream(gen.path, gen.model, request.transport)
+        self.live.add(live)
+        try:
+            return await self._write_stream_compat(request, gen, load_ns, writer, live)
+        finally:
+            self.live.discard(live)
+
+    async def _write_stream_compat(
+        self, request: web.BaseRequest, gen: Gen, load_ns: int, writer: Writer, live: LiveStream
+    ) -> web.StreamResponse:
         """The native stream, each object handed to a front door's writer as Ollama's middleware does.
 
         A mid-stream failure is the native ``{"error": ...}`` line, which the writers decode as an
@@ -1220,6 +1266,7 @@ class StandIn:
                 for frames in writer.flushes(self._native_piece(gen, is_think, text)):
                     await resp.write(frames)
                 sent += 1
+                live.sent = sent
                 if not is_think:
                     content_count += 1
             if gen.tool_calls:
