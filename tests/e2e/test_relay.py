@@ -79,7 +79,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Minato in front of a stand-in of this module's own."""
     standin = StandInProcess()
     try:
-        minato = start_minato(standin.url, tmp_path_factory.mktemp("relay") / "minato.log")
+        # One generation at a time: a relay that kept its slot would leave the next test waiting, refused.
+        minato = start_minato(
+            standin.url, tmp_path_factory.mktemp("relay") / "minato.log", max_generations="1", queue_timeout="10"
+        )
         try:
             with httpx.Client(base_url=standin.url, timeout=10) as control:
                 yield Served(standin, minato, control)
@@ -264,6 +267,23 @@ def test_an_error_line_mid_stream_ends_every_format_and_door_with_its_error_fram
     anthropic_last = _last_frame(anthropic.text, "\n\n").splitlines()
     assert anthropic_last[0] == "event: error"
     assert json.loads(anthropic_last[1].removeprefix("data: "))["type"] == "error"
+
+
+def test_a_plain_text_stream_cut_by_a_failure_gives_back_its_slot(relay: Served) -> None:
+    received = bytearray()
+    with httpx.Client(base_url=relay.minato.url, timeout=PATIENCE) as client:
+
+        def read_everything() -> None:
+            with client.stream("GET", "/stream/standin/fail-midstream", params={"message": "hi"}) as response:
+                for chunk in response.iter_raw():
+                    received.extend(chunk)
+
+        with pytest.raises(httpx.RemoteProtocolError):
+            read_everything()
+        assert received.startswith(b"The"), "the tokens before the failure were relayed"
+        after = client.get("/stream/standin/tokens:3", params={"message": "hi"})  # the one slot is free again
+    assert after.status_code == 200
+    assert after.text == "The sky is"
 
 
 def test_a_stream_ollama_cuts_ends_with_the_error_frame_on_every_route(

@@ -234,16 +234,20 @@ class ChatRelay:
         source = self._answer.source
         if source is None:  # pragma: no cover - only offered for an answer with a source
             raise RuntimeError("the answer has no source to relay from")
-        first = self.primed()
-        if first:
-            lane.write(first)
-        if self.over:  # the primed batch was the whole answer (or it failed)
-            source.close()
-            return await self.finish(lane, False, None)
-        relay = await relay_directly(lane, source, self)
-        if relay.left:
-            raise ClientDisconnectedError("client disconnected")
-        return await self.finish(lane, relay.ended, relay.failure)
+        try:
+            first = self.primed()
+            if first:
+                lane.write(first)
+            if self.over:  # the primed batch was the whole answer (or it failed)
+                source.close()
+                return await self.finish(lane, False, None)
+            relay = await relay_directly(lane, source, self)
+            if relay.left:
+                raise ClientDisconnectedError("client disconnected")
+            return await self.finish(lane, relay.ended, relay.failure)
+        finally:
+            # However it ended (a cut plain-text body raises past the response's background task).
+            await self._answer.close()
 
     async def fallback(self) -> AsyncIterator[bytes]:
         """The client's bytes as the answer's batches arrive, ending with stats or an error."""
