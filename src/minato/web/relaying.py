@@ -48,13 +48,15 @@ class LaneRelay:
     once the body ended (:attr:`ended`), failed (:attr:`failure`), the transform is :attr:`~Transform.over`,
     or the client left (:attr:`left`)."""
 
-    __slots__ = ("_lane", "_source", "_transform", "ended", "failure", "finished", "left")
+    __slots__ = ("_lane", "_settled", "_source", "_transform", "ended", "failure", "finished", "left")
 
     def __init__(self, lane: Lane, source: Source, transform: Transform) -> None:
         self._lane = lane
         self._source = source
         self._transform = transform
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Settled apart from the future: a cancelled request cancels the future it awaits.
+        self._settled = False
         self.ended = False
         self.failure: MinatoError | None = None
         self.left = False
@@ -62,7 +64,7 @@ class LaneRelay:
     # The source's sink.
 
     def data(self, chunk: bytes) -> None:
-        if self.finished.done():
+        if self._settled:
             return
         transform = self._transform
         out = transform.feed(chunk)
@@ -83,23 +85,26 @@ class LaneRelay:
     # The lane's listener: flow control both ways, and Ollama stopped the moment its client leaves.
 
     def pause(self) -> None:
-        if not self.finished.done():
+        if not self._settled:
             self._source.pause()
 
     def resume(self) -> None:
-        if not self.finished.done():
+        if not self._settled:
             self._source.resume()
 
     def gone(self) -> None:
-        if self.finished.done():
+        if self._settled:
             return
         self.left = True
         self._source.close()
         self._finish()
 
     def _finish(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._lane.listen(None)
         if not self.finished.done():
-            self._lane.listen(None)
             self.finished.set_result(None)
 
 
@@ -111,11 +116,11 @@ async def relay_directly(lane: Lane, source: Source, transform: Transform) -> La
     relay = LaneRelay(lane, source, transform)
     source.attach(relay)  # what already arrived is written inside this call
     if not relay.finished.done():
-        lane.listen(relay)
+        lane.listen(relay)  # (a client already gone ends the relay here)
     try:
         await relay.finished
     except BaseException:
-        relay.gone()
+        relay.gone()  # the request was cancelled (the server shutting down): Ollama stops too
         raise
     return relay
 
