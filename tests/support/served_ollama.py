@@ -8,7 +8,11 @@ A request no route matches is answered by the real stand-in (:mod:`tests.support
 
 A failure a test asks for happens on the wire: an exception as the answer (``side_effect=httpx.
 ConnectError(...)``, a body stream that raises) drops the connection, so Minato sees what it would see
-from a crashed Ollama; :meth:`ServedOllama.stall` holds a request until the client gives up.
+from a crashed Ollama (a ``ConnectionResetError`` resets it instead of closing it);
+:meth:`ServedOllama.stall` holds a request until the client gives up; :meth:`ServedOllama.down` makes the
+port refuse connections until :meth:`ServedOllama.up`; :attr:`ServedOllama.tls_url` names it over TLS, which
+it does not speak. The failures no server gives are
+addresses: :mod:`tests.support.wire_failures`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
+import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -151,8 +157,12 @@ class Routes(list[Route]):
 class ServedOllama:
     """The stand-in on ``127.0.0.1``, with the routes a test added answering first."""
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, *, keep_alive: bool = True) -> None:
         self.standin = StandIn(config or Config())
+        # Without keep-alive every answer says ``Connection: close``, so a client opens a new connection
+        # for its next call: once the test takes this Ollama down, that call is refused for certain, not
+        # failed on a kept connection whose close the client has not read yet.
+        self.keep_alive = keep_alive
         self.routes = Routes()
         self.calls = Calls()
         self._stalled: list[asyncio.Event] = []
@@ -161,12 +171,25 @@ class ServedOllama:
         self._done: asyncio.Event
         self._server: web.Server
         self._site: web.TCPSite
+        self._runner: web.ServerRunner
+        self.port = 0
         self.url = ""
 
     @property
     def host(self) -> str:
         """``host:port``, as Minato names a backend."""
         return self.url.removeprefix("http://")
+
+    @property
+    def tls_url(self) -> str:
+        """This Ollama named over ``https://``: it answers a TLS handshake in plain HTTP, so the handshake fails."""
+        return f"https://{self.host}"
+
+    def reset(self) -> None:
+        """Forget every call (respx's ``router.reset()``); the routes keep their answers."""
+        self.calls.clear()
+        for route in self.routes:
+            route.calls.clear()
 
     # -- respx's vocabulary ------------------------------------------------------------------
 
@@ -228,9 +251,18 @@ class ServedOllama:
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(self._go_down(), self._loop).result(START_TIMEOUT_S)
 
+    def up(self) -> None:
+        """Listen again on the same port, after :meth:`down`."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._go_up(), self._loop).result(START_TIMEOUT_S)
+
     async def _go_down(self) -> None:
         await self._site.stop()
         await self._server.shutdown(0.5)
+
+    async def _go_up(self) -> None:
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        await self._site.start()
 
     def _serve(self, ready: threading.Event) -> None:
         asyncio.run(self._main(ready))
@@ -242,12 +274,12 @@ class ServedOllama:
         server = web.Server(self._handle, handler_cancellation=True, access_log=None, auto_decompress=False)
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
-        self._server = server
+        self._server, self._runner = server, runner
         self._site = web.TCPSite(runner, "127.0.0.1", 0)
         try:
             await self._site.start()
-            host, port = runner.addresses[0][:2]
-            self.url = f"http://{host}:{port}"
+            host, self.port = runner.addresses[0][:2]
+            self.url = f"http://{host}:{self.port}"
             ready.set()
             await self._done.wait()
         finally:
@@ -278,7 +310,10 @@ class ServedOllama:
         route = next((route for route in self.routes if route.matches(request.method, request.path)), None)
         if route is None:
             self.calls.append(Call(seen, None))
-            return await self.standin.handle(request)
+            answered = await self.standin.handle(request)
+            if not self.keep_alive and not answered.prepared:
+                answered.force_close()
+            return answered
         # Recorded before it is answered: a stalled request has been called too.
         mine, everyone = len(route.calls), len(self.calls)
         route.calls.append(Call(seen, None))
@@ -287,18 +322,31 @@ class ServedOllama:
         if isinstance(answer, httpx.Response):
             route.calls[mine] = self.calls[everyone] = Call(seen, answer)
         if not isinstance(answer, httpx.Response):
-            return _drop(request)
-        return await _relay(request, answer)
+            return _drop(request, reset=_is_reset(answer))
+        return await _relay(request, answer, keep_alive=self.keep_alive)
 
 
-def _drop(request: web.BaseRequest) -> web.StreamResponse:
-    """Close the connection without an answer: what Minato sees when Ollama dies mid-request."""
+def _is_reset(answer: BaseException | type[BaseException]) -> bool:
+    return isinstance(answer, ConnectionResetError) or answer is ConnectionResetError
+
+
+def _drop(request: web.BaseRequest, *, reset: bool = False) -> web.StreamResponse:
+    """Close the connection without an answer: what Minato sees when Ollama dies mid-request.
+
+    A FIN by default (the client sees "server disconnected" every time); with ``reset`` an RST, as a
+    peer whose socket is torn down sends: lingering zero seconds makes the kernel reset, not close.
+    """
     if request.transport is not None:
-        request.transport.close()  # a FIN, not a reset: the client sees "server disconnected" every time
+        sock = request.transport.get_extra_info("socket")
+        if reset and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.abort()
+        else:
+            request.transport.close()
     raise asyncio.CancelledError  # aiohttp ends the handler quietly; nothing is written
 
 
-async def _relay(request: web.BaseRequest, answer: httpx.Response) -> web.StreamResponse:
+async def _relay(request: web.BaseRequest, answer: httpx.Response, *, keep_alive: bool = True) -> web.StreamResponse:
     """Send ``answer``: whole, or piece by piece as its stream yields (a stream that raises drops the
     connection mid-body, as a crash would)."""
     skip = {"content-length", "transfer-encoding", "connection"}
@@ -306,10 +354,14 @@ async def _relay(request: web.BaseRequest, answer: httpx.Response) -> web.Stream
     stream = answer.stream
     if isinstance(stream, httpx.ByteStream) or not isinstance(stream, httpx.AsyncByteStream):
         whole = web.Response(status=answer.status_code, body=answer.content)
+        if not keep_alive:
+            whole.force_close()
         for key, value in headers:
             whole.headers.add(key, value)
         return whole
     response = web.StreamResponse(status=answer.status_code)
+    if not keep_alive:
+        response.force_close()
     for key, value in headers:
         response.headers.add(key, value)
     response.enable_chunked_encoding()

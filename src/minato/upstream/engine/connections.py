@@ -69,7 +69,9 @@ class Lane:
                 conn.reused = True
                 return conn
         if fresh and idle and self.open >= self.owner.limit:
-            idle.pop(0).transport.close()  # room for the fresh one: the coldest idle connection goes
+            coldest = idle.pop(0)  # room for the fresh one: the coldest idle connection goes
+            coldest.counted = False
+            coldest.transport.close()
             self.open -= 1
         if self.open < self.owner.limit:
             return await self._connect(ollama_url)
@@ -107,6 +109,7 @@ class Lane:
             if isinstance(exc, OSError):  # TimeoutError included: no connection within connect_timeout
                 raise connect_error(exc, ollama_url, owner.connect_timeout) from None
             raise
+        conn.counted = True
         return conn
 
     def release(self, conn: Connection) -> None:
@@ -124,11 +127,14 @@ class Lane:
             self._sweep = self.owner.loop.call_at(conn.idle_since + self.owner.idle_expiry, self._expire)
 
     def lost(self, conn: Connection) -> None:
-        """A connection closed: its place is free for a waiter."""
+        """A connection closed: its place is free for a waiter (one whose connect did not complete gave
+        its place back already)."""
         if conn in self.idle:
             self.idle.remove(conn)
-        self.open -= 1
-        self._give_back(None)
+        if conn.counted:
+            conn.counted = False
+            self.open -= 1
+            self._give_back(None)
 
     def _give_back(self, conn: Connection | None) -> None:
         if conn is not None:

@@ -187,8 +187,8 @@ class Exchange:
                 return
             self._fail(lost_before_answer(exc, self.ollama_url))
             return
-        if exc is not None:
-            log_library_error("ollama_stream_broke", exc, self.ollama_url)
+        cause = exc or EOFError("the connection closed before the body was complete")
+        log_library_error("ollama_stream_broke", cause, self.ollama_url)
         # A lost connection: a pool may ask the next backend while nothing reached the client yet.
         broke = f"{self.called[1]} from Ollama at {self.ollama_url} broke off before it was complete"
         self._fail(OllamaConnectionLostError(broke))

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class Connection(asyncio.Protocol):
     """A connection to one backend (see the module's description)."""
 
-    __slots__ = ("exchange", "idle_since", "lane", "loop", "parser", "reused", "transport")
+    __slots__ = ("counted", "exchange", "idle_since", "lane", "loop", "parser", "reused", "transport")
 
     transport: asyncio.Transport
     parser: httptools.HttpResponseParser
@@ -35,6 +35,8 @@ class Connection(asyncio.Protocol):
         self.reused = False
         """Whether the exchange in progress is not this connection's first."""
         self.idle_since = 0.0
+        self.counted = False
+        """Whether the connection holds one of its lane's places (from a completed connect on)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream connection's transport is one
