@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from minato.core.answer import AnswerStream
-from minato.core.generation import Lease
+from minato.core.generation import Lease, Question
+from minato.core.sessions import SessionManager, Turn
 from minato.core.usage import Usage
 from minato.observability.record import RequestRecord
 from minato.ollama.wire import ChatRequest, WireMessage
 from minato.settings import Settings
-from minato.state.memory import TokenQuota
+from minato.state.memory import LocalTurnLocks, MemoryStore, TokenQuota
 from minato.state.usage import MemoryUsage
 from minato.upstream.client import OllamaClient
 from minato.web.lane import LaneListener
@@ -68,7 +69,9 @@ async def fx_client(server: WireServer) -> AsyncIterator[OllamaClient]:
     await client.aclose()
 
 
-async def _answer(server: WireServer, client: OllamaClient, first: bytes) -> tuple[Peer, AnswerStream, RequestRecord]:
+async def _answer(
+    server: WireServer, client: OllamaClient, first: bytes, turn: Turn | None = None
+) -> tuple[Peer, AnswerStream, RequestRecord]:
     """A primed answer whose peer wrote ``first`` (the first complete line, and maybe part of the next)."""
     request = ChatRequest(model="m", messages=[WireMessage(role="user", content="hi")], stream=True)
     opening = asyncio.create_task(client.stream_chat(request))
@@ -79,7 +82,9 @@ async def _answer(server: WireServer, client: OllamaClient, first: bytes) -> tup
     stream = await opening
     record = RequestRecord("r", 0.0)
     usage = Usage(TokenQuota(), MemoryUsage(), None, record, "m")
-    return peer, AnswerStream(stream, Lease(None, None, "m"), usage, "m"), record
+    lease = Lease(turn, None, "m")
+    lease.question = Question("hi", [])
+    return peer, AnswerStream(stream, lease, usage, "m"), record
 
 
 async def test_each_chunk_is_written_as_it_arrives_and_a_line_split_across_chunks_is_joined(
@@ -144,3 +149,27 @@ async def test_a_whole_answer_in_the_primed_batch_ends_without_reading_further(
     assert lane.written == [b"Hi"]
     assert last == b""
     assert record.tokens == 1
+
+
+async def test_a_conversations_turn_is_committed_before_the_answers_end_leaves(
+    server: WireServer, client: OllamaClient
+) -> None:
+    store = MemoryStore()
+    sessions = SessionManager(store, LocalTurnLocks(), Settings(session_store="memory://"))
+    turn = await sessions.begin("", "s")
+    peer, answer, record = await _answer(server, client, ndjson(chat_token("Hel", "m")), turn)
+    lane = Lane()
+    relaying = asyncio.create_task(ChatRelay(answer, StreamFormat.SSE, record).direct(lane))
+    await lane.next_write()
+    peer.chunk(ndjson(chat_token("lo", "m"), chat_done("m")))
+    last = await relaying
+
+    assert len(lane.written) == 1, "the last batch is held from the callback: the request's task writes it"
+    assert b'"token":"lo"' in last
+    assert b"event: done" in last
+    # By the time the last bytes are handed to the response's end, the turn is in the store: a client
+    # that leaves the moment it has its done event cannot lose it.
+    session = await store.get("", "s")
+    assert session is not None
+    assert [(m.role, m.content) for m in session.messages] == [("user", "hi"), ("assistant", "Hello")]
+    turn.release()
