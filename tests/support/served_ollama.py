@@ -2,7 +2,7 @@
 
 App tests point Minato at :attr:`ServedOllama.url`, so every exchange goes through Minato's production
 transport (aiohttp, its connection pool, its body reader). A test that needs a canned answer adds a
-route, with the small part of respx's vocabulary the tests use: ``ollama.post("/api/chat")
+route, in the small part of a mock router's vocabulary the tests use: ``ollama.post("/api/chat")
 .respond(200, json=...)``, ``.mock(side_effect=...)``, ``route.called``, ``route.calls.last.request``.
 A request no route matches is answered by the real stand-in (:mod:`tests.support.standin`).
 
@@ -45,7 +45,7 @@ SideEffect = (
 
 
 class Call(NamedTuple):
-    """One request a route answered, as httpx sees a request (respx's ``Call``)."""
+    """One request a route answered, as httpx sees a request (a mock router's ``Call``)."""
 
     request: httpx.Request
     response: httpx.Response | None
@@ -186,12 +186,12 @@ class ServedOllama:
         return f"https://{self.host}"
 
     def reset(self) -> None:
-        """Forget every call (respx's ``router.reset()``); the routes keep their answers."""
+        """Forget every call (a mock router's ``reset()``); the routes keep their answers."""
         self.calls.clear()
         for route in self.routes:
             route.calls.clear()
 
-    # -- respx's vocabulary ------------------------------------------------------------------
+    # -- a mock router's vocabulary---------------------------------------------------------------
 
     def route(
         self,
@@ -302,7 +302,7 @@ class ServedOllama:
         body = await body_of(request)
         seen = httpx.Request(
             request.method,
-            # The path as it came on the wire (percent-escapes kept), as respx recorded it.
+            # The path as it came on the wire (percent-escapes kept), as a mock transport recorded it.
             f"http://{request.host}{request.raw_path}",
             headers=list(request.raw_headers),
             content=body,

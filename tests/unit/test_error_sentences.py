@@ -59,7 +59,7 @@ async def fx_truncating_ollama() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def test_a_chunked_stream_cut_short_is_named_in_minatos_words_and_the_cause_logged(truncating_ollama: str) -> None:
+async def test_a_chunked_stream_cut_short_is_told_in_minatos_words_cause_logged(truncating_ollama: str) -> None:
     upstream = OllamaClient(Settings(ollama_url=truncating_ollama, session_store="memory://"))
     try:
         stream = await upstream.stream_chat(hello())
