@@ -152,7 +152,8 @@ def test_a_client_that_leaves_closes_ollamas_connection_at_once(relay: Served, n
     assert relay.streams() == []
     assert not relay.events("stream_completed")
     lines = _log_lines(relay.minato, request_id)
-    assert [(line["status"], line["outcome"]) for line in lines] == [(499, "aborted")]
+    # Counted (and charged) as relayed: the one token that passed.
+    assert [(line["status"], line["outcome"], line["tokens"]) for line in lines] == [(499, "aborted", 1)]
 
 
 def _log_lines(minato: MinatoServer, request_id: str) -> list[dict[str, Any]]:
