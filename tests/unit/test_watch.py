@@ -10,6 +10,7 @@ from litestar.types import ReceiveMessage
 
 from minato.errors import ClientDisconnectedError
 from minato.web.disconnect import RequestWatch, watch_of
+from minato.web.lane import LaneListener
 
 pytestmark = pytest.mark.anyio
 
@@ -117,3 +118,45 @@ def test_a_request_has_one_watch() -> None:
     scope: dict[str, Any] = {"type": "http"}
     first = watch_of(scope, connection.receive)  # type: ignore[arg-type]
     assert watch_of(scope, connection.receive) is first  # type: ignore[arg-type]
+
+
+class Lane:
+    """A served request's lane: it tells its one listener when the client leaves."""
+
+    def __init__(self) -> None:
+        self.listener: LaneListener | None = None
+
+    def write(self, chunk: bytes) -> None:
+        raise AssertionError("a watch writes nothing")
+
+    @property
+    def gone(self) -> bool:
+        return False
+
+    def listen(self, listener: LaneListener | None) -> None:
+        self.listener = listener
+
+
+async def test_with_a_lane_the_client_leaving_ends_the_wait_without_a_watcher_task() -> None:
+    connection, lane = Connection(), Lane()
+    watch = RequestWatch(connection.receive, lane)
+    started = asyncio.Event()
+    tasks_before = len(asyncio.all_tasks())
+
+    async def ollama() -> str:
+        started.set()
+        await asyncio.Event().wait()  # an answer that never comes
+        return "never"
+
+    async def disconnect() -> None:
+        await started.wait()
+        assert len(asyncio.all_tasks()) == tasks_before + 1, "only this test's helper: no watcher task"
+        assert lane.listener is watch
+        lane.listener.gone()  # the connection's loss callback
+
+    disconnecting = asyncio.get_running_loop().create_task(disconnect())
+    with pytest.raises(ClientDisconnectedError):
+        await watch.until(ollama())
+    await disconnecting
+    assert watch.left
+    assert connection.calls == 0, "receive() is never awaited: the lane tells"
