@@ -8,7 +8,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +18,7 @@ from minato.state.memory import TokenQuota
 from minato.state.windows import Standing
 from minato.web.app import create_app
 from tests.support.keyfiles import ALICE, BOB, CAROL, KEYS_FILE, _file
+from tests.support.logs import captured
 from tests.support.payloads import catalogue, chat_answer, chat_done, chat_token, ndjson
 from tests.support.served_ollama import ServedOllama
 
@@ -185,7 +185,7 @@ async def test_a_failing_quota_refuses_rather_than_lets_through(settings: Settin
 async def test_tokens_are_counted_by_key_name_and_no_key_is_ever_exposed(named: Client, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
 
-    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with captured() as logs:
         await named.get("/llama3.2", params={"message": "hi"}, headers=_as(ALICE))
         await named.get("/llama3.2", params={"message": "hi"}, headers=_as(UNNAMED))
     exposition = (await named.get("/metrics", headers=_as(BOB))).text

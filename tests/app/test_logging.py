@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -14,12 +15,11 @@ import structlog
 from litestar import Litestar
 from litestar.exceptions import LitestarException
 from litestar.testing import AsyncTestClient
-from structlog.testing import capture_logs
 
 from minato.observability.logging import configure_logging
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.support.logs import fx_restore_logging  # noqa: F401 - fixtures, found by name
+from tests.support.logs import captured, fx_restore_logging  # noqa: F401 - fixtures, found by name
 from tests.support.payloads import chat_answer, chat_done, chat_token, ndjson, not_found, streamed
 from tests.support.served_ollama import ServedOllama
 
@@ -27,11 +27,6 @@ pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
 SECRET = "my secret prompt about kittens"
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def captured() -> Any:
-    """``capture_logs`` with the context variables merged in, as the configured pipeline does."""
-    return capture_logs(processors=[structlog.contextvars.merge_contextvars])
 
 
 def requests_in(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -291,3 +286,37 @@ async def test_a_native_stream_ending_with_ollamas_error_line_is_an_upstream_err
     assert failed["log_level"] == "warning"
     assert "an error was encountered while running the model" in failed["detail"]
     assert 'minato_upstream_errors_total{kind="StreamError"} 1.0' in metrics
+
+
+async def test_a_served_app_writes_the_json_request_line_itself(
+    settings: Settings, ollama: ServedOllama, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    """Configured for JSON (as ``minato serve`` is), the request line skips structlog's chain, with the
+    same facts: what a test captures from structlog no longer sees it, stdout does."""
+    ollama.post("/api/chat").respond(200, json=chat_answer())
+    keyed = msgspec.structs.replace(settings, api_keys=("log-user-key",), log_format="json")
+    app = create_app(keyed, configure_logs=True)
+    # Nothing logged here may stay bound to this test's stdout.
+    structlog.configure(cache_logger_on_first_use=False)
+    async with AsyncTestClient(app=app) as client:
+        with captured() as events:
+            response = await client.get(
+                "/llama3.2:1b", params={"message": SECRET}, headers={"X-API-Key": "log-user-key", "x-request-id": "r-1"}
+            )
+
+    assert response.status_code == 200
+    assert requests_in(events) == []
+    written = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (line,) = [entry for entry in written if entry["event"] == "request"]
+    assert {key: line[key] for key in ("method", "route", "model", "status", "outcome", "tokens", "request_id")} == {
+        "method": "GET",
+        "route": "/{model_name}",
+        "model": "llama3.2:1b",
+        "status": 200,
+        "outcome": "ok",
+        "tokens": 3,
+        "request_id": "r-1",
+    }
+    assert line["key"] == hashlib.sha256(b"log-user-key").hexdigest()[:12]
+    assert line["level"] == "info"
+    assert "kittens" not in json.dumps(written)

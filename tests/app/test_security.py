@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
-import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from minato.settings import Settings
 from minato.state.memory import LocalRateLimiter
 from minato.web.app import create_app
+from tests.support.logs import captured
 from tests.support.payloads import TAGS, catalogue, chat_answer, show
 from tests.support.served_ollama import ServedOllama
 
@@ -121,7 +121,7 @@ async def test_open_probes_serve_ready_and_metrics_without_a_key(settings: Setti
 async def test_keys_never_reach_the_logs_only_a_fingerprint(secured: Client, ollama: ServedOllama) -> None:
     ollama.get("/api/tags").respond(200, json=TAGS)
 
-    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with captured() as logs:
         await secured.get("/models_list/", headers={"Authorization": f"Bearer {USER}"})
 
     assert USER not in repr(logs)

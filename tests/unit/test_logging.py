@@ -6,12 +6,15 @@ import asyncio
 import io
 import json
 import logging
+from typing import Literal
 
 import pytest
 import structlog
 
+from minato.auth.caller import Caller, Role
 from minato.errors import StreamAbortedError
-from minato.observability.logging import configure_logging
+from minato.observability.logging import DirectAccessLog, configure_logging, log_request
+from minato.observability.record import CURRENT_RECORD, RequestRecord
 from minato.settings import Settings
 from tests.support.logs import fx_restore_logging  # noqa: F401 - fixtures, found by name
 
@@ -112,4 +115,99 @@ def test_the_traceback_of_a_request_the_server_cancelled_is_hidden() -> None:
     assert [(event["event"], event["exception"][0]["exc_type"]) for event in logged] == [
         ("cancelled where nothing expects it", "CancelledError"),
         ("Exception in ASGI application", "RuntimeError"),
+    ]
+
+
+def _record(*, full: bool) -> RequestRecord:
+    record = RequestRecord("abc-123", 0.0)
+    if full:
+        record.model = "llama3.2:1b"
+        record.tokens = 3
+        record.backend = "127.0.0.1:11434"
+        record.caller = Caller("0123456789ab", Role.USER, "alice")
+    return record
+
+
+@pytest.mark.parametrize("full", [pytest.param(True, id="every-fact"), pytest.param(False, id="no-facts")])
+@pytest.mark.usefixtures("restore_logging")
+def test_the_direct_request_line_is_the_line_the_chain_renders(full: bool) -> None:
+    """The request line skips the processor chain when the format is JSON: same fields, values and order."""
+    out = io.StringIO()
+    direct = configure_logging(Settings(log_format="json"), stream=out)
+    # Nothing logged here may stay bound to this test's stream.
+    structlog.configure(cache_logger_on_first_use=False)
+    record = _record(full=full)
+    status = 200 if full else None
+    outcome = "ok" if full else "aborted"
+    current = CURRENT_RECORD.set(record)
+    try:
+        log_request("GET", "/{model_name}", status, outcome, 1.25, record)
+        assert isinstance(direct, DirectAccessLog)
+        direct("GET", "/{model_name}", status, outcome, 1.25, record)
+    finally:
+        CURRENT_RECORD.reset(current)
+
+    chained, written = (json.loads(line) for line in out.getvalue().splitlines())
+    assert list(written) == list(chained)
+    assert {**written, "timestamp": ""} == {**chained, "timestamp": ""}
+    assert written["timestamp"].endswith("Z")
+    expected = {"event": "request", "request_id": "abc-123", "level": "info", "status": status, "outcome": outcome}
+    assert expected.items() <= written.items()
+    assert ("key" in written, "backend" in written) == (full, full)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_direct_request_line_goes_to_the_streams_bytes() -> None:
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    direct = configure_logging(Settings(log_format="json"), stream=out)
+    structlog.configure(cache_logger_on_first_use=False)
+    record = _record(full=True)
+    record.model = "caf\u00e9"
+
+    assert direct is not None
+    direct("GET", "/{model_name}", 200, "ok", 1.0, record)
+    logging.getLogger("uvicorn.error").warning("after it")
+
+    lines = [json.loads(line) for line in raw.getvalue().decode().splitlines()]
+    assert [(line["event"], line.get("model")) for line in lines] == [("request", "caf\u00e9"), ("after it", None)]
+
+
+@pytest.mark.parametrize(
+    ("log_format", "log_level", "writer"),
+    [
+        pytest.param("console", "info", "chain", id="console-through-structlog"),
+        pytest.param("json", "warning", "none", id="above-info-no-line"),
+        pytest.param("console", "error", "none", id="console-above-info-no-line"),
+    ],
+)
+@pytest.mark.usefixtures("restore_logging")
+def test_the_request_line_goes_through_structlog_or_nowhere_otherwise(
+    log_format: Literal["console", "json"], log_level: Literal["info", "warning", "error"], writer: str
+) -> None:
+    access = configure_logging(Settings(log_format=log_format, log_level=log_level), stream=io.StringIO())
+
+    assert access is (log_request if writer == "chain" else None)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_lines_logged_during_a_request_carry_its_id_and_key() -> None:
+    out = io.StringIO()
+    configure_logging(Settings(log_format="json"), stream=out)
+    structlog.configure(cache_logger_on_first_use=False)
+    current = CURRENT_RECORD.set(_record(full=True))
+    try:
+        structlog.get_logger("test").warning("during", request_id="explicit-wins")
+        structlog.get_logger("test").warning("during")
+        logging.getLogger("uvicorn.error").warning("stdlib during")
+    finally:
+        CURRENT_RECORD.reset(current)
+    structlog.get_logger("test").warning("after")
+
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["event"], line.get("request_id"), line.get("key")) for line in lines] == [
+        ("during", "explicit-wins", "alice"),
+        ("during", "abc-123", "alice"),
+        ("stdlib during", "abc-123", "alice"),
+        ("after", None, None),
     ]

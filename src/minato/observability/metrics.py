@@ -32,6 +32,23 @@ def _unlabelled(model: str | None) -> str:
 
 _Labelled = TypeVar("_Labelled", Counter, Histogram)
 _Series = TypeVar("_Series", Counter, Gauge, Histogram)
+#: What tells apart the series a finished request feeds: route, method, status, model label, key's name.
+_RequestKind = tuple[str, str, int, str, str]
+
+
+class _RequestSeries:
+    """The children one kind of finished request feeds, found with one lookup per request. Each is made
+    when a request first needs it: a series that never counted anything is not exposed."""
+
+    __slots__ = ("duration", "first_token", "key_tokens", "requests", "tokens", "tokens_per_second")
+
+    def __init__(self, requests: Counter, duration: Histogram) -> None:
+        self.requests = requests
+        self.duration = duration
+        self.first_token: Histogram | None = None
+        self.tokens: Counter | None = None
+        self.key_tokens: Counter | None = None
+        self.tokens_per_second: Histogram | None = None
 
 
 class Metrics:
@@ -39,6 +56,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self._children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
+        self._requests: dict[_RequestKind, _RequestSeries] = {}
         #: Turns a requested model into a bounded label (the model catalog's, once the app runs).
         self.model_label: Callable[[str | None], str] = _unlabelled
         self.registry = CollectorRegistry(auto_describe=True)
@@ -140,17 +158,36 @@ class Metrics:
     def observe(self, route: str, method: str, status: int, seconds: float, record: RequestRecord) -> None:
         """Account for one finished request; every label comes from a bounded set, never from the request."""
         model = self.model_label(record.model)
-        self._child(self.requests, route, method if method in METHODS else "other", str(status), model).inc()
-        self._child(self.duration, route).observe(seconds)
+        caller = record.caller
+        # Names and fingerprints of configured keys only: a bounded set.
+        kind = (
+            route,
+            method if method in METHODS else "other",
+            status,
+            model,
+            caller.name if caller else ANONYMOUS_KEY,
+        )
+        series = self._requests.get(kind)
+        if series is None:
+            series = self._requests[kind] = _RequestSeries(
+                self._child(self.requests, kind[0], kind[1], str(status), model), self._child(self.duration, route)
+            )
+        series.requests.inc()
+        series.duration.observe(seconds)
         if record.first_token is not None:
-            self._child(self.first_token, model).observe(record.first_token)
+            first = series.first_token or self._child(self.first_token, model)
+            series.first_token = first
+            first.observe(record.first_token)
         if record.tokens:
-            self._child(self.tokens, model).inc(record.tokens)
-            # Names and fingerprints of configured keys only: a bounded set.
-            key = record.caller.name if record.caller is not None else ANONYMOUS_KEY
-            self._child(self.key_tokens, model, key).inc(record.tokens)
+            tokens = series.tokens or self._child(self.tokens, model)
+            key_tokens = series.key_tokens or self._child(self.key_tokens, model, kind[4])
+            series.tokens, series.key_tokens = tokens, key_tokens
+            tokens.inc(record.tokens)
+            key_tokens.inc(record.tokens)
         if record.tokens_per_second:
-            self._child(self.tokens_per_second, model).observe(record.tokens_per_second)
+            speed = series.tokens_per_second or self._child(self.tokens_per_second, model)
+            series.tokens_per_second = speed
+            speed.observe(record.tokens_per_second)
         if record.upstream_error is not None:
             self._child(self.upstream_errors, record.upstream_error).inc()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -80,3 +81,10 @@ def record_of(scope: Mapping[str, Any]) -> RequestRecord | None:
     """Return the log record of the request in ``scope``, if the logging middleware made one."""
     record: RequestRecord | None = scope.get("state", {}).get(RECORD_KEY)
     return record
+
+
+#: The record of the request being served in this context (set by the request log middleware for the
+#: request's time). Every line logged meanwhile takes the request id and the key's name from it
+#: (:func:`minato.observability.logging.add_request_facts`): one ``ContextVar.set`` per request instead
+#: of binding and unbinding structlog's context variables (a few µs per request).
+CURRENT_RECORD: Final[ContextVar[RequestRecord | None]] = ContextVar("minato.record", default=None)

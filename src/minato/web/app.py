@@ -16,7 +16,7 @@ from minato import __version__
 from minato.auth.keyring import Keyring
 from minato.core.admission import Admission
 from minato.core.policy import Policy
-from minato.observability.logging import configure_logging
+from minato.observability.logging import AccessLog, configure_logging, log_request
 from minato.observability.metrics import Metrics
 from minato.settings import Settings
 from minato.state.protocols import Affinity, Quota, RateLimiter
@@ -85,8 +85,9 @@ def create_app(
     if configure_logs is None:
         configure_logs = served
     settings = settings if settings is not None else Settings.from_env()
-    if configure_logs:
-        configure_logging(settings)
+    # How the request line is written: through structlog (whatever a test configured), unless the
+    # process's logging is configured here (directly for JSON: see configure_logging).
+    access: AccessLog | None = configure_logging(settings) if configure_logs else log_request
     metrics = Metrics()
     keyring = Keyring.from_settings(settings)
     policy = Policy(settings, keyed=keyring.enabled)
@@ -155,7 +156,7 @@ def create_app(
     app.state.keywatch = keywatch  # minato serve's SIGHUP handler asks it (minato.server.serving)
     document_routes(app)
     bounded = BodyTimeout(QueryLengthLimit(app.asgi_handler, settings.max_query_chars), settings.body_timeout)
-    app.asgi_handler = RequestLogMiddleware(bounded, metrics, on_head=add_limit_headers)
+    app.asgi_handler = RequestLogMiddleware(bounded, metrics, on_head=add_limit_headers, access=access)
     return app
 
 

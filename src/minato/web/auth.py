@@ -93,10 +93,10 @@ def make_guard(settings: Settings, keyring: Keyring, slot: RuntimeSlot, policy: 
                 else "the API key is not valid",
                 headers={"WWW-Authenticate": WWW_AUTHENTICATE},
             )
-        structlog.contextvars.bind_contextvars(key=caller.name)
         connection.scope["state"][CALLER_STATE_KEY] = caller
         record = record_of(connection.scope)
         if record is not None:
+            # Also names the key on every line logged during the request (add_request_facts).
             record.caller = caller
         policy.check_route(caller, _needs(opt))
         state = connection.scope["state"]
