@@ -16,21 +16,16 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from bench.common import FULL, QUICK, Plan
+from bench.concurrency import concurrency_rows
+from bench.core import answer_rows, door_rows, relay_rows
+from bench.features import feature_rows
+from bench.pool import pool_rows
 from bench.processes import Server, machine_info, raise_fd_limit, run_minato
 from bench.profile import Profiler
+from bench.references import paced_rows, whole16_rows
 from bench.report import Row, render_text, write_markdown
-from bench.scenarios import (
-    FULL,
-    QUICK,
-    Plan,
-    answer_rows,
-    concurrency_rows,
-    door_rows,
-    paced_rows,
-    pool_rows,
-    relay_rows,
-    whole16_rows,
-)
+from bench.slow_reader import slow_reader_rows
 from tests.support.standin.process import run_standin
 
 PARTS: Final = {
@@ -38,7 +33,10 @@ PARTS: Final = {
     "paced": "200 paced streams direct, through nginx, the bare relay and Minato's two stream routes",
     "whole16": "whole answers at 16 clients, Minato with its default features against the bare relay",
     "concurrency": "1,000 slow streams, then 5,000 at once, on one Minato worker",
+    "slowreader": "one client reading a 100,000-token answer 10x slower than Ollama writes it",
     "pool": "backends, failover, Redis",
+    "features": "what each feature costs per request: A/B runs (key, rate limit, log line, session turn, "
+    "3 backends) and a profile (metrics, fair admission)",
 }
 
 
@@ -96,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "pool" in parts:
             # Also at log level warning; these rows start their own Minatos and backends.
             rows += uvloop.run(pool_rows(standin_url, plan))
+        if "slowreader" in parts:
+            rows += uvloop.run(slow_reader_rows(plan))  # with its own stand-in
+        if "features" in parts:
+            rows += uvloop.run(feature_rows(plan))  # with its own stand-ins
         if "concurrency" in parts:
             rows += uvloop.run(concurrency_rows(plan, profiler))  # with its own stand-in
     machine = machine_info(load_before)

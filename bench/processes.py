@@ -2,9 +2,10 @@
 
 The stand-in comes from :mod:`tests.support.standin.process`; Minato is started the way
 ``tests/support/servers.py`` starts it, with its log going to a file (as it would to a container's
-log pipe) rather than to the benchmark's terminal. The two references it is compared with are
-Debian's nginx (:func:`run_nginx`) and the bare Litestar relay of :mod:`bench.bare_relay`
-(:func:`run_bare_relay`), each on its own free loopback port.
+log pipe) rather than to the benchmark's terminal. The references it is compared with are Debian's
+nginx (:func:`run_nginx`), the floor relay of :mod:`bench.floor_relay` (:func:`run_floor_relay`) and
+the bare Litestar relay of :mod:`bench.bare_relay` (:func:`run_bare_relay`), each on its own free
+loopback port.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "raise_fd_limit",
     "rss_bytes",
     "run_bare_relay",
+    "run_floor_relay",
     "run_minato",
     "run_nginx",
 ]
@@ -174,6 +176,19 @@ def run_bare_relay(ollama_url: str) -> Iterator[Server]:
     with (
         tempfile.TemporaryDirectory(prefix="minato-bench-relay-") as tmp,
         _serving("the bare relay", argv, env, port, Path(tmp) / "relay.log") as server,
+    ):
+        yield server
+
+
+@contextlib.contextmanager
+def run_floor_relay(ollama_url: str) -> Iterator[Server]:
+    """Run :mod:`bench.floor_relay` (uvloop + httptools protocols, no framework) in front of ``ollama_url``."""
+    port = _free_port()
+    env = {**_clean_env(), "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "bench.floor_relay", "--port", str(port), "--upstream", ollama_url]
+    with (
+        tempfile.TemporaryDirectory(prefix="minato-bench-floor-") as tmp,
+        _serving("the floor relay", argv, env, port, Path(tmp) / "floor.log") as server,
     ):
         yield server
 
