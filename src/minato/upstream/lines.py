@@ -21,6 +21,7 @@ from minato.ollama.wire import ChatChunk, PullProgress
 from minato.upstream.failures import log_library_error
 
 T = TypeVar("T", ChatChunk, PullProgress)
+"""What a stream's lines decode to."""
 
 
 class LineReader(Generic[T]):

@@ -12,19 +12,18 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, ClassVar, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Final, Generic, Protocol
 
 import msgspec
 
 from minato.errors import MinatoError, ModelNotFoundError, OllamaTimeoutError, UpstreamError
 from minato.ollama.wire import ChatChunk, PullProgress
-from minato.upstream.lines import LineReader
+from minato.upstream.lines import LineReader, T
 
 if TYPE_CHECKING:
     from minato.upstream.engine.exchange import Exchange
     from minato.upstream.sink import Source
 
-T = TypeVar("T", ChatChunk, PullProgress)
 _MANIFEST_STATUS: Final = "pulling manifest"
 _chunk_decoder: Final = msgspec.json.Decoder(ChatChunk)
 _progress_decoder: Final = msgspec.json.Decoder(PullProgress)
