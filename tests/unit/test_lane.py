@@ -15,6 +15,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from minato.server.httpserver import BoundedHttpToolsProtocol
+from minato.server.lane import HeldHead
 from minato.web.lane import Lane, lane_of
 
 pytestmark = pytest.mark.anyio
@@ -173,3 +174,56 @@ async def test_a_client_that_leaves_is_told_to_the_listener_and_later_writes_are
         writer.close()
         await listener.left.wait()
     assert lane_gone == [False, True]
+
+
+class RecordingTransport:
+    """What a cycle's transport was asked to write, write by write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def _held(transport: RecordingTransport) -> HeldHead:
+    return HeldHead(transport, asyncio.get_running_loop())  # type: ignore[arg-type]  # the three methods a cycle calls
+
+
+async def test_a_whole_answers_head_leaves_with_its_body_in_one_write() -> None:
+    transport = RecordingTransport()
+    held = _held(transport)
+    held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert transport.writes == [], "the head waits for the body"
+    held.write(b"{}")
+    held.write(b"more")
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", b"more"]
+
+
+async def test_a_head_without_a_body_in_the_same_turn_leaves_at_the_end_of_the_turn() -> None:
+    transport = RecordingTransport()
+    held = _held(transport)
+    held.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    await asyncio.sleep(0)  # one turn of the event loop: the held head is flushed at its end
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n"]
+    held.write(b"token")
+    assert transport.writes[-1] == b"token"
+
+
+async def test_closing_writes_the_held_head_first() -> None:
+    transport = RecordingTransport()
+    held = _held(transport)
+    held.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    held.close()
+    assert transport.writes == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"]
+    assert transport.closed
+    assert held.is_closing()
+    held.flush()  # what the end of the turn does: nothing is left to write
+    assert len(transport.writes) == 1

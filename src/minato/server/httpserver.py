@@ -26,7 +26,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from minato.server.lane import CycleLane
+from minato.server.lane import CycleLane, HeldHead
 from minato.settings import Settings
 from minato.web.lane import LANE_EXTENSION
 from minato.web.limits import longest_request_target
@@ -182,7 +182,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # Every request gets its lane as its task starts (a pipelined one only once the response before
         # it is complete): the one lane of a connection that flow control and loss are told to.
-        lane = self.lane = CycleLane(cycle, self.transport, self.flow)
+        # The cycle writes through a transport that sends its head with the body's first bytes.
+        held = HeldHead(self.transport, self.loop)
+        cycle.transport = held  # type: ignore[assignment]  # the cycle calls write, close and is_closing only
+        lane = self.lane = CycleLane(cycle, held, self.flow)
         cycle.scope.setdefault("extensions", {})[LANE_EXTENSION] = lane  # type: ignore[assignment]  # uvicorn types every extension as a dict
         super()._start_asgi_task(cycle, app)
 

@@ -8,11 +8,10 @@ cycle is between its head and its end.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import asyncio
-
     from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
@@ -28,7 +27,7 @@ class CycleLane:
 
     __slots__ = ("_cycle", "_flow", "_head", "_listener", "_lost", "_transport")
 
-    def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport, flow: FlowControl) -> None:
+    def __init__(self, cycle: RequestResponseCycle, transport: HeldHead, flow: FlowControl) -> None:
         self._cycle = cycle
         self._transport = transport
         self._flow = flow
@@ -89,4 +88,51 @@ class CycleLane:
         self._listener = None
 
 
-__all__ = ["CycleLane"]
+class HeldHead:
+    """The transport a request cycle writes to: its first write (the response's head) is held until the
+    next one, or until this turn of the event loop ends, and leaves with it.
+
+    A whole answer's head and body are written by one task step, so they leave in one ``send`` (one
+    segment, one wake-up of the client) instead of two; a stream's head leaves with its first token,
+    which is ready when the head is sent. Nothing is held past the turn, so nothing waits. Every later
+    write goes straight through.
+    """
+
+    __slots__ = ("_fresh", "_held", "_loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._fresh = True
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        """Write ``data``: the first write is held (see the class), a later one takes it along."""
+        if self._fresh:
+            self._fresh = False
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        """Write what is held now."""
+        held, self._held = self._held, None
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
+
+    def close(self) -> None:
+        """Close the connection once what is held is written."""
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        """Whether the connection is closing."""
+        return self.transport.is_closing()
+
+
+__all__ = ["CycleLane", "HeldHead"]
