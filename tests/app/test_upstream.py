@@ -430,8 +430,20 @@ async def test_a_stream_that_ends_without_done_raises(upstream: OllamaClient, ol
 async def test_an_empty_stream_fails_before_anything_is_relayed(upstream: OllamaClient, ollama: ServedOllama) -> None:
     ollama.post("/api/chat").mock(side_effect=lambda _: streamed(b""))
 
-    with pytest.raises(UpstreamError):
+    with pytest.raises(UpstreamError) as caught:
         await upstream.stream_chat(hello())
+
+    assert caught.value.detail == "Ollama closed the stream before sending anything"
+
+
+async def test_a_whole_answer_without_its_last_newline_is_primed_and_complete(
+    upstream: OllamaClient, ollama: ServedOllama
+) -> None:
+    body = ndjson(chat_token("Hi"), chat_done()).rstrip(b"\n")
+    ollama.post("/api/chat").mock(side_effect=lambda _: streamed(body[:30], body[30:]))
+    stream = await upstream.stream_chat(hello())
+
+    assert await collect(stream) == ["Hi", ""]
 
 
 async def test_a_malformed_line_mid_stream_raises(upstream: OllamaClient, ollama: ServedOllama) -> None:

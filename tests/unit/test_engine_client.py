@@ -1,6 +1,6 @@
-"""What the client hands the web relays over the engine: a primed stream's first batch, the bytes past
-its last complete line, and the rest of its body as a Source; a forwarded answer's Source; closing
-once (``on_close`` once, Ollama's connection closed mid-body)."""
+"""What the client hands the web relays over the engine: a primed stream's first batch, its line reader
+holding the bytes past its last complete line, and the rest of its body as a Source; a forwarded
+answer's Source; closing once (``on_close`` once, Ollama's connection closed mid-body)."""
 
 from __future__ import annotations
 
@@ -73,8 +73,6 @@ async def test_a_primed_stream_hands_on_its_first_batch_the_rest_of_a_line_and_i
     stream.on_close = lambda: closed.append("closed")
 
     assert [chunk.message.content for chunk in stream.first] == ["Hel"]
-    assert stream.take_rest() == second[:10]
-    assert stream.take_rest() == b""  # taken
     source = stream.source
     assert source is not None
     sink = Collecting()
@@ -85,6 +83,9 @@ async def test_a_primed_stream_hands_on_its_first_batch_the_rest_of_a_line_and_i
 
     assert sink.body == second[10:] + done
     assert sink.ending == "end"
+    # The stream's reader kept the start of the line priming read past: the relay's bytes complete it.
+    assert [chunk.message.content for chunk in stream.lines.feed(sink.body)] == ["lo", ""]
+    assert stream.lines.failure is None
     stream.close()
     await stream.aclose()
     assert closed == ["closed"]

@@ -9,21 +9,16 @@ way :meth:`AnswerStream.note` keeps the answer's text and says when the turn is 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-import msgspec
-
-from minato.errors import MinatoError, UpstreamError
+from minato.errors import MinatoError
 from minato.ollama.wire import ChatChunk
-from minato.upstream.failures import log_library_error
 
 if TYPE_CHECKING:
     from minato.core.generation import Lease
     from minato.core.usage import Usage
     from minato.upstream.sink import Source
     from minato.upstream.streams import ChunkStream
-
-_decoder: Final = msgspec.json.Decoder(ChatChunk)
 
 
 class AnswerStream:
@@ -38,8 +33,8 @@ class AnswerStream:
 
     __slots__ = (
         "_answer",
-        "_carry",
         "_lease",
+        "_lines",
         "_stream",
         "_usage",
         "backend",
@@ -57,7 +52,7 @@ class AnswerStream:
         self.backend = stream.backend
         # Only a conversation keeps the answer's text: without one nothing would read it.
         self._answer: list[str] | None = [] if lease.turn is not None else None
-        self._carry = b""
+        self._lines = stream.lines
         self.complete = False
         """Whether the last line (``"done": true``) came."""
         self.commit_due = False
@@ -84,50 +79,29 @@ class AnswerStream:
         return batch
 
     def primed(self) -> list[ChatChunk]:
-        """The batch priming read (the first of a direct relay), taking over the bytes it read past it."""
-        self._carry = self._stream.take_rest()
-        return self._checked(self._stream.first)
+        """The batch priming read (the first of a direct relay; the stream's reader holds what came past it)."""
+        return self._noted(self._stream.first)
 
     def feed(self, chunk: bytes) -> list[ChatChunk]:
         """The lines ``chunk`` completes, decoded, up to a line Ollama failed with (then :attr:`failure`)."""
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            self._carry += chunk
-            return []
-        lines = self._carry + chunk[: end + 1] if self._carry else chunk[: end + 1]
-        self._carry = chunk[end + 1 :]
-        return self._decoded(lines)
+        # What _noted does, written out: this runs per chunk of every relayed answer.
+        lines = self._lines
+        batch = lines.feed(chunk)
+        if lines.failure is not None:
+            self.failure = lines.failure
+        return self.note(batch) if batch else batch
 
     def ended(self) -> list[ChatChunk]:
         """Ollama's body ended: its unterminated last line, decoded; without the last line the answer
         was cut short (:attr:`failure`)."""
-        rest, self._carry = self._carry.strip(), b""
-        batch = self._decoded(rest) if rest else []
-        if not self.complete and self.failure is None:
-            self.failure = UpstreamError("Ollama closed the stream before it was done")
-        return batch
+        return self._noted(self._lines.end())
 
-    def _decoded(self, lines: bytes) -> list[ChatChunk]:
-        try:
-            batch = _decoder.decode_lines(lines)
-        except msgspec.DecodeError as exc:
-            log_library_error("ollama_line_unreadable", exc, self._stream.ollama_url)
-            shape = isinstance(exc, msgspec.ValidationError)
-            self.failure = UpstreamError(
-                "Ollama sent a line that does not have the shape of Ollama's API"
-                if shape
-                else "Ollama sent a line that is not valid JSON"
-            )
-            return []
-        return self._checked(batch)
-
-    def _checked(self, batch: list[ChatChunk]) -> list[ChatChunk]:
-        """``batch`` up to an error line, which becomes the :attr:`failure` (the lines before it still count)."""
-        for index, chunk in enumerate(batch):
-            if chunk.error:
-                self.failure = UpstreamError(f"Ollama failed mid-stream: {chunk.error}")
-                return self.note(batch[:index])
-        return self.note(batch)
+    def _noted(self, batch: list[ChatChunk]) -> list[ChatChunk]:
+        """``batch`` noted, and what the reader found wrong with the stream as the answer's :attr:`failure`."""
+        failure = self._lines.failure
+        if failure is not None:
+            self.failure = failure
+        return self.note(batch) if batch else batch
 
     # The awaited ends.
 

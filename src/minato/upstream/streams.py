@@ -12,19 +12,18 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, ClassVar, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Final, Generic, Protocol
 
 import msgspec
 
 from minato.errors import MinatoError, ModelNotFoundError, OllamaTimeoutError, UpstreamError
 from minato.ollama.wire import ChatChunk, PullProgress
-from minato.upstream.failures import log_library_error
+from minato.upstream.lines import LineReader, T
 
 if TYPE_CHECKING:
     from minato.upstream.engine.exchange import Exchange
     from minato.upstream.sink import Source
 
-T = TypeVar("T", ChatChunk, PullProgress)
 _MANIFEST_STATUS: Final = "pulling manifest"
 _chunk_decoder: Final = msgspec.json.Decoder(ChatChunk)
 _progress_decoder: Final = msgspec.json.Decoder(PullProgress)
@@ -162,26 +161,31 @@ class RawResponse(_Body):
 
 
 class _LineStream(_Body, abc.ABC, Generic[T]):
-    """NDJSON lines off an Ollama answer, decoded a received chunk at a time.
+    """NDJSON lines off an Ollama answer, read by its :class:`~minato.upstream.lines.LineReader`.
 
-    Lines that arrive together are decoded and handed on together: relaying a batch costs one
-    write instead of one per token, which keeps per-token CPU flat however fast Ollama is.
+    Awaited here (priming, and the batches of a stream read to its end); a relay from the data
+    callback (:attr:`source`) goes on feeding the same reader, which holds the bytes received past
+    the last complete line.
     """
 
     first: list[T]
     _decoder: msgspec.json.Decoder[T]
     #: What priming waits for, in Minato's sentence when it does not come.
     _primes_on: ClassVar[str]
+    #: Minato's sentences for an ``error`` line mid-way (Ollama's error in place of ``{}``) and for a
+    #: body that ends before the last line.
+    _failed: ClassVar[str]
+    _cut_short: ClassVar[str]
 
     def __init__(self, exchange: Exchange, idle_timeout: float) -> None:
         super().__init__(exchange, exchange.ollama_url, idle_timeout)
-        self._buffer = b""
+        self.lines: LineReader[T] = self.reader(exchange.ollama_url)
+        """The stream's line reader: what priming read past :attr:`first` is carried in it."""
 
-    def take_rest(self) -> bytes:
-        """The bytes received past the last complete line, taken: a relay that attaches to
-        :attr:`source` after :attr:`first` splits lines itself, starting with these."""
-        rest, self._buffer = self._buffer, b""
-        return rest
+    @classmethod
+    def reader(cls, ollama_url: str) -> LineReader[T]:
+        """A line reader with this stream's decoder, sentences and last line."""
+        return LineReader(cls._decoder, ollama_url, failed=cls._failed, cut_short=cls._cut_short, is_last=cls._is_last)
 
     async def prime(self, deadline: float, budget: float) -> None:
         """Read the first batch by the loop-time ``deadline`` (``budget`` seconds from the request);
@@ -200,84 +204,65 @@ class _LineStream(_Body, abc.ABC, Generic[T]):
     async def _prime(self) -> None:
         """Read up to the first batch the caller commits on; raise if Ollama failed before it."""
 
+    @staticmethod
     @abc.abstractmethod
-    def _is_last(self, item: T) -> bool:
+    def _is_last(item: T) -> bool:
         """Whether ``item`` is the stream's last line."""
 
-    async def _next_lines(self) -> bytes | None:
-        """Return the next run of complete lines, or ``None`` at the end of the body."""
+    async def _next_batch(self) -> list[T]:
+        """Read until lines decode (at least one), the reader finds a failure, or the body ends."""
+        lines = self.lines
         while True:
             data = await self._read()
             if not data:
-                rest, self._buffer = self._buffer.strip(), b""
-                return rest or None
-            end = data.rfind(b"\n")
-            if end < 0:
-                self._buffer += data
-                continue
-            lines = self._buffer + data[: end + 1] if self._buffer else data[: end + 1]
-            self._buffer = data[end + 1 :]
-            return lines
+                return lines.end()
+            batch = lines.feed(data)
+            if batch or lines.failure is not None:
+                return batch
 
-    async def _next_batch(self) -> list[T] | None:
-        """Return the next run of decoded lines, or ``None`` at the end of the body."""
-        lines = await self._next_lines()
-        if lines is None:
-            return None
-        try:
-            return self._decoder.decode_lines(lines)
-        except msgspec.DecodeError as exc:
-            raise _unreadable_line(exc, self.ollama_url) from None
-
-    async def _batches(self, failed: str, cut_short: str) -> AsyncIterator[list[T]]:
-        """Yield the primed batch, then each further batch up to the last line; an ``error`` line
-        raises ``failed`` (its error in place of ``{}``), an end before the last line ``cut_short``.
-
-        Lines before an error line in the same batch are yielded first, so nothing is lost.
-        """
-        batch: list[T] | None = self.first
-        while batch is not None:
-            for index, item in enumerate(batch):
-                if item.error:
-                    if index:
-                        yield batch[:index]
-                    raise UpstreamError(failed.format(item.error))
-            yield batch
+    async def _batches(self) -> AsyncIterator[list[T]]:
+        """Yield the primed batch, then each further batch up to the last line; then raise the
+        reader's failure, if it found one (the lines before it were yielded first, so nothing is lost)."""
+        lines = self.lines
+        batch = self.first
+        while True:
+            if batch:
+                yield batch
+            if lines.failure is not None:
+                raise lines.failure
             if batch and self._is_last(batch[-1]):
                 return
             batch = await self._next_batch()
-        raise UpstreamError(cut_short)
-
-
-def _unreadable_line(exc: msgspec.DecodeError, ollama_url: str) -> UpstreamError:
-    """Minato's sentence for a line of Ollama's stream it cannot decode; msgspec's text goes to the log."""
-    log_library_error("ollama_line_unreadable", exc, ollama_url)
-    if isinstance(exc, msgspec.ValidationError):
-        return UpstreamError("Ollama sent a line that does not have the shape of Ollama's API")
-    return UpstreamError("Ollama sent a line that is not valid JSON")
 
 
 class ChunkStream(_LineStream[ChatChunk]):
     """A primed ``/api/chat`` stream yielding batches of chunks.
 
-    For the web layer's relays: :attr:`first` is the primed batch (decoded), :meth:`take_rest` the
-    bytes received past its last complete line, and :attr:`source` the rest of the body as a
+    For the web layer's relays: :attr:`first` is the primed batch (decoded, up to an ``error`` line),
+    :attr:`lines` the reader to feed the rest of the body to, and :attr:`source` that rest as a
     :class:`~minato.upstream.sink.Source` (each piece handed to a sink from the data callback);
     :meth:`close` ends it without awaiting (``on_close`` runs once).
     """
 
     _decoder = _chunk_decoder
     _primes_on = "a first token"
+    _failed = "Ollama failed mid-stream: {}"
+    _cut_short = "Ollama closed the stream before it was done"
 
     async def _prime(self) -> None:
         """Read up to the first batch of chunks; raise if Ollama failed before any token."""
-        self.first = await self._next_batch() or []
-        if not self.first:
+        self.first = await self._next_batch()
+        if self.first:
+            return
+        lines = self.lines
+        if lines.error is not None:
+            raise UpstreamError(f"Ollama failed: {lines.error}")
+        if lines.failure is None or lines.cut_short:
             raise UpstreamError("Ollama closed the stream before sending anything")
-        if self.first[0].error:
-            raise UpstreamError(f"Ollama failed: {self.first[0].error}")
+        raise lines.failure
 
-    def _is_last(self, item: ChatChunk) -> bool:
+    @staticmethod
+    def _is_last(item: ChatChunk) -> bool:
         return item.done
 
     def batches(self) -> AsyncIterator[list[ChatChunk]]:
@@ -285,7 +270,7 @@ class ChunkStream(_LineStream[ChatChunk]):
 
         Chunks before an error line in the same batch are yielded first, so nothing is lost.
         """
-        return self._batches("Ollama failed mid-stream: {}", "Ollama closed the stream before it was done")
+        return self._batches()
 
 
 class PullStream(_LineStream[PullProgress]):
@@ -293,27 +278,32 @@ class PullStream(_LineStream[PullProgress]):
 
     _decoder = _progress_decoder
     _primes_on = "pull progress"
+    _failed = "pull failed: {}"
+    _cut_short = "Ollama closed the pull stream before it succeeded"
 
     async def _prime(self) -> None:
         """Read past "pulling manifest"; an error before any layer means an unknown model."""
+        lines = self.lines
         self.first = []
         while True:
             batch = await self._next_batch()
-            if batch is None:
-                raise UpstreamError("Ollama closed the pull stream before reporting progress")
             self.first.extend(batch)
-            for item in batch:
-                if item.error:
-                    raise _pull_error(item.error)
-                if item.status != _MANIFEST_STATUS:
-                    return
+            if any(item.status != _MANIFEST_STATUS for item in batch):
+                return
+            if lines.error is not None:
+                raise _pull_error(lines.error)
+            if lines.cut_short:
+                raise UpstreamError("Ollama closed the pull stream before reporting progress")
+            if lines.failure is not None:
+                raise lines.failure
 
-    def _is_last(self, item: PullProgress) -> bool:
+    @staticmethod
+    def _is_last(item: PullProgress) -> bool:
         return item.status == "success"
 
     def progress(self) -> AsyncIterator[list[PullProgress]]:
         """Yield the primed lines, then each further batch; an ``error`` line raises."""
-        return self._batches("pull failed: {}", "Ollama closed the pull stream before it succeeded")
+        return self._batches()
 
 
 def _pull_error(message: str) -> MinatoError:
