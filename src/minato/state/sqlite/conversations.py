@@ -57,7 +57,9 @@ class SqliteStore:
 
     Every query runs on one dedicated thread, so the event loop never waits on the disk and
     token relay never waits on a commit. Commits are ``synchronous=FULL``: a turn that was
-    recorded survives a ``kill -9`` and a power cut.
+    recorded survives a ``kill -9`` and a power cut. Turns recorded at the same moment share one
+    commit (:meth:`~minato.state.sqlite.database.Database.write`), each answered only once it is
+    on the disk: one sync of the log for all of them, the same promise for each.
 
     Damaged pages (a bad disk, a copy taken mid-write) are reported at open; a conversation on
     them answers :class:`SessionDamagedError` and can still be deleted, and the sweeps skip it.
