@@ -127,7 +127,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     control_timeout: PositiveFloat = 30.0
     """Seconds for Ollama's bookkeeping calls (model list, model details, version)."""
     max_connections: PositiveInt = 1024
-    """Most simultaneous connections to Ollama from one worker."""
+    """Most simultaneous connections to each Ollama backend from one worker (kept alive for reuse; requests beyond
+    it wait their turn)."""
     max_message_chars: PositiveInt = 32_000
     """Longest accepted ``message`` / ``system_prompt``, in characters (422 beyond). In a query string the message is
     URL-encoded (up to 12 bytes a character), so ``MINATO_MAX_QUERY_CHARS`` may bite first: a 414, like every request

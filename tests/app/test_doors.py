@@ -306,7 +306,16 @@ async def test_anthropics_web_search_tool_spends_the_cloud_account_and_is_refuse
     assert not route.called
 
 
-@pytest.mark.parametrize(("method", "path"), [("POST", "/api/me"), ("POST", "/api/signout"), ("GET", "/api/status")])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/me"),
+        ("POST", "/api/signout"),
+        ("GET", "/api/status"),
+        ("GET", "/api/experimental/model-recommendations"),
+        ("POST", "/api/experimental/web_search"),
+    ],
+)
 async def test_account_routes_are_refused_unless_cloud_is_allowed_and_then_admin_only(
     settings: Settings, ollama: ServedOllama, doors: Client, method: str, path: str
 ) -> None:

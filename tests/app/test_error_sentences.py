@@ -1,15 +1,18 @@
 """Every message a client reads is Minato's own sentence; the library's wording goes to the log.
 
-The failures are real where that is cheap: a refused port on loopback through the aiohttp transport,
-a chunked body cut short by a real server, Litestar's own validation. Elsewhere respx raises them.
+Every failure is real: a refused port, a name that does not resolve, a connection that never completes,
+a TLS handshake with a server that speaks plain HTTP, a stalled, dropped or reset connection from the
+stand-in served on loopback, Litestar's own validation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import socket
+from collections.abc import Callable
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -17,8 +20,9 @@ from structlog.testing import capture_logs
 
 from minato.settings import Settings
 from minato.web.app import create_app
-from tests.conftest import OLLAMA_URL, small_settings
+from tests.conftest import small_settings
 from tests.support.served_ollama import ServedOllama
+from tests.support.wire_failures import UNRESOLVABLE_URL, UNROUTABLE_URL, refused_url, unanswered_url
 
 pytestmark = pytest.mark.anyio
 Client = AsyncTestClient[Litestar]
@@ -38,17 +42,10 @@ def assert_no_library_words(text: str) -> None:
         assert words not in text
 
 
-def closed_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # closed again: connecting to it is refused
-
-
-async def test_a_refused_port_on_loopback_is_named_and_aiohttps_text_is_only_logged() -> None:
-    url = f"http://127.0.0.1:{closed_loopback_port()}"
+async def test_a_refused_port_on_loopback_is_named_and_the_sockets_text_is_only_logged() -> None:
+    url = refused_url()
     settings = Settings(ollama_url=url, session_store="memory://", ollama_probe_interval=0)
-    app = create_app(settings)  # the real aiohttp transport
+    app = create_app(settings)  # the real engine
 
     with capture_logs() as events:
         async with AsyncTestClient(app=app) as client:
@@ -60,11 +57,11 @@ async def test_a_refused_port_on_loopback_is_named_and_aiohttps_text_is_only_log
     # One line per failed call: the model list the catalog asked for, then the chat itself.
     logged = [event for event in events if event["event"] == "ollama_connection_failed"]
     assert logged
-    assert all("Cannot connect to host" in event["error"] and event["ollama_url"] == url for event in logged)
+    assert all("Connect call failed" in event["error"] and event["ollama_url"] == url for event in logged)
 
 
 async def test_ready_gives_the_same_sentence_for_a_refused_port() -> None:
-    url = f"http://127.0.0.1:{closed_loopback_port()}"
+    url = refused_url()
     app = create_app(Settings(ollama_url=url, session_store="memory://", ollama_probe_interval=0))
 
     async with AsyncTestClient(app=app) as client:
@@ -74,82 +71,91 @@ async def test_ready_gives_the_same_sentence_for_a_refused_port() -> None:
     assert response.json()["reason"] == f"Ollama is unreachable at {url}: the connection was refused"
 
 
-class Failing(httpx.AsyncBaseTransport):
-    """A transport that fails every call the way the aiohttp one does: an httpx error caused by the real one."""
+#: Where a case's Ollama is, given the served one: each failure is caused for real, on loopback or by an
+#: address that fails before anything is sent.
+#: A first-token deadline that never decides a case: the failure under test comes first, however busy the machine.
+LATER = 60.0
+Place = Callable[[ServedOllama, contextlib.ExitStack[bool | None]], str]
 
-    def __init__(self, failure: httpx.HTTPError, cause: BaseException | None) -> None:
-        self.failure = failure
-        self.cause = cause
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        raise self.failure from self.cause
+def _dropping(ollama: ServedOllama, _: contextlib.ExitStack[bool | None]) -> str:
+    ollama.post("/api/chat").mock(side_effect=httpx.RemoteProtocolError("Server disconnected"))
+    return ollama.url
+
+
+def _resetting(ollama: ServedOllama, _: contextlib.ExitStack[bool | None]) -> str:
+    ollama.post("/api/chat").mock(side_effect=ConnectionResetError(104, "Connection reset by peer"))
+    return ollama.url
+
+
+def _stalling(ollama: ServedOllama, _: contextlib.ExitStack[bool | None]) -> str:
+    ollama.post("/api/chat").mock(side_effect=ollama.stall())
+    return ollama.url
 
 
 @pytest.mark.parametrize(
-    ("failure", "cause", "status", "detail"),
+    ("place", "status", "detail", "first_token"),
     [
         pytest.param(
-            httpx.ConnectTimeout("Connection timeout to host http://ollama.test:11434/api/chat"),
-            None,
+            lambda _, stack: stack.enter_context(unanswered_url()),
             503,
-            f"Ollama is unreachable at {OLLAMA_URL}: no connection within 5 s (MINATO_CONNECT_TIMEOUT)",
+            "Ollama is unreachable at {url}: no connection within 0.1 s (MINATO_CONNECT_TIMEOUT)",
+            LATER,
             id="connect-timeout",
         ),
         pytest.param(
-            httpx.ConnectError("Cannot connect to host ollama.test:11434 ssl:default [Name or service not known]"),
-            socket.gaierror(-2, "Name or service not known"),
+            lambda *_: UNRESOLVABLE_URL,
             503,
-            f"Ollama is unreachable at {OLLAMA_URL}: cannot resolve host ollama.test",
+            "Ollama is unreachable at {url}: cannot resolve host ollama.invalid",
+            LATER,
             id="dns",
         ),
         pytest.param(
-            httpx.ConnectError("Cannot connect to host ollama.test:11434 ssl:default [Connect call failed]"),
-            ConnectionRefusedError(111, "Connect call failed ('10.0.0.1', 11434)"),
+            lambda *_: refused_url(),
             503,
-            f"Ollama is unreachable at {OLLAMA_URL}: the connection was refused",
+            "Ollama is unreachable at {url}: the connection was refused",
+            LATER,
             id="refused",
         ),
         pytest.param(
-            httpx.ConnectError("All connection attempts failed"),
-            None,
+            lambda *_: UNROUTABLE_URL,
             503,
-            f"Ollama is unreachable at {OLLAMA_URL}: the connection failed",
+            "Ollama is unreachable at {url}: the connection failed",
+            LATER,
             id="unknown-cause",
         ),
         pytest.param(
-            httpx.ReadTimeout("Timeout on reading data from socket"),
-            None,
-            504,
-            f"Ollama at {OLLAMA_URL} did not answer in time",
-            id="read-timeout",
+            lambda ollama, _: ollama.tls_url,
+            503,
+            "Ollama is unreachable at {url}: the TLS handshake failed",
+            LATER,
+            id="tls-handshake",
         ),
+        pytest.param(_stalling, 504, "Ollama did not start answering within 0.3 s", 0.3, id="read-timeout"),
+        pytest.param(_dropping, 502, "Ollama at {url} closed the connection before answering", LATER, id="dropped"),
         pytest.param(
-            httpx.RemoteProtocolError("Server disconnected"),
-            None,
+            _resetting,
             502,
-            f"Ollama at {OLLAMA_URL} closed the connection before answering",
-            id="dropped",
-        ),
-        pytest.param(
-            httpx.ReadError("[Errno 104] Connection reset by peer"),
-            ConnectionResetError(104, "Connection reset by peer"),
-            502,
-            f"the connection to Ollama at {OLLAMA_URL} failed: the connection was reset",
+            "the connection to Ollama at {url} failed: the connection was reset",
+            LATER,
             id="reset",
         ),
     ],
 )
 async def test_transport_failures_are_told_in_minatos_words(
-    failure: httpx.HTTPError, cause: BaseException | None, status: int, detail: str
+    ollama: ServedOllama, place: Place, status: int, detail: str, first_token: float
 ) -> None:
-    # Failures a loopback test cannot cause for real (DNS, a connect timeout, a reset), at the transport seam.
-    app = create_app(small_settings(), transport=Failing(failure, cause))
+    with contextlib.ExitStack() as stack:
+        url = place(ollama, stack)
+        settings = msgspec.structs.replace(small_settings(url), connect_timeout=0.1, first_token_timeout=first_token)
+        app = create_app(settings)  # the real transport, failing on the wire
 
-    async with AsyncTestClient(app=app) as client:
-        response = await client.get("/llama3.2", params={"message": "hi"})
+        with capture_logs():
+            async with AsyncTestClient(app=app) as client:
+                response = await client.get("/llama3.2", params={"message": "hi"})
 
     assert response.status_code == status
-    assert response.json() == {"detail": detail}
+    assert response.json() == {"detail": detail.format(url=url)}
     assert_no_library_words(response.text)
 
 

@@ -1,16 +1,16 @@
-"""The seams through the app: a fake Ollama behind the interface, raw forwarding untouched, injected
-limiters and the runtime's clean-up."""
+"""The seams through the app: a fake Ollama behind the interface, raw forwarding untouched (against the
+stand-in served on loopback), injected limiters and the runtime's clean-up."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-import respx
 from litestar import Litestar
 from litestar.openapi.spec import Parameter
 from litestar.testing import AsyncTestClient
@@ -35,9 +35,9 @@ from minato.upstream.ports import BackendStatus, Forward, Spread
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse
 from minato.web.app import create_app
 from minato.web.params import GENERATION_QUERY_PARAMETERS
-from tests.app.respx_ollama import fx_app, fx_ollama, fx_settings  # noqa: F401 - on respx still: its fixtures win here
-from tests.conftest import OLLAMA_URL
-from tests.support.payloads import Pieces, chat_answer
+from tests.support.payloads import Held, chat_answer
+from tests.support.served_ollama import ServedOllama
+from tests.support.wire_failures import refused_url
 
 pytestmark = pytest.mark.anyio
 
@@ -158,7 +158,7 @@ async def test_the_runtime_is_torn_down_once_even_when_a_later_part_fails(
     assert fake.closed == 1, "what was opened before the failure is closed"
 
 
-async def test_an_injected_rate_limiter_is_the_one_the_guard_asks(settings: Settings, ollama: respx.MockRouter) -> None:
+async def test_an_injected_rate_limiter_is_the_one_the_guard_asks(settings: Settings, ollama: ServedOllama) -> None:
     class Refusing:
         async def check(self, key: str, per_minute: int) -> Bucket:
             return Bucket(42.0, 0, 60.0)
@@ -168,7 +168,7 @@ async def test_an_injected_rate_limiter_is_the_one_the_guard_asks(settings: Sett
 
     ollama.post("/api/chat").respond(200, json=chat_answer())
     keyed = msgspec.structs.replace(settings, api_keys=("k",), rate_limit_per_minute=1000)
-    app = create_app(keyed, transport=httpx.MockTransport(ollama.async_handler), limiter=Refusing())
+    app = create_app(keyed, limiter=Refusing())
 
     async with AsyncTestClient(app=app) as client:
         response = await client.get("/llama3.2", params={"message": "hi"}, headers={"X-API-Key": "k"})
@@ -177,14 +177,13 @@ async def test_an_injected_rate_limiter_is_the_one_the_guard_asks(settings: Sett
     assert response.headers["retry-after"] == "42"
 
 
-def _client(ollama: respx.MockRouter, **overrides: float) -> OllamaClient:
-    return OllamaClient(
-        Settings(ollama_url=OLLAMA_URL, **overrides),  # type: ignore[arg-type]
-        transport=httpx.MockTransport(ollama.async_handler),
-    )
+def _client(ollama: ServedOllama | str, **overrides: float) -> OllamaClient:
+    """A client of the served Ollama (or of ``ollama`` as a URL), through Minato's own transport."""
+    url = ollama if isinstance(ollama, str) else ollama.url
+    return OllamaClient(Settings(ollama_url=url, **overrides))  # type: ignore[arg-type]
 
 
-async def test_forward_relays_bytes_status_and_headers_as_ollama_sends_them(ollama: respx.MockRouter) -> None:
+async def test_forward_relays_bytes_status_and_headers_as_ollama_sends_them(ollama: ServedOllama) -> None:
     body = b'{"model":"m","messages":[],"weird":[1,2]}'
     route = ollama.post("/api/chat").mock(
         return_value=httpx.Response(
@@ -205,45 +204,51 @@ async def test_forward_relays_bytes_status_and_headers_as_ollama_sends_them(olla
     assert data == b'{"error":"model \'m\' not found"}'
     sent = route.calls.last.request
     assert sent.content == body, "the body reaches Ollama byte for byte"
-    assert sent.headers["host"] == "ollama.test:11434"
+    assert sent.headers["host"] == ollama.host
     assert "authorization" not in sent.headers
     assert "x-api-key" not in sent.headers
 
 
-async def test_forward_yields_each_chunk_the_moment_it_arrives(ollama: respx.MockRouter) -> None:
-    ollama.post("/api/generate").mock(
-        side_effect=lambda _: httpx.Response(200, stream=Pieces(b"a\n", b"b\n", b"c\n", pauses={2: 0.05}))
-    )
+async def test_forward_yields_each_chunk_the_moment_it_arrives(ollama: ServedOllama) -> None:
+    # Ollama sends each chunk only once Minato has yielded the one before: nothing may wait for more.
+    body = Held((b"a\n",), (b"b\n",), (b"c\n",))
+    ollama.post("/api/generate").mock(side_effect=lambda _: httpx.Response(200, stream=body))
     client = _client(ollama)
+    chunks: list[bytes] = []
     try:
         answer = await client.forward(Forward("POST", "/api/generate", b"{}"))
-        chunks = [chunk async for chunk in answer.chunks()]
+        async for chunk in answer.chunks():
+            chunks.append(chunk)
+            body.release()
     finally:
         await client.aclose()
 
     assert chunks == [b"a\n", b"b\n", b"c\n"]
 
 
-async def test_forward_bounds_silence_and_names_a_refused_ollama(ollama: respx.MockRouter) -> None:
+async def test_forward_bounds_silence_and_names_a_refused_ollama(ollama: ServedOllama) -> None:
     async def silent() -> AsyncIterator[bytes]:
         yield b"a"
         await asyncio.sleep(5)
         yield b"never"
 
     ollama.post("/api/chat").mock(side_effect=lambda _: httpx.Response(200, content=silent()))
-    ollama.post("/api/show").mock(side_effect=httpx.ConnectError("refused"))
-    client = _client(ollama, idle_timeout=0.05)
+    refused = refused_url()
+    client, nobody = _client(ollama, idle_timeout=0.05), _client(refused)
     try:
         answer = await client.forward(Forward("POST", "/api/chat", b"{}"))
         with pytest.raises(OllamaTimeoutError, match=r"silent for 0\.05 s"):
             await answer.read()
-        with pytest.raises(OllamaUnavailableError, match=r"unreachable at http://ollama\.test:11434"):
-            await client.forward(Forward("POST", "/api/show", b"{}"))
+        with pytest.raises(
+            OllamaUnavailableError, match=f"unreachable at {re.escape(refused)}: the connection was refused"
+        ):
+            await nobody.forward(Forward("POST", "/api/show", b"{}"))
     finally:
         await client.aclose()
+        await nobody.aclose()
 
 
-async def test_a_callers_request_is_never_changed(ollama: respx.MockRouter) -> None:
+async def test_a_callers_request_is_never_changed(ollama: ServedOllama) -> None:
     ollama.post("/api/chat").respond(200, json=chat_answer())
     client = _client(ollama)
     request = ChatRequest(model="llama3.2", messages=[WireMessage(role="user", content="hi")], stream=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -154,6 +154,36 @@ class Pieces(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+class Held(httpx.AsyncByteStream):
+    """A response body sent in ``parts``: the first at once, each further one after one more :meth:`release`.
+
+    On a socket, pieces written back to back may arrive in one read; holding the next part back until
+    the test has seen what Minato made of the ones before keeps a boundary the test depends on.
+    """
+
+    def __init__(self, *parts: tuple[bytes, ...]) -> None:
+        self.parts = parts
+        self._releases = 0
+        self._wake: Callable[[], object] | None = None
+
+    def release(self) -> None:
+        """Send the next part (callable from any thread: the server serving it runs on its own)."""
+        self._releases += 1
+        if self._wake is not None:
+            self._wake()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        for index, part in enumerate(self.parts):
+            while self._releases < index:
+                go = asyncio.Event()
+                self._wake = lambda go=go: loop.call_soon_threadsafe(go.set)
+                if self._releases < index:  # not released before the wake-up was in place
+                    await go.wait()
+            for piece in part:
+                yield piece
 
 
 def split_every(data: bytes, sizes: tuple[int, ...]) -> list[bytes]:

@@ -2,13 +2,16 @@
 
 App tests point Minato at :attr:`ServedOllama.url`, so every exchange goes through Minato's production
 transport (aiohttp, its connection pool, its body reader). A test that needs a canned answer adds a
-route, with the small part of respx's vocabulary the tests use: ``ollama.post("/api/chat")
+route, in the small part of a mock router's vocabulary the tests use: ``ollama.post("/api/chat")
 .respond(200, json=...)``, ``.mock(side_effect=...)``, ``route.called``, ``route.calls.last.request``.
 A request no route matches is answered by the real stand-in (:mod:`tests.support.standin`).
 
 A failure a test asks for happens on the wire: an exception as the answer (``side_effect=httpx.
 ConnectError(...)``, a body stream that raises) drops the connection, so Minato sees what it would see
-from a crashed Ollama; :meth:`ServedOllama.stall` holds a request until the client gives up.
+from a crashed Ollama (a ``ConnectionResetError`` resets it instead of closing it);
+:meth:`ServedOllama.stall` holds a request until the client gives up; :meth:`ServedOllama.down` makes
+the port refuse connections; :attr:`ServedOllama.tls_url` names it over TLS, which it does not speak.
+The failures no server gives are addresses: :mod:`tests.support.wire_failures`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
+import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +44,7 @@ SideEffect = (
 
 
 class Call(NamedTuple):
-    """One request a route answered, as httpx sees a request (respx's ``Call``)."""
+    """One request a route answered, as httpx sees a request (a mock router's ``Call``)."""
 
     request: httpx.Request
     response: httpx.Response | None
@@ -151,8 +156,12 @@ class Routes(list[Route]):
 class ServedOllama:
     """The stand-in on ``127.0.0.1``, with the routes a test added answering first."""
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, *, keep_alive: bool = True) -> None:
         self.standin = StandIn(config or Config())
+        # Without keep-alive every answer says ``Connection: close``, so a client opens a new connection
+        # for its next call: once the test takes this Ollama down, that call is refused for certain, not
+        # failed on a kept connection whose close the client has not read yet.
+        self.keep_alive = keep_alive
         self.routes = Routes()
         self.calls = Calls()
         self._stalled: list[asyncio.Event] = []
@@ -161,6 +170,7 @@ class ServedOllama:
         self._done: asyncio.Event
         self._server: web.Server
         self._site: web.TCPSite
+        self.port = 0
         self.url = ""
 
     @property
@@ -168,7 +178,18 @@ class ServedOllama:
         """``host:port``, as Minato names a backend."""
         return self.url.removeprefix("http://")
 
-    # -- respx's vocabulary ------------------------------------------------------------------
+    @property
+    def tls_url(self) -> str:
+        """This Ollama named over ``https://``: it answers a TLS handshake in plain HTTP, so the handshake fails."""
+        return f"https://{self.host}"
+
+    def reset(self) -> None:
+        """Forget every call (a mock router's ``reset()``); the routes keep their answers."""
+        self.calls.clear()
+        for route in self.routes:
+            route.calls.clear()
+
+    # -- a mock router's vocabulary---------------------------------------------------------------
 
     def route(
         self,
@@ -246,8 +267,8 @@ class ServedOllama:
         self._site = web.TCPSite(runner, "127.0.0.1", 0)
         try:
             await self._site.start()
-            host, port = runner.addresses[0][:2]
-            self.url = f"http://{host}:{port}"
+            host, self.port = runner.addresses[0][:2]
+            self.url = f"http://{host}:{self.port}"
             ready.set()
             await self._done.wait()
         finally:
@@ -270,7 +291,7 @@ class ServedOllama:
         body = await body_of(request)
         seen = httpx.Request(
             request.method,
-            # The path as it came on the wire (percent-escapes kept), as respx recorded it.
+            # The path as it came on the wire (percent-escapes kept), as a mock transport recorded it.
             f"http://{request.host}{request.raw_path}",
             headers=list(request.raw_headers),
             content=body,
@@ -278,7 +299,10 @@ class ServedOllama:
         route = next((route for route in self.routes if route.matches(request.method, request.path)), None)
         if route is None:
             self.calls.append(Call(seen, None))
-            return await self.standin.handle(request)
+            answered = await self.standin.handle(request)
+            if not self.keep_alive and not answered.prepared:
+                answered.force_close()
+            return answered
         # Recorded before it is answered: a stalled request has been called too.
         mine, everyone = len(route.calls), len(self.calls)
         route.calls.append(Call(seen, None))
@@ -287,18 +311,31 @@ class ServedOllama:
         if isinstance(answer, httpx.Response):
             route.calls[mine] = self.calls[everyone] = Call(seen, answer)
         if not isinstance(answer, httpx.Response):
-            return _drop(request)
-        return await _relay(request, answer)
+            return _drop(request, reset=_is_reset(answer))
+        return await _relay(request, answer, keep_alive=self.keep_alive)
 
 
-def _drop(request: web.BaseRequest) -> web.StreamResponse:
-    """Close the connection without an answer: what Minato sees when Ollama dies mid-request."""
+def _is_reset(answer: BaseException | type[BaseException]) -> bool:
+    return isinstance(answer, ConnectionResetError) or answer is ConnectionResetError
+
+
+def _drop(request: web.BaseRequest, *, reset: bool = False) -> web.StreamResponse:
+    """Close the connection without an answer: what Minato sees when Ollama dies mid-request.
+
+    A FIN by default (the client sees "server disconnected" every time); with ``reset`` an RST, as a
+    peer whose socket is torn down sends: lingering zero seconds makes the kernel reset, not close.
+    """
     if request.transport is not None:
-        request.transport.close()  # a FIN, not a reset: the client sees "server disconnected" every time
+        sock = request.transport.get_extra_info("socket")
+        if reset and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.abort()
+        else:
+            request.transport.close()
     raise asyncio.CancelledError  # aiohttp ends the handler quietly; nothing is written
 
 
-async def _relay(request: web.BaseRequest, answer: httpx.Response) -> web.StreamResponse:
+async def _relay(request: web.BaseRequest, answer: httpx.Response, *, keep_alive: bool = True) -> web.StreamResponse:
     """Send ``answer``: whole, or piece by piece as its stream yields (a stream that raises drops the
     connection mid-body, as a crash would)."""
     skip = {"content-length", "transfer-encoding", "connection"}
@@ -306,10 +343,14 @@ async def _relay(request: web.BaseRequest, answer: httpx.Response) -> web.Stream
     stream = answer.stream
     if isinstance(stream, httpx.ByteStream) or not isinstance(stream, httpx.AsyncByteStream):
         whole = web.Response(status=answer.status_code, body=answer.content)
+        if not keep_alive:
+            whole.force_close()
         for key, value in headers:
             whole.headers.add(key, value)
         return whole
     response = web.StreamResponse(status=answer.status_code)
+    if not keep_alive:
+        response.force_close()
     for key, value in headers:
         response.headers.add(key, value)
     response.enable_chunked_encoding()

@@ -4,12 +4,12 @@ circuit breaker, merged lists and fleet operations, through Minato's routes and 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
 import pytest
-import respx
 from msgspec import UNSET
 
 from minato.errors import ModelNotFoundError, OllamaBusyError, UpstreamError
@@ -19,18 +19,19 @@ from minato.upstream.failures import says_model_missing
 from minato.upstream.pool.facade import OllamaPool
 from minato.upstream.ports import Forward
 from tests.support.payloads import chat_token, ndjson, not_found, show
-from tests.support.pools import NAME, A, B, C, Fleet, _loaded, fx_fleet, fx_pool_settings, fx_router  # noqa: F401 - fixtures, found by name
+from tests.support.pools import A, B, C, Fleet, fx_fleet, fx_pool_settings  # noqa: F401 - fixtures, found by name
+from tests.support.served_ollama import Route
 
 pytestmark = pytest.mark.anyio
 
 
-def _pool(settings: Settings, router: respx.MockRouter) -> OllamaPool:
-    return OllamaPool(settings, transport=httpx.MockTransport(router.async_handler))
+def _pool(settings: Settings) -> OllamaPool:
+    return OllamaPool(settings)  # Minato's own transport, to each backend's served port
 
 
-async def _probed(settings: Settings, router: respx.MockRouter) -> OllamaPool:
+async def _probed(settings: Settings) -> OllamaPool:
     """A pool that has taken its backends' inventory, as the periodic probe would."""
-    pool = _pool(settings, router)
+    pool = _pool(settings)
     await pool.probe()
     return pool
 
@@ -42,13 +43,11 @@ def _hello(model: str = "llama3.2") -> ChatRequest:
 # -- routing --------------------------------------------------------------------------------------
 
 
-async def test_a_backend_with_the_model_loaded_draws_the_traffic(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
-) -> None:
+async def test_a_backend_with_the_model_loaded_draws_the_traffic(pool_settings: Settings, fleet: Fleet) -> None:
     for url in (A, B, C):
         fleet.has(url, installed=("llama3.2",))
     fleet.has(C, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = await _probed(pool_settings, router)
+    pool = await _probed(pool_settings)
 
     for _ in range(3):
         await pool.chat(_hello())
@@ -58,31 +57,33 @@ async def test_a_backend_with_the_model_loaded_draws_the_traffic(
 
 
 async def test_streams_spill_to_installed_backends_once_the_loaded_one_runs_its_share(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+    pool_settings: Settings, fleet: Fleet
 ) -> None:
     fleet.has(A, installed=("llama3.2",), loaded=("llama3.2",))
     fleet.has(B, installed=("llama3.2",))
-    pool = await _probed(pool_settings, router)
+    pool = await _probed(pool_settings)
 
     streams = [await pool.stream_chat(_hello()) for _ in range(3)]  # parallel=2: the third spills
 
-    assert [s.backend for s in streams] == [NAME[A], NAME[A], NAME[B]]
+    assert [s.backend for s in streams] == [fleet.name[A], fleet.name[A], fleet.name[B]]
     running = {status.name: status.in_flight for status in pool.backends()}
-    assert running == {NAME[A]: 2, NAME[B]: 1, NAME[C]: 0}
+    assert running == {fleet.name[A]: 2, fleet.name[B]: 1, fleet.name[C]: 0}
     for stream in streams:
         await stream.aclose()
-    assert {status.name: status.in_flight for status in pool.backends()} == {NAME[A]: 0, NAME[B]: 0, NAME[C]: 0}
+    assert {status.name: status.in_flight for status in pool.backends()} == {
+        fleet.name[A]: 0,
+        fleet.name[B]: 0,
+        fleet.name[C]: 0,
+    }
     # B loaded the model by answering: it now counts as loaded there, so it takes the next one too.
-    assert [s.name for s in pool.backends() if "llama3.2" in s.loaded] == [NAME[A], NAME[B]]
+    assert [s.name for s in pool.backends() if "llama3.2" in s.loaded] == [fleet.name[A], fleet.name[B]]
     await pool.aclose()
 
 
-async def test_equally_good_backends_take_turns(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
-) -> None:
+async def test_equally_good_backends_take_turns(pool_settings: Settings, fleet: Fleet) -> None:
     for url in (A, B, C):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = await _probed(pool_settings, router)
+    pool = await _probed(pool_settings)
 
     for _ in range(6):
         await pool.chat(_hello())
@@ -102,13 +103,11 @@ class _Remembered:
         self.kept[key] = backend
 
 
-async def test_a_conversation_stays_on_the_backend_it_last_used(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
-) -> None:
+async def test_a_conversation_stays_on_the_backend_it_last_used(pool_settings: Settings, fleet: Fleet) -> None:
     for url in (A, B, C):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
     remembered = _Remembered()
-    pool = OllamaPool(pool_settings, None, remembered, transport=httpx.MockTransport(router.async_handler))
+    pool = OllamaPool(pool_settings, None, remembered)
     await pool.probe()
 
     first = await pool.stream_chat(_hello(), affinity="owner:talk")
@@ -117,21 +116,19 @@ async def test_a_conversation_stays_on_the_backend_it_last_used(
         await pool.chat(_hello(), affinity="owner:talk")
         await pool.chat(_hello())  # others still take turns around it
 
-    chosen = next(url for url in (A, B, C) if NAME[url] == first.backend)
+    chosen = next(url for url in (A, B, C) if fleet.name[url] == first.backend)
     assert remembered.kept == {"owner:talk": first.backend}
     assert fleet.served_by()[chosen] >= 5
     await pool.aclose()
 
 
-async def test_a_conversation_leaves_its_backend_when_that_one_is_down(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
-) -> None:
+async def test_a_conversation_leaves_its_backend_when_that_one_is_down(pool_settings: Settings, fleet: Fleet) -> None:
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
     remembered = _Remembered()
-    remembered.kept["owner:talk"] = NAME[A]
+    remembered.kept["owner:talk"] = fleet.name[A]
     fleet.down(A)
-    pool = OllamaPool(pool_settings, None, remembered, transport=httpx.MockTransport(router.async_handler))
+    pool = OllamaPool(pool_settings, None, remembered)
     await pool.probe()
 
     answer = await pool.chat(_hello(), affinity="owner:talk")
@@ -145,31 +142,28 @@ async def test_a_conversation_leaves_its_backend_when_that_one_is_down(
 
 
 async def test_a_refused_connection_fails_over_to_the_next_backend_before_the_first_byte(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+    pool_settings: Settings, fleet: Fleet
 ) -> None:
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = await _probed(pool_settings, router)
-    fleet.chats[A].mock(side_effect=httpx.ConnectError("refused"))
-    fleet.chats[B].mock(side_effect=httpx.ConnectError("refused"))
-    fleet.chats[C].mock(side_effect=Fleet._answer(C))
+    pool = await _probed(pool_settings)
     fleet.has(C, installed=("llama3.2",))
     await pool.probe()
+    fleet.down(A)  # after the probe: the pool believes A and B are up, and both refuse
+    fleet.down(B)
 
     stream = await pool.stream_chat(_hello())
     batches = [batch async for batch in stream.batches()]
 
-    assert stream.backend == NAME[C]
+    assert stream.backend == fleet.name[C]
     assert batches[0][0].message.content == f"from {C}"
     await pool.aclose()
 
 
-async def test_ollamas_server_busy_answer_fails_over(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
-) -> None:
+async def test_ollamas_server_busy_answer_fails_over(pool_settings: Settings, fleet: Fleet) -> None:
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = await _probed(pool_settings, router)
+    pool = await _probed(pool_settings)
     busy = {"error": "server busy, please try again.  maximum pending requests exceeded"}
     fleet.chats[A].respond(503, json=busy)
     fleet.chats[B].respond(503, json=busy)
@@ -193,11 +187,11 @@ class _Breaking(httpx.AsyncByteStream):
 
 
 async def test_a_whole_answer_whose_backend_dies_half_way_is_asked_of_the_next_one(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+    pool_settings: Settings, fleet: Fleet
 ) -> None:
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = await _probed(pool_settings, router)
+    pool = await _probed(pool_settings)
     fleet.chats[A].mock(side_effect=lambda _: httpx.Response(200, stream=_Breaking()))
     fleet.chats[B].mock(side_effect=lambda _: httpx.Response(200, stream=_Breaking()))
     fleet.chats[C].mock(side_effect=Fleet._answer(C))
@@ -207,15 +201,15 @@ async def test_a_whole_answer_whose_backend_dies_half_way_is_asked_of_the_next_o
     answer = await pool.chat(_hello())
 
     assert answer.message.content == f"from {C}", "nothing had reached the client: the next backend answers"
-    assert answer.backend == NAME[C]
+    assert answer.backend == fleet.name[C]
     await pool.aclose()
 
 
 async def test_a_stream_whose_backend_dies_after_its_first_tokens_is_not_moved(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+    pool_settings: Settings, fleet: Fleet
 ) -> None:
     fleet.has(A, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = await _probed(pool_settings, router)
+    pool = await _probed(pool_settings)
     fleet.chats[A].mock(side_effect=lambda _: httpx.Response(200, stream=_Breaking()))
 
     stream = await pool.stream_chat(_hello())
@@ -227,12 +221,10 @@ async def test_a_stream_whose_backend_dies_after_its_first_tokens_is_not_moved(
     await pool.aclose()
 
 
-async def test_a_failure_after_ollama_answered_is_not_retried_elsewhere(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
-) -> None:
+async def test_a_failure_after_ollama_answered_is_not_retried_elsewhere(pool_settings: Settings, fleet: Fleet) -> None:
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = await _probed(pool_settings, router)
+    pool = await _probed(pool_settings)
     fleet.chats[A].respond(500, json={"error": "model runner crashed"})
     fleet.chats[B].respond(500, json={"error": "model runner crashed"})
 
@@ -245,12 +237,12 @@ async def test_a_failure_after_ollama_answered_is_not_retried_elsewhere(
 
 
 async def test_a_backend_failing_repeatedly_cools_down_and_a_probe_brings_it_back(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+    pool_settings: Settings, fleet: Fleet
 ) -> None:
     settings = msgspec.structs.replace(pool_settings, backend_cooldown=0.2)
     for url in (A, B):
         fleet.has(url, installed=("llama3.2",), loaded=("llama3.2",))
-    pool = await _probed(settings, router)
+    pool = await _probed(settings)
     fleet.chats[A].mock(side_effect=httpx.ConnectError("refused"))
 
     for _ in range(6):
@@ -259,11 +251,11 @@ async def test_a_backend_failing_repeatedly_cools_down_and_a_probe_brings_it_bac
     states = {s.name: s.state for s in pool.backends()}
 
     assert tried_while_failing == 2, "after MINATO_BACKEND_FAILURES failures in a row A is left out"
-    assert states[NAME[A]] == "cooling"
+    assert states[fleet.name[A]] == "cooling"
     fleet.chats[A].mock(side_effect=Fleet._answer(A))
     await asyncio.sleep(0.25)
     await pool.probe()
-    assert {s.name: s.state for s in pool.backends()}[NAME[A]] == "up"
+    assert {s.name: s.state for s in pool.backends()}[fleet.name[A]] == "up"
     served = [(await pool.chat(_hello())).message.content for _ in range(4)]
     assert f"from {A}" in served
     await pool.aclose()
@@ -286,11 +278,11 @@ ROUTING_BY_TAGS = [
 
 @pytest.mark.parametrize(("inventory", "holder"), ROUTING_BY_TAGS)
 async def test_only_a_backend_whose_tags_list_the_model_is_routed_to(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet, inventory: Inventory, holder: str
+    pool_settings: Settings, fleet: Fleet, inventory: Inventory, holder: str
 ) -> None:
     for url, (installed, loaded) in inventory.items():
         fleet.has(url, installed=installed, loaded=loaded)
-    pool = await _probed(pool_settings, router)
+    pool = await _probed(pool_settings)
 
     for _ in range(4):
         await pool.chat(_hello())
@@ -303,20 +295,20 @@ async def test_only_a_backend_whose_tags_list_the_model_is_routed_to(
 
 
 async def test_a_conversations_backend_that_no_longer_lists_the_model_is_not_preferred(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
+    pool_settings: Settings, fleet: Fleet
 ) -> None:
     fleet.has(A, installed=(), loaded=(LLAMA,))
     fleet.has(B, installed=(LLAMA,))
     remembered = _Remembered()
-    remembered.kept["owner:talk"] = NAME[A]
-    pool = OllamaPool(pool_settings, None, remembered, transport=httpx.MockTransport(router.async_handler))
+    remembered.kept["owner:talk"] = fleet.name[A]
+    pool = OllamaPool(pool_settings, None, remembered)
     await pool.probe()
 
     answer = await pool.chat(_hello(), affinity="owner:talk")
 
-    assert answer.backend == NAME[B]
+    assert answer.backend == fleet.name[B]
     assert fleet.served_by()[A] == 0
-    assert remembered.kept == {"owner:talk": NAME[B]}
+    assert remembered.kept == {"owner:talk": fleet.name[B]}
     await pool.aclose()
 
 
@@ -327,12 +319,14 @@ def _removed_behind_minatos_back(fleet: Fleet, url: str, answer: httpx.Response 
     fleet.chats[url].mock(return_value=answer or httpx.Response(404, json=not_found(LLAMA)))
 
 
-def _watch(route: respx.Route) -> asyncio.Event:
-    """An event set when ``route`` is next asked (a background refresh), answering as it did."""
-    asked = asyncio.Event()
+def _watch(route: Route) -> threading.Event:
+    """An event set when ``route`` is next asked (a background refresh), answering as it did; set on
+    the served backend's own thread."""
+    asked = threading.Event()
     answer = route.return_value
+    assert answer is not None
 
-    def answering(_: httpx.Request) -> httpx.Response | None:
+    def answering(_: httpx.Request) -> httpx.Response:
         asked.set()
         return answer
 
@@ -341,64 +335,63 @@ def _watch(route: respx.Route) -> asyncio.Event:
 
 
 @pytest.fixture(name="stale_pool")
-async def fx_stale_pool(pool_settings: Settings, router: respx.MockRouter, fleet: Fleet) -> AsyncIterator[OllamaPool]:
+async def fx_stale_pool(pool_settings: Settings, fleet: Fleet) -> AsyncIterator[OllamaPool]:
     """A and B both have llama3.2 (loaded on A, which routing prefers); then it is removed from A behind
     Minato's back, while the pool still believes A has it. One failure would cool a backend down."""
     fleet.has(A, installed=(LLAMA,), loaded=(LLAMA,))
     fleet.has(B, installed=(LLAMA,))
-    pool = _pool(msgspec.structs.replace(pool_settings, backend_failures=1), router)
-    assert (await pool.chat(_hello())).backend == NAME[A]  # the pool took its inventory and used A
-    router.reset()
+    pool = _pool(msgspec.structs.replace(pool_settings, backend_failures=1))
+    assert (await pool.chat(_hello())).backend == fleet.name[A]  # the pool took its inventory and used A
+    fleet.reset()
     _removed_behind_minatos_back(fleet, A)
     yield pool
     await pool.aclose()
 
 
-def _state(pool: OllamaPool, url: str) -> str:
-    return {status.name: status.state for status in pool.backends()}[NAME[url]]
+def _state(pool: OllamaPool, name: str) -> str:
+    return {status.name: status.state for status in pool.backends()}[name]
 
 
 async def test_ollamas_404_from_a_stale_backend_fails_over_to_the_holder_and_strikes_it_at_once(
-    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter
+    stale_pool: OllamaPool, fleet: Fleet
 ) -> None:
-    refreshed = _watch(router.routes[f"tags-{A}"])
+    refreshed = _watch(fleet[A]["tags"])
 
     answer = await stale_pool.chat(_hello())
     holders = stale_pool.holders(LLAMA)
-    state = _state(stale_pool, A)
-    async with asyncio.timeout(10):
-        await refreshed.wait()  # A's inventory is asked for again
+    state = _state(stale_pool, fleet.name[A])
+    assert await asyncio.to_thread(refreshed.wait, 10)  # A's inventory is asked for again
     later = [(await stale_pool.chat(_hello())).backend for _ in range(3)]
 
-    assert answer.backend == NAME[B]
+    assert answer.backend == fleet.name[B]
     assert answer.message.content == f"from {B}"
-    assert holders == [NAME[B]], "struck from A's inventory before the refresh answered"
+    assert holders == [fleet.name[B]], "struck from A's inventory before the refresh answered"
     assert state == "up", "a 404 is an answer: no failure for the breaker (MINATO_BACKEND_FAILURES=1)"
-    assert later == [NAME[B]] * 3
+    assert later == [fleet.name[B]] * 3
     assert fleet.served_by() == {A: 1, B: 4, C: 0}, "A was asked once, then skipped"
-    assert {status.name: status.in_flight for status in stale_pool.backends()} == dict.fromkeys(NAME.values(), 0)
+    assert {status.name: status.in_flight for status in stale_pool.backends()} == dict.fromkeys(fleet.name.values(), 0)
 
 
 async def test_a_stream_fails_over_from_a_stale_backend_before_its_first_byte(
-    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter
+    stale_pool: OllamaPool, fleet: Fleet
 ) -> None:
     stream = await stale_pool.stream_chat(_hello())
     running = {status.name: status.in_flight for status in stale_pool.backends()}
     batches = [batch async for batch in stream.batches()]
 
-    assert stream.backend == NAME[B]
+    assert stream.backend == fleet.name[B]
     assert batches[0][0].message.content == f"from {B}"
-    assert running == {NAME[A]: 0, NAME[B]: 1, NAME[C]: 0}, "A's attempt no longer counts as in flight"
-    assert _state(stale_pool, A) == "up"
-    assert stale_pool.holders(LLAMA) == [NAME[B]]
+    assert running == {fleet.name[A]: 0, fleet.name[B]: 1, fleet.name[C]: 0}, (
+        "A's attempt no longer counts as in flight"
+    )
+    assert _state(stale_pool, fleet.name[A]) == "up"
+    assert stale_pool.holders(LLAMA) == [fleet.name[B]]
 
 
-async def test_show_and_facts_fail_over_from_a_stale_backend(
-    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter
-) -> None:
+async def test_show_and_facts_fail_over_from_a_stale_backend(stale_pool: OllamaPool, fleet: Fleet) -> None:
     shows = {
-        A: router.post(f"{A}/api/show").respond(404, json=not_found(f"{LLAMA}:latest")),
-        B: router.post(f"{B}/api/show").respond(200, json=show(["completion"])),
+        A: fleet[A].post("/api/show").respond(404, json=not_found(f"{LLAMA}:latest")),
+        B: fleet[B].post("/api/show").respond(200, json=show(["completion"])),
     }
 
     shown = await stale_pool.show(LLAMA)
@@ -407,11 +400,11 @@ async def test_show_and_facts_fail_over_from_a_stale_backend(
     assert shown.capabilities == ["completion"]
     assert facts.capabilities == frozenset({"completion"})
     assert (shows[A].call_count, shows[B].call_count) == (1, 2), "A asked once, then struck"
-    assert _state(stale_pool, A) == "up"
+    assert _state(stale_pool, fleet.name[A]) == "up"
 
 
 async def test_the_last_holders_404_is_ollamas_and_every_stale_backend_is_struck(
-    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter
+    stale_pool: OllamaPool, fleet: Fleet
 ) -> None:
     _removed_behind_minatos_back(fleet, B)
 
@@ -421,7 +414,7 @@ async def test_the_last_holders_404_is_ollamas_and_every_stale_backend_is_struck
     assert missing.value.detail == f"model '{LLAMA}' not found", "Ollama's words"
     assert fleet.served_by() == {A: 1, B: 1, C: 0}
     assert stale_pool.holders(LLAMA) == []
-    assert (_state(stale_pool, A), _state(stale_pool, B)) == ("up", "up")
+    assert (_state(stale_pool, fleet.name[A]), _state(stale_pool, fleet.name[B])) == ("up", "up")
 
 
 #: Each door's request and Ollama's "model not found" in that door's words (Ollama's source: native
@@ -464,38 +457,38 @@ async def _forwarded(pool: OllamaPool, path: str) -> tuple[int, bytes, str, str]
 
 @pytest.mark.parametrize(("path", "words"), DOORS)
 async def test_a_forwarded_404_from_a_stale_backend_fails_over_on_every_door(
-    stale_pool: OllamaPool, router: respx.MockRouter, path: str, words: bytes
+    stale_pool: OllamaPool, fleet: Fleet, path: str, words: bytes
 ) -> None:
     doors = {
-        A: router.post(f"{A}{path}").mock(return_value=_missing(words)),
-        B: router.post(f"{B}{path}").respond(200, json={"answered": "by B"}),
+        A: fleet[A].post(path).mock(return_value=_missing(words)),
+        B: fleet[B].post(path).respond(200, json={"answered": "by B"}),
     }
 
     first = await _forwarded(stale_pool, path)
     again = await _forwarded(stale_pool, path)
 
-    assert first == (200, b'{"answered":"by B"}', "application/json", NAME[B])
+    assert first == (200, b'{"answered":"by B"}', "application/json", fleet.name[B])
     assert again == first
     assert (doors[A].call_count, doors[B].call_count) == (1, 2)
-    assert stale_pool.holders(LLAMA) == [NAME[B]]
-    assert _state(stale_pool, A) == "up"
-    assert {status.name: status.in_flight for status in stale_pool.backends()} == dict.fromkeys(NAME.values(), 0)
+    assert stale_pool.holders(LLAMA) == [fleet.name[B]]
+    assert _state(stale_pool, fleet.name[A]) == "up"
+    assert {status.name: status.in_flight for status in stale_pool.backends()} == dict.fromkeys(fleet.name.values(), 0)
 
 
 @pytest.mark.parametrize(("path", "words"), DOORS)
 async def test_the_last_holders_forwarded_404_reaches_the_client_as_ollama_said_it(
-    stale_pool: OllamaPool, fleet: Fleet, router: respx.MockRouter, path: str, words: bytes
+    stale_pool: OllamaPool, fleet: Fleet, path: str, words: bytes
 ) -> None:
     _removed_behind_minatos_back(fleet, B)
-    router.post(f"{A}{path}").mock(return_value=_missing(b'{"error":"model \'llama3.2:latest\' not found"}'))
-    router.post(f"{B}{path}").mock(return_value=_missing(words))
+    fleet[A].post(path).mock(return_value=_missing(b'{"error":"model \'llama3.2:latest\' not found"}'))
+    fleet[B].post(path).mock(return_value=_missing(words))
 
     answered = await _forwarded(stale_pool, path)
 
-    assert answered == (404, words, "application/json; charset=utf-8", NAME[B]), "byte for byte, B's"
+    assert answered == (404, words, "application/json; charset=utf-8", fleet.name[B]), "byte for byte, B's"
     assert stale_pool.holders(LLAMA) == []
-    assert (_state(stale_pool, A), _state(stale_pool, B)) == ("up", "up")
-    assert {status.name: status.in_flight for status in stale_pool.backends()} == dict.fromkeys(NAME.values(), 0)
+    assert (_state(stale_pool, fleet.name[A]), _state(stale_pool, fleet.name[B])) == ("up", "up")
+    assert {status.name: status.in_flight for status in stale_pool.backends()} == dict.fromkeys(fleet.name.values(), 0)
 
 
 NOT_A_MISSING_MODEL = [
@@ -508,18 +501,18 @@ NOT_A_MISSING_MODEL = [
 
 @pytest.mark.parametrize("refusal", NOT_A_MISSING_MODEL)
 async def test_any_other_refusal_is_the_clients_answer_and_the_backend_keeps_the_model(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet, refusal: httpx.Response
+    pool_settings: Settings, fleet: Fleet, refusal: httpx.Response
 ) -> None:
     fleet.has(A, installed=(LLAMA,), loaded=(LLAMA,))
     fleet.has(B, installed=(LLAMA,))
-    pool = await _probed(pool_settings, router)
+    pool = await _probed(pool_settings)
     fleet.chats[A].mock(return_value=refusal)
 
     answered = await _forwarded(pool, "/api/chat")
 
     assert answered[:2] == (refusal.status_code, refusal.content)
     assert fleet.served_by() == {A: 1, B: 0, C: 0}
-    assert pool.holders(LLAMA) == [NAME[A], NAME[B]]
+    assert pool.holders(LLAMA) == [fleet.name[A], fleet.name[B]]
     await pool.aclose()
 
 
@@ -546,17 +539,15 @@ def test_ollamas_model_not_found_is_told_by_its_words_on_every_door(status: int,
 # -- the fleet as one -----------------------------------------------------------------------------
 
 
-async def test_a_load_goes_where_routing_would_send_the_next_request(
-    pool_settings: Settings, router: respx.MockRouter, fleet: Fleet
-) -> None:
+async def test_a_load_goes_where_routing_would_send_the_next_request(pool_settings: Settings, fleet: Fleet) -> None:
     for url in (A, B, C):
         fleet.has(url, installed=("llama3.2",))
     fleet.has(B, installed=("llama3.2",), loaded=("llama3.2",))
-    generates = {url: router.post(f"{url}/api/generate").respond(200, json={"done": True}) for url in (A, B, C)}
-    pool = await _probed(pool_settings, router)
+    generates = {url: fleet[url].post("/api/generate").respond(200, json={"done": True}) for url in (A, B, C)}
+    pool = await _probed(pool_settings)
 
     chosen = await pool.load("llama3.2", UNSET, {})
 
-    assert chosen == NAME[B], "where the model is loaded already"
+    assert chosen == fleet.name[B], "where the model is loaded already"
     assert [generates[u].call_count for u in (A, B, C)] == [0, 1, 0]
     await pool.aclose()

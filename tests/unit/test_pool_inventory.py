@@ -3,57 +3,55 @@ metric labels, and the pool's own operations keeping it current (no caller has t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
-import respx
 
 from minato.settings import Settings
 from minato.upstream.pool.facade import OllamaPool
-from tests.support.payloads import catalogue, ndjson, not_found, pull_progress
+from tests.support.payloads import ndjson, not_found, pull_progress
+from tests.support.pools import A, B, Fleet
+from tests.support.served_ollama import Route
 
 pytestmark = pytest.mark.anyio
 
-A, B = "http://gpu-a.test:11434", "http://gpu-b.test:11434"
 
+class Backends(Fleet):
+    """Two backends served on loopback, each listing what the test says."""
 
-class Backends:
-    """Two mocked backends, each listing what the test says."""
+    def __init__(self) -> None:
+        super().__init__((A, B))
+        for served in self.served.values():
+            served.post("/api/show").respond(404, json=not_found("x"))
 
-    def __init__(self, router: respx.MockRouter) -> None:
-        self.router = router
-        for url in (A, B):
-            router.get(f"{url}/api/version").respond(200, json={"version": "0.12.3"})
-            router.get(f"{url}/api/ps").respond(200, json={"models": []})
-            router.post(f"{url}/api/show").respond(404, json=not_found("x"))
-            self.has(url)
-
-    def has(self, url: str, *names: str) -> respx.Route:
-        return self.router.route(method="GET", url=f"{url}/api/tags", name=f"tags-{url}").respond(
-            200, json=catalogue(*names)
-        )
+    def lists(self, label: str, *names: str) -> Route:
+        """Say what ``label`` has installed; return its ``/api/tags`` route."""
+        return self.has(label, installed=names)
 
 
 @pytest.fixture(name="backends")
-def fx_backends() -> respx.MockRouter:
-    return respx.MockRouter(assert_all_called=False)
+def fx_backends() -> Iterator[Backends]:
+    backends = Backends()
+    try:
+        yield backends
+    finally:
+        backends.stop()
 
 
 @pytest.fixture(name="pool")
-async def fx_pool(backends: respx.MockRouter) -> AsyncIterator[OllamaPool]:
-    settings = Settings(ollama_url=f"{A},{B}", session_store="memory://", ollama_probe_interval=0)
-    pool = OllamaPool(settings, transport=httpx.MockTransport(backends.async_handler))
+async def fx_pool(backends: Backends) -> AsyncIterator[OllamaPool]:
+    settings = Settings(ollama_url=backends.ollama_url, session_store="memory://", ollama_probe_interval=0)
+    pool = OllamaPool(settings)  # Minato's own transport, to each backend's served port
     yield pool
     await pool.aclose()
 
 
 async def test_a_label_is_the_name_the_first_holder_lists_and_anything_else_is_other(
-    pool: OllamaPool, backends: respx.MockRouter
+    pool: OllamaPool, backends: Backends
 ) -> None:
-    fleet = Backends(backends)
-    fleet.has(A, "llama3.2:latest")
-    fleet.has(B, "Qwen2.5:7b", "llama3.2")
+    fleet = backends
+    fleet.lists(A, "llama3.2:latest")
+    fleet.lists(B, "Qwen2.5:7b", "llama3.2")
     await pool.probe()
 
     assert pool.label("llama3.2") == "llama3.2:latest"
@@ -65,13 +63,13 @@ async def test_a_label_is_the_name_the_first_holder_lists_and_anything_else_is_o
 
 
 async def test_a_delete_strikes_the_model_from_the_inventory_and_its_label(
-    pool: OllamaPool, backends: respx.MockRouter
+    pool: OllamaPool, backends: Backends
 ) -> None:
-    fleet = Backends(backends)
-    fleet.has(A, "gone:latest", "kept:latest")
-    fleet.has(B, "gone:latest")
+    fleet = backends
+    fleet.lists(A, "gone:latest", "kept:latest")
+    fleet.lists(B, "gone:latest")
     for url in (A, B):
-        backends.delete(f"{url}/api/delete").respond(200)
+        backends[url].delete("/api/delete").respond(200)
     await pool.probe()
 
     await pool.delete("gone")
@@ -82,20 +80,20 @@ async def test_a_delete_strikes_the_model_from_the_inventory_and_its_label(
 
 
 async def test_the_pools_own_pull_makes_the_next_unknown_name_ask_the_backends_again(
-    pool: OllamaPool, backends: respx.MockRouter
+    pool: OllamaPool, backends: Backends
 ) -> None:
-    fleet = Backends(backends)
-    fleet.has(A, "llama3.2:latest")
+    fleet = backends
+    fleet.lists(A, "llama3.2:latest")
     await pool.probe()
     assert await pool.knows("newcomer") is False
-    lists = fleet.has(A, "llama3.2:latest", "newcomer:latest")  # installed now, behind the pool's back
-    asked = lists.call_count  # respx keeps a route's count when the route is given a new answer
+    lists = fleet.lists(A, "llama3.2:latest", "newcomer:latest")  # installed now, behind the pool's back
+    asked = lists.call_count  # the new answer's route: asked 0 times so far
 
     assert await pool.knows("newcomer") is False, "missing a moment ago: remembered, not asked again"
     assert lists.call_count == asked
 
     for url in (A, B):
-        backends.post(f"{url}/api/pull").respond(
+        backends[url].post("/api/pull").respond(
             200,
             headers={"content-type": "application/x-ndjson"},
             content=ndjson({"status": "pulling manifest"}, pull_progress(), {"status": "success"}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from minato.web.doors.relay import _Watch
+from minato.web.doors.watch import StreamWatch
 from minato.web.rendering import StreamDialect
 from tests.support.payloads import chat_token, ndjson
 
@@ -45,7 +45,7 @@ def test_token_frames_are_counted_as_they_pass_even_split_anywhere(
     dialect: StreamDialect, frames: bytes, relayed: int
 ) -> None:
     for size in (1, 3, 7, len(frames)):
-        watch = _Watch(dialect, strip_usage=False)
+        watch = StreamWatch(dialect, strip_usage=False)
         for start in range(0, len(frames), size):
             watch.feed(frames[start : start + size])
 
@@ -54,7 +54,7 @@ def test_token_frames_are_counted_as_they_pass_even_split_anywhere(
 
 
 def test_a_stream_that_is_no_generation_counts_no_tokens() -> None:
-    watch = _Watch(StreamDialect.NDJSON, strip_usage=False, generation=False)
+    watch = StreamWatch(StreamDialect.NDJSON, strip_usage=False, generation=False)
 
     watch.feed(ndjson(chat_token("a"), {"status": "pulling manifest"}))
 

@@ -33,7 +33,7 @@ from yarl import URL
 from minato.core.images import NOT_AN_IMAGE, URL_FIELD, sniff_image
 from minato.errors import ErrorItem, ImageLinkRefusedError, InvalidInputError, PayloadTooLargeError
 from minato.settings import Settings
-from minato.upstream.transport import connection_problem
+from minato.upstream.failures import connection_problem
 
 logger = structlog.get_logger("minato.fetch")
 

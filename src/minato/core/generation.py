@@ -13,7 +13,7 @@ The order is the point:
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import msgspec
@@ -21,6 +21,7 @@ from msgspec import UNSET
 
 from minato.auth.caller import Caller
 from minato.core.admission import Admission, Slot
+from minato.core.answer import AnswerStream
 from minato.core.options import GenerationOptions
 from minato.core.policy import Policy
 from minato.core.schemas import GenerateResponse, GenerationStats
@@ -29,10 +30,9 @@ from minato.core.usage import Usage
 from minato.core.watch import Watch
 from minato.observability.record import RequestRecord
 from minato.ollama.names import canonical_model_name
-from minato.ollama.wire import ChatChunk, ChatRequest
+from minato.ollama.wire import ChatRequest
 from minato.settings import Settings
 from minato.upstream.ports import Generator
-from minato.upstream.streams import ChunkStream
 
 
 class Question(NamedTuple):
@@ -229,47 +229,6 @@ async def whole_answer(generation: Generation) -> GenerateResponse:
     )
 
 
-class AnswerStream:
-    """A primed answer from Ollama, for the web layer to relay: its batches, then :meth:`close`.
-
-    The session records the exchange only if the stream completes (the commit comes before the last
-    batch is handed on, so a client that leaves the moment it has its ``done`` event cannot lose the
-    turn). The slot and the turn are held until the stream ends, and what it relayed is charged then,
-    whichever way it ends: completed, broken off by Ollama (the batches end) or left by its client
-    (the web layer calls :meth:`close`). Either end may come first; the second does nothing more.
-    """
-
-    __slots__ = ("_lease", "_stream", "_usage", "backend", "model")
-
-    def __init__(self, stream: ChunkStream, lease: Lease, usage: Usage, model: str) -> None:
-        self._stream = stream
-        self._lease = lease
-        self._usage = usage
-        self.model = model
-        self.backend = stream.backend
-
-    async def batches(self) -> AsyncIterator[list[ChatChunk]]:
-        """Ollama's batches as they arrive; the stream is closed when they end (or fail)."""
-        lease = self._lease
-        # Only a conversation keeps the answer's text: without one nothing would read it.
-        answer: list[str] | None = [] if lease.turn is not None else None
-        try:
-            async for batch in self._stream.batches():
-                if answer is not None:
-                    answer.extend([chunk.message.content for chunk in batch])
-                    if batch and batch[-1].done:
-                        await lease.commit("".join(answer))
-                yield batch
-        finally:
-            await self.close()
-
-    async def close(self) -> None:
-        """Close Ollama's stream (so Ollama stops at once), release the lease, charge what was relayed."""
-        await self._stream.aclose()
-        self._lease.release()
-        await self._usage.charge()
-
-
 async def streamed_answer(generation: Generation) -> AnswerStream:
     """Prime Ollama's stream (so its status is known before anything is written), ready to relay."""
     parts = generation.parts
@@ -288,7 +247,6 @@ async def streamed_answer(generation: Generation) -> AnswerStream:
 
 
 __all__ = [
-    "AnswerStream",
     "Generation",
     "GenerationParts",
     "Lease",

@@ -16,6 +16,8 @@ fingerprint (its :attr:`~minato.auth.caller.Caller.name`), a keyless deployment 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import structlog
 
 from minato.auth.caller import ANONYMOUS, Caller
@@ -26,27 +28,18 @@ from minato.state.protocols import Quota, UsageLedger
 logger = structlog.get_logger("minato.usage")
 
 
+@dataclass(slots=True, eq=False)
 class Usage:
     """One request's generated tokens, to be charged to its caller's quota and counted in its usage
     exactly once."""
 
-    __slots__ = ("_began", "_caller", "_charged", "_ledger", "_model", "_quota", "_record")
-
-    def __init__(
-        self,
-        quota: Quota,
-        ledger: UsageLedger,
-        caller: Caller | None,
-        record: RequestRecord | None,
-        model: str | None,
-    ) -> None:
-        self._quota = quota
-        self._ledger = ledger
-        self._caller = caller
-        self._record = record
-        self._model = model
-        self._charged = False
-        self._began = False
+    quota: Quota
+    ledger: UsageLedger
+    caller: Caller | None
+    record: RequestRecord | None
+    model: str | None
+    _charged: bool = field(default=False, init=False)
+    _began: bool = field(default=False, init=False)
 
     def began(self) -> None:
         """Note that Ollama accepted the request (its answer began): it counts in the key's usage."""
@@ -58,16 +51,16 @@ class Usage:
         if self._charged:
             return
         self._charged = True
-        record, caller = self._record, self._caller
-        if self._began and self._model is not None:
+        record, caller = self.record, self.caller
+        if self._began and self.model is not None:
             completion = (record.tokens or 0) if record is not None else 0
             prompt = (record.prompt_tokens or 0) if record is not None else 0
             name = (caller or ANONYMOUS).name
-            self._ledger.count(name, canonical_model_name(self._model), prompt, completion)
+            self.ledger.count(name, canonical_model_name(self.model), prompt, completion)
         if record is None or caller is None or not record.tokens:
             return
         try:
-            await self._quota.charge(caller, record.tokens)
+            await self.quota.charge(caller, record.tokens)
         except Exception:  # a quota that cannot count (or is gone) must not fail an answer Ollama gave
             logger.exception("token_quota_charge_failed", tokens=record.tokens)
 

@@ -23,10 +23,12 @@ from typing import Any, Final
 
 import structlog
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from minato.server.lane import CycleLane, HeldHead
 from minato.settings import Settings
+from minato.web.lane import LANE_EXTENSION
 from minato.web.limits import longest_request_target
 from minato.web.rendering import error_body
 
@@ -148,6 +150,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_begun = False
         self.heads = 0
         """Request heads completed on this connection (uvicorn's ``cycle`` is unset before the first)."""
+        self.lane: CycleLane | None = None
+        """The lane (:mod:`minato.server.lane`) of the request being answered, which hears of the
+        transport's flow control and loss."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -160,6 +165,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()
         super().connection_lost(exc)
+        lane, self.lane = self.lane, None
+        if lane is not None:
+            lane.lost()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.lane is not None:
+            self.lane.pause()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.lane is not None:
+            self.lane.resume()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # Every request gets its lane as its task starts (a pipelined one only once the response before
+        # it is complete): the one lane of a connection that flow control and loss are told to.
+        # The cycle writes through a transport that sends its head with the body's first bytes.
+        held = HeldHead(self.transport, self.loop)
+        cycle.transport = held  # type: ignore[assignment]  # the cycle calls write, close and is_closing only
+        lane = self.lane = CycleLane(cycle, held, self.flow)
+        cycle.scope.setdefault("extensions", {})[LANE_EXTENSION] = lane  # type: ignore[assignment]  # uvicorn types every extension as a dict
+        super()._start_asgi_task(cycle, app)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -189,6 +217,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.scope["query_string"] = query
 
     def on_response_complete(self) -> None:
+        lane, self.lane = self.lane, None
+        if lane is not None:
+            lane.done()
         super().on_response_complete()
         # Idle again, unless the response closed the connection or a pipelined request has started.
         if not self.transport.is_closing() and self.cycle.response_complete:

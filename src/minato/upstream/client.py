@@ -1,8 +1,10 @@
 """The one module that asks Ollama: a long-lived connection pool, the deadlines of every call.
 
-Everything above this package sees msgspec Structs and :mod:`minato.errors` exceptions, never httpx.
-Answers that arrive over time are read by :mod:`minato.upstream.streams`; what Ollama's failures
-mean in Minato's words is decided in :mod:`minato.upstream.failures`.
+Everything above this package sees msgspec Structs and :mod:`minato.errors` exceptions, never an HTTP
+library's. The bytes travel through the relay engine (:mod:`minato.upstream.engine`: keep-alive
+connections pooled per backend, httptools parsing the answers); answers that arrive over time are read
+by :mod:`minato.upstream.streams`; what Ollama's failures mean in Minato's words is decided in
+:mod:`minato.upstream.failures`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-import httpx
 import msgspec
 from msgspec import UNSET, UnsetType
 
@@ -31,22 +32,22 @@ from minato.ollama.wire import (
     VersionResponse,
 )
 from minato.tasks import SingleFlight
-from minato.upstream.failures import status_error, transport_error
+from minato.upstream.engine.connections import Connections, Origin
+from minato.upstream.failures import status_error
 from minato.upstream.ports import Forward
 from minato.upstream.streams import ChunkStream, PullStream, RawResponse
-from minato.upstream.transport import AiohttpTransport
 
 if TYPE_CHECKING:  # only a type here: settings read Ollama's option table from this package
     from minato.settings import Settings
+    from minato.upstream.engine.exchange import Exchange
 
-_JSON_HEADERS: Final = {"content-type": "application/json", "accept": "application/json"}
-_ACCEPT_JSON: Final = {"accept": "application/json"}
+_JSON: Final = "application/json"
 _encoder: Final = msgspec.json.Encoder()
 
 
-def default_transport(settings: Settings) -> httpx.AsyncBaseTransport:
-    """Return the transport measured fastest on the hot path (aiohttp under httpx's interface)."""
-    return AiohttpTransport(max_connections=settings.max_connections)
+def connections_for(settings: Settings) -> Connections:
+    """The engine's keep-alive connections for ``settings``' backends (one pool, a lane per backend)."""
+    return Connections(limit=settings.max_connections, connect_timeout=settings.connect_timeout)
 
 
 class ModelFacts(msgspec.Struct, frozen=True):
@@ -67,40 +68,58 @@ class ModelFacts(msgspec.Struct, frozen=True):
 class OllamaClient:
     """Async access to one Ollama daemon over a single connection pool."""
 
-    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings, *, connections: Connections | None = None) -> None:
         self.settings = settings
         self.base_url = settings.ollama_url
-        # The transport is called directly: httpx.AsyncClient's per-request machinery (URL
-        # merging, cookies, auth, redirects, event hooks) buys nothing for one fixed upstream.
-        self._transport = transport if transport is not None else default_transport(settings)
-        self._urls: dict[str, httpx.URL] = {}
-        # Deadlines are enforced per phase with asyncio (first token, idle gap, whole answer);
-        # the transport only bounds the TCP connect.
-        self._timeouts = {"connect": settings.connect_timeout, "read": None, "write": None, "pool": None}
+        self._origin = Origin.of(settings.ollama_url)
+        self._own = connections is None
+        self._connections = connections if connections is not None else connections_for(settings)
         # The operator's headers (MINATO_OLLAMA_HEADERS) go on every request; the client's never do.
-        extra = dict(settings.ollama_headers)
-        self._json_headers = {**extra, **_JSON_HEADERS}
-        self._accept_json = {**extra, **_ACCEPT_JSON}
-        self._extra_headers = extra
+        self._extra = "".join(f"{name}: {value}\r\n" for name, value in settings.ollama_headers.items())
+        self._heads: dict[tuple[str, str, str | None, str], bytes] = {}
         self._capabilities: dict[str, tuple[float, ModelFacts]] = {}
         self._lookups: SingleFlight[str, ModelFacts] = SingleFlight("minato-facts")
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._transport.aclose()
+        """Close the connection pool (unless it is shared: its owner closes it)."""
+        if self._own:
+            await self._connections.aclose()
 
-    async def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx.URL(self.base_url + path)
-        request = httpx.Request(
-            method,
-            url,
-            content=body,
-            headers=self._json_headers if body is not None else self._accept_json,
-            extensions={"timeout": self._timeouts},
+    def _request(self, method: str, path: str, body: bytes | None, content_type: str | None, accept: str) -> bytes:
+        """The request's bytes, whole: the request line and headers (kept per kind of request), the body."""
+        key = (method, path, content_type, accept)
+        head = self._heads.get(key)
+        if head is None:
+            typed = f"content-type: {content_type}\r\n" if content_type is not None and body is not None else ""
+            head = self._heads[key] = (
+                f"{method} {self._origin.prefix}{path} HTTP/1.1\r\nhost: {self._origin.authority}\r\n"
+                f"{self._extra}{typed}accept: {accept}\r\n"
+            ).encode("latin-1")
+        if body is None:
+            return head + b"\r\n"
+        return b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers_within: float,
+        late: str,
+        *,
+        whole_within: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> Exchange:
+        request = self._request(method, path, body, _JSON if body is not None else None, _JSON)
+        return await self._connections.exchange(
+            self._origin,
+            request,
+            ollama_url=self.base_url,
+            headers_within=headers_within,
+            late=late,
+            idle_timeout=self.settings.idle_timeout if idle_timeout is None else idle_timeout,
+            whole_within=whole_within,
         )
-        return await self._transport.handle_async_request(request)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -110,23 +129,19 @@ class OllamaClient:
         Asked for as a stream and put together here: Ollama's non-streamed answer says nothing until it
         is complete, so only a stream lets the first-token and idle deadlines apply to whole answers too.
         """
-        budget = self.settings.request_timeout
         content: list[str] = []
         thinking: list[str] = []
         last: ChatChunk | None = None
+        # The whole answer, the wait for its first token included, is bounded by the exchange's own timer.
+        stream = await self.stream_chat(request)
         try:
-            async with asyncio.timeout(budget):  # the whole answer, the wait for its first token included
-                stream = await self.stream_chat(request)
-                try:
-                    async for batch in stream.batches():
-                        for chunk in batch:
-                            content.append(chunk.message.content)
-                            thinking.append(chunk.message.thinking)
-                        last = batch[-1] if batch else last
-                finally:
-                    await stream.aclose()
-        except TimeoutError:
-            raise OllamaTimeoutError(f"the answer took longer than {budget:g} s (MINATO_REQUEST_TIMEOUT)") from None
+            async for batch in stream.batches():
+                for chunk in batch:
+                    content.append(chunk.message.content)
+                    thinking.append(chunk.message.thinking)
+                last = batch[-1] if batch else last
+        finally:
+            stream.close()
         if last is None:  # batches() only ends after a done chunk; this keeps the type honest
             raise UpstreamError("Ollama closed the stream before it was done")
         message = ChunkMessage(role=last.message.role, content="".join(content), thinking="".join(thinking))
@@ -138,8 +153,8 @@ class OllamaClient:
         body = _encoder.encode(msgspec.structs.replace(request, stream=True))
         # One deadline covers the response headers and the first line: Ollama sends both together.
         deadline = asyncio.get_running_loop().time() + self.settings.first_token_timeout
-        response = await self._open_stream("/api/chat", body, request.model, deadline)
-        stream = ChunkStream(response, self.base_url, self.settings.idle_timeout, self.settings.request_timeout)
+        exchange = await self._open_stream("/api/chat", body, request.model, self.settings.request_timeout)
+        stream = ChunkStream(exchange, self.settings.idle_timeout)
         await stream.prime(deadline, self.settings.first_token_timeout)
         return stream
 
@@ -149,10 +164,11 @@ class OllamaClient:
         """Start pulling ``model``; return once Ollama has found its manifest (or fail with 404)."""
         body = _encoder.encode(PullRequest(model=model))
         deadline = asyncio.get_running_loop().time() + self.settings.first_token_timeout
-        response = await self._open_stream("/api/pull", body, model, deadline)
         # Checksums of multi-GB blobs can keep Ollama silent for minutes, so the gap allowed
         # between progress lines is the generous first-token budget, not the token idle budget.
-        stream = PullStream(response, self.base_url, self.settings.first_token_timeout)
+        idle = self.settings.first_token_timeout
+        exchange = await self._open_stream("/api/pull", body, model, None, idle)
+        stream = PullStream(exchange, idle)
         await stream.prime(deadline, self.settings.first_token_timeout)
         self.forget(model)
         return stream
@@ -231,59 +247,52 @@ class OllamaClient:
         ``MINATO_REQUEST_TIMEOUT``; a pull has no such bound). Only Ollama's URL, the content type and
         ``MINATO_OLLAMA_HEADERS`` travel: nothing of the client's request (keys, cookies, ``Host``) reaches Ollama.
         """
-        path, content_type, headers_within = request.path, request.content_type, request.headers_within
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx.URL(self.base_url + path)
-        headers = {**self._extra_headers, "accept": "*/*"}
-        if content_type is not None:
-            headers["content-type"] = content_type
-        sent = httpx.Request(
-            request.method, url, content=request.body, headers=headers, extensions={"timeout": self._timeouts}
+        budget = self.settings.first_token_timeout if request.headers_within is None else request.headers_within
+        sent = self._request(request.method, request.path, request.body, request.content_type, "*/*")
+        exchange = await self._connections.exchange(
+            self._origin,
+            sent,
+            ollama_url=self.base_url,
+            headers_within=budget,
+            late=f"Ollama did not start answering within {budget:g} s",
+            idle_timeout=self.settings.idle_timeout,
+            whole_within=request.whole_within,
         )
-        budget = self.settings.first_token_timeout if headers_within is None else headers_within
-        try:
-            async with asyncio.timeout(budget):
-                response = await self._transport.handle_async_request(sent)
-        except TimeoutError:
-            raise OllamaTimeoutError(f"Ollama did not start answering within {budget:g} s") from None
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.base_url, self.settings.connect_timeout) from None
-        return RawResponse.of(response, self.base_url, self.settings.idle_timeout, request.whole_within)
+        return RawResponse.of(exchange, self.settings.idle_timeout)
 
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _call(self, method: str, path: str, body: bytes | None, deadline: float, model: str) -> bytes:
         """Make one buffered call; return the body of a 2xx answer or raise a Minato error."""
+        late = f"Ollama did not answer {path} within {deadline:g} s"
+        exchange = await self._send(method, path, body, deadline, late, whole_within=deadline)
         try:
-            async with asyncio.timeout(deadline):
-                response = await self._send(method, path, body)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            raise OllamaTimeoutError(f"Ollama did not answer {path} within {deadline:g} s") from None
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.base_url, self.settings.connect_timeout) from None
-        if response.status_code >= 400:
-            raise status_error(response.status_code, response.content, model)
-        return response.content
+            content = await exchange.read()
+        except OllamaTimeoutError:
+            raise OllamaTimeoutError(late) from None
+        finally:
+            exchange.close()
+        if exchange.status >= 400:
+            raise status_error(exchange.status, content, model)
+        return content
 
-    async def _open_stream(self, path: str, body: bytes, model: str, deadline: float) -> httpx.Response:
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._send("POST", path, body)
-                if response.status_code >= 400:
-                    try:
-                        content = await response.aread()
-                    finally:
-                        await response.aclose()
-                    raise status_error(response.status_code, content, model)
-        except TimeoutError:
-            raise OllamaTimeoutError(
-                f"Ollama did not start answering within {self.settings.first_token_timeout:g} s"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.base_url, self.settings.connect_timeout) from None
-        return response
+    async def _open_stream(
+        self, path: str, body: bytes, model: str, whole_within: float | None, idle_timeout: float | None = None
+    ) -> Exchange:
+        late = f"Ollama did not start answering within {self.settings.first_token_timeout:g} s"
+        exchange = await self._send(
+            "POST",
+            path,
+            body,
+            self.settings.first_token_timeout,
+            late,
+            whole_within=whole_within,
+            idle_timeout=idle_timeout,
+        )
+        if exchange.status >= 400:
+            try:
+                content = await exchange.read()
+            finally:
+                exchange.close()
+            raise status_error(exchange.status, content, model)
+        return exchange

@@ -12,21 +12,17 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import ClassVar, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Final, Generic, Protocol, TypeVar
 
-import httpx
 import msgspec
 
-from minato.errors import (
-    MinatoError,
-    ModelNotFoundError,
-    OllamaConnectionLostError,
-    OllamaTimeoutError,
-    UpstreamError,
-)
+from minato.errors import MinatoError, ModelNotFoundError, OllamaTimeoutError, UpstreamError
 from minato.ollama.wire import ChatChunk, PullProgress
 from minato.upstream.failures import log_library_error
-from minato.upstream.transport import AiohttpBody
+
+if TYPE_CHECKING:
+    from minato.upstream.engine.exchange import Exchange
+    from minato.upstream.sink import Source
 
 T = TypeVar("T", ChatChunk, PullProgress)
 _MANIFEST_STATUS: Final = "pulling manifest"
@@ -35,10 +31,11 @@ _progress_decoder: Final = msgspec.json.Decoder(PullProgress)
 
 
 class _Body:
-    """The body of one Ollama answer as it arrives, no silence in it longer than the idle timeout.
+    """The body of one Ollama answer as it arrives: an engine exchange's, or one Minato made.
 
-    The one read loop of every reader: :class:`RawResponse` hands each piece on as it came, the
-    line streams split the pieces into NDJSON lines.
+    The one reader of every body: :class:`RawResponse` hands each piece on as it came, the line
+    streams split the pieces into NDJSON lines. The deadlines (no silence longer than the idle timeout,
+    the whole body within its bound) are the exchange's own, one timer per exchange.
     """
 
     #: What Minato's sentences call the body (with an indefinite article, and with a definite one).
@@ -46,110 +43,54 @@ class _Body:
 
     def __init__(
         self,
-        read_some: Callable[[], Awaitable[bytes]],
-        close: Callable[[], Awaitable[None]],
+        exchange: Exchange | None,
         ollama_url: str,
         idle_timeout: float,
-        total_timeout: float | None = None,
+        made: AsyncGenerator[bytes, None] | None = None,
     ) -> None:
         self.ollama_url = ollama_url
         self.idle_timeout = idle_timeout
-        self.total_timeout = total_timeout
-        self._loop = asyncio.get_running_loop()
-        self._deadline = None if total_timeout is None else self._loop.time() + total_timeout
-        self._read_some = read_some
-        self._close = close
-        # The watchdog (see _read): when the read in progress began, who to cancel, one timer.
-        self._reading_since: float | None = None
-        self._reader: asyncio.Task[object] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._expired: str | None = None
+        self._exchange = exchange
+        self._made = made
+        self._read: Callable[[], Awaitable[bytes]]
+        if exchange is not None:
+            exchange.called = self._called
+            self._read = exchange.read_some
+        else:
+            self._read = _reader_of(made or _once(b""))
         self._closed = False
         #: The backend (``host:port``) answering, and what to tell when the answer is closed (a pool's
         #: count of generations in flight on that backend).
         self.backend = ""
         self.on_close: Callable[[], None] | None = None
 
-    async def _read(self) -> bytes:
-        """The next bytes that arrived, or ``b""`` at the end; a failure raises a Minato error.
+    @property
+    def source(self) -> Source | None:
+        """The body as a :class:`~minato.upstream.sink.Source`, for a relay that writes each piece from
+        the connection's data callback (``None`` for an answer Minato made itself, which is read with
+        the async methods). Once attached, the body is read no other way; :meth:`close` still ends it."""
+        return self._exchange
 
-        Each read is bounded by the idle timeout (and the whole body by its total timeout) with one
-        timer per body that re-arms itself only when it fires, instead of a timeout context per
-        read: a paced stream makes one read per token, and arming and disarming a timer for each
-        cost more than the rest of the read.
-        """
-        self._reading_since = self._loop.time()
-        self._reader = asyncio.current_task()  # priming and relaying may read in different tasks
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._due(), self._check)
-        try:
-            return await self._read_some()
-        except asyncio.CancelledError:
-            expired = self._expired
-            if expired is None:
-                raise
-            self._expired = None
-            if self._reader is not None:
-                self._reader.uncancel()  # the watchdog's own cancellation ends here, as a timeout
-            if expired == "whole":
-                raise OllamaTimeoutError(
-                    f"the answer took longer than {self.total_timeout:g} s (MINATO_REQUEST_TIMEOUT)"
-                ) from None
-            raise OllamaTimeoutError(
-                f"Ollama went silent for {self.idle_timeout:g} s in the middle of {self._called[0]}"
-            ) from None
-        except httpx.HTTPError as exc:
-            log_library_error("ollama_stream_broke", exc, self.ollama_url)
-            # A lost connection: a pool may ask the next backend while nothing reached the client yet.
-            raise OllamaConnectionLostError(
-                f"{self._called[1]} from Ollama at {self.ollama_url} broke off before it was complete"
-            ) from None
-        finally:
-            self._reading_since = None
-
-    def _due(self) -> float:
-        """When the read in progress times out."""
-        since = self._reading_since if self._reading_since is not None else self._loop.time()
-        due = since + self.idle_timeout
-        return due if self._deadline is None else min(due, self._deadline)
-
-    def _check(self) -> None:
-        """The watchdog's timer: cancel a read that is overdue, else wait until the current one would be."""
-        self._timer = None
-        if self._reading_since is None or self._reader is None:
-            return  # no read in progress: the next one arms the timer again
-        now = self._loop.time()
-        if self._deadline is not None and now >= self._deadline:
-            self._expired = "whole"
-        elif now >= self._reading_since + self.idle_timeout:
-            self._expired = "idle"
-        else:
-            self._timer = self._loop.call_at(self._due(), self._check)
+    def close(self) -> None:
+        """Close the upstream answer without awaiting: Ollama stops working on a request whose client
+        went away (an answer Minato made is closed by :meth:`aclose`). ``on_close`` runs once."""
+        if self._closed:
             return
-        self._reader.cancel()
+        self._closed = True
+        if self._exchange is not None:
+            self._exchange.close()
+        if self.on_close is not None:
+            self.on_close()
 
     async def aclose(self) -> None:
-        """Close the upstream response; Ollama stops working on a request whose client went away."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._closed:
-            self._closed = True
-            if self.on_close is not None:
-                self.on_close()
-            await self._close()
+        """Close the upstream answer (see :meth:`close`), and what a made answer reads."""
+        was_closed = self._closed
+        self.close()
+        if self._made is not None and not was_closed:
+            await self._made.aclose()
 
 
-def _reader_of(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
-    """What reads the next bytes of a body: aiohttp's buffer when the body is ours, else (respx in
-    the tests) httpx's generic iterator."""
-    body = response.stream
-    if isinstance(body, AiohttpBody):
-        return body.read_some
-    return _reader_of_chunks(response.aiter_bytes())
-
-
-def _reader_of_chunks(chunks: AsyncIterator[bytes]) -> Callable[[], Awaitable[bytes]]:
+def _reader_of(chunks: AsyncGenerator[bytes, None]) -> Callable[[], Awaitable[bytes]]:
     async def read_some() -> bytes:
         return await anext(chunks, b"")
 
@@ -164,24 +105,25 @@ class RawResponse(_Body):
     """Ollama's answer to a forwarded request: status and headers now, the body as it arrives.
 
     Built from what HTTP says (status, headers, the body's bytes as they come), so an answer Minato
-    makes itself (a pool's merged list or progress, a replayed body) needs no HTTP library's objects.
+    makes itself (a pool's merged list or progress, a replayed body) is one too (:meth:`made`).
+
+    For the web layer's relays: :attr:`source` is the body as a :class:`~minato.upstream.sink.Source`
+    (each piece handed to a sink from the data callback; ``None`` for a made answer, read with
+    :meth:`chunks`), and :meth:`close` ends it without awaiting (``on_close`` runs once).
     """
 
     _called = ("an answer", "the answer")
 
-    # Set by the two ways an answer comes to be (:meth:`of`, :meth:`made`), right after its body.
     status: int
     headers: list[tuple[str, str]]
     """Names in lower case."""
 
     @classmethod
-    def of(
-        cls, response: httpx.Response, ollama_url: str, idle_timeout: float, total_timeout: float | None = None
-    ) -> RawResponse:
-        """Ollama's answer as the transport gave it."""
-        answer = cls(_reader_of(response), response.aclose, ollama_url, idle_timeout, total_timeout)
-        answer.status = response.status_code
-        answer.headers = [(name.lower(), value) for name, value in response.headers.items()]
+    def of(cls, exchange: Exchange, idle_timeout: float) -> RawResponse:
+        """Ollama's answer, as the engine received its status and headers."""
+        answer = cls(exchange, exchange.ollama_url, idle_timeout)
+        answer.status = exchange.status
+        answer.headers = exchange.headers
         return answer
 
     @classmethod
@@ -196,7 +138,7 @@ class RawResponse(_Body):
         """An answer Minato made: ``body`` whole, or as an async generator (closed with the answer, which
         stops whatever it reads)."""
         chunks = _once(body) if isinstance(body, bytes) else body
-        answer = cls(_reader_of_chunks(chunks), chunks.aclose, ollama_url, idle_timeout)
+        answer = cls(None, ollama_url, idle_timeout, chunks)
         answer.status = status
         answer.headers = [("content-type", content_type)]
         return answer
@@ -220,7 +162,7 @@ class RawResponse(_Body):
 
 
 class _LineStream(_Body, abc.ABC, Generic[T]):
-    """NDJSON lines off an httpx response, decoded a received chunk at a time.
+    """NDJSON lines off an Ollama answer, decoded a received chunk at a time.
 
     Lines that arrive together are decoded and handed on together: relaying a batch costs one
     write instead of one per token, which keeps per-token CPU flat however fast Ollama is.
@@ -231,12 +173,15 @@ class _LineStream(_Body, abc.ABC, Generic[T]):
     #: What priming waits for, in Minato's sentence when it does not come.
     _primes_on: ClassVar[str]
 
-    def __init__(
-        self, response: httpx.Response, ollama_url: str, idle_timeout: float, total_timeout: float | None = None
-    ) -> None:
-        super().__init__(_reader_of(response), response.aclose, ollama_url, idle_timeout, total_timeout)
-        self.response = response
+    def __init__(self, exchange: Exchange, idle_timeout: float) -> None:
+        super().__init__(exchange, exchange.ollama_url, idle_timeout)
         self._buffer = b""
+
+    def take_rest(self) -> bytes:
+        """The bytes received past the last complete line, taken: a relay that attaches to
+        :attr:`source` after :attr:`first` splits lines itself, starting with these."""
+        rest, self._buffer = self._buffer, b""
+        return rest
 
     async def prime(self, deadline: float, budget: float) -> None:
         """Read the first batch by the loop-time ``deadline`` (``budget`` seconds from the request);
@@ -245,10 +190,10 @@ class _LineStream(_Body, abc.ABC, Generic[T]):
             async with asyncio.timeout_at(deadline):
                 await self._prime()
         except TimeoutError:
-            await self.aclose()
+            self.close()
             raise OllamaTimeoutError(f"Ollama did not send {self._primes_on} within {budget:g} s") from None
         except BaseException:
-            await self.aclose()
+            self.close()
             raise
 
     @abc.abstractmethod
@@ -313,7 +258,13 @@ def _unreadable_line(exc: msgspec.DecodeError, ollama_url: str) -> UpstreamError
 
 
 class ChunkStream(_LineStream[ChatChunk]):
-    """A primed ``/api/chat`` stream yielding batches of chunks."""
+    """A primed ``/api/chat`` stream yielding batches of chunks.
+
+    For the web layer's relays: :attr:`first` is the primed batch (decoded), :meth:`take_rest` the
+    bytes received past its last complete line, and :attr:`source` the rest of the body as a
+    :class:`~minato.upstream.sink.Source` (each piece handed to a sink from the data callback);
+    :meth:`close` ends it without awaiting (``on_close`` runs once).
+    """
 
     _decoder = _chunk_decoder
     _primes_on = "a first token"

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-import httpx
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
@@ -67,7 +66,6 @@ def _before_request(guard: Guard | None) -> Callable[[Request[Any, Any, Any]], A
 def create_app(
     settings: Settings | None = None,
     *,
-    transport: httpx.AsyncBaseTransport | None = None,
     upstream: UpstreamFactory | None = None,
     limiter: RateLimiter | None = None,
     quota: Quota | None = None,
@@ -77,7 +75,6 @@ def create_app(
 
     Args:
         settings: Service configuration; read from the environment when omitted.
-        transport: httpx transport for the calls to Ollama (tests pass a mock router's).
         upstream: Builds the interface to Ollama instead of the real client (a test's fake).
         limiter: The rate limiter instead of the shared state's (asked for keys with a request rate).
         quota: The token quota instead of the shared state's (asked for keys with ``tokens_per_day``).
@@ -102,7 +99,7 @@ def create_app(
         metrics,
         key_max_concurrent=settings.key_max_concurrent,
     )
-    build = upstream if upstream is not None else _real_client(transport)
+    build = upstream if upstream is not None else _real_client()
     slot = RuntimeSlot()
     keywatch = KeyWatch(keyring, policy, metrics)
 
@@ -163,9 +160,9 @@ def create_app(
     return app
 
 
-def _real_client(transport: httpx.AsyncBaseTransport | None) -> UpstreamFactory:
+def _real_client() -> UpstreamFactory:
     def build(settings: Settings, metrics: Metrics, affinity: Affinity | None) -> Upstream:
-        return OllamaPool(settings, metrics, affinity, transport=transport)
+        return OllamaPool(settings, metrics, affinity)
 
     return build
 

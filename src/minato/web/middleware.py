@@ -9,6 +9,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from litestar.enums import ScopeType
@@ -37,6 +38,7 @@ _VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 OnHead = Callable[[Scope, HTTPResponseStartEvent], None]
 
 
+@dataclass(slots=True, eq=False)
 class RequestLogMiddleware:
     """Outermost ASGI layer: request id in and out, one log line per request.
 
@@ -52,17 +54,10 @@ class RequestLogMiddleware:
     for JSON, through structlog otherwise; ``None``: info is not logged, no line is built).
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        metrics: Metrics | None = None,
-        on_head: OnHead | None = None,
-        access: AccessLog | None = log_request,
-    ) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.on_head = on_head
-        self.access = access
+    app: ASGIApp
+    metrics: Metrics | None = None
+    on_head: OnHead | None = None
+    access: AccessLog | None = log_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:

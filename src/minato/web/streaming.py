@@ -1,7 +1,8 @@
 """Relaying a primed Ollama stream to the client as plain text, NDJSON or server-sent events.
 
 Tokens are written the moment Ollama's bytes arrive: each received upstream chunk becomes one
-write, whatever number of tokens it holds. Nothing is buffered, slept on or batched across reads.
+write, whatever number of tokens it holds, from the upstream connection's data callback when the
+server offers a lane (:mod:`minato.web.relaying`). Nothing is buffered, slept on or batched across reads.
 """
 
 from __future__ import annotations
@@ -9,24 +10,21 @@ from __future__ import annotations
 import enum
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterator
+from typing import Final
 
 import msgspec
 import structlog
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
-from litestar.response.base import ASGIResponse
-from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import Receive, Scope, Send
 
-from minato.core.generation import AnswerStream
+from minato.core.answer import AnswerStream
 from minato.core.schemas import GenerationStats, StreamDone, StreamError
 from minato.errors import ClientDisconnectedError, MinatoError, StreamAbortedError
-from minato.observability.record import RequestRecord, record_of
+from minato.observability.record import RequestRecord
 from minato.ollama.wire import ChatChunk
-from minato.web.disconnect import watch_of
-from minato.web.middleware import BODY_SEND_KEY
+from minato.web.lane import Lane
+from minato.web.relaying import Relayed, RelayStream, relay_directly
 
 logger = structlog.get_logger("minato.stream")
 
@@ -150,93 +148,130 @@ def _done(last: ChatChunk, fmt: StreamFormat, encoder: _Encoder, model: str, rec
     return encoder.final(StreamDone(model=model, done_reason=last.done_reason, stats=stats), "done")
 
 
-async def relay(
-    batches: AsyncIterator[list[ChatChunk]], fmt: StreamFormat, model: str, record: RequestRecord | None
-) -> AsyncIterator[bytes]:
-    """Yield the client's bytes for a stream of batches, ending with stats or an error."""
-    encoder = _encoder_for(fmt)
-    try:
-        async for batch in batches:
-            data = encoder.tokens(batch)
-            if record is not None:
-                # One chunk per generated token until the last, which carries Ollama's own count.
-                record.note_relayed(len(batch) - (1 if batch and batch[-1].done else 0))
-            if data:
-                if record is not None and record.first_token is None:
-                    record.mark_first_token()
-                yield data
-            if batch and batch[-1].done:
-                final = _done(batch[-1], fmt, encoder, model, record)
-                if final:
-                    yield final
-    except MinatoError as exc:
-        logger.warning("stream_failed", model=model, format=fmt.name.lower(), detail=exc.detail)
+class ChatRelay:
+    """The client's bytes for one answer: Minato's format of Ollama's batches, with the counting on the way.
+
+    Synchronous, and used by both drivers (:mod:`minato.web.relaying`): the direct one feeds it
+    Ollama's bytes from the data callback (:meth:`feed`) and ends with :meth:`finish`; the fallback
+    awaits the answer's batches (:meth:`encode` each) and ends with :meth:`failed` if they raise.
+    """
+
+    __slots__ = ("_answer", "_encoder", "_held", "_record", "fmt", "over")
+
+    def __init__(self, answer: AnswerStream, fmt: StreamFormat, record: RequestRecord | None) -> None:
+        self._answer = answer
+        self.fmt = fmt
+        self._encoder = _encoder_for(fmt)
+        self._record = record
+        self._held = b""
+        self.over = False
+        """Whether the direct relay reads no further: the answer failed, or its end waits for :meth:`finish`."""
+
+    def encode(self, batch: list[ChatChunk]) -> bytes:
+        """The bytes of ``batch``, with the closing event when it completes the answer."""
+        record = self._record
+        data = self._encoder.tokens(batch)
+        done = bool(batch) and batch[-1].done
         if record is not None:
-            record.upstream_error = type(exc).__name__
+            # One chunk per generated token until the last, which carries Ollama's own count.
+            record.note_relayed(len(batch) - done)
+            if data and record.first_token is None:
+                record.mark_first_token()
+        if done:
+            final = _done(batch[-1], self.fmt, self._encoder, self._answer.model, record)
+            if final:
+                data += final
+        return data
+
+    def failed(self, exc: MinatoError) -> bytes:
+        """The closing event of an answer that failed (a plain-text body is cut instead: it raises)."""
+        fmt = self.fmt
+        logger.warning("stream_failed", model=self._answer.model, format=fmt.name.lower(), detail=exc.detail)
+        if self._record is not None:
+            self._record.upstream_error = type(exc).__name__
         if fmt is StreamFormat.TEXT:
             raise StreamAbortedError(exc.detail) from exc
-        yield encoder.final(StreamError(error=exc.detail), "error")
+        return self._encoder.final(StreamError(error=exc.detail), "error")
 
+    def feed(self, chunk: bytes) -> bytes:
+        """The direct relay's bytes for ``chunk`` of Ollama's body (the relay's :class:`Transform`)."""
+        return self._checked(self.encode(self._answer.feed(chunk)))
 
-def stream_response(
-    batches: AsyncIterator[list[ChatChunk]],
-    fmt: StreamFormat,
-    model: str,
-    record: RequestRecord | None,
-    close: Callable[[], Awaitable[None]],
-) -> Stream:
-    """Wrap a stream of batches in a chunked response.
+    def primed(self) -> bytes:
+        """The direct relay's bytes for the batch priming read."""
+        return self._checked(self.encode(self._answer.primed()))
 
-    ``close`` runs as a background task even when the client disconnects while the relay is
-    suspended in a write: the owner of the stream closes the upstream there (so Ollama stops) and
-    frees what it holds.
-    """
-    if record is not None:
-        record.streaming = True
-    return RelayStream(
-        relay(batches, fmt, model, record),
-        media_type=fmt.value,
-        headers=STREAM_HEADERS,
-        background=BackgroundTask(close),
-    )
+    def _checked(self, data: bytes) -> bytes:
+        answer = self._answer
+        if answer.complete or answer.failure is not None:
+            self.over = True
+            if answer.commit_due:
+                # The turn is committed before the last batch leaves (see AnswerStream): the request's
+                # task commits it, then writes what is held here.
+                self._held, data = data, b""
+        return data
+
+    async def finish(self, lane: Lane, ended: bool, failure: MinatoError | None) -> bytes:
+        """What the direct relay writes last once Ollama's body stopped (``ended``: complete; else
+        ``failure``, or the relay was over): the answer's end, its turn committed first, or its
+        failure's event."""
+        answer = self._answer
+        last, self._held = self._held, b""
+        if failure is not None and answer.failure is None and not answer.complete:
+            answer.failure = failure
+        elif ended and not self.over:
+            last = self.encode(answer.ended())
+        if answer.commit_due:
+            await answer.commit()
+        if answer.failure is None or answer.complete:
+            return last
+        if self.fmt is StreamFormat.TEXT:
+            lane.write(last)  # what came before the failure still reaches the client, then the body is cut
+        return last + self.failed(answer.failure)
+
+    async def direct(self, lane: Lane) -> bytes:
+        """Relay the answer from Ollama's data callback to ``lane``; the bytes that end the response."""
+        source = self._answer.source
+        if source is None:  # pragma: no cover - only offered for an answer with a source
+            raise RuntimeError("the answer has no source to relay from")
+        try:
+            first = self.primed()
+            if first:
+                lane.write(first)
+            if self.over:  # the primed batch was the whole answer (or it failed)
+                source.close()
+                return await self.finish(lane, False, None)
+            relay = await relay_directly(lane, source, self)
+            if relay.left:
+                raise ClientDisconnectedError("client disconnected")
+            return await self.finish(lane, relay.ended, relay.failure)
+        finally:
+            # However it ended (a cut plain-text body raises past the response's background task).
+            await self._answer.close()
+
+    async def fallback(self) -> AsyncIterator[bytes]:
+        """The client's bytes as the answer's batches arrive, ending with stats or an error."""
+        try:
+            async for batch in self._answer.batches():
+                data = self.encode(batch)
+                if data:
+                    yield data
+        except MinatoError as exc:
+            yield self.failed(exc)
 
 
 def answer_response(answer: AnswerStream, accept: str | None, record: RequestRecord | None) -> Stream:
-    """Relay a generation's primed answer in the format ``accept`` asks for."""
-    fmt = StreamFormat.negotiate(accept)
-    return stream_response(answer.batches(), fmt, answer.model, record, answer.close)
+    """Relay a generation's primed answer in the format ``accept`` asks for.
 
-
-class _RelayASGIResponse(ASGIStreamingResponse):
-    """Litestar's streaming response with the same semantics without a task of its own.
-
-    Litestar runs the body and a disconnect listener in an anyio task group; spawning it cost about
-    a seventh of Minato's CPU per streamed request (py-spy, docs/benchmarks.md). Here the request's
-    task writes the body under the request's one watch (:mod:`minato.web.disconnect`), which
-    cancels the write if the client leaves; a failure of the body propagates as before.
+    The answer's ``close`` runs as a background task even when the client disconnects while the relay
+    is suspended in a write: it closes Ollama's stream there (so Ollama stops) and frees what it holds.
     """
-
-    __slots__ = ()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.start_response(send=send)
-        body_send: Send = scope.get("state", {}).get(BODY_SEND_KEY, send)
-        try:
-            await watch_of(scope, receive).until(self._stream(body_send))
-        except ClientDisconnectedError:
-            # The client left mid-stream: its request is logged and counted as such, not as a success.
-            record = record_of(scope)
-            if record is not None:
-                record.client_gone = True
-        await self.after_response()
-
-
-class RelayStream(Stream):
-    """A :class:`~litestar.response.Stream` served by :class:`_RelayASGIResponse`."""
-
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
-        response = super().to_asgi_response(*args, **kwargs)
-        # Same slots, one overridden method: re-classing avoids re-implementing Litestar's
-        # header, cookie and media-type merging.
-        response.__class__ = _RelayASGIResponse
-        return response
+    chat = ChatRelay(answer, StreamFormat.negotiate(accept), record)
+    if record is not None:
+        record.streaming = True
+    return RelayStream(
+        Relayed(chat.fallback, chat.direct if answer.source is not None else None),
+        media_type=chat.fmt.value,
+        headers=STREAM_HEADERS,
+        background=BackgroundTask(answer.close),
+    )

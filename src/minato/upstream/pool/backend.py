@@ -18,8 +18,7 @@ import asyncio
 import enum
 from collections import Counter
 from typing import TYPE_CHECKING, Final
-
-import httpx
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from minato.observability.metrics import Metrics
@@ -109,9 +108,10 @@ class Report:
 
 def backend_name(url: str) -> str:
     """``host:port`` of a backend's URL: how logs, metrics and answers name it."""
-    parsed = httpx.URL(url)
+    parsed = urlsplit(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    host = parsed.hostname or ""
+    host = f"[{host}]" if ":" in host else host
     return f"{host}:{port}"
 
 

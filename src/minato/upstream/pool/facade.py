@@ -23,7 +23,7 @@ import msgspec
 
 from minato.errors import OllamaUnavailableError
 from minato.ollama.names import canonical_model_name
-from minato.upstream.client import default_transport
+from minato.upstream.client import connections_for
 from minato.upstream.pool.failover import MissingModelError, attempt, until_closed, vet
 from minato.upstream.pool.fanout import Fleet
 from minato.upstream.pool.inventory import MIN_REFRESH_SECONDS, Inventory
@@ -34,7 +34,6 @@ from minato.upstream.ports import Forward, Spread
 OTHER: Final = "other"
 
 if TYPE_CHECKING:
-    import httpx
     from msgspec import UnsetType
 
     from minato.observability.metrics import Metrics
@@ -57,16 +56,14 @@ class OllamaPool:
         settings: Settings,
         metrics: Metrics | None = None,
         affinity: Affinity | None = None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.affinity = affinity
-        # One connection pool for every backend: aiohttp keeps connections per host within it.
-        self._transport = transport if transport is not None else default_transport(settings)
+        # One connection pool for every backend: the engine keeps a lane of connections per backend in it.
+        self._connections = connections_for(settings)
         self.base_url = ", ".join(settings.ollama_urls)
-        self._inventory = inventory = Inventory(settings, metrics, self._transport)
+        self._inventory = inventory = Inventory(settings, metrics, self._connections)
         self._backends = inventory.backends
         self._single = inventory.single
         self._sticky = Sticky(None if inventory.single else affinity)
@@ -76,7 +73,7 @@ class OllamaPool:
     async def aclose(self) -> None:
         """Stop the pending refreshes and close the connections, once for every backend."""
         await self._inventory.aclose()
-        await self._transport.aclose()
+        await self._connections.aclose()
 
     # -- what the pool knows -------------------------------------------------------------------
 

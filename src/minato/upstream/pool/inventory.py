@@ -32,10 +32,9 @@ from minato.upstream.pool.backend import Backend, Breaker, Report, backend_name
 from minato.upstream.ports import BackendStatus
 
 if TYPE_CHECKING:
-    import httpx
-
     from minato.observability.metrics import Metrics
     from minato.settings import Settings
+    from minato.upstream.engine.connections import Connections
 
 logger = structlog.get_logger("minato.pool")
 E = TypeVar("E")
@@ -69,14 +68,14 @@ def tag_name(entry: TagModel) -> str:
 class Inventory:
     """Every backend of the pool, its health and what it has."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None, transport: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None, connections: Connections) -> None:
         self.settings = settings
         self.metrics = metrics
         self.single = len(settings.ollama_urls) == 1
         self.backends = [
             Backend(
                 backend_name(url),
-                OllamaClient(msgspec.structs.replace(settings, ollama_url=url), transport=transport),
+                OllamaClient(msgspec.structs.replace(settings, ollama_url=url), connections=connections),
                 Breaker(settings.backend_failures, settings.backend_cooldown, trips=len(settings.ollama_urls) > 1),
             )
             for url in settings.ollama_urls

@@ -163,16 +163,36 @@ async def _account(request: Request[Any, Any, Any], caller: Caller, *segments: s
     return await calls.plain(request, *segments)
 
 
-@post("/api/me", operation_id="OllamaAccountMe", **_doc("Ollama: the signed-in ollama.com account", _ACCOUNT))
-async def api_me(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
-    """Ollama's ``/api/me``."""
+async def _account_plain(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
+    """One of Ollama's cloud account routes without a path parameter."""
     return await _account(request, caller)
 
 
-@post("/api/signout", operation_id="OllamaSignout", **_doc("Ollama: sign the server out of ollama.com", _ACCOUNT))
-async def api_signout(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
-    """Ollama's ``/api/signout``."""
-    return await _account(request, caller)
+async def _account_rest(
+    request: Request[Any, Any, Any], caller: NamedDependency[Caller], rest: PathText
+) -> Response[Any]:
+    """Ollama's ``/api/experimental/*``, whatever the method."""
+    return await _account(request, caller, rest)
+
+
+# One function serves the routes that differ only in their method, path and documentation.
+api_me = post("/api/me", operation_id="OllamaAccountMe", **_doc("Ollama: the signed-in ollama.com account", _ACCOUNT))(
+    _account_plain
+)
+api_signout = post(
+    "/api/signout", operation_id="OllamaSignout", **_doc("Ollama: sign the server out of ollama.com", _ACCOUNT)
+)(_account_plain)
+api_status = get("/api/status", operation_id="OllamaStatus", **_doc("Ollama: cloud status", _ACCOUNT))(_account_plain)
+api_experimental_get = get(
+    "/api/experimental/{rest:str}",
+    operation_id="OllamaExperimentalGet",
+    **_doc("Ollama: experimental cloud routes (model recommendations, ...)", _ACCOUNT),
+)(_account_rest)
+api_experimental_post = post(
+    "/api/experimental/{rest:str}",
+    operation_id="OllamaExperimentalPost",
+    **_doc("Ollama: experimental cloud routes (web search, web fetch, ...)", _ACCOUNT),
+)(_account_rest)
 
 
 @delete(
@@ -186,36 +206,6 @@ async def api_user_key(
 ) -> Response[Any]:
     """Ollama's deprecated ``DELETE /api/user/keys/{key}``."""
     return await _account(request, caller, key)
-
-
-@get("/api/status", operation_id="OllamaStatus", **_doc("Ollama: cloud status", _ACCOUNT))
-async def api_status(request: Request[Any, Any, Any], caller: NamedDependency[Caller]) -> Response[Any]:
-    """Ollama's ``/api/status``."""
-    return await _account(request, caller)
-
-
-@get(
-    "/api/experimental/{rest:str}",
-    operation_id="OllamaExperimentalGet",
-    **_doc("Ollama: experimental cloud routes (model recommendations, ...)", _ACCOUNT),
-)
-async def api_experimental_get(
-    request: Request[Any, Any, Any], caller: NamedDependency[Caller], rest: PathText
-) -> Response[Any]:
-    """Ollama's ``GET /api/experimental/*``."""
-    return await _account(request, caller, rest)
-
-
-@post(
-    "/api/experimental/{rest:str}",
-    operation_id="OllamaExperimentalPost",
-    **_doc("Ollama: experimental cloud routes (web search, web fetch, ...)", _ACCOUNT),
-)
-async def api_experimental_post(
-    request: Request[Any, Any, Any], caller: NamedDependency[Caller], rest: PathText
-) -> Response[Any]:
-    """Ollama's ``POST /api/experimental/*``."""
-    return await _account(request, caller, rest)
 
 
 NATIVE_HANDLERS: Final = [
