@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -45,6 +45,8 @@ _STRIP_IMAGES: Final = "UPDATE messages SET images = NULL, image_bytes = 0 WHERE
 _LEAST_RECENT_OF: Final = (
     "SELECT sid, id FROM sessions WHERE owner = ? AND sid != ? ORDER BY last_active, id DESC LIMIT ?"
 )
+_FIND: Final = "SELECT sid FROM sessions WHERE owner = ? AND id = ?"
+_SIZES: Final = "SELECT seq, image_bytes FROM messages WHERE sid = ? ORDER BY seq"
 _HELD_BY: Final = "SELECT owner, held FROM session_owners WHERE owner = ?"
 _OVER_THE_KEY_CAP: Final = "SELECT owner, held FROM session_owners WHERE held > ? AND owner != ''"
 _BIGGEST_HOLDERS: Final = "SELECT owner FROM session_owners ORDER BY held DESC, oldest, owner LIMIT 2"
@@ -55,7 +57,9 @@ class SqliteStore:
 
     Every query runs on one dedicated thread, so the event loop never waits on the disk and
     token relay never waits on a commit. Commits are ``synchronous=FULL``: a turn that was
-    recorded survives a ``kill -9`` and a power cut.
+    recorded survives a ``kill -9`` and a power cut. Turns recorded at the same moment share one
+    commit (:meth:`~minato.state.sqlite.database.Database.write`), each answered only once it is
+    on the disk: one sync of the log for all of them, the same promise for each.
 
     Damaged pages (a bad disk, a copy taken mid-write) are reported at open; a conversation on
     them answers :class:`SessionDamagedError` and can still be deleted, and the sweeps skip it.
@@ -74,13 +78,16 @@ class SqliteStore:
         self, owner: str, session_id: str, work: Callable[[sqlite3.Connection], T], *, transaction: bool = True
     ) -> T:
         """Run work on one conversation; damage becomes :class:`SessionDamagedError`."""
-        try:
-            return await self._run(work, transaction=transaction)
-        except (sqlite3.DatabaseError, msgspec.DecodeError) as exc:
-            if not is_damage(exc):
-                raise
-            logger.warning("session_damaged", owner=owner, session=session_id, error=str(exc))
-            raise SessionDamagedError(owner, session_id, str(exc)) from exc
+        return await _damage_named(owner, session_id, self._run(work, transaction=transaction))
+
+    async def _write_on(
+        self, owner: str, session_id: str, write: Callable[[sqlite3.Connection], dict[int, tuple[str, str]]]
+    ) -> None:
+        """Run a write to one conversation that may delete others (see :func:`_then_forget`), sharing its commit
+        with the writes queued with it; damage becomes :class:`SessionDamagedError`."""
+        together = functools.partial(_forgetting, write)
+        alone = functools.partial(_then_forget, write)
+        await _damage_named(owner, session_id, self._database.write(together, alone))
 
     async def open(self) -> None:
         """Create the database file and schema on first start, migrate an older schema, and
@@ -128,25 +135,33 @@ class SqliteStore:
         """Add messages, trim and make room, in one transaction."""
 
         def write(db: sqlite3.Connection) -> dict[int, tuple[str, str]]:
-            sid = _touch(db, owner, session_id, now)
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE sid = ?", (sid,)).fetchone()[0]
+            found = db.execute(_FIND, (owner, session_id)).fetchone()
+            # The plan is made on what is kept and what comes (as trim_plan() reads a whole conversation),
+            # so the conversation's row is written once, and its messages read once.
+            held = [] if found is None else db.execute(_SIZES, found).fetchall()
+            first = held[-1][0] + 1 if held else 1
+            seqs = [seq for seq, _ in held] + list(range(first, first + len(messages)))
+            drop, strip = trim_plan([size for _, size in held] + [m.image_bytes for m in messages], bounds)
+            count = len(seqs) - drop
+            if found is None:
+                sid = _create(db, owner, session_id, now, count)
+            else:
+                sid = found[0]
+                db.execute("UPDATE sessions SET last_active = ?, message_count = ? WHERE sid = ?", (now, count, sid))
             db.executemany(
                 INSERT_MESSAGE,
-                [(sid, seq + offset, *message_row(m)) for offset, m in enumerate(messages, start=1)],
+                [(sid, seq, *message_row(m)) for seq, m in zip(seqs[len(held) :], messages, strict=True)],
             )
-            rows = db.execute("SELECT seq, image_bytes FROM messages WHERE sid = ? ORDER BY seq", (sid,)).fetchall()
-            drop, strip = trim_plan([size for _, size in rows], bounds)
             if drop:
-                db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, rows[drop - 1][0]))
+                db.execute("DELETE FROM messages WHERE sid = ? AND seq <= ?", (sid, seqs[drop - 1]))
             if strip:
                 db.execute(
                     "UPDATE messages SET images = NULL, image_bytes = 0 WHERE sid = ? AND seq <= ? AND image_bytes > 0",
-                    (sid, rows[drop + strip - 1][0]),
+                    (sid, seqs[drop + strip - 1]),
                 )
-            db.execute("UPDATE sessions SET message_count = ? WHERE sid = ?", (len(rows) - drop, sid))
             return _make_room(db, caps, owner, keep=sid)
 
-        await self._run_on(owner, session_id, functools.partial(_then_forget, write), transaction=False)
+        await self._write_on(owner, session_id, write)
 
     async def set_system_prompt(
         self, owner: str, session_id: str, prompt: str | None, *, caps: Caps, now: float
@@ -158,7 +173,7 @@ class SqliteStore:
             db.execute("UPDATE sessions SET system_prompt = ? WHERE sid = ?", (prompt, sid))
             return _make_room(db, caps, owner, keep=sid)
 
-        await self._run_on(owner, session_id, functools.partial(_then_forget, write), transaction=False)
+        await self._write_on(owner, session_id, write)
 
     async def delete(self, owner: str, session_id: str) -> None:
         """Forget a conversation: its row first, then its messages (which may be damaged)."""
@@ -289,15 +304,22 @@ def _delete_messages(db: sqlite3.Connection, conversations: dict[int, tuple[str,
     _for_each(db, "DELETE FROM messages WHERE sid = ?", [(sid,) for sid in conversations], damaged)
 
 
+def _forgetting(write: Callable[[sqlite3.Connection], dict[int, tuple[str, str]]], db: sqlite3.Connection) -> int:
+    """Run ``write`` and delete the messages of the conversations whose rows it deleted (``sid`` ->
+    ``(owner, id)``), in the transaction the caller holds; return how many conversations went."""
+    gone = write(db)
+    if gone:
+        db.executemany("DELETE FROM messages WHERE sid = ?", [(sid,) for sid in gone])
+    return len(gone)
+
+
 def _then_forget(write: Callable[[sqlite3.Connection], dict[int, tuple[str, str]]], db: sqlite3.Connection) -> int:
-    """Run ``write``, and delete the messages of the conversations whose rows it deleted (``sid`` ->
-    ``(owner, id)``), in one transaction (one commit: a write that makes room costs no extra sync).
-    If damaged pages stop deleting those messages, write again, then delete them past the damage.
-    Return how many conversations went."""
+    """Run ``write``, and delete the messages of the conversations whose rows it deleted, in one transaction
+    (one commit: a write that makes room costs no extra sync). If damaged pages stop deleting those messages,
+    write again, then delete them past the damage. Return how many conversations went."""
     try:
         with db:
-            gone = write(db)
-            db.executemany("DELETE FROM messages WHERE sid = ?", [(sid,) for sid in gone])
+            return _forgetting(write, db)
     except sqlite3.DatabaseError as exc:
         if not is_damage(exc):
             raise
@@ -334,16 +356,33 @@ def _make_room(db: sqlite3.Connection, caps: Caps, owner: str | None, *, keep: i
 
 def _touch(db: sqlite3.Connection, owner: str, session_id: str, now: float) -> int:
     """Create the conversation or mark it active; return its ``sid``."""
-    row = db.execute("SELECT sid FROM sessions WHERE owner = ? AND id = ?", (owner, session_id)).fetchone()
+    row = db.execute(_FIND, (owner, session_id)).fetchone()
     if row is not None:
         db.execute("UPDATE sessions SET last_active = ? WHERE sid = ?", (now, row[0]))
         sid: int = row[0]
         return sid
+    return _create(db, owner, session_id, now, 0)
+
+
+def _create(db: sqlite3.Connection, owner: str, session_id: str, now: float, message_count: int) -> int:
+    """Create the conversation (active ``now``, holding ``message_count`` messages); return its ``sid``."""
     # Not an upsert: a conflicting INSERT would still use up an AUTOINCREMENT value.
     created = db.execute(
-        "INSERT INTO sessions (owner, id, system_prompt, created_at, last_active) VALUES (?, ?, NULL, ?, ?)",
-        (owner, session_id, now, now),
+        "INSERT INTO sessions (owner, id, system_prompt, created_at, last_active, message_count) "
+        "VALUES (?, ?, NULL, ?, ?, ?)",
+        (owner, session_id, now, now, message_count),
     )
     if created.lastrowid is None:
         raise RuntimeError("SQLite did not report the new conversation's sid")
     return created.lastrowid
+
+
+async def _damage_named(owner: str, session_id: str, work: Awaitable[T]) -> T:
+    """Await work on one conversation; damage becomes :class:`SessionDamagedError`."""
+    try:
+        return await work
+    except (sqlite3.DatabaseError, msgspec.DecodeError) as exc:
+        if not is_damage(exc):
+            raise
+        logger.warning("session_damaged", owner=owner, session=session_id, error=str(exc))
+        raise SessionDamagedError(owner, session_id, str(exc)) from exc
