@@ -65,7 +65,12 @@ class Run:
 
 #: Where a thread waits on a lock, which py-spy does not always tell from running (a thread pool's
 #: worker waiting for work): such samples are idle time, not CPU.
-_WAITING: Final = ("_worker (concurrent/futures/thread.py:81)", "Condition.wait (threading.py:327)")
+_WAITING: Final = (
+    "_worker (concurrent/futures/thread.py:81)",
+    "Condition.wait (threading.py:327)",
+    # The SQLite home's own thread, waiting for work (minato.state.sqlite.database).
+    "Database._serve (minato/state/sqlite/database.py:145)",
+)
 
 
 def _parse(raw: str) -> Counter[tuple[str, ...]]:
