@@ -96,7 +96,7 @@ async def test_a_chunked_body_is_read_piece_by_piece(connections: Connections, s
     peer.last_chunk()
     assert await exchange.read() == b'{"b":2}\n'
     assert await exchange.read_some() == b""
-    assert connections.lane(server.origin).idle  # complete: back in the pool
+    assert connections.host_pool(server.origin).idle  # complete: back in the pool
 
 
 async def test_a_content_length_body(connections: Connections, server: WireServer) -> None:
@@ -114,8 +114,8 @@ async def test_a_body_delimited_by_the_end_of_the_connection(connections: Connec
     peer.write(b"the end")
     peer.transport.close()
     assert await exchange.read() == b"until the end"
-    lane = connections.lane(server.origin)
-    assert lane.idle == []  # a connection whose end was the body's is not reused
+    host_pool = connections.host_pool(server.origin)
+    assert host_pool.idle == []  # a connection whose end was the body's is not reused
 
 
 # -- pushed to a sink -----------------------------------------------------------------------------
@@ -310,14 +310,14 @@ async def test_close_mid_body_closes_ollamas_connection(connections: Connections
 
     await asyncio.wait_for(peer.ended.wait(), 10)
     assert sink.calls == [("data", b"a token\n")]  # no sink call follows a close
-    assert connections.lane(server.origin).idle == []
+    assert connections.host_pool(server.origin).idle == []
 
 
 async def test_close_after_the_end_keeps_the_connection(connections: Connections, server: WireServer) -> None:
     exchange, peer = await opened(connections, server, answer(b"{}"))
     assert await exchange.read() == b"{}"
     exchange.close()
-    assert len(connections.lane(server.origin).idle) == 1
+    assert len(connections.host_pool(server.origin).idle) == 1
     assert not peer.ended.is_set()
 
 

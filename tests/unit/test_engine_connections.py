@@ -115,8 +115,8 @@ async def test_the_bound_per_backend_makes_the_next_request_wait_then_proceed(se
     peer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")  # the body is still to come
     held = await first
     second = send(connections, server)
-    lane = connections.lane(server.origin)
-    await settled(lambda: len(lane.waiters) == 1, "the second request waits for a connection")
+    host_pool = connections.host_pool(server.origin)
+    await settled(lambda: len(host_pool.waiters) == 1, "the second request waits for a connection")
     assert not second.done()
 
     peer.write(b"{}")  # the first answer completes: its connection goes to the waiter
@@ -182,9 +182,9 @@ async def test_idle_connections_expire(server: WireServer) -> None:
     await (await pending).read()
 
     await asyncio.wait_for(peer.ended.wait(), 10)  # the engine closed the idle connection
-    lane = connections.lane(server.origin)
-    await settled(lambda: lane.open == 0, "the expired connection's place is free")
-    assert lane.idle == []
+    host_pool = connections.host_pool(server.origin)
+    await settled(lambda: host_pool.open == 0, "the expired connection's place is free")
+    assert host_pool.idle == []
 
 
 async def test_a_refused_connection_is_told_in_minatos_words(server: WireServer) -> None:
@@ -196,7 +196,7 @@ async def test_a_refused_connection_is_told_in_minatos_words(server: WireServer)
             Origin.of(url), REQUEST, ollama_url=url, headers_within=5.0, late="late", idle_timeout=5.0
         )
     assert caught.value.detail == f"Ollama is unreachable at {url}: the connection was refused"
-    assert connections.lane(Origin.of(url)).open == 0
+    assert connections.host_pool(Origin.of(url)).open == 0
 
 
 def test_the_origin_of_a_backend_url() -> None:

@@ -46,7 +46,7 @@ _encoder: Final = msgspec.json.Encoder()
 
 
 def connections_for(settings: Settings) -> Connections:
-    """The engine's keep-alive connections for ``settings``' backends (one pool, a lane per backend)."""
+    """The engine's keep-alive connections for ``settings``' backends (one pool, a host pool per backend)."""
     return Connections(limit=settings.max_connections, connect_timeout=settings.connect_timeout)
 
 

@@ -1,8 +1,8 @@
 """Keep-alive connections to Ollama, pooled per backend (scheme, host, port).
 
-Each backend has a :class:`Lane`: at most ``limit`` connections open (in use or idle), the idle ones
+Each backend has a :class:`HostPool`: at most ``limit`` connections open (in use or idle), the idle ones
 reused last-in first-out (the warmest socket first), closed after ``idle_expiry`` seconds unused (one
-timer per lane, not per connection), and requests beyond the bound waiting their turn in order. A reused
+timer per host pool, not per connection), and requests beyond the bound waiting their turn in order. A reused
 connection that closes before any byte of its answer (Ollama dropped it while idle) is replaced by a
 fresh one, once. Failures to connect become Minato's sentences here, once (:mod:`minato.upstream.failures`).
 """
@@ -46,7 +46,7 @@ class Origin(NamedTuple):
         return cls(scheme, host, port, parts.path.rstrip("/"), authority)
 
 
-class Lane:
+class HostPool:
     """One backend's connections (see the module's description)."""
 
     __slots__ = ("_sweep", "idle", "open", "origin", "owner", "waiters")
@@ -173,7 +173,7 @@ class Connections:
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.idle_expiry = idle_expiry
-        self._lanes: dict[Origin, Lane] = {}
+        self._pools: dict[Origin, HostPool] = {}
         self._tls: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -190,12 +190,12 @@ class Connections:
             self._tls = ssl.create_default_context()
         return self._tls
 
-    def lane(self, origin: Origin) -> Lane:
+    def host_pool(self, origin: Origin) -> HostPool:
         """The connections of one backend."""
-        lane = self._lanes.get(origin)
-        if lane is None:
-            lane = self._lanes[origin] = Lane(self, origin)
-        return lane
+        host_pool = self._pools.get(origin)
+        if host_pool is None:
+            host_pool = self._pools[origin] = HostPool(self, origin)
+        return host_pool
 
     async def exchange(
         self,
@@ -211,11 +211,11 @@ class Connections:
         """Send ``request`` (its bytes whole: request line, headers, body) to ``origin``; return the
         exchange once Ollama's status and headers arrived, within ``headers_within`` seconds (else
         :class:`~minato.errors.OllamaTimeoutError` with the sentence ``late``)."""
-        lane = self.lane(origin)
+        host_pool = self.host_pool(origin)
         loop = self.loop
         started = loop.time()
         for fresh in (False, True):
-            conn = await self._acquire(lane, fresh, started + headers_within, late, ollama_url)
+            conn = await self._acquire(host_pool, fresh, started + headers_within, late, ollama_url)
             exchange = Exchange(
                 conn,
                 ollama_url,
@@ -235,19 +235,21 @@ class Connections:
             return exchange
         raise lost_before_answer(None, ollama_url)
 
-    async def _acquire(self, lane: Lane, fresh: bool, deadline: float, late: str, ollama_url: str) -> Connection:
-        if lane.open < self.limit or lane.idle:
-            return await lane.acquire(fresh, ollama_url)
+    async def _acquire(
+        self, host_pool: HostPool, fresh: bool, deadline: float, late: str, ollama_url: str
+    ) -> Connection:
+        if host_pool.open < self.limit or host_pool.idle:
+            return await host_pool.acquire(fresh, ollama_url)
         try:
             async with asyncio.timeout_at(deadline):  # waiting for a place counts against the headers' time
-                return await lane.acquire(fresh, ollama_url)
+                return await host_pool.acquire(fresh, ollama_url)
         except TimeoutError:
             raise OllamaTimeoutError(late) from None
 
     def close(self) -> None:
         """Close every idle connection (those in use close with their exchanges)."""
-        for lane in self._lanes.values():
-            lane.close()
+        for host_pool in self._pools.values():
+            host_pool.close()
 
     async def aclose(self) -> None:
         """Close every idle connection, and let the transports finish closing."""

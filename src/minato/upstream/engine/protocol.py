@@ -16,27 +16,27 @@ from typing import TYPE_CHECKING
 import httptools
 
 if TYPE_CHECKING:
-    from minato.upstream.engine.connections import Lane
+    from minato.upstream.engine.connections import HostPool
     from minato.upstream.engine.exchange import Exchange
 
 
 class Connection(asyncio.Protocol):
     """A connection to one backend (see the module's description)."""
 
-    __slots__ = ("counted", "exchange", "idle_since", "lane", "loop", "parser", "reused", "transport")
+    __slots__ = ("counted", "exchange", "host_pool", "idle_since", "loop", "parser", "reused", "transport")
 
     transport: asyncio.Transport
     parser: httptools.HttpResponseParser
 
-    def __init__(self, lane: Lane, loop: asyncio.AbstractEventLoop) -> None:
-        self.lane = lane
+    def __init__(self, host_pool: HostPool, loop: asyncio.AbstractEventLoop) -> None:
+        self.host_pool = host_pool
         self.loop = loop
         self.exchange: Exchange | None = None
         self.reused = False
         """Whether the exchange in progress is not this connection's first."""
         self.idle_since = 0.0
         self.counted = False
-        """Whether the connection holds one of its lane's places (from a completed connect on)."""
+        """Whether the connection holds one of its host pool's places (from a completed connect on)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream connection's transport is one
@@ -62,7 +62,7 @@ class Connection(asyncio.Protocol):
         return False  # the transport closes; connection_lost tells the exchange
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lane.lost(self)
+        self.host_pool.lost(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.lost(exc)
@@ -71,6 +71,6 @@ class Connection(asyncio.Protocol):
         """The exchange in progress is over: back to the idle list when ``keep``, else closed."""
         self.exchange = None
         if keep and not self.transport.is_closing():
-            self.lane.release(self)
+            self.host_pool.release(self)
         else:
             self.transport.close()

@@ -60,7 +60,7 @@ class OllamaPool:
         self.settings = settings
         self.metrics = metrics
         self.affinity = affinity
-        # One connection pool for every backend: the engine keeps a lane of connections per backend in it.
+        # One connection pool for every backend: the engine keeps a host pool of connections per backend in it.
         self._connections = connections_for(settings)
         self.base_url = ", ".join(settings.ollama_urls)
         self._inventory = inventory = Inventory(settings, metrics, self._connections)
