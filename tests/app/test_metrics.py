@@ -115,11 +115,14 @@ async def test_the_probe_reports_whether_ollama_answers(
     app = create_app(probing)
 
     async with AsyncTestClient(app=app) as client:
-        for _ in range(50):
-            if route.called:
+        # The probe runs in the background: its answer is asked for, then noted (read until both, bounded).
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            samples = await _samples(client)
+            settled = route.called and _value(samples, "minato_ollama_up") == up
+            if settled or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.01)
-        samples = await _samples(client)
 
     assert route.called
     assert _value(samples, "minato_ollama_up") == up

@@ -86,6 +86,29 @@ async def opened(
 # -- kinds of body ------------------------------------------------------------------------------
 
 
+async def test_the_answer_to_a_head_ends_with_its_headers_whatever_length_they_announce(
+    connections: Connections, server: WireServer
+) -> None:
+    # Ollama (Go's net/http) answers HEAD with the Content-Length a GET would have, and no body.
+    pending = asyncio.create_task(
+        connections.exchange(
+            server.origin,
+            b"HEAD /api/tags HTTP/1.1\r\nhost: ollama\r\n\r\n",
+            ollama_url=server.url,
+            headers_within=10.0,
+            late="late",
+            idle_timeout=10.0,
+        )
+    )
+    peer = await server.connected.get()
+    await peer.requests.get()
+    peer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1234\r\n\r\n")
+    exchange = await pending
+    assert exchange.status == 200
+    assert await exchange.read() == b""
+    assert connections.host_pool(server.origin).idle, "the connection is kept for the next request"
+
+
 async def test_a_chunked_body_is_read_piece_by_piece(connections: Connections, server: WireServer) -> None:
     exchange, peer = await opened(connections, server)
     assert exchange.status == 200

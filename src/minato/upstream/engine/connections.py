@@ -224,6 +224,7 @@ class Connections:
                 late=late,
                 idle_timeout=idle_timeout,
                 whole_within=whole_within,
+                head_only=request.startswith(b"HEAD "),
             )
             conn.begin(exchange, request)
             try:

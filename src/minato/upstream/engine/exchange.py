@@ -41,6 +41,7 @@ class Exchange:
         "_conn",
         "_error",
         "_flow_paused",
+        "_head_only",
         "_headers",
         "_headers_by",
         "_last",
@@ -73,6 +74,7 @@ class Exchange:
         late: str,
         idle_timeout: float,
         whole_within: float | None,
+        head_only: bool = False,
     ) -> None:
         loop = conn.loop
         self._loop = loop
@@ -104,6 +106,9 @@ class Exchange:
         self._until_close = False
         self._paused = False
         self._flow_paused = False
+        self._head_only = head_only
+        """The request was a ``HEAD``: its answer ends with its headers, whatever length they announce
+        (the parser cannot know what it answers, and would wait for that many bytes)."""
         self._timer: asyncio.TimerHandle | None = loop.call_at(self._due(), self._check)
 
     # -- the headers ---------------------------------------------------------------------------
@@ -132,6 +137,10 @@ class Exchange:
             self._until_close = "content-length" not in names and "transfer-encoding" not in names
         if not self._headers.done():
             self._headers.set_result(None)
+        if self._head_only:
+            # The next bytes on this connection answer the next request, read by a parser of its own.
+            self._finish(conn, keep=conn.parser.should_keep_alive())
+            return
         self._rearm()
 
     # -- the body ------------------------------------------------------------------------------
