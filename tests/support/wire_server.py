@@ -9,8 +9,13 @@ connection dropped mid-body, a keep-alive connection closed while idle, a client
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Final
 
+import pytest
+
+from minato.settings import Settings
+from minato.upstream.client import OllamaClient
 from minato.upstream.engine.connections import Origin
 
 #: A write buffer limit small enough that a client that stops reading fills it with a few writes.
@@ -113,3 +118,22 @@ CHUNKED_HEAD: Final = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\
 def answer(body: bytes, content_type: bytes = b"application/json") -> bytes:
     """A whole answer with a Content-Length."""
     return b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (content_type, len(body), body)
+
+
+# -- fixtures (found by name where a test module imports them) ---------------------------------
+
+
+@pytest.fixture(name="server")
+async def fx_server() -> AsyncIterator[WireServer]:
+    """A :class:`WireServer` for one test."""
+    server = await WireServer().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(name="client")
+async def fx_client(server: WireServer) -> AsyncIterator[OllamaClient]:
+    """Minato's client of one backend, the test's :class:`WireServer`."""
+    client = OllamaClient(Settings(ollama_url=server.url, session_store="memory://"))
+    yield client
+    await client.aclose()

@@ -4,14 +4,14 @@ its deadlines (one timer per exchange), flow control and closing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
 from minato.errors import MinatoError, OllamaConnectionLostError, OllamaTimeoutError
 from minato.upstream.engine.connections import Connections
 from minato.upstream.engine.exchange import PULL_HIGH_WATER, Exchange
-from tests.support.wire_server import CHUNKED_HEAD, Peer, WireServer, answer
+from tests.support.wire_server import CHUNKED_HEAD, Peer, WireServer, answer, fx_server  # noqa: F401 - fixtures, found by name
 
 pytestmark = pytest.mark.anyio
 REQUEST = b"POST /api/chat HTTP/1.1\r\nhost: ollama\r\ncontent-length: 2\r\n\r\n{}"
@@ -43,13 +43,6 @@ class Recording:
     async def next_data(self) -> None:
         await asyncio.wait_for(self.arrived.wait(), 10)
         self.arrived.clear()
-
-
-@pytest.fixture(name="server")
-async def fx_server() -> AsyncIterator[WireServer]:
-    server = await WireServer().start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture(name="connections")

@@ -5,18 +5,16 @@ answer's Source; closing once (``on_close`` once, Ollama's connection closed mid
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from minato.errors import MinatoError
 from minato.ollama.wire import ChatRequest, WireMessage
-from minato.settings import Settings
 from minato.upstream.client import OllamaClient
 from minato.upstream.ports import Forward
 from minato.upstream.streams import RawResponse
 from tests.support.payloads import chat_done, chat_token, ndjson
-from tests.support.wire_server import CHUNKED_HEAD, WireServer
+from tests.support.wire_server import CHUNKED_HEAD, WireServer, fx_client, fx_server  # noqa: F401 - fixtures, found by name
 
 pytestmark = pytest.mark.anyio
 
@@ -39,20 +37,6 @@ class Collecting:
     def fail(self, error: MinatoError) -> None:
         self.ending = error.detail
         self.over.set()
-
-
-@pytest.fixture(name="server")
-async def fx_server() -> AsyncIterator[WireServer]:
-    server = await WireServer().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture(name="client")
-async def fx_client(server: WireServer) -> AsyncIterator[OllamaClient]:
-    client = OllamaClient(Settings(ollama_url=server.url, session_store="memory://"))
-    yield client
-    await client.aclose()
 
 
 def hello() -> ChatRequest:

@@ -4,7 +4,6 @@ connection replaced once, idle expiry, and the failures to connect in Minato's w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -17,17 +16,10 @@ from minato.upstream.engine.connections import Connections, Origin
 from minato.upstream.engine.exchange import Exchange
 from tests.support.payloads import chat_done, chat_token, ndjson
 from tests.support.waiting import settled
-from tests.support.wire_server import Peer, WireServer, answer
+from tests.support.wire_server import Peer, WireServer, answer, fx_server  # noqa: F401 - fixtures, found by name
 
 pytestmark = pytest.mark.anyio
 REQUEST = b"POST /api/chat HTTP/1.1\r\nhost: ollama\r\ncontent-length: 2\r\n\r\n{}"
-
-
-@pytest.fixture(name="server")
-async def fx_server() -> AsyncIterator[WireServer]:
-    server = await WireServer().start()
-    yield server
-    await server.stop()
 
 
 def send(connections: Connections, server: WireServer, headers_within: float = 10.0) -> asyncio.Task[Exchange]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,7 +24,7 @@ from minato.upstream.client import OllamaClient
 from minato.web.lane import LaneListener
 from minato.web.streaming import ChatRelay, StreamFormat
 from tests.support.payloads import chat_done, chat_token, ndjson
-from tests.support.wire_server import CHUNKED_HEAD, Peer, WireServer
+from tests.support.wire_server import CHUNKED_HEAD, Peer, WireServer, fx_client, fx_server  # noqa: F401 - fixtures, found by name
 
 pytestmark = pytest.mark.anyio
 
@@ -53,20 +52,6 @@ class Lane:
         await self.wrote.wait()
         self.wrote.clear()
         return self.written[-1]
-
-
-@pytest.fixture(name="server")
-async def fx_server() -> AsyncIterator[WireServer]:
-    server = await WireServer().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture(name="client")
-async def fx_client(server: WireServer) -> AsyncIterator[OllamaClient]:
-    client = OllamaClient(Settings(ollama_url=server.url, session_store="memory://"))
-    yield client
-    await client.aclose()
 
 
 async def _answer(
